@@ -1,1 +1,49 @@
+//! `libenvproxy.so`: resolves secret references when a program calls `getenv`.
+//!
+//! Loaded with `LD_PRELOAD`, the library interposes `getenv` and `secure_getenv`. A variable
+//! whose value starts with `vault:` or `envproxy:` is resolved by the EnvProxy agent over a
+//! Unix socket; every other value costs one libc lookup plus a prefix check. It also
+//! interposes the `exec` family and `posix_spawn`, so that a child started with a copy of the
+//! resolved environment receives the references again, never the values.
+//!
+//! Layout:
+//! - [`interpose`]: the exported C symbols, each behind the panic guard of [`ffi`].
+//! - [`resolve`]: what one `getenv` of a reference returns (cache, agent, stale, errors).
+//! - [`cache`]: the per-thread and per-process caches and the interned values.
+//! - [`agent`]: the connection pool and the deadline-bounded request to the agent.
+//! - [`child_env`]: the rewrite of a child's environment from values back to references.
+//! - [`settings`]: the `ENVPROXY_*` variables, read once.
+//! - [`hooks`]: makes the runtime hooks findable (`PYTHONPATH`, `JAVA_TOOL_OPTIONS`) at load.
+//! - [`real`]: the next definitions of the interposed libc symbols.
+//! - [`diag`]: the stderr lines (debug decisions, one error line per variable).
+//! - [`clock`]: monotonic time in milliseconds.
 
+mod agent;
+mod cache;
+mod child_env;
+mod clock;
+mod diag;
+mod ffi;
+mod hooks;
+mod interpose;
+mod real;
+mod resolve;
+mod settings;
+
+/// Runs when the loader maps the library, before the program's `main`.
+extern "C" fn on_load() {
+    ffi::guard((), || {
+        ffi::install_panic_hook();
+        let settings = settings::get();
+        if !settings.enabled {
+            return;
+        }
+        agent::register_fork_handlers();
+        cache::register_fork_handlers();
+        hooks::install(settings);
+    });
+}
+
+#[used]
+#[link_section = ".init_array"]
+static ON_LOAD: extern "C" fn() = on_load;

@@ -1,0 +1,363 @@
+//! Requests to the agent over its Unix socket, each bounded by one deadline.
+//!
+//! Connections are kept in a small pool and reused, so a process normally holds one
+//! persistent connection. A connection is never used by two threads at once: a request takes
+//! one out of the pool (or opens a new one) and puts it back after a complete response. The
+//! pool lock is never held during I/O. After `fork` the child drops the connections it
+//! inherited, so parent and child never interleave frames on one socket.
+//!
+//! Sockets are non-blocking and every wait is a `poll` with the time left before the deadline,
+//! so a hung or overloaded agent costs the program at most `ENVPROXY_TIMEOUT_MS`.
+
+use std::ffi::c_int;
+use std::fmt;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use envproxy_proto::frame::MAX_RESPONSE_LEN;
+use envproxy_proto::{FrameError, Request, Response};
+use parking_lot::Mutex;
+
+use crate::clock;
+use crate::settings;
+
+/// Maximum idle connections kept per process. More are opened only while several threads
+/// miss the cache at the same moment, and closed after use.
+const MAX_IDLE: usize = 4;
+
+/// Why a request to the agent failed.
+#[derive(Debug)]
+pub enum AgentError {
+    /// The socket path does not exist.
+    NoSocket(String),
+    /// The socket exists but the connection failed.
+    Connect(String, io::Error),
+    /// The path does not fit in `sockaddr_un`.
+    PathTooLong(String),
+    /// The deadline passed before a whole response arrived.
+    TimedOut(String, u64),
+    /// The agent closed the connection before a whole response.
+    Closed(String),
+    /// Reading or writing failed.
+    Io(String, io::Error),
+    /// The agent sent bytes that are not a valid response.
+    Protocol(String, FrameError),
+    /// The agent sent more bytes than one response, so the stream is out of step.
+    TrailingBytes(String),
+    /// The request itself exceeds a frame bound (a huge name or reference).
+    Request(FrameError),
+}
+
+impl AgentError {
+    /// Whether the failure happened on a reused connection that the agent had already closed,
+    /// so a fresh connection may succeed (for example after an agent restart).
+    fn is_stale_connection(&self) -> bool {
+        match self {
+            AgentError::Closed(_) => true,
+            AgentError::Io(_, err) => matches!(
+                err.raw_os_error(),
+                Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const HINT: &str = "start envproxy-agent, run the program under `envproxy run`, \
+                            or point ENVPROXY_SOCKET at a running agent";
+        match self {
+            AgentError::NoSocket(path) => write!(f, "no agent socket at {path} ({HINT})"),
+            AgentError::Connect(path, err) => {
+                write!(f, "cannot connect to the agent at {path}: {err} ({HINT})")
+            }
+            AgentError::PathTooLong(path) => write!(
+                f,
+                "the socket path {path} is longer than a Unix socket address allows \
+                 (107 bytes); set ENVPROXY_SOCKET to a shorter path"
+            ),
+            AgentError::TimedOut(path, ms) => write!(
+                f,
+                "the agent at {path} did not answer within {ms} ms (ENVPROXY_TIMEOUT_MS)"
+            ),
+            AgentError::Closed(path) => {
+                write!(
+                    f,
+                    "the agent at {path} closed the connection without answering"
+                )
+            }
+            AgentError::Io(path, err) => {
+                write!(f, "I/O error talking to the agent at {path}: {err}")
+            }
+            AgentError::Protocol(path, err) => {
+                write!(f, "the agent at {path} sent a malformed response: {err}")
+            }
+            AgentError::TrailingBytes(path) => {
+                write!(
+                    f,
+                    "the agent at {path} sent more than one response to one request"
+                )
+            }
+            AgentError::Request(err) => write!(f, "the request cannot be sent: {err}"),
+        }
+    }
+}
+
+struct Pool {
+    /// The process the idle connections belong to.
+    owner_pid: libc::pid_t,
+    idle: Vec<c_int>,
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    owner_pid: 0,
+    idle: Vec::new(),
+});
+
+/// Sends one request and returns the agent's response, within `ENVPROXY_TIMEOUT_MS`.
+pub fn request(request: &Request) -> Result<Response, AgentError> {
+    let settings = settings::get();
+    let deadline_ms = clock::precise_ms() + settings.timeout_ms;
+    let socket = &settings.socket;
+    let mut frame = Vec::with_capacity(64);
+    request.encode(&mut frame).map_err(AgentError::Request)?;
+
+    if let Some(fd) = take_idle() {
+        match exchange(fd, &frame, deadline_ms, socket) {
+            Ok(response) => {
+                put_idle(fd);
+                return Ok(response);
+            }
+            Err(err) => {
+                close(fd);
+                if !err.is_stale_connection() {
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    let fd = connect(socket, deadline_ms)?;
+    match exchange(fd, &frame, deadline_ms, socket) {
+        Ok(response) => {
+            put_idle(fd);
+            Ok(response)
+        }
+        Err(err) => {
+            close(fd);
+            Err(err)
+        }
+    }
+}
+
+fn current_pid() -> libc::pid_t {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+fn take_idle() -> Option<c_int> {
+    let pid = current_pid();
+    let mut pool = POOL.lock();
+    if pool.owner_pid != pid {
+        // Inherited through a fork that skipped the handlers (for example `clone`).
+        pool.idle.drain(..).for_each(close);
+        pool.owner_pid = pid;
+    }
+    pool.idle.pop()
+}
+
+fn put_idle(fd: c_int) {
+    let pid = current_pid();
+    let mut pool = POOL.lock();
+    if pool.owner_pid == pid && pool.idle.len() < MAX_IDLE {
+        pool.idle.push(fd);
+        return;
+    }
+    drop(pool);
+    close(fd);
+}
+
+fn close(fd: c_int) {
+    // SAFETY: `fd` is a socket this module opened and no longer uses.
+    unsafe { libc::close(fd) };
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn connect(path: &Path, deadline_ms: u64) -> Result<c_int, AgentError> {
+    let shown = display(path);
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= address.sun_path.len() || bytes.contains(&0) {
+        return Err(AgentError::PathTooLong(shown));
+    }
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (slot, byte) in address.sun_path.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    let address_len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as u32;
+
+    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(AgentError::Connect(shown, io::Error::last_os_error()));
+    }
+    loop {
+        // SAFETY: `address` is an initialised sockaddr_un and `address_len` covers its path.
+        let rc = unsafe {
+            libc::connect(
+                fd,
+                (&address as *const libc::sockaddr_un).cast(),
+                address_len,
+            )
+        };
+        if rc == 0 {
+            return Ok(fd);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // The listen backlog is full: retry until the deadline.
+            Some(libc::EAGAIN) => {
+                if clock::precise_ms() >= deadline_ms {
+                    close(fd);
+                    return Err(AgentError::TimedOut(shown, settings::get().timeout_ms));
+                }
+                sleep_ms(1);
+            }
+            Some(libc::ENOENT) => {
+                close(fd);
+                return Err(AgentError::NoSocket(shown));
+            }
+            _ => {
+                close(fd);
+                return Err(AgentError::Connect(shown, err));
+            }
+        }
+    }
+}
+
+fn sleep_ms(ms: u64) {
+    // SAFETY: poll with no descriptors only sleeps.
+    unsafe { libc::poll(std::ptr::null_mut(), 0, ms as c_int) };
+}
+
+/// Waits until `fd` is ready for `events` or the deadline passes.
+fn wait(fd: c_int, events: i16, deadline_ms: u64, socket: &Path) -> Result<(), AgentError> {
+    loop {
+        let now = clock::precise_ms();
+        if now >= deadline_ms {
+            return Err(AgentError::TimedOut(
+                display(socket),
+                settings::get().timeout_ms,
+            ));
+        }
+        let mut poll_fd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        let timeout = (deadline_ms - now).min(c_int::MAX as u64) as c_int;
+        // SAFETY: `poll_fd` is one valid pollfd.
+        let rc = unsafe { libc::poll(&mut poll_fd, 1, timeout) };
+        if rc > 0 {
+            return Ok(());
+        }
+        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Err(AgentError::Io(display(socket), io::Error::last_os_error()));
+        }
+    }
+}
+
+/// Writes one request frame and reads one response frame.
+fn exchange(
+    fd: c_int,
+    frame: &[u8],
+    deadline_ms: u64,
+    socket: &Path,
+) -> Result<Response, AgentError> {
+    let mut written = 0;
+    while written < frame.len() {
+        let rest = &frame[written..];
+        // SAFETY: `rest` is a valid buffer; MSG_NOSIGNAL turns a closed peer into EPIPE
+        // instead of a SIGPIPE that would kill the host program.
+        let n = unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            written += n as usize;
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) => wait(fd, libc::POLLOUT, deadline_ms, socket)?,
+            _ => return Err(AgentError::Io(display(socket), err)),
+        }
+    }
+
+    let mut received: Vec<u8> = Vec::with_capacity(256);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match Response::decode(&received) {
+            Ok(Some((response, used))) if used == received.len() => return Ok(response),
+            // Bytes after the response mean the stream is out of step: drop the connection.
+            Ok(Some(_)) => return Err(AgentError::TrailingBytes(display(socket))),
+            Ok(None) => {}
+            Err(err) => return Err(AgentError::Protocol(display(socket), err)),
+        }
+        debug_assert!(received.len() <= MAX_RESPONSE_LEN);
+        // SAFETY: `chunk` is a valid writable buffer of its length.
+        let n = unsafe { libc::recv(fd, chunk.as_mut_ptr().cast(), chunk.len(), 0) };
+        if n > 0 {
+            received.extend_from_slice(&chunk[..n as usize]);
+            continue;
+        }
+        if n == 0 {
+            return Err(AgentError::Closed(display(socket)));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) => wait(fd, libc::POLLIN, deadline_ms, socket)?,
+            _ => return Err(AgentError::Io(display(socket), err)),
+        }
+    }
+}
+
+extern "C" fn before_fork() {
+    // Hold the lock across fork so the child never inherits it locked by another thread.
+    std::mem::forget(POOL.lock());
+}
+
+extern "C" fn after_fork_parent() {
+    // SAFETY: `before_fork` locked the mutex in this thread and leaked the guard.
+    unsafe { POOL.force_unlock() };
+}
+
+extern "C" fn after_fork_child() {
+    // SAFETY: `before_fork` locked the mutex in the parent's forking thread, which is this
+    // thread in the child, and leaked the guard.
+    let pool = unsafe { &mut *POOL.data_ptr() };
+    // Close the child's copies; the parent's connections stay open.
+    pool.idle.drain(..).for_each(close);
+    pool.owner_pid = current_pid();
+    // SAFETY: as above.
+    unsafe { POOL.force_unlock() };
+}
+
+/// Registers the handlers that drop inherited connections in a forked child.
+pub fn register_fork_handlers() {
+    // SAFETY: the handlers are plain functions that live for the life of the process.
+    unsafe {
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork_parent),
+            Some(after_fork_child),
+        )
+    };
+}

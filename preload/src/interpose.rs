@@ -1,0 +1,243 @@
+//! The exported C symbols that replace libc's.
+//!
+//! Each runs its Rust code behind [`guard`], whose fallback is what libc alone would return,
+//! so no panic crosses into the host program.
+
+use std::ffi::{c_char, c_int};
+
+use libc::pid_t;
+
+use crate::child_env::{self, ChildEnv};
+use crate::ffi::guard;
+use crate::real;
+use crate::resolve;
+use crate::settings;
+
+/// Returns whether a C string starts with `vault:` or `envproxy:`.
+///
+/// # Safety
+/// `value` must be a valid NUL-terminated string.
+#[inline]
+unsafe fn is_reference(value: *const c_char) -> bool {
+    // SAFETY: `starts_with` stops at the first differing byte, and the NUL terminator differs
+    // from every byte of the prefixes, so no byte past the terminator is read.
+    unsafe {
+        match *value as u8 {
+            b'v' => starts_with(value, envproxy_proto::reference::VAULT_SCHEME.as_bytes()),
+            b'e' => starts_with(value, envproxy_proto::reference::LOCAL_SCHEME.as_bytes()),
+            _ => false,
+        }
+    }
+}
+
+#[inline]
+unsafe fn starts_with(value: *const c_char, prefix: &[u8]) -> bool {
+    for (i, &expected) in prefix.iter().enumerate() {
+        // SAFETY: bytes up to and including the first mismatch (at worst the NUL) are part of
+        // the string.
+        if unsafe { *value.add(i) } as u8 != expected {
+            return false;
+        }
+    }
+    true
+}
+
+/// Interposed `getenv(3)`.
+///
+/// A plain value is libc's own pointer. A resolved reference is a pointer to memory owned by
+/// the library: the caller must not free or modify it, and it stays valid for the life of the
+/// process, even after the value changes.
+///
+/// # Safety
+/// `name` must be a valid NUL-terminated string, as for libc's `getenv`.
+#[no_mangle]
+pub unsafe extern "C" fn getenv(name: *const c_char) -> *mut c_char {
+    let libc_getenv = real::getenv();
+    // SAFETY: same contract as the caller's.
+    let value = unsafe { libc_getenv(name) };
+    if value.is_null() {
+        if !settings::get().lookup_unset {
+            return value;
+        }
+        // SAFETY: `name` is NUL-terminated (and was accepted by libc's getenv).
+        return guard(value, || unsafe { resolve::absent(name) });
+    }
+    // SAFETY: libc returned a NUL-terminated value.
+    if unsafe { !is_reference(value) } {
+        return value;
+    }
+    // SAFETY: `name` and `value` are NUL-terminated; `value` points into the environment.
+    guard(value, || unsafe { resolve::reference(name, value) })
+}
+
+/// Interposed `secure_getenv(3)`: NULL in secure execution (setuid, setgid, capabilities),
+/// as glibc does, otherwise [`getenv`].
+///
+/// # Safety
+/// As for [`getenv`].
+#[no_mangle]
+pub unsafe extern "C" fn secure_getenv(name: *const c_char) -> *mut c_char {
+    // SAFETY: getauxval has no preconditions.
+    if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: same contract.
+    unsafe { getenv(name) }
+}
+
+fn rewrite(envp: *const *const c_char) -> Option<ChildEnv> {
+    if !settings::get().enabled {
+        return None;
+    }
+    // SAFETY: every caller passes an envp array from its own C caller, who guarantees its
+    // shape as execve(2) requires.
+    guard(None, || unsafe { child_env::rewrite(envp) })
+}
+
+fn no_symbol() -> c_int {
+    // SAFETY: errno is a thread-local lvalue.
+    unsafe { *libc::__errno_location() = libc::ENOSYS };
+    -1
+}
+
+/// Interposed `execve(2)`: the child receives references in place of resolved values.
+///
+/// # Safety
+/// As for libc's `execve`.
+#[no_mangle]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let Some(next) = real::execve() else {
+        return no_symbol();
+    };
+    let child = rewrite(envp);
+    let envp = child.as_ref().map_or(envp, ChildEnv::as_ptr);
+    // SAFETY: same contract; `child` outlives the call.
+    unsafe { next(path, argv, envp) }
+}
+
+/// Interposed `execvpe(3)`.
+///
+/// # Safety
+/// As for libc's `execvpe`.
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let Some(next) = real::execvpe() else {
+        return no_symbol();
+    };
+    let child = rewrite(envp);
+    let envp = child.as_ref().map_or(envp, ChildEnv::as_ptr);
+    // SAFETY: same contract; `child` outlives the call.
+    unsafe { next(file, argv, envp) }
+}
+
+/// Interposed `fexecve(3)`.
+///
+/// # Safety
+/// As for libc's `fexecve`.
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let Some(next) = real::fexecve() else {
+        return no_symbol();
+    };
+    let child = rewrite(envp);
+    let envp = child.as_ref().map_or(envp, ChildEnv::as_ptr);
+    // SAFETY: same contract; `child` outlives the call.
+    unsafe { next(fd, argv, envp) }
+}
+
+/// Interposed `execv(3)`, which passes the process's own `environ`: it holds references
+/// unless the program copied a resolved value into it with `setenv`.
+///
+/// # Safety
+/// As for libc's `execv`.
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    if let Some(child) = rewrite(real::environ_ptr()) {
+        let Some(next) = real::execve() else {
+            return no_symbol();
+        };
+        // SAFETY: same contract; `child` outlives the call.
+        return unsafe { next(path, argv, child.as_ptr()) };
+    }
+    let Some(next) = real::execv() else {
+        return no_symbol();
+    };
+    // SAFETY: same contract.
+    unsafe { next(path, argv) }
+}
+
+/// Interposed `execvp(3)`, see [`execv`].
+///
+/// # Safety
+/// As for libc's `execvp`.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    if let Some(child) = rewrite(real::environ_ptr()) {
+        let Some(next) = real::execvpe() else {
+            return no_symbol();
+        };
+        // SAFETY: same contract; `child` outlives the call.
+        return unsafe { next(file, argv, child.as_ptr()) };
+    }
+    let Some(next) = real::execvp() else {
+        return no_symbol();
+    };
+    // SAFETY: same contract.
+    unsafe { next(file, argv) }
+}
+
+/// Interposed `posix_spawn(3)`.
+///
+/// # Safety
+/// As for libc's `posix_spawn`.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut pid_t,
+    path: *const c_char,
+    file_actions: *const libc::posix_spawn_file_actions_t,
+    attrp: *const libc::posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    let Some(next) = real::posix_spawn() else {
+        return libc::ENOSYS;
+    };
+    let child = rewrite(envp.cast());
+    let envp = child.as_ref().map_or(envp, |c| c.as_ptr().cast());
+    // SAFETY: same contract; `child` outlives the call.
+    unsafe { next(pid, path, file_actions, attrp, argv, envp) }
+}
+
+/// Interposed `posix_spawnp(3)`.
+///
+/// # Safety
+/// As for libc's `posix_spawnp`.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut pid_t,
+    file: *const c_char,
+    file_actions: *const libc::posix_spawn_file_actions_t,
+    attrp: *const libc::posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    let Some(next) = real::posix_spawnp() else {
+        return libc::ENOSYS;
+    };
+    let child = rewrite(envp.cast());
+    let envp = child.as_ref().map_or(envp, |c| c.as_ptr().cast());
+    // SAFETY: same contract; `child` outlives the call.
+    unsafe { next(pid, file, file_actions, attrp, argv, envp) }
+}

@@ -1,0 +1,128 @@
+//! The library's settings, read once from `ENVPROXY_*` variables.
+
+use std::ffi::CStr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// What a reference that cannot be resolved, and has no stale value, yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// `getenv` returns the reference unchanged.
+    Reference,
+    /// `getenv` returns NULL, as if the variable were not set.
+    Unset,
+    /// The process exits with [`EXIT_CONFIG`] after the error line.
+    Exit,
+}
+
+/// Exit status for `ENVPROXY_ON_ERROR=exit`: `EX_CONFIG` from `sysexits.h`.
+pub const EXIT_CONFIG: i32 = 78;
+
+pub const DEFAULT_TTL_SECS: u64 = 30;
+pub const DEFAULT_TIMEOUT_MS: u64 = 2000;
+
+#[derive(Debug)]
+pub struct Settings {
+    /// `ENVPROXY_ENABLED`, default on; `0` turns every interposed symbol into plain libc.
+    pub enabled: bool,
+    /// `ENVPROXY_DEBUG=1`: one stderr line per decision.
+    pub debug: bool,
+    /// `ENVPROXY_CACHE_TTL` in milliseconds; 0 asks the agent on every call.
+    pub ttl_ms: u64,
+    /// `ENVPROXY_TIMEOUT_MS`: the longest one `getenv` waits for the agent.
+    pub timeout_ms: u64,
+    /// `ENVPROXY_ON_ERROR`.
+    pub on_error: OnError,
+    /// `ENVPROXY_LOOKUP_UNSET=1`: ask the agent for names absent from the environment.
+    pub lookup_unset: bool,
+    /// `ENVPROXY_SOCKET`, else the per-user default of the local agent.
+    pub socket: PathBuf,
+    /// `ENVPROXY_NO_PYTHON=1` skips the Python hook.
+    pub no_python: bool,
+    /// `ENVPROXY_NO_JAVA=1` skips the Java hook.
+    pub no_java: bool,
+}
+
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+/// Returns the settings, reading them on first use.
+#[inline]
+pub fn get() -> &'static Settings {
+    SETTINGS.get_or_init(Settings::from_environment)
+}
+
+impl Settings {
+    fn from_environment() -> Settings {
+        let ttl_secs = number("ENVPROXY_CACHE_TTL", DEFAULT_TTL_SECS);
+        Settings {
+            enabled: read(c"ENVPROXY_ENABLED").as_deref() != Some("0"),
+            debug: flag(c"ENVPROXY_DEBUG"),
+            ttl_ms: ttl_secs.saturating_mul(1000),
+            timeout_ms: number("ENVPROXY_TIMEOUT_MS", DEFAULT_TIMEOUT_MS),
+            on_error: on_error(),
+            lookup_unset: flag(c"ENVPROXY_LOOKUP_UNSET"),
+            socket: socket_path(),
+            no_python: flag(c"ENVPROXY_NO_PYTHON"),
+            no_java: flag(c"ENVPROXY_NO_JAVA"),
+        }
+    }
+}
+
+/// Reads a variable through libc's own `getenv`, never through the interposed one.
+pub fn read(name: &CStr) -> Option<String> {
+    let getenv = crate::real::getenv();
+    // SAFETY: `name` is NUL-terminated; the real getenv returns NULL or a NUL-terminated
+    // string owned by the environment.
+    let value = unsafe { getenv(name.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: checked non-null above; the string is NUL-terminated.
+    let value = unsafe { CStr::from_ptr(value) };
+    Some(value.to_string_lossy().into_owned())
+}
+
+fn flag(name: &CStr) -> bool {
+    read(name).as_deref() == Some("1")
+}
+
+fn number(name: &str, default: u64) -> u64 {
+    let c_name = std::ffi::CString::new(name).expect("variable names contain no NUL");
+    let Some(text) = read(&c_name) else {
+        return default;
+    };
+    match text.trim().parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => {
+            crate::diag::line(&format!(
+                "{name}={text:?} is not a whole number; using the default {default}"
+            ));
+            default
+        }
+    }
+}
+
+fn on_error() -> OnError {
+    match read(c"ENVPROXY_ON_ERROR").as_deref() {
+        None | Some("") | Some("reference") => OnError::Reference,
+        Some("unset") => OnError::Unset,
+        Some("exit") => OnError::Exit,
+        Some(other) => {
+            crate::diag::line(&format!(
+                "ENVPROXY_ON_ERROR={other:?} is not one of reference, unset, exit; \
+                 using reference"
+            ));
+            OnError::Reference
+        }
+    }
+}
+
+fn socket_path() -> PathBuf {
+    if let Some(path) = read(c"ENVPROXY_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let runtime_dir = read(c"XDG_RUNTIME_DIR").map(PathBuf::from);
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    envproxy_proto::socket_path::local_socket_path(runtime_dir.as_deref(), uid)
+}
