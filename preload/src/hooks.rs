@@ -46,6 +46,7 @@ fn hooks_dir() -> Option<PathBuf> {
         .iter()
         .map(|relative| library_dir.join(relative))
         .find(|candidate| candidate.is_dir())
+        .map(|found| std::fs::canonicalize(&found).unwrap_or(found))
 }
 
 /// The path this library was loaded from, as the loader reports it.
