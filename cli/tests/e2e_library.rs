@@ -1,0 +1,380 @@
+//! End-to-end tests of `libenvproxy.so` in real C programs, through `envproxy run` and
+//! against a standalone `envproxy-agent`.
+
+mod e2e_support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use e2e_support::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn c_program_resolves_secret_absent_from_environ() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("DB_PASSWORD", &secret)]);
+
+    let mut child = run_command(&secrets, probe())
+        .args(["wait", "DB_PASSWORD"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start envproxy run");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("pid=") {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "probe ended early: {printed}");
+        printed.push_str(&line);
+    }
+    let pid: u32 = value_of(printed.as_bytes(), "pid").unwrap().parse().unwrap();
+    let environ = environ_of(pid);
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+
+    assert_eq!(value_of(printed.as_bytes(), "DB_PASSWORD").as_deref(), Some(&*secret));
+    assert!(!contains(&environ, &secret), "the secret is in /proc/{pid}/environ");
+    assert!(contains(&environ, "DB_PASSWORD=envproxy:DB_PASSWORD"));
+    assert!(status.success());
+}
+
+#[test]
+fn envproxy_variables_are_never_resolved() {
+    let world = World::new();
+    let secrets = world.write_secrets(&[("ENVPROXY_X", "value-of-x"), ("KEY", "k")]);
+    let output = run_with_limit(
+        run_command(&secrets, probe())
+            .env("ENVPROXY_CUSTOM", "envproxy:ENVPROXY_X")
+            .args(["get", "ENVPROXY_CUSTOM", "KEY"]),
+        LIMIT,
+    );
+    assert_eq!(
+        value_of(&output.stdout, "ENVPROXY_CUSTOM").as_deref(),
+        Some("envproxy:ENVPROXY_X")
+    );
+    assert_eq!(value_of(&output.stdout, "KEY").as_deref(), Some("k"));
+}
+
+#[test]
+fn plain_values_pass_through_unchanged() {
+    let world = World::new();
+    let secrets = world.write_secrets(&[("KEY", "k")]);
+    let output = run_with_limit(
+        run_command(&secrets, probe())
+            .env("PLAIN", "vaul")
+            .env("URL", "postgres://host/db")
+            .env_remove("NOT_SET_ANYWHERE")
+            .args(["get", "PLAIN", "URL", "NOT_SET_ANYWHERE"]),
+        LIMIT,
+    );
+    assert_eq!(value_of(&output.stdout, "PLAIN").as_deref(), Some("vaul"));
+    assert_eq!(
+        value_of(&output.stdout, "URL").as_deref(),
+        Some("postgres://host/db")
+    );
+    assert_eq!(
+        value_of(&output.stdout, "NOT_SET_ANYWHERE").as_deref(),
+        Some("(null)")
+    );
+    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn secure_getenv_resolves_outside_secure_execution() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("TOKEN", &secret)]);
+    let output = run_with_limit(
+        run_command(&secrets, probe()).args(["secure", "TOKEN"]),
+        LIMIT,
+    );
+    assert_eq!(value_of(&output.stdout, "TOKEN").as_deref(), Some(&*secret));
+}
+
+/// Starts a program that prints `NAME=VALUE` lines and returns a channel of (time, value).
+fn stream_values(mut command: Command, name: &str) -> (mpsc::Receiver<(Instant, String)>, u32) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start program");
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    let prefix = format!("{name}=");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(value) = line.strip_prefix(&prefix) {
+                if sender.send((Instant::now(), value.to_string())).is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = child.wait();
+    });
+    (receiver, pid)
+}
+
+/// Edits the secret while a program prints it in a loop and returns how long after the edit
+/// the new value first appeared.
+fn rotation_delay(world: &World, command: Command, old: &str, new: &str) -> Duration {
+    let (values, _pid) = stream_values(command, "ROTATING");
+    let first = values.recv_timeout(LIMIT).expect("first value");
+    assert_eq!(first.1, old);
+    std::thread::sleep(Duration::from_millis(300));
+    let edited_at = Instant::now();
+    world.write_secrets(&[("ROTATING", new)]);
+    loop {
+        let (at, value) = values
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the new value never appeared");
+        if value == new {
+            return at.duration_since(edited_at);
+        }
+        assert_eq!(value, old, "unexpected value while rotating");
+    }
+}
+
+#[test]
+fn c_loop_sees_rotated_value_within_ttl() {
+    let world = World::new();
+    let (old, new) = (random_secret(), random_secret());
+    let secrets = world.write_secrets(&[("ROTATING", &old)]);
+    let mut command = run_command(&secrets, probe());
+    command
+        .env("ENVPROXY_CACHE_TTL", "1")
+        .args(["loop", "ROTATING", "50", "200"]);
+    let delay = rotation_delay(&world, command, &old, &new);
+    assert!(delay <= Duration::from_secs(2), "new value seen after {delay:?}");
+}
+
+/// Drives `probe serve`: each request is a variable name, each reply a value and a duration.
+struct Serve {
+    stdin: ChildStdin,
+    replies: mpsc::Receiver<String>,
+    child: std::process::Child,
+}
+
+impl Serve {
+    fn start(mut command: Command) -> Serve {
+        let mut child = command
+            .arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start probe serve");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, replies) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Serve {
+            stdin,
+            replies,
+            child,
+        }
+    }
+
+    /// Returns the value of `name` and how long `getenv` took, in milliseconds.
+    fn get(&mut self, name: &str) -> (String, u64) {
+        writeln!(self.stdin, "{name}").unwrap();
+        self.stdin.flush().unwrap();
+        let value_line = self.replies.recv_timeout(LIMIT).expect("value line");
+        let ms_line = self.replies.recv_timeout(LIMIT).expect("ms line");
+        let value = value_line
+            .strip_prefix(&format!("{name}="))
+            .unwrap_or_else(|| panic!("unexpected line {value_line:?}"))
+            .to_string();
+        let ms = ms_line.strip_prefix("ms=").unwrap().parse().unwrap();
+        (value, ms)
+    }
+
+    /// Ends the program and returns its stderr.
+    fn finish(self) -> String {
+        drop(self.stdin);
+        let output = self.child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+}
+
+#[test]
+fn agent_outage_serves_stale_and_recovers() {
+    let world = World::new();
+    let (cached, uncached) = (random_secret(), random_secret());
+    let secrets = world.write_secrets(&[("CACHED", &cached), ("UNCACHED", &uncached)]);
+    let socket = world.socket();
+    let agent = Agent::start(&socket, &secrets);
+
+    let mut command = preload_command(&probe(), &socket);
+    command
+        .env("ENVPROXY_CACHE_TTL", "1")
+        .env("ENVPROXY_TIMEOUT_MS", "500")
+        .env("CACHED", "envproxy:CACHED")
+        .env("UNCACHED", "envproxy:UNCACHED");
+    let mut probe = Serve::start(command);
+    assert_eq!(probe.get("CACHED").0, cached);
+
+    agent.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(probe.get("CACHED").0, cached, "stale value not served");
+    let (value, ms) = probe.get("UNCACHED");
+    assert_eq!(value, "envproxy:UNCACHED");
+    assert!(ms <= 600, "getenv took {ms} ms with a 500 ms timeout");
+    assert_eq!(probe.get("UNCACHED").0, "envproxy:UNCACHED");
+
+    let _agent = Agent::start(&socket, &secrets);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(probe.get("UNCACHED").0, uncached, "no reconnect after restart");
+    assert_eq!(probe.get("CACHED").0, cached);
+
+    let stderr = probe.finish();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got {stderr:?}");
+    assert!(lines[0].contains("UNCACHED: cannot resolve envproxy:UNCACHED"));
+    assert!(!stderr.contains(&cached) && !stderr.contains(&uncached));
+}
+
+#[test]
+fn hung_agent_costs_at_most_the_timeout() {
+    let world = World::new();
+    let socket = world.socket();
+    let listener = UnixListener::bind(&socket).unwrap();
+    // Accept connections and never answer.
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in listener.incoming().take(4) {
+            open.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    let mut command = preload_command(&probe(), &socket);
+    command
+        .env("ENVPROXY_TIMEOUT_MS", "300")
+        .env("SLOW", "envproxy:SLOW");
+    let mut probe = Serve::start(command);
+    let started = Instant::now();
+    let (value, ms) = probe.get("SLOW");
+    assert_eq!(value, "envproxy:SLOW");
+    assert!(ms >= 250 && ms <= 500, "getenv took {ms} ms with a 300 ms timeout");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let stderr = probe.finish();
+    assert!(stderr.contains("did not answer within 300 ms"), "{stderr}");
+    drop(held);
+}
+
+#[test]
+fn on_error_unset_and_exit() {
+    let world = World::new();
+    let socket = world.path("no-agent.sock");
+
+    let mut unset = preload_command(&probe(), &socket);
+    unset
+        .env("ENVPROXY_ON_ERROR", "unset")
+        .env("GONE", "envproxy:GONE")
+        .args(["get", "GONE"]);
+    let output = run_with_limit(&mut unset, LIMIT);
+    assert_eq!(value_of(&output.stdout, "GONE").as_deref(), Some("(null)"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("GONE: cannot resolve"));
+
+    let mut exit = preload_command(&probe(), &socket);
+    exit.env("ENVPROXY_ON_ERROR", "exit")
+        .env("GONE", "envproxy:GONE")
+        .args(["get", "GONE"]);
+    let output = run_with_limit(&mut exit, LIMIT);
+    assert_eq!(output.status.code(), Some(78));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("exiting with status 78"), "{stderr}");
+}
+
+#[test]
+fn sixteen_threads_resolve_at_once() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("SHARED", &secret)]);
+    for ttl in ["30", "0"] {
+        let output = run_with_limit(
+            run_command(&secrets, probe())
+                .env("ENVPROXY_CACHE_TTL", ttl)
+                .args(["threads", "SHARED", &secret, "16"]),
+            Duration::from_secs(120),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "ok",
+            "TTL {ttl}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn fifty_forked_children_resolve() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("FORKED", &secret)]);
+    for ttl in ["30", "0"] {
+        let output = run_with_limit(
+            run_command(&secrets, probe())
+                .env("ENVPROXY_CACHE_TTL", ttl)
+                .args(["fork", "FORKED", &secret, "50"]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            value_of(&output.stdout, "matched").as_deref(),
+            Some("50"),
+            "TTL {ttl}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn grandchild_through_shell_resolves() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("NESTED", &secret)]);
+    let script = format!("sh -c '{} get NESTED'", probe().display());
+    let output = run_with_limit(
+        run_command(&secrets, "sh").args(["-c", &script]),
+        LIMIT,
+    );
+    assert_eq!(value_of(&output.stdout, "NESTED").as_deref(), Some(&*secret));
+}
+
+#[test]
+fn children_get_references_for_copied_values() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("COPIED", &secret)]);
+    for mode in ["execve", "spawn"] {
+        let output = run_with_limit(run_command(&secrets, probe()).args([mode, "COPIED"]), LIMIT);
+        assert!(output.status.success(), "{mode}: {output:?}");
+        let environment = String::from_utf8_lossy(&output.stdout);
+        assert!(!environment.contains(&secret), "{mode}: the child saw the value");
+        assert!(
+            environment.lines().any(|l| l == "COPIED=envproxy:COPIED"),
+            "{mode}: {environment}"
+        );
+        assert!(
+            environment.lines().any(|l| l == "RENAMED=envproxy:COPIED"),
+            "{mode}: {environment}"
+        );
+    }
+}

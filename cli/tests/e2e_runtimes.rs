@@ -1,0 +1,190 @@
+//! End-to-end tests of Python and Node.js programs under `envproxy run`: each reads a random
+//! secret through its usual API, and neither it nor its children hold the value in
+//! `/proc/PID/environ`.
+
+mod e2e_support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use e2e_support::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Python code that prints `NAME=VALUE` and whether the value is in its own environ.
+const PYTHON_SELF_CHECK: &str = r#"
+import os, sys
+name = sys.argv[1]
+value = os.environ.get(name, "(null)")
+raw = open("/proc/self/environ", "rb").read()
+print(f"{name}={value}")
+print("getenv=" + str(os.getenv(name)))
+print("environ=" + ("leak" if value.encode() in raw else "clean"))
+"#;
+
+fn require(program: &str) {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{program} is not installed; .ci/run installs it (apt-get install python3 nodejs)"
+    );
+}
+
+#[test]
+fn python_reads_secret_through_os_environ() {
+    require("python3");
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+    let output = run_with_limit(
+        run_command(&secrets, "python3").args(["-c", PYTHON_SELF_CHECK, "API_TOKEN"]),
+        LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        value_of(&output.stdout, "API_TOKEN").as_deref(),
+        Some(&*secret),
+        "{stderr}"
+    );
+    assert_eq!(value_of(&output.stdout, "getenv").as_deref(), Some(&*secret));
+    assert_eq!(value_of(&output.stdout, "environ").as_deref(), Some("clean"));
+}
+
+#[test]
+fn python_child_with_copied_environ_gets_reference() {
+    require("python3");
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("DB_URL", &secret)]);
+    let parent = format!(
+        r#"
+import os, subprocess, sys
+env = os.environ.copy()
+env["EXTRA"] = "1"
+child = {PYTHON_SELF_CHECK:?}
+subprocess.run([sys.executable, "-c", child, "DB_URL"], env=env, check=True)
+subprocess.run(["/usr/bin/env"], env=dict(os.environ), check=True)
+"#
+    );
+    let output = run_with_limit(
+        run_command(&secrets, "python3").args(["-c", &parent]),
+        LIMIT,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(value_of(&output.stdout, "DB_URL").as_deref(), Some(&*secret));
+    assert_eq!(value_of(&output.stdout, "environ").as_deref(), Some("clean"));
+    assert!(
+        stdout.lines().any(|l| l == "DB_URL=envproxy:DB_URL"),
+        "/usr/bin/env did not see the reference: {stdout}"
+    );
+    assert_eq!(stdout.matches(&secret).count(), 1, "{stdout}");
+}
+
+#[test]
+fn python_loop_sees_rotated_value_within_ttl() {
+    require("python3");
+    let world = World::new();
+    let (old, new) = (random_secret(), random_secret());
+    let secrets = world.write_secrets(&[("ROTATING", &old)]);
+    let script = r#"
+import os, sys, time
+for _ in range(200):
+    print("ROTATING=" + os.environ["ROTATING"], flush=True)
+    time.sleep(0.05)
+"#;
+    let mut child = run_command(&secrets, "python3")
+        .env("ENVPROXY_CACHE_TTL", "1")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (sender, values) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(value) = line.strip_prefix("ROTATING=") {
+                let _ = sender.send((Instant::now(), value.to_string()));
+            }
+        }
+    });
+    assert_eq!(values.recv_timeout(LIMIT).unwrap().1, old);
+    std::thread::sleep(Duration::from_millis(300));
+    let edited_at = Instant::now();
+    world.write_secrets(&[("ROTATING", &new)]);
+    let delay = loop {
+        let (at, value) = values.recv_timeout(Duration::from_secs(10)).expect("new value");
+        if value == new {
+            break at.duration_since(edited_at);
+        }
+        assert_eq!(value, old);
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(delay <= Duration::from_secs(2), "new value seen after {delay:?}");
+}
+
+#[test]
+fn python_hook_disabled_leaves_reference() {
+    require("python3");
+    let world = World::new();
+    let secrets = world.write_secrets(&[("API_TOKEN", "value")]);
+    let output = run_with_limit(
+        run_command(&secrets, "python3")
+            .env("ENVPROXY_NO_PYTHON", "1")
+            .args(["-c", PYTHON_SELF_CHECK, "API_TOKEN"]),
+        LIMIT,
+    );
+    assert_eq!(
+        value_of(&output.stdout, "API_TOKEN").as_deref(),
+        Some("envproxy:API_TOKEN")
+    );
+}
+
+/// Node.js code that prints the value, checks its own environ, then spawns a child with a
+/// spread copy of `process.env` that does the same.
+const NODE_SCRIPT: &str = r#"
+const fs = require("fs");
+const { spawnSync } = require("child_process");
+const name = process.argv[1];
+const value = process.env[name];
+const raw = fs.readFileSync("/proc/self/environ");
+const role = process.argv[2] || "parent";
+console.log(`${role}.${name}=${value}`);
+console.log(`${role}.environ=${raw.includes(Buffer.from(value)) ? "leak" : "clean"}`);
+if (role === "parent") {
+  const result = spawnSync(process.execPath, ["-e", process.argv[3], name, "child"], {
+    env: { ...process.env, EXTRA: "1" },
+    stdio: "inherit",
+  });
+  process.exit(result.status);
+}
+"#;
+
+#[test]
+fn node_reads_secret_and_spread_env_child_gets_reference() {
+    require("node");
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("SESSION_KEY", &secret)]);
+    let output = run_with_limit(
+        run_command(&secrets, "node").args(["-e", NODE_SCRIPT, "SESSION_KEY", "parent", NODE_SCRIPT]),
+        LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let out = &output.stdout;
+    assert_eq!(value_of(out, "parent.SESSION_KEY").as_deref(), Some(&*secret), "{stderr}");
+    assert_eq!(value_of(out, "parent.environ").as_deref(), Some("clean"));
+    assert_eq!(value_of(out, "child.SESSION_KEY").as_deref(), Some(&*secret));
+    assert_eq!(value_of(out, "child.environ").as_deref(), Some("clean"));
+}

@@ -1,0 +1,273 @@
+//! Shared parts of the end-to-end tests: built binaries, the probe program, agents, random
+//! secrets and `/proc` scans.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use envproxy_proto::{client, Request, Response};
+
+/// The directory that holds the workspace's built binaries and `libenvproxy.so`.
+pub fn build_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_envproxy"))
+        .parent()
+        .expect("binary has a parent directory")
+        .to_path_buf()
+}
+
+/// Returns the path of a built artifact, failing with the command that builds it.
+pub fn artifact(name: &str) -> PathBuf {
+    let path = build_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing; build the whole workspace first with `cargo build --workspace` \
+         (the test command in README.md does)",
+        path.display()
+    );
+    path
+}
+
+pub fn envproxy() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_envproxy"))
+}
+
+pub fn library() -> PathBuf {
+    artifact("libenvproxy.so")
+}
+
+pub fn agent_binary() -> PathBuf {
+    artifact("envproxy-agent")
+}
+
+/// Returns a random secret of 32 hex characters, different in every test.
+pub fn random_secret() -> String {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("read /dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compiles `tests/programs/probe.c` once per test binary.
+pub fn probe() -> PathBuf {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/probe.c");
+            let dir = build_dir().join("e2e-programs");
+            std::fs::create_dir_all(&dir).expect("create program dir");
+            let output = dir.join(format!("probe-{}", std::process::id()));
+            let status = Command::new("cc")
+                .args(["-O1", "-pthread", "-o"])
+                .arg(&output)
+                .arg(&source)
+                .status()
+                .expect("run cc (install gcc)");
+            assert!(status.success(), "compiling {} failed", source.display());
+            output
+        })
+        .clone()
+}
+
+/// A temporary directory with a secrets file, removed on drop.
+pub struct World {
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub fn new() -> World {
+        World {
+            dir: tempfile::Builder::new()
+                .prefix("envproxy-e2e-")
+                .tempdir()
+                .expect("create temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `secrets.json` atomically (write then rename, as editors do) and returns its path.
+    pub fn write_secrets(&self, pairs: &[(&str, &str)]) -> PathBuf {
+        let map: serde_json::Map<String, serde_json::Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
+        let path = self.path("secrets.json");
+        let staging = self.path("secrets.json.new");
+        std::fs::write(&staging, serde_json::to_vec(&map).unwrap()).expect("write secrets");
+        std::fs::rename(&staging, &path).expect("rename secrets");
+        path
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("agent.sock")
+    }
+}
+
+/// A standalone `envproxy-agent` process, stopped on drop.
+pub struct Agent {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Agent {
+    pub fn start(socket: &Path, secrets: &Path) -> Agent {
+        let child = Command::new(agent_binary())
+            .arg("--socket")
+            .arg(socket)
+            .arg("--secrets")
+            .arg(secrets)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start envproxy-agent");
+        let agent = Agent {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        wait_for_agent(socket, Duration::from_secs(10));
+        agent
+    }
+
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: kill with a pid this test spawned; the process is not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// Waits until an agent answers a status request on `socket`.
+pub fn wait_for_agent(socket: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(mut stream) = UnixStream::connect(socket) {
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
+            if let Ok(Response::Found(_)) = client::call(&mut stream, &Request::Status) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agent answered on {} within {limit:?}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion, killing it after `limit`.
+pub fn run_with_limit(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect output");
+            panic!(
+                "command {command:?} did not finish within {limit:?}; stdout: {} stderr: {}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Environment for a program run directly under the library against `socket`, with a clean
+/// set of `ENVPROXY_*` variables.
+pub fn preload_command(program: &Path, socket: &Path) -> Command {
+    let mut command = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ENVPROXY_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .env("LD_PRELOAD", library())
+        .env("ENVPROXY_SOCKET", socket);
+    command
+}
+
+/// `envproxy run --secrets FILE -- PROGRAM ARGS` with a clean set of `ENVPROXY_*` variables.
+pub fn run_command(secrets: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(envproxy());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ENVPROXY_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .env("ENVPROXY_LIB", library())
+        .arg("run")
+        .arg("--secrets")
+        .arg(secrets)
+        .arg("--")
+        .arg(program);
+    command
+}
+
+/// Reads `/proc/PID/environ`.
+pub fn environ_of(pid: u32) -> Vec<u8> {
+    std::fs::read(format!("/proc/{pid}/environ")).expect("read /proc/PID/environ")
+}
+
+/// Returns whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+/// Returns the `NAME=` lines of a program's output as (name, value) pairs.
+pub fn lines(output: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(output)
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once('=')?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// Returns the value a program printed for `name`.
+pub fn value_of(output: &[u8], name: &str) -> Option<String> {
+    lines(output)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+}

@@ -1,0 +1,177 @@
+/* Test program for the library's end-to-end tests. It prints values: the tests give it
+ * random per-test secrets, never real ones.
+ *
+ *   probe get NAME...              print NAME=VALUE (or NAME=(null)) per name
+ *   probe secure NAME              the same through secure_getenv
+ *   probe wait NAME                print the value and the pid, then block until stdin closes
+ *   probe loop NAME MS COUNT       print the value every MS milliseconds, COUNT times
+ *   probe threads NAME EXPECTED N  N threads call getenv 10000 times each; print "ok" or the
+ *                                  number of mismatches
+ *   probe fork NAME EXPECTED N     N forked children each resolve NAME; print how many matched
+ *   probe execve NAME              resolve NAME, then execve /usr/bin/env with a copy of the
+ *                                  environment holding the value under NAME and RENAMED
+ *   probe spawn NAME               the same through posix_spawn
+ *   probe serve                    for each name read from stdin, print NAME=VALUE and the
+ *                                  milliseconds getenv took as "ms=N"
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* Returns a copy of environ with NAME and RENAMED set to VALUE, as a program that copies its
+ * resolved environment for a child would build it. */
+static char **copied_environment(const char *name, const char *value) {
+    size_t count = 0;
+    while (environ[count] != NULL) count++;
+    char **copy = calloc(count + 3, sizeof *copy);
+    size_t used = 0;
+    size_t name_len = strlen(name);
+    for (size_t i = 0; i < count; i++) {
+        if (strncmp(environ[i], name, name_len) == 0 && environ[i][name_len] == '=') continue;
+        copy[used++] = environ[i];
+    }
+    char *own = malloc(name_len + strlen(value) + 2);
+    sprintf(own, "%s=%s", name, value);
+    char *renamed = malloc(strlen(value) + 9);
+    sprintf(renamed, "RENAMED=%s", value);
+    copy[used++] = own;
+    copy[used++] = renamed;
+    copy[used] = NULL;
+    return copy;
+}
+
+static const char *show(const char *value) { return value ? value : "(null)"; }
+
+struct thread_args {
+    const char *name;
+    const char *expected;
+    int mismatches;
+};
+
+static void *thread_main(void *raw) {
+    struct thread_args *args = raw;
+    for (int i = 0; i < 10000; i++) {
+        const char *value = getenv(args->name);
+        if (value == NULL || strcmp(value, args->expected) != 0) {
+            args->mismatches++;
+        }
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 2 && strcmp(argv[1], "serve") == 0) {
+        char line[4096];
+        while (fgets(line, sizeof line, stdin) != NULL) {
+            line[strcspn(line, "\n")] = '\0';
+            struct timespec start, end;
+            clock_gettime(CLOCK_MONOTONIC, &start);
+            const char *value = getenv(line);
+            clock_gettime(CLOCK_MONOTONIC, &end);
+            long ms = (end.tv_sec - start.tv_sec) * 1000 + (end.tv_nsec - start.tv_nsec) / 1000000;
+            printf("%s=%s\nms=%ld\n", line, show(value), ms);
+        }
+        return 0;
+    }
+    if (argc < 3) {
+        fprintf(stderr, "usage: probe MODE NAME...\n");
+        return 2;
+    }
+    const char *mode = argv[1];
+    const char *name = argv[2];
+
+    if (strcmp(mode, "get") == 0) {
+        for (int i = 2; i < argc; i++) {
+            printf("%s=%s\n", argv[i], show(getenv(argv[i])));
+        }
+        return 0;
+    }
+    if (strcmp(mode, "secure") == 0) {
+        printf("%s=%s\n", name, show(secure_getenv(name)));
+        return 0;
+    }
+    if (strcmp(mode, "execve") == 0 || strcmp(mode, "spawn") == 0) {
+        const char *value = getenv(name);
+        if (value == NULL) return 3;
+        char **child_env = copied_environment(name, value);
+        char *child_argv[] = {"/usr/bin/env", NULL};
+        if (strcmp(mode, "execve") == 0) {
+            execve("/usr/bin/env", child_argv, child_env);
+            perror("execve");
+            return 4;
+        }
+        pid_t child;
+        if (posix_spawn(&child, "/usr/bin/env", NULL, NULL, child_argv, child_env) != 0) return 4;
+        int status = 0;
+        waitpid(child, &status, 0);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 5;
+    }
+    if (strcmp(mode, "wait") == 0) {
+        printf("%s=%s\n", name, show(getenv(name)));
+        printf("pid=%d\n", (int)getpid());
+        char buffer[64];
+        while (fread(buffer, 1, sizeof buffer, stdin) > 0) {
+        }
+        return 0;
+    }
+    if (strcmp(mode, "loop") == 0 && argc == 5) {
+        int interval_ms = atoi(argv[3]);
+        int count = atoi(argv[4]);
+        for (int i = 0; i < count; i++) {
+            printf("%s=%s\n", name, show(getenv(name)));
+            struct timespec pause = {interval_ms / 1000, (interval_ms % 1000) * 1000000L};
+            nanosleep(&pause, NULL);
+        }
+        return 0;
+    }
+    if (strcmp(mode, "threads") == 0 && argc == 5) {
+        int count = atoi(argv[4]);
+        pthread_t threads[64];
+        struct thread_args args[64];
+        if (count > 64) count = 64;
+        for (int i = 0; i < count; i++) {
+            args[i] = (struct thread_args){name, argv[3], 0};
+            pthread_create(&threads[i], NULL, thread_main, &args[i]);
+        }
+        int mismatches = 0;
+        for (int i = 0; i < count; i++) {
+            pthread_join(threads[i], NULL);
+            mismatches += args[i].mismatches;
+        }
+        if (mismatches == 0) {
+            printf("ok\n");
+        } else {
+            printf("mismatches=%d\n", mismatches);
+        }
+        return 0;
+    }
+    if (strcmp(mode, "fork") == 0 && argc == 5) {
+        int count = atoi(argv[4]);
+        /* Resolve once in the parent so children inherit a warm cache and a connection. */
+        getenv(name);
+        int matched = 0;
+        for (int i = 0; i < count; i++) {
+            pid_t child = fork();
+            if (child == 0) {
+                const char *value = getenv(name);
+                _exit(value != NULL && strcmp(value, argv[3]) == 0 ? 0 : 1);
+            }
+            int status = 0;
+            waitpid(child, &status, 0);
+            if (WIFEXITED(status) && WEXITSTATUS(status) == 0) matched++;
+        }
+        printf("matched=%d\n", matched);
+        return 0;
+    }
+    fprintf(stderr, "probe: unknown mode %s\n", mode);
+    return 2;
+}
