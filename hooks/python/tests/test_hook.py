@@ -481,7 +481,7 @@ class SitecustomizeTests(unittest.TestCase):
         self.preload = self.tmp / "libenvproxy.so"
         self.preload.symlink_to(find_libc_path())
 
-    def run_python(self, extra_env, pythonpath=None, code=PROBE):
+    def run_python(self, extra_env, pythonpath=None, code=PROBE, cwd=None):
         env = {"PATH": os.environ["PATH"], "LD_PRELOAD": str(self.preload)}
         env["PYTHONPATH"] = pythonpath if pythonpath is not None else str(HOOK_DIR)
         env.update(extra_env)
@@ -489,6 +489,7 @@ class SitecustomizeTests(unittest.TestCase):
         return subprocess.run(
             [sys.executable, "-c", code],
             env=env,
+            cwd=cwd,
             capture_output=True,
             text=True,
             timeout=60,
@@ -599,11 +600,28 @@ class SitecustomizeTests(unittest.TestCase):
         self.assertEqual(json.loads(result.stdout)["class"], "ResolvingEnviron")
 
     def test_hook_directory_twice_no_recursion(self):
+        other = self.write_other_sitecustomize('print("OTHER-SITECUSTOMIZE")\n')
         alias = self.tmp / "alias"
         alias.symlink_to(HOOK_DIR)
-        pythonpath = f"{HOOK_DIR}:{alias}:{HOOK_DIR}"
-        report = self.run_probe({"EPTEST_REF": "envproxy:REF"}, pythonpath)
-        self.assertEqual(report["class"], "ResolvingEnviron")
+        pythonpath = f"{HOOK_DIR}:{alias}:{HOOK_DIR}:{other}"
+        result = self.run_python({"EPTEST_REF": "envproxy:REF"}, pythonpath)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stderr, "")
+        lines = result.stdout.splitlines()
+        self.assertEqual(lines[0], "OTHER-SITECUSTOMIZE")
+        self.assertEqual(len(lines), 2, result.stdout)
+        self.assertEqual(json.loads(lines[1])["class"], "ResolvingEnviron")
+
+    def test_relative_hook_directory_chains(self):
+        other = self.write_other_sitecustomize('print("OTHER-SITECUSTOMIZE")\n')
+        pythonpath = f"{HOOK_DIR.name}:{other}"
+        result = self.run_python({"EPTEST_REF": "envproxy:REF"}, pythonpath, cwd=HOOK_DIR.parent)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stderr, "")
+        lines = result.stdout.splitlines()
+        self.assertEqual(lines[0], "OTHER-SITECUSTOMIZE")
+        self.assertEqual(len(lines), 2, result.stdout)
+        self.assertEqual(json.loads(lines[1])["class"], "ResolvingEnviron")
 
 
 if __name__ == "__main__":
