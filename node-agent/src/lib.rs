@@ -1,1 +1,51 @@
+//! The EnvProxy agent: serves secret lookups for processes of one user over a Unix socket.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML config file.
+//! - [`secrets`]: secrets files in JSON, `.env` and TOML.
+//! - [`backend`]: the secrets file in memory, reloaded when it changes.
+//! - [`listener`]: the socket, its private directory and stale socket files.
+//! - [`peer`]: caller identity from `SO_PEERCRED`.
+//! - `server` and `connection`: the accept loop and one task per connection.
+//! - `handler`: the answer to each request.
+//! - [`status`]: the JSON returned for a status request.
+//! - [`limits`] and [`logging`]: process set-up shared by the agent binary and the `envproxy` CLI.
+//!
+//! # Socket
+//!
+//! The agent listens on one Unix socket, by default `$XDG_RUNTIME_DIR/envproxy/agent.sock` (or
+//! `/tmp/envproxy-<uid>/agent.sock`). Only processes whose uid equals the agent's effective uid
+//! may ask; any other caller gets one permission-denied error and the connection is closed. The
+//! accept loop runs on the Tokio runtime that calls [`BoundAgent::serve`], with one task per
+//! connection and one task that polls the secrets file.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), envproxy_agent::AgentError> {
+//! use envproxy_agent::{Agent, Config};
+//! let config = Config {
+//!     secrets_file: Some("secrets.json".into()),
+//!     ..Config::default()
+//! };
+//! let agent = Agent::bind(config).await?;
+//! agent.serve(async { tokio::signal::ctrl_c().await.ok(); }).await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
 
+mod agent;
+pub mod backend;
+pub mod config;
+mod connection;
+mod handler;
+pub mod limits;
+pub mod listener;
+pub mod logging;
+pub mod peer;
+pub mod secrets;
+mod server;
+pub mod status;
+
+pub use agent::{default_socket_path, Agent, AgentError, BoundAgent};
+pub use config::{Config, ConfigError};
+pub use status::AgentStatus;

@@ -1,0 +1,530 @@
+//! Agent configuration: the TOML file and its defaults.
+//!
+//! The original EnvProxy file keeps working unchanged:
+//!
+//! ```toml
+//! [agent]
+//! socket = "/tmp/envproxy.sock"
+//! log_level = "info"
+//! [backend]
+//! type = "file"
+//! path = "secrets.json"
+//! ```
+//!
+//! Further keys of `[agent]`: `mode` (only `"local"`), `max_connections` and
+//! `idle_timeout_secs`. Relative paths are relative to the directory of the config file. Unknown
+//! keys do not fail the load, so older and newer files both work: they are returned in
+//! [`Config::warnings`] for the caller to log once logging is set up.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+/// Connections served at once when `max_connections` is not set.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Idle time after which a connection is closed when `idle_timeout_secs` is not set.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Log filter when `log_level` is not set.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Interval between checks of the secrets file for changes.
+pub const DEFAULT_RELOAD_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Settings of one agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Socket path. `None` selects the per-user default.
+    pub socket: Option<PathBuf>,
+    /// A `tracing` filter: a level such as `info` or a directive such as `envproxy_agent=debug`.
+    pub log_level: String,
+    /// Maximum number of connections served at once. Further connections are closed at accept.
+    pub max_connections: usize,
+    /// A connection that sends no complete request within this time is closed.
+    pub idle_timeout: Duration,
+    /// The secrets file of the file backend. The agent does not start without one.
+    pub secrets_file: Option<PathBuf>,
+    /// Interval between checks of the secrets file for changes.
+    pub reload_poll_interval: Duration,
+    /// One message per unknown key found in the config file.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: None,
+            log_level: DEFAULT_LOG_LEVEL.to_string(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            secrets_file: None,
+            reload_poll_interval: DEFAULT_RELOAD_POLL_INTERVAL,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// A config file that cannot be used. Each message names the file and, where one applies, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: invalid TOML: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: invalid {key}: {reason}", path.display())]
+    InvalidValue {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+    #[error(
+        "{}: [agent] mode = \"node\" is not available: node mode is not built yet; \
+         use mode = \"local\" (the default)",
+        path.display()
+    )]
+    NodeModeNotBuilt { path: PathBuf },
+    #[error(
+        "{}: [backend] type = \"vault\" is not available: the Vault backend is not built into \
+         this version; use type = \"file\" with path = a secrets file",
+        path.display()
+    )]
+    VaultBackendNotBuilt { path: PathBuf },
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let path = std::path::absolute(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let text = fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Config::parse(&text, &path)
+    }
+
+    /// Validates config text that was read from `path`. Relative paths in it are resolved
+    /// against the directory of `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let table: Table = text.parse().map_err(|err: toml::de::Error| {
+            // The Display form of a TOML error quotes the offending source line, so only the
+            // message and the position are kept.
+            let (line, column) = err
+                .span()
+                .map(|span| line_and_column(text, span.start))
+                .unwrap_or((1, 1));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: err.message().to_string(),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        let mut reader = TableReader {
+            path,
+            base,
+            warnings: Vec::new(),
+        };
+        let mut config = Config::default();
+
+        for key in table.keys() {
+            if key != "agent" && key != "backend" {
+                reader.warn_unknown(&format!("top-level key `{key}`"));
+            }
+        }
+        if let Some(agent) = reader.section(&table, "agent", "[agent]")? {
+            reader.read_agent(agent, &mut config)?;
+        }
+        if let Some(backend) = reader.section(&table, "backend", "[backend]")? {
+            reader.read_backend(backend, &mut config)?;
+        }
+
+        config.warnings = reader.warnings;
+        Ok(config)
+    }
+}
+
+/// Walks the tables of one config file, collecting warnings about unknown keys.
+struct TableReader<'a> {
+    path: &'a Path,
+    base: &'a Path,
+    warnings: Vec<String>,
+}
+
+impl TableReader<'_> {
+    fn read_agent(&mut self, agent: &Table, config: &mut Config) -> Result<(), ConfigError> {
+        for (key, value) in agent {
+            match key.as_str() {
+                "socket" => {
+                    config.socket = Some(self.path_value(value, "[agent] socket")?);
+                }
+                "log_level" => {
+                    let level = self.string(value, "[agent] log_level")?;
+                    if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(level) {
+                        return Err(self.invalid(
+                            "[agent] log_level",
+                            format!(
+                                "{err}; use one of trace, debug, info, warn, error, off or a \
+                                 tracing filter directive such as \"envproxy_agent=debug\""
+                            ),
+                        ));
+                    }
+                    config.log_level = level.to_string();
+                }
+                "mode" => match self.string(value, "[agent] mode")? {
+                    "local" => {}
+                    "node" => {
+                        return Err(ConfigError::NodeModeNotBuilt {
+                            path: self.path.to_path_buf(),
+                        })
+                    }
+                    _ => {
+                        return Err(self.invalid(
+                            "[agent] mode",
+                            "the only mode available is \"local\" (node mode is not built yet)"
+                                .to_string(),
+                        ))
+                    }
+                },
+                "max_connections" => {
+                    let count = self.positive_integer(value, "[agent] max_connections")?;
+                    config.max_connections = usize::try_from(count)
+                        .unwrap_or(usize::MAX)
+                        .min(tokio::sync::Semaphore::MAX_PERMITS);
+                }
+                "idle_timeout_secs" => {
+                    let secs = self.positive_integer(value, "[agent] idle_timeout_secs")?;
+                    config.idle_timeout = Duration::from_secs(secs);
+                }
+                _ => self.warn_unknown(&format!("key `{key}` in [agent]")),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_backend(&mut self, backend: &Table, config: &mut Config) -> Result<(), ConfigError> {
+        // The type decides which other keys are valid, so it is checked first. A missing type
+        // means the file backend, the only one this version has.
+        if let Some(kind) = backend.get("type") {
+            match self.string(kind, "[backend] type")? {
+                "file" => {}
+                "vault" => {
+                    return Err(ConfigError::VaultBackendNotBuilt {
+                        path: self.path.to_path_buf(),
+                    })
+                }
+                _ => {
+                    return Err(self.invalid(
+                        "[backend] type",
+                        "the only backend type available is \"file\"".to_string(),
+                    ))
+                }
+            }
+        }
+        for (key, value) in backend {
+            match key.as_str() {
+                "type" => {}
+                "path" => {
+                    config.secrets_file = Some(self.path_value(value, "[backend] path")?);
+                }
+                _ => self.warn_unknown(&format!("key `{key}` in [backend]")),
+            }
+        }
+        Ok(())
+    }
+
+    fn section<'t>(
+        &self,
+        table: &'t Table,
+        name: &str,
+        key: &'static str,
+    ) -> Result<Option<&'t Table>, ConfigError> {
+        match table.get(name) {
+            None => Ok(None),
+            Some(Value::Table(section)) => Ok(Some(section)),
+            Some(other) => Err(self.invalid(
+                key,
+                format!("expected a table, found {}", describe_type(other)),
+            )),
+        }
+    }
+
+    fn string<'v>(&self, value: &'v Value, key: &'static str) -> Result<&'v str, ConfigError> {
+        match value {
+            Value::String(text) => Ok(text),
+            other => Err(self.invalid(
+                key,
+                format!("expected a string, found {}", describe_type(other)),
+            )),
+        }
+    }
+
+    fn path_value(&self, value: &Value, key: &'static str) -> Result<PathBuf, ConfigError> {
+        let text = self.string(value, key)?;
+        if text.is_empty() {
+            return Err(self.invalid(key, "expected a path, found an empty string".to_string()));
+        }
+        Ok(self.base.join(text))
+    }
+
+    fn positive_integer(&self, value: &Value, key: &'static str) -> Result<u64, ConfigError> {
+        match value {
+            Value::Integer(n) if *n >= 1 => Ok(*n as u64),
+            Value::Integer(n) => {
+                Err(self.invalid(key, format!("expected an integer of at least 1, found {n}")))
+            }
+            other => Err(self.invalid(
+                key,
+                format!(
+                    "expected an integer of at least 1, found {}",
+                    describe_type(other)
+                ),
+            )),
+        }
+    }
+
+    fn invalid(&self, key: &'static str, reason: String) -> ConfigError {
+        ConfigError::InvalidValue {
+            path: self.path.to_path_buf(),
+            key,
+            reason,
+        }
+    }
+
+    fn warn_unknown(&mut self, what: &str) {
+        self.warnings.push(format!(
+            "{}: unknown {what} is ignored",
+            self.path.display()
+        ));
+    }
+}
+
+fn describe_type(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+/// Converts a byte offset into `text` to a 1-based line and column (counted in characters).
+pub(crate) fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/envproxy/config.toml"))
+    }
+
+    #[test]
+    fn original_format_loads() {
+        let config = parse(
+            "[agent]\nsocket = \"/tmp/envproxy.sock\"\nlog_level = \"info\"\n\
+             [backend]\ntype = \"file\"\npath = \"secrets.json\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.socket.as_deref(),
+            Some(Path::new("/tmp/envproxy.sock"))
+        );
+        assert_eq!(config.log_level, "info");
+        assert_eq!(
+            config.secrets_file.as_deref(),
+            Some(Path::new("/etc/envproxy/secrets.json"))
+        );
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(config.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn all_agent_keys_load() {
+        let config = parse(
+            "[agent]\nmode = \"local\"\nmax_connections = 10\nidle_timeout_secs = 7\n\
+             log_level = \"envproxy_agent=debug\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.max_connections, 10);
+        assert_eq!(config.idle_timeout, Duration::from_secs(7));
+        assert_eq!(config.log_level, "envproxy_agent=debug");
+        assert_eq!(config.secrets_file, None);
+        assert_eq!(config.socket, None);
+    }
+
+    #[test]
+    fn empty_file_uses_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn relative_paths_use_config_directory() {
+        let config = parse(
+            "[agent]\nsocket = \"run/agent.sock\"\n[backend]\npath = \"../secrets/app.env\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.socket.as_deref(),
+            Some(Path::new("/etc/envproxy/run/agent.sock"))
+        );
+        assert_eq!(
+            config.secrets_file.as_deref(),
+            Some(Path::new("/etc/envproxy/../secrets/app.env"))
+        );
+    }
+
+    #[test]
+    fn load_reads_file_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[backend]\npath = \"s.json\"\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.secrets_file, Some(dir.path().join("s.json")));
+    }
+
+    #[test]
+    fn load_missing_file_names_it() {
+        let error = Config::load(Path::new("/nonexistent/envproxy.toml")).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("/nonexistent/envproxy.toml"), "{message}");
+    }
+
+    #[test]
+    fn unknown_keys_become_warnings() {
+        let config = parse(
+            "cache = true\n[agent]\nsocket = \"/s\"\nworkers = 4\n\
+             [backend]\ntype = \"file\"\npath = \"/x.json\"\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.socket.as_deref(), Some(Path::new("/s")));
+        assert_eq!(config.warnings.len(), 3, "{:?}", config.warnings);
+        let all = config.warnings.join("\n");
+        assert!(all.contains("top-level key `cache`"), "{all}");
+        assert!(all.contains("key `workers` in [agent]"), "{all}");
+        assert!(all.contains("key `format` in [backend]"), "{all}");
+        assert!(all.contains("/etc/envproxy/config.toml"), "{all}");
+    }
+
+    #[test]
+    fn node_mode_is_not_built() {
+        let error = parse("[agent]\nmode = \"node\"\n").unwrap_err().to_string();
+        assert!(error.contains("node mode is not built yet"), "{error}");
+        assert!(error.contains("/etc/envproxy/config.toml"), "{error}");
+    }
+
+    #[test]
+    fn unknown_mode_lists_allowed() {
+        let error = parse("[agent]\nmode = \"cluster\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[agent] mode"), "{error}");
+        assert!(error.contains("\"local\""), "{error}");
+    }
+
+    #[test]
+    fn vault_backend_is_not_built() {
+        let error = parse("[backend]\ntype = \"vault\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("Vault backend"), "{error}");
+        assert!(error.contains("type = \"file\""), "{error}");
+    }
+
+    #[test]
+    fn unknown_backend_type_lists_allowed() {
+        let error = parse("[backend]\ntype = \"s3\"\n").unwrap_err().to_string();
+        assert!(error.contains("[backend] type"), "{error}");
+        assert!(error.contains("\"file\""), "{error}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            (
+                "[agent]\nmax_connections = 0\n",
+                "[agent] max_connections",
+                "at least 1",
+            ),
+            (
+                "[agent]\nmax_connections = \"many\"\n",
+                "[agent] max_connections",
+                "a string",
+            ),
+            (
+                "[agent]\nidle_timeout_secs = -5\n",
+                "[agent] idle_timeout_secs",
+                "found -5",
+            ),
+            (
+                "[agent]\nidle_timeout_secs = 1.5\n",
+                "[agent] idle_timeout_secs",
+                "a float",
+            ),
+            ("[agent]\nsocket = 3\n", "[agent] socket", "an integer"),
+            ("[agent]\nsocket = \"\"\n", "[agent] socket", "empty string"),
+            (
+                "[agent]\nlog_level = \"info,[\"\n",
+                "[agent] log_level",
+                "trace, debug",
+            ),
+            ("[backend]\npath = [\"a\"]\n", "[backend] path", "an array"),
+            ("agent = 1\n", "[agent]", "expected a table"),
+        ];
+        for (text, key, detail) in cases {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text:?}: {error}");
+            assert!(error.contains(detail), "{text:?}: {error}");
+            assert!(
+                error.starts_with("/etc/envproxy/config.toml"),
+                "{text:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_error_has_position_without_source_line() {
+        let text = "[agent]\nsocket = \"/tmp/a.sock\"\nlog_level = info-and-more\n";
+        let error = parse(text).unwrap_err();
+        let ConfigError::Syntax { line, .. } = &error else {
+            panic!("expected a syntax error, got {error:?}");
+        };
+        assert_eq!(*line, 3);
+        let message = error.to_string();
+        assert!(!message.contains("info-and-more"), "{message}");
+    }
+
+    #[test]
+    fn line_and_column_counts_from_one() {
+        assert_eq!(line_and_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_and_column("é\nx", 1), (1, 1));
+        assert_eq!(line_and_column("ab", 99), (1, 3));
+    }
+}

@@ -1,0 +1,99 @@
+//! One client connection: requests are handled in order until the client closes, falls idle or
+//! breaks the protocol.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envproxy_proto::codec::{AgentCodec, CodecError};
+use envproxy_proto::{Request, Response};
+use futures::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio_util::codec::Framed;
+
+use crate::backend::FileBackend;
+use crate::handler;
+use crate::peer::{self, Peer};
+use crate::status::StatusReporter;
+
+/// Shared state that every connection uses.
+pub(crate) struct Context {
+    pub backend: FileBackend,
+    pub status: StatusReporter,
+    /// The agent's effective uid, the only uid it serves.
+    pub agent_uid: u32,
+    /// A connection that sends no complete request within this time is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Serves `stream` until it ends. Errors end only this connection and are logged.
+pub(crate) async fn serve(stream: UnixStream, peer: Peer, context: Arc<Context>) {
+    let mut framed = Framed::new(stream, AgentCodec);
+
+    if let Err(rejected) = peer::authorize(&peer, context.agent_uid) {
+        tracing::warn!(
+            pid = peer.pid,
+            uid = peer.uid,
+            agent_uid = context.agent_uid,
+            "rejected a connection from another user"
+        );
+        let reply = Response::error(rejected.to_string());
+        send_best_effort(&mut framed, &reply, context.idle_timeout).await;
+        return;
+    }
+
+    loop {
+        let next = tokio::time::timeout(context.idle_timeout, framed.next()).await;
+        let request = match next {
+            Err(_) => {
+                tracing::debug!(pid = peer.pid, "closing idle connection");
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(Ok(request))) => request,
+            Ok(Some(Err(CodecError::Frame(err)))) => {
+                tracing::debug!(pid = peer.pid, %err, "malformed frame; closing connection");
+                let reply = Response::error(format!("malformed frame: {err}"));
+                send_best_effort(&mut framed, &reply, context.idle_timeout).await;
+                return;
+            }
+            Ok(Some(Err(CodecError::Io(err)))) => {
+                // `Framed` reports a stream that ends inside a frame as an I/O error. The client
+                // may still read after closing its write side, so it gets a reason.
+                tracing::debug!(pid = peer.pid, %err, "connection ended inside a frame");
+                let reply = Response::error(format!("incomplete frame: {err}"));
+                send_best_effort(&mut framed, &reply, context.idle_timeout).await;
+                return;
+            }
+        };
+
+        let outcome = handler::handle(&request, &context.backend, &context.status);
+        log_request(&peer, &request, outcome.decision);
+        if let Err(err) = framed.send(&outcome.response).await {
+            tracing::debug!(pid = peer.pid, %err, "cannot send response; closing connection");
+            return;
+        }
+    }
+}
+
+fn log_request(peer: &Peer, request: &Request, decision: handler::Decision) {
+    match request {
+        Request::V1 { key } | Request::V2 { key, .. } => {
+            let variable = String::from_utf8_lossy(key);
+            tracing::debug!(pid = peer.pid, ?variable, %decision, "request");
+        }
+        Request::Status => tracing::debug!(pid = peer.pid, %decision, "request"),
+    }
+}
+
+/// Sends a last response before the connection closes. The client may already be gone.
+async fn send_best_effort(
+    framed: &mut Framed<UnixStream, AgentCodec>,
+    response: &Response,
+    timeout: Duration,
+) {
+    match tokio::time::timeout(timeout, framed.send(response)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::debug!(%err, "cannot send the final response"),
+        Err(_) => tracing::debug!("timed out sending the final response"),
+    }
+}

@@ -1,0 +1,280 @@
+//! The response to one request: passthrough, a lookup in the secrets file, or an error.
+
+use std::fmt;
+
+use envproxy_proto::frame::MAX_PAYLOAD_LEN;
+use envproxy_proto::{has_known_scheme, Reference, Request, Response, SecretBytes};
+
+use crate::backend::FileBackend;
+use crate::status::StatusReporter;
+
+/// The agent's decision on a request, recorded in the request's log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Found,
+    NotFound,
+    Passthrough,
+    Error,
+    Status,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Decision::Found => "found",
+            Decision::NotFound => "not_found",
+            Decision::Passthrough => "passthrough",
+            Decision::Error => "error",
+            Decision::Status => "status",
+        })
+    }
+}
+
+pub(crate) struct Outcome {
+    pub response: Response,
+    pub decision: Decision,
+}
+
+impl Outcome {
+    fn error(reason: String) -> Outcome {
+        Outcome {
+            response: Response::error(reason),
+            decision: Decision::Error,
+        }
+    }
+}
+
+/// Builds the response to `request` from the secrets file.
+pub(crate) fn handle(request: &Request, backend: &FileBackend, status: &StatusReporter) -> Outcome {
+    match request {
+        Request::Status => Outcome {
+            response: Response::Found(SecretBytes::new(status.payload())),
+            decision: Decision::Status,
+        },
+        Request::V1 { key } => {
+            let Ok(name) = std::str::from_utf8(key) else {
+                return Outcome::error("the variable name is not valid UTF-8".to_string());
+            };
+            look_up(backend, name, name)
+        }
+        Request::V2 { key, value } => {
+            let Ok(name) = std::str::from_utf8(key) else {
+                return Outcome::error("the variable name is not valid UTF-8".to_string());
+            };
+            // A value without a known scheme is the variable's plain value, not a reference.
+            if !has_known_scheme(value) {
+                return Outcome {
+                    response: Response::Passthrough,
+                    decision: Decision::Passthrough,
+                };
+            }
+            let Ok(text) = std::str::from_utf8(value) else {
+                return Outcome::error(format!("{name}: the reference is not valid UTF-8"));
+            };
+            match Reference::parse(text) {
+                Ok(Reference::Local { key }) => look_up(backend, name, &key),
+                Ok(Reference::Vault { .. } | Reference::VaultKv2 { .. }) => {
+                    Outcome::error(format!(
+                        "{name}: vault: references need the Vault backend, which this agent \
+                         does not have yet; use envproxy:KEY with a secrets file"
+                    ))
+                }
+                Err(err) => Outcome::error(format!("{name}: invalid reference: {err}")),
+            }
+        }
+    }
+}
+
+/// Looks up `key` of the secrets file for variable `name`.
+fn look_up(backend: &FileBackend, name: &str, key: &str) -> Outcome {
+    let Some(value) = backend.get(key) else {
+        return Outcome {
+            response: Response::NotFound,
+            decision: Decision::NotFound,
+        };
+    };
+    if value.len() > MAX_PAYLOAD_LEN {
+        return Outcome::error(format!(
+            "{name}: the value of `{key}` is {} bytes, more than the {MAX_PAYLOAD_LEN} bytes a \
+             response can carry",
+            value.len()
+        ));
+    }
+    Outcome {
+        response: Response::Found(value),
+        decision: Decision::Found,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        backend: FileBackend,
+        status: StatusReporter,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.json");
+        let long = "x".repeat(MAX_PAYLOAD_LEN + 1);
+        std::fs::write(
+            &path,
+            format!(r#"{{"API_KEY": "k-123", "LONG": "{long}", "ÜBER": "u"}}"#),
+        )
+        .unwrap();
+        let backend = FileBackend::open(&path).unwrap();
+        let status = StatusReporter::new(PathBuf::from("/run/agent.sock"), backend.clone());
+        Fixture {
+            _dir: dir,
+            backend,
+            status,
+        }
+    }
+
+    fn v2(key: &[u8], value: &[u8]) -> Request {
+        Request::V2 {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn answer(fixture: &Fixture, request: Request) -> (Response, Decision) {
+        let outcome = handle(&request, &fixture.backend, &fixture.status);
+        (outcome.response, outcome.decision)
+    }
+
+    fn error_text(response: Response) -> String {
+        match response {
+            Response::Error(reason) => reason,
+            other => panic!("expected an error response, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn v2_local_reference_found() {
+        let f = fixture();
+        let (response, decision) = answer(&f, v2(b"TOKEN", b"envproxy:API_KEY"));
+        assert_eq!(response, Response::Found(SecretBytes::from("k-123")));
+        assert_eq!(decision, Decision::Found);
+    }
+
+    #[test]
+    fn v2_local_reference_not_found() {
+        let f = fixture();
+        let (response, decision) = answer(&f, v2(b"TOKEN", b"envproxy:MISSING"));
+        assert_eq!(response, Response::NotFound);
+        assert_eq!(decision, Decision::NotFound);
+    }
+
+    #[test]
+    fn v2_plain_value_passes_through() {
+        let f = fixture();
+        for value in [&b"/usr/bin"[..], b"", b"\xff\xfe", b"VAULT:x", b"envproxy"] {
+            let (response, decision) = answer(&f, v2(b"PATH", value));
+            assert_eq!(response, Response::Passthrough, "{value:?}");
+            assert_eq!(decision, Decision::Passthrough);
+        }
+    }
+
+    #[test]
+    fn v2_vault_reference_needs_vault_backend() {
+        let f = fixture();
+        let (response, _) = answer(&f, v2(b"DB_URL", b"vault:secret/data/app#db"));
+        let reason = error_text(response);
+        assert!(
+            reason.starts_with("DB_URL: vault: references need the Vault backend"),
+            "{reason}"
+        );
+        assert!(reason.contains("envproxy:KEY"), "{reason}");
+    }
+
+    #[test]
+    fn v2_malformed_reference_names_variable() {
+        let f = fixture();
+        let (response, decision) = answer(&f, v2(b"DB_URL", b"vault:secret/data/app"));
+        assert_eq!(decision, Decision::Error);
+        assert_eq!(
+            error_text(response),
+            "DB_URL: invalid reference: the Vault path `secret/data/app` has no `#<key>` part \
+             (expected `vault:<path>#<key>`)"
+        );
+        let (response, _) = answer(&f, v2(b"K", b"envproxy:"));
+        assert_eq!(
+            error_text(response),
+            "K: invalid reference: the key after `envproxy:` is empty"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_named() {
+        let f = fixture();
+        let (response, _) = answer(&f, v2(b"K\xff", b"envproxy:API_KEY"));
+        assert_eq!(error_text(response), "the variable name is not valid UTF-8");
+        let (response, _) = answer(&f, v2(b"K", b"envproxy:\xff"));
+        assert_eq!(error_text(response), "K: the reference is not valid UTF-8");
+        let (response, _) = answer(
+            &f,
+            Request::V1 {
+                key: b"\xc3".to_vec(),
+            },
+        );
+        assert_eq!(error_text(response), "the variable name is not valid UTF-8");
+    }
+
+    #[test]
+    fn v1_bare_name_lookup() {
+        let f = fixture();
+        let (response, _) = answer(
+            &f,
+            Request::V1 {
+                key: b"API_KEY".to_vec(),
+            },
+        );
+        assert_eq!(response, Response::Found(SecretBytes::from("k-123")));
+        let (response, _) = answer(
+            &f,
+            Request::V1 {
+                key: "ÜBER".as_bytes().to_vec(),
+            },
+        );
+        assert_eq!(response, Response::Found(SecretBytes::from("u")));
+        let (response, _) = answer(
+            &f,
+            Request::V1 {
+                key: b"NOPE".to_vec(),
+            },
+        );
+        assert_eq!(response, Response::NotFound);
+    }
+
+    #[test]
+    fn oversized_value_is_error_without_value() {
+        let f = fixture();
+        let (response, _) = answer(
+            &f,
+            Request::V1 {
+                key: b"LONG".to_vec(),
+            },
+        );
+        let reason = error_text(response);
+        assert!(reason.contains("65536 bytes"), "{reason}");
+        assert!(!reason.contains("xxxx"), "{reason}");
+    }
+
+    #[test]
+    fn status_lists_names_not_values() {
+        let f = fixture();
+        let (response, decision) = answer(&f, Request::Status);
+        assert_eq!(decision, Decision::Status);
+        let Response::Found(payload) = response else {
+            panic!("expected a found response");
+        };
+        let text = String::from_utf8(payload.expose_secret().to_vec()).unwrap();
+        assert!(text.contains("\"API_KEY\""), "{text}");
+        assert!(!text.contains("k-123"), "{text}");
+    }
+}

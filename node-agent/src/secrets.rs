@@ -1,0 +1,504 @@
+//! Secrets files: a flat map from key to string value, in JSON, `.env` or TOML.
+//!
+//! The file name selects the format. A name that is `.env`, starts with `.env` (such as
+//! `.env.local`) or ends with `.env` is `.env` style. A `.toml` extension is TOML. Anything else
+//! is JSON. Parse errors never contain file content: they give a position and the key name at
+//! most, because any byte of the file may belong to a secret.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use envproxy_proto::SecretBytes;
+use zeroize::Zeroizing;
+
+use crate::config::line_and_column;
+
+/// Secret values by key.
+pub type SecretMap = BTreeMap<String, SecretBytes>;
+
+/// The syntax of a secrets file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A JSON object whose values are all strings.
+    Json,
+    /// `KEY=VALUE` lines with `#` comments, an optional `export ` prefix and optional quotes.
+    Dotenv,
+    /// A TOML table whose values are all strings.
+    Toml,
+}
+
+impl Format {
+    /// Chooses the format from the file name.
+    pub fn for_path(path: &Path) -> Format {
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy())
+            .unwrap_or_default();
+        if name.starts_with(".env") || name.ends_with(".env") {
+            Format::Dotenv
+        } else if path.extension().is_some_and(|ext| ext == "toml") {
+            Format::Toml
+        } else {
+            Format::Json
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Json => "JSON",
+            Format::Dotenv => ".env",
+            Format::Toml => "TOML",
+        })
+    }
+}
+
+/// A secrets file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("cannot read secrets file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid {format} secrets file {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        format: Format,
+        #[source]
+        source: ParseError,
+    },
+}
+
+/// Content that is not a flat map of strings. No variant carries file content.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// The `serde_json` message, which gives a position and never quotes the input.
+    #[error("{0}")]
+    Json(serde_json::Error),
+    #[error("line {line}, column {column}: {message}")]
+    Toml {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("line {line}: {reason}")]
+    Dotenv { line: usize, reason: &'static str },
+    #[error("line {line}: the file is not valid UTF-8")]
+    NotUtf8 { line: usize },
+    #[error("the top level must be an object of strings, found {found}")]
+    NotAnObject { found: &'static str },
+    #[error("the value of `{key}` must be a string, found {found}")]
+    NotAString { key: String, found: &'static str },
+}
+
+/// Reads and parses the secrets file at `path`, in the format its name selects.
+pub fn load(path: &Path) -> Result<SecretMap, SecretsError> {
+    let bytes = Zeroizing::new(fs::read(path).map_err(|source| SecretsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?);
+    let format = Format::for_path(path);
+    parse(&bytes, format).map_err(|source| SecretsError::Parse {
+        path: path.to_path_buf(),
+        format,
+        source,
+    })
+}
+
+/// Parses secrets file content.
+pub fn parse(bytes: &[u8], format: Format) -> Result<SecretMap, ParseError> {
+    match format {
+        Format::Json => parse_json(bytes),
+        Format::Toml => parse_toml(utf8(bytes)?),
+        Format::Dotenv => parse_dotenv(utf8(bytes)?),
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, ParseError> {
+    std::str::from_utf8(bytes).map_err(|err| {
+        let valid = &bytes[..err.valid_up_to()];
+        ParseError::NotUtf8 {
+            line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
+        }
+    })
+}
+
+fn parse_json(bytes: &[u8]) -> Result<SecretMap, ParseError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(ParseError::Json)?;
+    let serde_json::Value::Object(object) = value else {
+        return Err(ParseError::NotAnObject {
+            found: json_type(&value),
+        });
+    };
+    let mut secrets = SecretMap::new();
+    for (key, value) in object {
+        let serde_json::Value::String(text) = value else {
+            return Err(ParseError::NotAString {
+                found: json_type(&value),
+                key,
+            });
+        };
+        secrets.insert(key, SecretBytes::new(text.into_bytes()));
+    }
+    Ok(secrets)
+}
+
+fn json_type(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn parse_toml(text: &str) -> Result<SecretMap, ParseError> {
+    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| {
+        // The Display form of a TOML error quotes the source line, which may hold a secret.
+        let (line, column) = err
+            .span()
+            .map(|span| line_and_column(text, span.start))
+            .unwrap_or((1, 1));
+        ParseError::Toml {
+            line,
+            column,
+            message: err.message().to_string(),
+        }
+    })?;
+    let mut secrets = SecretMap::new();
+    for (key, value) in table {
+        let toml::Value::String(text) = value else {
+            return Err(ParseError::NotAString {
+                found: toml_type(&value),
+                key,
+            });
+        };
+        secrets.insert(key, SecretBytes::new(text.into_bytes()));
+    }
+    Ok(secrets)
+}
+
+fn toml_type(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a datetime",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// Parses `.env` content.
+///
+/// Each entry is `KEY=VALUE`, optionally preceded by `export `. Blank lines and lines starting
+/// with `#` are skipped. A value is one of:
+/// - unquoted: up to the end of the line or to a ` #` comment, with surrounding whitespace
+///   removed;
+/// - single-quoted: taken literally up to the next `'`, which may be on a later line;
+/// - double-quoted: up to the next unescaped `"`, which may be on a later line. The escapes
+///   `\n`, `\r`, `\t`, `\"`, `\\` and `\$` are replaced, and any other backslash is kept.
+///
+/// `$NAME` references are not expanded. A later entry for the same key replaces an earlier one,
+/// as in a shell.
+fn parse_dotenv(text: &str) -> Result<SecretMap, ParseError> {
+    let mut secrets = SecretMap::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((index, line)) = lines.next() {
+        let line_number = index + 1;
+        let error = |reason| ParseError::Dotenv {
+            line: line_number,
+            reason,
+        };
+        let entry = line.trim_start();
+        if entry.is_empty() || entry.starts_with('#') {
+            continue;
+        }
+        let entry = strip_export(entry);
+        let Some((key, rest)) = entry.split_once('=') else {
+            return Err(error("expected KEY=VALUE"));
+        };
+        let key = key.trim_end();
+        if !is_variable_name(key) {
+            return Err(error(
+                "the name before `=` is not a variable name (letters, digits, `_` and `.`, \
+                 not starting with a digit)",
+            ));
+        }
+        let rest = rest.trim_start();
+        let value = match rest.chars().next() {
+            Some(quote @ ('"' | '\'')) => {
+                let (value, after) = read_quoted(&rest[1..], quote, &mut lines)
+                    .ok_or_else(|| error("the quoted value has no closing quote"))?;
+                let after = after.trim_start();
+                if !after.is_empty() && !after.starts_with('#') {
+                    return Err(error("unexpected text after the closing quote"));
+                }
+                value
+            }
+            _ => strip_inline_comment(rest).trim_end().to_string(),
+        };
+        secrets.insert(key.to_string(), SecretBytes::new(value.into_bytes()));
+    }
+    Ok(secrets)
+}
+
+fn strip_export(entry: &str) -> &str {
+    match entry.strip_prefix("export") {
+        Some(rest) if rest.starts_with([' ', '\t']) => rest.trim_start(),
+        _ => entry,
+    }
+}
+
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    (first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// Returns an unquoted value without a trailing comment, which starts at a `#` that follows
+/// whitespace.
+fn strip_inline_comment(value: &str) -> &str {
+    let bytes = value.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && i > 0 && bytes[i - 1].is_ascii_whitespace() {
+            return &value[..i];
+        }
+    }
+    value
+}
+
+/// Reads a quoted value that starts in `first` (just after the opening quote) and may continue
+/// on the following lines. Returns the value and the rest of the line after the closing quote,
+/// or `None` when the input ends first.
+fn read_quoted<'a>(
+    first: &'a str,
+    quote: char,
+    lines: &mut impl Iterator<Item = (usize, &'a str)>,
+) -> Option<(String, &'a str)> {
+    let mut value = String::new();
+    let mut line = first;
+    loop {
+        let mut chars = line.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == quote {
+                return Some((value, &line[i + 1..]));
+            }
+            if c == '\\' && quote == '"' {
+                match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, 'r')) => value.push('\r'),
+                    Some((_, 't')) => value.push('\t'),
+                    Some((_, escaped @ ('"' | '\\' | '$'))) => value.push(escaped),
+                    Some((_, other)) => {
+                        value.push('\\');
+                        value.push(other);
+                    }
+                    None => value.push('\\'),
+                }
+                continue;
+            }
+            value.push(c);
+        }
+        let (_, next) = lines.next()?;
+        value.push('\n');
+        line = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value<'m>(secrets: &'m SecretMap, key: &str) -> &'m [u8] {
+        secrets
+            .get(key)
+            .unwrap_or_else(|| panic!("missing key {key}"))
+            .expose_secret()
+    }
+
+    /// Returns a value that appears nowhere else, so its presence in a message can only be a leak.
+    fn random_secret() -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!("s3cr3t{:x}{:x}", nanos, std::process::id())
+    }
+
+    #[test]
+    fn format_follows_file_name() {
+        assert_eq!(Format::for_path(Path::new("/a/.env")), Format::Dotenv);
+        assert_eq!(Format::for_path(Path::new(".env.local")), Format::Dotenv);
+        assert_eq!(Format::for_path(Path::new("prod.env")), Format::Dotenv);
+        assert_eq!(Format::for_path(Path::new("/a/secrets.toml")), Format::Toml);
+        assert_eq!(Format::for_path(Path::new("secrets.json")), Format::Json);
+        assert_eq!(Format::for_path(Path::new("secrets")), Format::Json);
+        assert_eq!(Format::for_path(Path::new("environment.txt")), Format::Json);
+    }
+
+    #[test]
+    fn json_object_of_strings() {
+        let secrets = parse(
+            br#"{"DB_URL": "postgres://u:p@h/db", "EMPTY": ""}"#,
+            Format::Json,
+        )
+        .unwrap();
+        assert_eq!(secrets.len(), 2);
+        assert_eq!(value(&secrets, "DB_URL"), b"postgres://u:p@h/db");
+        assert_eq!(value(&secrets, "EMPTY"), b"");
+    }
+
+    #[test]
+    fn json_non_string_names_key_only() {
+        let error = parse(br#"{"OK": "x", "PORT": 5432}"#, Format::Json).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("`PORT`"), "{message}");
+        assert!(message.contains("a number"), "{message}");
+        assert!(!message.contains("5432"), "{message}");
+    }
+
+    #[test]
+    fn json_top_level_must_be_object() {
+        let error = parse(br#"["a", "b"]"#, Format::Json).unwrap_err();
+        assert!(error.to_string().contains("found an array"), "{error}");
+    }
+
+    #[test]
+    fn toml_table_of_strings() {
+        let secrets = parse(b"API_KEY = \"abc\"\n'odd key' = 'x#y'\n", Format::Toml).unwrap();
+        assert_eq!(value(&secrets, "API_KEY"), b"abc");
+        assert_eq!(value(&secrets, "odd key"), b"x#y");
+    }
+
+    #[test]
+    fn toml_nested_table_is_rejected() {
+        let error = parse(b"[database]\nurl = \"x\"\n", Format::Toml).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("`database`"), "{message}");
+        assert!(message.contains("a table"), "{message}");
+    }
+
+    #[test]
+    fn dotenv_forms() {
+        let text = "\
+# comment line
+PLAIN=value one  # trailing comment
+export EXPORTED=yes
+SPACED = around
+SINGLE='literal \\n #not comment'
+DOUBLE=\"line\\nbreak \\\"q\\\" \\$HOME \\x\" # comment
+EMPTY=
+HASH=a#b
+MULTI=\"first
+second\"
+SINGLE_MULTI='a
+b'
+   INDENTED=1
+DUP=old
+DUP=new
+";
+        let secrets = parse(text.as_bytes(), Format::Dotenv).unwrap();
+        assert_eq!(value(&secrets, "PLAIN"), b"value one");
+        assert_eq!(value(&secrets, "EXPORTED"), b"yes");
+        assert_eq!(value(&secrets, "SPACED"), b"around");
+        assert_eq!(value(&secrets, "SINGLE"), b"literal \\n #not comment");
+        assert_eq!(value(&secrets, "DOUBLE"), b"line\nbreak \"q\" $HOME \\x");
+        assert_eq!(value(&secrets, "EMPTY"), b"");
+        assert_eq!(value(&secrets, "HASH"), b"a#b");
+        assert_eq!(value(&secrets, "MULTI"), b"first\nsecond");
+        assert_eq!(value(&secrets, "SINGLE_MULTI"), b"a\nb");
+        assert_eq!(value(&secrets, "INDENTED"), b"1");
+        assert_eq!(value(&secrets, "DUP"), b"new");
+    }
+
+    #[test]
+    fn dotenv_single_quotes_are_literal() {
+        let secrets = parse(b"A='x\\ny # z'\n", Format::Dotenv).unwrap();
+        assert_eq!(value(&secrets, "A"), b"x\\ny # z");
+    }
+
+    #[test]
+    fn dotenv_text_after_quote_is_error() {
+        let error = parse(b"A=1\nB='x'y\n", Format::Dotenv).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "line 2: unexpected text after the closing quote"
+        );
+    }
+
+    #[test]
+    fn dotenv_crlf_lines() {
+        let secrets = parse(b"A=1\r\nB=\"two\"\r\n", Format::Dotenv).unwrap();
+        assert_eq!(value(&secrets, "A"), b"1");
+        assert_eq!(value(&secrets, "B"), b"two");
+    }
+
+    #[test]
+    fn dotenv_export_is_prefix_only_with_space() {
+        let secrets = parse(b"exported=1\nexport=2\n", Format::Dotenv).unwrap();
+        assert_eq!(value(&secrets, "exported"), b"1");
+        assert_eq!(value(&secrets, "export"), b"2");
+    }
+
+    #[test]
+    fn parse_errors_never_echo_content() {
+        let secret = random_secret();
+        let cases: Vec<(Format, String)> = vec![
+            (Format::Json, format!("{{\"A\": \"{secret}\" \"B\": 1}}")),
+            (Format::Json, format!("{{\"A\": \"{secret}")),
+            (Format::Json, format!("{{\"A\": {secret}}}")),
+            (Format::Json, format!("[\"{secret}\"]")),
+            (Format::Toml, format!("A = \"{secret}\" junk\n")),
+            (Format::Toml, format!("A = {secret}\n")),
+            (Format::Toml, format!("A = \"{secret}\nB = 1\n")),
+            (Format::Toml, format!("A = \"x\"\nA = \"{secret}\"\n")),
+            (Format::Toml, format!("A = [\"{secret}\"]\n")),
+            (Format::Dotenv, format!("{secret}\n")),
+            (Format::Dotenv, format!("A=\"{secret}\n")),
+            (Format::Dotenv, format!("A='{secret}'{secret}\n")),
+            (Format::Dotenv, format!("1{secret}=x\n")),
+        ];
+        for (format, text) in cases {
+            let error = parse(text.as_bytes(), format).unwrap_err();
+            let message = error.to_string();
+            let debug = format!("{error:?}");
+            assert!(!message.contains(&secret), "{format}: {message}");
+            assert!(!debug.contains(&secret), "{format}: {debug}");
+            assert!(!message.contains(&secret[6..]), "{format}: {message}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_reports_line() {
+        let error = parse(b"A=1\nB=\xff\n", Format::Dotenv).unwrap_err();
+        assert_eq!(error.to_string(), "line 2: the file is not valid UTF-8");
+    }
+
+    #[test]
+    fn load_names_file_and_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.toml");
+        fs::write(&path, "A = 1\n").unwrap();
+        let message = load(&path).unwrap_err().to_string();
+        assert!(message.contains("invalid TOML secrets file"), "{message}");
+        assert!(message.contains("app.toml"), "{message}");
+        assert!(message.contains("`A`"), "{message}");
+
+        let missing = dir.path().join("missing.json");
+        let message = load(&missing).unwrap_err().to_string();
+        assert!(message.contains("cannot read secrets file"), "{message}");
+        assert!(message.contains("missing.json"), "{message}");
+    }
+}
