@@ -156,7 +156,7 @@ class ResolvingEnviron(os._Environ):
                 continue
             del self[key]
             return key, value
-        raise KeyError("popitem(): environment is empty")
+        raise KeyError("popitem(): no variable with a readable value is left")
 
     def clear(self):
         # Removes raw entries directly, so clearing never requests a value from the agent.
