@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envproxy_proto::codec::{AgentCodec, CodecError};
+use envproxy_proto::frame::MAX_REQUEST_LEN;
 use envproxy_proto::{Request, Response};
 use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
@@ -14,6 +16,9 @@ use crate::backend::FileBackend;
 use crate::handler;
 use crate::peer::{self, Peer};
 use crate::status::StatusReporter;
+
+/// Maximum time a connection stays open after its final error response, to drain input.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Shared state that every connection uses.
 pub(crate) struct Context {
@@ -38,6 +43,7 @@ pub(crate) async fn serve(stream: UnixStream, peer: Peer, context: Arc<Context>)
         );
         let reply = Response::error(rejected.to_string());
         send_best_effort(&mut framed, &reply, context.idle_timeout).await;
+        close_after_error(framed.into_inner()).await;
         return;
     }
 
@@ -54,6 +60,7 @@ pub(crate) async fn serve(stream: UnixStream, peer: Peer, context: Arc<Context>)
                 tracing::debug!(pid = peer.pid, %err, "malformed frame; closing connection");
                 let reply = Response::error(format!("malformed frame: {err}"));
                 send_best_effort(&mut framed, &reply, context.idle_timeout).await;
+                close_after_error(framed.into_inner()).await;
                 return;
             }
             Ok(Some(Err(CodecError::Io(err)))) => {
@@ -83,6 +90,27 @@ fn log_request(peer: &Peer, request: &Request, decision: handler::Decision) {
         }
         Request::Status => tracing::debug!(pid = peer.pid, %decision, "request"),
     }
+}
+
+/// Closes `stream` after an error response without making the client's pending write fail.
+///
+/// A client that writes its whole request before reading, as the EnvProxy clients do, would
+/// get `EPIPE` and miss the error response if the agent closed at once. So the agent shuts down
+/// its write side and discards input until the client closes, for at most [`CLOSE_LINGER`] and
+/// [`MAX_REQUEST_LEN`] bytes.
+async fn close_after_error(mut stream: UnixStream) {
+    let _ = stream.shutdown().await;
+    let mut buffer = [0u8; 4096];
+    let mut discarded = 0;
+    let drain = async {
+        while discarded <= MAX_REQUEST_LEN {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }
 
 /// Sends a last response before the connection closes. The client may already be gone.

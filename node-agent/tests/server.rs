@@ -553,3 +553,17 @@ async fn shutdown_closes_open_connections() {
     agent.stop().await;
     assert_closed(&mut stream).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_reason_survives_late_write() {
+    let agent = TestAgent::start(|_| {}).await;
+    let mut stream = agent.connect().await;
+    stream.write_all(&[9]).await.unwrap();
+    // By now the agent has sent its error; it must still accept the rest of the client's write.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&[0, 1, b'K']).await.unwrap();
+    let reason = error_text(read_response(&mut stream).await);
+    assert!(reason.starts_with("malformed frame: unknown request version byte 9"), "{reason}");
+    assert_closed(&mut stream).await;
+    agent.stop().await;
+}
