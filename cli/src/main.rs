@@ -1,1 +1,58 @@
-fn main() {}
+//! `envproxy`: run programs whose environment variables are resolved from secrets on `getenv`.
+//!
+//! - `run`: start a command with `KEY=envproxy:KEY` references in its environment and
+//!   `libenvproxy.so` preloaded, served by a running agent or one inside this process.
+//! - `get`: print one value from the agent.
+//! - `status`: show whether an agent responds and how it is set up.
+
+mod child;
+mod client;
+mod embedded;
+mod environment;
+mod get;
+mod library;
+mod run;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "envproxy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a command with secrets resolved when it reads its environment.
+    ///
+    /// Exits with the command's status, 128 + N when signal N ended it, 127 when it is not
+    /// found, 126 when it cannot be executed and 125 when envproxy itself fails.
+    Run(run::RunArgs),
+    /// Print the value of a key or reference (exit 1: not found, 2: error).
+    Get(get::GetArgs),
+    /// Show the agent's status (exit 1: no agent responds).
+    Status(status::StatusArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The embedded agent logs only warnings by default, such as a secrets file that became
+    // invalid, because its start and request lines would mix with the command's own output.
+    // RUST_LOG selects more.
+    if let Err(err) = envproxy_agent::logging::init("warn") {
+        eprintln!("envproxy: cannot set up logging: {err}");
+    }
+    let code = match cli.command {
+        Command::Run(args) => run::run(args).unwrap_or_else(|err| {
+            eprintln!("envproxy: {err:#}");
+            run::EXIT_RUN_FAILED
+        }),
+        Command::Get(args) => get::run(args),
+        Command::Status(args) => status::run(args),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
+}

@@ -1,0 +1,213 @@
+//! The command `envproxy run` starts: spawn, signal forwarding and exit status.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::iterator::SignalsInfo;
+use signal_hook::low_level::siginfo::Cause;
+
+/// Signals passed on to the command.
+pub const FORWARDED_SIGNALS: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
+
+/// Exit status when the command is not found, as in POSIX shells.
+pub const EXIT_NOT_FOUND: i32 = 127;
+/// Exit status when the command exists but cannot be executed, as in POSIX shells.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+
+/// A command that could not be started, with the exit status a shell would use for it.
+#[derive(Debug, thiserror::Error)]
+#[error("{program}: {reason}")]
+pub struct SpawnError {
+    pub program: String,
+    pub reason: String,
+    pub exit_code: i32,
+}
+
+/// Command line, environment and limits of the command.
+pub struct ChildSpec {
+    /// The program and its arguments. Must not be empty.
+    pub command: Vec<OsString>,
+    /// The complete environment of the command.
+    pub environment: Vec<(OsString, OsString)>,
+    /// Soft `RLIMIT_NOFILE` to restore in the command, when this process raised its own.
+    pub open_files_soft_limit: Option<u64>,
+}
+
+/// Starts the command, forwards signals to it until it exits, and returns its exit code: its own
+/// status, or 128 plus the signal number when a signal ended it.
+///
+/// `SIGINT`, `SIGQUIT` and `SIGHUP` that the kernel sent (from the terminal) are not forwarded,
+/// because the terminal sends them to the whole foreground process group, which includes the
+/// command. Signals sent with `kill` are forwarded.
+pub fn run(spec: ChildSpec) -> Result<i32, SpawnError> {
+    let program = spec.command[0].clone();
+    let display_name = program.to_string_lossy().into_owned();
+    let spawn_error = |reason: String, exit_code| SpawnError {
+        program: display_name.clone(),
+        reason,
+        exit_code,
+    };
+
+    // Handlers are installed before the command starts, so a signal that arrives in between is
+    // queued and forwarded instead of ending this process.
+    let mut signals = SignalsInfo::<WithOrigin>::new(FORWARDED_SIGNALS).map_err(|err| {
+        spawn_error(
+            format!("cannot install signal handlers: {err}"),
+            EXIT_NOT_EXECUTABLE,
+        )
+    })?;
+    let signals_handle = signals.handle();
+
+    let mut command = Command::new(&program);
+    command.args(&spec.command[1..]);
+    command.env_clear();
+    command.envs(spec.environment.iter().map(|(k, v)| (k, v)));
+    if let Some(soft) = spec.open_files_soft_limit {
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe functions may be called. It calls getrlimit/setrlimit through nix,
+        // which are plain system calls that neither allocate nor take locks.
+        unsafe {
+            command.pre_exec(move || {
+                let (_, hard) = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)?;
+                setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)?;
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn().map_err(|err| match err.kind() {
+        io::ErrorKind::NotFound => spawn_error("command not found".to_string(), EXIT_NOT_FOUND),
+        io::ErrorKind::PermissionDenied => {
+            spawn_error("permission denied".to_string(), EXIT_NOT_EXECUTABLE)
+        }
+        _ => spawn_error(format!("cannot execute: {err}"), EXIT_NOT_EXECUTABLE),
+    })?;
+    let pid = Pid::from_raw(child.id() as i32);
+
+    // `exited` is set, under the lock, after the command has exited but before it is reaped.
+    // Until it is reaped its pid cannot be reused, so a forwarded signal never reaches another
+    // process.
+    let exited = Arc::new(Mutex::new(false));
+    let forwarder = {
+        let exited = Arc::clone(&exited);
+        std::thread::spawn(move || {
+            for origin in signals.forever() {
+                if origin.cause == Cause::Kernel {
+                    continue;
+                }
+                let guard = exited
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if *guard {
+                    break;
+                }
+                if let Ok(signal) = Signal::try_from(origin.signal) {
+                    let _ = kill(pid, signal);
+                }
+            }
+        })
+    };
+
+    wait_without_reaping(pid);
+    *exited
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+    let status = child.wait();
+    signals_handle.close();
+    let _ = forwarder.join();
+
+    match status {
+        Ok(status) => Ok(exit_code(status)),
+        Err(err) => Err(spawn_error(
+            format!("cannot read the exit status: {err}"),
+            EXIT_NOT_EXECUTABLE,
+        )),
+    }
+}
+
+/// Blocks until `pid` has exited, leaving it a zombie so its pid stays reserved.
+fn wait_without_reaping(pid: Pid) {
+    loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            // Success, or an error such as ECHILD that `Child::wait` reports next.
+            _ => return,
+        }
+    }
+}
+
+/// Converts an exit status to the code a shell reports: the status itself, or 128 plus the
+/// signal number.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => EXIT_NOT_EXECUTABLE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(command: &[&str]) -> ChildSpec {
+        ChildSpec {
+            command: command.iter().map(OsString::from).collect(),
+            environment: vec![("PATH".into(), std::env::var_os("PATH").unwrap_or_default())],
+            open_files_soft_limit: None,
+        }
+    }
+
+    #[test]
+    fn exit_status_passes_through() {
+        assert_eq!(run(spec(&["sh", "-c", "exit 7"])).unwrap(), 7);
+        assert_eq!(run(spec(&["true"])).unwrap(), 0);
+    }
+
+    #[test]
+    fn killed_child_reports_128_plus_signal() {
+        assert_eq!(run(spec(&["sh", "-c", "kill -TERM $$"])).unwrap(), 143);
+        assert_eq!(run(spec(&["sh", "-c", "kill -KILL $$"])).unwrap(), 137);
+    }
+
+    #[test]
+    fn missing_command_is_127() {
+        let error = run(spec(&["envproxy-no-such-command"])).unwrap_err();
+        assert_eq!(error.exit_code, 127);
+        assert_eq!(
+            error.to_string(),
+            "envproxy-no-such-command: command not found"
+        );
+    }
+
+    #[test]
+    fn non_executable_file_is_126() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("script.sh");
+        std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        let error = run(spec(&[path.to_str().unwrap()])).unwrap_err();
+        assert_eq!(error.exit_code, 126);
+        assert!(error.to_string().ends_with("permission denied"), "{error}");
+    }
+
+    #[test]
+    fn environment_is_exactly_the_given_one() {
+        let output = std::env::temp_dir().join(format!("envproxy-env-{}", std::process::id()));
+        let mut spec = spec(&["sh", "-c", "env > \"$OUT\""]);
+        spec.environment.push(("OUT".into(), output.clone().into()));
+        spec.environment.push(("ONLY_HERE".into(), "1".into()));
+        assert_eq!(run(spec).unwrap(), 0);
+        let text = std::fs::read_to_string(&output).unwrap();
+        std::fs::remove_file(&output).unwrap();
+        assert!(text.contains("ONLY_HERE=1"), "{text}");
+        assert!(!text.contains("CARGO_PKG_NAME"), "{text}");
+    }
+}

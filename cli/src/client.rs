@@ -1,0 +1,250 @@
+//! Blocking requests to a running agent, each bounded by timeouts.
+
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use envproxy_agent::AgentStatus;
+use envproxy_proto::{client, Request, Response};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+
+/// Maximum wait for a connection, and for each read or write on it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause between connection attempts while the agent's listen backlog is full.
+const BACKLOG_RETRY: Duration = Duration::from_millis(10);
+
+/// A request that got no response. Messages name the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no agent at {}: the socket does not exist", path.display())]
+    NoSocket { path: PathBuf },
+    #[error("no agent at {}: connection refused (the socket file is stale)", path.display())]
+    Refused { path: PathBuf },
+    #[error("cannot connect to {}: {source}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the agent at {} did not respond within {}s", path.display(), timeout.as_secs_f32())]
+    TimedOut { path: PathBuf, timeout: Duration },
+    #[error("request to the agent at {} failed: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the agent at {} sent an invalid status: {source}", path.display())]
+    InvalidStatus {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the agent at {} returned {response:?} for a status request", path.display())]
+    UnexpectedStatusResponse { path: PathBuf, response: Response },
+}
+
+/// Sends one request to the agent at `socket` and returns its response.
+///
+/// `timeout` bounds the connection and, separately, each read and write.
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let mut stream = connect(socket, timeout)?;
+    let io_error = |source: io::Error| {
+        if matches!(
+            source.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            ClientError::TimedOut {
+                path: socket.to_path_buf(),
+                timeout,
+            }
+        } else {
+            ClientError::Io {
+                path: socket.to_path_buf(),
+                source,
+            }
+        }
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
+
+    let mut frame = Vec::new();
+    request
+        .encode(&mut frame)
+        .map_err(|err| io_error(io::Error::new(io::ErrorKind::InvalidInput, err)))?;
+    match stream.write_all(&frame) {
+        Ok(()) => client::read_response(&mut stream).map_err(io_error),
+        // An agent that rejects the connection may close it before the request is written, with
+        // the reason already waiting to be read.
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            client::read_response(&mut stream).map_err(|_| io_error(err))
+        }
+        Err(err) => Err(io_error(err)),
+    }
+}
+
+/// Asks the agent at `socket` to describe itself.
+pub fn fetch_status(socket: &Path, timeout: Duration) -> Result<AgentStatus, ClientError> {
+    let (status, _) = fetch_status_json(socket, timeout)?;
+    Ok(status)
+}
+
+/// Returns the agent's status, parsed and as the JSON text it sent.
+pub fn fetch_status_json(
+    socket: &Path,
+    timeout: Duration,
+) -> Result<(AgentStatus, String), ClientError> {
+    let response = call(socket, &Request::Status, timeout)?;
+    let Response::Found(payload) = response else {
+        return Err(ClientError::UnexpectedStatusResponse {
+            path: socket.to_path_buf(),
+            response,
+        });
+    };
+    // A status payload contains key names and settings, never a secret value.
+    let text = String::from_utf8_lossy(payload.expose_secret()).into_owned();
+    let status = serde_json::from_str(&text).map_err(|source| ClientError::InvalidStatus {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    Ok((status, text))
+}
+
+/// Connects to `path` within `timeout`.
+///
+/// A blocking `connect` on a Unix socket waits without bound while the listener's backlog is
+/// full, for example when the agent is stopped. This one uses a non-blocking socket and retries
+/// until the deadline.
+pub fn connect(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    let deadline = Instant::now() + timeout;
+    let connect_error = |errno: Errno| match errno {
+        Errno::ENOENT => ClientError::NoSocket {
+            path: path.to_path_buf(),
+        },
+        Errno::ECONNREFUSED => ClientError::Refused {
+            path: path.to_path_buf(),
+        },
+        other => ClientError::Connect {
+            path: path.to_path_buf(),
+            source: other.into(),
+        },
+    };
+    let timed_out = || ClientError::TimedOut {
+        path: path.to_path_buf(),
+        timeout,
+    };
+    let address = UnixAddr::new(path).map_err(connect_error)?;
+
+    loop {
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(connect_error)?;
+        match socket::connect(fd.as_raw_fd(), &address) {
+            Ok(()) => {}
+            Err(Errno::EAGAIN) => {
+                // Linux returns EAGAIN from a non-blocking Unix connect when the backlog is full.
+                if Instant::now() >= deadline {
+                    return Err(timed_out());
+                }
+                std::thread::sleep(BACKLOG_RETRY);
+                continue;
+            }
+            Err(Errno::EINPROGRESS) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let millis = u16::try_from(remaining.as_millis()).unwrap_or(u16::MAX);
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+                let ready = poll(&mut fds, PollTimeout::from(millis)).map_err(connect_error)?;
+                if ready == 0 {
+                    return Err(timed_out());
+                }
+                let pending =
+                    socket::getsockopt(&fd, socket::sockopt::SocketError).map_err(connect_error)?;
+                if pending != 0 {
+                    return Err(connect_error(Errno::from_raw(pending)));
+                }
+            }
+            Err(errno) => return Err(connect_error(errno)),
+        }
+        let stream = UnixStream::from(fd);
+        stream
+            .set_nonblocking(false)
+            .map_err(|source| ClientError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        return Ok(stream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn missing_socket_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let error = connect(&path, IO_TIMEOUT).unwrap_err();
+        assert!(matches!(error, ClientError::NoSocket { .. }), "{error}");
+        assert!(error.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn stale_socket_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        let error = connect(&path, IO_TIMEOUT).unwrap_err();
+        assert!(matches!(error, ClientError::Refused { .. }), "{error}");
+    }
+
+    #[test]
+    fn silent_agent_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        // A listener that accepts into the backlog but never reads or writes.
+        let _listener = UnixListener::bind(&path).unwrap();
+        let started = Instant::now();
+        let timeout = Duration::from_millis(200);
+        let error = call(&path, &Request::Status, timeout).unwrap_err();
+        assert!(matches!(error, ClientError::TimedOut { .. }), "{error}");
+        assert!(started.elapsed() >= timeout);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn full_backlog_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let _listener = UnixListener::bind(&path).unwrap();
+        envproxy_agent::limits::raise_open_files_limit().unwrap();
+        // Fill the backlog: connections are queued until the kernel refuses more.
+        let mut queued = Vec::new();
+        let timeout = Duration::from_millis(200);
+        let started = Instant::now();
+        let error = loop {
+            match connect(&path, timeout) {
+                Ok(stream) => queued.push(stream),
+                Err(error) => break error,
+            }
+            assert!(queued.len() < 100_000, "the backlog never filled");
+        };
+        assert!(matches!(error, ClientError::TimedOut { .. }), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,210 @@
+//! The environment `envproxy run` gives the command.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+use envproxy_proto::reference::LOCAL_SCHEME;
+
+/// Variable that contains the agent socket path, read by the library and the CLI.
+pub const SOCKET_VARIABLE: &str = "ENVPROXY_SOCKET";
+const PRELOAD_VARIABLE: &str = "LD_PRELOAD";
+/// Prefix of the variables that configure EnvProxy itself; the library never resolves them.
+const OWN_PREFIX: &str = "ENVPROXY_";
+
+/// The command's environment and the secret keys that could not be added to it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ChildEnvironment {
+    /// Variables in order: the inherited ones first, then the added references.
+    pub variables: Vec<(OsString, OsString)>,
+    /// Keys left out because they are not usable as variable names, or name a variable that
+    /// `envproxy run` sets itself. Each entry is the key and the reason.
+    pub skipped: Vec<(String, &'static str)>,
+}
+
+/// Builds the command's environment from `inherited`.
+///
+/// Each key of the secrets file that `inherited` does not set becomes `KEY=envproxy:KEY`, so the
+/// library resolves it on `getenv`. A variable the caller already set keeps its value.
+/// `ENVPROXY_SOCKET` is set to `socket`, and `library` is appended to `LD_PRELOAD` unless it is
+/// already listed there.
+pub fn build(
+    inherited: impl IntoIterator<Item = (OsString, OsString)>,
+    keys: &[String],
+    socket: &Path,
+    library: &Path,
+) -> ChildEnvironment {
+    let mut environment = ChildEnvironment {
+        variables: inherited.into_iter().collect(),
+        skipped: Vec::new(),
+    };
+
+    for key in keys {
+        if key.is_empty() || key.contains(['=', '\0']) {
+            environment
+                .skipped
+                .push((key.clone(), "it contains `=` or NUL or is empty"));
+            continue;
+        }
+        if key.starts_with(OWN_PREFIX) || key == PRELOAD_VARIABLE {
+            environment
+                .skipped
+                .push((key.clone(), "envproxy run sets this variable itself"));
+            continue;
+        }
+        if environment.get(OsStr::new(key)).is_some() {
+            continue;
+        }
+        let reference = format!("{LOCAL_SCHEME}{key}");
+        environment
+            .variables
+            .push((OsString::from(key), OsString::from(reference)));
+    }
+
+    environment.set(SOCKET_VARIABLE, socket.as_os_str().to_os_string());
+    let preload = append_preload(environment.get(OsStr::new(PRELOAD_VARIABLE)), library);
+    environment.set(PRELOAD_VARIABLE, preload);
+    environment
+}
+
+impl ChildEnvironment {
+    fn get(&self, name: &OsStr) -> Option<&OsStr> {
+        self.variables
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_os_str())
+    }
+
+    fn set(&mut self, name: &str, value: OsString) {
+        match self.variables.iter_mut().find(|(key, _)| key == name) {
+            Some(entry) => entry.1 = value,
+            None => self.variables.push((OsString::from(name), value)),
+        }
+    }
+}
+
+/// Returns `existing` with `library` appended, separated by a space. The dynamic loader splits
+/// `LD_PRELOAD` at spaces and colons, so an entry equal to `library` in either form counts as
+/// present.
+fn append_preload(existing: Option<&OsStr>, library: &Path) -> OsString {
+    let library = library.as_os_str().as_bytes();
+    let Some(existing) = existing.filter(|value| !value.is_empty()) else {
+        return OsString::from_vec(library.to_vec());
+    };
+    let bytes = existing.as_bytes();
+    let present = bytes
+        .split(|&b| b == b' ' || b == b':')
+        .any(|entry| entry == library);
+    if present {
+        return existing.to_os_string();
+    }
+    let mut value = bytes.to_vec();
+    value.push(b' ');
+    value.extend_from_slice(library);
+    OsString::from_vec(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        list.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    fn value<'e>(environment: &'e ChildEnvironment, name: &str) -> Option<&'e str> {
+        environment
+            .get(OsStr::new(name))
+            .map(|v| v.to_str().unwrap())
+    }
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn adds_references_for_unset_keys() {
+        let environment = build(
+            pairs(&[("PATH", "/bin"), ("DB_URL", "postgres://local")]),
+            &keys(&["API_KEY", "DB_URL"]),
+            Path::new("/run/a.sock"),
+            Path::new("/lib/libenvproxy.so"),
+        );
+        assert_eq!(value(&environment, "API_KEY"), Some("envproxy:API_KEY"));
+        assert_eq!(value(&environment, "DB_URL"), Some("postgres://local"));
+        assert_eq!(value(&environment, "PATH"), Some("/bin"));
+        assert_eq!(value(&environment, "ENVPROXY_SOCKET"), Some("/run/a.sock"));
+        assert_eq!(
+            value(&environment, "LD_PRELOAD"),
+            Some("/lib/libenvproxy.so")
+        );
+        assert!(environment.skipped.is_empty());
+    }
+
+    #[test]
+    fn socket_variable_is_replaced() {
+        let environment = build(
+            pairs(&[("ENVPROXY_SOCKET", "/old.sock")]),
+            &[],
+            Path::new("/new.sock"),
+            Path::new("/l.so"),
+        );
+        assert_eq!(value(&environment, "ENVPROXY_SOCKET"), Some("/new.sock"));
+        let count = environment
+            .variables
+            .iter()
+            .filter(|(k, _)| k == "ENVPROXY_SOCKET")
+            .count();
+        assert_eq!(count, 1);
+    }
+
+    #[test]
+    fn preload_is_appended_once() {
+        let library = Path::new("/lib/libenvproxy.so");
+        let cases = [
+            ("", "/lib/libenvproxy.so"),
+            ("/a.so", "/a.so /lib/libenvproxy.so"),
+            ("/a.so:/b.so", "/a.so:/b.so /lib/libenvproxy.so"),
+            ("/a.so /lib/libenvproxy.so", "/a.so /lib/libenvproxy.so"),
+            ("/lib/libenvproxy.so:/a.so", "/lib/libenvproxy.so:/a.so"),
+            (
+                "/other/libenvproxy.so",
+                "/other/libenvproxy.so /lib/libenvproxy.so",
+            ),
+        ];
+        for (existing, expected) in cases {
+            let environment = build(
+                pairs(&[("LD_PRELOAD", existing)]),
+                &[],
+                Path::new("/s"),
+                library,
+            );
+            assert_eq!(
+                value(&environment, "LD_PRELOAD"),
+                Some(expected),
+                "{existing:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unusable_keys_are_skipped() {
+        let environment = build(
+            Vec::new(),
+            &keys(&["A=B", "ENVPROXY_SOCKET", "LD_PRELOAD", "OK"]),
+            Path::new("/s"),
+            Path::new("/l.so"),
+        );
+        let skipped: Vec<&str> = environment
+            .skipped
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(skipped, ["A=B", "ENVPROXY_SOCKET", "LD_PRELOAD"]);
+        assert_eq!(value(&environment, "OK"), Some("envproxy:OK"));
+        assert_eq!(value(&environment, "ENVPROXY_SOCKET"), Some("/s"));
+        assert_eq!(value(&environment, "LD_PRELOAD"), Some("/l.so"));
+    }
+}

@@ -1,0 +1,197 @@
+//! `envproxy run`: start a command whose environment holds references that the preload library
+//! resolves through an agent.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use clap::Args;
+use envproxy_agent::{default_socket_path, limits, secrets, Config};
+
+use crate::child::{self, ChildSpec};
+use crate::client;
+use crate::embedded::EmbeddedAgent;
+use crate::environment::{self, SOCKET_VARIABLE};
+use crate::library::{self, LIBRARY_VARIABLE};
+
+/// Maximum wait for a running agent to respond before `run` gives up on it.
+const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Exit status when `envproxy run` itself fails before the command starts, as `env(1)` uses.
+pub const EXIT_RUN_FAILED: i32 = 125;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Secrets file (JSON, .env or TOML by name) served by an agent inside this process.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    secrets: Option<PathBuf>,
+    /// Agent config file whose [backend] names the secrets file; its [agent] socket is not used.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Agent socket. Without a file, the agent that listens there is used (default:
+    /// $ENVPROXY_SOCKET, then the per-user socket). With a file, an agent that responds there is
+    /// used, else the embedded agent listens there.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The command and its arguments, after `--`.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<OsString>,
+}
+
+/// The agent that serves the command.
+enum AgentChoice {
+    /// An agent that is already running.
+    Running {
+        socket: PathBuf,
+    },
+    Embedded(EmbeddedAgent),
+}
+
+/// Runs the command and returns its exit code.
+pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let executable = std::env::current_exe().context("cannot locate the envproxy executable")?;
+    let library = library::find(std::env::var_os(LIBRARY_VARIABLE), &executable)?;
+
+    let config = load_file_config(&args)?;
+    let mut open_files_soft_limit = None;
+    let (agent, keys) = match config {
+        None => {
+            let socket = socket_without_file(args.socket.as_deref())?;
+            let keys = keys_from_running_agent(&socket)?;
+            (AgentChoice::Running { socket }, keys)
+        }
+        Some(config) => {
+            let secrets_file = config
+                .secrets_file
+                .clone()
+                .ok_or(envproxy_agent::AgentError::NoSecretsFile)?;
+            let running = match &args.socket {
+                Some(socket) => {
+                    let socket = absolute(socket, "--socket")?;
+                    match client::fetch_status(&socket, AGENT_PROBE_TIMEOUT) {
+                        Ok(_) => Some(socket),
+                        Err(err) => {
+                            tracing::debug!(%err, "no agent responds; starting one on the socket");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            match running {
+                Some(socket) => {
+                    let keys = secrets::load(&secrets_file)?.into_keys().collect();
+                    (AgentChoice::Running { socket }, keys)
+                }
+                None => {
+                    open_files_soft_limit = raise_open_files_limit();
+                    let agent = match &args.socket {
+                        Some(socket) => {
+                            EmbeddedAgent::start(config, &absolute(socket, "--socket")?)?
+                        }
+                        None => EmbeddedAgent::start_private(config)?,
+                    };
+                    let keys = agent.keys().to_vec();
+                    (AgentChoice::Embedded(agent), keys)
+                }
+            }
+        }
+    };
+
+    let socket = match &agent {
+        AgentChoice::Running { socket } => socket.clone(),
+        AgentChoice::Embedded(agent) => agent.socket().to_path_buf(),
+    };
+    let environment = environment::build(std::env::vars_os(), &keys, &socket, &library);
+    for (key, reason) in &environment.skipped {
+        eprintln!("envproxy: not adding secret key {key:?} to the environment: {reason}");
+    }
+
+    let outcome = child::run(ChildSpec {
+        command: args.command,
+        environment: environment.variables,
+        open_files_soft_limit,
+    });
+    if let AgentChoice::Embedded(agent) = agent {
+        agent.stop();
+    }
+    match outcome {
+        Ok(code) => Ok(code),
+        Err(err) => {
+            eprintln!("envproxy: {err}");
+            Ok(err.exit_code)
+        }
+    }
+}
+
+/// Loads the agent config that `--secrets` or `--config` describes, or `None` without either.
+fn load_file_config(args: &RunArgs) -> anyhow::Result<Option<Config>> {
+    if let Some(secrets) = &args.secrets {
+        let config = Config {
+            secrets_file: Some(absolute(secrets, "--secrets")?),
+            ..Config::default()
+        };
+        return Ok(Some(config));
+    }
+    let Some(path) = &args.config else {
+        return Ok(None);
+    };
+    let config = Config::load(path)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(Some(config))
+}
+
+/// Returns the socket of the agent to use when no file is given: `--socket`, then
+/// `$ENVPROXY_SOCKET`, then the per-user default.
+fn socket_without_file(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(socket) = flag {
+        return absolute(socket, "--socket");
+    }
+    match std::env::var_os(SOCKET_VARIABLE).filter(|value| !value.is_empty()) {
+        Some(socket) => absolute(Path::new(&socket), SOCKET_VARIABLE),
+        None => Ok(default_socket_path()),
+    }
+}
+
+fn keys_from_running_agent(socket: &Path) -> anyhow::Result<Vec<String>> {
+    let status = client::fetch_status(socket, AGENT_PROBE_TIMEOUT).map_err(|err| {
+        anyhow!(
+            "{err}; start an agent with `envproxy-agent --secrets FILE --socket {}` or pass \
+             --secrets FILE to run one for this command",
+            socket.display()
+        )
+    })?;
+    if status.keys_truncated {
+        eprintln!(
+            "envproxy: the agent listed only {} of its {} keys; set the others in the \
+             environment as KEY=envproxy:KEY",
+            status.keys.len(),
+            status.backend.keys_loaded
+        );
+    }
+    Ok(status.keys)
+}
+
+/// Raises this process's open-files limit for the embedded agent and returns the previous soft
+/// limit, which the command gets back.
+fn raise_open_files_limit() -> Option<u64> {
+    match limits::raise_open_files_limit() {
+        Ok(limit) => Some(limit.previous_soft),
+        Err(err) => {
+            tracing::debug!(%err, "cannot raise the open files limit");
+            None
+        }
+    }
+}
+
+fn absolute(path: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("invalid {what} path {}", path.display()))
+}

@@ -1,0 +1,152 @@
+//! `envproxy status`: whether an agent responds, and how it is set up.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Args, ValueEnum};
+use envproxy_agent::AgentStatus;
+
+use crate::client::{self, IO_TIMEOUT};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Agent socket [default: the per-user socket].
+    #[arg(long, value_name = "PATH", env = "ENVPROXY_SOCKET")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// One `name: value` line per field.
+    Text,
+    /// The agent's status JSON as it sent it.
+    Json,
+}
+
+/// Prints the agent's status. Returns 0, or 1 with a one-line reason on stderr when no agent
+/// responds.
+pub fn run(args: StatusArgs) -> i32 {
+    let socket = args
+        .socket
+        .unwrap_or_else(envproxy_agent::default_socket_path);
+    let (status, json) = match client::fetch_status_json(&socket, IO_TIMEOUT) {
+        Ok(fetched) => fetched,
+        Err(err) => {
+            eprintln!("envproxy: {err}");
+            return 1;
+        }
+    };
+    match args.output {
+        Output::Json => println!("{json}"),
+        Output::Text => print!("{}", render(&status, unix_now())),
+    }
+    0
+}
+
+/// Formats the status as aligned `name: value` lines.
+fn render(status: &AgentStatus, now_unix: u64) -> String {
+    let backend = &status.backend;
+    let reload_age = now_unix.saturating_sub(backend.last_reload_unix);
+    let rows = [
+        ("reachable", "yes".to_string()),
+        ("socket", status.socket.display().to_string()),
+        ("mode", status.mode.clone()),
+        ("version", status.version.clone()),
+        ("pid", status.pid.to_string()),
+        ("uptime", format_duration(status.uptime_secs)),
+        (
+            "backend",
+            format!("{} {}", backend.kind, backend.path.display()),
+        ),
+        ("keys loaded", backend.keys_loaded.to_string()),
+        (
+            "last reload",
+            format!("{} ago", format_duration(reload_age)),
+        ),
+        (
+            "last reload error",
+            backend
+                .last_reload_error
+                .clone()
+                .unwrap_or_else(|| "none".to_string()),
+        ),
+    ];
+    let mut text = String::new();
+    for (name, value) in rows {
+        let label = format!("{name}:");
+        let _ = writeln!(text, "{label:<19}{value}");
+    }
+    text
+}
+
+/// Formats seconds as `1h 2m 3s`, leaving out leading zero units.
+fn format_duration(total_secs: u64) -> String {
+    let hours = total_secs / 3600;
+    let minutes = total_secs % 3600 / 60;
+    let secs = total_secs % 60;
+    if hours > 0 {
+        format!("{hours}h {minutes}m {secs}s")
+    } else if minutes > 0 {
+        format!("{minutes}m {secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envproxy_agent::status::BackendInfo;
+
+    #[test]
+    fn text_lists_every_field() {
+        let status = AgentStatus {
+            version: "0.1.0".into(),
+            mode: "local".into(),
+            pid: 42,
+            uptime_secs: 3723,
+            socket: "/run/user/1000/envproxy/agent.sock".into(),
+            backend: BackendInfo {
+                kind: "file".into(),
+                path: "/home/u/secrets.json".into(),
+                keys_loaded: 3,
+                last_reload_error: Some("invalid JSON secrets file".into()),
+                last_reload_unix: 1000,
+            },
+            keys: vec!["A".into()],
+            keys_truncated: false,
+        };
+        let text = render(&status, 1090);
+        let expected = "\
+reachable:         yes
+socket:            /run/user/1000/envproxy/agent.sock
+mode:              local
+version:           0.1.0
+pid:               42
+uptime:            1h 2m 3s
+backend:           file /home/u/secrets.json
+keys loaded:       3
+last reload:       1m 30s ago
+last reload error: invalid JSON secrets file
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(format_duration(0), "0s");
+        assert_eq!(format_duration(59), "59s");
+        assert_eq!(format_duration(60), "1m 0s");
+        assert_eq!(format_duration(7200), "2h 0m 0s");
+    }
+}
