@@ -563,7 +563,10 @@ async fn error_reason_survives_late_write() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     stream.write_all(&[0, 1, b'K']).await.unwrap();
     let reason = error_text(read_response(&mut stream).await);
-    assert!(reason.starts_with("malformed frame: unknown request version byte 9"), "{reason}");
+    assert!(
+        reason.starts_with("malformed frame: unknown request version byte 9"),
+        "{reason}"
+    );
     assert_closed(&mut stream).await;
     agent.stop().await;
 }
