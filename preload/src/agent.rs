@@ -1,6 +1,6 @@
 //! Requests to the agent over its Unix socket, each bounded by one deadline.
 //!
-//! Connections are kept in a small pool and reused, so a process normally holds one
+//! Connections are kept in a small pool and reused, so a process normally keeps one
 //! persistent connection. A connection is never used by two threads at once: a request takes
 //! one out of the pool (or opens a new one) and puts it back after a complete response. The
 //! pool lock is never held during I/O. After `fork` the child drops the connections it
@@ -26,7 +26,7 @@ use crate::settings;
 /// miss the cache at the same moment, and closed after use.
 const MAX_IDLE: usize = 4;
 
-/// Why a request to the agent failed.
+/// A failed request to the agent.
 #[derive(Debug)]
 pub enum AgentError {
     /// The socket path does not exist.
@@ -189,12 +189,12 @@ fn display(path: &Path) -> String {
 }
 
 fn connect(path: &Path, deadline_ms: u64) -> Result<c_int, AgentError> {
-    let shown = display(path);
+    let path_text = display(path);
     let bytes = path.as_os_str().as_bytes();
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
     let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     if bytes.len() >= address.sun_path.len() || bytes.contains(&0) {
-        return Err(AgentError::PathTooLong(shown));
+        return Err(AgentError::PathTooLong(path_text));
     }
     address.sun_family = libc::AF_UNIX as libc::sa_family_t;
     for (slot, byte) in address.sun_path.iter_mut().zip(bytes) {
@@ -206,7 +206,7 @@ fn connect(path: &Path, deadline_ms: u64) -> Result<c_int, AgentError> {
     // SAFETY: plain socket(2) call.
     let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
     if fd < 0 {
-        return Err(AgentError::Connect(shown, io::Error::last_os_error()));
+        return Err(AgentError::Connect(path_text, io::Error::last_os_error()));
     }
     loop {
         // SAFETY: `address` is an initialised sockaddr_un and `address_len` covers its path.
@@ -227,17 +227,17 @@ fn connect(path: &Path, deadline_ms: u64) -> Result<c_int, AgentError> {
             Some(libc::EAGAIN) => {
                 if clock::precise_ms() >= deadline_ms {
                     close(fd);
-                    return Err(AgentError::TimedOut(shown, settings::get().timeout_ms));
+                    return Err(AgentError::TimedOut(path_text, settings::get().timeout_ms));
                 }
                 sleep_ms(1);
             }
             Some(libc::ENOENT) => {
                 close(fd);
-                return Err(AgentError::NoSocket(shown));
+                return Err(AgentError::NoSocket(path_text));
             }
             _ => {
                 close(fd);
-                return Err(AgentError::Connect(shown, err));
+                return Err(AgentError::Connect(path_text, err));
             }
         }
     }

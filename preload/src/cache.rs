@@ -51,7 +51,7 @@ impl Interned {
 struct Entry {
     /// The current value; `None` before the first success or after "not found".
     current: Option<Interned>,
-    /// Whether `current` reflects an answer, including a negative one.
+    /// Whether `current` reflects a response from the agent, including "not found".
     answered: bool,
     fresh_until_ms: u64,
     /// No new request to the agent before this time, after a failure.
@@ -69,7 +69,7 @@ static PROCESS: Mutex<Option<HashMap<Key, Entry>>> = Mutex::new(None);
 struct LocalEntry {
     name: Box<[u8]>,
     reference: Box<[u8]>,
-    /// Null for a negative answer.
+    /// Null when the agent responded "not found".
     value: *mut c_char,
     fresh_until_ms: u64,
 }
@@ -78,9 +78,9 @@ thread_local! {
     static LOCAL: RefCell<Vec<LocalEntry>> = const { RefCell::new(Vec::new()) };
 }
 
-/// What the process cache holds for a pair at a given time.
+/// The state of a pair in the process cache at a given time.
 pub enum Lookup {
-    /// A fresh answer; the pointer is null for a negative one.
+    /// A fresh response. The pointer is null when the agent responded "not found".
     Fresh(*mut c_char),
     /// A recent failure; no request before its retry time. Carries the stale value, if any.
     BackingOff(Option<Interned>),
@@ -104,7 +104,7 @@ pub fn local_get(name: &CStr, reference: &[u8], now_ms: u64) -> Option<*mut c_ch
         .flatten()
 }
 
-/// Stores a fresh answer in this thread's cache.
+/// Stores a fresh response in this thread's cache.
 pub fn local_put(name: &CStr, reference: &[u8], value: *mut c_char, fresh_until_ms: u64) {
     let name = name.to_bytes();
     let _ = LOCAL.try_with(|local| {
@@ -177,7 +177,7 @@ pub fn put_value(name: &CStr, reference: &[u8], value: &[u8], fresh_until_ms: u6
     interned
 }
 
-/// Records a negative answer ("not found") that is fresh until the given time.
+/// Records a "not found" response that is fresh until the given time.
 pub fn put_absent(name: &CStr, reference: &[u8], fresh_until_ms: u64) {
     let mut guard = PROCESS.lock();
     let entry = guard
@@ -199,8 +199,8 @@ pub struct Failure {
 
 /// Records a failure to resolve a pair; no request is made for it before `retry_after_ms`.
 ///
-/// `authoritative` failures (the agent answered with an error or "not found") drop the stale
-/// value, because the agent's own answer must not be masked by an older one.
+/// `authoritative` failures (the agent responded with an error or "not found") drop the stale
+/// value, because an older value must not mask the agent's own response.
 pub fn put_failure(
     name: &CStr,
     reference: &[u8],

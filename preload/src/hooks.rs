@@ -49,7 +49,7 @@ fn hooks_dir() -> Option<PathBuf> {
         .map(|found| std::fs::canonicalize(&found).unwrap_or(found))
 }
 
-/// The path this library was loaded from, as the loader reports it.
+/// Returns the path this library was loaded from, as the loader reports it.
 fn library_path() -> Option<PathBuf> {
     // SAFETY: Dl_info is plain old data; all-zero is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };

@@ -1,4 +1,4 @@
-//! What one `getenv` of a reference, or of an absent name, returns.
+//! The result of one `getenv` call for a reference, or for a name absent from the environment.
 
 use std::cell::Cell;
 use std::ffi::{c_char, CStr};
