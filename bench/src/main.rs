@@ -1,0 +1,157 @@
+//! `envproxy-bench`: EnvProxy benchmarks, each run beside its baseline and reported as a ratio.
+//!
+//! Run `cargo build --release --workspace && target/release/envproxy-bench`. The benchmark
+//! uses the agent, the CLI and the library from its own directory, compiles its C client with
+//! `cc -O2` into a temporary directory, starts the agent and an echo server there, and stops
+//! them by pid at the end.
+//!
+//! - [`suite`]: the six benchmarks and their sizes.
+//! - [`harness`]: the C client that calls `getenv` and times socket round trips.
+//! - [`load`]: the multi-threaded throughput client.
+//! - [`echo`]: the baseline server, started as `envproxy-bench serve-echo`.
+//! - [`service`]: starting and stopping the servers.
+//! - [`fixture`]: the secrets file and the environment of the C client.
+//! - [`report`]: the results table and JSON.
+
+mod affinity;
+mod binaries;
+mod echo;
+mod fixture;
+mod harness;
+mod interrupt;
+mod load;
+mod report;
+mod service;
+mod stats;
+mod suite;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::binaries::Binaries;
+use crate::report::Row;
+use crate::suite::{Benchmark, Plan, Suite};
+
+/// Exit status when every benchmark ran but at least one target was missed.
+const EXIT_TARGET_MISSED: u8 = 2;
+
+/// Measure libenvproxy.so and envproxy-agent against baselines without them.
+///
+/// Prints one table: each figure with EnvProxy, its baseline, their ratio and the target.
+/// Exits with 0 when every target is met, 2 when one is missed, and 1 on an error.
+#[derive(Debug, Parser)]
+#[command(name = "envproxy-bench", version)]
+struct Args {
+    /// Fewer rounds and iterations: a check that everything runs, not figures to publish.
+    #[arg(long)]
+    quick: bool,
+    /// Print the results as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Rounds per figure (each round measures both sides) [default: 5, or 3 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: Option<u16>,
+    /// Run only these benchmarks (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "NAME")]
+    only: Vec<Benchmark>,
+    #[command(subcommand)]
+    command: Option<Internal>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Internal {
+    /// The baseline server of benchmarks 3 and 4, started by the benchmark itself.
+    #[command(hide = true)]
+    ServeEcho {
+        /// Socket path to listen on.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Payload length of every reply, in bytes.
+        #[arg(long, value_name = "BYTES")]
+        reply_len: usize,
+    },
+}
+
+/// The `--json` output.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    started_unix_secs: u64,
+    cpus: usize,
+    quick: bool,
+    rounds: usize,
+    results: &'a [Row],
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("envproxy-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(Internal::ServeEcho { socket, reply_len }) = &args.command {
+        echo::serve(socket, *reply_len)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    interrupt::install();
+    let started_unix_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let mut plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    if let Some(rounds) = args.rounds {
+        plan.rounds = rounds.into();
+    }
+    let rounds = plan.rounds;
+    let selected: Vec<Benchmark> = Benchmark::ALL
+        .into_iter()
+        .filter(|benchmark| args.only.is_empty() || args.only.contains(benchmark))
+        .collect();
+    let binaries = Binaries::locate(selected.contains(&Benchmark::PythonStartup))?;
+
+    let mut rows = Vec::new();
+    {
+        let mut suite = Suite::prepare(plan, binaries)?;
+        for benchmark in selected {
+            rows.extend(suite.run(benchmark)?);
+        }
+    }
+
+    if args.json {
+        let report = JsonReport {
+            started_unix_secs,
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            quick: args.quick,
+            rounds,
+            results: &rows,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report::table(&rows));
+    }
+
+    if rows.iter().any(|row| row.pass == Some(false)) {
+        return Ok(ExitCode::from(EXIT_TARGET_MISSED));
+    }
+    Ok(ExitCode::SUCCESS)
+}

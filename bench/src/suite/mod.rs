@@ -1,0 +1,236 @@
+//! The benchmarks, the sizes they run at and the servers they share.
+
+mod getenv;
+mod memory;
+mod round_trip;
+mod startup;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+use crate::affinity;
+use crate::binaries::Binaries;
+use crate::fixture::{self, LibrarySettings, Workspace};
+use crate::harness::Harness;
+use crate::report::Row;
+use crate::service::Service;
+
+/// The benchmarks, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Benchmark {
+    /// 1: getenv of a plain variable, with and without the library.
+    GetenvPlain,
+    /// 2: getenv of a reference from the in-process cache, against a plain getenv.
+    GetenvCached,
+    /// 3: getenv of a reference that goes to the agent every time, against an echo round trip.
+    UncachedLatency,
+    /// 4: agent throughput over 64 connections, against the echo server.
+    Throughput,
+    /// 5: resident memory growth over many getenv calls of references.
+    Memory,
+    /// 6: `python3 -c pass` under `envproxy run`, against plain `python3 -c pass`.
+    PythonStartup,
+}
+
+impl Benchmark {
+    pub const ALL: [Benchmark; 6] = [
+        Benchmark::GetenvPlain,
+        Benchmark::GetenvCached,
+        Benchmark::UncachedLatency,
+        Benchmark::Throughput,
+        Benchmark::Memory,
+        Benchmark::PythonStartup,
+    ];
+}
+
+/// How many times and how long each benchmark measures.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Rounds per figure. Each round measures both sides, and the table shows the median.
+    pub rounds: usize,
+    /// getenv calls per loop (benchmarks 1, 2 and 5).
+    pub getenv_calls: u64,
+    /// getenv calls per run of benchmark 5 without the cache, each a request to the agent.
+    pub uncached_memory_calls: u64,
+    /// Timed round trips per latency run (benchmark 3).
+    pub latency_samples: u64,
+    /// Client connections of the throughput benchmark.
+    pub connections: usize,
+    pub throughput_warm_up: Duration,
+    pub throughput_duration: Duration,
+    /// Runs of each command in the startup benchmark.
+    pub startup_runs: usize,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            rounds: 5,
+            getenv_calls: 10_000_000,
+            uncached_memory_calls: 100_000,
+            latency_samples: 20_000,
+            connections: 64,
+            throughput_warm_up: Duration::from_millis(500),
+            throughput_duration: Duration::from_secs(3),
+            startup_runs: 20,
+        }
+    }
+
+    /// Fewer and shorter measurements, for a check that everything runs.
+    pub fn quick() -> Plan {
+        Plan {
+            rounds: 3,
+            getenv_calls: 1_000_000,
+            uncached_memory_calls: 20_000,
+            latency_samples: 2_000,
+            connections: 64,
+            throughput_warm_up: Duration::from_millis(200),
+            throughput_duration: Duration::from_secs(1),
+            startup_runs: 6,
+        }
+    }
+}
+
+/// Everything the benchmarks share: the plan, the build outputs, the temporary directory and
+/// the servers, which start on first use and stop when the suite is dropped.
+pub struct Suite {
+    plan: Plan,
+    binaries: Binaries,
+    harness: Harness,
+    agent: Option<Service>,
+    echo: Option<Service>,
+    // Declared last so that it is dropped after the servers whose sockets it contains.
+    workspace: Workspace,
+}
+
+impl Suite {
+    /// Creates the temporary directory and compiles the C client.
+    pub fn prepare(plan: Plan, binaries: Binaries) -> anyhow::Result<Suite> {
+        let workspace = Workspace::create()?;
+        let harness = Harness::compile(workspace.dir())?;
+        Ok(Suite {
+            plan,
+            binaries,
+            harness,
+            agent: None,
+            echo: None,
+            workspace,
+        })
+    }
+
+    /// Runs one benchmark and returns its rows.
+    pub fn run(&mut self, benchmark: Benchmark) -> anyhow::Result<Vec<Row>> {
+        tracing::info!(?benchmark, "running");
+        let rows = match benchmark {
+            Benchmark::GetenvPlain => getenv::plain(self)?,
+            Benchmark::GetenvCached => getenv::cached(self)?,
+            Benchmark::UncachedLatency => round_trip::latency(self)?,
+            Benchmark::Throughput => round_trip::throughput(self)?,
+            Benchmark::Memory => memory::growth(self)?,
+            Benchmark::PythonStartup => startup::python(self)?,
+        };
+        // A server that died during the benchmark may have produced wrong figures.
+        if let Some(agent) = &mut self.agent {
+            agent.check_running()?;
+        }
+        if let Some(echo) = &mut self.echo {
+            echo.check_running()?;
+        }
+        Ok(rows)
+    }
+
+    /// Returns the socket of the shared agent, starting it on first use.
+    fn agent_socket(&mut self) -> anyhow::Result<&Path> {
+        if self.agent.is_none() {
+            self.agent = Some(self.start_agent("agent", None)?);
+        }
+        Ok(self.agent.as_ref().expect("started above").socket())
+    }
+
+    /// Returns the socket of the shared echo server, starting it on first use.
+    fn echo_socket(&mut self) -> anyhow::Result<&Path> {
+        if self.echo.is_none() {
+            self.echo = Some(self.start_echo("echo", None)?);
+        }
+        Ok(self.echo.as_ref().expect("started above").socket())
+    }
+
+    /// Starts an agent on `<name>.sock`, serving the benchmark's secrets file, on one CPU if
+    /// `cpu` is set.
+    fn start_agent(&self, name: &str, cpu: Option<usize>) -> anyhow::Result<Service> {
+        let socket = self.workspace.path(&format!("{name}.sock"));
+        let mut command = Command::new(&self.binaries.agent);
+        command
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--secrets")
+            .arg(self.workspace.secrets_file());
+        if let Some(cpu) = cpu {
+            affinity::pin(&mut command, cpu);
+        }
+        let log = self.workspace.path(&format!("{name}.log"));
+        Service::start("envproxy-agent", command, &socket, &log)
+    }
+
+    /// Starts an echo server on `<name>.sock`, on one CPU if `cpu` is set. Its replies are as
+    /// long as the agent's reply for [`fixture::REFERENCE_VARIABLE`].
+    fn start_echo(&self, name: &str, cpu: Option<usize>) -> anyhow::Result<Service> {
+        let socket = self.workspace.path(&format!("{name}.sock"));
+        let reply_len = fixture::secret_value(fixture::REFERENCE_VARIABLE).len();
+        let mut command = Command::new(&self.binaries.bench);
+        command
+            .arg("serve-echo")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--reply-len")
+            .arg(reply_len.to_string());
+        if let Some(cpu) = cpu {
+            affinity::pin(&mut command, cpu);
+        }
+        let log = self.workspace.path(&format!("{name}.log"));
+        Service::start("echo server", command, &socket, &log)
+    }
+
+    /// Returns the C client's environment, with the library loaded or not, pointing it at the
+    /// shared agent's socket.
+    fn environment(&self, library: bool, cache_ttl_secs: u64) -> Vec<(String, String)> {
+        self.environment_for(&self.workspace.path("agent.sock"), library, cache_ttl_secs)
+    }
+
+    fn environment_for(
+        &self,
+        socket: &Path,
+        library: bool,
+        cache_ttl_secs: u64,
+    ) -> Vec<(String, String)> {
+        fixture::environment(&LibrarySettings {
+            library: library.then_some(self.binaries.library.as_path()),
+            socket,
+            cache_ttl_secs,
+        })
+    }
+}
+
+/// Runs `with` and `baseline` once per round, alternating which goes first so that slow drift
+/// of the machine (frequency, other load) affects both sides alike.
+fn alternate<T>(
+    rounds: usize,
+    mut with: impl FnMut() -> anyhow::Result<T>,
+    mut baseline: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(Vec<T>, Vec<T>)> {
+    let mut with_results = Vec::with_capacity(rounds);
+    let mut baseline_results = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            with_results.push(with()?);
+            baseline_results.push(baseline()?);
+        } else {
+            baseline_results.push(baseline()?);
+            with_results.push(with()?);
+        }
+    }
+    Ok((with_results, baseline_results))
+}

@@ -1,0 +1,130 @@
+//! Benchmark 6: whole-process wall time of `python3 -c pass` under `envproxy run`.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use crate::fixture;
+use crate::interrupt;
+use crate::report::{Figure, Row, Target, Unit};
+use crate::stats::median;
+use crate::suite::Suite;
+
+const PYTHON: &str = "python3";
+const PYTHON_ARGS: [&str; 2] = ["-c", "pass"];
+
+/// Runs plain `python3 -c pass`, the same under `envproxy run --socket` (the running agent) and
+/// under `envproxy run --secrets` (an agent embedded in the CLI), in rotating order.
+///
+/// All three get the five references in their environment, as an application would. Only the
+/// `--socket` form has a target: the embedded form also starts and stops an agent, which is
+/// reported for information.
+pub fn python(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
+    let socket = suite.agent_socket()?.to_path_buf();
+    let cli = &suite.binaries.cli;
+    let secrets = suite.workspace.secrets_file();
+    let python = python_executable()?;
+    tracing::info!(python = %python.display(), "timing python3 -c pass");
+
+    let plain = || {
+        let mut command = Command::new(&python);
+        command.args(PYTHON_ARGS);
+        command
+    };
+    let with_socket = || {
+        let mut command = Command::new(cli);
+        command
+            .args(["run", "--socket"])
+            .arg(&socket)
+            .arg("--")
+            .arg(&python)
+            .args(PYTHON_ARGS);
+        command
+    };
+    let embedded = || {
+        let mut command = Command::new(cli);
+        command
+            .args(["run", "--secrets"])
+            .arg(&secrets)
+            .arg("--")
+            .arg(&python)
+            .args(PYTHON_ARGS);
+        command
+    };
+    let variants: [&dyn Fn() -> Command; 3] = [&plain, &with_socket, &embedded];
+
+    // One untimed run of each fills the page cache and Python's bytecode cache.
+    for variant in &variants {
+        time_run(variant())?;
+    }
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for run in 0..suite.plan.startup_runs {
+        for offset in 0..variants.len() {
+            let index = (run + offset) % variants.len();
+            times[index].push(time_run(variants[index]())?);
+        }
+    }
+
+    let [plain_ms, socket_ms, embedded_ms] = times.map(|values| median(&values));
+    let baseline = Figure::new(plain_ms, Unit::Milliseconds);
+    Ok(vec![
+        Row::new(
+            "python-run-socket",
+            "6 python3 -c pass, envproxy run --socket",
+            Figure::new(socket_ms, Unit::Milliseconds),
+            Some(baseline),
+            Some(Target::RatioAtMost(1.25)),
+        ),
+        Row::new(
+            "python-run-embedded",
+            "6 python3 -c pass, envproxy run --secrets",
+            Figure::new(embedded_ms, Unit::Milliseconds),
+            Some(baseline),
+            None,
+        ),
+    ])
+}
+
+/// Returns the interpreter that `python3` starts. A `python3` on `PATH` may be a wrapper
+/// script (pyenv's shims take about 100 ms), which would hide the cost being measured.
+fn python_executable() -> anyhow::Result<PathBuf> {
+    let output = Command::new(PYTHON)
+        .args(["-c", "import sys; sys.stdout.write(sys.executable)"])
+        .env_remove("LD_PRELOAD")
+        .output()
+        .context("cannot run python3; install Python 3 or skip this benchmark with --only")?;
+    if !output.status.success() || output.stdout.is_empty() {
+        bail!(
+            "python3 did not print its executable path (status {}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(PathBuf::from(OsString::from_vec(output.stdout)))
+}
+
+/// Runs `command` to completion and returns its wall time in milliseconds, from spawn to reap.
+fn time_run(mut command: Command) -> anyhow::Result<f64> {
+    interrupt::check()?;
+    command
+        .env_remove("LD_PRELOAD")
+        .envs(fixture::reference_variables())
+        .env("ENVPROXY_ON_ERROR", "exit");
+    let started = Instant::now();
+    let output = command
+        .output()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed with {}:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(elapsed.as_secs_f64() * 1000.0)
+}
