@@ -12,6 +12,8 @@
 //! - [`service`]: starting and stopping the servers.
 //! - [`fixture`]: the secrets file and the environment of the C client.
 //! - [`report`]: the results table and JSON.
+//! - [`machine`]: the CPU use of other work before the run.
+//! - [`affinity`], [`interrupt`]: pinning processes to one CPU, and Ctrl-C handling.
 
 mod affinity;
 mod binaries;
@@ -20,6 +22,7 @@ mod fixture;
 mod harness;
 mod interrupt;
 mod load;
+mod machine;
 mod report;
 mod service;
 mod stats;
@@ -81,6 +84,9 @@ enum Internal {
 struct JsonReport<'a> {
     started_unix_secs: u64,
     cpus: usize,
+    /// Share of CPU time (0 to 1) that was busy in the second before the run, while the
+    /// benchmark itself was idle.
+    busy_before_run: f64,
     quick: bool,
     rounds: usize,
     results: &'a [Row],
@@ -129,6 +135,14 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     let binaries = Binaries::locate(selected.contains(&Benchmark::PythonStartup))?;
 
+    let busy_before_run = machine::busy_share(machine::SAMPLE_INTERVAL)?;
+    if busy_before_run > machine::BUSY_WARNING_SHARE {
+        tracing::warn!(
+            busy_percent = format!("{:.0}", busy_before_run * 100.0),
+            "other work kept the CPUs busy before the run; the figures may be noisy"
+        );
+    }
+
     let mut rows = Vec::new();
     {
         let mut suite = Suite::prepare(plan, binaries)?;
@@ -141,6 +155,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         let report = JsonReport {
             started_unix_secs,
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            busy_before_run,
             quick: args.quick,
             rounds,
             results: &rows,

@@ -4,11 +4,16 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-/// A measured value with its unit.
-#[derive(Debug, Clone, Copy, Serialize)]
+use crate::stats;
+
+/// A measured value with its unit, and the measurements it summarises.
+#[derive(Debug, Clone, Serialize)]
 pub struct Figure {
     pub value: f64,
     pub unit: Unit,
+    /// One value per round (per run for benchmark 6), in `unit`; empty for a single value.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -23,7 +28,29 @@ pub enum Unit {
 
 impl Figure {
     pub fn new(value: f64, unit: Unit) -> Figure {
-        Figure { value, unit }
+        Figure {
+            value,
+            unit,
+            rounds: Vec::new(),
+        }
+    }
+
+    /// Summarises `rounds` by their median.
+    pub fn median_of(rounds: Vec<f64>, unit: Unit) -> Figure {
+        Figure {
+            value: stats::median(&rounds),
+            unit,
+            rounds,
+        }
+    }
+
+    /// Summarises `rounds` by their maximum.
+    pub fn max_of(rounds: Vec<f64>, unit: Unit) -> Figure {
+        Figure {
+            value: stats::max(&rounds),
+            unit,
+            rounds,
+        }
     }
 }
 
@@ -97,6 +124,7 @@ impl Row {
         target: Option<Target>,
     ) -> Row {
         let ratio = baseline
+            .as_ref()
             .filter(|baseline| baseline.value != 0.0)
             .map(|baseline| with.value / baseline.value);
         let pass = target.map(|target| target.is_met(with.value, ratio));
@@ -144,7 +172,9 @@ pub fn table(rows: &[Row]) -> String {
             [
                 row.benchmark.clone(),
                 row.with.to_string(),
-                row.baseline.map_or("-".to_string(), |b| b.to_string()),
+                row.baseline
+                    .as_ref()
+                    .map_or("-".to_string(), |b| b.to_string()),
                 row.ratio.map_or("-".to_string(), |r| format!("{r:.3}")),
                 row.target
                     .map_or("-".to_string(), |t| t.describe(row.with.unit)),
@@ -186,22 +216,12 @@ mod tests {
 
     #[test]
     fn ratio_at_most_passes_and_fails() {
-        let baseline = Some(Figure::new(10.0, Unit::NsPerCall));
+        let baseline = Figure::new(10.0, Unit::NsPerCall);
         let target = Some(Target::RatioAtMost(1.05));
-        let fast = Row::new(
-            "a",
-            "a",
-            Figure::new(10.4, Unit::NsPerCall),
-            baseline,
-            target,
-        );
-        let slow = Row::new(
-            "b",
-            "b",
-            Figure::new(10.6, Unit::NsPerCall),
-            baseline,
-            target,
-        );
+        let with_fast = Figure::new(10.4, Unit::NsPerCall);
+        let with_slow = Figure::new(10.6, Unit::NsPerCall);
+        let fast = Row::new("a", "a", with_fast, Some(baseline.clone()), target);
+        let slow = Row::new("b", "b", with_slow, Some(baseline), target);
         assert_eq!(fast.pass, Some(true));
         assert_eq!(slow.pass, Some(false));
         assert!((fast.ratio.unwrap() - 1.04).abs() < 1e-9);
@@ -209,18 +229,14 @@ mod tests {
 
     #[test]
     fn ratio_at_least_passes_and_fails() {
-        let baseline = Some(Figure::new(1000.0, Unit::RequestsPerSecond));
+        let baseline = Figure::new(1000.0, Unit::RequestsPerSecond);
         let target = Some(Target::RatioAtLeast(0.70));
         let with_high = Figure::new(800.0, Unit::RequestsPerSecond);
         let with_low = Figure::new(600.0, Unit::RequestsPerSecond);
-        assert_eq!(
-            Row::new("a", "a", with_high, baseline, target).pass,
-            Some(true)
-        );
-        assert_eq!(
-            Row::new("b", "b", with_low, baseline, target).pass,
-            Some(false)
-        );
+        let high = Row::new("a", "a", with_high, Some(baseline.clone()), target);
+        let low = Row::new("b", "b", with_low, Some(baseline), target);
+        assert_eq!(high.pass, Some(true));
+        assert_eq!(low.pass, Some(false));
     }
 
     #[test]
@@ -258,6 +274,15 @@ mod tests {
             Some(Target::RatioAtMost(2.0)),
         );
         assert_eq!(row.pass, Some(false));
+    }
+
+    #[test]
+    fn figure_summaries_keep_rounds() {
+        let median = Figure::median_of(vec![3.0, 1.0, 2.0], Unit::Milliseconds);
+        assert_eq!(median.value, 2.0);
+        assert_eq!(median.rounds, [3.0, 1.0, 2.0]);
+        let max = Figure::max_of(vec![3.0, 1.0, 2.0], Unit::Kibibytes);
+        assert_eq!(max.value, 3.0);
     }
 
     #[test]

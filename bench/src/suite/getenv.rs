@@ -2,7 +2,6 @@
 
 use crate::fixture::{self, PLAIN_VALUE, PLAIN_VARIABLE, REFERENCE_VARIABLE};
 use crate::report::{Figure, Row, Target, Unit};
-use crate::stats::median;
 use crate::suite::{alternate, Suite};
 
 /// A cache TTL far longer than any run, so every timed call is served from the cache.
@@ -63,5 +62,5 @@ fn ns_per_call(outputs: &[crate::harness::Output]) -> anyhow::Result<Figure> {
         .iter()
         .map(|output| output.number("ns_per_call"))
         .collect::<anyhow::Result<Vec<f64>>>()?;
-    Ok(Figure::new(median(&values), Unit::NsPerCall))
+    Ok(Figure::median_of(values, Unit::NsPerCall))
 }

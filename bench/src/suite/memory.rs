@@ -3,7 +3,6 @@
 use crate::fixture::{self, SECRETS};
 use crate::harness::Output;
 use crate::report::{Figure, Row, Target, Unit};
-use crate::stats::max;
 use crate::suite::{alternate, Suite};
 
 /// `ENVPROXY_CACHE_TTL=1`: the shortest TTL above zero. A run of 10 million calls takes well
@@ -100,5 +99,5 @@ fn largest_growth(outputs: &[Output], kind: &str) -> anyhow::Result<Figure> {
         let after = output.number(&format!("{kind}_after_bytes"))?;
         growths.push((after - before) / 1024.0);
     }
-    Ok(Figure::new(max(&growths), Unit::Kibibytes))
+    Ok(Figure::max_of(growths, Unit::Kibibytes))
 }

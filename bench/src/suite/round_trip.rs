@@ -11,7 +11,6 @@ use crate::fixture::{self, REFERENCE_VARIABLE};
 use crate::harness::Output;
 use crate::load::{self, Load};
 use crate::report::{Figure, Row, Target, Unit};
-use crate::stats::median;
 use crate::suite::{alternate, Suite};
 
 /// `ENVPROXY_CACHE_TTL=0`: the library sends a request to the agent on every call.
@@ -128,8 +127,8 @@ pub fn throughput(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
     Ok(vec![Row::new(
         "throughput",
         format!("4 throughput, {} connections", plan.connections),
-        Figure::new(median(&with), Unit::RequestsPerSecond),
-        Some(Figure::new(median(&echo), Unit::RequestsPerSecond)),
+        Figure::median_of(with, Unit::RequestsPerSecond),
+        Some(Figure::median_of(echo, Unit::RequestsPerSecond)),
         Some(Target::RatioAtLeast(0.70)),
     )])
 }
@@ -139,5 +138,5 @@ fn microseconds(outputs: &[Output], key: &str) -> anyhow::Result<Figure> {
         .iter()
         .map(|output| output.number(key).map(|ns| ns / 1000.0))
         .collect::<anyhow::Result<Vec<f64>>>()?;
-    Ok(Figure::new(median(&values), Unit::Microseconds))
+    Ok(Figure::median_of(values, Unit::Microseconds))
 }

@@ -11,7 +11,6 @@ use anyhow::{bail, Context};
 use crate::fixture;
 use crate::interrupt;
 use crate::report::{Figure, Row, Target, Unit};
-use crate::stats::median;
 use crate::suite::Suite;
 
 const PYTHON: &str = "python3";
@@ -69,21 +68,21 @@ pub fn python(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
         }
     }
 
-    let [plain_ms, socket_ms, embedded_ms] = times.map(|values| median(&values));
-    let baseline = Figure::new(plain_ms, Unit::Milliseconds);
+    let [plain_time, socket_time, embedded_time] =
+        times.map(|values| Figure::median_of(values, Unit::Milliseconds));
     Ok(vec![
         Row::new(
             "python-run-socket",
             "6 python3 -c pass, envproxy run --socket",
-            Figure::new(socket_ms, Unit::Milliseconds),
-            Some(baseline),
+            socket_time,
+            Some(plain_time.clone()),
             Some(Target::RatioAtMost(1.25)),
         ),
         Row::new(
             "python-run-embedded",
             "6 python3 -c pass, envproxy run --secrets",
-            Figure::new(embedded_ms, Unit::Milliseconds),
-            Some(baseline),
+            embedded_time,
+            Some(plain_time),
             None,
         ),
     ])
