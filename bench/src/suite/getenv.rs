@@ -48,9 +48,10 @@ pub fn cached(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
         || harness.run(&without_args, &without_env),
     )?;
     let position = with[0].number("position")?;
+    let variables = with[0].number("variables")?;
     Ok(vec![Row::new(
         "getenv-cached",
-        format!("2 getenv, cached reference (entry {position})"),
+        format!("2 getenv, cached reference (entry {position} of {variables})"),
         ns_per_call(&with)?,
         Some(ns_per_call(&without)?),
         Some(Target::RatioAtMost(3.0)),
