@@ -41,11 +41,14 @@ use crate::suite::{Benchmark, Plan, Suite};
 
 /// Exit status when every benchmark ran but at least one target was missed.
 const EXIT_TARGET_MISSED: u8 = 2;
+/// Exit status after SIGINT or SIGTERM, as a shell reports a process ended by SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
 
 /// Measure libenvproxy.so and envproxy-agent against baselines without them.
 ///
 /// Prints one table: each figure with EnvProxy, its baseline, their ratio and the target.
-/// Exits with 0 when every target is met, 2 when one is missed, and 1 on an error.
+/// Exits with 0 when every target is met, 2 when one is missed, 130 after Ctrl-C, and 1 on an
+/// error.
 #[derive(Debug, Parser)]
 #[command(name = "envproxy-bench", version)]
 struct Args {
@@ -103,6 +106,12 @@ fn main() -> ExitCode {
         .init();
     match run(args) {
         Ok(code) => code,
+        // A signal to the whole process group also ends the servers and the C client, so the
+        // error of the step that was running says less than this.
+        Err(_) if interrupt::requested() => {
+            eprintln!("envproxy-bench: interrupted; the servers are stopped and files removed");
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
         Err(err) => {
             eprintln!("envproxy-bench: {err:#}");
             ExitCode::FAILURE
