@@ -74,9 +74,11 @@ pub(crate) fn rfc3339(at: SystemTime) -> String {
     OffsetDateTime::from(at).format(&Rfc3339).unwrap_or_default()
 }
 
-/// Whole seconds from `now` until `until`, zero when `until` has passed.
+/// Seconds from `now` until `until`, rounded to the nearest second as Vault rounds TTLs;
+/// zero when `until` has passed.
 pub(crate) fn seconds_until(now: SystemTime, until: SystemTime) -> u64 {
-    until.duration_since(now).map(|d| d.as_secs()).unwrap_or(0)
+    let left = until.duration_since(now).unwrap_or_default();
+    (left + Duration::from_millis(500)).as_secs()
 }
 
 #[cfg(test)]
