@@ -13,11 +13,11 @@
  *       SOCKET, over one persistent connection. Prints the percentiles of both.
  *   envbench memory COUNT THREADS NAME=EXPECTED...
  *       Calls getenv on the names in turn from THREADS threads, COUNT calls in all, and prints
- *       the resident set size after a warm-up and after the COUNT calls.
+ *       the resident and the anonymous memory after a warm-up and after the COUNT calls.
  *
  * EXPECTED is the value getenv must return. The first and the last result of each loop are
- * compared with it, so a run in which the library passed a reference through unresolved fails
- * instead of reporting the cost of the wrong path.
+ * compared with it, and so is every result in round-trip mode. A run in which the library passed
+ * a reference through unresolved therefore fails instead of reporting the cost of that path.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -32,7 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Untimed calls before any measurement: they resolve lazy symbols, open the connection to
+/* Untimed calls before any measurement, which resolve lazy symbols, open the connection to
  * the agent and fill the caches. */
 #define WARM_UP_CALLS 1000
 
@@ -84,7 +84,7 @@ static void check_value(const char *name, const char *value, const char *expecte
     }
 }
 
-/* Prints the 1-based position of `name` in `environ` and the number of variables: libc's
+/* Prints the 1-based position of `name` in `environ` and the number of variables. libc's
  * getenv compares the entries in order, so the position sets the cost of a plain call. */
 static void print_position(const char *name) {
     extern char **environ;
@@ -252,7 +252,7 @@ static int connect_unix(const char *socket_path) {
 }
 
 /* Alternates a getenv(NAME) and a bare round trip of the same request frame to the server at
- * `socket_path`, timing each. Interleaving the two puts them under the same conditions: on a
+ * `socket_path`, timing each. Interleaving puts both under the same conditions, because on a
  * virtual machine the cost of waking an idle CPU changes over time and dominates both. */
 static int run_round_trip(const char *socket_path, const char *name, const char *expected,
                           long count) {
@@ -293,9 +293,9 @@ static int run_round_trip(const char *socket_path, const char *name, const char 
     return 0;
 }
 
-/* Resident memory in bytes, from /proc/self/statm: `resident` is all resident pages and
- * `anonymous` is resident minus shared, the pages not backed by a file (heap, stacks). Reads
- * with open(2) and read(2) so that the measurement itself allocates nothing. */
+/* Resident memory in bytes, from /proc/self/statm. `resident` counts all resident pages, and
+ * `anonymous` counts resident minus shared pages, which leaves the heap and the stacks. The
+ * file is read with open(2) and read(2) so that the measurement itself allocates nothing. */
 struct resident {
     long resident;
     long anonymous;
@@ -331,8 +331,8 @@ struct memory_worker {
     char **expected;
     int variables;
     long calls;
-    /* Shared by the workers and the main thread: passed after the warm-up, before the
-     * measured calls, and after them. */
+    /* The barrier of the workers and the main thread, passed after the warm-up, before the
+     * measured calls, after them, and before the workers exit. */
     pthread_barrier_t *barrier;
 };
 

@@ -107,7 +107,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(code) => code,
         // A signal to the whole process group also ends the servers and the C client, so the
-        // error of the step that was running says less than this.
+        // error of the step that was running would only report a closed connection.
         Err(_) if interrupt::requested() => {
             eprintln!("envproxy-bench: interrupted; the servers are stopped and files removed");
             ExitCode::from(EXIT_INTERRUPTED)
