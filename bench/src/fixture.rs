@@ -2,8 +2,10 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::Context;
 use tempfile::TempDir;
@@ -111,6 +113,24 @@ pub fn environment(settings: &LibrarySettings<'_>) -> Vec<(String, String)> {
         ("ENVPROXY_NO_JAVA".to_string(), "1".to_string()),
     ]);
     variables
+}
+
+/// Variables that change how the servers, the CLI or the library behave, removed from the
+/// inherited environment of every program the benchmark starts, so that a user's settings do
+/// not change the figures. `ENVPROXY_*` variables are removed as well.
+const INHERITED_SETTINGS: [&str; 3] = ["LD_PRELOAD", "RUST_LOG", "TOKIO_WORKER_THREADS"];
+
+/// Removes [`INHERITED_SETTINGS`] and every `ENVPROXY_*` variable of this process from the
+/// environment that `command` passes on.
+pub fn clear_inherited_settings(command: &mut Command) {
+    for name in INHERITED_SETTINGS {
+        command.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name.as_bytes().starts_with(b"ENVPROXY_") {
+            command.env_remove(name);
+        }
+    }
 }
 
 /// Returns `NAME=envproxy:NAME` for every secret.
@@ -225,6 +245,25 @@ mod tests {
             .map(|(a, _)| a.0.as_str())
             .collect();
         assert_eq!(differing, ["LD_PRELOAD"]);
+    }
+
+    #[test]
+    fn inherited_settings_are_removed() {
+        let mut command = Command::new("true");
+        clear_inherited_settings(&mut command);
+        let removed: Vec<String> = command
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        for name in INHERITED_SETTINGS {
+            assert!(removed.iter().any(|r| r == name), "{name} not removed");
+        }
+        for (name, _) in std::env::vars() {
+            if name.starts_with("ENVPROXY_") {
+                assert!(removed.contains(&name), "{name} not removed");
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::fixture;
+
 /// Maximum wait for a server to accept connections on its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Maximum wait for a server to exit after SIGTERM before it gets SIGKILL.
@@ -33,8 +35,8 @@ impl Service {
     ) -> anyhow::Result<Service> {
         let log_file =
             File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        fixture::clear_inherited_settings(&mut command);
         let child = command
-            .env_remove("LD_PRELOAD")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

@@ -109,8 +109,8 @@ fn python_executable() -> anyhow::Result<PathBuf> {
 /// Runs `command` to completion and returns its wall time in milliseconds, from spawn to reap.
 fn time_run(mut command: Command) -> anyhow::Result<f64> {
     interrupt::check()?;
+    fixture::clear_inherited_settings(&mut command);
     command
-        .env_remove("LD_PRELOAD")
         .envs(fixture::reference_variables())
         .env("ENVPROXY_ON_ERROR", "exit");
     let started = Instant::now();
