@@ -11,14 +11,14 @@ use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-/// How the server's clock moves between calls to [`Clock::advance`].
+/// Movement of the server's clock between calls to [`Clock::advance`].
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ClockMode {
     /// Wall time plus the advanced offset: TTLs also run out in real time.
     #[default]
     System,
-    /// Time stands still at the start time and moves only by [`Clock::advance`].
+    /// Time stays at the start time and moves only by [`Clock::advance`].
     Frozen,
 }
 
@@ -66,12 +66,16 @@ impl Clock {
 
 /// Seconds since the Unix epoch, as Vault's `creation_time` and `server_time_utc` report.
 pub(crate) fn unix_seconds(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// RFC 3339 in UTC with nanoseconds, the form of Vault's `created_time` and `expire_time`.
 pub(crate) fn rfc3339(at: SystemTime) -> String {
-    OffsetDateTime::from(at).format(&Rfc3339).unwrap_or_default()
+    OffsetDateTime::from(at)
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Seconds from `now` until `until`, rounded to the nearest second as Vault rounds TTLs;

@@ -26,11 +26,11 @@ pub enum ControlError {
     Cas(String),
 }
 
-/// One namespace of a running server. Cheap to create; holds the server state shared.
+/// One namespace of a running server. Cheap to create, because it shares the server state.
 #[derive(Clone)]
 pub struct NamespaceHandle {
     pub(crate) state: Arc<Mutex<ServerState>>,
-    /// Normalised namespace path: `""` or `team-a/`.
+    /// Normalized namespace path: `""` or `team-a/`.
     pub(crate) path: String,
 }
 
@@ -43,50 +43,68 @@ impl NamespaceHandle {
         if !state.lock().namespaces.contains_key(&normalized) {
             return Err(UnknownNamespace(path.to_owned()));
         }
-        Ok(NamespaceHandle { state, path: normalized })
+        Ok(NamespaceHandle {
+            state,
+            path: normalized,
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut NamespaceState, SystemTime) -> T) -> T {
         let mut state = self.state.lock();
         let now = state.now();
-        let namespace =
-            state.namespaces.get_mut(&self.path).expect("namespaces are never removed");
+        let namespace = state
+            .namespaces
+            .get_mut(&self.path)
+            .expect("namespaces are never removed");
         f(namespace, now)
     }
 
     /// Mounts a KV v2 engine at `mount` (kept if one is already there).
     pub fn mount_kv2(&self, mount: &str) {
         self.with(|ns, _| {
-            ns.kv2.entry(trim_mount(mount)).or_insert_with(Kv2Engine::default);
+            ns.kv2
+                .entry(trim_mount(mount))
+                .or_insert_with(Kv2Engine::default);
         });
     }
 
     pub fn mount_kv1(&self, mount: &str) {
         self.with(|ns, _| {
-            ns.kv1.entry(trim_mount(mount)).or_insert_with(Kv1Engine::default);
+            ns.kv1
+                .entry(trim_mount(mount))
+                .or_insert_with(Kv1Engine::default);
         });
     }
 
     pub fn mount_database(&self, mount: &str) {
         self.with(|ns, _| {
-            ns.database.entry(trim_mount(mount)).or_insert_with(DatabaseEngine::default);
+            ns.database
+                .entry(trim_mount(mount))
+                .or_insert_with(DatabaseEngine::default);
         });
     }
 
     /// Enables Kubernetes auth at `auth/<mount>`. With `issuer`, logins must carry that `iss`.
     pub fn enable_kubernetes_auth(&self, mount: &str, issuer: Option<&str>) {
         self.with(|ns, _| {
-            let auth = ns.kubernetes.entry(trim_mount(mount)).or_insert_with(Default::default);
+            let auth = ns
+                .kubernetes
+                .entry(trim_mount(mount))
+                .or_insert_with(Default::default);
             auth.issuer = issuer.map(str::to_owned);
         });
     }
 
     /// Writes a new version of a KV v2 secret and returns its version number.
     pub fn kv2_put(&self, mount: &str, path: &str, data: Value) -> Result<u64, ControlError> {
-        let Value::Object(data) = data else { return Err(ControlError::NotAnObject) };
+        let Value::Object(data) = data else {
+            return Err(ControlError::NotAnObject);
+        };
         self.with(|ns, now| {
             let engine = kv2(ns, mount)?;
-            engine.write(path, data, None, now).map_err(|e| ControlError::Cas(e.to_string()))
+            engine
+                .write(path, data, None, now)
+                .map_err(|e| ControlError::Cas(e.to_string()))
         })
     }
 
@@ -140,7 +158,9 @@ impl NamespaceHandle {
 
     /// Stores a KV v1 secret, replacing any previous value.
     pub fn kv1_put(&self, mount: &str, path: &str, data: Value) -> Result<(), ControlError> {
-        let Value::Object(data) = data else { return Err(ControlError::NotAnObject) };
+        let Value::Object(data) = data else {
+            return Err(ControlError::NotAnObject);
+        };
         self.with(|ns, _| {
             kv1(ns, mount)?.secrets.insert(path.to_owned(), data);
             Ok(())
@@ -148,7 +168,13 @@ impl NamespaceHandle {
     }
 
     pub fn kv1_get(&self, mount: &str, path: &str) -> Result<Option<Value>, ControlError> {
-        self.with(|ns, _| Ok(kv1(ns, mount)?.secrets.get(path).cloned().map(Value::Object)))
+        self.with(|ns, _| {
+            Ok(kv1(ns, mount)?
+                .secrets
+                .get(path)
+                .cloned()
+                .map(Value::Object))
+        })
     }
 
     pub fn kv1_delete(&self, mount: &str, path: &str) -> Result<(), ControlError> {
@@ -167,7 +193,10 @@ impl NamespaceHandle {
     ) -> Result<(), ControlError> {
         self.with(|ns, _| {
             let engine = ns.database.get_mut(&trim_mount(mount)).ok_or_else(|| {
-                ControlError::UnknownMount { kind: "database", mount: mount.to_owned() }
+                ControlError::UnknownMount {
+                    kind: "database",
+                    mount: mount.to_owned(),
+                }
             })?;
             engine.roles.insert(name.to_owned(), role);
             Ok(())
@@ -184,7 +213,10 @@ impl NamespaceHandle {
         self.with(|ns, _| {
             let auth: &mut KubernetesAuth =
                 ns.kubernetes.get_mut(&trim_mount(mount)).ok_or_else(|| {
-                    ControlError::UnknownMount { kind: "kubernetes auth", mount: mount.to_owned() }
+                    ControlError::UnknownMount {
+                        kind: "kubernetes auth",
+                        mount: mount.to_owned(),
+                    }
                 })?;
             auth.roles.insert(name.to_owned(), role);
             Ok(())
@@ -202,11 +234,17 @@ impl NamespaceHandle {
 fn kv2<'a>(ns: &'a mut NamespaceState, mount: &str) -> Result<&'a mut Kv2Engine, ControlError> {
     ns.kv2
         .get_mut(&trim_mount(mount))
-        .ok_or_else(|| ControlError::UnknownMount { kind: "KV v2", mount: mount.to_owned() })
+        .ok_or_else(|| ControlError::UnknownMount {
+            kind: "KV v2",
+            mount: mount.to_owned(),
+        })
 }
 
 fn kv1<'a>(ns: &'a mut NamespaceState, mount: &str) -> Result<&'a mut Kv1Engine, ControlError> {
     ns.kv1
         .get_mut(&trim_mount(mount))
-        .ok_or_else(|| ControlError::UnknownMount { kind: "KV v1", mount: mount.to_owned() })
+        .ok_or_else(|| ControlError::UnknownMount {
+            kind: "KV v1",
+            mount: mount.to_owned(),
+        })
 }

@@ -27,14 +27,22 @@ pub struct DatabaseRole {
 
 impl Default for DatabaseRole {
     fn default() -> DatabaseRole {
-        DatabaseRole { default_ttl: 3600, max_ttl: 86400, renewable: true }
+        DatabaseRole {
+            default_ttl: 3600,
+            max_ttl: 86400,
+            renewable: true,
+        }
     }
 }
 
 impl DatabaseRole {
     /// A renewable role with the given TTL and maximum TTL.
     pub fn new(ttl: Duration, max_ttl: Duration) -> DatabaseRole {
-        DatabaseRole { default_ttl: ttl.as_secs(), max_ttl: max_ttl.as_secs(), renewable: true }
+        DatabaseRole {
+            default_ttl: ttl.as_secs(),
+            max_ttl: max_ttl.as_secs(),
+            renewable: true,
+        }
     }
 
     pub fn renewable(mut self, renewable: bool) -> DatabaseRole {

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// Parses a duration field given as a JSON number of seconds or a string (`"90"`, `"90s"`,
-/// `"5m"`, `"1h30m"`, `"2d"` is not accepted, as in Go). Returns `None` for anything else.
+/// Parses a duration field given as a JSON number of seconds or a string such as `"90"`,
+/// `"90s"`, `"5m"` or `"1h30m"`. Returns `None` for anything else, including `"2d"` (Go has
+/// no day unit).
 pub(crate) fn parse_field(value: &Value) -> Option<Duration> {
     match value {
         Value::Number(n) => n.as_u64().map(Duration::from_secs),
@@ -26,13 +27,17 @@ pub(crate) fn parse_str(text: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let amount: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "h" => Duration::from_secs(3600),
             "m" => Duration::from_secs(60),
@@ -69,8 +74,14 @@ mod tests {
     fn parses_numbers_and_go_strings() {
         assert_eq!(parse_field(&json!(90)), Some(Duration::from_secs(90)));
         assert_eq!(parse_field(&json!("90")), Some(Duration::from_secs(90)));
-        assert_eq!(parse_field(&json!("1h30m")), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_field(&json!("500ms")), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_field(&json!("1h30m")),
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse_field(&json!("500ms")),
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(parse_field(&json!("2d")), None);
         assert_eq!(parse_field(&json!(true)), None);
     }

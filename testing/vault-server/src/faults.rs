@@ -1,13 +1,13 @@
 //! Fault injection and request accounting for tests.
 //!
 //! Rules match on the request path after `/v1/` (the namespace header is not part of it), by
-//! prefix. Latency applies to every matching request; an injected failure answers the next N
-//! matching requests with the given status and the body Vault sends for that status.
+//! prefix. Latency applies to every matching request. An injected failure replaces the response
+//! to the next N matching requests with the given status and the body Vault sends for it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// A status code and optional message to answer instead of handling the request.
+/// A status code and optional message returned instead of handling the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct InjectedFailure {
     pub(crate) status: u16,
@@ -46,7 +46,11 @@ impl Faults {
     }
 
     pub(crate) fn add_failures(&mut self, prefix: &str, count: u32, failure: InjectedFailure) {
-        self.failures.push(FailureRule { prefix: prefix.to_owned(), remaining: count, failure });
+        self.failures.push(FailureRule {
+            prefix: prefix.to_owned(),
+            remaining: count,
+            failure,
+        });
     }
 
     pub(crate) fn clear(&mut self) {
@@ -54,7 +58,7 @@ impl Faults {
         self.failures.clear();
     }
 
-    /// The delay for `path`: the longest matching prefix wins.
+    /// Returns the delay for `path`; the longest matching prefix wins.
     pub(crate) fn latency_for(&self, path: &str) -> Option<Duration> {
         self.latency
             .iter()
@@ -76,8 +80,8 @@ impl Faults {
     }
 }
 
-/// Requests the server received: counted on arrival, recorded with their status once
-/// answered.
+/// Requests the server received: counted on arrival, recorded with their status once the
+/// response is built.
 #[derive(Debug, Default)]
 pub(crate) struct RequestLog {
     arrivals: BTreeMap<(String, String), u64>,
@@ -86,7 +90,10 @@ pub(crate) struct RequestLog {
 
 impl RequestLog {
     pub(crate) fn count_arrival(&mut self, method: &str, path: &str) {
-        *self.arrivals.entry((method.to_owned(), path.to_owned())).or_insert(0) += 1;
+        *self
+            .arrivals
+            .entry((method.to_owned(), path.to_owned()))
+            .or_insert(0) += 1;
     }
 
     pub(crate) fn push(&mut self, request: RecordedRequest) {
@@ -119,7 +126,10 @@ mod tests {
     #[test]
     fn failures_run_out_after_count() {
         let mut faults = Faults::default();
-        let failure = InjectedFailure { status: 500, message: None };
+        let failure = InjectedFailure {
+            status: 500,
+            message: None,
+        };
         faults.add_failures("secret/", 2, failure.clone());
         assert_eq!(faults.take_failure("secret/data/a"), Some(failure.clone()));
         assert_eq!(faults.take_failure("kv/a"), None);
@@ -132,8 +142,14 @@ mod tests {
         let mut faults = Faults::default();
         faults.add_latency("secret/", Duration::from_millis(10));
         faults.add_latency("secret/data/slow", Duration::from_millis(500));
-        assert_eq!(faults.latency_for("secret/data/slow/x"), Some(Duration::from_millis(500)));
-        assert_eq!(faults.latency_for("secret/data/fast"), Some(Duration::from_millis(10)));
+        assert_eq!(
+            faults.latency_for("secret/data/slow/x"),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            faults.latency_for("secret/data/fast"),
+            Some(Duration::from_millis(10))
+        );
         assert_eq!(faults.latency_for("kv/x"), None);
     }
 }

@@ -3,25 +3,36 @@
 use rand::distr::Alphanumeric;
 use rand::RngExt;
 
-/// A random alphanumeric string of `len` characters.
+/// Generates a random alphanumeric string of `len` characters.
 pub(crate) fn alphanumeric(len: usize) -> String {
-    rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
+    rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
-/// A random UUID-shaped string (8-4-4-4-12 hex digits), as Vault's `request_id`.
+/// Generates a random UUID-shaped string (8-4-4-4-12 hex digits), like Vault's `request_id`.
 pub(crate) fn uuid() -> String {
     let bytes: [u8; 16] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
-/// A service token id: `hvs.` and random characters, plus `.<namespace id>` outside the root
-/// namespace, as Vault Enterprise issues them.
+/// Generates a service token id: `hvs.` and random characters, plus `.<namespace id>` outside
+/// the root namespace, as Vault Enterprise issues them.
 pub(crate) fn service_token(namespace_id: Option<&str>) -> String {
     with_namespace_suffix(format!("hvs.{}", alphanumeric(24)), namespace_id)
 }
 
-/// A token accessor, suffixed like tokens outside the root namespace.
+/// Generates a token accessor, suffixed like tokens outside the root namespace.
 pub(crate) fn accessor(namespace_id: Option<&str>) -> String {
     with_namespace_suffix(alphanumeric(24), namespace_id)
 }

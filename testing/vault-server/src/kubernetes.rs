@@ -4,8 +4,8 @@
 //! of the Vault Kubernetes auth plugin and its JWT validator (`hashicorp/cap`). The payload is
 //! decoded without verifying the signature, which is what Vault does when no `pem_keys` are
 //! configured.
-//! NOTE: Vault then asks the cluster's TokenReview API whether the token is still valid; this
-//! server has no cluster, so a JWT whose claims pass is accepted.
+//! NOTE: Vault then checks the token with the cluster's TokenReview API. This server has no
+//! cluster, so a JWT whose claims pass is accepted.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,8 +18,9 @@ use serde_json::Value;
 use crate::clock::unix_seconds;
 
 /// Signing algorithms the Kubernetes auth plugin accepts in the JWT header.
-const ALLOWED_ALGORITHMS: &[&str] =
-    &["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"];
+const ALLOWED_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512",
+];
 
 /// Clock skew the JWT validator tolerates on `exp`, `nbf` and `iat` (go-jose's default).
 const CLOCK_SKEW_LEEWAY: u64 = 60;
@@ -122,7 +123,9 @@ pub(crate) fn validate_login(
 
     if let Some(issuer) = &auth.issuer {
         if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
-            return Err(LoginError::Forbidden("invalid issuer (iss) claim".to_owned()));
+            return Err(LoginError::Forbidden(
+                "invalid issuer (iss) claim".to_owned(),
+            ));
         }
     }
     if let Some(audience) = role.audience.as_deref().filter(|a| !a.trim().is_empty()) {
@@ -137,10 +140,12 @@ pub(crate) fn validate_login(
     check_times(&claims, unix_seconds(now))?;
 
     let account = service_account(&claims);
-    let any_name = role.bound_service_account_names.len() == 1
-        && role.bound_service_account_names[0] == "*";
+    let any_name =
+        role.bound_service_account_names.len() == 1 && role.bound_service_account_names[0] == "*";
     if !any_name && !glob_list_contains(&role.bound_service_account_names, &account.name) {
-        return Err(LoginError::Forbidden("service account name not authorized".to_owned()));
+        return Err(LoginError::Forbidden(
+            "service account name not authorized".to_owned(),
+        ));
     }
     let namespaces = &role.bound_service_account_namespaces;
     let namespace_allowed = namespaces.first().is_some_and(|n| n == "*")
@@ -149,7 +154,9 @@ pub(crate) fn validate_login(
         return Err(LoginError::Forbidden("namespace not authorized".to_owned()));
     }
     if account.uid.is_empty() {
-        return Err(LoginError::Internal("could not parse UID from claims".to_owned()));
+        return Err(LoginError::Internal(
+            "could not parse UID from claims".to_owned(),
+        ));
     }
     Ok(account)
 }
@@ -170,7 +177,10 @@ fn decode_claims(jwt: &str) -> Result<serde_json::Map<String, Value>, LoginError
         }
     };
     let header = decode_json(header)?;
-    let algorithm = header.get("alg").and_then(Value::as_str).unwrap_or_default();
+    let algorithm = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if !ALLOWED_ALGORITHMS.contains(&algorithm) {
         return Err(LoginError::PermissionDenied);
     }
@@ -226,9 +236,11 @@ fn check_times(claims: &serde_json::Map<String, Value>, now: u64) -> Result<(), 
 fn audiences(claims: &serde_json::Map<String, Value>) -> Vec<String> {
     match claims.get("aud") {
         Some(Value::String(one)) => vec![one.clone()],
-        Some(Value::Array(many)) => {
-            many.iter().filter_map(Value::as_str).map(str::to_owned).collect()
-        }
+        Some(Value::Array(many)) => many
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -238,7 +250,11 @@ fn audiences(claims: &serde_json::Map<String, Value>) -> Vec<String> {
 fn service_account(claims: &serde_json::Map<String, Value>) -> ServiceAccount {
     let flat = |name: &str| {
         let key = format!("kubernetes.io/serviceaccount/{name}");
-        claims.get(&key).and_then(Value::as_str).unwrap_or_default().to_owned()
+        claims
+            .get(&key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
     };
     let mut account = ServiceAccount {
         name: flat("service-account.name"),
@@ -296,7 +312,10 @@ pub fn service_account_jwt(
     service_account: &str,
     expires_at: SystemTime,
 ) -> String {
-    let exp = expires_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let exp = expires_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let claims = serde_json::json!({
         "aud": ["vault"],
         "exp": exp,
@@ -371,7 +390,9 @@ mod tests {
         let other_name = service_account_jwt("prod", "intruder", now + Duration::from_secs(60));
         assert_eq!(
             validate_login(&auth, &role(), &other_name, now),
-            Err(LoginError::Forbidden("service account name not authorized".to_owned()))
+            Err(LoginError::Forbidden(
+                "service account name not authorized".to_owned()
+            ))
         );
         let other_ns = service_account_jwt("dev", "app", now + Duration::from_secs(60));
         assert_eq!(
@@ -399,10 +420,15 @@ mod tests {
     fn issuer_is_checked_only_when_configured() {
         let now = SystemTime::now();
         let jwt = service_account_jwt("prod", "app", now + Duration::from_secs(60));
-        let auth = KubernetesAuth { issuer: Some("other".to_owned()), ..Default::default() };
+        let auth = KubernetesAuth {
+            issuer: Some("other".to_owned()),
+            ..Default::default()
+        };
         assert_eq!(
             validate_login(&auth, &role(), &jwt, now),
-            Err(LoginError::Forbidden("invalid issuer (iss) claim".to_owned()))
+            Err(LoginError::Forbidden(
+                "invalid issuer (iss) claim".to_owned()
+            ))
         );
     }
 

@@ -36,13 +36,13 @@ pub(crate) struct Kv2Secret {
 pub(crate) enum Kv2Read<'a> {
     /// No secret at the path, or no such version.
     Missing,
-    /// The version exists but is deleted or destroyed: Vault answers 404 with its metadata.
+    /// The version exists but is deleted or destroyed, so Vault returns 404 with its metadata.
     Gone(&'a Kv2Secret, u64),
     /// Live data.
     Live(&'a Kv2Secret, u64),
 }
 
-/// Why a KV v2 write was rejected; the text is Vault's error message.
+/// Rejection of a KV v2 write, with Vault's error message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum CasError {
     #[error("check-and-set parameter did not match the current version")]
@@ -60,9 +60,13 @@ pub(crate) struct Kv2Engine {
 
 impl Kv2Engine {
     pub(crate) fn read(&self, path: &str, version: Option<u64>, now: SystemTime) -> Kv2Read<'_> {
-        let Some(secret) = self.secrets.get(path) else { return Kv2Read::Missing };
+        let Some(secret) = self.secrets.get(path) else {
+            return Kv2Read::Missing;
+        };
         let number = version.filter(|v| *v > 0).unwrap_or(secret.current_version);
-        let Some(entry) = secret.versions.get(&number) else { return Kv2Read::Missing };
+        let Some(entry) = secret.versions.get(&number) else {
+            return Kv2Read::Missing;
+        };
         let deleted = entry.deletion_time.is_some_and(|t| t <= now);
         if deleted || entry.destroyed {
             return Kv2Read::Gone(secret, number);
@@ -78,7 +82,11 @@ impl Kv2Engine {
         cas: Option<u64>,
         now: SystemTime,
     ) -> Result<u64, CasError> {
-        let current = self.secrets.get(path).map(|s| s.current_version).unwrap_or(0);
+        let current = self
+            .secrets
+            .get(path)
+            .map(|s| s.current_version)
+            .unwrap_or(0);
         let required = self.cas_required || self.secrets.get(path).is_some_and(|s| s.cas_required);
         match cas {
             Some(cas) if cas != current => return Err(CasError::Mismatch),
@@ -86,14 +94,17 @@ impl Kv2Engine {
             _ => {}
         }
 
-        let secret = self.secrets.entry(path.to_owned()).or_insert_with(|| Kv2Secret {
-            versions: BTreeMap::new(),
-            current_version: 0,
-            created_time: now,
-            updated_time: now,
-            custom_metadata: None,
-            cas_required: false,
-        });
+        let secret = self
+            .secrets
+            .entry(path.to_owned())
+            .or_insert_with(|| Kv2Secret {
+                versions: BTreeMap::new(),
+                current_version: 0,
+                created_time: now,
+                updated_time: now,
+                custom_metadata: None,
+                cas_required: false,
+            });
         secret.current_version += 1;
         secret.updated_time = now;
         let version = Kv2Version {
@@ -108,7 +119,9 @@ impl Kv2Engine {
 
     /// Marks versions deleted; unknown versions are ignored, as in Vault.
     pub(crate) fn delete_versions(&mut self, path: &str, versions: &[u64], now: SystemTime) {
-        let Some(secret) = self.secrets.get_mut(path) else { return };
+        let Some(secret) = self.secrets.get_mut(path) else {
+            return;
+        };
         for number in versions {
             if let Some(entry) = secret.versions.get_mut(number) {
                 if entry.deletion_time.is_none() && !entry.destroyed {
@@ -127,7 +140,9 @@ impl Kv2Engine {
     }
 
     pub(crate) fn undelete_versions(&mut self, path: &str, versions: &[u64], now: SystemTime) {
-        let Some(secret) = self.secrets.get_mut(path) else { return };
+        let Some(secret) = self.secrets.get_mut(path) else {
+            return;
+        };
         for number in versions {
             if let Some(entry) = secret.versions.get_mut(number) {
                 if !entry.destroyed {
@@ -139,7 +154,9 @@ impl Kv2Engine {
     }
 
     pub(crate) fn destroy_versions(&mut self, path: &str, versions: &[u64], now: SystemTime) {
-        let Some(secret) = self.secrets.get_mut(path) else { return };
+        let Some(secret) = self.secrets.get_mut(path) else {
+            return;
+        };
         for number in versions {
             if let Some(entry) = secret.versions.get_mut(number) {
                 entry.destroyed = true;
@@ -206,7 +223,10 @@ mod tests {
         assert_eq!(engine.write("app", data("a"), None, now), Ok(1));
         assert_eq!(engine.write("app", data("b"), None, now), Ok(2));
         assert!(matches!(engine.read("app", None, now), Kv2Read::Live(_, 2)));
-        assert!(matches!(engine.read("app", Some(1), now), Kv2Read::Live(_, 1)));
+        assert!(matches!(
+            engine.read("app", Some(1), now),
+            Kv2Read::Live(_, 1)
+        ));
         assert!(matches!(engine.read("app", Some(3), now), Kv2Read::Missing));
     }
 
@@ -215,15 +235,24 @@ mod tests {
         let mut engine = Kv2Engine::default();
         let now = SystemTime::now();
         assert_eq!(engine.write("app", data("a"), Some(0), now), Ok(1));
-        assert_eq!(engine.write("app", data("b"), Some(0), now), Err(CasError::Mismatch));
+        assert_eq!(
+            engine.write("app", data("b"), Some(0), now),
+            Err(CasError::Mismatch)
+        );
         assert_eq!(engine.write("app", data("b"), Some(1), now), Ok(2));
     }
 
     #[test]
     fn cas_required_rejects_write_without_cas() {
-        let mut engine = Kv2Engine { cas_required: true, ..Kv2Engine::default() };
+        let mut engine = Kv2Engine {
+            cas_required: true,
+            ..Kv2Engine::default()
+        };
         let now = SystemTime::now();
-        assert_eq!(engine.write("app", data("a"), None, now), Err(CasError::Required));
+        assert_eq!(
+            engine.write("app", data("a"), None, now),
+            Err(CasError::Required)
+        );
     }
 
     #[test]
@@ -233,9 +262,15 @@ mod tests {
         engine.write("app", data("a"), None, now).unwrap();
         engine.delete_latest("app", now);
         let later = now + Duration::from_secs(1);
-        assert!(matches!(engine.read("app", None, later), Kv2Read::Gone(_, 1)));
+        assert!(matches!(
+            engine.read("app", None, later),
+            Kv2Read::Gone(_, 1)
+        ));
         engine.undelete_versions("app", &[1], later);
-        assert!(matches!(engine.read("app", None, later), Kv2Read::Live(_, 1)));
+        assert!(matches!(
+            engine.read("app", None, later),
+            Kv2Read::Live(_, 1)
+        ));
     }
 
     #[test]
@@ -245,7 +280,9 @@ mod tests {
         engine.write("app", data("a"), None, now).unwrap();
         engine.destroy_versions("app", &[1], now);
         engine.undelete_versions("app", &[1], now);
-        let Kv2Read::Gone(secret, 1) = engine.read("app", None, now) else { panic!("not gone") };
+        let Kv2Read::Gone(secret, 1) = engine.read("app", None, now) else {
+            panic!("not gone")
+        };
         assert!(secret.versions[&1].destroyed);
         assert!(secret.versions[&1].data.is_none());
     }

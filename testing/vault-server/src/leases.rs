@@ -1,8 +1,8 @@
 //! The lease table of dynamic secrets, renewed and revoked through `sys/leases`.
 //!
 //! Follows <https://developer.hashicorp.com/vault/api-docs/system/leases>. Vault revokes a
-//! lease when it expires and when the token that created it is revoked or expires; this table
-//! does the same and keeps a record of every revocation so tests can assert on it.
+//! lease when it expires and when the token that created it is revoked or expires. This table
+//! does the same and records every revocation, so tests can assert on it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -20,7 +20,7 @@ pub(crate) struct LeaseEntry {
     pub(crate) last_renewal_time: Option<SystemTime>,
     /// The lease never lives past this.
     pub(crate) max_expire_time: SystemTime,
-    /// TTL granted by a renewal that asks for no increment (the role's default TTL).
+    /// TTL granted by a renewal without an increment (the role's default TTL).
     pub(crate) default_ttl: Duration,
     pub(crate) renewable: bool,
     /// Accessor of the token that created the lease.
@@ -39,7 +39,7 @@ pub struct LeaseInfo {
     pub renewable: bool,
 }
 
-/// Why a lease ended.
+/// Cause of a lease's end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RevocationReason {
     /// A client called `sys/leases/revoke`.
@@ -92,7 +92,11 @@ impl LeaseTable {
         if self.live.remove(id).is_none() {
             return false;
         }
-        self.revoked.push(RevokedLease { lease_id: id.to_owned(), reason, at: now });
+        self.revoked.push(RevokedLease {
+            lease_id: id.to_owned(),
+            reason,
+            at: now,
+        });
         true
     }
 
@@ -112,7 +116,7 @@ impl LeaseTable {
     /// Renews a lease and returns the granted TTL and Vault's capping warning, if any.
     ///
     /// An expired lease has already been revoked by [`LeaseTable::expire`], so renewing it
-    /// fails with `lease not found`, the answer Vault gives once its expiration manager has
+    /// fails with `lease not found`, the error Vault returns once its expiration manager has
     /// revoked the lease.
     pub(crate) fn renew(
         &mut self,
@@ -124,7 +128,9 @@ impl LeaseTable {
         if !lease.renewable {
             return Err(RenewError::NotRenewable);
         }
-        let requested = increment.filter(|d| !d.is_zero()).unwrap_or(lease.default_ttl);
+        let requested = increment
+            .filter(|d| !d.is_zero())
+            .unwrap_or(lease.default_ttl);
         let (ttl, warning) = capped_ttl(now, requested, lease.max_expire_time);
         lease.expire_time = now + ttl;
         lease.last_renewal_time = Some(now);

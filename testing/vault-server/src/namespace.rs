@@ -1,6 +1,6 @@
 //! One namespace's tree: its mounts, policies and auth roles.
 //!
-//! Vault Enterprise namespaces are isolated: the same mount path in two namespaces holds
+//! Vault Enterprise namespaces are isolated: the same mount path in two namespaces contains
 //! different secrets, and policies and tokens of one do not apply in another
 //! (<https://developer.hashicorp.com/vault/docs/enterprise/namespaces>).
 
@@ -37,8 +37,14 @@ impl NamespaceState {
         policies.insert("default".to_owned(), Policy::vault_default());
         NamespaceState {
             id: (!root).then(|| alphanumeric(5)),
-            kv2: mounts(&options.kv2_mounts).into_iter().map(|m| (m, Default::default())).collect(),
-            kv1: mounts(&options.kv1_mounts).into_iter().map(|m| (m, Default::default())).collect(),
+            kv2: mounts(&options.kv2_mounts)
+                .into_iter()
+                .map(|m| (m, Default::default()))
+                .collect(),
+            kv1: mounts(&options.kv1_mounts)
+                .into_iter()
+                .map(|m| (m, Default::default()))
+                .collect(),
             database: mounts(&options.database_mounts)
                 .into_iter()
                 .map(|m| (m, Default::default()))
@@ -55,7 +61,9 @@ impl NamespaceState {
     pub(crate) fn route<'p>(&self, path: &'p str) -> Option<MountMatch<'p>> {
         let mut best: Option<(usize, MountMatch<'p>)> = None;
         let mut consider = |mount: &str, make: fn(&'p str, &'p str) -> MountMatch<'p>| {
-            let Some(rest) = strip_mount(path, mount) else { return };
+            let Some(rest) = strip_mount(path, mount) else {
+                return;
+            };
             if best.as_ref().map_or(true, |(len, _)| mount.len() > *len) {
                 best = Some((mount.len(), make(&path[..mount.len()], rest)));
             }
@@ -82,12 +90,12 @@ pub(crate) fn strip_mount<'p>(path: &'p str, mount: &str) -> Option<&'p str> {
     rest.strip_prefix('/')
 }
 
-/// Normalises a mount path: no leading or trailing slash.
+/// Normalizes a mount path: no leading or trailing slash.
 pub(crate) fn trim_mount(mount: &str) -> String {
     mount.trim_matches('/').to_owned()
 }
 
-/// Normalises a namespace path to Vault's form: empty for root, else with one trailing slash.
+/// Normalizes a namespace path to Vault's form: empty for root, else with one trailing slash.
 pub(crate) fn normalize_namespace(namespace: &str) -> String {
     let trimmed = namespace.trim_matches('/');
     if trimmed.is_empty() {

@@ -40,12 +40,15 @@ impl Policy {
 
     /// Adds a rule; capabilities for a pattern given twice are merged.
     pub fn allow(mut self, pattern: &str, capabilities: &[Capability]) -> Policy {
-        self.paths.entry(pattern.to_owned()).or_default().extend_from_slice(capabilities);
+        self.paths
+            .entry(pattern.to_owned())
+            .or_default()
+            .extend_from_slice(capabilities);
         self
     }
 
-    /// The `default` policy every non-root token carries unless created without it: the
-    /// self-service token paths and lease renewal, as in Vault's built-in default policy.
+    /// Builds the `default` policy that non-root tokens carry unless created without it. Like
+    /// Vault's built-in default policy, it grants the self-service token paths and lease renewal.
     pub fn vault_default() -> Policy {
         use Capability::{Read, Update};
         Policy::new()
@@ -56,7 +59,10 @@ impl Policy {
             .allow("sys/leases/renew", &[Update])
             .allow("sys/leases/lookup", &[Update])
             .allow("sys/renew", &[Update])
-            .allow("cubbyhole/*", &[Capability::Create, Read, Update, Capability::Delete])
+            .allow(
+                "cubbyhole/*",
+                &[Capability::Create, Read, Update, Capability::Delete],
+            )
     }
 }
 
@@ -69,7 +75,9 @@ pub(crate) struct Acl {
 
 impl Acl {
     /// Merges `policies`; the name `root` grants everything.
-    pub(crate) fn new<'a>(policies: impl IntoIterator<Item = (&'a str, Option<&'a Policy>)>) -> Acl {
+    pub(crate) fn new<'a>(
+        policies: impl IntoIterator<Item = (&'a str, Option<&'a Policy>)>,
+    ) -> Acl {
         let mut acl = Acl::default();
         for (name, policy) in policies {
             if name == "root" {
@@ -78,7 +86,10 @@ impl Acl {
             }
             let Some(policy) = policy else { continue };
             for (pattern, capabilities) in &policy.paths {
-                acl.rules.entry(pattern.clone()).or_default().extend_from_slice(capabilities);
+                acl.rules
+                    .entry(pattern.clone())
+                    .or_default()
+                    .extend_from_slice(capabilities);
             }
         }
         acl
@@ -94,7 +105,9 @@ impl Acl {
             .iter()
             .filter(|(pattern, _)| pattern_matches(pattern, path))
             .max_by(|a, b| compare_priority(a.0, b.0));
-        let Some((_, capabilities)) = best else { return false };
+        let Some((_, capabilities)) = best else {
+            return false;
+        };
         if capabilities.contains(&Capability::Deny) {
             return false;
         }
@@ -109,7 +122,11 @@ fn pattern_matches(pattern: &str, path: &str) -> bool {
         None => (pattern, false),
     };
     if !body.contains('+') {
-        return if glob { path.starts_with(body) } else { path == body };
+        return if glob {
+            path.starts_with(body)
+        } else {
+            path == body
+        };
     }
 
     // With `+` segments, compare segment by segment; a trailing glob takes the rest.
@@ -122,16 +139,20 @@ fn pattern_matches(pattern: &str, path: &str) -> bool {
         return false;
     }
     let last = pattern_segments.len() - 1;
-    pattern_segments.iter().zip(&path_segments).enumerate().all(|(i, (p, s))| {
-        if *p == "+" {
-            return true;
-        }
-        if glob && i == last {
-            // A glob after a partial segment, as in `secret/+/app*`.
-            return s.starts_with(p);
-        }
-        p == s
-    }) && (glob || pattern_segments.len() == path_segments.len())
+    pattern_segments
+        .iter()
+        .zip(&path_segments)
+        .enumerate()
+        .all(|(i, (p, s))| {
+            if *p == "+" {
+                return true;
+            }
+            if glob && i == last {
+                // A glob after a partial segment, as in `secret/+/app*`.
+                return s.starts_with(p);
+            }
+            p == s
+        })
 }
 
 /// Orders two matching patterns by Vault's rules: the greater one is more specific.

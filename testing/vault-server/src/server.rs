@@ -37,7 +37,10 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("failed to listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 struct Shared {
@@ -56,10 +59,17 @@ pub struct VaultTestServer {
 impl VaultTestServer {
     /// Starts the server with `options` and begins listening.
     pub async fn start(options: ServerOptions) -> Result<VaultTestServer, StartError> {
-        let tls = if options.tls { Some(tls::generate()?) } else { None };
+        let tls = if options.tls {
+            Some(tls::generate()?)
+        } else {
+            None
+        };
         let requested = SocketAddr::from(([127, 0, 0, 1], options.port));
         let listener = bind(requested)?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: requested, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: requested,
+            source,
+        })?;
 
         let clock = Clock::new(options.clock);
         let mut state = ServerState::new(options.clone(), clock);
@@ -82,7 +92,10 @@ impl VaultTestServer {
         let root_token = root.id.clone();
         state.tokens.insert(root);
 
-        let shared = Arc::new(Shared { state: Arc::new(Mutex::new(state)), tls });
+        let shared = Arc::new(Shared {
+            state: Arc::new(Mutex::new(state)),
+            tls,
+        });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         info!(%addr, tls = shared.tls.is_some(), "vault test server listening");
         Ok(VaultTestServer {
@@ -99,11 +112,15 @@ impl VaultTestServer {
 
     /// `http://127.0.0.1:<port>` or `https://...` when TLS is on; the value for `VAULT_ADDR`.
     pub fn url(&self) -> String {
-        let scheme = if self.shared.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{}", self.addr)
     }
 
-    /// The root token: every capability on every path, never expires.
+    /// Returns the root token, which has every capability on every path and never expires.
     pub fn root_token(&self) -> &str {
         &self.root_token
     }
@@ -113,12 +130,15 @@ impl VaultTestServer {
         self.shared.tls.as_ref().map(|t| t.ca_cert_pem.as_str())
     }
 
-    /// The root namespace, for seeding secrets, roles and policies.
+    /// Returns the root namespace, for seeding secrets, roles and policies.
     pub fn root(&self) -> NamespaceHandle {
-        NamespaceHandle { state: self.shared.state.clone(), path: String::new() }
+        NamespaceHandle {
+            state: self.shared.state.clone(),
+            path: String::new(),
+        }
     }
 
-    /// An existing namespace such as `team-a` or `team-a/sub`.
+    /// Returns an existing namespace such as `team-a` or `team-a/sub`.
     pub fn namespace(&self, path: &str) -> Result<NamespaceHandle, UnknownNamespace> {
         NamespaceHandle::new(self.shared.state.clone(), path)
     }
@@ -147,7 +167,7 @@ impl VaultTestServer {
         state.tokens.get(token, now).is_some()
     }
 
-    /// The server's current time.
+    /// Returns the server's current time.
     pub fn now(&self) -> SystemTime {
         self.shared.state.lock().now()
     }
@@ -191,7 +211,9 @@ impl VaultTestServer {
     pub fn revoke_lease(&self, lease_id: &str) -> bool {
         let mut state = self.shared.state.lock();
         let now = state.now();
-        state.leases.revoke(lease_id, RevocationReason::Revoked, now)
+        state
+            .leases
+            .revoke(lease_id, RevocationReason::Revoked, now)
     }
 
     /// Delays every request whose path (after `/v1/`) starts with `prefix`.
@@ -199,17 +221,37 @@ impl VaultTestServer {
         self.shared.state.lock().faults.add_latency(prefix, delay);
     }
 
-    /// Answers the next `count` requests under `prefix` with `status` and the body Vault sends
+    /// Fails the next `count` requests under `prefix` with `status` and the body Vault sends
     /// for it (for example 429 with the rate-limit message, 503 with `Vault is sealed`).
     pub fn inject_failures(&self, prefix: &str, count: u32, status: u16) {
-        let failure = InjectedFailure { status, message: None };
-        self.shared.state.lock().faults.add_failures(prefix, count, failure);
+        let failure = InjectedFailure {
+            status,
+            message: None,
+        };
+        self.shared
+            .state
+            .lock()
+            .faults
+            .add_failures(prefix, count, failure);
     }
 
     /// Like [`VaultTestServer::inject_failures`] with `{"errors":[message]}` as the body.
-    pub fn inject_failures_with_message(&self, prefix: &str, count: u32, status: u16, message: &str) {
-        let failure = InjectedFailure { status, message: Some(message.to_owned()) };
-        self.shared.state.lock().faults.add_failures(prefix, count, failure);
+    pub fn inject_failures_with_message(
+        &self,
+        prefix: &str,
+        count: u32,
+        status: u16,
+        message: &str,
+    ) {
+        let failure = InjectedFailure {
+            status,
+            message: Some(message.to_owned()),
+        };
+        self.shared
+            .state
+            .lock()
+            .faults
+            .add_failures(prefix, count, failure);
     }
 
     /// Removes all injected latency and failures.
@@ -228,7 +270,7 @@ impl VaultTestServer {
         self.shared.state.lock().requests.counts()
     }
 
-    /// Every answered request in order, with its status.
+    /// Returns every completed request in order, with its status.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.state.lock().requests.completed()
     }
@@ -319,26 +361,34 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
             match acceptor.accept(stream).await {
-                Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
+                Ok(stream) => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
                 Err(err) => {
                     debug!(%err, "TLS handshake failed");
                     return;
                 }
             }
         }
-        None => builder.serve_connection(TokioIo::new(stream), service).await,
+        None => {
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+        }
     };
     if let Err(err) = result {
         debug!(%err, "connection ended with an error");
     }
 }
 
-/// Answers one HTTP request: counts it, applies injected latency and failures, then routes it.
+/// Handles one HTTP request: counts it, applies injected latency and failures, then routes it.
 async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let method = parts.method.as_str().to_owned();
     let Some(encoded_path) = parts.uri.path().strip_prefix("/v1/") else {
-        // Vault's Go HTTP mux answers paths outside /v1/ with a plain-text 404.
+        // Vault's Go HTTP mux returns a plain-text 404 for paths outside /v1/.
         return plain_response(StatusCode::NOT_FOUND, "404 page not found\n");
     };
     let path = percent_decode(encoded_path);
@@ -346,7 +396,9 @@ async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Full<B
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let namespace = header("x-vault-namespace").map(str::to_owned);
     let token = header("x-vault-token").map(str::to_owned).or_else(|| {
-        header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::to_owned)
+        header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
     });
 
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
@@ -361,7 +413,10 @@ async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Full<B
     let (delay, failure) = {
         let mut state = shared.state.lock();
         state.requests.count_arrival(&method, &path);
-        (state.faults.latency_for(&path), state.faults.take_failure(&path))
+        (
+            state.faults.latency_for(&path),
+            state.faults.take_failure(&path),
+        )
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
@@ -380,8 +435,14 @@ async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Full<B
                 ApiResponse::for_status(failure.status, &path, failure.message.as_deref())
             }
             None => {
-                let request =
-                    ApiRequest::new(&method, &path, query, namespace.as_deref(), token, body.to_vec());
+                let request = ApiRequest::new(
+                    &method,
+                    &path,
+                    query,
+                    namespace.as_deref(),
+                    token,
+                    body.to_vec(),
+                );
                 api::handle(&mut state, request)
             }
         };
@@ -394,7 +455,7 @@ async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Full<B
         });
         response
     };
-    debug!(%method, %path, status = response.status, "request answered");
+    debug!(%method, %path, status = response.status, "response sent");
     to_http(response, method == "HEAD")
 }
 
@@ -404,14 +465,18 @@ fn to_http(response: ApiResponse, head: bool) -> Response<Full<Bytes>> {
         (Some(body), false) => Bytes::from(body.to_string()),
         _ => Bytes::new(),
     };
-    let mut builder = Response::builder().status(status).header("cache-control", "no-store");
+    let mut builder = Response::builder()
+        .status(status)
+        .header("cache-control", "no-store");
     if response.body.is_some() {
         builder = builder.header("content-type", "application/json");
     }
     for (name, value) in response.headers {
         builder = builder.header(name, value);
     }
-    builder.body(Full::new(body)).expect("static header names and values are valid")
+    builder
+        .body(Full::new(body))
+        .expect("static header names and values are valid")
 }
 
 fn plain_response(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {

@@ -20,7 +20,7 @@ pub struct UnknownNamespace(pub String);
 pub(crate) struct ServerState {
     pub(crate) clock: Clock,
     pub(crate) options: ServerOptions,
-    /// Keyed by normalised path: `""` for root, `team-a/` and `team-a/sub/` below it.
+    /// Keyed by normalized path: `""` for root, `team-a/` and `team-a/sub/` below it.
     pub(crate) namespaces: BTreeMap<String, NamespaceState>,
     pub(crate) tokens: TokenStore,
     pub(crate) leases: LeaseTable,
@@ -91,7 +91,10 @@ impl ServerState {
     }
 
     /// Creates a token from a control-API spec.
-    pub(crate) fn issue_token(&mut self, spec: &TokenSpec) -> Result<IssuedToken, UnknownNamespace> {
+    pub(crate) fn issue_token(
+        &mut self,
+        spec: &TokenSpec,
+    ) -> Result<IssuedToken, UnknownNamespace> {
         let namespace = normalize_namespace(&spec.namespace);
         let namespace_id = match self.namespaces.get(&namespace) {
             Some(ns) => ns.id.clone(),
@@ -119,7 +122,10 @@ impl ServerState {
             role: None,
             with_entity: false,
         });
-        let issued = IssuedToken { token: entry.id.clone(), accessor: entry.accessor.clone() };
+        let issued = IssuedToken {
+            token: entry.id.clone(),
+            accessor: entry.accessor.clone(),
+        };
         self.tokens.insert(entry);
         Ok(issued)
     }
@@ -131,11 +137,21 @@ impl ServerState {
         let mut policies = new.policies;
         policies.sort();
         policies.dedup();
-        let max_ttl = if new.max_ttl.is_zero() { SYSTEM_MAX_TTL } else { new.max_ttl };
-        let ttl = if new.ttl.is_zero() { Duration::ZERO } else { new.ttl.min(max_ttl) };
+        let max_ttl = if new.max_ttl.is_zero() {
+            SYSTEM_MAX_TTL
+        } else {
+            new.max_ttl
+        };
+        let ttl = if new.ttl.is_zero() {
+            Duration::ZERO
+        } else {
+            new.ttl.min(max_ttl)
+        };
         let expires = !ttl.is_zero();
         TokenEntry {
-            id: new.id.unwrap_or_else(|| ids::service_token(new.namespace_id.as_deref())),
+            id: new
+                .id
+                .unwrap_or_else(|| ids::service_token(new.namespace_id.as_deref())),
             accessor: ids::accessor(new.namespace_id.as_deref()),
             namespace: new.namespace,
             policies,
@@ -149,7 +165,11 @@ impl ServerState {
             max_expire_time: expires.then(|| now + max_ttl),
             renewable: new.renewable && expires,
             orphan: new.orphan,
-            entity_id: if new.with_entity { ids::uuid() } else { String::new() },
+            entity_id: if new.with_entity {
+                ids::uuid()
+            } else {
+                String::new()
+            },
             role: new.role,
             last_renewal_time: None,
         }

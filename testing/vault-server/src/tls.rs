@@ -33,12 +33,15 @@ pub(crate) struct TlsMaterial {
 pub(crate) fn generate() -> Result<TlsMaterial, TlsError> {
     let ca = generate_ca("EnvProxy Vault test CA")?;
 
-    let mut params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
-    params.distinguished_name.push(DnType::CommonName, "envproxy-vault-test-server");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "envproxy-vault-test-server");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages =
-        vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     let key = KeyPair::generate()?;
     let certificate = params.signed_by(&key, &ca)?;
 
@@ -53,7 +56,10 @@ pub(crate) fn generate() -> Result<TlsMaterial, TlsError> {
         .with_single_cert(chain, private_key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
 
-    Ok(TlsMaterial { ca_cert_pem: ca.pem(), server_config: Arc::new(config) })
+    Ok(TlsMaterial {
+        ca_cert_pem: ca.pem(),
+        server_config: Arc::new(config),
+    })
 }
 
 /// Generates a fresh CA certificate (PEM) that has signed nothing this server presents.
@@ -64,7 +70,9 @@ pub fn unrelated_ca_pem() -> Result<String, TlsError> {
 fn generate_ca(common_name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, TlsError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -76,5 +84,7 @@ fn generate_ca(common_name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, T
 /// Parses the certificates of a PEM bundle, for clients built in tests.
 pub fn certificates_from_pem(pem: &str) -> Vec<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).collect()
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect()
 }

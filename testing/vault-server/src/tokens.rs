@@ -18,7 +18,7 @@ use crate::duration::go_format;
 /// Vault's default system maximum and default TTL: 768 hours (32 days).
 pub const SYSTEM_MAX_TTL: Duration = Duration::from_secs(768 * 3600);
 
-/// What a test asks for when it creates a token through the control API.
+/// Parameters of a token created through the control API.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct TokenSpec {
@@ -55,7 +55,7 @@ impl Default for TokenSpec {
 }
 
 impl TokenSpec {
-    /// A renewable token with the given policies and the default TTL.
+    /// Creates a spec for a renewable token with these policies and the default TTL.
     pub fn new(policies: &[&str]) -> TokenSpec {
         TokenSpec {
             policies: policies.iter().map(|p| (*p).to_owned()).collect(),
@@ -137,7 +137,7 @@ impl TokenEntry {
         self.expire_time.is_some_and(|t| t <= now)
     }
 
-    /// The `data` of `auth/token/lookup-self`.
+    /// Builds the `data` of `auth/token/lookup-self`.
     pub(crate) fn lookup_data(&self, now: SystemTime) -> Value {
         let ttl = self.expire_time.map(|t| seconds_until(now, t)).unwrap_or(0);
         json!({
@@ -163,7 +163,7 @@ impl TokenEntry {
         })
     }
 
-    /// The `auth` block that login and renewal responses carry.
+    /// Builds the `auth` block of login and renewal responses.
     pub(crate) fn auth_block(&self, now: SystemTime) -> Value {
         let lease_duration = self.expire_time.map(|t| seconds_until(now, t)).unwrap_or(0);
         json!({
@@ -183,7 +183,7 @@ impl TokenEntry {
     }
 }
 
-/// Why a renewal failed; the texts are Vault's.
+/// Renewal failure, with Vault's error texts.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum RenewError {
     #[error("lease not found")]
@@ -199,7 +199,9 @@ pub(crate) fn capped_ttl(
     requested: Duration,
     max_expire_time: SystemTime,
 ) -> (Duration, Option<String>) {
-    let left = max_expire_time.duration_since(now).unwrap_or(Duration::ZERO);
+    let left = max_expire_time
+        .duration_since(now)
+        .unwrap_or(Duration::ZERO);
     if requested > left {
         let warning = format!(
             "TTL of \"{}\" exceeded the effective max_ttl of \"{}\"; TTL value is capped \
@@ -234,9 +236,16 @@ impl TokenStore {
 
     /// Removes and returns every token whose TTL has run out.
     pub(crate) fn take_expired(&mut self, now: SystemTime) -> Vec<TokenEntry> {
-        let expired: Vec<String> =
-            self.by_id.values().filter(|t| t.is_expired(now)).map(|t| t.id.clone()).collect();
-        expired.iter().filter_map(|id| self.by_id.remove(id)).collect()
+        let expired: Vec<String> = self
+            .by_id
+            .values()
+            .filter(|t| t.is_expired(now))
+            .map(|t| t.id.clone())
+            .collect();
+        expired
+            .iter()
+            .filter_map(|id| self.by_id.remove(id))
+            .collect()
     }
 
     /// Renews a token's TTL; `increment` of `None` reuses its creation TTL.
@@ -254,7 +263,9 @@ impl TokenStore {
         if !entry.renewable {
             return Err(RenewError::NotRenewable);
         }
-        let requested = increment.filter(|d| !d.is_zero()).unwrap_or(entry.creation_ttl);
+        let requested = increment
+            .filter(|d| !d.is_zero())
+            .unwrap_or(entry.creation_ttl);
         let (ttl, warning) = capped_ttl(now, requested, max_expire_time);
         entry.expire_time = Some(now + ttl);
         entry.last_renewal_time = Some(now);
@@ -305,7 +316,9 @@ mod tests {
         let mut store = TokenStore::default();
         store.insert(entry(now, 60, 100));
         let later = now + Duration::from_secs(50);
-        let warning = store.renew("hvs.test", Some(Duration::from_secs(3600)), later).unwrap();
+        let warning = store
+            .renew("hvs.test", Some(Duration::from_secs(3600)), later)
+            .unwrap();
         assert_eq!(
             warning.as_deref(),
             Some(
@@ -322,7 +335,9 @@ mod tests {
         let now = SystemTime::now();
         let mut store = TokenStore::default();
         store.insert(entry(now, 60, 3600));
-        assert!(store.get("hvs.test", now + Duration::from_secs(60)).is_none());
+        assert!(store
+            .get("hvs.test", now + Duration::from_secs(60))
+            .is_none());
         assert_eq!(store.take_expired(now + Duration::from_secs(61)).len(), 1);
     }
 
@@ -330,13 +345,22 @@ mod tests {
     fn non_renewable_token_is_rejected() {
         let now = SystemTime::now();
         let mut store = TokenStore::default();
-        store.insert(TokenEntry { renewable: false, ..entry(now, 60, 3600) });
-        assert_eq!(store.renew("hvs.test", None, now), Err(RenewError::NotRenewable));
+        store.insert(TokenEntry {
+            renewable: false,
+            ..entry(now, 60, 3600)
+        });
+        assert_eq!(
+            store.renew("hvs.test", None, now),
+            Err(RenewError::NotRenewable)
+        );
     }
 
     #[test]
     fn issued_token_debug_hides_token() {
-        let issued = IssuedToken { token: "hvs.secret".to_owned(), accessor: "a".to_owned() };
+        let issued = IssuedToken {
+            token: "hvs.secret".to_owned(),
+            accessor: "a".to_owned(),
+        };
         assert!(!format!("{issued:?}").contains("hvs.secret"));
     }
 }

@@ -58,7 +58,11 @@ async fn lookup_self_has_documented_fields() {
 async fn root_token_lookup_never_expires() {
     let server = start_default().await;
     let api = Api::new(&server);
-    let data = api.get("auth/token/lookup-self", server.root_token()).await.body["data"].clone();
+    let data = api
+        .get("auth/token/lookup-self", server.root_token())
+        .await
+        .body["data"]
+        .clone();
     assert_eq!(data["policies"], json!(["root"]));
     assert_eq!(data["ttl"], 0);
     assert_eq!(data["expire_time"], json!(null));
@@ -75,7 +79,13 @@ async fn renew_self_returns_auth_block() {
     server.advance_clock(Duration::from_secs(50));
 
     let reply = api
-        .call("POST", "auth/token/renew-self", Some(&issued.token), None, Some(json!({})))
+        .call(
+            "POST",
+            "auth/token/renew-self",
+            Some(&issued.token),
+            None,
+            Some(json!({})),
+        )
         .await;
     assert_eq!(reply.status, 200);
     let auth = &reply.body["auth"];
@@ -86,7 +96,11 @@ async fn renew_self_returns_auth_block() {
     assert_eq!(reply.body["data"], json!(null));
 
     let longer = api
-        .put("auth/token/renew-self", &issued.token, json!({ "increment": "2m" }))
+        .put(
+            "auth/token/renew-self",
+            &issued.token,
+            json!({ "increment": "2m" }),
+        )
         .await;
     assert_eq!(longer.body["auth"]["lease_duration"], 120);
 }
@@ -101,19 +115,32 @@ async fn renew_self_is_capped_by_explicit_max_ttl() {
     let api = Api::new(&server);
     server.advance_clock(Duration::from_secs(40));
 
-    let reply = api.put("auth/token/renew-self", &issued.token, json!({ "increment": 3600 })).await;
+    let reply = api
+        .put(
+            "auth/token/renew-self",
+            &issued.token,
+            json!({ "increment": 3600 }),
+        )
+        .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body["auth"]["lease_duration"], 50);
     let warning = reply.body["warnings"][0].as_str().unwrap();
-    assert!(warning.contains("exceeded the effective max_ttl"), "{warning}");
+    assert!(
+        warning.contains("exceeded the effective max_ttl"),
+        "{warning}"
+    );
 }
 
 #[tokio::test]
 async fn non_renewable_token_renewal_is_400() {
     let server = start_default().await;
-    let issued = server.create_token(TokenSpec::new(&[]).renewable(false)).unwrap();
+    let issued = server
+        .create_token(TokenSpec::new(&[]).renewable(false))
+        .unwrap();
     let api = Api::new(&server);
-    let reply = api.put("auth/token/renew-self", &issued.token, json!({})).await;
+    let reply = api
+        .put("auth/token/renew-self", &issued.token, json!({}))
+        .await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.errors(), ["lease is not renewable"]);
 }
@@ -125,7 +152,12 @@ async fn expired_token_is_denied() {
         .create_token(TokenSpec::new(&["default"]).ttl(Duration::from_secs(30)))
         .unwrap();
     let api = Api::new(&server);
-    assert_eq!(api.get("auth/token/lookup-self", &issued.token).await.status, 200);
+    assert_eq!(
+        api.get("auth/token/lookup-self", &issued.token)
+            .await
+            .status,
+        200
+    );
 
     server.advance_clock(Duration::from_secs(31));
     let reply = api.get("auth/token/lookup-self", &issued.token).await;
@@ -164,23 +196,47 @@ async fn revoke_self_ends_token() {
     let server = start_default().await;
     let issued = server.create_token(TokenSpec::new(&[])).unwrap();
     let api = Api::new(&server);
-    let reply = api.call("POST", "auth/token/revoke-self", Some(&issued.token), None, None).await;
+    let reply = api
+        .call(
+            "POST",
+            "auth/token/revoke-self",
+            Some(&issued.token),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(reply.status, 204);
-    assert_eq!(api.get("auth/token/lookup-self", &issued.token).await.status, 403);
+    assert_eq!(
+        api.get("auth/token/lookup-self", &issued.token)
+            .await
+            .status,
+        403
+    );
 }
 
 #[tokio::test]
 async fn token_create_limits_child_policies() {
     let server = start_default().await;
-    server.root().set_policy("app", Policy::new().allow("auth/token/create", &[Capability::Update]));
+    server.root().set_policy(
+        "app",
+        Policy::new().allow("auth/token/create", &[Capability::Update]),
+    );
     let parent = server.create_token(TokenSpec::new(&["app"])).unwrap();
     let api = Api::new(&server);
 
-    let child = api.put("auth/token/create", &parent.token, json!({ "ttl": "10m" })).await;
+    let child = api
+        .put("auth/token/create", &parent.token, json!({ "ttl": "10m" }))
+        .await;
     assert_eq!(child.status, 200);
     assert_eq!(child.body["auth"]["lease_duration"], 600);
     assert_eq!(child.body["auth"]["policies"], json!(["app", "default"]));
-    let wider = api.put("auth/token/create", &parent.token, json!({ "policies": ["admin"] })).await;
+    let wider = api
+        .put(
+            "auth/token/create",
+            &parent.token,
+            json!({ "policies": ["admin"] }),
+        )
+        .await;
     assert_eq!(wider.status, 400);
     assert_eq!(wider.errors(), ["child policies must be subset of parent"]);
 }
@@ -189,7 +245,9 @@ async fn token_create_limits_child_policies() {
 async fn lookup_self_rejects_post() {
     let server = start_default().await;
     let api = Api::new(&server);
-    let reply = api.put("auth/token/lookup-self", server.root_token(), json!({})).await;
+    let reply = api
+        .put("auth/token/lookup-self", server.root_token(), json!({}))
+        .await;
     assert_eq!(reply.status, 405);
 }
 
@@ -197,20 +255,41 @@ async fn lookup_self_rejects_post() {
 async fn policy_allows_only_listed_paths() {
     let server = start_default().await;
     let ns = server.root();
-    ns.kv2_put("secret", "app/config", json!({ "k": "v" })).unwrap();
-    ns.kv2_put("secret", "other/config", json!({ "k": "v" })).unwrap();
-    ns.set_policy("app", Policy::new().allow("secret/data/app/*", &[Capability::Read]));
+    ns.kv2_put("secret", "app/config", json!({ "k": "v" }))
+        .unwrap();
+    ns.kv2_put("secret", "other/config", json!({ "k": "v" }))
+        .unwrap();
+    ns.set_policy(
+        "app",
+        Policy::new().allow("secret/data/app/*", &[Capability::Read]),
+    );
     let issued = server.create_token(TokenSpec::new(&["app"])).unwrap();
     let api = Api::new(&server);
 
-    assert_eq!(api.get("secret/data/app/config", &issued.token).await.status, 200);
+    assert_eq!(
+        api.get("secret/data/app/config", &issued.token)
+            .await
+            .status,
+        200
+    );
     let other = api.get("secret/data/other/config", &issued.token).await;
     assert_eq!(other.status, 403);
     assert_eq!(other.errors(), [DENIED]);
-    let write = api.put("secret/data/app/config", &issued.token, json!({ "data": {} })).await;
+    let write = api
+        .put(
+            "secret/data/app/config",
+            &issued.token,
+            json!({ "data": {} }),
+        )
+        .await;
     assert_eq!(write.status, 403);
     // The default policy still allows the self-service token paths.
-    assert_eq!(api.get("auth/token/lookup-self", &issued.token).await.status, 200);
+    assert_eq!(
+        api.get("auth/token/lookup-self", &issued.token)
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -218,28 +297,56 @@ async fn policy_separates_create_from_update() {
     let server = start_default().await;
     let ns = server.root();
     ns.kv2_put("secret", "exists", json!({ "k": "v" })).unwrap();
-    ns.set_policy("creator", Policy::new().allow("secret/data/*", &[Capability::Create]));
+    ns.set_policy(
+        "creator",
+        Policy::new().allow("secret/data/*", &[Capability::Create]),
+    );
     let issued = server.create_token(TokenSpec::new(&["creator"])).unwrap();
     let api = Api::new(&server);
     let body = json!({ "data": { "k": "w" } });
-    assert_eq!(api.put("secret/data/fresh", &issued.token, body.clone()).await.status, 200);
-    assert_eq!(api.put("secret/data/exists", &issued.token, body).await.status, 403);
+    assert_eq!(
+        api.put("secret/data/fresh", &issued.token, body.clone())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        api.put("secret/data/exists", &issued.token, body)
+            .await
+            .status,
+        403
+    );
 }
 
 #[tokio::test]
 async fn namespaces_are_isolated() {
-    let server =
-        VaultTestServer::start(ServerOptions::default().with_namespace("team-a")).await.unwrap();
+    let server = VaultTestServer::start(ServerOptions::default().with_namespace("team-a"))
+        .await
+        .unwrap();
     let team = server.namespace("team-a").unwrap();
-    team.kv2_put("secret", "app", json!({ "owner": "team-a" })).unwrap();
-    server.root().kv2_put("secret", "app", json!({ "owner": "root" })).unwrap();
-    team.set_policy("reader", Policy::new().allow("secret/data/*", &[Capability::Read]));
-    let team_token =
-        server.create_token(TokenSpec::new(&["reader"]).namespace("team-a")).unwrap();
+    team.kv2_put("secret", "app", json!({ "owner": "team-a" }))
+        .unwrap();
+    server
+        .root()
+        .kv2_put("secret", "app", json!({ "owner": "root" }))
+        .unwrap();
+    team.set_policy(
+        "reader",
+        Policy::new().allow("secret/data/*", &[Capability::Read]),
+    );
+    let team_token = server
+        .create_token(TokenSpec::new(&["reader"]).namespace("team-a"))
+        .unwrap();
     assert!(team_token.token.starts_with("hvs."));
     let api = Api::new(&server);
 
-    let in_team = api.call("GET", "secret/data/app", Some(&team_token.token), Some("team-a"), None);
+    let in_team = api.call(
+        "GET",
+        "secret/data/app",
+        Some(&team_token.token),
+        Some("team-a"),
+        None,
+    );
     assert_eq!(in_team.await.body["data"]["data"]["owner"], "team-a");
     // The same path in the root namespace: the team token is not valid there.
     let in_root = api.get("secret/data/app", &team_token.token).await;
@@ -257,22 +364,42 @@ async fn unknown_namespace_has_no_handler() {
     let server = start_default().await;
     let api = Api::new(&server);
     let reply = api
-        .call("GET", "secret/data/app", Some(server.root_token()), Some("nope"), None)
+        .call(
+            "GET",
+            "secret/data/app",
+            Some(server.root_token()),
+            Some("nope"),
+            None,
+        )
         .await;
     assert_eq!(reply.status, 404);
 }
 
 #[tokio::test]
 async fn parent_namespace_policy_names_child_paths() {
-    let server =
-        VaultTestServer::start(ServerOptions::default().with_namespace("team-a")).await.unwrap();
-    server.namespace("team-a").unwrap().kv2_put("secret", "x", json!({ "k": 1 })).unwrap();
+    let server = VaultTestServer::start(ServerOptions::default().with_namespace("team-a"))
+        .await
+        .unwrap();
     server
-        .root()
-        .set_policy("ops", Policy::new().allow("team-a/secret/data/*", &[Capability::Read]));
+        .namespace("team-a")
+        .unwrap()
+        .kv2_put("secret", "x", json!({ "k": 1 }))
+        .unwrap();
+    server.root().set_policy(
+        "ops",
+        Policy::new().allow("team-a/secret/data/*", &[Capability::Read]),
+    );
     let ops = server.create_token(TokenSpec::new(&["ops"])).unwrap();
     let api = Api::new(&server);
-    let reply = api.call("GET", "secret/data/x", Some(&ops.token), Some("team-a/"), None).await;
+    let reply = api
+        .call(
+            "GET",
+            "secret/data/x",
+            Some(&ops.token),
+            Some("team-a/"),
+            None,
+        )
+        .await;
     assert_eq!(reply.status, 200);
 }
 
@@ -284,17 +411,33 @@ fn kubernetes_server_role() -> KubernetesRole {
 #[tokio::test]
 async fn kubernetes_login_returns_auth_block() {
     let server = start_frozen().await;
-    server.root().add_kubernetes_role("kubernetes", "app", kubernetes_server_role()).unwrap();
+    server
+        .root()
+        .add_kubernetes_role("kubernetes", "app", kubernetes_server_role())
+        .unwrap();
     let api = Api::new(&server);
     let jwt = service_account_jwt("prod", "app", server.now() + Duration::from_secs(600));
 
     let reply = api
-        .call("POST", "auth/kubernetes/login", None, None, Some(json!({ "role": "app", "jwt": jwt })))
+        .call(
+            "POST",
+            "auth/kubernetes/login",
+            None,
+            None,
+            Some(json!({ "role": "app", "jwt": jwt })),
+        )
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body["data"], json!(null));
     let auth = &reply.body["auth"];
-    for field in ["client_token", "accessor", "policies", "metadata", "lease_duration", "renewable"] {
+    for field in [
+        "client_token",
+        "accessor",
+        "policies",
+        "metadata",
+        "lease_duration",
+        "renewable",
+    ] {
         assert!(auth.get(field).is_some(), "auth block lacks {field}");
     }
     assert_eq!(auth["policies"], json!(["app-read", "default"]));
@@ -321,43 +464,72 @@ async fn kubernetes_login_returns_auth_block() {
 #[tokio::test]
 async fn kubernetes_login_rejections_match_vault() {
     let server = start_frozen().await;
-    server.root().add_kubernetes_role("kubernetes", "app", kubernetes_server_role()).unwrap();
+    server
+        .root()
+        .add_kubernetes_role("kubernetes", "app", kubernetes_server_role())
+        .unwrap();
     let api = Api::new(&server);
     let later = server.now() + Duration::from_secs(600);
-    let login = |body: serde_json::Value| api.call("POST", "auth/kubernetes/login", None, None, Some(body));
+    let login =
+        |body: serde_json::Value| api.call("POST", "auth/kubernetes/login", None, None, Some(body));
 
     let no_role = login(json!({ "jwt": "x" })).await;
-    assert_eq!((no_role.status, no_role.errors()), (400, vec!["missing role".to_owned()]));
+    assert_eq!(
+        (no_role.status, no_role.errors()),
+        (400, vec!["missing role".to_owned()])
+    );
     let no_jwt = login(json!({ "role": "app" })).await;
-    assert_eq!((no_jwt.status, no_jwt.errors()), (400, vec!["missing jwt".to_owned()]));
-    let wrong_role = login(json!({ "role": "db", "jwt": service_account_jwt("prod", "app", later) })).await;
+    assert_eq!(
+        (no_jwt.status, no_jwt.errors()),
+        (400, vec!["missing jwt".to_owned()])
+    );
+    let wrong_role =
+        login(json!({ "role": "db", "jwt": service_account_jwt("prod", "app", later) })).await;
     assert_eq!(wrong_role.status, 400);
     assert_eq!(wrong_role.errors(), ["invalid role name \"db\""]);
-    let wrong_sa = login(json!({ "role": "app", "jwt": service_account_jwt("prod", "web", later) })).await;
+    let wrong_sa =
+        login(json!({ "role": "app", "jwt": service_account_jwt("prod", "web", later) })).await;
     assert_eq!(wrong_sa.status, 403);
     assert_eq!(wrong_sa.errors(), ["service account name not authorized"]);
-    let wrong_ns = login(json!({ "role": "app", "jwt": service_account_jwt("dev", "app", later) })).await;
+    let wrong_ns =
+        login(json!({ "role": "app", "jwt": service_account_jwt("dev", "app", later) })).await;
     assert_eq!(wrong_ns.status, 403);
     assert_eq!(wrong_ns.errors(), ["namespace not authorized"]);
     let garbage = login(json!({ "role": "app", "jwt": "not-a-jwt" })).await;
     assert_eq!(garbage.status, 403);
     assert_eq!(garbage.errors(), ["permission denied"]);
     let earlier = server.now() - Duration::from_secs(300);
-    let expired = login(json!({ "role": "app", "jwt": service_account_jwt("prod", "app", earlier) })).await;
+    let expired =
+        login(json!({ "role": "app", "jwt": service_account_jwt("prod", "app", earlier) })).await;
     assert_eq!(expired.status, 403);
-    assert_eq!(expired.errors(), ["invalid expiration time (exp) claim: token is expired"]);
+    assert_eq!(
+        expired.errors(),
+        ["invalid expiration time (exp) claim: token is expired"]
+    );
 }
 
 #[tokio::test]
 async fn kubernetes_token_expires_with_role_ttl() {
     let server = start_frozen().await;
-    server.root().add_kubernetes_role("kubernetes", "app", kubernetes_server_role()).unwrap();
+    server
+        .root()
+        .add_kubernetes_role("kubernetes", "app", kubernetes_server_role())
+        .unwrap();
     let api = Api::new(&server);
     let jwt = service_account_jwt("prod", "app", server.now() + Duration::from_secs(600));
     let reply = api
-        .call("POST", "auth/kubernetes/login", None, None, Some(json!({ "role": "app", "jwt": jwt })))
+        .call(
+            "POST",
+            "auth/kubernetes/login",
+            None,
+            None,
+            Some(json!({ "role": "app", "jwt": jwt })),
+        )
         .await;
-    let token = reply.body["auth"]["client_token"].as_str().unwrap().to_owned();
+    let token = reply.body["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     server.advance_clock(Duration::from_secs(901));
     assert_eq!(api.get("auth/token/lookup-self", &token).await.status, 403);
@@ -365,19 +537,42 @@ async fn kubernetes_token_expires_with_role_ttl() {
 
 #[tokio::test]
 async fn kubernetes_login_in_namespace() {
-    let server =
-        VaultTestServer::start(ServerOptions::default().with_namespace("team-a")).await.unwrap();
+    let server = VaultTestServer::start(ServerOptions::default().with_namespace("team-a"))
+        .await
+        .unwrap();
     let team = server.namespace("team-a").unwrap();
-    team.add_kubernetes_role("kubernetes", "app", kubernetes_server_role()).unwrap();
+    team.add_kubernetes_role("kubernetes", "app", kubernetes_server_role())
+        .unwrap();
     let api = Api::new(&server);
     let jwt = service_account_jwt("prod", "app", server.now() + Duration::from_secs(600));
     let body = json!({ "role": "app", "jwt": jwt });
 
-    let root_login = api.call("POST", "auth/kubernetes/login", None, None, Some(body.clone())).await;
-    assert_eq!(root_login.status, 400, "the root namespace has no such role");
-    let team_login =
-        api.call("POST", "auth/kubernetes/login", None, Some("team-a"), Some(body)).await;
+    let root_login = api
+        .call(
+            "POST",
+            "auth/kubernetes/login",
+            None,
+            None,
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        root_login.status, 400,
+        "the root namespace has no such role"
+    );
+    let team_login = api
+        .call(
+            "POST",
+            "auth/kubernetes/login",
+            None,
+            Some("team-a"),
+            Some(body),
+        )
+        .await;
     assert_eq!(team_login.status, 200);
     let token = team_login.body["auth"]["client_token"].as_str().unwrap();
-    assert!(token.contains('.'), "namespace tokens carry the namespace id suffix");
+    assert!(
+        token.contains('.'),
+        "namespace tokens carry the namespace id suffix"
+    );
 }

@@ -10,9 +10,14 @@ use serde_json::json;
 
 #[tokio::test]
 async fn tls_with_right_ca_succeeds() {
-    let server = VaultTestServer::start(ServerOptions::default().with_tls()).await.unwrap();
+    let server = VaultTestServer::start(ServerOptions::default().with_tls())
+        .await
+        .unwrap();
     assert!(server.url().starts_with("https://127.0.0.1:"));
-    assert!(server.ca_cert_pem().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(server
+        .ca_cert_pem()
+        .unwrap()
+        .starts_with("-----BEGIN CERTIFICATE-----"));
     let api = Api::new(&server);
     let reply = api.get("auth/token/lookup-self", server.root_token()).await;
     assert_eq!(reply.status, 200);
@@ -20,7 +25,9 @@ async fn tls_with_right_ca_succeeds() {
 
 #[tokio::test]
 async fn tls_names_localhost_too() {
-    let server = VaultTestServer::start(ServerOptions::default().with_tls()).await.unwrap();
+    let server = VaultTestServer::start(ServerOptions::default().with_tls())
+        .await
+        .unwrap();
     let api = Api::new(&server);
     let url = format!("https://localhost:{}/v1/sys/health", server.addr().port());
     let reply = api.client.get(url).send().await.unwrap();
@@ -30,7 +37,9 @@ async fn tls_names_localhost_too() {
 #[tokio::test]
 async fn tls_with_wrong_ca_fails_handshake() {
     install_crypto_provider();
-    let server = VaultTestServer::start(ServerOptions::default().with_tls()).await.unwrap();
+    let server = VaultTestServer::start(ServerOptions::default().with_tls())
+        .await
+        .unwrap();
     let wrong = reqwest::Certificate::from_pem(unrelated_ca_pem().unwrap().as_bytes()).unwrap();
     let client = reqwest::Client::builder()
         .tls_backend_rustls()
@@ -44,30 +53,45 @@ async fn tls_with_wrong_ca_fails_handshake() {
         .expect_err("a client that trusts another CA must fail");
     assert!(error.is_connect(), "{error:?}");
     let chain = format!("{error:?}");
-    assert!(chain.contains("UnknownIssuer") || chain.contains("certificate"), "{chain}");
+    assert!(
+        chain.contains("UnknownIssuer") || chain.contains("certificate"),
+        "{chain}"
+    );
 }
 
 #[tokio::test]
 async fn plain_client_cannot_talk_to_tls_server() {
-    let server = VaultTestServer::start(ServerOptions::default().with_tls()).await.unwrap();
+    let server = VaultTestServer::start(ServerOptions::default().with_tls())
+        .await
+        .unwrap();
     let api = Api::new(&server);
     let url = format!("http://{}/v1/sys/health", server.addr());
     let outcome = api.client.get(url).send().await;
-    // The TLS listener never answers plain HTTP with a Vault response.
+    // The TLS listener never returns a Vault response to plain HTTP.
     assert!(outcome.is_err() || outcome.unwrap().status() != 200);
 }
 
 #[tokio::test]
 async fn listener_restarts_on_same_port() {
     let server = start_default().await;
-    server.root().kv2_put("secret", "a", json!({ "k": "v" })).unwrap();
+    server
+        .root()
+        .kv2_put("secret", "a", json!({ "k": "v" }))
+        .unwrap();
     let api = Api::new(&server);
     let addr = server.addr();
-    assert_eq!(api.get("secret/data/a", server.root_token()).await.status, 200);
+    assert_eq!(
+        api.get("secret/data/a", server.root_token()).await.status,
+        200
+    );
 
     server.stop_listening().await;
     assert!(!server.is_listening().await);
-    let refused = api.client.get(format!("{}/v1/sys/health", server.url())).send().await;
+    let refused = api
+        .client
+        .get(format!("{}/v1/sys/health", server.url()))
+        .send()
+        .await;
     assert!(refused.expect_err("nothing listens").is_connect());
 
     server.start_listening().await.unwrap();
@@ -94,7 +118,12 @@ async fn sealed_server_returns_503() {
     assert_eq!(status.body["sealed"], true);
 
     server.unseal();
-    assert_eq!(api.get("auth/token/lookup-self", server.root_token()).await.status, 200);
+    assert_eq!(
+        api.get("auth/token/lookup-self", server.root_token())
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -173,7 +202,10 @@ async fn seal_status_has_documented_fields() {
 #[tokio::test]
 async fn injected_failures_run_out() {
     let server = start_default().await;
-    server.root().kv2_put("secret", "a", json!({ "k": "v" })).unwrap();
+    server
+        .root()
+        .kv2_put("secret", "a", json!({ "k": "v" }))
+        .unwrap();
     let api = Api::new(&server);
     server.inject_failures("secret/", 2, 500);
 
@@ -182,8 +214,14 @@ async fn injected_failures_run_out() {
     assert_eq!(first.errors(), ["internal error"]);
     let unrelated = api.get("auth/token/lookup-self", server.root_token()).await;
     assert_eq!(unrelated.status, 200);
-    assert_eq!(api.get("secret/data/a", server.root_token()).await.status, 500);
-    assert_eq!(api.get("secret/data/a", server.root_token()).await.status, 200);
+    assert_eq!(
+        api.get("secret/data/a", server.root_token()).await.status,
+        500
+    );
+    assert_eq!(
+        api.get("secret/data/a", server.root_token()).await.status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -193,14 +231,23 @@ async fn injected_rate_limit_matches_vault() {
     server.inject_failures("secret/data/", 1, 429);
     let reply = api.get("secret/data/hot", server.root_token()).await;
     assert_eq!(reply.status, 429);
-    assert_eq!(reply.errors(), ["request path \"secret/data/hot\": rate limit quota exceeded"]);
+    assert_eq!(
+        reply.errors(),
+        ["request path \"secret/data/hot\": rate limit quota exceeded"]
+    );
     assert_eq!(reply.headers["retry-after"], "1");
 
     server.inject_failures("secret/", 1, 412);
-    assert_eq!(api.get("secret/data/hot", server.root_token()).await.status, 412);
+    assert_eq!(
+        api.get("secret/data/hot", server.root_token()).await.status,
+        412
+    );
     server.inject_failures_with_message("secret/", 1, 502, "upstream down");
     let custom = api.get("secret/data/hot", server.root_token()).await;
-    assert_eq!((custom.status, custom.errors()), (502, vec!["upstream down".to_owned()]));
+    assert_eq!(
+        (custom.status, custom.errors()),
+        (502, vec!["upstream down".to_owned()])
+    );
 }
 
 #[tokio::test]
@@ -210,7 +257,12 @@ async fn injected_latency_delays_matching_paths() {
     server.inject_latency("auth/token/", Duration::from_millis(300));
 
     let started = Instant::now();
-    assert_eq!(api.get("auth/token/lookup-self", server.root_token()).await.status, 200);
+    assert_eq!(
+        api.get("auth/token/lookup-self", server.root_token())
+            .await
+            .status,
+        200
+    );
     assert!(started.elapsed() >= Duration::from_millis(300));
 
     let started = Instant::now();
@@ -226,13 +278,18 @@ async fn injected_latency_delays_matching_paths() {
 #[tokio::test]
 async fn requests_are_counted_per_method_and_path() {
     let server = start_default().await;
-    server.root().kv2_put("secret", "a", json!({ "k": "v" })).unwrap();
+    server
+        .root()
+        .kv2_put("secret", "a", json!({ "k": "v" }))
+        .unwrap();
     let api = Api::new(&server);
     for _ in 0..3 {
         api.get("secret/data/a", server.root_token()).await;
     }
-    api.put("secret/data/a", server.root_token(), json!({ "data": {} })).await;
-    api.get("secret/data/a?version=1", server.root_token()).await;
+    api.put("secret/data/a", server.root_token(), json!({ "data": {} }))
+        .await;
+    api.get("secret/data/a?version=1", server.root_token())
+        .await;
 
     assert_eq!(server.request_count("GET", "secret/data/a"), 4);
     assert_eq!(server.request_count("PUT", "secret/data/a"), 1);

@@ -52,7 +52,9 @@ pub(super) fn handle(
         });
         return Envelope::data(data, "database").ok();
     }
-    let Some(name) = rest.strip_prefix("creds/").filter(|n| !n.is_empty() && !n.contains('/'))
+    let Some(name) = rest
+        .strip_prefix("creds/")
+        .filter(|n| !n.is_empty() && !n.contains('/'))
     else {
         return ApiResponse::unsupported_path();
     };
@@ -75,7 +77,13 @@ fn generate_credentials(
     let Some(role) = namespace.database[mount].roles.get(name).cloned() else {
         return ApiResponse::bad_request(&format!("unknown role: {name}"));
     };
-    let or_system = |secs: u64| if secs == 0 { SYSTEM_MAX_TTL } else { Duration::from_secs(secs) };
+    let or_system = |secs: u64| {
+        if secs == 0 {
+            SYSTEM_MAX_TTL
+        } else {
+            Duration::from_secs(secs)
+        }
+    };
     let max_ttl = or_system(role.max_ttl);
     let ttl = or_system(role.default_ttl).min(max_ttl);
 

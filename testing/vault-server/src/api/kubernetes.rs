@@ -36,7 +36,9 @@ pub(super) fn try_login(state: &mut ServerState, request: &ApiRequest) -> Option
         return Some(ApiResponse::bad_request("missing jwt"));
     }
     let Some(role) = auth.roles.get(role_name) else {
-        return Some(ApiResponse::bad_request(&format!("invalid role name {role_name:?}")));
+        return Some(ApiResponse::bad_request(&format!(
+            "invalid role name {role_name:?}"
+        )));
     };
 
     let account = match validate_login(&auth, role, jwt, state.now()) {

@@ -22,7 +22,10 @@ pub(super) fn handle_v2(
     rest: &str,
 ) -> ApiResponse {
     let now = state.now();
-    let namespace = state.namespaces.get_mut(&request.namespace).expect("namespace was routed");
+    let namespace = state
+        .namespaces
+        .get_mut(&request.namespace)
+        .expect("namespace was routed");
     let engine = namespace.kv2.get_mut(mount).expect("mount was routed");
     let op = request.operation;
 
@@ -79,7 +82,7 @@ pub(super) fn handle_v2(
             engine.delete_latest(key, now);
             ApiResponse::no_content()
         }
-        // NOTE: `PATCH` (JSON merge patch) is not implemented and answers 405.
+        // NOTE: `PATCH` (JSON merge patch) is not implemented and returns 405.
         ("data", _) => ApiResponse::unsupported_operation(),
         ("delete" | "undelete" | "destroy", Operation::Write) => {
             let versions = match request.json_body().and_then(|b| versions_field(&b)) {
@@ -116,7 +119,7 @@ fn read_v2(
     };
     match engine.read(key, version, now) {
         Kv2Read::Missing => ApiResponse::not_found(),
-        // Vault answers a deleted or destroyed version with 404 and the full body, data null.
+        // Vault returns 404 with the full body, data null, for a deleted or destroyed version.
         Kv2Read::Gone(secret, number) => {
             let data = json!({ "data": null, "metadata": version_metadata(secret, number) });
             Envelope::data(data, "kv").into_response(404)
@@ -173,18 +176,26 @@ fn write_metadata(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let secret = engine.secrets.entry(key.to_owned()).or_insert_with(|| Kv2Secret {
-        versions: BTreeMap::new(),
-        current_version: 0,
-        created_time: now,
-        updated_time: now,
-        custom_metadata: None,
-        cas_required: false,
-    });
+    let secret = engine
+        .secrets
+        .entry(key.to_owned())
+        .or_insert_with(|| Kv2Secret {
+            versions: BTreeMap::new(),
+            current_version: 0,
+            created_time: now,
+            updated_time: now,
+            custom_metadata: None,
+            cas_required: false,
+        });
     if let Some(Value::Object(custom)) = body.get("custom_metadata") {
         let strings = custom
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or(v.to_string())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().map(str::to_owned).unwrap_or(v.to_string()),
+                )
+            })
             .collect();
         secret.custom_metadata = Some(strings);
     }
@@ -206,7 +217,7 @@ fn list_v2(engine: &Kv2Engine, prefix: &str) -> ApiResponse {
     Envelope::data(json!({ "keys": keys }), "kv").ok()
 }
 
-/// The version-specific metadata block of reads and writes.
+/// Builds the version-specific metadata block of reads and writes.
 fn version_metadata(secret: &Kv2Secret, number: u64) -> Value {
     let version = &secret.versions[&number];
     json!({
@@ -218,7 +229,7 @@ fn version_metadata(secret: &Kv2Secret, number: u64) -> Value {
     })
 }
 
-/// The `data` of a metadata read.
+/// Builds the `data` of a metadata read.
 fn metadata_json(secret: &Kv2Secret) -> Value {
     let versions: Map<String, Value> = secret
         .versions
@@ -253,7 +264,10 @@ pub(super) fn handle_v1(
     key: &str,
 ) -> ApiResponse {
     let default_lease = state.options.kv1_lease_duration;
-    let namespace = state.namespaces.get_mut(&request.namespace).expect("namespace was routed");
+    let namespace = state
+        .namespaces
+        .get_mut(&request.namespace)
+        .expect("namespace was routed");
     let engine = namespace.kv1.get_mut(mount).expect("mount was routed");
 
     if request.operation == Operation::List {
@@ -273,7 +287,9 @@ pub(super) fn handle_v1(
     }
     match request.operation {
         Operation::Read => {
-            let Some(secret) = engine.secrets.get(key) else { return ApiResponse::not_found() };
+            let Some(secret) = engine.secrets.get(key) else {
+                return ApiResponse::not_found();
+            };
             // A `ttl` key in the secret sets the advisory lease_duration.
             let lease = secret
                 .get("ttl")

@@ -1,11 +1,11 @@
 //! The `/v1/` HTTP API: request parsing, authentication, ACL checks and routing to the
 //! engines.
 //!
-//! Order of checks, as in Vault: `sys/health` and `sys/seal-status` answer even when sealed;
-//! everything else gets 503 while sealed; login paths need no token; other paths need a live
-//! token from the request's namespace or a parent of it, and a policy that grants the
-//! capability the operation needs; then the mount at the longest matching prefix handles the
-//! request.
+//! Order of checks, as in Vault:
+//! 1. `sys/health` and `sys/seal-status` respond even when sealed; other paths get 503 then.
+//! 2. Login paths need no token. Other paths need a live token from the request's namespace
+//!    or a parent of it, and a policy that grants the capability the operation needs.
+//! 3. The mount at the longest matching prefix handles the request.
 
 mod database;
 mod kubernetes;
@@ -25,7 +25,7 @@ use crate::policy::{Acl, Capability};
 use crate::state::ServerState;
 use crate::tokens::TokenEntry;
 
-/// What a request asks the path to do, derived from the HTTP method as Vault does.
+/// Operation a request performs, derived from the HTTP method as Vault derives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Operation {
     /// `GET`, or `HEAD` on the few paths that allow it.
@@ -94,9 +94,9 @@ impl ApiRequest {
             Ok(_) => Err(ApiResponse::bad_request(
                 "failed to parse JSON input: request body must be a JSON object",
             )),
-            Err(e) => {
-                Err(ApiResponse::bad_request(&format!("failed to parse JSON input: {e}")))
-            }
+            Err(e) => Err(ApiResponse::bad_request(&format!(
+                "failed to parse JSON input: {e}"
+            ))),
         }
     }
 }
@@ -105,7 +105,9 @@ impl ApiRequest {
 /// `/v1/team-a/secret/data/x` equals `/v1/secret/data/x` with `X-Vault-Namespace: team-a`.
 fn resolve_namespace(state: &ServerState, request: &mut ApiRequest) {
     loop {
-        let Some((first, rest)) = request.path.split_once('/') else { return };
+        let Some((first, rest)) = request.path.split_once('/') else {
+            return;
+        };
         let candidate = format!("{}{first}/", request.namespace);
         if !state.namespaces.contains_key(&candidate) {
             return;
@@ -128,8 +130,8 @@ pub(crate) fn handle(state: &mut ServerState, mut request: ApiRequest) -> ApiRes
     }
 
     if !state.namespaces.contains_key(&request.namespace) {
-        // NOTE: Vault Enterprise's answer for an unknown namespace header is not documented;
-        // this server treats it like an unmounted path.
+        // NOTE: Vault Enterprise's response to an unknown namespace header is not documented.
+        // This server treats it like an unmounted path.
         return ApiResponse::no_handler(&format!("{}{}", request.namespace, request.path));
     }
     resolve_namespace(state, &mut request);
@@ -139,7 +141,11 @@ pub(crate) fn handle(state: &mut ServerState, mut request: ApiRequest) -> ApiRes
     }
 
     let now = state.now();
-    let Some(token) = request.token.as_deref().and_then(|t| state.tokens.get(t, now)) else {
+    let Some(token) = request
+        .token
+        .as_deref()
+        .and_then(|t| state.tokens.get(t, now))
+    else {
         return ApiResponse::invalid_token();
     };
     if !request.namespace.starts_with(&token.namespace) {
@@ -168,7 +174,12 @@ fn check_acl(state: &ServerState, request: &ApiRequest, token: &TokenEntry) -> O
 
     // Policies live in the token's namespace and name paths relative to it.
     let policies = &state.namespaces.get(&token.namespace)?.policies;
-    let acl = Acl::new(token.policies.iter().map(|name| (name.as_str(), policies.get(name))));
+    let acl = Acl::new(
+        token
+            .policies
+            .iter()
+            .map(|name| (name.as_str(), policies.get(name))),
+    );
     let relative_namespace = &request.namespace[token.namespace.len()..];
     let acl_path = format!("{relative_namespace}{}", request.path);
     (!acl.allows(&acl_path, wanted)).then(ApiResponse::permission_denied)

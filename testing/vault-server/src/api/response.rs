@@ -19,12 +19,20 @@ pub(crate) struct ApiResponse {
 
 impl ApiResponse {
     pub(crate) fn json(status: u16, body: Value) -> ApiResponse {
-        ApiResponse { status, body: Some(body), headers: Vec::new() }
+        ApiResponse {
+            status,
+            body: Some(body),
+            headers: Vec::new(),
+        }
     }
 
     /// 204 No Content, what Vault sends for successful writes without response data.
     pub(crate) fn no_content() -> ApiResponse {
-        ApiResponse { status: 204, body: None, headers: Vec::new() }
+        ApiResponse {
+            status: 204,
+            body: None,
+            headers: Vec::new(),
+        }
     }
 
     pub(crate) fn errors(status: u16, messages: &[&str]) -> ApiResponse {
@@ -38,7 +46,10 @@ impl ApiResponse {
 
     /// 403 for a missing, unknown, expired or revoked token.
     pub(crate) fn invalid_token() -> ApiResponse {
-        ApiResponse::errors(403, &["2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n"])
+        ApiResponse::errors(
+            403,
+            &["2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n"],
+        )
     }
 
     /// 403 for a valid token whose policies do not allow the request.
@@ -120,7 +131,10 @@ impl Envelope {
     }
 
     pub(crate) fn auth(auth: Value, mount_type: &'static str) -> Envelope {
-        Envelope { auth, ..Envelope::data(Value::Null, mount_type) }
+        Envelope {
+            auth,
+            ..Envelope::data(Value::Null, mount_type)
+        }
     }
 
     pub(crate) fn with_warnings(mut self, warnings: impl IntoIterator<Item = String>) -> Envelope {
@@ -129,7 +143,11 @@ impl Envelope {
     }
 
     pub(crate) fn into_response(self, status: u16) -> ApiResponse {
-        let warnings = if self.warnings.is_empty() { Value::Null } else { json!(self.warnings) };
+        let warnings = if self.warnings.is_empty() {
+            Value::Null
+        } else {
+            json!(self.warnings)
+        };
         ApiResponse::json(
             status,
             json!({

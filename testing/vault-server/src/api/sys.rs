@@ -12,18 +12,30 @@ use crate::leases::RevocationReason;
 use crate::options::NodeState;
 use crate::state::ServerState;
 
-/// `GET`/`HEAD sys/health`, with the status-code query parameters of the API page.
+/// Handles `GET` and `HEAD sys/health`, with the status-code query parameters of the API page.
 pub(super) fn health(state: &ServerState, request: &ApiRequest) -> ApiResponse {
     if !matches!(request.method.as_str(), "GET" | "HEAD") {
         return ApiResponse::unsupported_operation();
     }
-    let flag = |name: &str| request.query.get(name).is_some_and(|v| v == "true" || v.is_empty());
+    let flag = |name: &str| {
+        request
+            .query
+            .get(name)
+            .is_some_and(|v| v == "true" || v.is_empty())
+    };
     let code = |name: &str, default: u16| {
-        request.query.get(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+        request
+            .query
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     let initialized = state.node_state != NodeState::Uninitialized;
     let sealed = state.sealed || !initialized;
-    let standby = matches!(state.node_state, NodeState::Standby | NodeState::PerformanceStandby);
+    let standby = matches!(
+        state.node_state,
+        NodeState::Standby | NodeState::PerformanceStandby
+    );
 
     let status = if !initialized {
         code("uninitcode", 501)
@@ -76,7 +88,7 @@ pub(super) fn health(state: &ServerState, request: &ApiRequest) -> ApiResponse {
     response
 }
 
-/// `GET sys/seal-status`, unauthenticated.
+/// Handles `GET sys/seal-status`, which needs no token.
 pub(super) fn seal_status(state: &ServerState, request: &ApiRequest) -> ApiResponse {
     if request.operation != Operation::Read {
         return ApiResponse::unsupported_operation();
@@ -104,7 +116,7 @@ pub(super) fn seal_status(state: &ServerState, request: &ApiRequest) -> ApiRespo
     ApiResponse::json(200, body)
 }
 
-/// Other `sys/` paths: lease renew, revoke and lookup.
+/// Handles the other `sys/` paths: lease renew, revoke and lookup.
 pub(super) fn handle(state: &mut ServerState, request: &ApiRequest, path: &str) -> ApiResponse {
     let (action, url_lease_id) = match lease_action(path) {
         Some(found) => found,
@@ -126,7 +138,10 @@ pub(super) fn handle(state: &mut ServerState, request: &ApiRequest, path: &str) 
         return ApiResponse::bad_request("lease_id must be specified");
     }
     // Leases are visible only in the namespace that issued them.
-    let visible = state.leases.get(&lease_id).is_some_and(|l| l.namespace == request.namespace);
+    let visible = state
+        .leases
+        .get(&lease_id)
+        .is_some_and(|l| l.namespace == request.namespace);
 
     let now = state.now();
     match action {
@@ -151,11 +166,17 @@ pub(super) fn handle(state: &mut ServerState, request: &ApiRequest, path: &str) 
         }
         LeaseAction::Revoke => {
             if visible {
-                state.leases.revoke(&lease_id, RevocationReason::Revoked, now);
+                state
+                    .leases
+                    .revoke(&lease_id, RevocationReason::Revoked, now);
             }
             // `sync` defaults to true (revoke now, 204); false queues the revocation (202).
             match body.get("sync").and_then(Value::as_bool) {
-                Some(false) => ApiResponse { status: 202, body: None, headers: Vec::new() },
+                Some(false) => ApiResponse {
+                    status: 202,
+                    body: None,
+                    headers: Vec::new(),
+                },
                 _ => ApiResponse::no_content(),
             }
         }
@@ -176,6 +197,7 @@ pub(super) fn handle(state: &mut ServerState, request: &ApiRequest, path: &str) 
     }
 }
 
+#[derive(Clone, Copy)]
 enum LeaseAction {
     Renew,
     Revoke,
@@ -184,20 +206,22 @@ enum LeaseAction {
 
 /// Splits a lease path into its action and the lease id given in the URL, if any.
 fn lease_action(path: &str) -> Option<(LeaseAction, &str)> {
-    const ROUTES: &[(&str, fn() -> LeaseAction)] = &[
-        ("sys/leases/renew", || LeaseAction::Renew),
-        ("sys/renew", || LeaseAction::Renew),
-        ("sys/leases/revoke", || LeaseAction::Revoke),
-        ("sys/revoke", || LeaseAction::Revoke),
-        ("sys/leases/lookup", || LeaseAction::Lookup),
+    const ROUTES: &[(&str, LeaseAction)] = &[
+        ("sys/leases/renew", LeaseAction::Renew),
+        ("sys/renew", LeaseAction::Renew),
+        ("sys/leases/revoke", LeaseAction::Revoke),
+        ("sys/revoke", LeaseAction::Revoke),
+        ("sys/leases/lookup", LeaseAction::Lookup),
     ];
     for (prefix, action) in ROUTES {
-        let Some(rest) = path.strip_prefix(prefix) else { continue };
+        let Some(rest) = path.strip_prefix(prefix) else {
+            continue;
+        };
         if rest.is_empty() {
-            return Some((action(), ""));
+            return Some((*action, ""));
         }
         if let Some(id) = rest.strip_prefix('/') {
-            return Some((action(), id));
+            return Some((*action, id));
         }
     }
     None

@@ -20,9 +20,7 @@ pub(super) fn handle(
 ) -> ApiResponse {
     let now = state.now();
     match (rest, request.operation) {
-        ("lookup-self", Operation::Read) => {
-            Envelope::data(token.lookup_data(now), "token").ok()
-        }
+        ("lookup-self", Operation::Read) => Envelope::data(token.lookup_data(now), "token").ok(),
         ("renew-self", Operation::Write) => renew_self(state, request, token),
         ("revoke-self", Operation::Write) => {
             state.revoke_token(&token.id);
@@ -48,8 +46,13 @@ fn renew_self(state: &mut ServerState, request: &ApiRequest, token: &TokenEntry)
     let now = state.now();
     match state.tokens.renew(&token.id, increment, now) {
         Ok(warning) => {
-            let renewed = state.tokens.get(&token.id, now).expect("token was just renewed");
-            Envelope::auth(renewed.auth_block(now), "token").with_warnings(warning).ok()
+            let renewed = state
+                .tokens
+                .get(&token.id, now)
+                .expect("token was just renewed");
+            Envelope::auth(renewed.auth_block(now), "token")
+                .with_warnings(warning)
+                .ok()
         }
         Err(e) => ApiResponse::bad_request(&e.to_string()),
     }
@@ -84,12 +87,17 @@ fn create(
     };
     let strings = |name: &str| -> Vec<String> {
         match body.get(name) {
-            Some(Value::Array(items)) => {
-                items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
-            }
-            Some(Value::String(s)) => {
-                s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
-            }
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(s)) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
             _ => Vec::new(),
         }
     };
@@ -98,7 +106,10 @@ fn create(
     if policies.is_empty() {
         policies = parent.policies.clone();
     }
-    let no_default = body.get("no_default_policy").and_then(Value::as_bool).unwrap_or(false);
+    let no_default = body
+        .get("no_default_policy")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     if !no_default && !policies.iter().any(|p| p == "root") {
         policies.push("default".to_owned());
     }
@@ -119,7 +130,9 @@ fn create(
     };
     let meta: Option<BTreeMap<String, String>> = body.get("meta").and_then(|m| {
         m.as_object().map(|o| {
-            o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect()
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
         })
     });
     let namespace_id = state.namespaces[&request.namespace].id.clone();
@@ -134,7 +147,10 @@ fn create(
         ttl,
         max_ttl: explicit_max_ttl,
         explicit_max_ttl,
-        renewable: body.get("renewable").and_then(Value::as_bool).unwrap_or(true),
+        renewable: body
+            .get("renewable")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
         orphan: path == "create-orphan",
         role: None,
         with_entity: false,

@@ -58,7 +58,9 @@ async fn main() -> anyhow::Result<()> {
 
     let mut terminate = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
     let server = VaultTestServer::start(seed.options.clone()).await?;
-    let tokens = seed.apply(&server).context("failed to apply the seed file")?;
+    let tokens = seed
+        .apply(&server)
+        .context("failed to apply the seed file")?;
 
     let ready = serde_json::json!({
         "addr": server.addr().to_string(),

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: a plain HTTP client that sends Vault requests
-//! and decodes the JSON answer.
+//! and decodes the JSON response.
 
 #![allow(dead_code)]
 
@@ -27,10 +27,15 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The `errors` array of an error body.
+    /// Returns the `errors` array of an error body.
     pub fn errors(&self) -> Vec<String> {
-        let errors = self.body["errors"].as_array().expect("body has an errors array");
-        errors.iter().map(|e| e.as_str().unwrap().to_owned()).collect()
+        let errors = self.body["errors"]
+            .as_array()
+            .expect("body has an errors array");
+        errors
+            .iter()
+            .map(|e| e.as_str().unwrap().to_owned())
+            .collect()
     }
 }
 
@@ -47,7 +52,10 @@ impl Api {
             let ca = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
             builder = builder.tls_certs_only([ca]);
         }
-        Api { client: builder.build().unwrap(), base: server.url() }
+        Api {
+            client: builder.build().unwrap(),
+            base: server.url(),
+        }
     }
 
     pub async fn call(
@@ -59,7 +67,9 @@ impl Api {
         body: Option<Value>,
     ) -> Reply {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        let mut request = self.client.request(method, format!("{}/v1/{path}", self.base));
+        let mut request = self
+            .client
+            .request(method, format!("{}/v1/{path}", self.base));
         if let Some(token) = token {
             request = request.header("X-Vault-Token", token);
         }
@@ -73,8 +83,16 @@ impl Api {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() };
-        Reply { status, body, headers }
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        Reply {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Reply {
@@ -87,16 +105,25 @@ impl Api {
 }
 
 pub async fn start_default() -> VaultTestServer {
-    VaultTestServer::start(ServerOptions::default()).await.unwrap()
+    VaultTestServer::start(ServerOptions::default())
+        .await
+        .unwrap()
 }
 
 pub async fn start_frozen() -> VaultTestServer {
-    VaultTestServer::start(ServerOptions::default().with_frozen_clock()).await.unwrap()
+    VaultTestServer::start(ServerOptions::default().with_frozen_clock())
+        .await
+        .unwrap()
 }
 
-/// The keys of a JSON object, sorted.
+/// Returns the keys of a JSON object, sorted.
 pub fn keys(value: &Value) -> Vec<String> {
-    let mut keys: Vec<String> = value.as_object().expect("an object").keys().cloned().collect();
+    let mut keys: Vec<String> = value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect();
     keys.sort();
     keys
 }
