@@ -52,21 +52,41 @@ unsafe fn starts_with(value: *const c_char, prefix: &[u8]) -> bool {
 /// `name` must be a valid NUL-terminated string, as for libc's `getenv`.
 #[no_mangle]
 pub unsafe extern "C" fn getenv(name: *const c_char) -> *mut c_char {
-    let libc_getenv = real::getenv();
     // SAFETY: same contract as the caller's.
-    let value = unsafe { libc_getenv(name) };
+    let value = unsafe { real::find_in_environ(name) };
     if value.is_null() {
-        if !settings::get().lookup_unset {
-            return value;
-        }
-        // SAFETY: `name` is NUL-terminated (and was accepted by libc's getenv).
-        return guard(value, || unsafe { resolve::absent(name) });
+        // SAFETY: same contract as the caller's.
+        return unsafe { getenv_absent(name) };
     }
-    // SAFETY: libc returned a NUL-terminated value.
-    if unsafe { !is_reference(value) } {
-        return value;
+    // SAFETY: the lookup returned a NUL-terminated value.
+    if unsafe { is_reference(value) } {
+        // SAFETY: `name` and `value` are NUL-terminated; `value` points into the environment.
+        return unsafe { getenv_reference(name, value) };
     }
-    // SAFETY: `name` and `value` are NUL-terminated; `value` points into the environment.
+    value
+}
+
+// The two paths below are kept out of line so that the plain-value path of `getenv` stays a
+// short function with few registers to save.
+
+/// # Safety
+/// `name` must be NULL or NUL-terminated.
+#[cold]
+#[inline(never)]
+unsafe fn getenv_absent(name: *const c_char) -> *mut c_char {
+    if !settings::get().lookup_unset {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: the caller guarantees a NUL-terminated name (NULL is checked inside).
+    guard(std::ptr::null_mut(), || unsafe { resolve::absent(name) })
+}
+
+/// # Safety
+/// `name` and `value` must be NUL-terminated; `value` points into the environment.
+#[cold]
+#[inline(never)]
+unsafe fn getenv_reference(name: *const c_char, value: *mut c_char) -> *mut c_char {
+    // SAFETY: the caller's guarantees.
     guard(value, || unsafe { resolve::reference(name, value) })
 }
 
