@@ -30,16 +30,28 @@ fn c_program_resolves_secret_absent_from_environ() {
     let mut printed = String::new();
     while !printed.contains("pid=") {
         let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "probe ended early: {printed}");
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "probe ended early: {printed}"
+        );
         printed.push_str(&line);
     }
-    let pid: u32 = value_of(printed.as_bytes(), "pid").unwrap().parse().unwrap();
+    let pid: u32 = value_of(printed.as_bytes(), "pid")
+        .unwrap()
+        .parse()
+        .unwrap();
     let environ = environ_of(pid);
     drop(child.stdin.take());
     let status = child.wait().unwrap();
 
-    assert_eq!(value_of(printed.as_bytes(), "DB_PASSWORD").as_deref(), Some(&*secret));
-    assert!(!contains(&environ, &secret), "the secret is in /proc/{pid}/environ");
+    assert_eq!(
+        value_of(printed.as_bytes(), "DB_PASSWORD").as_deref(),
+        Some(&*secret)
+    );
+    assert!(
+        !contains(&environ, &secret),
+        "the secret is in /proc/{pid}/environ"
+    );
     assert!(contains(&environ, "DB_PASSWORD=envproxy:DB_PASSWORD"));
     assert!(status.success());
 }
@@ -82,7 +94,11 @@ fn plain_values_pass_through_unchanged() {
         value_of(&output.stdout, "NOT_SET_ANYWHERE").as_deref(),
         Some("(null)")
     );
-    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -153,7 +169,10 @@ fn c_loop_sees_rotated_value_within_ttl() {
         .env("ENVPROXY_CACHE_TTL", "1")
         .args(["loop", "ROTATING", "50", "200"]);
     let delay = rotation_delay(&world, command, &old, &new);
-    assert!(delay <= Duration::from_secs(2), "new value seen after {delay:?}");
+    assert!(
+        delay <= Duration::from_secs(2),
+        "new value seen after {delay:?}"
+    );
 }
 
 /// Drives `probe serve`: each request is a variable name, each reply a value and a duration.
@@ -240,7 +259,11 @@ fn agent_outage_serves_stale_and_recovers() {
 
     let _agent = Agent::start(&socket, &secrets);
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(probe.get("UNCACHED").0, uncached, "no reconnect after restart");
+    assert_eq!(
+        probe.get("UNCACHED").0,
+        uncached,
+        "no reconnect after restart"
+    );
     assert_eq!(probe.get("CACHED").0, cached);
 
     let stderr = probe.finish();
@@ -271,7 +294,10 @@ fn hung_agent_costs_at_most_the_timeout() {
     let started = Instant::now();
     let (value, ms) = probe.get("SLOW");
     assert_eq!(value, "envproxy:SLOW");
-    assert!((250..=500).contains(&ms), "getenv took {ms} ms with a 300 ms timeout");
+    assert!(
+        (250..=500).contains(&ms),
+        "getenv took {ms} ms with a 300 ms timeout"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     let stderr = probe.finish();
     assert!(stderr.contains("did not answer within 300 ms"), "{stderr}");
@@ -351,11 +377,11 @@ fn grandchild_through_shell_resolves() {
     let secret = random_secret();
     let secrets = world.write_secrets(&[("NESTED", &secret)]);
     let script = format!("sh -c '{} get NESTED'", probe().display());
-    let output = run_with_limit(
-        run_command(&secrets, "sh").args(["-c", &script]),
-        LIMIT,
+    let output = run_with_limit(run_command(&secrets, "sh").args(["-c", &script]), LIMIT);
+    assert_eq!(
+        value_of(&output.stdout, "NESTED").as_deref(),
+        Some(&*secret)
     );
-    assert_eq!(value_of(&output.stdout, "NESTED").as_deref(), Some(&*secret));
 }
 
 #[test]
@@ -367,7 +393,10 @@ fn children_get_references_for_copied_values() {
         let output = run_with_limit(run_command(&secrets, probe()).args([mode, "COPIED"]), LIMIT);
         assert!(output.status.success(), "{mode}: {output:?}");
         let environment = String::from_utf8_lossy(&output.stdout);
-        assert!(!environment.contains(&secret), "{mode}: the child saw the value");
+        assert!(
+            !environment.contains(&secret),
+            "{mode}: the child saw the value"
+        );
         assert!(
             environment.lines().any(|l| l == "COPIED=envproxy:COPIED"),
             "{mode}: {environment}"

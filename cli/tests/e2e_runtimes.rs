@@ -53,8 +53,14 @@ fn python_reads_secret_through_os_environ() {
         Some(&*secret),
         "{stderr}"
     );
-    assert_eq!(value_of(&output.stdout, "getenv").as_deref(), Some(&*secret));
-    assert_eq!(value_of(&output.stdout, "environ").as_deref(), Some("clean"));
+    assert_eq!(
+        value_of(&output.stdout, "getenv").as_deref(),
+        Some(&*secret)
+    );
+    assert_eq!(
+        value_of(&output.stdout, "environ").as_deref(),
+        Some("clean")
+    );
 }
 
 #[test]
@@ -78,9 +84,19 @@ subprocess.run(["/usr/bin/env"], env=dict(os.environ), check=True)
         LIMIT,
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(value_of(&output.stdout, "DB_URL").as_deref(), Some(&*secret));
-    assert_eq!(value_of(&output.stdout, "environ").as_deref(), Some("clean"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        value_of(&output.stdout, "DB_URL").as_deref(),
+        Some(&*secret)
+    );
+    assert_eq!(
+        value_of(&output.stdout, "environ").as_deref(),
+        Some("clean")
+    );
     assert!(
         stdout.lines().any(|l| l == "DB_URL=envproxy:DB_URL"),
         "/usr/bin/env did not see the reference: {stdout}"
@@ -123,7 +139,9 @@ for _ in range(200):
     let edited_at = Instant::now();
     world.write_secrets(&[("ROTATING", &new)]);
     let delay = loop {
-        let (at, value) = values.recv_timeout(Duration::from_secs(10)).expect("new value");
+        let (at, value) = values
+            .recv_timeout(Duration::from_secs(10))
+            .expect("new value");
         if value == new {
             break at.duration_since(edited_at);
         }
@@ -131,7 +149,10 @@ for _ in range(200):
     };
     let _ = child.kill();
     let _ = child.wait();
-    assert!(delay <= Duration::from_secs(2), "new value seen after {delay:?}");
+    assert!(
+        delay <= Duration::from_secs(2),
+        "new value seen after {delay:?}"
+    );
 }
 
 #[test]
@@ -178,14 +199,27 @@ fn node_reads_secret_and_spread_env_child_gets_reference() {
     let secret = random_secret();
     let secrets = world.write_secrets(&[("SESSION_KEY", &secret)]);
     let output = run_with_limit(
-        run_command(&secrets, "node").args(["-e", NODE_SCRIPT, "SESSION_KEY", "parent", NODE_SCRIPT]),
+        run_command(&secrets, "node").args([
+            "-e",
+            NODE_SCRIPT,
+            "SESSION_KEY",
+            "parent",
+            NODE_SCRIPT,
+        ]),
         LIMIT,
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let out = &output.stdout;
-    assert_eq!(value_of(out, "parent.SESSION_KEY").as_deref(), Some(&*secret), "{stderr}");
+    assert_eq!(
+        value_of(out, "parent.SESSION_KEY").as_deref(),
+        Some(&*secret),
+        "{stderr}"
+    );
     assert_eq!(value_of(out, "parent.environ").as_deref(), Some("clean"));
-    assert_eq!(value_of(out, "child.SESSION_KEY").as_deref(), Some(&*secret));
+    assert_eq!(
+        value_of(out, "child.SESSION_KEY").as_deref(),
+        Some(&*secret)
+    );
     assert_eq!(value_of(out, "child.environ").as_deref(), Some("clean"));
 }

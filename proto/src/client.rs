@@ -72,7 +72,9 @@ mod tests {
     #[test]
     fn call_reads_response_split_across_reads() {
         let mut reply = Vec::new();
-        Response::Found(SecretBytes::from("v")).encode(&mut reply).unwrap();
+        Response::Found(SecretBytes::from("v"))
+            .encode(&mut reply)
+            .unwrap();
         let mut stream = Scripted {
             input: Cursor::new(reply),
             written: Vec::new(),

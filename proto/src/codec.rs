@@ -96,6 +96,9 @@ mod tests {
     fn agent_codec_rejects_unknown_version() {
         let mut buf = BytesMut::from(&[7u8, 0, 0][..]);
         let error = AgentCodec.decode(&mut buf).unwrap_err();
-        assert!(matches!(error, CodecError::Frame(FrameError::UnknownVersion(7))));
+        assert!(matches!(
+            error,
+            CodecError::Frame(FrameError::UnknownVersion(7))
+        ));
     }
 }

@@ -307,7 +307,9 @@ mod tests {
 
     #[test]
     fn v1_request_layout() {
-        let bytes = encoded(&Request::V1 { key: b"DB".to_vec() });
+        let bytes = encoded(&Request::V1 {
+            key: b"DB".to_vec(),
+        });
         assert_eq!(bytes, [1, 0, 2, b'D', b'B']);
     }
 
@@ -326,7 +328,9 @@ mod tests {
     #[test]
     fn response_layout() {
         let mut out = Vec::new();
-        Response::Found(SecretBytes::from("abc")).encode(&mut out).unwrap();
+        Response::Found(SecretBytes::from("abc"))
+            .encode(&mut out)
+            .unwrap();
         assert_eq!(out, [0, 0, 3, b'a', b'b', b'c']);
         out.clear();
         Response::Passthrough.encode(&mut out).unwrap();

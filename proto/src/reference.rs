@@ -168,7 +168,9 @@ fn validate_path(path: &str) -> Result<(), ReferenceError> {
         reason,
     };
     if path.starts_with('/') {
-        return Err(invalid("it starts with `/`; write it without the leading slash"));
+        return Err(invalid(
+            "it starts with `/`; write it without the leading slash",
+        ));
     }
     if path.ends_with('/') {
         return Err(invalid("it ends with `/`"));
@@ -252,9 +254,17 @@ mod tests {
     #[test]
     fn other_vault_paths() {
         for (text, path, key) in [
-            ("vault:database/creds/readonly#username", "database/creds/readonly", "username"),
+            (
+                "vault:database/creds/readonly#username",
+                "database/creds/readonly",
+                "username",
+            ),
             ("vault:kv/app#token", "kv/app", "token"),
-            ("vault:aws/creds/deploy#secret_key", "aws/creds/deploy", "secret_key"),
+            (
+                "vault:aws/creds/deploy#secret_key",
+                "aws/creds/deploy",
+                "secret_key",
+            ),
         ] {
             assert_eq!(
                 Reference::parse(text).unwrap(),
@@ -286,7 +296,10 @@ mod tests {
             ("envproxy:A\nB", ControlCharacterInKey),
             ("vault:", EmptyPath),
             ("vault:#key", EmptyPath),
-            ("vault:secret/data/app", MissingKey("secret/data/app".into())),
+            (
+                "vault:secret/data/app",
+                MissingKey("secret/data/app".into()),
+            ),
             ("vault:secret/data/app#", EmptyKey),
             ("vault:secret/data/app#k#0", InvalidVersion("0".into())),
             ("vault:secret/data/app#k#v2", InvalidVersion("v2".into())),
