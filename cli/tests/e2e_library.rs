@@ -5,6 +5,8 @@ mod e2e_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -406,4 +408,153 @@ fn children_get_references_for_copied_values() {
             "{mode}: {environment}"
         );
     }
+}
+
+#[test]
+fn forked_children_never_hang_while_threads_resolve() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("BUSY", &secret)]);
+    let output = run_with_limit(
+        run_command(&secrets, probe())
+            .env("ENVPROXY_CACHE_TTL", "0")
+            .args(["forkthreads", "BUSY", &secret, "200"]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(value_of(&output.stdout, "hung").as_deref(), Some("0"));
+    assert_eq!(value_of(&output.stdout, "matched").as_deref(), Some("200"));
+}
+
+#[test]
+fn minimal_child_environment_gets_resolver_settings() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("PGPASSWORD", &secret)]);
+    let output = run_with_limit(
+        run_command(&secrets, probe()).args(["minimal", "PGPASSWORD"]),
+        LIMIT,
+    );
+    let environment = String::from_utf8_lossy(&output.stdout);
+    assert!(!environment.contains(&secret), "the child saw the value");
+    assert!(
+        environment.lines().any(|l| l == "COPY=envproxy:PGPASSWORD"),
+        "{environment}"
+    );
+    assert!(
+        environment
+            .lines()
+            .any(|l| l.starts_with("LD_PRELOAD=") && l.ends_with("libenvproxy.so")),
+        "{environment}"
+    );
+    assert!(
+        environment
+            .lines()
+            .any(|l| l.starts_with("ENVPROXY_SOCKET=")),
+        "{environment}"
+    );
+}
+
+#[test]
+fn short_values_under_other_names_stay_plain() {
+    let world = World::new();
+    let secrets = world.write_secrets(&[("FLAG", "1")]);
+    let output = run_with_limit(
+        run_command(&secrets, probe())
+            .env("PLAIN_ONE", "1")
+            .args(["execve", "FLAG"]),
+        LIMIT,
+    );
+    let environment = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        environment.lines().any(|l| l == "PLAIN_ONE=1"),
+        "{environment}"
+    );
+    assert!(
+        environment.lines().any(|l| l == "FLAG=envproxy:FLAG"),
+        "{environment}"
+    );
+}
+
+#[test]
+fn closed_stderr_does_not_corrupt_requests() {
+    let world = World::new();
+    let (first, second) = (random_secret(), random_secret());
+    let secrets = world.write_secrets(&[("FIRST", &first), ("SECOND", &second)]);
+    let socket = world.socket();
+    let _agent = Agent::start(&socket, &secrets);
+    let script = format!(
+        "exec 2>&-; {} get MISSING FIRST SECOND FIRST",
+        probe().display()
+    );
+    let mut command = preload_command(Path::new("/bin/sh"), &socket);
+    command
+        .env("ENVPROXY_CACHE_TTL", "0")
+        .env("MISSING", "envproxy:MISSING")
+        .env("FIRST", "envproxy:FIRST")
+        .env("SECOND", "envproxy:SECOND")
+        .args(["-c", &script]);
+    let output = run_with_limit(&mut command, LIMIT);
+    let values = lines(&output.stdout);
+    assert_eq!(values.len(), 4, "{values:?}");
+    assert_eq!(values[1], ("FIRST".to_string(), first.clone()));
+    assert_eq!(values[2], ("SECOND".to_string(), second));
+    assert_eq!(values[3], ("FIRST".to_string(), first));
+}
+
+#[test]
+fn agent_of_another_user_is_not_trusted() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root to run a fake agent as uid 65534; run the suite as root (CI does)"
+    );
+    let world = World::new();
+    std::fs::set_permissions(
+        world.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let socket = world.socket();
+    // A stand-in agent owned by uid 65534 that would answer every request with a value.
+    let script = r#"
+import os, socket, sys
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen(8)
+print("ready", flush=True)
+while True:
+    connection, _ = server.accept()
+    connection.recv(4096)
+    connection.sendall(b"\x00\x00\x05owned")
+    connection.close()
+"#;
+    let mut impostor = Command::new("python3")
+        .args(["-c", script])
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3 as uid 65534");
+    let mut ready = String::new();
+    BufReader::new(impostor.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+
+    let mut command = preload_command(&probe(), &socket);
+    command
+        .env("TOKEN", "envproxy:TOKEN")
+        .args(["get", "TOKEN"]);
+    let output = run_with_limit(&mut command, LIMIT);
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+
+    assert_eq!(
+        value_of(&output.stdout, "TOKEN").as_deref(),
+        Some("envproxy:TOKEN")
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is served by uid 65534"), "{stderr}");
 }

@@ -14,17 +14,27 @@ use std::fmt;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use envproxy_proto::frame::MAX_RESPONSE_LEN;
 use envproxy_proto::{FrameError, Request, Response};
-use parking_lot::Mutex;
 
 use crate::clock;
+use crate::lock::SpinLock;
 use crate::settings;
 
 /// Maximum idle connections kept per process. More are opened only while several threads
 /// miss the cache at the same moment, and closed after use.
 const MAX_IDLE: usize = 4;
+
+/// After a failure to reach the agent, requests fail at once for this long, so a program that
+/// reads many references pays the timeout once per pause instead of once per variable.
+pub const BACKOFF_MS: u64 = 1000;
+
+/// Coarse-clock time until which requests fail at once, or 0.
+static DOWN_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
+/// The message of the failure that started the pause.
+static LAST_FAILURE: SpinLock<String> = SpinLock::new(String::new());
 
 /// A failed request to the agent.
 #[derive(Debug)]
@@ -43,6 +53,15 @@ pub enum AgentError {
     Io(String, io::Error),
     /// The agent sent bytes that are not a valid response.
     Protocol(String, FrameError),
+    /// The socket is served by a process of another user, which must not learn which
+    /// references this program reads.
+    ForeignAgent {
+        path: String,
+        agent_uid: u32,
+        own_uid: u32,
+    },
+    /// A request failed less than [`BACKOFF_MS`] ago; carries that failure's message.
+    BackingOff(String),
     /// The agent sent more bytes than one response, so the stream is out of step.
     TrailingBytes(String),
     /// The request itself exceeds a frame bound (a huge name or reference).
@@ -94,6 +113,22 @@ impl fmt::Display for AgentError {
             AgentError::Protocol(path, err) => {
                 write!(f, "the agent at {path} sent a malformed response: {err}")
             }
+            AgentError::ForeignAgent {
+                path,
+                agent_uid,
+                own_uid,
+            } => write!(
+                f,
+                "the agent socket {path} is served by uid {agent_uid}, not by this user \
+                 (uid {own_uid}) or root; requests are not sent to it (check who created \
+                 the socket, or point ENVPROXY_SOCKET at your own agent)"
+            ),
+            AgentError::BackingOff(last) => {
+                write!(
+                    f,
+                    "{last} (a recent request failed; retrying after a short pause)"
+                )
+            }
             AgentError::TrailingBytes(path) => {
                 write!(
                     f,
@@ -111,13 +146,32 @@ struct Pool {
     idle: Vec<c_int>,
 }
 
-static POOL: Mutex<Pool> = Mutex::new(Pool {
+static POOL: SpinLock<Pool> = SpinLock::new(Pool {
     owner_pid: 0,
     idle: Vec::new(),
 });
 
 /// Sends one request and returns the agent's response, within `ENVPROXY_TIMEOUT_MS`.
+///
+/// After a failure to reach the agent, further requests fail at once for [`BACKOFF_MS`].
 pub fn request(request: &Request) -> Result<Response, AgentError> {
+    let now = clock::coarse_ms();
+    if now < DOWN_UNTIL_MS.load(Ordering::Relaxed) {
+        return Err(AgentError::BackingOff(LAST_FAILURE.lock().clone()));
+    }
+    let outcome = send_request(request);
+    match &outcome {
+        Ok(_) => DOWN_UNTIL_MS.store(0, Ordering::Relaxed),
+        Err(AgentError::Request(_)) => {}
+        Err(err) => {
+            *LAST_FAILURE.lock() = err.to_string();
+            DOWN_UNTIL_MS.store(clock::coarse_ms() + BACKOFF_MS, Ordering::Relaxed);
+        }
+    }
+    outcome
+}
+
+fn send_request(request: &Request) -> Result<Response, AgentError> {
     let settings = settings::get();
     let deadline_ms = clock::precise_ms() + settings.timeout_ms;
     let socket = &settings.socket;
@@ -208,6 +262,8 @@ fn connect(path: &Path, deadline_ms: u64) -> Result<c_int, AgentError> {
     if fd < 0 {
         return Err(AgentError::Connect(path_text, io::Error::last_os_error()));
     }
+    let fd =
+        above_standard_streams(fd).map_err(|err| AgentError::Connect(path_text.clone(), err))?;
     loop {
         // SAFETY: `address` is an initialised sockaddr_un and `address_len` covers its path.
         let rc = unsafe {
@@ -218,7 +274,7 @@ fn connect(path: &Path, deadline_ms: u64) -> Result<c_int, AgentError> {
             )
         };
         if rc == 0 {
-            return Ok(fd);
+            return check_agent_owner(fd, path_text);
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
@@ -241,6 +297,59 @@ fn connect(path: &Path, deadline_ms: u64) -> Result<c_int, AgentError> {
             }
         }
     }
+}
+
+/// Moves `fd` to 3 or above. A program that closed stdin, stdout or stderr would otherwise get
+/// the socket on that number, and its own writes to the stream would corrupt the protocol.
+fn above_standard_streams(fd: c_int) -> io::Result<c_int> {
+    if fd > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: `fd` is an open descriptor this module owns.
+    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    let err = io::Error::last_os_error();
+    close(fd);
+    if moved < 0 {
+        return Err(err);
+    }
+    Ok(moved)
+}
+
+/// Accepts the connection only when the agent runs as this user or as root (the node agent),
+/// so another user's socket at the expected path never learns which references are read.
+fn check_agent_owner(fd: c_int, path_text: String) -> Result<c_int, AgentError> {
+    let mut credentials = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `credentials` is a writable ucred and `len` its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut credentials as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        close(fd);
+        return Err(AgentError::Connect(path_text, err));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let own_uid = unsafe { libc::geteuid() };
+    if credentials.uid != own_uid && credentials.uid != 0 {
+        close(fd);
+        return Err(AgentError::ForeignAgent {
+            path: path_text,
+            agent_uid: credentials.uid,
+            own_uid,
+        });
+    }
+    Ok(fd)
 }
 
 fn sleep_ms(ms: u64) {
@@ -331,23 +440,23 @@ fn exchange(
 
 extern "C" fn before_fork() {
     // Hold the lock across fork so the child never inherits it locked by another thread.
-    std::mem::forget(POOL.lock());
+    POOL.lock_before_fork();
 }
 
 extern "C" fn after_fork_parent() {
-    // SAFETY: `before_fork` locked the mutex in this thread and leaked the guard.
-    unsafe { POOL.force_unlock() };
+    // SAFETY: `before_fork` took the lock in this thread.
+    unsafe { POOL.unlock_after_fork() };
 }
 
 extern "C" fn after_fork_child() {
-    // SAFETY: `before_fork` locked the mutex in the parent's forking thread, which is this
-    // thread in the child, and leaked the guard.
-    let pool = unsafe { &mut *POOL.data_ptr() };
+    // SAFETY: `before_fork` took the lock in the parent's forking thread, which is this thread
+    // in the child.
+    let pool = unsafe { POOL.data_while_forking() };
     // Close the child's copies; the parent's connections stay open.
     pool.idle.drain(..).for_each(close);
     pool.owner_pid = current_pid();
     // SAFETY: as above.
-    unsafe { POOL.force_unlock() };
+    unsafe { POOL.unlock_after_fork() };
 }
 
 /// Registers the handlers that drop inherited connections in a forked child.

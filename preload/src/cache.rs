@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, CStr};
 
-use parking_lot::Mutex;
+use crate::lock::SpinLock;
 
 /// Maximum entries in one thread's cache before it is emptied and refilled from the process
 /// cache. Programs read far fewer distinct references than this.
@@ -64,7 +64,7 @@ struct Entry {
 
 type Key = (Box<[u8]>, Box<[u8]>);
 
-static PROCESS: Mutex<Option<HashMap<Key, Entry>>> = Mutex::new(None);
+static PROCESS: SpinLock<Option<HashMap<Key, Entry>>> = SpinLock::new(None);
 
 struct LocalEntry {
     name: Box<[u8]>,
@@ -225,27 +225,37 @@ pub fn put_failure(
     }
 }
 
-/// Calls `visit` with a lookup from (name, value) to the reference that value was resolved
-/// from, holding the cache lock once for all lookups.
-///
-/// The lookup prefers an entry of the same name. Otherwise a non-empty value resolved under
-/// any name maps to that entry's reference, so a variable that a program renamed before
-/// starting a child still reaches the child as a reference.
-pub fn with_served<T>(visit: impl FnOnce(&dyn Fn(&[u8], &[u8]) -> Option<Vec<u8>>) -> T) -> T {
+/// How a value in a child's environment was resolved in this process.
+pub struct Served {
+    /// The reference the value was resolved from.
+    pub reference: Vec<u8>,
+    /// Whether it was resolved for the same variable name.
+    pub same_name: bool,
+}
+
+/// Calls `visit` with a lookup from (name, value) to how that value was resolved, holding the
+/// cache lock once for all lookups. The lookup prefers an entry of the same name.
+pub fn with_served<T>(visit: impl FnOnce(&dyn Fn(&[u8], &[u8]) -> Option<Served>) -> T) -> T {
     let guard = PROCESS.lock();
     let empty = HashMap::new();
     let entries = guard.as_ref().unwrap_or(&empty);
-    let lookup = |name: &[u8], value: &[u8]| -> Option<Vec<u8>> {
+    let lookup = |name: &[u8], value: &[u8]| -> Option<Served> {
         let mut other_name = None;
         for ((entry_name, reference), entry) in entries {
             if reference.is_empty() || !entry.served.iter().any(|v| v.bytes() == value) {
                 continue;
             }
             if **entry_name == *name {
-                return Some(reference.to_vec());
+                return Some(Served {
+                    reference: reference.to_vec(),
+                    same_name: true,
+                });
             }
-            if !value.is_empty() && other_name.is_none() {
-                other_name = Some(reference.to_vec());
+            if other_name.is_none() {
+                other_name = Some(Served {
+                    reference: reference.to_vec(),
+                    same_name: false,
+                });
             }
         }
         other_name
@@ -263,12 +273,12 @@ pub fn has_served_values() -> bool {
 
 extern "C" fn before_fork() {
     // Hold the lock across fork so the child never inherits it locked by another thread.
-    std::mem::forget(PROCESS.lock());
+    PROCESS.lock_before_fork();
 }
 
 extern "C" fn after_fork() {
-    // SAFETY: `before_fork` locked the mutex in this thread and leaked the guard.
-    unsafe { PROCESS.force_unlock() };
+    // SAFETY: `before_fork` took the lock in this thread.
+    unsafe { PROCESS.unlock_after_fork() };
 }
 
 /// Registers the handlers that keep the cache lock consistent across `fork`.

@@ -2,7 +2,13 @@
 
 use std::ffi::{c_char, CStr, CString};
 
-use crate::cache;
+use crate::cache::{self, Served};
+use crate::real;
+
+/// Shortest value that is replaced when it was resolved under another variable name. Shorter
+/// values ("1", "root", "5432") are as likely to be an ordinary setting that happens to equal
+/// a secret as a renamed secret, and replacing an ordinary setting breaks the child.
+const MIN_RENAMED_VALUE_LEN: usize = 8;
 
 /// A rewritten `envp` array and the strings it points to.
 pub struct ChildEnv {
@@ -20,36 +26,28 @@ impl ChildEnv {
 /// Returns a copy of `envp` in which every `NAME=VALUE` whose value this process resolved is
 /// replaced by `NAME=REFERENCE`, or `None` when no entry needs a change (or `envp` is NULL).
 ///
+/// A value resolved under the same name is always replaced. A value resolved under another
+/// name is replaced when it is at least [`MIN_RENAMED_VALUE_LEN`] bytes long and this
+/// process's own environment does not hold the same `NAME=VALUE` as a plain setting.
+///
+/// When something was replaced, the child also gets what it needs to resolve the references
+/// again: `LD_PRELOAD` with this library and this process's `ENVPROXY_*` settings, added where
+/// the given environment lacks them (a program that passes a minimal environment, such as
+/// `{"PGPASSWORD": ...}`, would otherwise hand the child a reference it cannot resolve).
+///
 /// # Safety
 /// `envp` must be NULL or a NULL-terminated array of NUL-terminated strings.
 pub unsafe fn rewrite(envp: *const *const c_char) -> Option<ChildEnv> {
     if envp.is_null() || !cache::has_served_values() {
         return None;
     }
-    let mut entries: Vec<&CStr> = Vec::new();
-    let mut cursor = envp;
-    // SAFETY: the caller guarantees a NULL-terminated array of NUL-terminated strings.
-    unsafe {
-        while !(*cursor).is_null() {
-            entries.push(CStr::from_ptr(*cursor));
-            cursor = cursor.add(1);
-        }
-    }
+    // SAFETY: the caller's guarantee.
+    let entries = unsafe { entries_of(envp) };
 
-    let replacements: Vec<Option<CString>> = cache::with_served(|reference_for| {
+    let replacements: Vec<Option<CString>> = cache::with_served(|served_as| {
         entries
             .iter()
-            .map(|entry| {
-                let bytes = entry.to_bytes();
-                let split = bytes.iter().position(|&b| b == b'=')?;
-                let (name, value) = (&bytes[..split], &bytes[split + 1..]);
-                let reference = reference_for(name, value)?;
-                let mut replaced = Vec::with_capacity(name.len() + 1 + reference.len());
-                replaced.extend_from_slice(name);
-                replaced.push(b'=');
-                replaced.extend_from_slice(&reference);
-                CString::new(replaced).ok()
-            })
+            .map(|entry| replacement(entry.to_bytes(), served_as))
             .collect()
     });
     if replacements.iter().all(Option::is_none) {
@@ -57,7 +55,7 @@ pub unsafe fn rewrite(envp: *const *const c_char) -> Option<ChildEnv> {
     }
 
     let mut strings = Vec::new();
-    let mut pointers = Vec::with_capacity(entries.len() + 1);
+    let mut pointers = Vec::with_capacity(entries.len() + 8);
     for (entry, replacement) in entries.iter().zip(replacements) {
         match replacement {
             Some(text) => {
@@ -67,9 +65,148 @@ pub unsafe fn rewrite(envp: *const *const c_char) -> Option<ChildEnv> {
             None => pointers.push(entry.as_ptr()),
         }
     }
+    for addition in resolver_settings(&entries) {
+        if let Some(position) = addition.replaces {
+            pointers[position] = addition.text.as_ptr();
+        } else {
+            pointers.push(addition.text.as_ptr());
+        }
+        strings.push(addition.text);
+    }
     pointers.push(std::ptr::null());
     Some(ChildEnv {
         _strings: strings,
         pointers,
     })
+}
+
+/// # Safety
+/// As for [`rewrite`], with `envp` non-null.
+unsafe fn entries_of<'a>(envp: *const *const c_char) -> Vec<&'a CStr> {
+    let mut entries = Vec::new();
+    let mut cursor = envp;
+    // SAFETY: the caller guarantees a NULL-terminated array of NUL-terminated strings.
+    unsafe {
+        while !(*cursor).is_null() {
+            entries.push(CStr::from_ptr(*cursor));
+            cursor = cursor.add(1);
+        }
+    }
+    entries
+}
+
+fn split_entry(entry: &[u8]) -> Option<(&[u8], &[u8])> {
+    let split = entry.iter().position(|&b| b == b'=')?;
+    Some((&entry[..split], &entry[split + 1..]))
+}
+
+fn replacement(
+    entry: &[u8],
+    served_as: &dyn Fn(&[u8], &[u8]) -> Option<Served>,
+) -> Option<CString> {
+    let (name, value) = split_entry(entry)?;
+    let served = served_as(name, value)?;
+    if !served.same_name
+        && (value.len() < MIN_RENAMED_VALUE_LEN || own_value(name).as_deref() == Some(value))
+    {
+        return None;
+    }
+    let mut replaced = Vec::with_capacity(name.len() + 1 + served.reference.len());
+    replaced.extend_from_slice(name);
+    replaced.push(b'=');
+    replaced.extend_from_slice(&served.reference);
+    CString::new(replaced).ok()
+}
+
+/// Returns this process's own value of `name`.
+fn own_value(name: &[u8]) -> Option<Vec<u8>> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: `name` is NUL-terminated.
+    let value = unsafe { real::find_in_environ(name.as_ptr()) };
+    // SAFETY: a non-null result is a NUL-terminated string of the environment.
+    (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) }.to_bytes().to_vec())
+}
+
+/// An entry added to (or replacing one of) a child's environment.
+struct Addition {
+    text: CString,
+    /// Index of the entry it replaces, or `None` to append.
+    replaces: Option<usize>,
+}
+
+/// Returns the `LD_PRELOAD` and `ENVPROXY_*` entries that the child's environment lacks.
+fn resolver_settings(entries: &[&CStr]) -> Vec<Addition> {
+    let mut additions = Vec::new();
+    let child_value = |wanted: &[u8]| {
+        entries.iter().enumerate().find_map(|(index, entry)| {
+            let (name, value) = split_entry(entry.to_bytes())?;
+            (name == wanted).then_some((index, value))
+        })
+    };
+
+    if let Some(own_preload) = own_value(b"LD_PRELOAD") {
+        let libraries: Vec<&[u8]> = own_preload
+            .split(|&b| b == b' ' || b == b':')
+            .filter(|part| part.ends_with(b"libenvproxy.so"))
+            .collect();
+        let text = match child_value(b"LD_PRELOAD") {
+            None => Some((join(b"LD_PRELOAD=", &libraries), None)),
+            Some((index, value)) => {
+                let missing: Vec<&[u8]> = libraries
+                    .iter()
+                    .copied()
+                    .filter(|library| {
+                        !value
+                            .split(|&b| b == b' ' || b == b':')
+                            .any(|p| p == *library)
+                    })
+                    .collect();
+                (!missing.is_empty()).then(|| {
+                    let mut prefix = b"LD_PRELOAD=".to_vec();
+                    prefix.extend_from_slice(value);
+                    if !value.is_empty() {
+                        prefix.push(b' ');
+                    }
+                    (join(&prefix, &missing), Some(index))
+                })
+            }
+        };
+        if let Some((bytes, replaces)) = text {
+            if let Ok(text) = CString::new(bytes) {
+                additions.push(Addition { text, replaces });
+            }
+        }
+    }
+
+    let environ = real::environ_ptr();
+    // SAFETY: a non-null `environ` is a NULL-terminated array of NUL-terminated strings.
+    let own = if environ.is_null() {
+        Vec::new()
+    } else {
+        unsafe { entries_of(environ) }
+    };
+    for entry in own {
+        let bytes = entry.to_bytes();
+        let Some((name, _)) = split_entry(bytes) else {
+            continue;
+        };
+        if name.starts_with(b"ENVPROXY_") && child_value(name).is_none() {
+            additions.push(Addition {
+                text: entry.to_owned(),
+                replaces: None,
+            });
+        }
+    }
+    additions
+}
+
+fn join(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = prefix.to_vec();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(part);
+    }
+    out
 }

@@ -19,6 +19,9 @@ const JAVA_AGENT_JAR: &str = "java/envproxy-javaagent.jar";
 /// Extends `PYTHONPATH` and `JAVA_TOOL_OPTIONS` for the hooks that are installed.
 pub fn install(settings: &Settings) {
     let Some(hooks) = hooks_dir() else {
+        if settings.debug {
+            crate::diag::line("no hooks directory found; Python and Java programs see references");
+        }
         return;
     };
     if !settings.no_python {

@@ -17,6 +17,7 @@
 //! - [`real`]: the next definitions of the interposed libc symbols.
 //! - [`diag`]: the stderr lines (debug decisions, one error line per variable).
 //! - [`clock`]: monotonic time in milliseconds.
+//! - [`lock`]: the spin lock that the fork handlers can hold across `fork`.
 
 mod agent;
 mod cache;
@@ -26,6 +27,7 @@ mod diag;
 mod ffi;
 mod hooks;
 mod interpose;
+mod lock;
 mod real;
 mod resolve;
 mod settings;

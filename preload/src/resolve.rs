@@ -199,8 +199,8 @@ fn failure(
         };
         diag::line(&format!(
             "{}: cannot resolve {}: {reason}; {consequence}",
-            name.to_string_lossy(),
-            reference.to_string_lossy(),
+            diag::printable(name.to_bytes()),
+            diag::printable(reference.to_bytes()),
         ));
     }
     error_result(name, fallback, true)

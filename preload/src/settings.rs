@@ -58,7 +58,7 @@ impl Settings {
             enabled: read(c"ENVPROXY_ENABLED").as_deref() != Some("0"),
             debug: flag(c"ENVPROXY_DEBUG"),
             ttl_ms: ttl_secs.saturating_mul(1000),
-            timeout_ms: number("ENVPROXY_TIMEOUT_MS", DEFAULT_TIMEOUT_MS),
+            timeout_ms: timeout_ms(),
             on_error: on_error(),
             lookup_unset: flag(c"ENVPROXY_LOOKUP_UNSET"),
             socket: socket_path(),
@@ -100,6 +100,17 @@ fn number(name: &str, default: u64) -> u64 {
             default
         }
     }
+}
+
+fn timeout_ms() -> u64 {
+    let timeout = number("ENVPROXY_TIMEOUT_MS", DEFAULT_TIMEOUT_MS);
+    if timeout == 0 {
+        crate::diag::line(&format!(
+            "ENVPROXY_TIMEOUT_MS=0 would fail every request; using the default {DEFAULT_TIMEOUT_MS}"
+        ));
+        return DEFAULT_TIMEOUT_MS;
+    }
+    timeout
 }
 
 fn on_error() -> OnError {

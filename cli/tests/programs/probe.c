@@ -11,11 +11,18 @@
  *   probe execve NAME              resolve NAME, then execve /usr/bin/env with a copy of the
  *                                  environment holding the value under NAME and RENAMED
  *   probe spawn NAME               the same through posix_spawn
+ *   probe minimal NAME             resolve NAME, then execve /usr/bin/env with only
+ *                                  COPY=VALUE as its environment
+ *   probe forkthreads NAME EXPECTED N
+ *                                  4 threads call getenv in a loop while the main thread forks
+ *                                  N children that each resolve NAME under a 5 s alarm; print
+ *                                  how many matched and how many hung
  *   probe serve                    for each name read from stdin, print NAME=VALUE and the
  *                                  milliseconds getenv took as "ms=N"
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +53,16 @@ static char **copied_environment(const char *name, const char *value) {
     copy[used++] = renamed;
     copy[used] = NULL;
     return copy;
+}
+
+static volatile int stop_threads = 0;
+
+static void *hammer_main(void *raw) {
+    const char *name = raw;
+    while (!stop_threads) {
+        getenv(name);
+    }
+    return NULL;
 }
 
 static const char *show(const char *value) { return value ? value : "(null)"; }
@@ -114,6 +131,39 @@ int main(int argc, char **argv) {
         int status = 0;
         waitpid(child, &status, 0);
         return WIFEXITED(status) ? WEXITSTATUS(status) : 5;
+    }
+    if (strcmp(mode, "minimal") == 0) {
+        const char *value = getenv(name);
+        if (value == NULL) return 3;
+        char *copy = malloc(strlen(value) + 6);
+        sprintf(copy, "COPY=%s", value);
+        char *child_env[] = {copy, NULL};
+        char *child_argv[] = {"/usr/bin/env", NULL};
+        execve("/usr/bin/env", child_argv, child_env);
+        perror("execve");
+        return 4;
+    }
+    if (strcmp(mode, "forkthreads") == 0 && argc == 5) {
+        int count = atoi(argv[4]);
+        pthread_t threads[4];
+        for (int i = 0; i < 4; i++) pthread_create(&threads[i], NULL, hammer_main, (void *)name);
+        int matched = 0, hung = 0;
+        for (int i = 0; i < count; i++) {
+            pid_t child = fork();
+            if (child == 0) {
+                alarm(5);
+                const char *value = getenv(name);
+                _exit(value != NULL && strcmp(value, argv[3]) == 0 ? 0 : 1);
+            }
+            int status = 0;
+            waitpid(child, &status, 0);
+            if (WIFEXITED(status) && WEXITSTATUS(status) == 0) matched++;
+            if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM) hung++;
+        }
+        stop_threads = 1;
+        for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
+        printf("matched=%d\nhung=%d\n", matched, hung);
+        return 0;
     }
     if (strcmp(mode, "wait") == 0) {
         printf("%s=%s\n", name, show(getenv(name)));
