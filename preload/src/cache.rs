@@ -233,9 +233,12 @@ pub struct Served {
     pub same_name: bool,
 }
 
+/// A lookup from (variable name, value) to how this process resolved that value.
+pub type ServedLookup<'a> = dyn Fn(&[u8], &[u8]) -> Option<Served> + 'a;
+
 /// Calls `visit` with a lookup from (name, value) to how that value was resolved, holding the
 /// cache lock once for all lookups. The lookup prefers an entry of the same name.
-pub fn with_served<T>(visit: impl FnOnce(&dyn Fn(&[u8], &[u8]) -> Option<Served>) -> T) -> T {
+pub fn with_served<T>(visit: impl FnOnce(&ServedLookup<'_>) -> T) -> T {
     let guard = PROCESS.lock();
     let empty = HashMap::new();
     let entries = guard.as_ref().unwrap_or(&empty);

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CStr, CString};
 
-use crate::cache::{self, Served};
+use crate::cache::{self, ServedLookup};
 use crate::real;
 
 /// Shortest value that is replaced when it was resolved under another variable name. Shorter
@@ -100,10 +100,7 @@ fn split_entry(entry: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&entry[..split], &entry[split + 1..]))
 }
 
-fn replacement(
-    entry: &[u8],
-    served_as: &dyn Fn(&[u8], &[u8]) -> Option<Served>,
-) -> Option<CString> {
+fn replacement(entry: &[u8], served_as: &ServedLookup<'_>) -> Option<CString> {
     let (name, value) = split_entry(entry)?;
     let served = served_as(name, value)?;
     if !served.same_name
