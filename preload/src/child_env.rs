@@ -176,10 +176,10 @@ fn resolver_settings(entries: &[&CStr]) -> Vec<Addition> {
     }
 
     let environ = real::environ_ptr();
-    // SAFETY: a non-null `environ` is a NULL-terminated array of NUL-terminated strings.
     let own = if environ.is_null() {
         Vec::new()
     } else {
+        // SAFETY: a non-null `environ` is a NULL-terminated array of NUL-terminated strings.
         unsafe { entries_of(environ) }
     };
     for entry in own {
