@@ -15,12 +15,23 @@
 //! `idle_timeout_secs`. Relative paths are relative to the directory of the config file. Unknown
 //! keys do not fail the load, so older and newer files both work: they are returned in
 //! [`Config::warnings`] for the caller to log once logging is set up.
+//!
+//! Vault is configured in one of two ways. `[backend] type = "vault"` with the Vault keys in
+//! `[backend]` serves only `vault:` references. `[backend] type = "file"` with a `[vault]`
+//! table serves `envproxy:` references and bare names from the file and `vault:` references
+//! from Vault. The Vault keys are listed in the `vault_table` module; `VAULT_ADDR`,
+//! `VAULT_TOKEN` (then `~/.vault-token`), `VAULT_NAMESPACE` and `VAULT_CACERT` are their
+//! defaults.
+
+mod vault_table;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::{Table, Value};
+
+use crate::vault::{VaultEnvironment, VaultSettings};
 
 /// Connections served at once when `max_connections` is not set.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -42,8 +53,10 @@ pub struct Config {
     pub max_connections: usize,
     /// A connection that sends no complete request within this time is closed.
     pub idle_timeout: Duration,
-    /// The secrets file of the file backend. The agent does not start without one.
+    /// The secrets file of the file backend, for `envproxy:` references and bare names.
     pub secrets_file: Option<PathBuf>,
+    /// The Vault backend, for `vault:` references. The agent needs this or a secrets file.
+    pub vault: Option<VaultSettings>,
     /// Interval between checks of the secrets file for changes.
     pub reload_poll_interval: Duration,
     /// One message per unknown key found in the config file.
@@ -58,6 +71,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             secrets_file: None,
+            vault: None,
             reload_poll_interval: DEFAULT_RELOAD_POLL_INTERVAL,
             warnings: Vec::new(),
         }
@@ -83,21 +97,39 @@ pub enum ConfigError {
     #[error("{}: invalid {key}: {reason}", path.display())]
     InvalidValue {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         reason: String,
     },
+    #[error(
+        "{}: {section} has no Vault address: set `address` there or the VAULT_ADDR environment \
+         variable",
+        path.display()
+    )]
+    MissingVaultAddress {
+        path: PathBuf,
+        section: &'static str,
+    },
+    #[error(
+        "{}: {section} sets auth_method = \"kubernetes\" but no `role`: set the Vault role to \
+         log in as",
+        path.display()
+    )]
+    MissingKubernetesRole {
+        path: PathBuf,
+        section: &'static str,
+    },
+    #[error(
+        "{}: both [backend] type = \"vault\" and a [vault] table are set; keep one of them \
+         (use [backend] type = \"file\" with [vault] to serve both)",
+        path.display()
+    )]
+    VaultConfiguredTwice { path: PathBuf },
     #[error(
         "{}: [agent] mode = \"node\" is not available: node mode is not built yet; \
          use mode = \"local\" (the default)",
         path.display()
     )]
     NodeModeNotBuilt { path: PathBuf },
-    #[error(
-        "{}: [backend] type = \"vault\" is not available: the Vault backend is not built into \
-         this version; use type = \"file\" with path = a secrets file",
-        path.display()
-    )]
-    VaultBackendNotBuilt { path: PathBuf },
 }
 
 impl Config {
@@ -114,9 +146,27 @@ impl Config {
         Config::parse(&text, &path)
     }
 
-    /// Validates config text that was read from `path`. Relative paths in it are resolved
-    /// against the directory of `path`.
+    /// Validates config text that was read from `path`, with this process's `VAULT_*`
+    /// variables as Vault defaults. Relative paths in it are resolved against the directory
+    /// of `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with_environment(text, path, &VaultEnvironment::from_process())
+    }
+
+    /// Enables Vault from the environment alone when the config does not mention Vault and
+    /// `VAULT_ADDR` is set, as for a developer who has run `vault login`.
+    pub fn enable_vault_from_environment(&mut self, environment: &VaultEnvironment) {
+        if self.vault.is_none() {
+            self.vault = environment.settings();
+        }
+    }
+
+    /// Like [`Config::parse`] with the given Vault environment.
+    pub fn parse_with_environment(
+        text: &str,
+        path: &Path,
+        environment: &VaultEnvironment,
+    ) -> Result<Config, ConfigError> {
         let table: Table = text.parse().map_err(|err: toml::de::Error| {
             // The Display form of a TOML error quotes the offending source line, so only the
             // message and the position are kept.
@@ -135,12 +185,13 @@ impl Config {
         let mut reader = TableReader {
             path,
             base,
+            environment,
             warnings: Vec::new(),
         };
         let mut config = Config::default();
 
         for key in table.keys() {
-            if key != "agent" && key != "backend" {
+            if key != "agent" && key != "backend" && key != "vault" {
                 reader.warn_unknown(&format!("top-level key `{key}`"));
             }
         }
@@ -149,6 +200,14 @@ impl Config {
         }
         if let Some(backend) = reader.section(&table, "backend", "[backend]")? {
             reader.read_backend(backend, &mut config)?;
+        }
+        if let Some(vault) = reader.section(&table, "vault", "[vault]")? {
+            if config.vault.is_some() {
+                return Err(ConfigError::VaultConfiguredTwice {
+                    path: path.to_path_buf(),
+                });
+            }
+            config.vault = Some(reader.read_vault(vault, "[vault]")?);
         }
 
         config.warnings = reader.warnings;
@@ -160,6 +219,7 @@ impl Config {
 struct TableReader<'a> {
     path: &'a Path,
     base: &'a Path,
+    environment: &'a VaultEnvironment,
     warnings: Vec<String>,
 }
 
@@ -216,19 +276,18 @@ impl TableReader<'_> {
 
     fn read_backend(&mut self, backend: &Table, config: &mut Config) -> Result<(), ConfigError> {
         // The type decides which other keys are valid, so it is checked first. A missing type
-        // means the file backend, the only one this version has.
+        // means the file backend, as in the original format.
         if let Some(kind) = backend.get("type") {
             match self.string(kind, "[backend] type")? {
                 "file" => {}
                 "vault" => {
-                    return Err(ConfigError::VaultBackendNotBuilt {
-                        path: self.path.to_path_buf(),
-                    })
+                    config.vault = Some(self.read_vault(backend, "[backend]")?);
+                    return Ok(());
                 }
                 _ => {
                     return Err(self.invalid(
                         "[backend] type",
-                        "the only backend type available is \"file\"".to_string(),
+                        "expected \"file\" or \"vault\"".to_string(),
                     ))
                 }
             }
@@ -249,7 +308,7 @@ impl TableReader<'_> {
         &self,
         table: &'t Table,
         name: &str,
-        key: &'static str,
+        key: &str,
     ) -> Result<Option<&'t Table>, ConfigError> {
         match table.get(name) {
             None => Ok(None),
@@ -261,7 +320,7 @@ impl TableReader<'_> {
         }
     }
 
-    fn string<'v>(&self, value: &'v Value, key: &'static str) -> Result<&'v str, ConfigError> {
+    fn string<'v>(&self, value: &'v Value, key: &str) -> Result<&'v str, ConfigError> {
         match value {
             Value::String(text) => Ok(text),
             other => Err(self.invalid(
@@ -271,7 +330,7 @@ impl TableReader<'_> {
         }
     }
 
-    fn path_value(&self, value: &Value, key: &'static str) -> Result<PathBuf, ConfigError> {
+    fn path_value(&self, value: &Value, key: &str) -> Result<PathBuf, ConfigError> {
         let text = self.string(value, key)?;
         if text.is_empty() {
             return Err(self.invalid(key, "expected a path, found an empty string".to_string()));
@@ -279,7 +338,7 @@ impl TableReader<'_> {
         Ok(self.base.join(text))
     }
 
-    fn positive_integer(&self, value: &Value, key: &'static str) -> Result<u64, ConfigError> {
+    fn positive_integer(&self, value: &Value, key: &str) -> Result<u64, ConfigError> {
         match value {
             Value::Integer(n) if *n >= 1 => Ok(*n as u64),
             Value::Integer(n) => {
@@ -295,10 +354,10 @@ impl TableReader<'_> {
         }
     }
 
-    fn invalid(&self, key: &'static str, reason: String) -> ConfigError {
+    fn invalid(&self, key: &str, reason: String) -> ConfigError {
         ConfigError::InvalidValue {
             path: self.path.to_path_buf(),
-            key,
+            key: key.to_string(),
             reason,
         }
     }
@@ -341,7 +400,11 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("/etc/envproxy/config.toml"))
+        Config::parse_with_environment(
+            text,
+            Path::new("/etc/envproxy/config.toml"),
+            &VaultEnvironment::default(),
+        )
     }
 
     #[test]
@@ -449,19 +512,10 @@ mod tests {
     }
 
     #[test]
-    fn vault_backend_is_not_built() {
-        let error = parse("[backend]\ntype = \"vault\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("Vault backend"), "{error}");
-        assert!(error.contains("type = \"file\""), "{error}");
-    }
-
-    #[test]
     fn unknown_backend_type_lists_allowed() {
         let error = parse("[backend]\ntype = \"s3\"\n").unwrap_err().to_string();
         assert!(error.contains("[backend] type"), "{error}");
-        assert!(error.contains("\"file\""), "{error}");
+        assert!(error.contains("\"file\" or \"vault\""), "{error}");
     }
 
     #[test]

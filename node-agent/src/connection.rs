@@ -12,8 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
-use crate::backend::FileBackend;
-use crate::handler;
+use crate::handler::{self, Backends};
 use crate::peer::{self, Peer};
 use crate::status::StatusReporter;
 
@@ -22,7 +21,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Shared state that every connection uses.
 pub(crate) struct Context {
-    pub backend: FileBackend,
+    pub backends: Backends,
     pub status: StatusReporter,
     /// The agent's effective uid, the only uid it serves.
     pub agent_uid: u32,
@@ -73,7 +72,7 @@ pub(crate) async fn serve(stream: UnixStream, peer: Peer, context: Arc<Context>)
             }
         };
 
-        let outcome = handler::handle(&request, &context.backend, &context.status);
+        let outcome = handler::handle(&request, &context.backends, &context.status).await;
         log_request(&peer, &request, outcome.decision);
         if let Err(err) = framed.send(&outcome.response).await {
             tracing::debug!(pid = peer.pid, %err, "cannot send response; closing connection");

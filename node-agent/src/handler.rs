@@ -1,4 +1,5 @@
-//! The response to one request: passthrough, a lookup in the secrets file, or an error.
+//! The response to one request: passthrough, a lookup in the secrets file or Vault, or an
+//! error.
 
 use std::fmt;
 
@@ -7,6 +8,7 @@ use envproxy_proto::{has_known_scheme, Reference, Request, Response, SecretBytes
 
 use crate::backend::FileBackend;
 use crate::status::StatusReporter;
+use crate::vault::VaultBackend;
 
 /// The agent's decision on a request, recorded in the request's log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +46,20 @@ impl Outcome {
     }
 }
 
-/// Builds the response to `request` from the secrets file.
-pub(crate) fn handle(request: &Request, backend: &FileBackend, status: &StatusReporter) -> Outcome {
+/// The backends of one agent: `envproxy:` references and bare names go to the file,
+/// `vault:` references to Vault. At least one is set.
+#[derive(Clone)]
+pub(crate) struct Backends {
+    pub file: Option<FileBackend>,
+    pub vault: Option<VaultBackend>,
+}
+
+/// Builds the response to `request`.
+pub(crate) async fn handle(
+    request: &Request,
+    backends: &Backends,
+    status: &StatusReporter,
+) -> Outcome {
     match request {
         Request::Status => Outcome {
             response: Response::Found(SecretBytes::new(status.payload())),
@@ -55,7 +69,7 @@ pub(crate) fn handle(request: &Request, backend: &FileBackend, status: &StatusRe
             let Ok(name) = std::str::from_utf8(key) else {
                 return Outcome::error("the variable name is not valid UTF-8".to_string());
             };
-            look_up(backend, name, name)
+            look_up_file(backends, name, name)
         }
         Request::V2 { key, value } => {
             let Ok(name) = std::str::from_utf8(key) else {
@@ -72,13 +86,8 @@ pub(crate) fn handle(request: &Request, backend: &FileBackend, status: &StatusRe
                 return Outcome::error(format!("{name}: the reference is not valid UTF-8"));
             };
             match Reference::parse(text) {
-                Ok(Reference::Local { key }) => look_up(backend, name, &key),
-                Ok(Reference::Vault { .. } | Reference::VaultKv2 { .. }) => {
-                    Outcome::error(format!(
-                        "{name}: vault: references need the Vault backend, which this agent \
-                         does not have yet; use envproxy:KEY with a secrets file"
-                    ))
-                }
+                Ok(Reference::Local { key }) => look_up_file(backends, name, &key),
+                Ok(reference) => look_up_vault(backends, name, &reference).await,
                 Err(err) => Outcome::error(format!("{name}: invalid reference: {err}")),
             }
         }
@@ -86,13 +95,37 @@ pub(crate) fn handle(request: &Request, backend: &FileBackend, status: &StatusRe
 }
 
 /// Looks up `key` of the secrets file for variable `name`.
-fn look_up(backend: &FileBackend, name: &str, key: &str) -> Outcome {
-    let Some(value) = backend.get(key) else {
+fn look_up_file(backends: &Backends, name: &str, key: &str) -> Outcome {
+    let Some(file) = &backends.file else {
+        return Outcome::error(format!(
+            "{name}: no secrets file is configured, so `{key}` cannot be looked up; pass \
+             --secrets FILE or set `path` in the [backend] section of the config file"
+        ));
+    };
+    let Some(value) = file.get(key) else {
         return Outcome {
             response: Response::NotFound,
             decision: Decision::NotFound,
         };
     };
+    found(name, key, value)
+}
+
+/// Resolves a `vault:` reference for variable `name`.
+async fn look_up_vault(backends: &Backends, name: &str, reference: &Reference) -> Outcome {
+    let Some(vault) = &backends.vault else {
+        return Outcome::error(format!(
+            "{name}: vault: references need the Vault backend, which this agent does not have; \
+             set VAULT_ADDR (and VAULT_TOKEN) or add a [vault] table to the config file"
+        ));
+    };
+    match vault.resolve(reference).await {
+        Ok(value) => found(name, reference.key(), value),
+        Err(err) => Outcome::error(format!("{name}: {err}")),
+    }
+}
+
+fn found(name: &str, key: &str, value: SecretBytes) -> Outcome {
     if value.len() > MAX_PAYLOAD_LEN {
         return Outcome::error(format!(
             "{name}: the value of `{key}` is {} bytes, more than the {MAX_PAYLOAD_LEN} bytes a \
@@ -113,7 +146,7 @@ mod tests {
 
     struct Fixture {
         _dir: tempfile::TempDir,
-        backend: FileBackend,
+        backends: Backends,
         status: StatusReporter,
     }
 
@@ -126,11 +159,14 @@ mod tests {
             format!(r#"{{"API_KEY": "k-123", "LONG": "{long}", "ÜBER": "u"}}"#),
         )
         .unwrap();
-        let backend = FileBackend::open(&path).unwrap();
-        let status = StatusReporter::new(PathBuf::from("/run/agent.sock"), backend.clone());
+        let backends = Backends {
+            file: Some(FileBackend::open(&path).unwrap()),
+            vault: None,
+        };
+        let status = StatusReporter::new(PathBuf::from("/run/agent.sock"), backends.clone());
         Fixture {
             _dir: dir,
-            backend,
+            backends,
             status,
         }
     }
@@ -143,7 +179,10 @@ mod tests {
     }
 
     fn answer(fixture: &Fixture, request: Request) -> (Response, Decision) {
-        let outcome = handle(&request, &fixture.backend, &fixture.status);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let outcome = runtime.block_on(handle(&request, &fixture.backends, &fixture.status));
         (outcome.response, outcome.decision)
     }
 
@@ -189,7 +228,25 @@ mod tests {
             reason.starts_with("DB_URL: vault: references need the Vault backend"),
             "{reason}"
         );
-        assert!(reason.contains("envproxy:KEY"), "{reason}");
+        assert!(reason.contains("VAULT_ADDR"), "{reason}");
+    }
+
+    #[test]
+    fn local_reference_without_file_is_error() {
+        let mut f = fixture();
+        f.backends.file = None;
+        for request in [
+            v2(b"TOKEN", b"envproxy:API_KEY"),
+            Request::V1 {
+                key: b"API_KEY".to_vec(),
+            },
+        ] {
+            let (response, decision) = answer(&f, request);
+            assert_eq!(decision, Decision::Error);
+            let reason = error_text(response);
+            assert!(reason.contains("no secrets file is configured"), "{reason}");
+            assert!(reason.contains("`API_KEY`"), "{reason}");
+        }
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub mod peer;
 pub mod secrets;
 mod server;
 pub mod status;
+pub mod vault;
 
 pub use agent::{default_socket_path, Agent, AgentError, BoundAgent};
 pub use config::{Config, ConfigError};

@@ -5,10 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use envproxy_agent::vault::VaultEnvironment;
 use envproxy_agent::{limits, logging, Agent, Config};
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Serve secrets from a local file to processes of this user over a Unix socket.
+/// Serve secrets from a local file and Vault to processes of this user over a Unix socket.
+///
+/// Without Vault settings in the config file, Vault is enabled when VAULT_ADDR is set, with the
+/// token from VAULT_TOKEN or ~/.vault-token.
 #[derive(Debug, Parser)]
 #[command(name = "envproxy-agent", version)]
 struct Args {
@@ -45,6 +49,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(secrets) = &args.secrets {
         config.secrets_file = Some(std::path::absolute(secrets).context("invalid --secrets path")?);
     }
+    config.enable_vault_from_environment(&VaultEnvironment::from_process());
 
     logging::init(&config.log_level).context("cannot set up logging")?;
     for warning in &config.warnings {

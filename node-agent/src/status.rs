@@ -7,6 +7,8 @@ use envproxy_proto::frame::MAX_PAYLOAD_LEN;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::FileBackend;
+use crate::handler::Backends;
+use crate::vault::VaultStatus;
 
 /// The JSON payload of a status response. Contains key names, never values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,7 +18,12 @@ pub struct AgentStatus {
     pub pid: u32,
     pub uptime_secs: u64,
     pub socket: PathBuf,
-    pub backend: BackendInfo,
+    /// The secrets file, or `None` when the agent serves only Vault.
+    #[serde(default)]
+    pub backend: Option<BackendInfo>,
+    /// The Vault backend, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultInfo>,
     /// Key names of the secrets file, sorted.
     pub keys: Vec<String>,
     /// Set when `keys` was cut short to fit the response frame.
@@ -38,38 +45,94 @@ pub struct BackendInfo {
     pub last_reload_unix: u64,
 }
 
+/// The `vault` object of [`AgentStatus`]. Contains no token and no value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultInfo {
+    pub address: String,
+    pub namespace: Option<String>,
+    pub auth_method: String,
+    /// Whether the agent holds a token (a login or lookup succeeded).
+    pub logged_in: bool,
+    /// Seconds until the token expires; `None` for a token without expiry or before login.
+    pub token_ttl_secs: Option<u64>,
+    pub token_renewable: bool,
+    pub cache_entries: u64,
+    /// Requests served from the cache.
+    pub cache_hits: u64,
+    /// Requests that read from Vault.
+    pub cache_misses: u64,
+    /// Requests served a value past its cache TTL because Vault was unavailable.
+    pub stale_served: u64,
+    /// Leases of dynamic secrets that the agent renews or waits out.
+    pub live_leases: usize,
+    /// The latest failed Vault read, or `None` when none failed.
+    pub last_error: Option<String>,
+}
+
+impl From<VaultStatus> for VaultInfo {
+    fn from(status: VaultStatus) -> VaultInfo {
+        VaultInfo {
+            address: status.address,
+            namespace: status.namespace,
+            auth_method: status.auth_method,
+            logged_in: status.logged_in,
+            token_ttl_secs: status.token_ttl_secs,
+            token_renewable: status.token_renewable,
+            cache_entries: status.cache_entries,
+            cache_hits: status.cache_hits,
+            cache_misses: status.cache_misses,
+            stale_served: status.stale_served,
+            live_leases: status.live_leases,
+            last_error: status.last_error,
+        }
+    }
+}
+
 /// Builds status payloads for one running agent.
 pub(crate) struct StatusReporter {
     socket: PathBuf,
     started: Instant,
-    backend: FileBackend,
+    backends: Backends,
 }
 
 impl StatusReporter {
-    pub(crate) fn new(socket: PathBuf, backend: FileBackend) -> StatusReporter {
+    pub(crate) fn new(socket: PathBuf, backends: Backends) -> StatusReporter {
         StatusReporter {
             socket,
             started: Instant::now(),
-            backend,
+            backends,
         }
     }
 
     pub(crate) fn status(&self) -> AgentStatus {
-        let backend = self.backend.status();
+        let backend = self.backends.file.as_ref().map(|file| {
+            let status = file.status();
+            BackendInfo {
+                kind: "file".to_string(),
+                path: status.path,
+                keys_loaded: status.keys_loaded,
+                last_reload_error: status.last_reload_error,
+                last_reload_unix: status.last_reload_unix,
+            }
+        });
         AgentStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             mode: "local".to_string(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             socket: self.socket.clone(),
-            backend: BackendInfo {
-                kind: "file".to_string(),
-                path: backend.path,
-                keys_loaded: backend.keys_loaded,
-                last_reload_error: backend.last_reload_error,
-                last_reload_unix: backend.last_reload_unix,
-            },
-            keys: self.backend.key_names(),
+            backend,
+            vault: self
+                .backends
+                .vault
+                .as_ref()
+                .map(|vault| VaultInfo::from(vault.status())),
+            keys: self
+                .backends
+                .file
+                .as_ref()
+                .map(FileBackend::key_names)
+                .unwrap_or_default(),
             keys_truncated: false,
         }
     }
@@ -110,13 +173,14 @@ mod tests {
             pid: 1,
             uptime_secs: 2,
             socket: "/run/agent.sock".into(),
-            backend: BackendInfo {
+            backend: Some(BackendInfo {
                 kind: "file".into(),
                 path: "/etc/secrets.json".into(),
                 keys_loaded: keys.len(),
                 last_reload_error: None,
                 last_reload_unix: 3,
-            },
+            }),
+            vault: None,
             keys,
             keys_truncated: false,
         }
@@ -135,6 +199,42 @@ mod tests {
         );
         assert_eq!(json["keys"], serde_json::json!(["A"]));
         assert!(json.get("keys_truncated").is_none());
+        assert!(json.get("vault").is_none());
+    }
+
+    #[test]
+    fn vault_object_field_names() {
+        let mut status = status_with_keys(Vec::new());
+        status.backend = None;
+        status.vault = Some(VaultInfo {
+            address: "http://127.0.0.1:8200".into(),
+            namespace: Some("team-a".into()),
+            auth_method: "token".into(),
+            logged_in: true,
+            token_ttl_secs: Some(3500),
+            token_renewable: true,
+            cache_entries: 2,
+            cache_hits: 10,
+            cache_misses: 2,
+            stale_served: 1,
+            live_leases: 0,
+            last_error: None,
+        });
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode_within_frame(status.clone())).unwrap();
+        assert_eq!(json["backend"], serde_json::Value::Null);
+        assert_eq!(json["vault"]["address"], "http://127.0.0.1:8200");
+        assert_eq!(json["vault"]["namespace"], "team-a");
+        assert_eq!(json["vault"]["auth_method"], "token");
+        assert_eq!(json["vault"]["token_ttl_secs"], 3500);
+        assert_eq!(json["vault"]["token_renewable"], true);
+        assert_eq!(json["vault"]["cache_entries"], 2);
+        assert_eq!(json["vault"]["cache_hits"], 10);
+        assert_eq!(json["vault"]["cache_misses"], 2);
+        assert_eq!(json["vault"]["stale_served"], 1);
+        assert_eq!(json["vault"]["last_error"], serde_json::Value::Null);
+        let decoded: AgentStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(decoded, status);
     }
 
     #[test]
@@ -145,7 +245,7 @@ mod tests {
         let status: AgentStatus = serde_json::from_slice(&json).unwrap();
         assert!(status.keys_truncated);
         assert!(status.keys.len() > 1000, "{}", status.keys.len());
-        assert_eq!(status.backend.keys_loaded, 20_000);
+        assert_eq!(status.backend.unwrap().keys_loaded, 20_000);
         assert_eq!(status.keys[0], "KEY_NUMBER_000000");
     }
 }

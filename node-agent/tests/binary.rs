@@ -25,6 +25,7 @@ fn spawn_agent(args: &[&str]) -> Child {
     Command::new(AGENT)
         .args(args)
         .env_remove("RUST_LOG")
+        .env_remove("VAULT_ADDR")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -87,6 +88,7 @@ fn run_to_end(args: &[&str]) -> (std::process::ExitStatus, String) {
     let output = Command::new(AGENT)
         .args(args)
         .env_remove("RUST_LOG")
+        .env_remove("VAULT_ADDR")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -232,13 +234,13 @@ fn startup_errors_are_one_line() {
     let cases: [(&[&str], &str); 4] = [
         (
             &["--config", vault.to_str().unwrap()],
-            "Vault backend is not built",
+            "[backend] has no Vault address",
         ),
         (
             &["--config", node.to_str().unwrap()],
             "node mode is not built yet",
         ),
-        (&["--socket", socket], "no secrets file is configured"),
+        (&["--socket", socket], "no backend is configured"),
         (
             &["--secrets", secrets.to_str().unwrap(), "--socket", socket],
             "the value of `A` must be a string, found an array",

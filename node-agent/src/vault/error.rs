@@ -1,0 +1,126 @@
+//! Errors of the Vault backend, worded for the line a program prints to stderr and for
+//! `envproxy get`. No message contains a secret value or a token.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A Vault read or login that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VaultError {
+    #[error(
+        "Vault has no secrets engine mounted at {path}: check the mount name (`vault secrets \
+         list`) and, for KV v2, write `<mount>/data/<path>`"
+    )]
+    UnknownMount { path: String },
+    #[error(
+        "permission denied reading {path} from Vault: the token's policy must allow `read` on \
+         this path"
+    )]
+    PermissionDenied { path: String },
+    #[error(
+        "the Vault token was rejected reading {path} (invalid or expired token): log in again, \
+         for example with `vault login`"
+    )]
+    InvalidToken { path: String },
+    #[error("no secret at {path} in Vault")]
+    NotFound { path: String },
+    #[error("the secret at {path} in Vault has no key `{key}`")]
+    KeyNotFound { path: String, key: String },
+    #[error(
+        "version {version} of {path} was deleted in Vault; undelete it or use another version"
+    )]
+    VersionDeleted { path: String, version: u64 },
+    #[error("version {version} of {path} was destroyed in Vault and cannot be read")]
+    VersionDestroyed { path: String, version: u64 },
+    #[error("Vault at {address} is sealed (reading {path}); unseal it and retry")]
+    Sealed { address: String, path: String },
+    #[error("Vault at {address} is rate limiting requests (reading {path}, HTTP 429)")]
+    RateLimited { address: String, path: String },
+    #[error("Vault at {address} failed reading {path}: HTTP {status}: {message}")]
+    Server {
+        address: String,
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("Vault rejected the request for {path}: HTTP {status}: {message}")]
+    Rejected {
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error(
+        "TLS connection to Vault at {address} failed (reading {path}): {reason}; set `ca_cert` \
+         in the [vault] config or VAULT_CACERT to the CA that signed Vault's certificate"
+    )]
+    Tls {
+        address: String,
+        path: String,
+        reason: String,
+    },
+    #[error("Vault at {address} did not respond within {}s (reading {path})", timeout.as_secs_f32())]
+    Timeout {
+        address: String,
+        path: String,
+        timeout: Duration,
+    },
+    #[error("connection to Vault at {address} refused (reading {path}): is Vault running there?")]
+    ConnectionRefused { address: String, path: String },
+    #[error("cannot reach Vault at {address} (reading {path}): {reason}")]
+    Unreachable {
+        address: String,
+        path: String,
+        reason: String,
+    },
+    #[error("invalid Vault address {address:?}: {reason}")]
+    InvalidAddress { address: String, reason: String },
+    #[error("Vault returned a response for {path} that EnvProxy cannot use: {reason}")]
+    InvalidResponse { path: String, reason: String },
+    #[error(
+        "no Vault token: set VAULT_TOKEN or log in with `vault login`, which writes \
+         ~/.vault-token"
+    )]
+    NoToken,
+    #[error("cannot read the Vault token file {}: {reason}", path.display())]
+    TokenFile { path: PathBuf, reason: String },
+    #[error("cannot read the service account token {}: {reason}", path.display())]
+    JwtFile { path: PathBuf, reason: String },
+    #[error("cannot read {what} {}: {reason}", path.display())]
+    TlsFile {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("Vault {method} login at {path} failed: {reason}")]
+    LoginFailed {
+        method: &'static str,
+        path: String,
+        reason: String,
+    },
+}
+
+impl VaultError {
+    /// Returns whether the error means Vault is unavailable for now (unreachable, timed out,
+    /// sealed, rate limiting or failing with 5xx), so a cached value may be served instead.
+    /// A 403, a 404 and a deleted or destroyed version are Vault's decisions and are never
+    /// masked.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            VaultError::Sealed { .. }
+                | VaultError::RateLimited { .. }
+                | VaultError::Server { .. }
+                | VaultError::Timeout { .. }
+                | VaultError::ConnectionRefused { .. }
+                | VaultError::Unreachable { .. }
+        )
+    }
+
+    /// Returns whether a new login may cure the error: the token was rejected.
+    pub fn is_auth_rejection(&self) -> bool {
+        matches!(
+            self,
+            VaultError::PermissionDenied { .. } | VaultError::InvalidToken { .. }
+        )
+    }
+}

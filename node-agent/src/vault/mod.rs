@@ -1,0 +1,249 @@
+//! The Vault backend: resolves `vault:` references for one identity, through a cache.
+//!
+//! # Layout
+//!
+//! - [`settings`]: the `[vault]` settings and the Vault CLI's environment variables.
+//! - [`auth`]: the [`Auth`] trait with static-token and Kubernetes logins.
+//! - `session`: the current token of an identity, renewed or replaced before it expires.
+//! - `transport`: HTTP with TLS settings, and Vault's error bodies turned into [`VaultError`].
+//! - `read`: the request for a reference and the values of its response.
+//! - `cache`: single-flight, size-bounded cache with stale-if-error.
+//! - `lease`: renewal and revocation of dynamic secrets' leases.
+//!
+//! # vaultrs and the HTTP API
+//!
+//! Token lookup and renewal (`auth/token/lookup-self`, `renew-self`) and the Kubernetes login
+//! go through vaultrs 0.8. Secret reads and lease calls go to the HTTP API directly, because
+//! vaultrs 0.8 falls short there in three ways. It has no call for `sys/leases/renew`. Its
+//! dynamic secret reads drop `lease_id`. On a KV v2 404 it returns only the `errors` list, so
+//! `deletion_time` and `destroyed` are lost and a deleted version looks like a missing path.
+
+pub mod auth;
+mod cache;
+mod error;
+mod lease;
+mod read;
+mod secret;
+mod session;
+pub mod settings;
+mod transport;
+
+use std::sync::Arc;
+
+use envproxy_proto::{Reference, SecretBytes};
+
+pub use auth::{Auth, JwtFile, JwtSource, KubernetesAuth, TokenAuth};
+pub use error::VaultError;
+pub use secret::SecretText;
+pub use settings::{AuthSettings, TlsSettings, TokenSource, VaultEnvironment, VaultSettings};
+pub use transport::Transport;
+
+use cache::{CacheKey, SecretCache};
+use lease::LeaseKeeper;
+use read::{ReadResult, ReadTarget};
+use session::Session;
+
+/// The Vault part of the agent status. Contains no token and no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultStatus {
+    pub address: String,
+    pub namespace: Option<String>,
+    pub auth_method: String,
+    /// Seconds until the token expires; `None` before the first login or for a token without
+    /// expiry.
+    pub token_ttl_secs: Option<u64>,
+    pub token_renewable: bool,
+    pub logged_in: bool,
+    pub cache_entries: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub stale_served: u64,
+    pub live_leases: usize,
+    pub last_error: Option<String>,
+}
+
+/// A Vault backend for one identity. Clones share the cache, token and leases.
+#[derive(Clone)]
+pub struct VaultBackend {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    settings: VaultSettings,
+    transport: Arc<Transport>,
+    session: Arc<Session>,
+    /// Cache key part naming this identity.
+    identity: Arc<str>,
+    cache: SecretCache,
+    leases: LeaseKeeper,
+}
+
+impl VaultBackend {
+    /// Builds the backend for `settings` with the auth method they name, and logs in.
+    ///
+    /// Fails on an invalid address or unreadable TLS files. A failed login is logged and
+    /// retried at the first request, so an agent can start while Vault is down.
+    pub async fn start(settings: VaultSettings) -> Result<VaultBackend, VaultError> {
+        let auth = auth::from_settings(&settings.auth);
+        VaultBackend::start_with_auth(settings, auth).await
+    }
+
+    /// Like [`VaultBackend::start`] with an auth method the caller supplies, such as a
+    /// [`KubernetesAuth`] whose JWT comes from elsewhere than a file.
+    pub async fn start_with_auth(
+        settings: VaultSettings,
+        auth: Arc<dyn Auth>,
+    ) -> Result<VaultBackend, VaultError> {
+        let transport = Arc::new(Transport::new(&settings)?);
+        let identity: Arc<str> = format!(
+            "{}|{}|{}|{}",
+            transport.address(),
+            settings.namespace().unwrap_or_default(),
+            auth.method(),
+            auth.describe()
+        )
+        .into();
+        let session = Session::new(auth, Arc::clone(&transport));
+        let backend = VaultBackend {
+            inner: Arc::new(Inner {
+                cache: SecretCache::new(
+                    settings.max_entries,
+                    settings.cache_ttl,
+                    settings.max_stale,
+                ),
+                settings,
+                transport,
+                session,
+                identity,
+                leases: LeaseKeeper::default(),
+            }),
+        };
+        let inner = &backend.inner;
+        match inner.session.login().await {
+            Ok(()) => {}
+            Err(err) if err.is_unavailable() => tracing::warn!(
+                address = %inner.settings.address,
+                %err,
+                "Vault is unavailable at start; logging in at the first request"
+            ),
+            Err(err) => tracing::error!(
+                address = %inner.settings.address,
+                method = inner.session.auth().method(),
+                %err,
+                "Vault login failed; vault: references fail until it succeeds"
+            ),
+        }
+        Ok(backend)
+    }
+
+    pub fn settings(&self) -> &VaultSettings {
+        &self.inner.settings
+    }
+
+    /// Returns the value of a `vault:` reference. Fails for a reference of another scheme.
+    pub async fn resolve(&self, reference: &Reference) -> Result<SecretBytes, VaultError> {
+        let (target, key) = match reference {
+            Reference::VaultKv2 { version, key, .. } => (
+                ReadTarget {
+                    path: reference.vault_path().unwrap_or_default(),
+                    version: *version,
+                    kv2: true,
+                },
+                key,
+            ),
+            Reference::Vault { path, key } => (
+                ReadTarget {
+                    path: path.clone(),
+                    version: None,
+                    kv2: false,
+                },
+                key,
+            ),
+            Reference::Local { key } => {
+                return Err(VaultError::KeyNotFound {
+                    path: "envproxy:".to_string(),
+                    key: key.clone(),
+                })
+            }
+        };
+        let cache_key = CacheKey {
+            identity: Arc::clone(&self.inner.identity),
+            target,
+        };
+        let entry = self
+            .inner
+            .cache
+            .get_or_fetch(&cache_key, || self.fetch(&cache_key))
+            .await?;
+        match entry.data.get(key) {
+            Some(value) => Ok(SecretBytes::new(value.expose_secret().to_vec())),
+            None => Err(VaultError::KeyNotFound {
+                path: cache_key.target.path.clone(),
+                key: key.clone(),
+            }),
+        }
+    }
+
+    /// Reads from Vault, logging in again once if the auth method can and Vault rejected the
+    /// token. A lease in the response is tracked from here on.
+    async fn fetch(&self, key: &CacheKey) -> Result<ReadResult, VaultError> {
+        let inner = &self.inner;
+        let token = inner.session.token().await?;
+        let result = match read::read(&inner.transport, &token, &key.target).await {
+            Err(err) if err.is_auth_rejection() => {
+                match inner.session.login_after_rejection(&token).await? {
+                    Some(new_token) => read::read(&inner.transport, &new_token, &key.target).await,
+                    None => Err(err),
+                }
+            }
+            other => other,
+        };
+        if let Ok(ReadResult {
+            lease: Some(lease), ..
+        }) = &result
+        {
+            inner.leases.track(inner, key.clone(), lease.clone());
+        }
+        result
+    }
+
+    pub fn status(&self) -> VaultStatus {
+        let inner = &self.inner;
+        let token = inner.session.status();
+        let cache = inner.cache.stats();
+        VaultStatus {
+            address: inner.settings.address.clone(),
+            namespace: inner.settings.namespace().map(str::to_string),
+            auth_method: inner.session.auth().method().to_string(),
+            token_ttl_secs: token.ttl_secs,
+            token_renewable: token.renewable,
+            logged_in: token.logged_in,
+            cache_entries: cache.entries,
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            stale_served: cache.stale_served,
+            live_leases: inner.leases.live_count(),
+            last_error: inner.cache.last_error(),
+        }
+    }
+
+    /// Applies pending cache bookkeeping, so `status` counts entries exactly. For tests.
+    pub async fn sync_cache(&self) {
+        self.inner.cache.run_pending_tasks().await;
+    }
+
+    /// Stops renewals and, when `revoke_on_shutdown` is set, revokes every live lease.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        let lease_ids = inner.leases.stop_all();
+        if inner.settings.revoke_on_shutdown {
+            let revoked = lease::revoke_all(inner, &lease_ids).await;
+            tracing::info!(
+                revoked,
+                leases = lease_ids.len(),
+                "revoked leases at shutdown"
+            );
+        }
+        inner.session.stop();
+    }
+}

@@ -1,0 +1,321 @@
+//! A logged-in identity: its current Vault token, renewed at 2/3 of its TTL while renewable,
+//! and replaced by a new login when it expires or Vault rejects it (for auth methods that can
+//! log in again).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use tokio::task::JoinHandle;
+
+use super::auth::{Auth, Login};
+use super::error::VaultError;
+use super::secret::SecretText;
+use super::transport::Transport;
+
+/// Minimum pause before retrying a failed renewal.
+const MIN_RENEW_RETRY: Duration = Duration::from_secs(1);
+/// Maximum pause before retrying a failed renewal.
+const MAX_RENEW_RETRY: Duration = Duration::from_secs(30);
+
+/// The token in use and what is known about its lifetime.
+struct ActiveToken {
+    token: Arc<SecretText>,
+    expires_at: Option<SystemTime>,
+    renewable: bool,
+}
+
+/// A token of one identity. Cheap to share: the renewal task holds a weak reference.
+pub(crate) struct Session {
+    auth: Arc<dyn Auth>,
+    transport: Arc<Transport>,
+    current: Mutex<Option<ActiveToken>>,
+    /// Serializes logins, so concurrent requests wait for one login.
+    login_lock: tokio::sync::Mutex<()>,
+    renewer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Token facts for the status report.
+pub(crate) struct TokenStatus {
+    pub ttl_secs: Option<u64>,
+    pub renewable: bool,
+    pub logged_in: bool,
+}
+
+impl Session {
+    pub(crate) fn new(auth: Arc<dyn Auth>, transport: Arc<Transport>) -> Arc<Session> {
+        Arc::new(Session {
+            auth,
+            transport,
+            current: Mutex::new(None),
+            login_lock: tokio::sync::Mutex::new(()),
+            renewer: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn auth(&self) -> &dyn Auth {
+        &*self.auth
+    }
+
+    /// Returns the current token, logging in first when there is none or it has expired.
+    pub(crate) async fn token(self: &Arc<Self>) -> Result<Arc<SecretText>, VaultError> {
+        if let Some(token) = self.usable_token() {
+            return Ok(token);
+        }
+        let _guard = self.login_lock.lock().await;
+        if let Some(token) = self.usable_token() {
+            return Ok(token);
+        }
+        self.login_locked().await
+    }
+
+    /// Replaces `rejected` with a new login when the auth method can log in again. Returns the
+    /// new token, or `None` when a new login cannot help.
+    pub(crate) async fn login_after_rejection(
+        self: &Arc<Self>,
+        rejected: &Arc<SecretText>,
+    ) -> Result<Option<Arc<SecretText>>, VaultError> {
+        if !self.auth.can_login_again() {
+            return Ok(None);
+        }
+        let _guard = self.login_lock.lock().await;
+        let replaced = self
+            .lock_current()
+            .as_ref()
+            .is_some_and(|active| !Arc::ptr_eq(&active.token, rejected));
+        if replaced {
+            // Another request already logged in again.
+            return Ok(self.usable_token());
+        }
+        tracing::info!(
+            method = self.auth.method(),
+            "Vault rejected the token; logging in again"
+        );
+        self.login_locked().await.map(Some)
+    }
+
+    /// Logs in now. Used at start so that a bad token shows up before the first request.
+    pub(crate) async fn login(self: &Arc<Self>) -> Result<(), VaultError> {
+        let _guard = self.login_lock.lock().await;
+        self.login_locked().await.map(|_| ())
+    }
+
+    pub(crate) fn status(&self) -> TokenStatus {
+        let current = self.lock_current();
+        match current.as_ref() {
+            Some(active) => TokenStatus {
+                ttl_secs: active.expires_at.map(|at| {
+                    at.duration_since(SystemTime::now())
+                        .map_or(0, |left| left.as_secs())
+                }),
+                renewable: active.renewable,
+                logged_in: true,
+            },
+            None => TokenStatus {
+                ttl_secs: None,
+                renewable: false,
+                logged_in: false,
+            },
+        }
+    }
+
+    /// Stops the renewal task.
+    pub(crate) fn stop(&self) {
+        if let Some(task) = self.lock_renewer().take() {
+            task.abort();
+        }
+    }
+
+    fn usable_token(&self) -> Option<Arc<SecretText>> {
+        let current = self.lock_current();
+        let active = current.as_ref()?;
+        let expired = active.expires_at.is_some_and(|at| at <= SystemTime::now());
+        // A static token that expired is still returned: no login can replace it, and
+        // Vault's rejection names the problem.
+        if expired && self.auth.can_login_again() {
+            return None;
+        }
+        Some(Arc::clone(&active.token))
+    }
+
+    /// Logs in and starts renewing the new token. The caller must hold `login_lock`.
+    ///
+    /// The future is boxed with an explicit `Send` bound because the renewal task it spawns
+    /// calls it again, and the compiler cannot infer `Send` through that cycle.
+    fn login_locked(self: &Arc<Self>) -> BoxFuture<'_, Result<Arc<SecretText>, VaultError>> {
+        Box::pin(async move {
+            let Login {
+                token,
+                expires_at,
+                renewable,
+            } = self.auth.login(&self.transport).await?;
+            tracing::info!(
+                method = self.auth.method(),
+                ttl_secs = expires_at.map(seconds_until),
+                renewable,
+                "Vault login succeeded"
+            );
+            *self.lock_current() = Some(ActiveToken {
+                token: Arc::clone(&token),
+                expires_at,
+                renewable,
+            });
+            let task = tokio::spawn(keep_alive(Arc::downgrade(self), Arc::clone(&token)));
+            if let Some(previous) = self.lock_renewer().replace(task) {
+                previous.abort();
+            }
+            Ok(token)
+        })
+    }
+
+    /// Returns the expiry and renewability of `token` while it is still the current token.
+    fn lifetime_of(&self, token: &Arc<SecretText>) -> Option<(Option<SystemTime>, bool)> {
+        let current = self.lock_current();
+        let active = current.as_ref()?;
+        Arc::ptr_eq(&active.token, token).then_some((active.expires_at, active.renewable))
+    }
+
+    fn update_lifetime(&self, token: &Arc<SecretText>, expires_at: SystemTime, renewable: bool) {
+        if let Some(active) = self.lock_current().as_mut() {
+            if Arc::ptr_eq(&active.token, token) {
+                active.expires_at = Some(expires_at);
+                active.renewable = renewable;
+            }
+        }
+    }
+
+    fn forget(&self, token: &Arc<SecretText>) {
+        let mut current = self.lock_current();
+        if current
+            .as_ref()
+            .is_some_and(|active| Arc::ptr_eq(&active.token, token))
+        {
+            *current = None;
+        }
+    }
+
+    fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<ActiveToken>> {
+        // Writers only replace whole values, so a poisoned lock still holds a usable state.
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_renewer(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
+        self.renewer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Keeps `token` alive: renews it at 2/3 of its TTL while Vault allows, logs in again before
+/// it expires when the auth method can, and otherwise warns about its expiry.
+async fn keep_alive(session: std::sync::Weak<Session>, token: Arc<SecretText>) {
+    let mut retrying = false;
+    loop {
+        let Some(strong) = session.upgrade() else {
+            return;
+        };
+        let Some((expires_at, renewable)) = strong.lifetime_of(&token) else {
+            return;
+        };
+        let Some(expires_at) = expires_at else {
+            return;
+        };
+        let remaining = expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let can_login_again = strong.auth.can_login_again();
+        let method = strong.auth.method();
+        drop(strong);
+
+        if !renewable && !can_login_again {
+            tracing::warn!(
+                method,
+                expires_at = %format_time(expires_at),
+                "the Vault token cannot be renewed and will expire; vault: references \
+                 fail after that until the agent gets a new token"
+            );
+            tokio::time::sleep(remaining).await;
+            tracing::error!(
+                method,
+                expired_at = %format_time(expires_at),
+                "the Vault token has expired; log in again (for example `vault login`) and \
+                 restart the agent"
+            );
+            return;
+        }
+
+        if !retrying {
+            tokio::time::sleep(remaining * 2 / 3).await;
+        }
+        let Some(strong) = session.upgrade() else {
+            return;
+        };
+        if !renewable {
+            // Log in again while the old token still works, so no request gets an expired token.
+            strong.forget(&token);
+            let _guard = strong.login_lock.lock().await;
+            if let Err(err) = strong.login_locked().await {
+                tracing::warn!(method, %err, "Vault login before token expiry failed");
+            }
+            return;
+        }
+
+        let client = strong.transport.vaultrs_client(Some(&token));
+        match vaultrs::token::renew_self(&client, None).await {
+            Ok(auth) => {
+                retrying = false;
+                let new_expiry = SystemTime::now() + Duration::from_secs(auth.lease_duration);
+                // Vault caps a renewal at the token's max TTL, and then it stops extending.
+                let extended = new_expiry > expires_at + Duration::from_secs(1);
+                strong.update_lifetime(&token, new_expiry, auth.renewable && extended);
+                if extended {
+                    tracing::info!(
+                        method,
+                        ttl_secs = auth.lease_duration,
+                        "renewed the Vault token"
+                    );
+                } else {
+                    tracing::warn!(
+                        method,
+                        expires_at = %format_time(new_expiry),
+                        "the Vault token reached its maximum TTL and cannot be renewed further"
+                    );
+                }
+            }
+            Err(err) => {
+                let err = strong.transport.vaultrs_error("auth/token/renew-self", err);
+                if err.is_auth_rejection() {
+                    tracing::warn!(method, %err, "Vault rejected the token renewal");
+                    if can_login_again {
+                        strong.forget(&token);
+                    }
+                    return;
+                }
+                let retry = (remaining / 6).clamp(MIN_RENEW_RETRY, MAX_RENEW_RETRY);
+                tracing::warn!(
+                    method,
+                    %err,
+                    retry_secs = retry.as_secs(),
+                    "renewing the Vault token failed; retrying"
+                );
+                drop(strong);
+                tokio::time::sleep(retry).await;
+                retrying = true;
+            }
+        }
+    }
+}
+
+fn seconds_until(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::now())
+        .map_or(0, |left| left.as_secs())
+}
+
+/// Formats a time as RFC 3339 in UTC, such as `2024-06-01T12:00:00Z`.
+pub(crate) fn format_time(at: SystemTime) -> String {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "an unknown time".to_string())
+}
