@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use clap::Args;
+use envproxy_agent::vault::VaultEnvironment;
 use envproxy_agent::{default_socket_path, limits, secrets, Config};
 
 use crate::child::{self, ChildSpec};
@@ -26,7 +27,8 @@ pub struct RunArgs {
     /// Secrets file (JSON, .env or TOML by name) served by an agent inside this process.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     secrets: Option<PathBuf>,
-    /// Agent config file whose [backend] names the secrets file; its [agent] socket is not used.
+    /// Agent config file whose [backend] (and [vault]) name the backends; its [agent] socket
+    /// is not used.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Agent socket. Without a file, the agent that listens there is used (default:
@@ -58,19 +60,37 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let executable = std::env::current_exe().context("cannot locate the envproxy executable")?;
     let library = library::find(std::env::var_os(LIBRARY_VARIABLE), &executable)?;
 
-    let config = load_file_config(&args)?;
+    let vault_environment = VaultEnvironment::from_process();
+    let config = load_file_config(&args, &vault_environment)?;
     let mut open_files_soft_limit = None;
     let (agent, keys) = match config {
         None => {
             let socket = socket_without_file(args.socket.as_deref())?;
-            let keys = keys_from_running_agent(&socket)?;
-            (AgentChoice::Running { socket }, keys)
+            match keys_from_running_agent(&socket) {
+                Ok(keys) => (AgentChoice::Running { socket }, keys),
+                // With VAULT_ADDR set, the developer's Vault token is enough to serve the
+                // command's vault: references from an agent inside this process.
+                Err(err) => match vault_environment.settings() {
+                    Some(vault) => {
+                        tracing::debug!(%err, "no agent responds; serving Vault from VAULT_ADDR");
+                        open_files_soft_limit = raise_open_files_limit();
+                        let config = Config {
+                            vault: Some(vault),
+                            ..Config::default()
+                        };
+                        let agent = match &args.socket {
+                            Some(socket) => {
+                                EmbeddedAgent::start(config, &absolute(socket, "--socket")?)?
+                            }
+                            None => EmbeddedAgent::start_private(config)?,
+                        };
+                        (AgentChoice::Embedded(agent), Vec::new())
+                    }
+                    None => return Err(err),
+                },
+            }
         }
         Some(config) => {
-            let secrets_file = config
-                .secrets_file
-                .clone()
-                .ok_or(envproxy_agent::AgentError::NoSecretsFile)?;
             let running = match &args.socket {
                 Some(socket) => {
                     let socket = absolute(socket, "--socket")?;
@@ -86,7 +106,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             };
             match running {
                 Some(socket) => {
-                    let keys = secrets::load(&secrets_file)?.into_keys().collect();
+                    let keys = match &config.secrets_file {
+                        Some(path) => secrets::load(path)?.into_keys().collect(),
+                        None => Vec::new(),
+                    };
                     (AgentChoice::Running { socket }, keys)
                 }
                 None => {
@@ -131,21 +154,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 /// Loads the agent config that `--secrets` or `--config` describes, or `None` without either.
-fn load_file_config(args: &RunArgs) -> anyhow::Result<Option<Config>> {
-    if let Some(secrets) = &args.secrets {
-        let config = Config {
+/// Without Vault settings in it, Vault is enabled when `VAULT_ADDR` is set.
+fn load_file_config(
+    args: &RunArgs,
+    vault_environment: &VaultEnvironment,
+) -> anyhow::Result<Option<Config>> {
+    let mut config = if let Some(secrets) = &args.secrets {
+        Config {
             secrets_file: Some(absolute(secrets, "--secrets")?),
             ..Config::default()
+        }
+    } else {
+        let Some(path) = &args.config else {
+            return Ok(None);
         };
-        return Ok(Some(config));
-    }
-    let Some(path) = &args.config else {
-        return Ok(None);
+        let config = Config::load(path)?;
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        config
     };
-    let config = Config::load(path)?;
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
-    }
+    config.enable_vault_from_environment(vault_environment);
     Ok(Some(config))
 }
 
@@ -164,8 +193,9 @@ fn socket_without_file(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
 fn keys_from_running_agent(socket: &Path) -> anyhow::Result<Vec<String>> {
     let status = client::fetch_status(socket, AGENT_PROBE_TIMEOUT).map_err(|err| {
         anyhow!(
-            "{err}; start an agent with `envproxy-agent --secrets FILE --socket {}` or pass \
-             --secrets FILE to run one for this command",
+            "{err}; start an agent with `envproxy-agent --secrets FILE --socket {}`, pass \
+             --secrets FILE to run one for this command, or set VAULT_ADDR to serve vault: \
+             references",
             socket.display()
         )
     })?;
@@ -174,7 +204,10 @@ fn keys_from_running_agent(socket: &Path) -> anyhow::Result<Vec<String>> {
             "envproxy: the agent listed only {} of its {} keys; set the others in the \
              environment as KEY=envproxy:KEY",
             status.keys.len(),
-            status.backend.keys_loaded
+            status
+                .backend
+                .as_ref()
+                .map_or(0, |backend| backend.keys_loaded)
         );
     }
     Ok(status.keys)

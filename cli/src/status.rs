@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
+use envproxy_agent::status::VaultInfo;
 use envproxy_agent::AgentStatus;
 
 use crate::client::{self, IO_TIMEOUT};
@@ -49,38 +50,97 @@ pub fn run(args: StatusArgs) -> i32 {
 
 /// Formats the status as aligned `name: value` lines.
 fn render(status: &AgentStatus, now_unix: u64) -> String {
-    let backend = &status.backend;
-    let reload_age = now_unix.saturating_sub(backend.last_reload_unix);
-    let rows = [
+    let mut rows = vec![
         ("reachable", "yes".to_string()),
         ("socket", status.socket.display().to_string()),
         ("mode", status.mode.clone()),
         ("version", status.version.clone()),
         ("pid", status.pid.to_string()),
         ("uptime", format_duration(status.uptime_secs)),
-        (
-            "backend",
-            format!("{} {}", backend.kind, backend.path.display()),
-        ),
-        ("keys loaded", backend.keys_loaded.to_string()),
-        (
-            "last reload",
-            format!("{} ago", format_duration(reload_age)),
-        ),
-        (
-            "last reload error",
-            backend
-                .last_reload_error
-                .clone()
-                .unwrap_or_else(|| "none".to_string()),
-        ),
     ];
+    match &status.backend {
+        Some(backend) => {
+            let reload_age = now_unix.saturating_sub(backend.last_reload_unix);
+            rows.extend([
+                (
+                    "backend",
+                    format!("{} {}", backend.kind, backend.path.display()),
+                ),
+                ("keys loaded", backend.keys_loaded.to_string()),
+                (
+                    "last reload",
+                    format!("{} ago", format_duration(reload_age)),
+                ),
+                (
+                    "last reload error",
+                    backend
+                        .last_reload_error
+                        .clone()
+                        .unwrap_or_else(|| "none".to_string()),
+                ),
+            ]);
+        }
+        None => rows.push(("backend", "none (no secrets file)".to_string())),
+    }
+    if let Some(vault) = &status.vault {
+        rows.extend(vault_rows(vault));
+    }
     let mut text = String::new();
     for (name, value) in rows {
         let label = format!("{name}:");
         let _ = writeln!(text, "{label:<19}{value}");
     }
     text
+}
+
+fn vault_rows(vault: &VaultInfo) -> Vec<(&'static str, String)> {
+    let address = match &vault.namespace {
+        Some(namespace) => format!("{} (namespace {namespace})", vault.address),
+        None => vault.address.clone(),
+    };
+    let token = match (vault.logged_in, vault.token_ttl_secs) {
+        (false, _) => "not logged in".to_string(),
+        (true, None) => "never expires".to_string(),
+        (true, Some(ttl)) => format!(
+            "expires in {}{}",
+            format_duration(ttl),
+            if vault.token_renewable {
+                ", renewable"
+            } else {
+                ", not renewable"
+            }
+        ),
+    };
+    let requests = vault.cache_hits + vault.cache_misses;
+    let ratio = if requests == 0 {
+        "no requests yet".to_string()
+    } else {
+        format!(
+            "{:.1}% hits ({} hits, {} Vault reads)",
+            vault.cache_hits as f64 * 100.0 / requests as f64,
+            vault.cache_hits,
+            vault.cache_misses
+        )
+    };
+    vec![
+        ("vault", address),
+        ("vault auth", vault.auth_method.clone()),
+        ("vault token", token),
+        ("vault cache", format!("{} entries", vault.cache_entries)),
+        ("vault hit ratio", ratio),
+        (
+            "vault stale",
+            format!("{} served while Vault was unavailable", vault.stale_served),
+        ),
+        ("vault leases", vault.live_leases.to_string()),
+        (
+            "vault last error",
+            vault
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "none".to_string()),
+        ),
+    ]
 }
 
 /// Formats seconds as `1h 2m 3s`, leaving out leading zero units.
@@ -116,13 +176,14 @@ mod tests {
             pid: 42,
             uptime_secs: 3723,
             socket: "/run/user/1000/envproxy/agent.sock".into(),
-            backend: BackendInfo {
+            backend: Some(BackendInfo {
                 kind: "file".into(),
                 path: "/home/u/secrets.json".into(),
                 keys_loaded: 3,
                 last_reload_error: Some("invalid JSON secrets file".into()),
                 last_reload_unix: 1000,
-            },
+            }),
+            vault: None,
             keys: vec!["A".into()],
             keys_truncated: false,
         };
@@ -140,6 +201,52 @@ last reload:       1m 30s ago
 last reload error: invalid JSON secrets file
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn text_lists_vault_fields() {
+        let status = AgentStatus {
+            version: "0.1.0".into(),
+            mode: "local".into(),
+            pid: 42,
+            uptime_secs: 5,
+            socket: "/run/agent.sock".into(),
+            backend: None,
+            vault: Some(VaultInfo {
+                address: "https://vault.internal:8200".into(),
+                namespace: Some("team-a".into()),
+                auth_method: "token".into(),
+                logged_in: true,
+                token_ttl_secs: Some(3600),
+                token_renewable: true,
+                cache_entries: 4,
+                cache_hits: 30,
+                cache_misses: 10,
+                stale_served: 2,
+                live_leases: 1,
+                last_error: Some("Vault at https://vault.internal:8200 is sealed".into()),
+            }),
+            keys: Vec::new(),
+            keys_truncated: false,
+        };
+        let expected = "\
+reachable:         yes
+socket:            /run/agent.sock
+mode:              local
+version:           0.1.0
+pid:               42
+uptime:            5s
+backend:           none (no secrets file)
+vault:             https://vault.internal:8200 (namespace team-a)
+vault auth:        token
+vault token:       expires in 1h 0m 0s, renewable
+vault cache:       4 entries
+vault hit ratio:   75.0% hits (30 hits, 10 Vault reads)
+vault stale:       2 served while Vault was unavailable
+vault leases:      1
+vault last error:  Vault at https://vault.internal:8200 is sealed
+";
+        assert_eq!(render(&status, 0), expected);
     }
 
     #[test]
