@@ -3,8 +3,9 @@
 CPython copies the process environment into os.environ once, at start, so a program reads the
 references (`vault:...`, `envproxy:...`) that libenvproxy.so resolves only for C callers of
 getenv. install() changes the class of os.environ and os.environb to ResolvingEnviron, a
-subclass of os._Environ. The objects stay the same, so modules that imported `environ` before
-the hook keep working, and both mappings still share one raw `_data` dict.
+subclass of os._Environ, or to its subclass UnsetOnErrorEnviron. The objects stay the same,
+so modules that imported `environ` before the hook keep working, and both mappings still share
+one raw `_data` dict.
 
 A value that starts with a known scheme is read through libc getenv, loaded with ctypes on the
 first read of a reference. That call goes through the library, so Python shares its cache and
@@ -15,24 +16,29 @@ Behaviour of the mappings once installed:
 
 - Reads (`m[k]`, `get`, `os.getenv`, `os.getenvb`, `items`, `values`, `copy`, `dict(m)`)
   return resolved values. Names that start with ENVPROXY_ are never resolved.
-- `in`, iteration, `len` and `repr` use the raw environment, so `repr` shows references.
+- By default, `in`, iteration, `keys`, `len` and `repr` use the raw environment and call no
+  resolver. `repr` shows references, never resolved values.
 - Writes (`m[k] = v`, `del`, `pop`, `popitem`, `update`, `clear`, `setdefault`) reach the
   real environment through putenv and unsetenv, as in os._Environ.
-- With ENVPROXY_ON_ERROR=unset the library returns NULL for a reference it cannot resolve, and
-  reads then treat the name as unset: `m[k]` raises KeyError, `get` returns the default, and
-  `keys`, `items`, `values` and `copy` leave the name out. `in`, iteration and `len` still see
-  it, because they do not resolve anything.
-- With ENVPROXY_LOOKUP_UNSET=1, reading a name absent from the environment asks getenv as well,
-  as the library does for C callers.
+- With ENVPROXY_ON_ERROR=unset the library returns NULL for a reference it cannot resolve.
+  install() then uses UnsetOnErrorEnviron, which treats such a name as absent everywhere:
+  `m[k]` raises KeyError, `get` returns the default, and `in`, iteration, `keys`, `len`,
+  `items`, `values`, `copy` and `repr` leave the name out. Membership and iteration therefore
+  resolve every reference they meet. `repr` still shows references for the names it lists.
+  `del m[k]`, `pop` and `clear` still remove such a name from the real environment, so child
+  processes do not inherit its reference.
+- With ENVPROXY_LOOKUP_UNSET=1, reading a name absent from the environment calls getenv as
+  well, as the library does for C callers. `in` and iteration still list only names that are
+  in the environment.
 """
 
 import os
 
 # collections.abc would import the collections package. os itself is built on this module, so
 # it is already loaded at start.
-from _collections_abc import ItemsView, KeysView, ValuesView
+from _collections_abc import ItemsView, ValuesView
 
-__all__ = ["ResolvingEnviron", "install", "uninstall"]
+__all__ = ["ResolvingEnviron", "UnsetOnErrorEnviron", "install", "uninstall"]
 
 _SCHEMES = (b"vault:", b"envproxy:")
 _RESERVED_PREFIX = b"ENVPROXY_"
@@ -107,6 +113,20 @@ class ResolvingEnviron(os._Environ):
             return _UNSET
         return self.decodevalue(value)
 
+    def _readable_entries(self):
+        """Yield (name, raw, value) as bytes for each name in the environment that reads as set.
+
+        Names are taken from a snapshot, as os._Environ.__iter__ takes them, so the caller may
+        change the mapping between steps. A name removed since the snapshot is skipped.
+        """
+        for name in list(self._data):
+            raw = self._data.get(name)
+            if raw is None:
+                continue
+            value = _resolve_raw(name, raw)
+            if value is not None:
+                yield name, raw, value
+
     def __getitem__(self, key):
         value = self._read(key)
         if value is _UNSET:
@@ -115,9 +135,6 @@ class ResolvingEnviron(os._Environ):
 
     def __contains__(self, key):
         return self.encodekey(key) in self._data
-
-    def keys(self):
-        return _ResolvedKeysView(self)
 
     def items(self):
         return _ResolvedItemsView(self)
@@ -140,7 +157,7 @@ class ResolvingEnviron(os._Environ):
             raise TypeError(f"pop expected at most 2 arguments, got {1 + len(default)}")
         value = self._read(key)
         # A name that reads as unset is still removed, so that child processes lose it too.
-        if key in self:
+        if self.encodekey(key) in self._data:
             del self[key]
         if value is not _UNSET:
             return value
@@ -150,12 +167,10 @@ class ResolvingEnviron(os._Environ):
 
     def popitem(self):
         # Names that read as unset are skipped and kept, as if they were not there.
-        for key in self:
-            value = self._read(key)
-            if value is _UNSET:
-                continue
+        for name, _raw, value in self._readable_entries():
+            key = self.decodekey(name)
             del self[key]
-            return key, value
+            return key, self.decodevalue(value)
         raise KeyError("popitem(): no variable with a readable value is left")
 
     def clear(self):
@@ -167,23 +182,39 @@ class ResolvingEnviron(os._Environ):
                 pass
 
 
-class _ResolvedKeysView(KeysView):
+class UnsetOnErrorEnviron(ResolvingEnviron):
+    """ResolvingEnviron for ENVPROXY_ON_ERROR=unset, where an unresolvable name is absent.
+
+    A name whose reference resolves to NULL is left out of membership, iteration, `len` and
+    `repr` too, so they agree with `m[k]`. They call the resolver for each reference they check.
+    """
+
+    def __contains__(self, key):
+        name = self.encodekey(key)
+        raw = self._data.get(name)
+        return raw is not None and _resolve_raw(name, raw) is not None
+
     def __iter__(self):
-        if not _Settings.unset_on_error:
-            yield from self._mapping
-            return
-        # items() leaves out the names that read as unset.
-        for key, _value in self._mapping.items():
-            yield key
+        for name, _raw, _value in self._readable_entries():
+            yield self.decodekey(name)
+
+    def __len__(self):
+        return sum(1 for _entry in self._readable_entries())
+
+    def __repr__(self):
+        # Formats the raw value, so a resolved value never reaches a log through repr.
+        formatted_items = ", ".join(
+            f"{self.decodekey(name)!r}: {self.decodevalue(raw)!r}"
+            for name, raw, _value in self._readable_entries()
+        )
+        return f"environ({{{formatted_items}}})"
 
 
 class _ResolvedItemsView(ItemsView):
     def __iter__(self):
         mapping = self._mapping
-        for key in mapping:
-            value = mapping._read(key)
-            if value is not _UNSET:
-                yield key, value
+        for name, _raw, value in mapping._readable_entries():
+            yield mapping.decodekey(name), mapping.decodevalue(value)
 
 
 class _ResolvedValuesView(ValuesView):
@@ -212,8 +243,12 @@ def install(resolver=None):
     _Settings.resolver = resolver if resolver is not None else libc_getenv
     _Settings.unset_on_error = data.get(b"ENVPROXY_ON_ERROR") == b"unset"
     _Settings.lookup_unset = data.get(b"ENVPROXY_LOOKUP_UNSET") == b"1"
+    if _Settings.unset_on_error:
+        environment_class = UnsetOnErrorEnviron
+    else:
+        environment_class = ResolvingEnviron
     for environment in _environments():
-        environment.__class__ = ResolvingEnviron
+        environment.__class__ = environment_class
 
 
 def uninstall():

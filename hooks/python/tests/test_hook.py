@@ -184,7 +184,9 @@ class ReadTests(HookTestCase):
         self.assertIn(b"EPTEST_API_KEY", os.environb)
         names = list(os.environ)
         self.assertIn("EPTEST_DATABASE_URL", names)
+        self.assertIn(b"EPTEST_DATABASE_URL", list(os.environb))
         self.assertEqual(len(os.environ), len(os.environ._data))
+        self.assertEqual(len(os.environb), len(os.environ._data))
         self.assertEqual(self.resolver.calls, [])
 
     def test_repr_shows_references_only(self):
@@ -221,7 +223,9 @@ class ReadTests(HookTestCase):
         # missing from the C environment, and os._Environ then reads from its own copy.
         del self.resolver.values[b"EPTEST_API_KEY"]
         self.assertEqual(os.environ["EPTEST_API_KEY"], "envproxy:API_KEY")
+        self.assertIn("EPTEST_API_KEY", os.environ)
         self.assertIn("EPTEST_API_KEY", list(os.environ.keys()))
+        self.assertIn(("EPTEST_API_KEY", "envproxy:API_KEY"), list(os.environ.items()))
 
     def test_unknown_scheme_not_resolved(self):
         os.environ["EPTEST_URL"] = "https://vault:8200/"
@@ -248,7 +252,11 @@ class UnsetOnErrorTests(HookTestCase):
     def setUp(self):
         super().setUp()
         self.resolver = self.install(
-            {"EPTEST_BROKEN": "vault:secret/data/gone#key", "EPTEST_GOOD": "envproxy:GOOD"},
+            {
+                "EPTEST_BROKEN": "vault:secret/data/gone#key",
+                "EPTEST_GOOD": "envproxy:GOOD",
+                "EPTEST_PLAIN": "plain-value",
+            },
             {"EPTEST_GOOD": "good-value"},
             on_error="unset",
         )
@@ -274,11 +282,141 @@ class UnsetOnErrorTests(HookTestCase):
         self.assertNotIn("vault:secret/data/gone#key", list(os.environ.values()))
         self.assertEqual(os.environ.copy()["EPTEST_GOOD"], "good-value")
 
-    def test_raw_views_still_list_name(self):
+    def test_install_uses_unset_class(self):
+        self.assertIs(type(os.environ), envproxy_hook.UnsetOnErrorEnviron)
+        self.assertIs(type(os.environb), envproxy_hook.UnsetOnErrorEnviron)
+        self.assertIs(os.environ._data, os.environb._data)
+
+    def test_contains_leaves_name_out(self):
+        self.assertNotIn("EPTEST_BROKEN", os.environ)
+        self.assertNotIn(b"EPTEST_BROKEN", os.environb)
+        self.assertIn("EPTEST_GOOD", os.environ)
+        self.assertIn(b"EPTEST_GOOD", os.environb)
+        self.assertIn("EPTEST_PLAIN", os.environ)
+        self.assertNotIn("EPTEST_MISSING", os.environ)
+
+    def test_contains_resolves_references_only(self):
+        "EPTEST_BROKEN" in os.environ
+        "EPTEST_GOOD" in os.environ
+        "EPTEST_PLAIN" in os.environ
+        "EPTEST_MISSING" in os.environ
+        self.assertEqual(self.resolver.calls, [b"EPTEST_BROKEN", b"EPTEST_GOOD"])
+
+    def test_contains_agrees_with_getitem(self):
+        for environment, encode in ((os.environ, str), (os.environb, str.encode)):
+            for name in ("EPTEST_BROKEN", "EPTEST_GOOD", "EPTEST_PLAIN", "EPTEST_MISSING"):
+                key = encode(name)
+                try:
+                    environment[key]
+                    readable = True
+                except KeyError:
+                    readable = False
+                self.assertEqual(key in environment, readable, key)
+                self.assertEqual(key in list(environment), readable, key)
+
+    def test_iteration_leaves_name_out(self):
+        names = list(os.environ)
+        self.assertNotIn("EPTEST_BROKEN", names)
+        self.assertIn("EPTEST_GOOD", names)
+        self.assertIn("EPTEST_PLAIN", names)
+        self.assertNotIn("EPTEST_BROKEN", list(os.environ.keys()))
+        self.assertNotIn("EPTEST_BROKEN", os.environ.keys())
+        self.assertIn("EPTEST_GOOD", os.environ.keys())
+
+    def test_iteration_keeps_raw_order(self):
+        raw_names = [name.decode("utf-8", "surrogateescape") for name in os.environ._data]
+        raw_names.remove("EPTEST_BROKEN")
+        self.assertEqual(list(os.environ), raw_names)
+
+    def test_iteration_resolves_each_reference_once(self):
+        # A plain loop, because list() calls len() first, which is a second pass.
+        for _name in os.environ:
+            pass
+        self.assertEqual(sorted(self.resolver.calls), [b"EPTEST_BROKEN", b"EPTEST_GOOD"])
+
+    def test_len_counts_readable_names(self):
+        expected = len(os.environ._data) - 1
+        self.assertEqual(len(os.environ), expected)
+        self.assertEqual(len(os.environb), expected)
+        self.assertEqual(len(os.environ.keys()), expected)
+        self.assertEqual(len(os.environ.items()), expected)
+        self.assertEqual(len(list(os.environ)), expected)
+        self.assertEqual(len(os.environ.copy()), expected)
+
+    def test_environb_leaves_name_out(self):
+        names = list(os.environb)
+        self.assertNotIn(b"EPTEST_BROKEN", names)
+        self.assertIn(b"EPTEST_GOOD", names)
+        self.assertNotIn(b"EPTEST_BROKEN", os.environb.keys())
+        items = dict(os.environb.items())
+        self.assertNotIn(b"EPTEST_BROKEN", items)
+        self.assertEqual(items[b"EPTEST_GOOD"], b"good-value")
+        self.assertNotIn(b"EPTEST_BROKEN", dict(os.environb))
+
+    def test_repr_leaves_name_out(self):
+        text = repr(os.environ)
+        self.assertNotIn("EPTEST_BROKEN", text)
+        self.assertIn("'EPTEST_GOOD': 'envproxy:GOOD'", text)
+        self.assertIn("'EPTEST_PLAIN': 'plain-value'", text)
+        self.assertNotIn("good-value", text)
+        self.assertTrue(text.startswith("environ({"), text)
+        self.assertTrue(text.endswith("})"), text)
+
+    def test_environb_repr_shows_references_only(self):
+        text = repr(os.environb)
+        self.assertNotIn("EPTEST_BROKEN", text)
+        self.assertIn("b'EPTEST_GOOD': b'envproxy:GOOD'", text)
+        self.assertNotIn("good-value", text)
+
+    def test_reserved_name_listed_without_resolver(self):
+        os.environ["ENVPROXY_EPTEST_SOCKET"] = "envproxy:SOCKET"
+        self.assertIn("ENVPROXY_EPTEST_SOCKET", os.environ)
+        self.assertIn("ENVPROXY_EPTEST_SOCKET", list(os.environ))
+        self.assertEqual(os.environ["ENVPROXY_EPTEST_SOCKET"], "envproxy:SOCKET")
+        self.assertNotIn(b"ENVPROXY_EPTEST_SOCKET", self.resolver.calls)
+
+    def test_name_removed_during_iteration_skipped(self):
+        data = {
+            b"EPTEST_GOOD": b"envproxy:GOOD",
+            b"EPTEST_PLAIN": b"plain-value",
+            b"EPTEST_BROKEN": b"vault:secret/data/gone#key",
+        }
+        environ = envproxy_hook.UnsetOnErrorEnviron(
+            data,
+            os.environ.encodekey,
+            os.environ.decodekey,
+            os.environ.encodevalue,
+            os.environ.decodevalue,
+        )
+        names = []
+        for name in environ:
+            names.append(name)
+            data.pop(b"EPTEST_PLAIN", None)
+        self.assertEqual(names, ["EPTEST_GOOD"])
+
+    def test_setitem_replaces_unresolvable(self):
+        os.environ["EPTEST_BROKEN"] = "replacement"
         self.assertIn("EPTEST_BROKEN", os.environ)
         self.assertIn("EPTEST_BROKEN", list(os.environ))
-        self.assertEqual(len(os.environ), len(os.environ._data))
-        self.assertIn("'EPTEST_BROKEN': 'vault:secret/data/gone#key'", repr(os.environ))
+        self.assertEqual(os.environ["EPTEST_BROKEN"], "replacement")
+        child = read_child_environment(["EPTEST_BROKEN"])
+        self.assertEqual(child, {"EPTEST_BROKEN": "replacement"})
+
+    def test_setitem_reaches_child(self):
+        os.environ["EPTEST_ADDED"] = "added"
+        os.environb[b"EPTEST_BYTES"] = b"bytes-value"
+        self.assertIn("EPTEST_ADDED", os.environ)
+        child = read_child_environment(["EPTEST_ADDED", "EPTEST_BYTES"])
+        self.assertEqual(child, {"EPTEST_ADDED": "added", "EPTEST_BYTES": "bytes-value"})
+
+    def test_delitem_removes_unresolvable(self):
+        # The name reads as absent, but the reference is still in the C environment, so del
+        # removes it there and child processes do not inherit it.
+        del os.environ["EPTEST_BROKEN"]
+        self.assertNotIn(b"EPTEST_BROKEN", os.environ._data)
+        self.assertEqual(read_child_environment(["EPTEST_BROKEN"]), {"EPTEST_BROKEN": None})
+        with self.assertRaises(KeyError):
+            del os.environ["EPTEST_BROKEN"]
 
     def test_pop_removes_raw_entry(self):
         self.assertEqual(os.environ.pop("EPTEST_BROKEN", "fallback"), "fallback")
@@ -298,7 +436,7 @@ class UnsetOnErrorTests(HookTestCase):
 
     def test_popitem_skips_unresolvable(self):
         data = {b"EPTEST_BROKEN": b"vault:secret/data/gone#key", b"EPTEST_GOOD": b"envproxy:GOOD"}
-        environ = envproxy_hook.ResolvingEnviron(
+        environ = envproxy_hook.UnsetOnErrorEnviron(
             data,
             os.environ.encodekey,
             os.environ.decodekey,
@@ -418,30 +556,43 @@ class WriteTests(HookTestCase):
         child = read_child_environment(["EPTEST_API_KEY"], env=os.environ)
         self.assertEqual(child, {"EPTEST_API_KEY": "fake-api-key"})
 
-    def test_clear_reaches_child(self):
-        # Clearing this test process's environment would break the rest of the run, so a child
-        # interpreter clears its own and then starts /usr/bin/env to print what is left.
+    def clear_in_child(self, extra_env, resolved_value):
+        """Clear os.environ in a child interpreter and return what it prints.
+
+        The child's resolver returns resolved_value for every name, or None when it is empty.
+
+        Clearing this test process's environment would break the rest of the run, so a child
+        interpreter clears its own and then starts /usr/bin/env to print what is left.
+        """
         code = textwrap.dedent(
             """
             import os, subprocess, sys
             sys.path.insert(0, sys.argv[1])
             import envproxy_hook
+            resolved_value = sys.argv[2].encode() or None
             calls = []
-            envproxy_hook.install(lambda name: calls.append(name) or b"resolved")
+            envproxy_hook.install(lambda name: calls.append(name) or resolved_value)
             os.environ.clear()
             left = subprocess.run(["/usr/bin/env"], capture_output=True, text=True).stdout
             print(repr((len(os.environ), len(os.environb), left, calls)))
             """
         )
-        env = {"PATH": os.environ["PATH"], "EPTEST_API_KEY": "envproxy:API_KEY"}
+        env = {"PATH": os.environ["PATH"], "EPTEST_API_KEY": "envproxy:API_KEY", **extra_env}
         result = subprocess.run(
-            [sys.executable, "-S", "-c", code, str(HOOK_DIR)],
+            [sys.executable, "-S", "-c", code, str(HOOK_DIR), resolved_value],
             env=env,
             capture_output=True,
             text=True,
             check=True,
         )
-        self.assertEqual(result.stdout.strip(), repr((0, 0, "", [])))
+        return result.stdout.strip()
+
+    def test_clear_reaches_child(self):
+        self.assertEqual(self.clear_in_child({}, "resolved"), repr((0, 0, "", [])))
+
+    def test_clear_unset_on_error_reaches_child(self):
+        output = self.clear_in_child({"ENVPROXY_ON_ERROR": "unset"}, "")
+        self.assertEqual(output, repr((0, 0, "", [])))
 
 
 def find_libc_path():
@@ -552,6 +703,11 @@ class SitecustomizeTests(unittest.TestCase):
     def test_reserved_reference_skips_hook(self):
         report = self.run_probe({"ENVPROXY_EPTEST": "envproxy:X"})
         self.assert_not_installed(report)
+
+    def test_unset_on_error_installs_unset_class(self):
+        report = self.run_probe({"EPTEST_REF": "envproxy:REF", "ENVPROXY_ON_ERROR": "unset"})
+        self.assertEqual(report["class"], "UnsetOnErrorEnviron")
+        self.assertEqual(report["value"], "envproxy:REF")
 
     def test_lookup_unset_installs_hook(self):
         report = self.run_probe({"ENVPROXY_LOOKUP_UNSET": "1"})
