@@ -61,10 +61,17 @@ pub(crate) async fn handle(
     status: &StatusReporter,
 ) -> Outcome {
     match request {
-        Request::Status => Outcome {
-            response: Response::Found(SecretBytes::new(status.payload())),
-            decision: Decision::Status,
-        },
+        Request::Status => {
+            if let Some(vault) = &backends.vault {
+                // moka counts inserts and evictions in batches; apply them so the status
+                // reports the current number of cache entries.
+                vault.sync_cache().await;
+            }
+            Outcome {
+                response: Response::Found(SecretBytes::new(status.payload())),
+                decision: Decision::Status,
+            }
+        }
         Request::V1 { key } => {
             let Ok(name) = std::str::from_utf8(key) else {
                 return Outcome::error("the variable name is not valid UTF-8".to_string());

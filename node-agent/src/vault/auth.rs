@@ -197,25 +197,7 @@ impl Auth for KubernetesAuth {
                 jwt.expose_secret(),
             )
             .await
-            .map_err(|err| match transport.vaultrs_error(&path, err) {
-                VaultError::Rejected { message, .. } => VaultError::LoginFailed {
-                    method: "kubernetes",
-                    path: path.clone(),
-                    reason: message,
-                },
-                VaultError::PermissionDenied { .. } | VaultError::InvalidToken { .. } => {
-                    VaultError::LoginFailed {
-                        method: "kubernetes",
-                        path: path.clone(),
-                        reason: format!(
-                            "permission denied: check that role {:?} is bound to this service \
-                             account and namespace",
-                            self.role
-                        ),
-                    }
-                }
-                other => other,
-            })?;
+            .map_err(|err| login_error(transport, &path, &self.role, err))?;
             let expires_at = match auth.lease_duration {
                 0 => None,
                 seconds => Some(SystemTime::now() + Duration::from_secs(seconds)),
@@ -230,5 +212,39 @@ impl Auth for KubernetesAuth {
 
     fn can_login_again(&self) -> bool {
         true
+    }
+}
+
+/// Maps a failed Kubernetes login to an error that keeps Vault's reason, such as "service
+/// account name not authorized" or an expired JWT.
+fn login_error(
+    transport: &Transport,
+    path: &str,
+    role: &str,
+    err: vaultrs::error::ClientError,
+) -> VaultError {
+    let failed = |reason: String| VaultError::LoginFailed {
+        method: "kubernetes",
+        path: path.to_string(),
+        reason,
+    };
+    match err {
+        vaultrs::error::ClientError::APIError { code, errors } if code == 400 || code == 403 => {
+            let reason = errors
+                .iter()
+                .map(|message| message.trim())
+                .filter(|message| !message.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            if code == 403 && (reason.is_empty() || reason == "permission denied") {
+                failed(format!(
+                    "permission denied: check that role {role:?} is bound to this service \
+                     account and namespace, and that the JWT is valid"
+                ))
+            } else {
+                failed(format!("HTTP {code}: {reason}"))
+            }
+        }
+        other => transport.vaultrs_error(path, other),
     }
 }

@@ -236,7 +236,7 @@ impl SecretCache {
                 tracing::debug!(
                     path = %key.target,
                     %err,
-                    "serving the last good value while Vault is unavailable"
+                    "serving the last good value during a Vault outage"
                 );
                 Ok(Arc::new(CachedSecret {
                     data: Arc::clone(&last.data),

@@ -227,7 +227,7 @@ impl VaultBackend {
         }
     }
 
-    /// Applies pending cache bookkeeping, so `status` counts entries exactly. For tests.
+    /// Applies pending cache bookkeeping, so that `status` counts the current entries.
     pub async fn sync_cache(&self) {
         self.inner.cache.run_pending_tasks().await;
     }

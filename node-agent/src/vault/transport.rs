@@ -416,8 +416,12 @@ fn flatten_message(message: &str) -> String {
 }
 
 /// Finds a TLS error in the chain of `err` and returns its text.
+///
+/// hyper-util wraps the rustls error in boxed errors whose types are private, so when no
+/// `rustls::Error` can be downcast, the innermost message is checked for rustls's wording.
 fn tls_failure(err: &reqwest::Error) -> Option<String> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut innermost = err.to_string();
     while let Some(error) = current {
         if let Some(tls) = error.downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
@@ -431,9 +435,14 @@ fn tls_failure(err: &reqwest::Error) -> Option<String> {
                 return Some(tls.to_string());
             }
         }
+        innermost = error.to_string();
         current = error.source();
     }
-    None
+    const TLS_WORDING: [&str; 4] = ["peer certificate", "certificate", "handshake", "TLS"];
+    TLS_WORDING
+        .iter()
+        .any(|word| innermost.contains(word))
+        .then_some(innermost)
 }
 
 fn is_connection_refused(err: &reqwest::Error) -> bool {
