@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use envproxy_agent::vault::{
-    JwtFile, JwtSource, KubernetesAuth, SecretText, VaultBackend, VaultError,
+    AuthSettings, JwtFile, JwtSource, KubernetesAuth, SecretText, TokenSource, VaultBackend,
+    VaultError,
 };
 use envproxy_vault_test_server::{
     service_account_jwt, Capability, DatabaseRole, KubernetesRole, Policy, ServerOptions,
@@ -150,7 +151,7 @@ async fn kubernetes_login_with_jwt_file() {
     std::fs::write(&jwt_path, &jwt).unwrap();
 
     let mut k8s = settings(&server, "unused");
-    k8s.auth = envproxy_agent::vault::AuthSettings::Kubernetes {
+    k8s.auth = AuthSettings::Kubernetes {
         mount: "kubernetes".into(),
         role: "app".into(),
         jwt_path,
@@ -440,4 +441,32 @@ async fn shutdown_revokes_live_leases() {
     assert_eq!(revoked.len(), 1);
     assert_eq!(revoked[0].lease_id, lease_id);
     assert!(revoked[0].at <= SystemTime::now() + Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn token_read_from_token_file() {
+    let server = start_server(ServerOptions::default()).await;
+    server
+        .root()
+        .kv2_put("secret", "app", json!({"password": "file-token-pw"}))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join(".vault-token");
+    std::fs::write(&token_file, format!("{}\n", server.root_token())).unwrap();
+    let mut from_file = settings(&server, "unused");
+    from_file.auth = AuthSettings::Token(TokenSource::File(token_file));
+    let backend = VaultBackend::start(from_file).await.unwrap();
+    assert_eq!(
+        resolve(&backend, "vault:secret/data/app#password").await,
+        Ok("file-token-pw".into())
+    );
+
+    let mut missing = settings(&server, "unused");
+    missing.auth = AuthSettings::Token(TokenSource::File(dir.path().join("absent")));
+    let backend = VaultBackend::start(missing).await.unwrap();
+    let error = resolve(&backend, "vault:secret/data/app#password")
+        .await
+        .unwrap_err();
+    assert_eq!(error, VaultError::NoToken);
+    assert!(error.to_string().contains("VAULT_TOKEN"), "{error}");
 }
