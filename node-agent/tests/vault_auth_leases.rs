@@ -119,8 +119,12 @@ async fn unrenewable_token_warns_then_expires() {
 }
 
 /// Sets up Kubernetes auth: role `app` for service account `app-sa` in `default`, with a
-/// policy that reads `secret/data/*`.
+/// policy that reads `secret/data/*` and tokens whose max TTL is four times `ttl`.
 fn kubernetes_role(server: &VaultTestServer, ttl: Duration) {
+    kubernetes_role_with_max(server, ttl, ttl * 4);
+}
+
+fn kubernetes_role_with_max(server: &VaultTestServer, ttl: Duration, max_ttl: Duration) {
     let root = server.root();
     root.set_policy(
         "app-read",
@@ -129,7 +133,7 @@ fn kubernetes_role(server: &VaultTestServer, ttl: Duration) {
     root.add_kubernetes_role(
         "kubernetes",
         "app",
-        KubernetesRole::new(&["app-sa"], &["default"], &["app-read"]).with_ttl(ttl, ttl * 4),
+        KubernetesRole::new(&["app-sa"], &["default"], &["app-read"]).with_ttl(ttl, max_ttl),
     )
     .unwrap();
     root.kv2_put("secret", "app", json!({"password": "k8s-pw"}))
@@ -469,4 +473,77 @@ async fn token_read_from_token_file() {
         .unwrap_err();
     assert_eq!(error, VaultError::NoToken);
     assert!(error.to_string().contains("VAULT_TOKEN"), "{error}");
+}
+
+#[tokio::test]
+async fn kubernetes_logs_in_again_before_max_ttl() {
+    let (logs, _guard) = LogCapture::install();
+    let server = Arc::new(start_server(ServerOptions::default()).await);
+    kubernetes_role_with_max(&server, Duration::from_secs(3), Duration::from_secs(4));
+    let auth = KubernetesAuth {
+        mount: "kubernetes".into(),
+        role: "app".into(),
+        jwt: Arc::new(RotatingJwt(Arc::clone(&server))),
+    };
+    let backend = VaultBackend::start_with_auth(settings(&server, "unused"), Arc::new(auth))
+        .await
+        .unwrap();
+
+    // At 2 s the renewal is capped at the 4 s max TTL, so the agent logs in again at 2/3 of
+    // the remaining 2 s, before the first token expires.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(renew_self_count(&server), 1);
+    assert_eq!(server.request_count("POST", "auth/kubernetes/login"), 1);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(server.request_count("POST", "auth/kubernetes/login"), 2);
+    assert!(
+        logs.text().contains("reached its maximum TTL"),
+        "{}",
+        logs.text()
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        resolve(&backend, "vault:secret/data/app#password").await,
+        Ok("k8s-pw".into())
+    );
+    let reads: Vec<u16> = server
+        .requests()
+        .iter()
+        .filter(|request| request.path == "secret/data/app")
+        .map(|request| request.status)
+        .collect();
+    assert_eq!(reads, [200]);
+}
+
+#[tokio::test]
+async fn denied_path_does_not_repeat_logins() {
+    let server = Arc::new(start_server(ServerOptions::default()).await);
+    kubernetes_role(&server, Duration::from_secs(3600));
+    server
+        .root()
+        .kv1_put("kv", "other-team", json!({"password": "theirs"}))
+        .unwrap();
+    let auth = KubernetesAuth {
+        mount: "kubernetes".into(),
+        role: "app".into(),
+        jwt: Arc::new(RotatingJwt(Arc::clone(&server))),
+    };
+    let backend = VaultBackend::start_with_auth(settings(&server, "unused"), Arc::new(auth))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let error = resolve(&backend, "vault:kv/other-team#password")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            VaultError::PermissionDenied {
+                path: "kv/other-team".into()
+            }
+        );
+    }
+    // The token is fresh and valid, so a denied path is the policy's decision.
+    assert_eq!(server.request_count("POST", "auth/kubernetes/login"), 1);
+    assert_eq!(server.request_count("GET", "kv/other-team"), 3);
 }

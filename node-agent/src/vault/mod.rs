@@ -191,7 +191,7 @@ impl VaultBackend {
         let token = inner.session.token().await?;
         let result = match read::read(&inner.transport, &token, &key.target).await {
             Err(err) if err.is_auth_rejection() => {
-                match inner.session.login_after_rejection(&token).await? {
+                match inner.session.login_after_rejection(&token, &err).await? {
                     Some(new_token) => read::read(&inner.transport, &new_token, &key.target).await,
                     None => Err(err),
                 }

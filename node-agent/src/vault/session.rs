@@ -3,7 +3,7 @@
 //! log in again).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use tokio::task::JoinHandle;
@@ -17,12 +17,17 @@ use super::transport::Transport;
 const MIN_RENEW_RETRY: Duration = Duration::from_secs(1);
 /// Maximum pause before retrying a failed renewal.
 const MAX_RENEW_RETRY: Duration = Duration::from_secs(30);
+/// Minimum age of a token before a plain "permission denied" (a policy that does not grant the
+/// path, rather than a rejected token) leads to a new login. Without it, a program that keeps
+/// reading a path its policy denies would cause one login per read.
+const MIN_TOKEN_AGE_FOR_RELOGIN: Duration = Duration::from_secs(10);
 
 /// The token in use and what is known about its lifetime.
 struct ActiveToken {
     token: Arc<SecretText>,
     expires_at: Option<SystemTime>,
     renewable: bool,
+    obtained_at: Instant,
 }
 
 /// A token of one identity. Cheap to share: the renewal task holds a weak reference.
@@ -69,23 +74,31 @@ impl Session {
         self.login_locked().await
     }
 
-    /// Replaces `rejected` with a new login when the auth method can log in again. Returns the
-    /// new token, or `None` when a new login cannot help.
+    /// Replaces `rejected`, which Vault refused with `error`, by a new login when the auth
+    /// method can log in again. Returns the new token, or `None` when a new login cannot help:
+    /// the method cannot log in again, or the token is fresh and Vault only denied the path.
     pub(crate) async fn login_after_rejection(
         self: &Arc<Self>,
         rejected: &Arc<SecretText>,
+        error: &VaultError,
     ) -> Result<Option<Arc<SecretText>>, VaultError> {
         if !self.auth.can_login_again() {
             return Ok(None);
         }
         let _guard = self.login_lock.lock().await;
-        let replaced = self
-            .lock_current()
-            .as_ref()
-            .is_some_and(|active| !Arc::ptr_eq(&active.token, rejected));
+        let (replaced, fresh) = match self.lock_current().as_ref() {
+            Some(active) => (
+                !Arc::ptr_eq(&active.token, rejected),
+                active.obtained_at.elapsed() < MIN_TOKEN_AGE_FOR_RELOGIN,
+            ),
+            None => (false, false),
+        };
         if replaced {
             // Another request already logged in again.
             return Ok(self.usable_token());
+        }
+        if fresh && matches!(error, VaultError::PermissionDenied { .. }) {
+            return Ok(None);
         }
         tracing::info!(
             method = self.auth.method(),
@@ -159,6 +172,7 @@ impl Session {
                 token: Arc::clone(&token),
                 expires_at,
                 renewable,
+                obtained_at: Instant::now(),
             });
             let task = tokio::spawn(keep_alive(Arc::downgrade(self), Arc::clone(&token)));
             if let Some(previous) = self.lock_renewer().replace(task) {
