@@ -58,18 +58,18 @@ async fn token_renewed_at_two_thirds() {
         .await
         .unwrap();
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
         renew_self_count(&server),
         0,
         "renewed before 2/3 of the TTL"
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(renew_self_count(&server), 1);
     assert!(server.token_is_live(&token));
 
     // The renewed token outlives its original 3 s TTL.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(server.token_is_live(&token));
     assert!(backend.status().token_ttl_secs.is_some());
     assert!(
@@ -352,13 +352,13 @@ async fn renewable_lease_renewed_at_two_thirds() {
         .await
         .unwrap();
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(server.request_count("PUT", "sys/leases/renew"), 0);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(server.request_count("PUT", "sys/leases/renew"), 1);
 
     // Past the original 3 s lease the same credentials are served, from the renewed lease.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         resolve(&backend, "vault:database/creds/app#username").await,
         Ok(username)
@@ -385,13 +385,13 @@ async fn unrenewable_lease_read_again_at_end() {
     let first = resolve(&backend, "vault:database/creds/app#username")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
         resolve(&backend, "vault:database/creds/app#username").await,
         Ok(first.clone())
     );
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     let second = resolve(&backend, "vault:database/creds/app#username")
         .await
         .unwrap();
