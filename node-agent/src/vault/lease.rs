@@ -89,7 +89,8 @@ async fn keep_lease(inner: Weak<Inner>, key: CacheKey, lease: LeaseGrant) {
             return;
         };
         if !strong.cache.holds_lease(&key, &lease.id).await {
-            // The entry was replaced or evicted; nobody is served from this lease any more.
+            // The entry was replaced or evicted, so nobody is served from this lease any more.
+            // NOTE: such a lease is left to expire in Vault and is not revoked at shutdown.
             tracing::debug!(lease = %lease_prefix(&lease.id), "lease no longer cached");
             break;
         }

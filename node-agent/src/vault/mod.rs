@@ -106,6 +106,8 @@ impl VaultBackend {
         let session = Session::new(auth, Arc::clone(&transport));
         let backend = VaultBackend {
             inner: Arc::new(Inner {
+                // NOTE: each backend has its own cache. The key already names the identity, so
+                // node mode can share one cache among per-pod identities of the same role.
                 cache: SecretCache::new(
                     settings.max_entries,
                     settings.cache_ttl,
