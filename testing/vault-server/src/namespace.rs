@@ -64,7 +64,7 @@ impl NamespaceState {
             let Some(rest) = strip_mount(path, mount) else {
                 return;
             };
-            if best.as_ref().map_or(true, |(len, _)| mount.len() > *len) {
+            if best.as_ref().is_none_or(|(len, _)| mount.len() > *len) {
                 best = Some((mount.len(), make(&path[..mount.len()], rest)));
             }
         };
