@@ -1,8 +1,10 @@
 //! The command `envproxy run` starts: spawn, signal forwarding and exit status.
 
-use std::ffi::OsString;
-use std::io;
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 
@@ -84,7 +86,12 @@ pub fn run(spec: ChildSpec) -> Result<i32, SpawnError> {
         }
     }
     let mut child = command.spawn().map_err(|err| match err.kind() {
-        io::ErrorKind::NotFound => spawn_error("command not found".to_string(), EXIT_NOT_FOUND),
+        io::ErrorKind::NotFound => match find_program(&program, &spec.environment) {
+            // execve reports ENOENT for a file that exists when its `#!` interpreter or the
+            // dynamic loader it names is missing.
+            Some(path) => spawn_error(missing_interpreter_reason(&path), EXIT_NOT_FOUND),
+            None => spawn_error("command not found".to_string(), EXIT_NOT_FOUND),
+        },
         io::ErrorKind::PermissionDenied => {
             spawn_error("permission denied".to_string(), EXIT_NOT_EXECUTABLE)
         }
@@ -133,6 +140,47 @@ pub fn run(spec: ChildSpec) -> Result<i32, SpawnError> {
     }
 }
 
+/// Returns the file that `program` names: the path itself when it contains a `/`, else the
+/// first match in the `PATH` of `environment`, as `execvp` searches.
+fn find_program(program: &OsStr, environment: &[(OsString, OsString)]) -> Option<PathBuf> {
+    if program.as_bytes().contains(&b'/') {
+        let path = PathBuf::from(program);
+        return path.is_file().then_some(path);
+    }
+    let search_path = environment
+        .iter()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, value)| value.clone())?;
+    std::env::split_paths(&search_path)
+        .map(|directory| directory.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Describes why a file that exists could not be executed with ENOENT: the interpreter of its
+/// `#!` line, when it has one, or otherwise the dynamic loader or a library.
+fn missing_interpreter_reason(path: &Path) -> String {
+    match shebang_interpreter(path) {
+        Some(interpreter) => format!(
+            "the interpreter {interpreter} named on the file's `#!` line could not be found"
+        ),
+        None => "the file exists, but its interpreter (the dynamic loader) or a library could \
+                 not be found"
+            .to_string(),
+    }
+}
+
+/// Returns the interpreter path of a `#!` line, or `None` when the file does not start with one.
+fn shebang_interpreter(path: &Path) -> Option<String> {
+    let mut head = [0u8; 256];
+    let read = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..read].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let interpreter = line
+        .split(|b| b.is_ascii_whitespace())
+        .find(|word| !word.is_empty())?;
+    Some(String::from_utf8_lossy(interpreter).into_owned())
+}
+
 /// Blocks until `pid` has exited, leaving it a zombie so its pid stays reserved.
 fn wait_without_reaping(pid: Pid) {
     loop {
@@ -157,6 +205,7 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn spec(command: &[&str]) -> ChildSpec {
         ChildSpec {
@@ -196,6 +245,35 @@ mod tests {
         let error = run(spec(&[path.to_str().unwrap()])).unwrap_err();
         assert_eq!(error.exit_code, 126);
         assert!(error.to_string().ends_with("permission denied"), "{error}");
+    }
+
+    #[test]
+    fn missing_interpreter_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("script.sh");
+        std::fs::write(&path, "#!/nonexistent/interpreter -x\nexit 0\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let error = run(spec(&[path.to_str().unwrap()])).unwrap_err();
+        let message = error.to_string();
+        assert_eq!(error.exit_code, 127);
+        assert!(!message.contains("command not found"), "{message}");
+        assert!(message.contains("/nonexistent/interpreter"), "{message}");
+        assert!(message.contains("could not be found"), "{message}");
+    }
+
+    #[test]
+    fn missing_interpreter_found_through_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("envproxy-test-script");
+        std::fs::write(&path, "#!/nonexistent/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut spec = spec(&["envproxy-test-script"]);
+        spec.environment = vec![("PATH".into(), dir.path().as_os_str().to_os_string())];
+
+        let error = run(spec).unwrap_err();
+        assert_eq!(error.exit_code, 127);
+        assert!(error.to_string().contains("/nonexistent/sh"), "{error}");
     }
 
     #[test]

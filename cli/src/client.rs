@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,6 +26,12 @@ pub enum ClientError {
     NoSocket { path: PathBuf },
     #[error("no agent at {}: connection refused (the socket file is stale)", path.display())]
     Refused { path: PathBuf },
+    #[error(
+        "no agent at {}: the file is not a socket; point --socket or ENVPROXY_SOCKET at the \
+         agent's socket",
+        path.display()
+    )]
+    NotASocket { path: PathBuf },
     #[error("cannot connect to {}: {source}", path.display())]
     Connect {
         path: PathBuf,
@@ -131,6 +138,10 @@ pub fn connect(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError
         Errno::ENOENT => ClientError::NoSocket {
             path: path.to_path_buf(),
         },
+        // Linux also returns ECONNREFUSED for a path that exists but is not a socket.
+        Errno::ECONNREFUSED if !is_socket(path) => ClientError::NotASocket {
+            path: path.to_path_buf(),
+        },
         Errno::ECONNREFUSED => ClientError::Refused {
             path: path.to_path_buf(),
         },
@@ -190,6 +201,12 @@ pub fn connect(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError
     }
 }
 
+/// Returns false only when `path` exists and is not a socket, so a failed `stat` keeps the
+/// connection error as it is.
+fn is_socket(path: &Path) -> bool {
+    std::fs::metadata(path).map_or(true, |metadata| metadata.file_type().is_socket())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +228,19 @@ mod tests {
         drop(UnixListener::bind(&path).unwrap());
         let error = connect(&path, IO_TIMEOUT).unwrap_err();
         assert!(matches!(error, ClientError::Refused { .. }), "{error}");
+    }
+
+    #[test]
+    fn regular_file_is_not_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        std::fs::write(&path, "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let error = connect(&path, IO_TIMEOUT).unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, ClientError::NotASocket { .. }), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("not a socket"), "{message}");
+        assert!(!message.contains("stale"), "{message}");
     }
 
     #[test]

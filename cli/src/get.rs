@@ -71,7 +71,13 @@ pub fn run(args: GetArgs) -> i32 {
             EXIT_NOT_FOUND
         }
         Response::Error(reason) => {
-            eprintln!("envproxy: {reason}");
+            // The agent names the variable of a v2 request first, which here is the internal
+            // GET_VARIABLE rather than anything the user typed.
+            let prefix = format!("{GET_VARIABLE}: ");
+            match reason.strip_prefix(prefix.as_str()) {
+                Some(rest) => eprintln!("envproxy get: {rest}"),
+                None => eprintln!("envproxy: {reason}"),
+            }
             EXIT_ERROR
         }
         Response::Passthrough => {

@@ -48,7 +48,8 @@ fn main() -> ExitCode {
     }
     let code = match cli.command {
         Command::Run(args) => run::run(args).unwrap_or_else(|err| {
-            eprintln!("envproxy: {err:#}");
+            let message = envproxy_agent::logging::error_chain(err.as_ref());
+            eprintln!("envproxy: {message}");
             run::EXIT_RUN_FAILED
         }),
         Command::Get(args) => get::run(args),

@@ -373,9 +373,10 @@ fn get_prints_value_or_reason() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
     assert!(
-        stderr.starts_with("envproxy: ENVPROXY_GET: vault: references need the Vault backend"),
+        stderr.starts_with("envproxy get: vault: references need the Vault backend"),
         "{stderr}"
     );
+    assert!(!stderr.contains("ENVPROXY_GET"), "{stderr}");
 
     let output = output_of(envproxy(&["get", "envproxy:", "--socket", agent.socket()]));
     assert_eq!(output.status.code(), Some(2));
@@ -649,4 +650,83 @@ fn run_reports_invalid_secrets_file() {
     assert!(stderr.contains("invalid TOML secrets file"), "{stderr}");
     assert!(stderr.contains("line 1"), "{stderr}");
     assert!(!stderr.contains(&secret), "{stderr}");
+}
+
+#[test]
+fn run_states_parse_error_once() {
+    let secrets = Secrets::new();
+    let truncated = secrets.dir.path().join("truncated.json");
+    std::fs::write(&truncated, r#"{"A": "#).unwrap();
+    let missing = secrets.dir.path().join("missing.json");
+    let cases = [
+        (truncated, "EOF while parsing a value"),
+        (missing, "No such file or directory"),
+    ];
+    for (path, cause) in cases {
+        let output = output_of(envproxy(&[
+            "run",
+            "--secrets",
+            path.to_str().unwrap(),
+            "--",
+            "true",
+        ]));
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(125), "{stderr}");
+        assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
+        assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+    }
+}
+
+#[test]
+fn run_explains_skipped_own_keys() {
+    let secrets = Secrets::new();
+    let path = secrets.dir.path().join("own.json");
+    std::fs::write(&path, r#"{"ENVPROXY_FOO": "x", "A": "1"}"#).unwrap();
+    let output = output_of(envproxy(&[
+        "run",
+        "--secrets",
+        path.to_str().unwrap(),
+        "--",
+        "true",
+    ]));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("\"ENVPROXY_FOO\""), "{stderr}");
+    assert!(stderr.contains("configure EnvProxy"), "{stderr}");
+    assert!(!stderr.contains("sets this variable itself"), "{stderr}");
+}
+
+#[test]
+fn commands_reject_non_socket_file() {
+    let secrets = Secrets::new();
+    for args in [
+        vec!["get", "API_KEY", "--socket", secrets.path()],
+        vec!["status", "--socket", secrets.path()],
+    ] {
+        let output = output_of(envproxy(&args));
+        let stderr = text(&output.stderr);
+        assert_ne!(output.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("not a socket"), "{stderr}");
+        assert!(stderr.contains(secrets.path()), "{stderr}");
+        assert!(!stderr.contains("stale"), "{stderr}");
+    }
+}
+
+#[test]
+fn run_names_missing_interpreter() {
+    let secrets = Secrets::new();
+    let script = secrets.dir.path().join("script.sh");
+    std::fs::write(&script, "#!/nonexistent\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = output_of(envproxy(&[
+        "run",
+        "--secrets",
+        secrets.path(),
+        "--",
+        script.to_str().unwrap(),
+    ]));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(127), "{stderr}");
+    assert!(stderr.contains("interpreter /nonexistent"), "{stderr}");
+    assert!(!stderr.contains("command not found"), "{stderr}");
 }

@@ -1,5 +1,6 @@
-//! Log output: `tracing` events as text lines on stderr.
+//! Log output: `tracing` events as text lines on stderr, and one-line error messages.
 
+use std::error::Error;
 use std::io::IsTerminal;
 
 use tracing_subscriber::util::SubscriberInitExt;
@@ -34,4 +35,78 @@ pub fn init(default_filter: &str) -> Result<(), tracing_subscriber::util::TryIni
         .with_ansi(std::io::stderr().is_terminal())
         .finish()
         .try_init()
+}
+
+/// Formats `error` and its causes as one line, `error: cause: cause`.
+///
+/// Many errors already include their cause in their own message, and `anyhow`'s `{:#}` then
+/// prints it twice. A cause whose text already ends the line is left out.
+pub fn error_chain(error: &(dyn Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = current.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot load {name}: {source}")]
+    struct Repeating {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot start")]
+    struct Outer {
+        #[source]
+        source: Repeating,
+    }
+
+    #[test]
+    fn error_chain_repeats_no_cause() {
+        let error = Repeating {
+            name: "a.json",
+            source: std::io::Error::other("broken pipe"),
+        };
+        assert_eq!(error_chain(&error), "cannot load a.json: broken pipe");
+    }
+
+    #[test]
+    fn error_chain_adds_new_causes() {
+        let error = Outer {
+            source: Repeating {
+                name: "a.json",
+                source: std::io::Error::other("broken pipe"),
+            },
+        };
+        assert_eq!(
+            error_chain(&error),
+            "cannot start: cannot load a.json: broken pipe"
+        );
+    }
+
+    #[test]
+    fn error_chain_through_anyhow_context() {
+        let error = anyhow::Error::new(Repeating {
+            name: "b.toml",
+            source: std::io::Error::other("denied"),
+        })
+        .context("envproxy run");
+        assert_eq!(
+            error_chain(error.as_ref()),
+            "envproxy run: cannot load b.toml: denied"
+        );
+    }
 }

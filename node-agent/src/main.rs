@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("envproxy-agent: {err:#}");
+            eprintln!("envproxy-agent: {}", logging::error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }
