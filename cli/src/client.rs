@@ -1,7 +1,7 @@
 //! Blocking requests to a running agent, each bounded by timeouts.
 
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use envproxy_proto::{client, Request, Response};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::unistd::geteuid;
 
 /// Maximum wait for a connection, and for each read or write on it.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +33,17 @@ pub enum ClientError {
         path.display()
     )]
     NotASocket { path: PathBuf },
+    #[error(
+        "the agent socket {} is served by uid {agent_uid}, not by this user (uid {own_uid}) or \
+         root, so no request was sent; check who created the socket, or point --socket or \
+         ENVPROXY_SOCKET at your own agent",
+        path.display()
+    )]
+    ForeignAgent {
+        path: PathBuf,
+        agent_uid: u32,
+        own_uid: u32,
+    },
     #[error("cannot connect to {}: {source}", path.display())]
     Connect {
         path: PathBuf,
@@ -190,6 +202,7 @@ pub fn connect(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError
             }
             Err(errno) => return Err(connect_error(errno)),
         }
+        check_agent_owner(path, &fd)?;
         let stream = UnixStream::from(fd);
         stream
             .set_nonblocking(false)
@@ -199,6 +212,28 @@ pub fn connect(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError
             })?;
         return Ok(stream);
     }
+}
+
+/// Accepts the connection only when the agent runs as this user or as root (the node agent), so
+/// a socket that another user placed at the expected path never learns which keys are read.
+fn check_agent_owner(path: &Path, fd: &OwnedFd) -> Result<(), ClientError> {
+    let credentials =
+        socket::getsockopt(fd, socket::sockopt::PeerCredentials).map_err(|errno| {
+            ClientError::Connect {
+                path: path.to_path_buf(),
+                source: errno.into(),
+            }
+        })?;
+    let own_uid = geteuid().as_raw();
+    let agent_uid = credentials.uid();
+    if agent_uid != own_uid && agent_uid != 0 {
+        return Err(ClientError::ForeignAgent {
+            path: path.to_path_buf(),
+            agent_uid,
+            own_uid,
+        });
+    }
+    Ok(())
 }
 
 /// Returns false only when `path` exists and is not a socket, so a failed `stat` keeps the

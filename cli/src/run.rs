@@ -11,7 +11,7 @@ use envproxy_agent::vault::VaultEnvironment;
 use envproxy_agent::{default_socket_path, limits, secrets, Config};
 
 use crate::child::{self, ChildSpec};
-use crate::client;
+use crate::client::{self, ClientError};
 use crate::embedded::EmbeddedAgent;
 use crate::environment::{self, SOCKET_VARIABLE};
 use crate::library::{self, LIBRARY_VARIABLE};
@@ -68,6 +68,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             let socket = socket_without_file(args.socket.as_deref())?;
             match keys_from_running_agent(&socket) {
                 Ok(keys) => (AgentChoice::Running { socket }, keys),
+                Err(err @ ClientError::ForeignAgent { .. }) => return Err(err.into()),
                 // With VAULT_ADDR set, the developer's Vault token is enough to serve the
                 // command's vault: references from an agent inside this process.
                 Err(err) => match vault_environment.settings() {
@@ -86,7 +87,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                         };
                         (AgentChoice::Embedded(agent), Vec::new())
                     }
-                    None => return Err(err),
+                    None => return Err(no_agent_error(&err, &socket)),
                 },
             }
         }
@@ -96,6 +97,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                     let socket = absolute(socket, "--socket")?;
                     match client::fetch_status(&socket, AGENT_PROBE_TIMEOUT) {
                         Ok(_) => Some(socket),
+                        Err(err @ ClientError::ForeignAgent { .. }) => return Err(err.into()),
                         Err(err) => {
                             tracing::debug!(%err, "no agent responds; starting one on the socket");
                             None
@@ -190,15 +192,17 @@ fn socket_without_file(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn keys_from_running_agent(socket: &Path) -> anyhow::Result<Vec<String>> {
-    let status = client::fetch_status(socket, AGENT_PROBE_TIMEOUT).map_err(|err| {
-        anyhow!(
-            "{err}; start an agent with `envproxy-agent --secrets FILE --socket {}`, pass \
-             --secrets FILE to run one for this command, or set VAULT_ADDR to serve vault: \
-             references",
-            socket.display()
-        )
-    })?;
+fn no_agent_error(err: &ClientError, socket: &Path) -> anyhow::Error {
+    anyhow!(
+        "{err}; start an agent with `envproxy-agent --secrets FILE --socket {}`, pass \
+         --secrets FILE to run one for this command, or set VAULT_ADDR to serve vault: \
+         references",
+        socket.display()
+    )
+}
+
+fn keys_from_running_agent(socket: &Path) -> Result<Vec<String>, ClientError> {
+    let status = client::fetch_status(socket, AGENT_PROBE_TIMEOUT)?;
     if status.keys_truncated {
         eprintln!(
             "envproxy: the agent listed only {} of its {} keys; set the others in the \
