@@ -318,14 +318,13 @@ fn run_without_library_lists_paths() {
     let mut command = Command::new(&copy);
     command
         .args(["run", "--secrets", secrets.path(), "--", "true"])
-        .env("ENVPROXY_LIB", "/nonexistent/libenvproxy.so")
+        .env_remove("ENVPROXY_LIB")
         .env_remove("ENVPROXY_SOCKET");
     let output = output_of(command);
     assert_eq!(output.status.code(), Some(125));
     let stderr = text(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     for path in [
-        PathBuf::from("/nonexistent/libenvproxy.so"),
         bin_dir.join("libenvproxy.so"),
         secrets.dir.path().join("lib/envproxy/libenvproxy.so"),
     ] {
@@ -333,6 +332,40 @@ fn run_without_library_lists_paths() {
     }
     assert!(stderr.contains("cargo build --workspace"), "{stderr}");
     assert!(stderr.contains("ENVPROXY_LIB"), "{stderr}");
+}
+
+#[test]
+fn run_rejects_unusable_explicit_library() {
+    let secrets = Secrets::new();
+    // A usable library beside the binary must not replace the one ENVPROXY_LIB names.
+    let bin_dir = secrets.dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let copy = bin_dir.join("envproxy");
+    std::fs::copy(ENVPROXY, &copy).unwrap();
+    std::fs::copy(harmless_library(), bin_dir.join("libenvproxy.so")).unwrap();
+    let text_file = secrets.dir.path().join("notes.so");
+    std::fs::write(&text_file, "not a library\n").unwrap();
+
+    let cases = [
+        ("/nonexistent/libenvproxy.so", "names no file"),
+        (text_file.to_str().unwrap(), "is not an ELF shared object"),
+    ];
+    for (library, reason) in cases {
+        let mut command = Command::new(&copy);
+        command
+            .args(["run", "--secrets", secrets.path(), "--", "true"])
+            .env("ENVPROXY_LIB", library)
+            .env_remove("ENVPROXY_SOCKET");
+        let output = output_of(command);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(125), "{stderr}");
+        assert!(
+            stderr.contains(&format!("ENVPROXY_LIB={library}")),
+            "{stderr}"
+        );
+        assert!(stderr.contains(reason), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
 }
 
 #[test]
