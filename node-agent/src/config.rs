@@ -232,14 +232,8 @@ impl TableReader<'_> {
                 }
                 "log_level" => {
                     let level = self.string(value, "[agent] log_level")?;
-                    if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(level) {
-                        return Err(self.invalid(
-                            "[agent] log_level",
-                            format!(
-                                "{err}; use one of trace, debug, info, warn, error, off or a \
-                                 tracing filter directive such as \"envproxy_agent=debug\""
-                            ),
-                        ));
+                    if let Err(reason) = crate::logging::parse_filter(level) {
+                        return Err(self.invalid("[agent] log_level", reason));
                     }
                     config.log_level = level.to_string();
                 }
@@ -547,6 +541,11 @@ mod tests {
                 "[agent]\nlog_level = \"info,[\"\n",
                 "[agent] log_level",
                 "trace, debug",
+            ),
+            (
+                "[agent]\nlog_level = \"warning\"\n",
+                "[agent] log_level",
+                "`warning` is not a log level; use one of trace, debug, info, warn, error",
             ),
             ("[backend]\npath = [\"a\"]\n", "[backend] path", "an array"),
             ("agent = 1\n", "[agent]", "expected a table"),

@@ -3,12 +3,40 @@
 use std::error::Error;
 use std::io::IsTerminal;
 
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// Directives added to every filter: rustify, under vaultrs, logs each failed HTTP call as an
 /// error, which the Vault backend already reports in its own words.
 const QUIET_DEPENDENCIES: &str = "rustify=off";
+
+/// Log levels a filter directive may name, from most to least verbose.
+pub const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+/// Parses a log filter: a level, or comma-separated `target=level` directives.
+///
+/// `EnvFilter` reads a bare word that is not a level, such as `warning`, as a target name and so
+/// silences every other target. Such a word is rejected here, with the valid levels in the error.
+pub fn parse_filter(text: &str) -> Result<EnvFilter, String> {
+    for directive in text.split(',').map(str::trim) {
+        let is_bare_word = !directive.is_empty() && !directive.contains(['=', '[', ':']);
+        if is_bare_word && directive.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "`{directive}` is not a log level; use one of {}, or off, or directives \
+                 `target=level` separated by commas such as \"info,envproxy_agent=debug\"",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    EnvFilter::builder().parse(text).map_err(|err| {
+        format!(
+            "{err}; use one of {}, or off, or directives `target=level` separated by commas \
+             such as \"info,envproxy_agent=debug\"",
+            LEVELS.join(", ")
+        )
+    })
+}
 
 /// Installs the global subscriber. `RUST_LOG`, when set and valid, replaces `default_filter`.
 ///
@@ -21,7 +49,7 @@ pub fn init(default_filter: &str) -> Result<(), tracing_subscriber::util::TryIni
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    let filter = match from_env.map(|value| EnvFilter::builder().parse(value)) {
+    let filter = match from_env.map(|value| parse_filter(&value)) {
         Some(Ok(filter)) => filter,
         Some(Err(err)) => {
             eprintln!("ignoring invalid RUST_LOG ({err}); using log level {default_filter:?}");
@@ -72,6 +100,53 @@ mod tests {
     struct Outer {
         #[source]
         source: Repeating,
+    }
+
+    #[test]
+    fn filter_accepts_levels_and_directives() {
+        for text in [
+            "trace",
+            "debug",
+            "info",
+            "warn",
+            "error",
+            "off",
+            "WARN",
+            "info,envproxy_agent=debug",
+            "envproxy_agent::vault=trace",
+            "warn,[request]=debug",
+        ] {
+            assert!(parse_filter(text).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn filter_rejects_unknown_level() {
+        for (text, word) in [
+            ("warning", "warning"),
+            ("info,verbose", "verbose"),
+            ("Information", "Information"),
+        ] {
+            let message = parse_filter(text).unwrap_err();
+            assert!(
+                message.contains(&format!("`{word}` is not a log level")),
+                "{message}"
+            );
+            assert!(
+                message.contains("trace, debug, info, warn, error"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn filter_rejects_invalid_directive() {
+        let message = parse_filter("info,[").unwrap_err();
+        assert!(
+            message.contains("trace, debug, info, warn, error"),
+            "{message}"
+        );
+        assert!(message.contains("target=level"), "{message}");
     }
 
     #[test]
