@@ -121,13 +121,21 @@ pub fn environment(settings: &LibrarySettings<'_>) -> Vec<(String, String)> {
 const INHERITED_SETTINGS: [&str; 3] = ["LD_PRELOAD", "RUST_LOG", "TOKIO_WORKER_THREADS"];
 
 /// Removes [`INHERITED_SETTINGS`] and every `ENVPROXY_*` variable of this process from the
-/// environment that `command` passes on.
+/// environment that `command` passes on, and every `VAULT_*` variable that `command` does not
+/// set itself, because the agent takes its Vault defaults from them.
 pub fn clear_inherited_settings(command: &mut Command) {
     for name in INHERITED_SETTINGS {
         command.env_remove(name);
     }
+    let set_by_command: Vec<std::ffi::OsString> = command
+        .get_envs()
+        .filter(|(_, value)| value.is_some())
+        .map(|(name, _)| name.to_os_string())
+        .collect();
     for (name, _) in std::env::vars_os() {
-        if name.as_bytes().starts_with(b"ENVPROXY_") {
+        let bytes = name.as_bytes();
+        let vault_default = bytes.starts_with(b"VAULT_") && !set_by_command.contains(&name);
+        if bytes.starts_with(b"ENVPROXY_") || vault_default {
             command.env_remove(name);
         }
     }

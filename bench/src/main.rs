@@ -5,11 +5,12 @@
 //! `cc -O2` into a temporary directory, starts the agent and an echo server there, and stops
 //! them by pid at the end.
 //!
-//! - [`suite`]: the six benchmarks and their sizes.
+//! - [`suite`]: the eight benchmarks and their sizes.
 //! - [`harness`]: the C client that calls `getenv` and times socket round trips.
 //! - [`load`]: the multi-threaded throughput client.
 //! - [`echo`]: the baseline server, started as `envproxy-bench serve-echo`.
 //! - [`service`]: starting and stopping the servers.
+//! - [`vault`]: the Vault test server of benchmarks 7 and 8, inside this process.
 //! - [`fixture`]: the secrets file and the environment of the C client.
 //! - [`report`]: the results table and JSON.
 //! - [`machine`]: the CPU use of other work before the run.
@@ -27,6 +28,7 @@ mod report;
 mod service;
 mod stats;
 mod suite;
+mod vault;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

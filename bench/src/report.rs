@@ -24,6 +24,8 @@ pub enum Unit {
     Milliseconds,
     RequestsPerSecond,
     Kibibytes,
+    /// A number of requests, such as the Vault reads of benchmark 7.
+    Count,
 }
 
 impl Figure {
@@ -62,6 +64,7 @@ impl std::fmt::Display for Figure {
             Unit::Milliseconds => write!(f, "{:.2} ms", self.value),
             Unit::RequestsPerSecond => write!(f, "{:.0} req/s", self.value),
             Unit::Kibibytes => write!(f, "{:.0} KiB", self.value),
+            Unit::Count => write!(f, "{:.0}", self.value),
         }
     }
 }
@@ -76,6 +79,8 @@ pub enum Target {
     RatioAtLeast(f64),
     /// The "with" figure itself must not exceed the bound, in its own unit.
     ValueAtMost(f64),
+    /// The "with" figure itself must equal the bound, in its own unit.
+    ValueEquals(f64),
 }
 
 impl Target {
@@ -84,6 +89,7 @@ impl Target {
             (Target::RatioAtMost(bound), Some(ratio)) => ratio <= bound,
             (Target::RatioAtLeast(bound), Some(ratio)) => ratio >= bound,
             (Target::ValueAtMost(bound), _) => with <= bound,
+            (Target::ValueEquals(bound), _) => with == bound,
             (_, None) => false,
         }
     }
@@ -93,6 +99,7 @@ impl Target {
             Target::RatioAtMost(bound) => format!("<= {bound:.2}"),
             Target::RatioAtLeast(bound) => format!(">= {bound:.2}"),
             Target::ValueAtMost(bound) => format!("<= {}", Figure::new(bound, unit)),
+            Target::ValueEquals(bound) => format!("= {}", Figure::new(bound, unit)),
         }
     }
 }
@@ -262,6 +269,23 @@ mod tests {
             Some(Target::ValueAtMost(64.0)),
         );
         assert_eq!(row.pass, Some(false));
+    }
+
+    #[test]
+    fn value_equals_passes_only_on_equality() {
+        let target = Some(Target::ValueEquals(1.0));
+        let baseline = Some(Figure::new(6400.0, Unit::Count));
+        let one = Row::new(
+            "a",
+            "a",
+            Figure::new(1.0, Unit::Count),
+            baseline.clone(),
+            target,
+        );
+        let two = Row::new("b", "b", Figure::new(2.0, Unit::Count), baseline, target);
+        assert_eq!(one.pass, Some(true));
+        assert_eq!(two.pass, Some(false));
+        assert_eq!(Target::ValueEquals(1.0).describe(Unit::Count), "= 1");
     }
 
     #[test]

@@ -16,6 +16,19 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// Returns the `fraction` percentile of `values` (0.5 for the median, 0.99 for p99): the
+/// value at rank `ceil(fraction * n)` of the sorted values, without interpolation.
+///
+/// # Panics
+/// Panics when `values` is empty or contains NaN, which no benchmark produces.
+pub fn percentile(values: &[f64], fraction: f64) -> f64 {
+    assert!(!values.is_empty(), "percentile of no values");
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).expect("measurements are never NaN"));
+    let rank = (fraction * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// Returns the largest of `values`.
 ///
 /// # Panics
@@ -42,6 +55,15 @@ mod tests {
     #[test]
     fn median_of_one_value() {
         assert_eq!(median(&[7.5]), 7.5);
+    }
+
+    #[test]
+    fn percentile_by_nearest_rank() {
+        let values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.5), 50.0);
+        assert_eq!(percentile(&values, 0.99), 99.0);
+        assert_eq!(percentile(&values, 1.0), 100.0);
+        assert_eq!(percentile(&[7.0], 0.5), 7.0);
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod getenv;
 mod memory;
 mod round_trip;
 mod startup;
+mod vault;
 
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +18,11 @@ use crate::fixture::{self, LibrarySettings, Workspace};
 use crate::harness::Harness;
 use crate::report::Row;
 use crate::service::Service;
+use crate::vault::VaultServer;
+
+/// Cache TTL of the Vault agent's entries: longer than any benchmark, so every measured
+/// request after the first read of an entry is served from the cache.
+const VAULT_CACHE_TTL: &str = "1h";
 
 /// The benchmarks, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -33,16 +39,22 @@ pub enum Benchmark {
     Memory,
     /// 6: `python3 -c pass` under `envproxy run`, against plain `python3 -c pass`.
     PythonStartup,
+    /// 7: Vault reads for one entry under 64 concurrent connections, against the requests made.
+    VaultReads,
+    /// 8: agent latency of a cached Vault entry, against a cached entry of the secrets file.
+    VaultCachedLatency,
 }
 
 impl Benchmark {
-    pub const ALL: [Benchmark; 6] = [
+    pub const ALL: [Benchmark; 8] = [
         Benchmark::GetenvPlain,
         Benchmark::GetenvCached,
         Benchmark::UncachedLatency,
         Benchmark::Throughput,
         Benchmark::Memory,
         Benchmark::PythonStartup,
+        Benchmark::VaultReads,
+        Benchmark::VaultCachedLatency,
     ];
 }
 
@@ -55,10 +67,12 @@ pub struct Plan {
     pub getenv_calls: u64,
     /// getenv calls per run of benchmark 5 without the cache, each a request to the agent.
     pub uncached_memory_calls: u64,
-    /// Timed round trips per latency run (benchmark 3).
+    /// Timed round trips per latency run (benchmark 3), and per side of benchmark 8.
     pub latency_samples: u64,
-    /// Client connections of the throughput benchmark.
+    /// Client connections of the throughput benchmark and of benchmark 7.
     pub connections: usize,
+    /// Requests each connection of benchmark 7 sends for the same Vault entry.
+    pub vault_requests_per_connection: u64,
     pub throughput_warm_up: Duration,
     pub throughput_duration: Duration,
     /// Runs of each command in the startup benchmark.
@@ -73,6 +87,7 @@ impl Plan {
             uncached_memory_calls: 100_000,
             latency_samples: 20_000,
             connections: 64,
+            vault_requests_per_connection: 100,
             throughput_warm_up: Duration::from_millis(500),
             throughput_duration: Duration::from_secs(3),
             startup_runs: 20,
@@ -87,6 +102,7 @@ impl Plan {
             uncached_memory_calls: 20_000,
             latency_samples: 2_000,
             connections: 64,
+            vault_requests_per_connection: 20,
             throughput_warm_up: Duration::from_millis(200),
             throughput_duration: Duration::from_secs(1),
             startup_runs: 6,
@@ -102,6 +118,10 @@ pub struct Suite {
     harness: Harness,
     agent: Option<Service>,
     echo: Option<Service>,
+    /// The agent that serves both the secrets file and Vault, for benchmark 7.
+    vault_agent: Option<Service>,
+    // Declared after the agents that read from it.
+    vault: Option<VaultServer>,
     // Declared last so that it is dropped after the servers whose sockets it contains.
     workspace: Workspace,
 }
@@ -117,6 +137,8 @@ impl Suite {
             harness,
             agent: None,
             echo: None,
+            vault_agent: None,
+            vault: None,
             workspace,
         })
     }
@@ -131,6 +153,8 @@ impl Suite {
             Benchmark::Throughput => round_trip::throughput(self)?,
             Benchmark::Memory => memory::growth(self)?,
             Benchmark::PythonStartup => startup::python(self)?,
+            Benchmark::VaultReads => vault::reads(self)?,
+            Benchmark::VaultCachedLatency => vault::cached_latency(self)?,
         };
         // A server that died during the benchmark may have produced wrong figures.
         if let Some(agent) = &mut self.agent {
@@ -138,6 +162,9 @@ impl Suite {
         }
         if let Some(echo) = &mut self.echo {
             echo.check_running()?;
+        }
+        if let Some(vault_agent) = &mut self.vault_agent {
+            vault_agent.check_running()?;
         }
         Ok(rows)
     }
@@ -156,6 +183,47 @@ impl Suite {
             self.echo = Some(self.start_echo("echo", None)?);
         }
         Ok(self.echo.as_ref().expect("started above").socket())
+    }
+
+    /// Returns the Vault test server, starting it on first use.
+    fn vault_server(&mut self) -> anyhow::Result<&VaultServer> {
+        if self.vault.is_none() {
+            self.vault = Some(VaultServer::start()?);
+        }
+        Ok(self.vault.as_ref().expect("started above"))
+    }
+
+    /// Returns the socket of the shared agent with Vault, starting it and the Vault test
+    /// server on first use.
+    fn vault_agent_socket(&mut self) -> anyhow::Result<&Path> {
+        if self.vault_agent.is_none() {
+            self.vault_agent = Some(self.start_vault_agent("vault-agent", None)?);
+        }
+        Ok(self.vault_agent.as_ref().expect("started above").socket())
+    }
+
+    /// Starts an agent on `<name>.sock` that serves `envproxy:` references from the
+    /// benchmark's secrets file and `vault:` references from the Vault test server, on one CPU
+    /// if `cpu` is set.
+    fn start_vault_agent(&mut self, name: &str, cpu: Option<usize>) -> anyhow::Result<Service> {
+        let config_path = self.workspace.path("vault-agent.toml");
+        let secrets_file = self.workspace.secrets_file();
+        let vault = self.vault_server()?;
+        let config = vault.write_agent_config(&config_path, &secrets_file, VAULT_CACHE_TTL)?;
+        let token = vault.token().to_string();
+        let socket = self.workspace.path(&format!("{name}.sock"));
+        let mut command = Command::new(&self.binaries.agent);
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .env("VAULT_TOKEN", token);
+        if let Some(cpu) = cpu {
+            affinity::pin(&mut command, cpu);
+        }
+        let log = self.workspace.path(&format!("{name}.log"));
+        Service::start("envproxy-agent with Vault", command, &socket, &log)
     }
 
     /// Starts an agent on `<name>.sock`, serving the benchmark's secrets file, on one CPU if
