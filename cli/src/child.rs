@@ -34,6 +34,15 @@ pub struct SpawnError {
     pub exit_code: i32,
 }
 
+/// Signals caught from the start of `envproxy run`, queued until the command runs.
+pub type CaughtSignals = SignalsInfo<WithOrigin>;
+
+/// Starts catching [`FORWARDED_SIGNALS`], so none of them ends this process before its temporary
+/// files are removed. Signals that arrive before the command starts are queued.
+pub fn catch_signals() -> io::Result<CaughtSignals> {
+    SignalsInfo::<WithOrigin>::new(FORWARDED_SIGNALS)
+}
+
 /// Command line, environment and limits of the command.
 pub struct ChildSpec {
     /// The program and its arguments. Must not be empty.
@@ -42,6 +51,8 @@ pub struct ChildSpec {
     pub environment: Vec<(OsString, OsString)>,
     /// Soft `RLIMIT_NOFILE` to restore in the command, when this process raised its own.
     pub open_files_soft_limit: Option<u64>,
+    /// Signals caught since `envproxy run` started, from [`catch_signals`].
+    pub signals: CaughtSignals,
 }
 
 /// Starts the command, forwards signals to it until it exits, and returns its exit code: its own
@@ -59,14 +70,12 @@ pub fn run(spec: ChildSpec) -> Result<i32, SpawnError> {
         exit_code,
     };
 
-    // Handlers are installed before the command starts, so a signal that arrives in between is
-    // queued and forwarded instead of ending this process.
-    let mut signals = SignalsInfo::<WithOrigin>::new(FORWARDED_SIGNALS).map_err(|err| {
-        spawn_error(
-            format!("cannot install signal handlers: {err}"),
-            EXIT_NOT_EXECUTABLE,
-        )
-    })?;
+    let mut signals = spec.signals;
+    // A signal that arrived while the agent started, such as SIGTERM from `timeout`, ends the
+    // run before the command starts, and the caller then removes the temporary files.
+    if let Some(origin) = signals.pending().next() {
+        return Ok(128 + origin.signal);
+    }
     let signals_handle = signals.handle();
 
     let mut command = Command::new(&program);
@@ -212,6 +221,7 @@ mod tests {
             command: command.iter().map(OsString::from).collect(),
             environment: vec![("PATH".into(), std::env::var_os("PATH").unwrap_or_default())],
             open_files_soft_limit: None,
+            signals: catch_signals().unwrap(),
         }
     }
 

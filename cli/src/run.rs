@@ -57,6 +57,9 @@ enum AgentChoice {
 
 /// Runs the command and returns its exit code.
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    // Caught before any temporary directory exists: a signal during a slow start then ends the
+    // run through the normal path, which removes the directory.
+    let signals = child::catch_signals().context("cannot install signal handlers")?;
     let executable = std::env::current_exe().context("cannot locate the envproxy executable")?;
     let library = library::find(std::env::var_os(LIBRARY_VARIABLE), &executable)?;
 
@@ -142,6 +145,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         command: args.command,
         environment: environment.variables,
         open_files_soft_limit,
+        signals,
     });
     if let AgentChoice::Embedded(agent) = agent {
         agent.stop();

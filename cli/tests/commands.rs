@@ -763,3 +763,45 @@ fn run_names_missing_interpreter() {
     assert!(stderr.contains("interpreter /nonexistent"), "{stderr}");
     assert!(!stderr.contains("command not found"), "{stderr}");
 }
+
+#[test]
+fn run_removes_directory_on_early_signal() {
+    let secrets = Secrets::new();
+    // Enough keys that loading them takes a while, so the signal arrives during start-up.
+    let many = secrets.dir.path().join("many.json");
+    let entries: Vec<String> = (0..200_000)
+        .map(|i| format!("\"KEY_{i}\": \"value-{i}\""))
+        .collect();
+    std::fs::write(&many, format!("{{{}}}", entries.join(","))).unwrap();
+    let runtime_dir = secrets.dir.path().join("runtime");
+    std::fs::create_dir(&runtime_dir).unwrap();
+    std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        let mut command = envproxy(&["run", "--secrets", many.to_str().unwrap(), "--", "true"]);
+        command
+            .env("XDG_RUNTIME_DIR", &runtime_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().unwrap();
+        let deadline = Instant::now() + WAIT;
+        while std::fs::read_dir(&runtime_dir).unwrap().next().is_none() {
+            assert!(child.try_wait().unwrap().is_none(), "envproxy exited early");
+            assert!(Instant::now() < deadline, "no private directory appeared");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let status = wait_or_kill(&mut child);
+
+        assert_eq!(
+            status.code(),
+            Some(128 + signal as i32),
+            "{signal}: {status}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&runtime_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "{signal}: left behind {left:?}");
+    }
+}
