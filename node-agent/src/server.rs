@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
@@ -13,6 +13,33 @@ use crate::peer;
 
 /// Pause after a failed `accept`, so a persistent error such as `EMFILE` does not spin the loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Minimum time between two warnings about connections closed at the connection limit.
+const LIMIT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Rate limit of the warning about connections closed at the connection limit: at most one line
+/// per [`LIMIT_WARNING_INTERVAL`], with the count closed since the previous line.
+#[derive(Debug, Default)]
+struct LimitWarnings {
+    last_warning: Option<Instant>,
+    closed_since_warning: u64,
+}
+
+impl LimitWarnings {
+    /// Counts one closed connection at `now`. Returns the number to report when a warning is
+    /// due, which includes this one.
+    fn record_closed(&mut self, now: Instant) -> Option<u64> {
+        self.closed_since_warning += 1;
+        let due = self
+            .last_warning
+            .is_none_or(|last| now.duration_since(last) >= LIMIT_WARNING_INTERVAL);
+        if !due {
+            return None;
+        }
+        self.last_warning = Some(now);
+        Some(std::mem::take(&mut self.closed_since_warning))
+    }
+}
 
 /// Accepts connections until `shutdown` completes, then ends every open connection.
 ///
@@ -27,6 +54,7 @@ pub(crate) async fn accept_loop(
     let permits = Arc::new(Semaphore::new(max_connections));
     let mut connections = JoinSet::new();
     let mut over_limit: u64 = 0;
+    let mut limit_warnings = LimitWarnings::default();
     tokio::pin!(shutdown);
 
     loop {
@@ -55,6 +83,15 @@ pub(crate) async fn accept_loop(
                         closed_total = over_limit,
                         "connection limit reached; closed a new connection"
                     );
+                    if let Some(closed) = limit_warnings.record_closed(Instant::now()) {
+                        tracing::warn!(
+                            max_connections,
+                            closed,
+                            closed_total = over_limit,
+                            "connection limit reached; closed {closed} new connections since \
+                             the last warning (raise [agent] max_connections if clients need more)"
+                        );
+                    }
                     continue;
                 };
                 let peer = match peer::peer_of(&stream) {
@@ -76,4 +113,31 @@ pub(crate) async fn accept_loop(
     let open = connections.len();
     connections.shutdown().await;
     tracing::debug!(open, "closed open connections");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_warning_at_most_every_interval() {
+        let start = Instant::now();
+        let mut warnings = LimitWarnings::default();
+
+        assert_eq!(warnings.record_closed(start), Some(1));
+        assert_eq!(warnings.record_closed(start + Duration::from_secs(1)), None);
+        assert_eq!(warnings.record_closed(start + Duration::from_secs(9)), None);
+        assert_eq!(
+            warnings.record_closed(start + LIMIT_WARNING_INTERVAL),
+            Some(3)
+        );
+        assert_eq!(
+            warnings.record_closed(start + Duration::from_secs(11)),
+            None
+        );
+        assert_eq!(
+            warnings.record_closed(start + Duration::from_secs(25)),
+            Some(2)
+        );
+    }
 }
