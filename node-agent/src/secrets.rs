@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use envproxy_proto::SecretBytes;
@@ -56,6 +57,12 @@ impl fmt::Display for Format {
     }
 }
 
+/// Maximum size of a secrets file. A larger file is rejected, and on reload the last good content
+/// stays in use.
+pub const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
+/// Maximum length of a key in bytes. A longer key is skipped with a warning.
+pub const MAX_KEY_LEN: usize = 4096;
+
 /// A secrets file that cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -65,6 +72,13 @@ pub enum SecretsError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "secrets file {} is {size} bytes, more than the maximum of {max} bytes (64 MiB); split \
+         it or remove unused keys",
+        path.display(),
+        max = MAX_FILE_SIZE
+    )]
+    TooLarge { path: PathBuf, size: u64 },
     #[error("invalid {format} secrets file {}: {source}", path.display())]
     Parse {
         path: PathBuf,
@@ -98,10 +112,23 @@ pub enum ParseError {
 
 /// Reads and parses the secrets file at `path`, in the format its name selects.
 pub fn load(path: &Path) -> Result<SecretMap, SecretsError> {
-    let bytes = Zeroizing::new(fs::read(path).map_err(|source| SecretsError::Read {
+    let read_error = |source| SecretsError::Read {
         path: path.to_path_buf(),
         source,
-    })?);
+    };
+    let file = fs::File::open(path).map_err(read_error)?;
+    // One byte more than the maximum is read, so a file that grew after `open` is caught too.
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        let size = fs::metadata(path).map_or(bytes.len() as u64, |metadata| metadata.len());
+        return Err(SecretsError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
     let format = Format::for_path(path);
     parse(&bytes, format).map_err(|source| SecretsError::Parse {
         path: path.to_path_buf(),
@@ -110,13 +137,50 @@ pub fn load(path: &Path) -> Result<SecretMap, SecretsError> {
     })
 }
 
-/// Parses secrets file content.
+/// UTF-8 byte order mark, which some editors write at the start of a file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Parses secrets file content, after a UTF-8 byte order mark if there is one.
+///
+/// A key that cannot be exported as an environment variable, or whose value contains NUL, is
+/// left out with a warning that names the key and the reason, and the rest of the file is used.
 pub fn parse(bytes: &[u8], format: Format) -> Result<SecretMap, ParseError> {
-    match format {
-        Format::Json => parse_json(bytes),
-        Format::Toml => parse_toml(utf8(bytes)?),
-        Format::Dotenv => parse_dotenv(utf8(bytes)?),
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    let mut secrets = match format {
+        Format::Json => parse_json(bytes)?,
+        Format::Toml => parse_toml(utf8(bytes)?)?,
+        Format::Dotenv => parse_dotenv(utf8(bytes)?)?,
+    };
+    secrets.retain(
+        |key, value| match unusable_entry_reason(key, value.expose_secret()) {
+            Some(reason) => {
+                tracing::warn!(key = ?key, reason, "skipping a key of the secrets file");
+                false
+            }
+            None => true,
+        },
+    );
+    Ok(secrets)
+}
+
+/// Returns why `key` and its value cannot be served as an environment variable, if they cannot.
+fn unusable_entry_reason(key: &str, value: &[u8]) -> Option<&'static str> {
+    if key.is_empty() {
+        return Some("the key is empty");
     }
+    if key.len() > MAX_KEY_LEN {
+        return Some("the key is longer than 4096 bytes");
+    }
+    if key.contains('=') {
+        return Some("the key contains `=`, which ends a variable name in an environment");
+    }
+    if key.chars().any(char::is_control) {
+        return Some("the key contains a control character such as NUL or a newline");
+    }
+    if value.contains(&0) {
+        return Some("the value contains a NUL byte, which an environment cannot carry");
+    }
+    None
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, ParseError> {
@@ -484,6 +548,73 @@ DUP=new
     fn non_utf8_reports_line() {
         let error = parse(b"A=1\nB=\xff\n", Format::Dotenv).unwrap_err();
         assert_eq!(error.to_string(), "line 2: the file is not valid UTF-8");
+    }
+
+    #[test]
+    fn byte_order_mark_is_accepted() {
+        let cases: [(Format, &[u8]); 3] = [
+            (Format::Json, b"\xEF\xBB\xBF{\"A\": \"1\"}"),
+            (Format::Dotenv, b"\xEF\xBB\xBFA=1\n"),
+            (Format::Toml, b"\xEF\xBB\xBFA = \"1\"\n"),
+        ];
+        for (format, bytes) in cases {
+            let secrets = parse(bytes, format).unwrap_or_else(|err| panic!("{format}: {err}"));
+            assert_eq!(value(&secrets, "A"), b"1", "{format}");
+        }
+    }
+
+    #[test]
+    fn unusable_keys_are_skipped() {
+        let long_key = "K".repeat(MAX_KEY_LEN + 1);
+        let longest_key = "K".repeat(MAX_KEY_LEN);
+        let text = format!(
+            r#"{{"GOOD": "1", "A=B": "2", "": "3", "NL\nKEY": "4", "NUL\u0000KEY": "5",
+                "{long_key}": "6", "{longest_key}": "7", "NUL_VALUE": "a\u0000b",
+                "TAB\tKEY": "8"}}"#
+        );
+        let secrets = parse(text.as_bytes(), Format::Json).unwrap();
+        let keys: Vec<&str> = secrets.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["GOOD", longest_key.as_str()]);
+
+        let toml = "GOOD = \"1\"\n\"A=B\" = \"2\"\n\"\" = \"3\"\nNUL = \"x\\u0000y\"\n";
+        let secrets = parse(toml.as_bytes(), Format::Toml).unwrap();
+        let keys: Vec<&str> = secrets.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["GOOD"]);
+    }
+
+    #[test]
+    fn unusable_entry_reasons() {
+        assert_eq!(unusable_entry_reason("OK", b"v"), None);
+        assert_eq!(unusable_entry_reason("", b"v"), Some("the key is empty"));
+        assert!(unusable_entry_reason("A=B", b"v").unwrap().contains("`=`"));
+        assert!(unusable_entry_reason("A\nB", b"v")
+            .unwrap()
+            .contains("control"));
+        assert!(unusable_entry_reason("A", b"x\0y")
+            .unwrap()
+            .contains("NUL byte"));
+        let long_key = "K".repeat(MAX_KEY_LEN + 1);
+        assert!(unusable_entry_reason(&long_key, b"v")
+            .unwrap()
+            .contains("4096"));
+    }
+
+    #[test]
+    fn oversized_file_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.json");
+        let file = fs::File::create(&path).unwrap();
+        file.set_len(MAX_FILE_SIZE + 1).unwrap();
+        let error = load(&path).unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, SecretsError::TooLarge { .. }), "{message}");
+        assert!(message.contains("big.json"), "{message}");
+        assert!(message.contains("64 MiB"), "{message}");
+
+        let file = fs::File::create(&path).unwrap();
+        file.set_len(MAX_FILE_SIZE).unwrap();
+        let error = load(&path).unwrap_err();
+        assert!(matches!(error, SecretsError::Parse { .. }), "{error}");
     }
 
     #[test]
