@@ -170,6 +170,16 @@ impl Row {
     }
 }
 
+/// Formats a ratio with three decimals, or in scientific notation below 0.01, where three
+/// decimals would show too few digits (1 Vault read per 6400 requests is `1.56e-4`).
+fn format_ratio(ratio: f64) -> String {
+    if ratio != 0.0 && ratio.abs() < 0.01 {
+        format!("{ratio:.2e}")
+    } else {
+        format!("{ratio:.3}")
+    }
+}
+
 /// Formats the rows as an aligned text table.
 pub fn table(rows: &[Row]) -> String {
     let header = ["benchmark", "with", "baseline", "ratio", "target", "pass"];
@@ -182,7 +192,7 @@ pub fn table(rows: &[Row]) -> String {
                 row.baseline
                     .as_ref()
                     .map_or("-".to_string(), |b| b.to_string()),
-                row.ratio.map_or("-".to_string(), |r| format!("{r:.3}")),
+                row.ratio.map_or("-".to_string(), format_ratio),
                 row.target
                     .map_or("-".to_string(), |t| t.describe(row.with.unit)),
                 match row.pass {
@@ -313,6 +323,13 @@ mod tests {
     fn row_without_target_has_no_verdict() {
         let row = Row::new("x", "x", Figure::new(1.0, Unit::Milliseconds), None, None);
         assert_eq!(row.pass, None);
+    }
+
+    #[test]
+    fn small_ratios_keep_their_digits() {
+        assert_eq!(format_ratio(1.0 / 6400.0), "1.56e-4");
+        assert_eq!(format_ratio(0.0), "0.000");
+        assert_eq!(format_ratio(1.0871), "1.087");
     }
 
     #[test]
