@@ -919,6 +919,44 @@ fn error_kinds_reach_program_and_get() {
 }
 
 #[test]
+fn deleted_version_not_masked_by_cache() {
+    let vault = Vault::start();
+    let world = World::new();
+    let token = vault.reader_token(TokenSpec::default());
+    let path = unique_path("masked");
+    let secret = random_secret();
+    vault.put_kv2(&path, json!({ "password": secret }));
+    let config = AgentConfig::vault(&vault.url())
+        .set("cache_ttl", &format!("{AGENT_CACHE_TTL_SECS}s"))
+        .set("max_stale", "1h")
+        .write(&world, "agent.toml");
+    let reference = format!("{}#1", kv2_reference(&path, "password"));
+
+    let mut command = run_with_config(&world, &config, &token, probe());
+    command
+        .env("ENVPROXY_CACHE_TTL", LIBRARY_CACHE_TTL_SECS.to_string())
+        .env("PINNED", &reference);
+    let mut probe = Serve::start(command);
+    assert_eq!(probe.get("PINNED").0, secret, "before the delete");
+
+    vault
+        .server()
+        .root()
+        .kv2_delete_versions(KV2_MOUNT, &path, &[1])
+        .expect("delete version 1");
+    // Both caches expire, so the next request reaches Vault, which returns the deletion. A
+    // stale value may stand in only while Vault is unavailable.
+    let expired = Duration::from_secs(AGENT_CACHE_TTL_SECS + LIBRARY_CACHE_TTL_SECS + 1);
+    std::thread::sleep(expired);
+    assert_eq!(probe.get("PINNED").0, reference, "after the delete");
+    let stderr = probe.finish();
+    let line = error_line(&stderr, "PINNED")
+        .unwrap_or_else(|| panic!("no error line after the delete: {stderr}"));
+    assert!(line.contains("deleted"), "{line}");
+    assert_no_secrets("stderr", &stderr, &[&secret, &token]);
+}
+
+#[test]
 fn tls_with_server_ca_and_unrelated_ca() {
     let vault = Vault::start_with(ServerOptions::default().with_tls());
     let world = World::new();
