@@ -116,6 +116,71 @@ impl VaultError {
         )
     }
 
+    /// Names `secret_path` in an error that happened on the way to reading it (a token lookup
+    /// or login), so the message says which reference failed as well as which call.
+    pub fn while_reading(self, secret_path: &str) -> VaultError {
+        let with_secret = |call: String| format!("{secret_path}, at {call}");
+        match self {
+            VaultError::Sealed { address, path } => VaultError::Sealed {
+                address,
+                path: with_secret(path),
+            },
+            VaultError::RateLimited { address, path } => VaultError::RateLimited {
+                address,
+                path: with_secret(path),
+            },
+            VaultError::Server {
+                address,
+                path,
+                status,
+                message,
+            } => VaultError::Server {
+                address,
+                path: with_secret(path),
+                status,
+                message,
+            },
+            VaultError::Tls {
+                address,
+                path,
+                reason,
+            } => VaultError::Tls {
+                address,
+                path: with_secret(path),
+                reason,
+            },
+            VaultError::Timeout {
+                address,
+                path,
+                timeout,
+            } => VaultError::Timeout {
+                address,
+                path: with_secret(path),
+                timeout,
+            },
+            VaultError::ConnectionRefused { address, path } => VaultError::ConnectionRefused {
+                address,
+                path: with_secret(path),
+            },
+            VaultError::Unreachable {
+                address,
+                path,
+                reason,
+            } => VaultError::Unreachable {
+                address,
+                path: with_secret(path),
+                reason,
+            },
+            VaultError::InvalidToken { path } => VaultError::InvalidToken {
+                path: with_secret(path),
+            },
+            VaultError::PermissionDenied { path } => VaultError::PermissionDenied {
+                path: with_secret(path),
+            },
+            other => other,
+        }
+    }
+
     /// Returns whether a new login may cure the error: the token was rejected.
     pub fn is_auth_rejection(&self) -> bool {
         matches!(

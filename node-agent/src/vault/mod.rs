@@ -190,7 +190,11 @@ impl VaultBackend {
     /// token. A lease in the response is tracked from here on.
     async fn fetch(&self, key: &CacheKey) -> Result<ReadResult, VaultError> {
         let inner = &self.inner;
-        let token = inner.session.token().await?;
+        let token = inner
+            .session
+            .token()
+            .await
+            .map_err(|err| err.while_reading(&key.target.path))?;
         let result = match read::read(&inner.transport, &token, &key.target).await {
             Err(err) if err.is_auth_rejection() => {
                 match inner.session.login_after_rejection(&token, &err).await? {
