@@ -225,3 +225,37 @@ fn node_reads_secret_and_spread_env_child_gets_reference() {
     );
     assert_eq!(value_of(out, "child.environ").as_deref(), Some("clean"));
 }
+
+#[test]
+fn node_renamed_value_reaches_child_as_reference() {
+    require("node");
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("SESSION_KEY", &secret)]);
+    // libuv sets `environ` to the child's environment and then calls execvp.
+    let script = r#"
+const { spawnSync } = require("child_process");
+const result = spawnSync("/usr/bin/env", [], {
+  env: { ...process.env, RENAMED: process.env.SESSION_KEY },
+  encoding: "utf8",
+});
+process.stdout.write(result.stdout);
+"#;
+    let output = run_with_limit(run_command(&secrets, "node").args(["-e", script]), LIMIT);
+    let environment = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !environment.contains(&secret),
+        "the child saw the value: {environment}"
+    );
+    assert!(
+        environment
+            .lines()
+            .any(|l| l == "RENAMED=envproxy:SESSION_KEY"),
+        "{environment}"
+    );
+}

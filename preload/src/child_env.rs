@@ -1,6 +1,8 @@
 //! The environment of a child: values this library resolved go back to their references.
 
+use std::collections::HashSet;
 use std::ffi::{c_char, CStr, CString};
+use std::sync::OnceLock;
 
 use crate::cache::{self, ServedLookup};
 use crate::real;
@@ -9,6 +11,40 @@ use crate::real;
 /// values ("1", "root", "5432") are as likely to be an ordinary setting that happens to equal
 /// a secret as a renamed secret, and replacing an ordinary setting breaks the child.
 const MIN_RENAMED_VALUE_LEN: usize = 8;
+
+/// The plain `NAME=VALUE` entries of the environment the process started with. A value the
+/// library resolved under another name is not replaced where it equals one of these, because
+/// it is an ordinary setting that happens to equal a secret. The snapshot is taken at load:
+/// the current `environ` is no guide, because programs such as Node.js set `environ` to the
+/// child's environment just before `execvp`.
+static INITIAL_PLAIN: OnceLock<HashSet<Box<[u8]>>> = OnceLock::new();
+
+/// Records the plain entries of the current environment; called once at load.
+pub fn snapshot_initial_environment() {
+    let environ = real::environ_ptr();
+    let entries = if environ.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: a non-null `environ` is a NULL-terminated array of NUL-terminated strings,
+        // and at load no other thread changes it.
+        unsafe { entries_of(environ) }
+    };
+    let plain = entries
+        .iter()
+        .map(|entry| entry.to_bytes())
+        .filter(|entry| {
+            split_entry(entry).is_some_and(|(_, value)| !envproxy_proto::has_known_scheme(value))
+        })
+        .map(Box::from)
+        .collect();
+    let _ = INITIAL_PLAIN.set(plain);
+}
+
+fn is_initial_plain(entry: &[u8]) -> bool {
+    INITIAL_PLAIN
+        .get()
+        .is_some_and(|plain| plain.contains(entry))
+}
 
 /// A rewritten `envp` array and the strings it points to.
 pub struct ChildEnv {
@@ -27,8 +63,8 @@ impl ChildEnv {
 /// replaced by `NAME=REFERENCE`, or `None` when no entry needs a change (or `envp` is NULL).
 ///
 /// A value resolved under the same name is always replaced. A value resolved under another
-/// name is replaced when it is at least [`MIN_RENAMED_VALUE_LEN`] bytes long and this
-/// process's own environment does not hold the same `NAME=VALUE` as a plain setting.
+/// name is replaced when it is at least [`MIN_RENAMED_VALUE_LEN`] bytes long and the process
+/// did not start with the same `NAME=VALUE` as a plain setting.
 ///
 /// When something was replaced, the child also gets what it needs to resolve the references
 /// again: `LD_PRELOAD` with this library and this process's `ENVPROXY_*` settings, added where
@@ -103,9 +139,7 @@ fn split_entry(entry: &[u8]) -> Option<(&[u8], &[u8])> {
 fn replacement(entry: &[u8], served_as: &ServedLookup<'_>) -> Option<CString> {
     let (name, value) = split_entry(entry)?;
     let served = served_as(name, value)?;
-    if !served.same_name
-        && (value.len() < MIN_RENAMED_VALUE_LEN || own_value(name).as_deref() == Some(value))
-    {
+    if !served.same_name && (value.len() < MIN_RENAMED_VALUE_LEN || is_initial_plain(entry)) {
         return None;
     }
     let mut replaced = Vec::with_capacity(name.len() + 1 + served.reference.len());

@@ -40,6 +40,7 @@ extern "C" fn on_load() {
         if !settings.enabled {
             return;
         }
+        child_env::snapshot_initial_environment();
         agent::register_fork_handlers();
         cache::register_fork_handlers();
         hooks::install(settings);

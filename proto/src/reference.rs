@@ -16,6 +16,10 @@ use std::fmt;
 pub const VAULT_SCHEME: &str = "vault:";
 pub const LOCAL_SCHEME: &str = "envproxy:";
 
+/// First path segments of Vault's own APIs. Reading `auth/token/lookup-self` returns the
+/// caller's token and `sys/` describes the server, so neither is a secret to hand out.
+const RESERVED_FIRST_SEGMENTS: [&str; 2] = ["auth", "sys"];
+
 /// The marker that makes a Vault path a KV version 2 data path.
 const KV2_DATA_SEGMENT: &str = "/data/";
 
@@ -65,6 +69,11 @@ pub enum ReferenceError {
          but `{0}` has no `/data/` segment"
     )]
     VersionWithoutKv2(String),
+    #[error(
+        "`{0}` is a Vault system or auth API path, not a secret; references may not read \
+         `auth/` or `sys/` paths (they would expose the agent's own token and settings)"
+    )]
+    ReservedPath(String),
     #[error("too many `#` separators (expected `vault:<path>#<key>` or `vault:<path>#<key>#<n>`)")]
     TooManySeparators,
 }
@@ -126,6 +135,10 @@ fn parse_vault(rest: &str) -> Result<Reference, ReferenceError> {
         return Err(ReferenceError::EmptyPath);
     }
     validate_path(path)?;
+    let first_segment = path.split('/').next().unwrap_or_default();
+    if RESERVED_FIRST_SEGMENTS.contains(&first_segment) {
+        return Err(ReferenceError::ReservedPath(path.to_string()));
+    }
     let Some(key) = key else {
         return Err(ReferenceError::MissingKey(path.to_string()));
     };
@@ -306,6 +319,14 @@ mod tests {
             ("vault:secret/data/app#k#+2", InvalidVersion("+2".into())),
             ("vault:kv/app#k#2", VersionWithoutKv2("kv/app".into())),
             ("vault:a/data/b#k#1#2", TooManySeparators),
+            (
+                "vault:auth/token/lookup-self#id",
+                ReservedPath("auth/token/lookup-self".into()),
+            ),
+            (
+                "vault:sys/health#version",
+                ReservedPath("sys/health".into()),
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(Reference::parse(text).as_ref(), Err(expected), "{text}");
