@@ -7,9 +7,11 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Directives added to every filter: rustify, under vaultrs, logs each failed HTTP call as an
-/// error, which the Vault backend already reports in its own words.
-const QUIET_DEPENDENCIES: &str = "rustify=off";
+/// Directives added to every filter: rustify and vaultrs log each failed HTTP call as an error,
+/// and rustls_platform_verifier each failed certificate check, all of which the Vault backend
+/// already reports in its own words.
+const QUIET_DEPENDENCIES: [&str; 3] =
+    ["rustify=off", "vaultrs=off", "rustls_platform_verifier=off"];
 
 /// Log levels a filter directive may name, from most to least verbose.
 pub const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
@@ -45,9 +47,11 @@ pub fn init(default_filter: &str) -> Result<(), tracing_subscriber::util::TryIni
     let from_env = std::env::var("RUST_LOG")
         .ok()
         .filter(|value| !value.is_empty());
-    let quiet = |filter: EnvFilter| match QUIET_DEPENDENCIES.parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
+    let quiet = |filter: EnvFilter| {
+        QUIET_DEPENDENCIES
+            .iter()
+            .filter_map(|directive| directive.parse().ok())
+            .fold(filter, EnvFilter::add_directive)
     };
     let filter = match from_env.map(|value| parse_filter(&value)) {
         Some(Ok(filter)) => filter,

@@ -10,7 +10,7 @@
 //! | `namespace` | `VAULT_NAMESPACE` | Vault Enterprise namespace |
 //! | `cache_ttl` | `5m` | cache lifetime of a read without a lease |
 //! | `max_stale` | `1h` | how long past `cache_ttl` a value is served while Vault is down |
-//! | `timeout` | `5s` | bound of one request to Vault |
+//! | `timeout` | `1500ms` | bound of one request to Vault |
 //! | `max_entries` | `10000` | maximum number of cached reads |
 //! | `revoke_on_shutdown` | `false` | revoke dynamic secrets' leases when the agent stops |
 //! | `ca_cert` | `VAULT_CACERT` | PEM CA bundle to trust instead of the system roots |

@@ -12,10 +12,10 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
 /// How long past its cache lifetime a secret may be served while Vault is unavailable, when
 /// `max_stale` is not set.
 pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
-/// Bound of one HTTP request to Vault when `timeout` is not set.
-/// NOTE: this is longer than the preload library's default 2 s wait for the agent, so while
-/// Vault does not respond at all, a read of an uncached path outlasts that wait.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of one HTTP request to Vault when `timeout` is not set. It is shorter than the
+/// library's default 2 s wait for the agent (`ENVPROXY_TIMEOUT_MS`), so a Vault that does not
+/// respond reaches the program as a Vault timeout rather than as a silent agent.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Maximum number of cached secret reads when `max_entries` is not set.
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
 /// Mount of Kubernetes auth when `auth_mount` is not set.
