@@ -22,8 +22,10 @@ pub enum VaultError {
          for example with `vault login`"
     )]
     InvalidToken { path: String },
-    #[error("no secret at {path} in Vault")]
+    #[error("no secret at {path} in Vault (a KV v2 secret is read as `<mount>/data/<path>`)")]
     NotFound { path: String },
+    #[error("version {version} of {path} does not exist in Vault")]
+    VersionNotFound { path: String, version: u64 },
     #[error("the secret at {path} in Vault has no key `{key}`")]
     KeyNotFound { path: String, key: String },
     #[error(

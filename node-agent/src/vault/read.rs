@@ -88,7 +88,13 @@ pub(crate) async fn read(
             None,
             target.kv2,
         )
-        .await?;
+        .await
+        .map_err(|err| match (err, target.version) {
+            (VaultError::NotFound { path }, Some(version)) => {
+                VaultError::VersionNotFound { path, version }
+            }
+            (other, _) => other,
+        })?;
     if reply.status == StatusCode::NO_CONTENT || reply.body.is_null() {
         return Err(VaultError::NotFound {
             path: target.path.clone(),
