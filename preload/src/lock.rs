@@ -10,7 +10,8 @@ use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Spins before yielding the CPU, so a holder preempted on the same core can run.
+/// Number of spins before a waiter yields the CPU, so that a holder preempted on the same core
+/// can run.
 const SPINS_BEFORE_YIELD: u32 = 64;
 
 pub struct SpinLock<T> {
