@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds every crate, then runs every test.
+# Builds every crate, then runs every test and prints one summary line of all test binaries.
 #
 # The end-to-end tests run the built `envproxy`, `envproxy-agent` and `libenvproxy.so` in real
 # programs, and `cargo test` alone does not build a cdylib, so the build comes first.
@@ -7,4 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --workspace --all-targets
-cargo test --workspace "$@"
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# cargo prints one "test result:" line per test binary; the last one is often a doc-test
+# binary with 0 tests, so add them up for a line that covers the whole run.
+awk '/^test result:/ { passed += $4; failed += $6 }
+     END { printf "summary: %d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"
