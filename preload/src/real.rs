@@ -1,12 +1,11 @@
-//! The next definitions of the symbols this library interposes, found with
-//! `dlsym(RTLD_NEXT, ...)` on first use.
+//! The next definitions of the exec functions this library interposes, found with
+//! `dlsym(RTLD_NEXT, ...)` on first use, and the library's own lookup in `environ`.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use libc::pid_t;
 
-pub type GetenvFn = unsafe extern "C" fn(*const c_char) -> *mut c_char;
 pub type ExecveFn =
     unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
 pub type FexecveFn =
@@ -35,14 +34,14 @@ impl NextSymbol {
         }
     }
 
-    /// The address of the next definition, or null when there is none.
+    /// Returns the address of the next definition, or null when there is none.
     #[inline]
     fn address(&self) -> *mut c_void {
         let address = self.address.load(Ordering::Relaxed);
         if !address.is_null() {
             return address;
         }
-        // SAFETY: `name` is NUL-terminated; RTLD_NEXT asks for the definition after this
+        // SAFETY: `name` is NUL-terminated. RTLD_NEXT selects the definition after this
         // library's own in the lookup order.
         let found = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) };
         self.address.store(found, Ordering::Relaxed);
@@ -50,7 +49,6 @@ impl NextSymbol {
     }
 }
 
-static GETENV: NextSymbol = NextSymbol::new(c"getenv");
 static EXECVE: NextSymbol = NextSymbol::new(c"execve");
 static EXECVPE: NextSymbol = NextSymbol::new(c"execvpe");
 static FEXECVE: NextSymbol = NextSymbol::new(c"fexecve");
@@ -58,17 +56,6 @@ static EXECV: NextSymbol = NextSymbol::new(c"execv");
 static EXECVP: NextSymbol = NextSymbol::new(c"execvp");
 static POSIX_SPAWN: NextSymbol = NextSymbol::new(c"posix_spawn");
 static POSIX_SPAWNP: NextSymbol = NextSymbol::new(c"posix_spawnp");
-
-/// Returns libc's `getenv`, or a scan of `environ` if no next definition exists.
-#[inline]
-pub fn getenv() -> GetenvFn {
-    let address = GETENV.address();
-    if address.is_null() {
-        return scan_environ;
-    }
-    // SAFETY: the symbol named `getenv` has the C signature of GetenvFn.
-    unsafe { std::mem::transmute::<*mut c_void, GetenvFn>(address) }
-}
 
 macro_rules! next_fn {
     ($vis:vis fn $name:ident -> $ty:ty = $symbol:ident) => {
@@ -106,11 +93,10 @@ pub fn environ_ptr() -> *const *const c_char {
 /// Looks `name` up in `environ` as glibc's `getenv` does: the first two bytes of each entry
 /// are compared before the rest, and the entry must continue with `=` after the name.
 ///
-/// The interposed `getenv` uses this scan instead of calling libc's through a function pointer:
-/// the indirect call and the second frame cost about 2 ns per call, which is a tenth of a whole
-/// lookup in a typical 30-variable environment (measured with `envproxy-bench`, see
-/// docs/benchmarks.md). Reads stop at the first byte that differs, so no byte past an entry's
-/// terminating NUL is read.
+/// The interposed `getenv` uses this scan instead of calling libc's through a function pointer.
+/// The indirect call and the second frame cost about 2 ns per call, a tenth of a whole lookup
+/// in a typical 30-variable environment (measured with `envproxy-bench`). Reads stop at the
+/// first byte that differs, so no byte past an entry's terminating NUL is read.
 ///
 /// # Safety
 /// `name` must be NULL or a valid NUL-terminated string, and `environ` must be NULL or a
@@ -176,12 +162,6 @@ unsafe fn value_after_name(name: *const c_char, candidate: *const c_char) -> Opt
         }
         i += 1;
     }
-}
-
-/// Looks `name` up in `environ`, for when libc has no `getenv` to find with `dlsym`.
-unsafe extern "C" fn scan_environ(name: *const c_char) -> *mut c_char {
-    // SAFETY: same contract as libc's getenv.
-    unsafe { find_in_environ(name) }
 }
 
 #[cfg(test)]

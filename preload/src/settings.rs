@@ -4,7 +4,7 @@ use std::ffi::CStr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// What a reference that cannot be resolved, and has no stale value, yields.
+/// The result of `getenv` for a reference that cannot be resolved and has no stale value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnError {
     /// `getenv` returns the reference unchanged.
@@ -27,7 +27,7 @@ pub struct Settings {
     pub enabled: bool,
     /// `ENVPROXY_DEBUG=1`: one stderr line per decision.
     pub debug: bool,
-    /// `ENVPROXY_CACHE_TTL` in milliseconds; 0 asks the agent on every call.
+    /// `ENVPROXY_CACHE_TTL` in milliseconds. With 0 every call sends a request to the agent.
     pub ttl_ms: u64,
     /// `ENVPROXY_TIMEOUT_MS`: the longest one `getenv` waits for the agent.
     pub timeout_ms: u64,
@@ -68,12 +68,11 @@ impl Settings {
     }
 }
 
-/// Reads a variable through libc's own `getenv`, never through the interposed one.
+/// Reads a variable from `environ` directly, never through the interposed `getenv`.
 pub fn read(name: &CStr) -> Option<String> {
-    let getenv = crate::real::getenv();
-    // SAFETY: `name` is NUL-terminated; the real getenv returns NULL or a NUL-terminated
-    // string owned by the environment.
-    let value = unsafe { getenv(name.as_ptr()) };
+    // SAFETY: `name` is NUL-terminated; the scan returns NULL or a NUL-terminated string
+    // owned by the environment.
+    let value = unsafe { crate::real::find_in_environ(name.as_ptr()) };
     if value.is_null() {
         return None;
     }
