@@ -1,6 +1,5 @@
 //! The environment of a child: values this library resolved go back to their references.
 
-use std::collections::HashSet;
 use std::ffi::{c_char, CStr, CString};
 use std::sync::OnceLock;
 
@@ -12,12 +11,14 @@ use crate::real;
 /// a secret as a renamed secret, and replacing an ordinary setting breaks the child.
 const MIN_RENAMED_VALUE_LEN: usize = 8;
 
-/// The plain `NAME=VALUE` entries of the environment the process started with. A value the
-/// library resolved under another name is not replaced where it equals one of these, because
-/// it is an ordinary setting that happens to equal a secret. The snapshot is taken at load:
-/// the current `environ` is no guide, because programs such as Node.js set `environ` to the
-/// child's environment just before `execvp`.
-static INITIAL_PLAIN: OnceLock<HashSet<Box<[u8]>>> = OnceLock::new();
+/// The plain `NAME=VALUE` entries of the environment the process started with.
+///
+/// A value resolved under another name is not replaced where it equals one of these, because it
+/// is an ordinary setting that happens to equal a secret. The `LD_PRELOAD` and `ENVPROXY_*`
+/// settings given to a child also come from here. The snapshot is taken at load because the
+/// current `environ` is no guide: programs such as Node.js set `environ` to the child's
+/// environment just before `execvp`.
+static INITIAL_PLAIN: OnceLock<Vec<Box<[u8]>>> = OnceLock::new();
 
 /// Records the plain entries of the current environment; called once at load.
 pub fn snapshot_initial_environment() {
@@ -40,10 +41,20 @@ pub fn snapshot_initial_environment() {
     let _ = INITIAL_PLAIN.set(plain);
 }
 
+fn initial_plain() -> &'static [Box<[u8]>] {
+    INITIAL_PLAIN.get().map_or(&[], Vec::as_slice)
+}
+
 fn is_initial_plain(entry: &[u8]) -> bool {
-    INITIAL_PLAIN
-        .get()
-        .is_some_and(|plain| plain.contains(entry))
+    initial_plain().iter().any(|plain| **plain == *entry)
+}
+
+/// Returns the value of `name` in the environment the process started with.
+fn initial_value(name: &[u8]) -> Option<&'static [u8]> {
+    initial_plain().iter().find_map(|entry| {
+        let (entry_name, value) = split_entry(entry)?;
+        (entry_name == name).then_some(value)
+    })
 }
 
 /// A rewritten `envp` array and the strings it points to.
@@ -53,7 +64,7 @@ pub struct ChildEnv {
 }
 
 impl ChildEnv {
-    /// The NULL-terminated array to pass to `execve` or `posix_spawn`.
+    /// Returns the NULL-terminated array to pass to `execve` or `posix_spawn`.
     pub fn as_ptr(&self) -> *const *const c_char {
         self.pointers.as_ptr()
     }
@@ -67,7 +78,8 @@ impl ChildEnv {
 /// did not start with the same `NAME=VALUE` as a plain setting.
 ///
 /// When something was replaced, the child also gets what it needs to resolve the references
-/// again: `LD_PRELOAD` with this library and this process's `ENVPROXY_*` settings, added where
+/// again: `LD_PRELOAD` with this library and the `ENVPROXY_*` settings the process started with,
+/// added where
 /// the given environment lacks them (a program that passes a minimal environment, such as
 /// `{"PGPASSWORD": ...}`, would otherwise hand the child a reference it cannot resolve).
 ///
@@ -149,15 +161,6 @@ fn replacement(entry: &[u8], served_as: &ServedLookup<'_>) -> Option<CString> {
     CString::new(replaced).ok()
 }
 
-/// Returns this process's own value of `name`.
-fn own_value(name: &[u8]) -> Option<Vec<u8>> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: `name` is NUL-terminated.
-    let value = unsafe { real::find_in_environ(name.as_ptr()) };
-    // SAFETY: a non-null result is a NUL-terminated string of the environment.
-    (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) }.to_bytes().to_vec())
-}
-
 /// An entry added to (or replacing one of) a child's environment.
 struct Addition {
     text: CString,
@@ -175,11 +178,12 @@ fn resolver_settings(entries: &[&CStr]) -> Vec<Addition> {
         })
     };
 
-    if let Some(own_preload) = own_value(b"LD_PRELOAD") {
-        let libraries: Vec<&[u8]> = own_preload
-            .split(|&b| b == b' ' || b == b':')
-            .filter(|part| part.ends_with(b"libenvproxy.so"))
-            .collect();
+    let libraries: Vec<&[u8]> = initial_value(b"LD_PRELOAD")
+        .unwrap_or_default()
+        .split(|&b| b == b' ' || b == b':')
+        .filter(|part| part.ends_with(b"libenvproxy.so"))
+        .collect();
+    if !libraries.is_empty() {
         let text = match child_value(b"LD_PRELOAD") {
             None => Some((join(b"LD_PRELOAD=", &libraries), None)),
             Some((index, value)) => {
@@ -209,23 +213,17 @@ fn resolver_settings(entries: &[&CStr]) -> Vec<Addition> {
         }
     }
 
-    let environ = real::environ_ptr();
-    let own = if environ.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: a non-null `environ` is a NULL-terminated array of NUL-terminated strings.
-        unsafe { entries_of(environ) }
-    };
-    for entry in own {
-        let bytes = entry.to_bytes();
-        let Some((name, _)) = split_entry(bytes) else {
+    for entry in initial_plain() {
+        let Some((name, _)) = split_entry(entry) else {
             continue;
         };
         if name.starts_with(b"ENVPROXY_") && child_value(name).is_none() {
-            additions.push(Addition {
-                text: entry.to_owned(),
-                replaces: None,
-            });
+            if let Ok(text) = CString::new(entry.to_vec()) {
+                additions.push(Addition {
+                    text,
+                    replaces: None,
+                });
+            }
         }
     }
     additions
