@@ -15,8 +15,8 @@ cargo test --workspace "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
-# cargo prints one "test result:" line per test binary; the last one is often a doc-test
-# binary with 0 tests, so add them up for a line that covers the whole run.
+# cargo prints one "test result:" line per test binary. The last one often belongs to a
+# doc-test binary with 0 tests, so the counts are added up into one line for the whole run.
 awk '/^test result:/ { passed += $4; failed += $6 }
      END { printf "summary: %d passed, %d failed\n", passed, failed }' "$log"
 exit "$status"

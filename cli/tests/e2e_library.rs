@@ -272,7 +272,8 @@ fn agent_outage_serves_stale_and_recovers() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "expected one error line, got {stderr:?}");
     assert!(lines[0].contains("UNCACHED: cannot resolve envproxy:UNCACHED"));
-    assert!(!stderr.contains(&cached) && !stderr.contains(&uncached));
+    assert!(!stderr.contains(&cached));
+    assert!(!stderr.contains(&uncached));
 }
 
 #[test]
@@ -280,8 +281,8 @@ fn hung_agent_costs_at_most_the_timeout() {
     let world = World::new();
     let socket = world.socket();
     let listener = UnixListener::bind(&socket).unwrap();
-    // Accept connections and never answer.
-    let held = std::thread::spawn(move || {
+    // Accept connections and never respond.
+    let silent_agent = std::thread::spawn(move || {
         let mut open = Vec::new();
         for stream in listener.incoming().take(4) {
             open.push(stream);
@@ -303,7 +304,7 @@ fn hung_agent_costs_at_most_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(2));
     let stderr = probe.finish();
     assert!(stderr.contains("did not answer within 300 ms"), "{stderr}");
-    drop(held);
+    drop(silent_agent);
 }
 
 #[test]
@@ -516,7 +517,7 @@ fn agent_of_another_user_is_not_trusted() {
     )
     .unwrap();
     let socket = world.socket();
-    // A stand-in agent owned by uid 65534 that would answer every request with a value.
+    // A stand-in agent owned by uid 65534 that would respond to every request with a value.
     let script = r#"
 import os, socket, sys
 server = socket.socket(socket.AF_UNIX)

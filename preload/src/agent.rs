@@ -69,8 +69,8 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    /// Whether the failure happened on a reused connection that the agent had already closed,
-    /// so a fresh connection may succeed (for example after an agent restart).
+    /// Returns whether the failure happened on a reused connection that the agent had already
+    /// closed, so a fresh connection may succeed (for example after an agent restart).
     fn is_stale_connection(&self) -> bool {
         match self {
             AgentError::Closed(_) => true,

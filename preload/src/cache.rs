@@ -225,7 +225,7 @@ pub fn put_failure(
     }
 }
 
-/// How a value in a child's environment was resolved in this process.
+/// The origin of a value in a child's environment: the reference this process resolved it from.
 pub struct Served {
     /// The reference the value was resolved from.
     pub reference: Vec<u8>,

@@ -2,7 +2,7 @@
 //!
 //! Loaded with `LD_PRELOAD`, the library interposes `getenv` and `secure_getenv`. A variable
 //! whose value starts with `vault:` or `envproxy:` is resolved by the EnvProxy agent over a
-//! Unix socket; every other value costs one libc lookup plus a prefix check. It also
+//! Unix socket. Every other value costs one lookup in `environ` plus a prefix check. It also
 //! interposes the `exec` family and `posix_spawn`, so that a child started with a copy of the
 //! resolved environment receives the references again, never the values.
 //!

@@ -12,8 +12,8 @@
 //!
 //! In a v1 request the key is a variable name that the agent looks up in its default backend.
 //! In a v2 request the key is the variable name and the value is that variable's current value
-//! in the caller's environment, which is the reference to resolve. A status request asks the
-//! agent to describe itself; the reply is a [`Response::Found`] whose payload is a JSON object.
+//! in the caller's environment, which is the reference to resolve. A status request makes the
+//! agent describe itself, and the reply is a [`Response::Found`] whose payload is a JSON object.
 //!
 //! Decoding checks each length field against its bound as soon as the field is readable, so a
 //! peer announcing a huge frame is rejected before any of its body is buffered.
@@ -164,7 +164,7 @@ impl Request {
 }
 
 impl Response {
-    /// The status byte of this response.
+    /// Returns the status byte of this response.
     pub fn status_byte(&self) -> u8 {
         match self {
             Response::Found(_) => status::FOUND,
@@ -242,7 +242,7 @@ impl Response {
 }
 
 impl fmt::Display for Request {
-    /// Describes the request by kind and variable name; the value is a reference, never a
+    /// Describes the request by kind and variable name. The value is a reference, never a
     /// secret, but it is left out to keep log lines short.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -90,8 +90,8 @@ impl Reference {
         Err(ReferenceError::UnknownScheme)
     }
 
-    /// The full Vault API path to read, without the leading `/v1/`: for KV v2 this includes
-    /// the `data/` segment. `None` for local references.
+    /// Returns the full Vault API path to read, without the leading `/v1/`. For KV v2 it
+    /// includes the `data/` segment. `None` for local references.
     pub fn vault_path(&self) -> Option<String> {
         match self {
             Reference::VaultKv2 { mount, path, .. } => Some(format!("{mount}/data/{path}")),
@@ -100,7 +100,7 @@ impl Reference {
         }
     }
 
-    /// The key to pick out of the secret.
+    /// Returns the key to pick out of the secret.
     pub fn key(&self) -> &str {
         match self {
             Reference::VaultKv2 { key, .. }

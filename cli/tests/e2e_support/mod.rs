@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use envproxy_proto::{client, Request, Response};
 
-/// The directory that holds the workspace's built binaries and `libenvproxy.so`.
+/// Returns the directory that contains the workspace's built binaries and `libenvproxy.so`.
 pub fn build_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_envproxy"))
         .parent()
@@ -163,7 +163,7 @@ impl Drop for Agent {
     }
 }
 
-/// Waits until an agent answers a status request on `socket`.
+/// Waits until an agent responds to a status request on `socket`.
 pub fn wait_for_agent(socket: &Path, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
