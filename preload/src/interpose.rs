@@ -53,11 +53,11 @@ unsafe fn starts_with(value: *const c_char, prefix: &[u8]) -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn getenv(name: *const c_char) -> *mut c_char {
     // SAFETY: same contract as the caller's.
-    let value = unsafe { real::find_in_environ(name) };
-    if value.is_null() {
+    let Some(value) = (unsafe { real::find_in_environ(name) }) else {
         // SAFETY: same contract as the caller's.
         return unsafe { getenv_absent(name) };
-    }
+    };
+    let value = value.as_ptr();
     // SAFETY: the lookup returned a NUL-terminated value.
     if unsafe { is_reference(value) } {
         // SAFETY: `name` and `value` are NUL-terminated; `value` points into the environment.

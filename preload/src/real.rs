@@ -2,6 +2,7 @@
 //! `dlsym(RTLD_NEXT, ...)` on first use, and the library's own lookup in `environ`.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use libc::pid_t;
@@ -91,52 +92,57 @@ pub fn environ_ptr() -> *const *const c_char {
 }
 
 /// Looks `name` up in `environ` as glibc's `getenv` does: the first two bytes of each entry
-/// are compared before the rest, and the entry must continue with `=` after the name.
+/// are compared as one 16-bit word before the rest, and the entry must continue with `=` after
+/// the name.
 ///
 /// The interposed `getenv` uses this scan instead of calling libc's through a function pointer.
 /// The indirect call and the second frame cost about 2 ns per call, a tenth of a whole lookup
-/// in a typical 30-variable environment (measured with `envproxy-bench`). Reads stop at the
-/// first byte that differs, so no byte past an entry's terminating NUL is read.
+/// in a typical 30-variable environment (measured with `envproxy-bench`).
 ///
 /// # Safety
 /// `name` must be NULL or a valid NUL-terminated string, and `environ` must be NULL or a
 /// NULL-terminated array of NUL-terminated strings that no other thread modifies during the
-/// call (the same condition as libc's `getenv`).
+/// call (the same condition as libc's `getenv`). Like glibc, the scan reads the first two bytes
+/// of every entry, so an entry must occupy at least two bytes, its terminator included; every
+/// `NAME=VALUE` entry does.
 #[inline(always)]
-pub unsafe fn find_in_environ(name: *const c_char) -> *mut c_char {
+pub unsafe fn find_in_environ(name: *const c_char) -> Option<NonNull<c_char>> {
     let mut entry = environ_ptr();
     if entry.is_null() || name.is_null() {
-        return std::ptr::null_mut();
+        return None;
     }
     // SAFETY: `name` is NUL-terminated, so byte 1 exists whenever byte 0 is not NUL; every
-    // entry read below is a NUL-terminated string of the NULL-terminated `environ` array.
+    // entry read below is a string of at least two bytes in the NULL-terminated `environ`
+    // array.
     unsafe {
-        let first = *name;
+        let first = *name as u8;
         if first == 0 {
-            return std::ptr::null_mut();
+            return None;
         }
-        let second = *name.add(1);
+        let second = *name.add(1) as u8;
         if second == 0 {
+            let start = u16::from_ne_bytes([first, b'=']);
             while !(*entry).is_null() {
                 let candidate = *entry;
-                if *candidate == first && *candidate.add(1) == b'=' as c_char {
-                    return candidate.add(2).cast_mut();
+                if candidate.cast::<u16>().read_unaligned() == start {
+                    return Some(NonNull::new_unchecked(candidate.add(2).cast_mut()));
                 }
                 entry = entry.add(1);
             }
-            return std::ptr::null_mut();
+            return None;
         }
+        let start = u16::from_ne_bytes([first, second]);
         while !(*entry).is_null() {
             let candidate = *entry;
-            if *candidate == first && *candidate.add(1) == second {
+            if candidate.cast::<u16>().read_unaligned() == start {
                 if let Some(value) = value_after_name(name, candidate) {
-                    return value;
+                    return Some(value);
                 }
             }
             entry = entry.add(1);
         }
     }
-    std::ptr::null_mut()
+    None
 }
 
 /// Returns the value of `candidate` (`NAME=VALUE`) when its name is `name`, comparing from
@@ -145,16 +151,21 @@ pub unsafe fn find_in_environ(name: *const c_char) -> *mut c_char {
 /// # Safety
 /// Both must be NUL-terminated strings of at least two bytes before the terminator.
 #[inline(always)]
-unsafe fn value_after_name(name: *const c_char, candidate: *const c_char) -> Option<*mut c_char> {
+unsafe fn value_after_name(
+    name: *const c_char,
+    candidate: *const c_char,
+) -> Option<NonNull<c_char>> {
     let mut i = 2;
     loop {
         // SAFETY: `name` is read up to its NUL; `candidate` is read only while it has matched
-        // the non-NUL bytes of `name` so far, so its own NUL is never passed.
+        // the non-NUL bytes of `name` so far, so its own NUL is never passed. The result
+        // points into `candidate`, so it is not null.
         unsafe {
             let expected = *name.add(i);
             let found = *candidate.add(i);
             if expected == 0 {
-                return (found == b'=' as c_char).then(|| candidate.add(i + 1).cast_mut());
+                return (found == b'=' as c_char)
+                    .then(|| NonNull::new_unchecked(candidate.add(i + 1).cast_mut()));
             }
             if found != expected {
                 return None;
@@ -178,9 +189,13 @@ mod tests {
 
     fn own_lookup(name: &CStr) -> Option<Vec<u8>> {
         // SAFETY: `name` is NUL-terminated; no other thread changes these variables.
-        let value = unsafe { find_in_environ(name.as_ptr()) };
-        // SAFETY: non-null results are NUL-terminated strings in the environment.
-        (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) }.to_bytes().to_vec())
+        let value = unsafe { find_in_environ(name.as_ptr()) }?;
+        // SAFETY: results are NUL-terminated strings in the environment.
+        Some(
+            unsafe { CStr::from_ptr(value.as_ptr()) }
+                .to_bytes()
+                .to_vec(),
+        )
     }
 
     #[test]
@@ -215,6 +230,6 @@ mod tests {
     #[test]
     fn environ_scan_null_name() {
         // SAFETY: NULL is accepted and yields NULL.
-        assert!(unsafe { find_in_environ(std::ptr::null()) }.is_null());
+        assert!(unsafe { find_in_environ(std::ptr::null()) }.is_none());
     }
 }

@@ -70,14 +70,11 @@ impl Settings {
 
 /// Reads a variable from `environ` directly, never through the interposed `getenv`.
 pub fn read(name: &CStr) -> Option<String> {
-    // SAFETY: `name` is NUL-terminated; the scan returns NULL or a NUL-terminated string
-    // owned by the environment.
-    let value = unsafe { crate::real::find_in_environ(name.as_ptr()) };
-    if value.is_null() {
-        return None;
-    }
-    // SAFETY: checked non-null above; the string is NUL-terminated.
-    let value = unsafe { CStr::from_ptr(value) };
+    // SAFETY: `name` is NUL-terminated; the scan returns a NUL-terminated string owned by
+    // the environment.
+    let value = unsafe { crate::real::find_in_environ(name.as_ptr()) }?;
+    // SAFETY: the string is NUL-terminated.
+    let value = unsafe { CStr::from_ptr(value.as_ptr()) };
     Some(value.to_string_lossy().into_owned())
 }
 
