@@ -103,7 +103,7 @@ pub fn environ_ptr() -> *const *const c_char {
 /// `name` must be NULL or a valid NUL-terminated string, and `environ` must be NULL or a
 /// NULL-terminated array of NUL-terminated strings that no other thread modifies during the
 /// call (the same condition as libc's `getenv`). Like glibc, the scan reads the first two bytes
-/// of every entry, so an entry must occupy at least two bytes, its terminator included; every
+/// of every entry, so an entry must occupy at least two bytes with its terminator. Every
 /// `NAME=VALUE` entry does.
 #[inline(always)]
 pub unsafe fn find_in_environ(name: *const c_char) -> Option<NonNull<c_char>> {
