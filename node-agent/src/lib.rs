@@ -7,6 +7,7 @@
 //! - [`backend`]: the secrets file in memory, reloaded when it changes.
 //! - [`listener`]: the socket, its private directory and stale socket files.
 //! - [`peer`]: caller identity from `SO_PEERCRED`.
+//! - [`node`]: node mode, which serves the pods of one Kubernetes node.
 //! - `server` and `connection`: the accept loop and one task per connection.
 //! - `handler`: the answer to each request.
 //! - [`status`]: the JSON returned for a status request.
@@ -41,6 +42,7 @@ mod handler;
 pub mod limits;
 pub mod listener;
 pub mod logging;
+pub mod node;
 pub mod peer;
 pub mod secrets;
 mod server;
