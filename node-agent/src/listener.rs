@@ -14,6 +14,35 @@ pub const MAX_SOCKET_PATH_LEN: usize = 107;
 const DIRECTORY_MODE: u32 = 0o700;
 /// Mode of the socket file. The directory already keeps other users out; this is a second layer.
 const SOCKET_MODE: u32 = 0o600;
+/// Modes in node mode, where processes of every uid in every pod connect.
+const SHARED_DIRECTORY_MODE: u32 = 0o755;
+const SHARED_SOCKET_MODE: u32 = 0o666;
+
+/// Who may connect to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Only the agent's user: directory 0700, socket 0600 (local mode).
+    Private,
+    /// Every user: directory 0755, socket 0666 (node mode, where the kernel's caller identity
+    /// decides what a connection may read).
+    Shared,
+}
+
+impl Access {
+    fn directory_mode(self) -> u32 {
+        match self {
+            Access::Private => DIRECTORY_MODE,
+            Access::Shared => SHARED_DIRECTORY_MODE,
+        }
+    }
+
+    fn socket_mode(self) -> u32 {
+        match self {
+            Access::Private => SOCKET_MODE,
+            Access::Shared => SHARED_SOCKET_MODE,
+        }
+    }
+}
 
 /// A socket that cannot be set up. Each message names the path and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +160,15 @@ impl Drop for SocketFile {
 ///
 /// Must be called from within a Tokio runtime.
 pub fn bind(path: &Path, uid: u32) -> Result<(UnixListener, SocketFile), ListenerError> {
+    bind_with_access(path, uid, Access::Private)
+}
+
+/// Like [`bind`], with the directory and socket modes of `access`.
+pub fn bind_with_access(
+    path: &Path,
+    uid: u32,
+    access: Access,
+) -> Result<(UnixListener, SocketFile), ListenerError> {
     let len = path.as_os_str().len();
     if len > MAX_SOCKET_PATH_LEN {
         return Err(ListenerError::PathTooLong {
@@ -146,7 +184,7 @@ pub fn bind(path: &Path, uid: u32) -> Result<(UnixListener, SocketFile), Listene
             })
         }
     };
-    prepare_directory(directory, uid)?;
+    prepare_directory(directory, uid, access.directory_mode())?;
     remove_stale_socket(path)?;
 
     let listener = UnixListener::bind(path).map_err(|source| ListenerError::Bind {
@@ -162,23 +200,23 @@ pub fn bind(path: &Path, uid: u32) -> Result<(UnixListener, SocketFile), Listene
         path: path.to_path_buf(),
         identity: FileIdentity::of(&meta),
     };
-    fs::set_permissions(path, Permissions::from_mode(SOCKET_MODE)).map_err(inspect)?;
+    fs::set_permissions(path, Permissions::from_mode(access.socket_mode())).map_err(inspect)?;
     Ok((listener, socket))
 }
 
-/// Creates `directory` with mode 0700 when it is missing, and otherwise checks that other users
-/// cannot write to it.
+/// Creates `directory` with `create_mode` when it is missing, and otherwise checks that other
+/// users cannot write to it.
 ///
 /// A directory with the sticky bit that root or `uid` owns, such as `/tmp`, is accepted although
 /// others may write to it. The sticky bit stops them from removing or renaming a socket this agent
 /// created, and the socket file itself has mode 0600.
-fn prepare_directory(directory: &Path, uid: u32) -> Result<(), ListenerError> {
+fn prepare_directory(directory: &Path, uid: u32, create_mode: u32) -> Result<(), ListenerError> {
     let meta = match fs::metadata(directory) {
         Ok(meta) => meta,
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             DirBuilder::new()
                 .recursive(true)
-                .mode(DIRECTORY_MODE)
+                .mode(create_mode)
                 .create(directory)
                 .map_err(|source| ListenerError::CreateDirectory {
                     path: directory.to_path_buf(),
@@ -321,6 +359,16 @@ mod tests {
         let path = dir.path().join("envproxy.sock");
         let (_listener, _socket) = bind(&path, uid()).unwrap();
         assert_eq!(mode_of(&path), 0o600);
+    }
+
+    #[tokio::test]
+    async fn shared_access_opens_socket_to_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket_dir = dir.path().join("node");
+        let path = socket_dir.join("agent.sock");
+        let (_listener, _socket) = bind_with_access(&path, uid(), Access::Shared).unwrap();
+        assert_eq!(mode_of(&socket_dir), 0o755);
+        assert_eq!(mode_of(&path), 0o666);
     }
 
     #[tokio::test]

@@ -87,6 +87,11 @@ pub enum VaultError {
     TokenFile { path: PathBuf, reason: String },
     #[error("cannot read the service account token {}: {reason}", path.display())]
     JwtFile { path: PathBuf, reason: String },
+    #[error(
+        "no pod of this identity has presented a checked service account token since the agent \
+         started; the next request from such a pod logs in again"
+    )]
+    NoPodToken,
     #[error("cannot read {what} {}: {reason}", path.display())]
     TlsFile {
         what: &'static str,
