@@ -1,6 +1,7 @@
 //! `envproxy status`: whether an agent responds, and how it is set up.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,11 +42,23 @@ pub fn run(args: StatusArgs) -> i32 {
             return 1;
         }
     };
-    match args.output {
-        Output::Json => println!("{json}"),
-        Output::Text => print!("{}", render(&status, unix_now())),
+    let text = match args.output {
+        Output::Json => format!("{json}\n"),
+        Output::Text => render(&status, unix_now()),
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => 0,
+        // A reader that stopped early, such as `head`, is not an error.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(err) => {
+            eprintln!("envproxy: cannot write the status to stdout: {err}");
+            1
+        }
     }
-    0
 }
 
 /// Formats the status as aligned `name: value` lines.

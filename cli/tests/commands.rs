@@ -470,6 +470,23 @@ fn status_text_and_json() {
 }
 
 #[test]
+fn status_to_closed_pipe_exits_0() {
+    let secrets = Secrets::new();
+    let agent = RunningAgent::start(&secrets.path, &secrets.dir.path().join("run/agent.sock"));
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut command = envproxy(&["status", "-o", "json", "--socket", agent.socket()]);
+    command.stdout(writer).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    drop(command);
+    let stderr = read_in_background(child.stderr.take().unwrap());
+    let status = wait_or_kill(&mut child);
+    let stderr = text(&stderr.join().unwrap());
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+}
+
+#[test]
 fn status_without_agent_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.sock");

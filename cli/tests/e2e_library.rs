@@ -477,6 +477,94 @@ fn short_values_under_other_names_stay_plain() {
 }
 
 #[test]
+fn looked_up_unset_values_stay_out_of_children() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("ABSENT", &secret)]);
+    let agent = Agent::start(&world.socket(), &secrets);
+    for mode in ["execve", "spawn"] {
+        let output = run_with_limit(
+            preload_command(&probe(), &agent.socket)
+                .env_remove("ABSENT")
+                .env("ENVPROXY_LOOKUP_UNSET", "1")
+                .args([mode, "ABSENT"]),
+            LIMIT,
+        );
+        assert!(output.status.success(), "{mode}: {output:?}");
+        let environment = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !environment.contains(&secret),
+            "{mode}: the child saw the value"
+        );
+        assert!(
+            !environment.lines().any(|l| l.starts_with("ABSENT=")),
+            "{mode}: {environment}"
+        );
+        assert!(
+            !environment.lines().any(|l| l.starts_with("RENAMED=")),
+            "{mode}: {environment}"
+        );
+        assert!(
+            environment.lines().any(|l| l == "ENVPROXY_LOOKUP_UNSET=1"),
+            "{mode}: {environment}"
+        );
+    }
+    agent.stop();
+}
+
+#[test]
+fn reference_like_values_are_not_rewritten_when_renamed() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("OUTER", "envproxy:INNER"), ("INNER", &secret)]);
+    let output = run_with_limit(
+        run_command(&secrets, probe()).args(["execve", "OUTER"]),
+        LIMIT,
+    );
+    assert!(output.status.success(), "{output:?}");
+    let environment = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        environment.lines().any(|l| l == "OUTER=envproxy:OUTER"),
+        "{environment}"
+    );
+    assert!(
+        environment.lines().any(|l| l == "RENAMED=envproxy:INNER"),
+        "{environment}"
+    );
+    assert!(
+        environment.lines().any(|l| l == "INNER=envproxy:INNER"),
+        "{environment}"
+    );
+}
+
+#[test]
+fn plain_setting_values_stay_plain_under_new_names() {
+    let world = World::new();
+    let shared = "/usr/local/share/app";
+    let secrets = world.write_secrets(&[("SAME_AS_PLAIN", shared)]);
+    let output = run_with_limit(
+        run_command(&secrets, probe())
+            .env("PLAIN_DIRECTORY", shared)
+            .args(["execve", "SAME_AS_PLAIN"]),
+        LIMIT,
+    );
+    assert!(output.status.success(), "{output:?}");
+    let environment = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        environment
+            .lines()
+            .any(|l| l == format!("RENAMED={shared}")),
+        "{environment}"
+    );
+    assert!(
+        environment
+            .lines()
+            .any(|l| l == "SAME_AS_PLAIN=envproxy:SAME_AS_PLAIN"),
+        "{environment}"
+    );
+}
+
+#[test]
 fn closed_stderr_does_not_corrupt_requests() {
     let world = World::new();
     let (first, second) = (random_secret(), random_secret());

@@ -227,7 +227,8 @@ pub fn put_failure(
 
 /// The origin of a value in a child's environment: the reference this process resolved it from.
 pub struct Served {
-    /// The reference the value was resolved from.
+    /// The reference the value was resolved from, or empty for a name that was absent from
+    /// the environment and looked up by name (`ENVPROXY_LOOKUP_UNSET=1`).
     pub reference: Vec<u8>,
     /// Whether it was resolved for the same variable name.
     pub same_name: bool,
@@ -237,15 +238,16 @@ pub struct Served {
 pub type ServedLookup<'a> = dyn Fn(&[u8], &[u8]) -> Option<Served> + 'a;
 
 /// Calls `visit` with a lookup from (name, value) to how that value was resolved, holding the
-/// cache lock once for all lookups. The lookup prefers an entry of the same name.
+/// cache lock once for all lookups. The lookup prefers an entry of the same name, then one with
+/// a reference over a name that was looked up while absent.
 pub fn with_served<T>(visit: impl FnOnce(&ServedLookup<'_>) -> T) -> T {
     let guard = PROCESS.lock();
     let empty = HashMap::new();
     let entries = guard.as_ref().unwrap_or(&empty);
     let lookup = |name: &[u8], value: &[u8]| -> Option<Served> {
-        let mut other_name = None;
+        let mut other_name: Option<Served> = None;
         for ((entry_name, reference), entry) in entries {
-            if reference.is_empty() || !entry.served.iter().any(|v| v.bytes() == value) {
+            if !entry.served.iter().any(|v| v.bytes() == value) {
                 continue;
             }
             if **entry_name == *name {
@@ -254,7 +256,10 @@ pub fn with_served<T>(visit: impl FnOnce(&ServedLookup<'_>) -> T) -> T {
                     same_name: true,
                 });
             }
-            if other_name.is_none() {
+            let better = other_name
+                .as_ref()
+                .is_none_or(|found| found.reference.is_empty() && !reference.is_empty());
+            if better {
                 other_name = Some(Served {
                     reference: reference.to_vec(),
                     same_name: false,

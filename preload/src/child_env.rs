@@ -45,8 +45,12 @@ fn initial_plain() -> &'static [Box<[u8]>] {
     INITIAL_PLAIN.get().map_or(&[], Vec::as_slice)
 }
 
-fn is_initial_plain(entry: &[u8]) -> bool {
-    initial_plain().iter().any(|plain| **plain == *entry)
+/// Returns whether some plain setting of the environment the process started with, under any
+/// name, has this value.
+fn is_initial_plain_value(value: &[u8]) -> bool {
+    initial_plain()
+        .iter()
+        .any(|entry| split_entry(entry).is_some_and(|(_, plain)| plain == value))
 }
 
 /// Returns the value of `name` in the environment the process started with.
@@ -72,10 +76,13 @@ impl ChildEnv {
 
 /// Returns a copy of `envp` in which every `NAME=VALUE` whose value this process resolved is
 /// replaced by `NAME=REFERENCE`, or `None` when no entry needs a change (or `envp` is NULL).
+/// A value resolved for a name absent from the environment (`ENVPROXY_LOOKUP_UNSET=1`) has no
+/// reference, so its entry is left out: the child requests that name from the agent again.
 ///
 /// A value resolved under the same name is always replaced. A value resolved under another
-/// name is replaced when it is at least [`MIN_RENAMED_VALUE_LEN`] bytes long and the process
-/// did not start with the same `NAME=VALUE` as a plain setting.
+/// name is replaced when it is at least [`MIN_RENAMED_VALUE_LEN`] bytes long, is not itself a
+/// reference (the child resolves it on its own), and no plain setting the process started
+/// with has the same value.
 ///
 /// When something was replaced, the child also gets what it needs to resolve the references
 /// again: `LD_PRELOAD` with this library and the `ENVPROXY_*` settings the process started with,
@@ -92,7 +99,7 @@ pub unsafe fn rewrite(envp: *const *const c_char) -> Option<ChildEnv> {
     // SAFETY: the caller's guarantee.
     let entries = unsafe { entries_of(envp) };
 
-    let replacements: Vec<Option<CString>> = cache::with_served(|served_as| {
+    let replacements: Vec<Option<Replacement>> = cache::with_served(|served_as| {
         entries
             .iter()
             .map(|entry| replacement(entry.to_bytes(), served_as))
@@ -104,16 +111,22 @@ pub unsafe fn rewrite(envp: *const *const c_char) -> Option<ChildEnv> {
 
     let mut strings = Vec::new();
     let mut pointers = Vec::with_capacity(entries.len() + 8);
+    let mut kept_entries = Vec::with_capacity(entries.len());
     for (entry, replacement) in entries.iter().zip(replacements) {
         match replacement {
-            Some(text) => {
+            Some(Replacement::Entry(text)) => {
                 pointers.push(text.as_ptr());
                 strings.push(text);
+                kept_entries.push(*entry);
             }
-            None => pointers.push(entry.as_ptr()),
+            Some(Replacement::Remove) => {}
+            None => {
+                pointers.push(entry.as_ptr());
+                kept_entries.push(*entry);
+            }
         }
     }
-    for addition in resolver_settings(&entries) {
+    for addition in resolver_settings(&kept_entries) {
         if let Some(position) = addition.replaces {
             pointers[position] = addition.text.as_ptr();
         } else {
@@ -148,17 +161,32 @@ fn split_entry(entry: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&entry[..split], &entry[split + 1..]))
 }
 
-fn replacement(entry: &[u8], served_as: &ServedLookup<'_>) -> Option<CString> {
+/// Change to one entry of a child's environment.
+enum Replacement {
+    /// `NAME=REFERENCE` in place of the resolved value.
+    Entry(CString),
+    /// The entry is left out.
+    Remove,
+}
+
+fn replacement(entry: &[u8], served_as: &ServedLookup<'_>) -> Option<Replacement> {
     let (name, value) = split_entry(entry)?;
     let served = served_as(name, value)?;
-    if !served.same_name && (value.len() < MIN_RENAMED_VALUE_LEN || is_initial_plain(entry)) {
+    if !served.same_name
+        && (value.len() < MIN_RENAMED_VALUE_LEN
+            || envproxy_proto::has_known_scheme(value)
+            || is_initial_plain_value(value))
+    {
         return None;
+    }
+    if served.reference.is_empty() {
+        return Some(Replacement::Remove);
     }
     let mut replaced = Vec::with_capacity(name.len() + 1 + served.reference.len());
     replaced.extend_from_slice(name);
     replaced.push(b'=');
     replaced.extend_from_slice(&served.reference);
-    CString::new(replaced).ok()
+    CString::new(replaced).ok().map(Replacement::Entry)
 }
 
 /// An entry added to (or replacing one of) a child's environment.
