@@ -104,6 +104,14 @@ pub fn run(spec: ChildSpec) -> Result<i32, SpawnError> {
         io::ErrorKind::PermissionDenied => {
             spawn_error("permission denied".to_string(), EXIT_NOT_EXECUTABLE)
         }
+        _ if err.raw_os_error() == Some(libc::E2BIG) => spawn_error(
+            format!(
+                "cannot execute: {err}; the environment, with one KEY=envproxy:KEY reference per \
+                 secret key, is larger than the kernel accepts: use a secrets file with only \
+                 the keys this command needs"
+            ),
+            EXIT_NOT_EXECUTABLE,
+        ),
         _ => spawn_error(format!("cannot execute: {err}"), EXIT_NOT_EXECUTABLE),
     })?;
     let pid = Pid::from_raw(child.id() as i32);
