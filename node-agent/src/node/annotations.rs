@@ -247,7 +247,9 @@ fn parse_vault_auth_mount(value: &str) -> Result<String, AnnotationError> {
         )
     };
     if value.starts_with("auth/") {
-        return Err(invalid("starts with \"auth/\"; write the mount path without it"));
+        return Err(invalid(
+            "starts with \"auth/\"; write the mount path without it",
+        ));
     }
     if value.starts_with('/') || value.ends_with('/') {
         return Err(invalid("starts or ends with \"/\""));
@@ -482,7 +484,10 @@ mod tests {
         .unwrap();
         assert_eq!(settings.vault_role, "checkout-reader");
         assert_eq!(settings.vault_auth_mount, "clusters/prod-eu");
-        assert_eq!(settings.vault_addr.as_deref(), Some("https://vault.shop.svc:8200"));
+        assert_eq!(
+            settings.vault_addr.as_deref(),
+            Some("https://vault.shop.svc:8200")
+        );
         assert_eq!(settings.vault_cache_ttl, Duration::from_secs(5400));
         assert_eq!(settings.cache_ttl, Duration::ZERO);
         assert_eq!(
@@ -548,8 +553,20 @@ mod tests {
             );
         }
         let rejected = [
-            "", "0s", "25h", "24h1s", "30", "5 m", "m", "5x", "1m1h", "1h1h", "-5m", "1.5h",
-            "99999999999999999999h", "5m ",
+            "",
+            "0s",
+            "25h",
+            "24h1s",
+            "30",
+            "5 m",
+            "m",
+            "5x",
+            "1m1h",
+            "1h1h",
+            "-5m",
+            "1.5h",
+            "99999999999999999999h",
+            "5m ",
         ];
         for value in rejected {
             let error = settings(json!({ "envproxy.dev/vault-cache-ttl": value })).unwrap_err();
@@ -565,10 +582,23 @@ mod tests {
             let result = settings(json!({ "envproxy.dev/cache-ttl": value }));
             assert_eq!(result.map(|s| s.cache_ttl), Ok(Duration::from_secs(secs)));
         }
-        for value in ["", "30s", "-1", "+5", "86401", "1e3", " 30", "18446744073709551616"] {
+        for value in [
+            "",
+            "30s",
+            "-1",
+            "+5",
+            "86401",
+            "1e3",
+            " 30",
+            "18446744073709551616",
+        ] {
             let error = settings(json!({ "envproxy.dev/cache-ttl": value })).unwrap_err();
             assert_eq!(error.annotation, CACHE_TTL, "{value}");
-            assert!(error.expected.contains("whole seconds"), "{}", error.expected);
+            assert!(
+                error.expected.contains("whole seconds"),
+                "{}",
+                error.expected
+            );
         }
     }
 
@@ -586,7 +616,11 @@ mod tests {
         for (value, message) in cases {
             let error = settings(json!({ "envproxy.dev/containers": value })).unwrap_err();
             assert_eq!(error.annotation, CONTAINERS, "{value}");
-            assert!(error.expected.contains(message), "{value}: {}", error.expected);
+            assert!(
+                error.expected.contains(message),
+                "{value}: {}",
+                error.expected
+            );
         }
         let long_name = "a".repeat(64);
         let error = settings(json!({ "envproxy.dev/containers": long_name })).unwrap_err();
@@ -631,7 +665,11 @@ mod tests {
         for (value, problem) in cases {
             let error = settings(json!({ "envproxy.dev/vault-role": value })).unwrap_err();
             assert_eq!(error.annotation, VAULT_ROLE, "{value:?}");
-            assert!(error.expected.contains(problem), "{value:?}: {}", error.expected);
+            assert!(
+                error.expected.contains(problem),
+                "{value:?}: {}",
+                error.expected
+            );
         }
         let accepted = settings(json!({ "envproxy.dev/vault-role": "app.reader_v2-eu@x" }));
         assert_eq!(accepted.unwrap().vault_role, "app.reader_v2-eu@x");
@@ -652,7 +690,11 @@ mod tests {
         for (value, problem) in cases {
             let error = settings(json!({ "envproxy.dev/vault-auth-mount": value })).unwrap_err();
             assert_eq!(error.annotation, VAULT_AUTH_MOUNT, "{value:?}");
-            assert!(error.expected.contains(problem), "{value:?}: {}", error.expected);
+            assert!(
+                error.expected.contains(problem),
+                "{value:?}: {}",
+                error.expected
+            );
         }
     }
 
@@ -664,7 +706,10 @@ mod tests {
         assert_eq!(error.value, "https://evil.example:8200");
         assert!(error.expected.contains("https://vault.shop.svc:8200"));
 
-        let pod = pod_with(json!({ "envproxy.dev/vault-addr": "https://vault:8200" }), None);
+        let pod = pod_with(
+            json!({ "envproxy.dev/vault-addr": "https://vault:8200" }),
+            None,
+        );
         let error = PodSettings::from_pod(&pod, &[]).unwrap_err();
         assert!(error.expected.contains("allows no per-pod Vault address"));
     }

@@ -5,5 +5,9 @@
 //! references its spec declares, and reads Vault with the pod's own service account.
 //!
 //! - [`annotations`]: per-pod settings from `envproxy.dev/*` annotations.
+//! - [`policy`]: whether a container may read a reference, and why not.
+//! - `container_env`: the env values a container's spec declares, as the kubelet expands them.
 
 pub mod annotations;
+mod container_env;
+pub mod policy;
