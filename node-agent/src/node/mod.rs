@@ -7,7 +7,9 @@
 //! - [`annotations`]: per-pod settings from `envproxy.dev/*` annotations.
 //! - [`policy`]: whether a container may read a reference, and why not.
 //! - `container_env`: the env values a container's spec declares, as the kubelet expands them.
+//! - [`token_claims`]: checks of a pod's projected service-account token before a Vault login.
 
 pub mod annotations;
 mod container_env;
 pub mod policy;
+pub mod token_claims;
