@@ -3,3 +3,13 @@
 //! The agent learns who is calling from the kernel (the socket peer, pinned with a pidfd, and
 //! its cgroup), finds the pod in a watch of this node's pods, checks the pod's opt-in and the
 //! references its spec declares, and reads Vault with the pod's own service account.
+//!
+//! - [`annotations`]: per-pod settings from `envproxy.dev/*` annotations.
+//! - [`policy`]: whether a container may read a reference, and why not.
+//! - `container_env`: the env values a container's spec declares, as the kubelet expands them.
+//! - [`token_claims`]: checks of a pod's projected service-account token before a Vault login.
+
+pub mod annotations;
+mod container_env;
+pub mod policy;
+pub mod token_claims;
