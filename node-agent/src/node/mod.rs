@@ -5,5 +5,7 @@
 //! references its spec declares, and reads Vault with the pod's own service account.
 //!
 //! - [`cgroup`]: pod UID and container ID from `/proc/PID/cgroup`.
+//! - [`caller`]: the connected process, pinned with a pidfd.
 
+pub mod caller;
 pub mod cgroup;
