@@ -6,6 +6,8 @@
 //!
 //! - [`cgroup`]: pod UID and container ID from `/proc/PID/cgroup`.
 //! - [`caller`]: the connected process, pinned with a pidfd.
+//! - [`proc_root`]: small files read inside a caller's root filesystem.
 
 pub mod caller;
 pub mod cgroup;
+pub mod proc_root;
