@@ -90,7 +90,9 @@ pub enum CallerError {
         #[source]
         source: io::Error,
     },
-    #[error("the pidfd from SO_PEERPIDFD refers to pid {pidfd_pid}, but SO_PEERCRED names pid {pid}")]
+    #[error(
+        "the pidfd from SO_PEERPIDFD refers to pid {pidfd_pid}, but SO_PEERCRED names pid {pid}"
+    )]
     PidMismatch { pid: i32, pidfd_pid: i32 },
     #[error(
         "pid {pid} started {started_ticks} clock ticks after boot, later than the connection \
@@ -121,7 +123,7 @@ pub enum CallerError {
     CgroupConflict {
         pid: i32,
         #[source]
-        source: CgroupConflict,
+        source: Box<CgroupConflict>,
     },
 }
 
@@ -238,7 +240,7 @@ impl Caller {
         let text = read_proc_file(self, "cgroup")?;
         parse_cgroup_file(&text).map_err(|source| CallerError::CgroupConflict {
             pid: self.pid,
-            source,
+            source: Box::new(source),
         })
     }
 }
@@ -417,8 +419,16 @@ mod tests {
         for source in [PidfdSource::PeerPidfd, PidfdSource::PidfdOpen] {
             let caller = Caller::from_socket_with(&left, accepted_at, source).unwrap();
             assert_eq!(caller.pid(), std::process::id() as i32, "{source:?}");
-            assert_eq!(caller.uid(), rustix::process::geteuid().as_raw(), "{source:?}");
-            assert_eq!(caller.gid(), rustix::process::getegid().as_raw(), "{source:?}");
+            assert_eq!(
+                caller.uid(),
+                rustix::process::geteuid().as_raw(),
+                "{source:?}"
+            );
+            assert_eq!(
+                caller.gid(),
+                rustix::process::getegid().as_raw(),
+                "{source:?}"
+            );
             assert_eq!(caller.pidfd_source(), source);
             assert!(caller.is_alive(), "{source:?}");
             assert!(caller.ensure_alive().is_ok(), "{source:?}");

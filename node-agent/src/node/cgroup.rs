@@ -49,7 +49,9 @@ pub struct PodContainer {
 impl fmt::Display for PodContainer {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.container_id {
-            Some(container_id) => write!(formatter, "pod {} container {container_id}", self.pod_uid),
+            Some(container_id) => {
+                write!(formatter, "pod {} container {container_id}", self.pod_uid)
+            }
             None => write!(formatter, "pod {} (no container)", self.pod_uid),
         }
     }
@@ -147,11 +149,10 @@ fn systemd_pod_uid(component: &str) -> Option<String> {
 /// Reads the UID from a cgroupfs pod directory `pod<uid>`, given the components above it.
 fn cgroupfs_pod_uid(parents: &[&str], component: &str) -> Option<String> {
     let uid = component.strip_prefix("pod")?;
-    let parent_is_kubepods = match parents {
-        [.., "kubepods"] | [.., ".."] => true,
-        [.., "kubepods" | "..", "burstable" | "besteffort"] => true,
-        _ => false,
-    };
+    let parent_is_kubepods = matches!(
+        parents,
+        [.., "kubepods" | ".."] | [.., "kubepods" | "..", "burstable" | "besteffort"]
+    );
     if !parent_is_kubepods {
         return None;
     }
@@ -302,7 +303,11 @@ mod tests {
         ];
         for template in cases {
             let text = fill(template);
-            assert_eq!(parse_cgroup_file(&text), Ok(with_container()), "line {template}");
+            assert_eq!(
+                parse_cgroup_file(&text),
+                Ok(with_container()),
+                "line {template}"
+            );
         }
     }
 

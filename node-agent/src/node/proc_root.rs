@@ -104,11 +104,13 @@ pub fn read_file_in_root(
     let file = File::from(file);
     let content = read_regular_file(file, pid, path, max_len)?;
 
-    caller.ensure_alive().map_err(|source| ProcRootError::Caller {
-        path: path.to_owned(),
-        pid,
-        source,
-    })?;
+    caller
+        .ensure_alive()
+        .map_err(|source| ProcRootError::Caller {
+            path: path.to_owned(),
+            pid,
+            source,
+        })?;
     Ok(content)
 }
 
@@ -138,7 +140,10 @@ fn read_regular_file(
     // one.
     let limit = u64::try_from(max_len).unwrap_or(u64::MAX).saturating_add(1);
     // Sized up front so that the buffer is not reallocated, which would leave an unzeroed copy.
-    let capacity = usize::try_from(metadata.len()).unwrap_or(max_len).min(max_len) + 1;
+    let capacity = usize::try_from(metadata.len())
+        .unwrap_or(max_len)
+        .min(max_len)
+        + 1;
     let mut content = Zeroizing::new(Vec::with_capacity(capacity));
     file.take(limit)
         .read_to_end(&mut content)
@@ -221,7 +226,13 @@ mod tests {
         );
         let error = read_file_in_root(&caller, directory.path(), 100).unwrap_err();
         assert!(
-            matches!(error, ProcRootError::NotRegularFile { kind: "directory", .. }),
+            matches!(
+                error,
+                ProcRootError::NotRegularFile {
+                    kind: "directory",
+                    ..
+                }
+            ),
             "{error}"
         );
     }
@@ -247,6 +258,9 @@ mod tests {
         let error = read_file_in_root(&caller, Path::new("/no/such/token"), 100).unwrap_err();
         let message = error.to_string();
         assert!(message.contains("/no/such/token"), "{message}");
-        assert!(message.contains(&format!("pid {}", caller.pid())), "{message}");
+        assert!(
+            message.contains(&format!("pid {}", caller.pid())),
+            "{message}"
+        );
     }
 }
