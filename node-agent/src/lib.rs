@@ -32,7 +32,7 @@
 //! agent.serve(async { tokio::signal::ctrl_c().await.ok(); }).await;
 //! # Ok(()) }
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod agent;
 pub mod backend;

@@ -8,8 +8,14 @@
 //! - [`policy`]: whether a container may read a reference, and why not.
 //! - `container_env`: the env values a container's spec declares, as the kubelet expands them.
 //! - [`token_claims`]: checks of a pod's projected service-account token before a Vault login.
+//! - [`cgroup`]: pod UID and container ID from `/proc/PID/cgroup`.
+//! - [`caller`]: the connected process, pinned with a pidfd.
+//! - [`proc_root`]: small files read inside a caller's root filesystem.
 
 pub mod annotations;
+pub mod caller;
+pub mod cgroup;
 mod container_env;
 pub mod policy;
+pub mod proc_root;
 pub mod token_claims;
