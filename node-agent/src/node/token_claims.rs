@@ -18,6 +18,8 @@
 //! logging in as an identity other than the caller's. Claims are identities, not secrets, so
 //! errors quote them. No error, log or `Debug` output contains the token itself.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -384,36 +386,10 @@ fn decode_json_object(
 }
 
 /// Decodes unpadded base64url (RFC 4648 section 5), the encoding of JWT parts (RFC 7515).
-/// Returns `None` for any other character, an impossible length or non-zero trailing bits.
-///
-/// NOTE: the workspace's `base64` crate does the same with `URL_SAFE_NO_PAD` once this crate
-/// depends on it.
+/// Returns `None` for any other character, padding, an impossible length or non-zero trailing
+/// bits.
 fn decode_base64url(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 4 == 1 {
-        return None;
-    }
-    let mut output = Vec::with_capacity(text.len() / 4 * 3 + 2);
-    let mut buffer: u32 = 0;
-    let mut bits = 0;
-    for &byte in text {
-        let sextet = match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        };
-        buffer = (buffer << 6) | u32::from(sextet);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            output.push((buffer >> bits) as u8);
-            buffer &= (1 << bits) - 1;
-        }
-    }
-    // The bits left over after the last whole byte must be zero in canonical encoding.
-    (buffer == 0).then_some(output)
+    URL_SAFE_NO_PAD.decode(text).ok()
 }
 
 #[cfg(test)]
@@ -428,19 +404,7 @@ mod tests {
     const SIGNATURE: &str = "c2lnbmF0dXJlLW5vdC1jaGVja2VkLWhlcmU";
 
     fn encode_base64url(bytes: &[u8]) -> String {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut output = String::new();
-        for chunk in bytes.chunks(3) {
-            let mut group = [0u8; 3];
-            group[..chunk.len()].copy_from_slice(chunk);
-            let value = u32::from_be_bytes([0, group[0], group[1], group[2]]);
-            for i in 0..=chunk.len() {
-                let index = (value >> (18 - 6 * i)) & 63;
-                output.push(char::from(ALPHABET[index as usize]));
-            }
-        }
-        output
+        URL_SAFE_NO_PAD.encode(bytes)
     }
 
     fn payload() -> Value {
