@@ -175,10 +175,7 @@ impl ServerState {
 
     /// Returns the events after `resource_version` and a receiver for later ones, taken
     /// together so no event falls between them.
-    pub(crate) fn watch_from(
-        &self,
-        resource_version: u64,
-    ) -> Result<WatchStart, ApiError> {
+    pub(crate) fn watch_from(&self, resource_version: u64) -> Result<WatchStart, ApiError> {
         if resource_version < self.compacted_through {
             return Err(ApiError::expired(resource_version, self.compacted_through));
         }
