@@ -11,11 +11,13 @@
 //! - [`cgroup`]: pod UID and container ID from `/proc/PID/cgroup`.
 //! - [`caller`]: the connected process, pinned with a pidfd.
 //! - [`proc_root`]: small files read inside a caller's root filesystem.
+//! - [`pods`]: the watch of this node's pods, by UID and container ID.
 
 pub mod annotations;
 pub mod caller;
 pub mod cgroup;
 mod container_env;
+pub mod pods;
 pub mod policy;
 pub mod proc_root;
 pub mod token_claims;

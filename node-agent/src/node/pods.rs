@@ -1,0 +1,429 @@
+//! The watch of this node's pods: pods by UID, and container IDs mapped to container names.
+//!
+//! [`PodWatch`] lists and watches pods with the field selector `spec.nodeName=<node>` through
+//! `kube`'s watcher, which relists when the API server reports an expired resource version
+//! (410) and backs off on errors (800 ms doubling to 30 s, with jitter). A caller that looks up
+//! a pod the watch has not delivered yet, because the pod or its container just started, may
+//! wait a bounded time for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Api;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// Deletions buffered per [`PodWatch::deletions`] receiver before it lags.
+const DELETIONS_BUFFER: usize = 256;
+
+/// Prefixes of `containerID` in a container status, one per container runtime.
+const RUNTIME_PREFIXES: &[&str] = &["containerd://", "cri-o://", "docker://"];
+
+/// A pod as the watch last saw it, with its containers indexed by container ID.
+#[derive(Clone, Debug)]
+pub struct PodEntry {
+    pub pod: Arc<Pod>,
+    /// Container ID without the runtime prefix, to container name; regular, init and
+    /// ephemeral containers alike. Only containers the kubelet has reported a status for.
+    pub containers_by_id: Arc<HashMap<String, String>>,
+}
+
+impl PodEntry {
+    fn new(pod: Pod) -> PodEntry {
+        let status = pod.status.as_ref();
+        let lists: [Option<&Vec<ContainerStatus>>; 3] = [
+            status.and_then(|s| s.container_statuses.as_ref()),
+            status.and_then(|s| s.init_container_statuses.as_ref()),
+            status.and_then(|s| s.ephemeral_container_statuses.as_ref()),
+        ];
+        let containers_by_id = lists
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|container| {
+                let id = container.container_id.as_deref()?;
+                let id = strip_runtime_prefix(id);
+                (!id.is_empty()).then(|| (id.to_owned(), container.name.clone()))
+            })
+            .collect();
+        PodEntry {
+            pod: Arc::new(pod),
+            containers_by_id: Arc::new(containers_by_id),
+        }
+    }
+
+    /// Returns the name of the container with this ID; the ID may carry a runtime prefix.
+    pub fn container_name(&self, container_id: &str) -> Option<&str> {
+        self.containers_by_id
+            .get(strip_runtime_prefix(container_id))
+            .map(String::as_str)
+    }
+
+    pub fn uid(&self) -> &str {
+        self.pod.metadata.uid.as_deref().unwrap_or_default()
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.pod.metadata.namespace.as_deref().unwrap_or_default()
+    }
+
+    pub fn name(&self) -> &str {
+        self.pod.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// Returns `spec.serviceAccountName`, or `default` when it is unset.
+    pub fn service_account(&self) -> &str {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.service_account_name.as_deref())
+            .unwrap_or("default")
+    }
+}
+
+/// Removes a `containerd://`, `cri-o://` or `docker://` prefix.
+fn strip_runtime_prefix(container_id: &str) -> &str {
+    RUNTIME_PREFIXES
+        .iter()
+        .find_map(|prefix| container_id.strip_prefix(prefix))
+        .unwrap_or(container_id)
+}
+
+/// A pod that left this node or was deleted, so per-pod state can be dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeletedPod {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+}
+
+impl From<&PodEntry> for DeletedPod {
+    fn from(entry: &PodEntry) -> DeletedPod {
+        DeletedPod {
+            uid: entry.uid().to_owned(),
+            namespace: entry.namespace().to_owned(),
+            name: entry.name().to_owned(),
+            service_account: entry.service_account().to_owned(),
+        }
+    }
+}
+
+/// The pods the watch has delivered, shared by the watch task and every [`PodWatch`].
+struct Store {
+    node_name: String,
+    pods: RwLock<HashMap<String, PodEntry>>,
+    /// Bumped after every change to `pods`; waiters wake on it.
+    changes: watch::Sender<u64>,
+    synced: watch::Sender<bool>,
+    deletions: broadcast::Sender<DeletedPod>,
+}
+
+/// Aborts the watch task when the last [`PodWatch`] clone is dropped.
+struct TaskGuard(JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The watch of one node's pods. Clones share one watch, which stops when the last is dropped.
+#[derive(Clone)]
+pub struct PodWatch {
+    store: Arc<Store>,
+    _task: Arc<TaskGuard>,
+}
+
+impl PodWatch {
+    /// Starts watching the pods whose `spec.nodeName` is `node_name`, on the current Tokio
+    /// runtime.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime.
+    pub fn start(client: kube::Client, node_name: &str) -> PodWatch {
+        let store = Arc::new(Store {
+            node_name: node_name.to_owned(),
+            pods: RwLock::new(HashMap::new()),
+            changes: watch::channel(0).0,
+            synced: watch::channel(false).0,
+            deletions: broadcast::channel(DELETIONS_BUFFER).0,
+        });
+        let task = tokio::spawn(run(client, store.clone()));
+        PodWatch {
+            store,
+            _task: Arc::new(TaskGuard(task)),
+        }
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.store.node_name
+    }
+
+    /// Returns whether the first full list of the node's pods has arrived.
+    pub fn is_synced(&self) -> bool {
+        *self.store.synced.borrow()
+    }
+
+    /// Waits up to `wait` for the first full list; returns whether it arrived.
+    pub async fn wait_synced(&self, wait: Duration) -> bool {
+        let mut synced = self.store.synced.subscribe();
+        tokio::time::timeout(wait, synced.wait_for(|synced| *synced))
+            .await
+            .is_ok_and(|result| result.is_ok())
+    }
+
+    /// Returns the pod with this UID, waiting up to `wait` for the watch to deliver it.
+    pub async fn pod_by_uid(&self, uid: &str, wait: Duration) -> Option<PodEntry> {
+        self.wait_for(wait, |pods| pods.get(uid).cloned()).await
+    }
+
+    /// Returns the pod with this UID and the name of its container with this ID, waiting up
+    /// to `wait` for both, because the kubelet posts a container's ID shortly after start.
+    pub async fn container(
+        &self,
+        uid: &str,
+        container_id: &str,
+        wait: Duration,
+    ) -> Option<(PodEntry, String)> {
+        self.wait_for(wait, |pods| {
+            let entry = pods.get(uid)?;
+            let name = entry.container_name(container_id)?.to_owned();
+            Some((entry.clone(), name))
+        })
+        .await
+    }
+
+    /// Returns every pod in the store now.
+    pub fn pods(&self) -> Vec<PodEntry> {
+        let pods = self.store.pods.read().expect("pod store lock poisoned");
+        pods.values().cloned().collect()
+    }
+
+    /// Returns a receiver of pods deleted from this node from now on. A relist that no longer
+    /// contains a pod also reports it.
+    pub fn deletions(&self) -> broadcast::Receiver<DeletedPod> {
+        self.store.deletions.subscribe()
+    }
+
+    /// Evaluates `find` on the store now and after each change until it returns `Some` or
+    /// `wait` has passed.
+    async fn wait_for<T>(
+        &self,
+        wait: Duration,
+        mut find: impl FnMut(&HashMap<String, PodEntry>) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribing before the first look means no change can fall between the two.
+        let mut changes = self.store.changes.subscribe();
+        loop {
+            {
+                let pods = self.store.pods.read().expect("pod store lock poisoned");
+                if let Some(found) = find(&pods) {
+                    return Some(found);
+                }
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                // The watch task ended (the runtime is shutting down) or the wait is over.
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// Runs the watcher and applies its events to the store until the task is aborted.
+async fn run(client: kube::Client, store: Arc<Store>) {
+    let api: Api<Pod> = Api::all(client);
+    let selector = format!("spec.nodeName={}", store.node_name);
+    let config = watcher::Config::default().fields(&selector);
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut listing: Option<HashMap<String, PodEntry>> = None;
+    let mut failures: u64 = 0;
+    info!(node = %store.node_name, "pod watch starting");
+
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => {
+                failures = 0;
+                event
+            }
+            Err(err) => {
+                failures += 1;
+                log_watch_error(&err, failures, &store.node_name);
+                continue;
+            }
+        };
+        match event {
+            Event::Init => {
+                if store.is_synced() {
+                    info!(node = %store.node_name, "pod watch relisting");
+                }
+                listing = Some(HashMap::new());
+            }
+            Event::InitApply(pod) => {
+                if let Some(entry) = store.accept(pod) {
+                    let listing = listing.get_or_insert_with(HashMap::new);
+                    listing.insert(entry.uid().to_owned(), entry);
+                }
+            }
+            Event::InitDone => {
+                let listed = listing.take().unwrap_or_default();
+                store.replace_all(listed);
+            }
+            Event::Apply(pod) => match store.accept(pod) {
+                Some(entry) => store.insert(entry),
+                None => debug!(node = %store.node_name, "ignored a pod of another node"),
+            },
+            Event::Delete(pod) => {
+                if let Some(uid) = pod.metadata.uid.as_deref() {
+                    store.remove(uid);
+                }
+            }
+        }
+    }
+    // The watcher's stream never ends on its own: it retries with backoff.
+    warn!(node = %store.node_name, "pod watch stream ended");
+}
+
+/// Logs a watch error. A 403 is a warning because an operator must fix RBAC. Other errors are
+/// routine, so only the first of a run and every 10th after it is a warning.
+fn log_watch_error(err: &watcher::Error, failures: u64, node: &str) {
+    let forbidden = match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.is_forbidden(),
+        watcher::Error::WatchError(status) => {
+            if status.code == 410 {
+                debug!(%node, "pod watch history expired; relisting");
+                return;
+            }
+            status.is_forbidden()
+        }
+        _ => false,
+    };
+    if forbidden {
+        warn!(%node, %err, "pod watch forbidden: grant this agent list and watch on pods");
+    } else if failures == 1 || failures.is_multiple_of(10) {
+        warn!(%node, %err, failures, "pod watch failed; retrying with backoff");
+    } else {
+        debug!(%node, %err, failures, "pod watch failed; retrying with backoff");
+    }
+}
+
+impl Store {
+    fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Builds the entry of a pod of this node; `None` for a pod of another node, which the
+    /// field selector should already have excluded.
+    fn accept(&self, pod: Pod) -> Option<PodEntry> {
+        let node = pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref());
+        if node != Some(self.node_name.as_str()) || pod.metadata.uid.is_none() {
+            return None;
+        }
+        Some(PodEntry::new(pod))
+    }
+
+    fn insert(&self, entry: PodEntry) {
+        debug!(
+            node = %self.node_name,
+            pod_uid = entry.uid(),
+            namespace = entry.namespace(),
+            pod = entry.name(),
+            containers = entry.containers_by_id.len(),
+            "pod applied"
+        );
+        let mut pods = self.pods.write().expect("pod store lock poisoned");
+        pods.insert(entry.uid().to_owned(), entry);
+        drop(pods);
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    fn remove(&self, uid: &str) {
+        let mut pods = self.pods.write().expect("pod store lock poisoned");
+        let removed = pods.remove(uid);
+        drop(pods);
+        if let Some(entry) = removed {
+            debug!(node = %self.node_name, pod_uid = uid, pod = entry.name(), "pod deleted");
+            // A send fails only when no receiver exists, which is harmless.
+            let _ = self.deletions.send(DeletedPod::from(&entry));
+            self.changes.send_modify(|generation| *generation += 1);
+        }
+    }
+
+    /// Replaces the store with a full list, reporting pods the list no longer contains as
+    /// deleted.
+    fn replace_all(&self, listed: HashMap<String, PodEntry>) {
+        let mut pods = self.pods.write().expect("pod store lock poisoned");
+        let previous = std::mem::replace(&mut *pods, listed);
+        let count = pods.len();
+        let gone: Vec<DeletedPod> = previous
+            .values()
+            .filter(|entry| !pods.contains_key(entry.uid()))
+            .map(DeletedPod::from)
+            .collect();
+        drop(pods);
+        for deleted in gone {
+            // A send fails only when no receiver exists, which is harmless.
+            let _ = self.deletions.send(deleted);
+        }
+        self.changes.send_modify(|generation| *generation += 1);
+        self.synced.send_replace(true);
+        info!(node = %self.node_name, pods = count, "pod watch synced");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodStatus;
+
+    use super::*;
+
+    fn status(name: &str, id: Option<&str>) -> ContainerStatus {
+        ContainerStatus {
+            name: name.to_owned(),
+            container_id: id.map(str::to_owned),
+            ..ContainerStatus::default()
+        }
+    }
+
+    #[test]
+    fn entry_maps_ids_of_all_status_lists() {
+        let pod = Pod {
+            status: Some(PodStatus {
+                container_statuses: Some(vec![
+                    status("app", Some("containerd://aaa")),
+                    status("waiting", None),
+                ]),
+                init_container_statuses: Some(vec![status("init", Some("cri-o://bbb"))]),
+                ephemeral_container_statuses: Some(vec![status("debug", Some("docker://ccc"))]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        let entry = PodEntry::new(pod);
+        assert_eq!(entry.containers_by_id.len(), 3);
+        assert_eq!(entry.container_name("aaa"), Some("app"));
+        assert_eq!(entry.container_name("containerd://aaa"), Some("app"));
+        assert_eq!(entry.container_name("bbb"), Some("init"));
+        assert_eq!(entry.container_name("ccc"), Some("debug"));
+        assert_eq!(entry.container_name("ddd"), None);
+    }
+
+    #[test]
+    fn runtime_prefixes_are_stripped() {
+        assert_eq!(strip_runtime_prefix("containerd://abc"), "abc");
+        assert_eq!(strip_runtime_prefix("cri-o://abc"), "abc");
+        assert_eq!(strip_runtime_prefix("docker://abc"), "abc");
+        assert_eq!(strip_runtime_prefix("abc"), "abc");
+    }
+}
