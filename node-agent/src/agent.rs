@@ -10,7 +10,11 @@ use crate::backend::FileBackend;
 use crate::config::Config;
 use crate::connection::Context;
 use crate::handler::Backends;
-use crate::listener::{self, ListenerError, SocketFile};
+use crate::listener::{self, Access, ListenerError, SocketFile};
+use crate::node::identities::Identities;
+use crate::node::pods::PodWatch;
+use crate::node::serve::NodeContext;
+use crate::node::settings::NodeSettings;
 use crate::secrets::SecretsError;
 use crate::server;
 use crate::status::StatusReporter;
@@ -35,6 +39,8 @@ pub enum AgentError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Listener(#[from] ListenerError),
+    #[error("cannot set up the kube API client for node mode: {0}")]
+    Kube(String),
 }
 
 /// Entry point of the agent library.
@@ -46,6 +52,9 @@ impl Agent {
     /// The socket accepts connections from here on, but requests wait until
     /// [`BoundAgent::serve`] runs. Must be called from within a Tokio runtime.
     pub async fn bind(config: Config) -> Result<BoundAgent, AgentError> {
+        if let Some(node) = config.node.clone() {
+            return Agent::bind_node(config, node).await;
+        }
         if config.secrets_file.is_none() && config.vault.is_none() {
             return Err(AgentError::NoBackend);
         }
@@ -75,9 +84,73 @@ impl Agent {
             socket,
             backends: Backends { file, vault },
             agent_uid,
+            node: None,
             config,
         })
     }
+
+    /// Binds an agent in node mode: starts the watch of this node's pods and listens on a
+    /// socket that every uid may connect to.
+    async fn bind_node(config: Config, node: NodeSettings) -> Result<BoundAgent, AgentError> {
+        let socket_path = config
+            .socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_SOCKET));
+        let file = match &config.secrets_file {
+            Some(path) => Some(FileBackend::open(path)?),
+            None => None,
+        };
+        let client = kube_client(&node).await?;
+        let pods = PodWatch::start(client, &node.node_name);
+        let agent_uid = nix::unistd::geteuid().as_raw();
+        let (listener, socket) =
+            listener::bind_with_access(&socket_path, agent_uid, Access::Shared)?;
+        tracing::info!(
+            socket = %socket_path.display(),
+            node = %node.node_name,
+            vault = config.vault.as_ref().map(|vault| vault.address.as_str()),
+            secrets = config.secrets_file.as_ref().map(|path| path.display().to_string()),
+            "agent listening in node mode"
+        );
+        let node_context = NodeContext {
+            settings: node,
+            pods,
+            vault: config.vault.clone(),
+            identities: Identities::default(),
+            file: file.clone(),
+            agent_uid,
+        };
+        Ok(BoundAgent {
+            listener,
+            socket,
+            backends: Backends { file, vault: None },
+            agent_uid,
+            node: Some(node_context),
+            config,
+        })
+    }
+}
+
+/// Socket path in node mode when none is configured: the hostPath directory that the DaemonSet
+/// shares with the pods.
+pub const DEFAULT_NODE_SOCKET: &str = "/run/envproxy/agent.sock";
+
+/// Builds the kube client from the configured kubeconfig, or infers the config: in-cluster,
+/// else `KUBECONFIG` or `~/.kube/config`.
+async fn kube_client(node: &NodeSettings) -> Result<kube::Client, AgentError> {
+    let config = match &node.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|err| AgentError::Kube(format!("{}: {err}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|err| AgentError::Kube(format!("{}: {err}", path.display())))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|err| AgentError::Kube(err.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|err| AgentError::Kube(err.to_string()))
 }
 
 /// An agent whose socket is bound, ready to serve.
@@ -86,6 +159,8 @@ pub struct BoundAgent {
     socket: SocketFile,
     backends: Backends,
     agent_uid: u32,
+    /// Node mode's shared state; `None` in local mode.
+    node: Option<NodeContext>,
     config: Config,
 }
 
@@ -117,18 +192,40 @@ impl BoundAgent {
             socket,
             backends,
             agent_uid,
+            node,
             config,
         } = self;
+        let mode = if node.is_some() { "node" } else { "local" };
+        let forget_deleted_pods = node.as_ref().map(|node| {
+            let mut deletions = node.pods.deletions();
+            let identities = node.identities.clone();
+            tokio::spawn(async move {
+                loop {
+                    match deletions.recv().await {
+                        Ok(pod) => {
+                            tracing::debug!(pod = %format!("{}/{}", pod.namespace, pod.name), "pod deleted");
+                            identities.forget_pod(&pod.uid).await;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "missed pod deletions; their Vault identities stay until agent restart");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            })
+        });
+        let identities = node.as_ref().map(|node| node.identities.clone());
         let reloader = backends
             .file
             .as_ref()
             .map(|file| file.spawn_reloader(config.reload_poll_interval));
         let vault = backends.vault.clone();
         let context = Arc::new(Context {
-            status: StatusReporter::new(socket.path().to_path_buf(), backends.clone()),
+            status: StatusReporter::new(socket.path().to_path_buf(), backends.clone(), mode),
             backends,
             agent_uid,
             idle_timeout: config.idle_timeout,
+            node,
         });
 
         server::accept_loop(listener, context, config.max_connections, shutdown).await;
@@ -138,6 +235,12 @@ impl BoundAgent {
         }
         if let Some(vault) = vault {
             vault.shutdown().await;
+        }
+        if let Some(task) = forget_deleted_pods {
+            task.abort();
+        }
+        if let Some(identities) = identities {
+            identities.shutdown().await;
         }
         let socket_path = socket.path().display().to_string();
         drop(socket);

@@ -11,8 +11,9 @@
 //! path = "secrets.json"
 //! ```
 //!
-//! Further keys of `[agent]`: `mode` (only `"local"`), `max_connections` and
-//! `idle_timeout_secs`. Relative paths are relative to the directory of the config file. Unknown
+//! Further keys of `[agent]`: `mode` (`"local"`, the default, or `"node"`), `max_connections`
+//! and `idle_timeout_secs`. Node mode reads its own keys from a `[node]` table, listed in the
+//! [`crate::node::settings`] module. Relative paths are relative to the directory of the config file. Unknown
 //! keys do not fail the load, so older and newer files both work: they are returned in
 //! [`Config::warnings`] for the caller to log once logging is set up.
 //!
@@ -31,6 +32,8 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::node::settings::{NodeSettings, NODE_NAME_VARIABLE};
+use crate::vault::settings::AuthSettings;
 use crate::vault::{VaultEnvironment, VaultSettings};
 
 /// Connections served at once when `max_connections` is not set.
@@ -59,6 +62,8 @@ pub struct Config {
     pub vault: Option<VaultSettings>,
     /// Interval between checks of the secrets file for changes.
     pub reload_poll_interval: Duration,
+    /// Node mode and its settings; `None` in local mode.
+    pub node: Option<NodeSettings>,
     /// One message per unknown key found in the config file.
     pub warnings: Vec<String>,
 }
@@ -73,6 +78,7 @@ impl Default for Config {
             secrets_file: None,
             vault: None,
             reload_poll_interval: DEFAULT_RELOAD_POLL_INTERVAL,
+            node: None,
             warnings: Vec::new(),
         }
     }
@@ -125,11 +131,11 @@ pub enum ConfigError {
     )]
     VaultConfiguredTwice { path: PathBuf },
     #[error(
-        "{}: [agent] mode = \"node\" is not available: node mode is not built yet; \
-         use mode = \"local\" (the default)",
+        "{}: [agent] mode = \"node\" needs the node's name: set `name` in [node] or the \
+         NODE_NAME environment variable (from the downward API, spec.nodeName)",
         path.display()
     )]
-    NodeModeNotBuilt { path: PathBuf },
+    MissingNodeName { path: PathBuf },
 }
 
 impl Config {
@@ -167,6 +173,17 @@ impl Config {
         path: &Path,
         environment: &VaultEnvironment,
     ) -> Result<Config, ConfigError> {
+        let node_name = std::env::var(NODE_NAME_VARIABLE).ok();
+        Config::parse_with(text, path, environment, node_name)
+    }
+
+    /// Like [`Config::parse_with_environment`] with `node_name` as the value of `NODE_NAME`.
+    pub fn parse_with(
+        text: &str,
+        path: &Path,
+        environment: &VaultEnvironment,
+        node_name: Option<String>,
+    ) -> Result<Config, ConfigError> {
         let table: Table = text.parse().map_err(|err: toml::de::Error| {
             // The Display form of a TOML error quotes the offending source line, so only the
             // message and the position are kept.
@@ -191,12 +208,13 @@ impl Config {
         let mut config = Config::default();
 
         for key in table.keys() {
-            if key != "agent" && key != "backend" && key != "vault" {
+            if !matches!(key.as_str(), "agent" | "backend" | "vault" | "node") {
                 reader.warn_unknown(&format!("top-level key `{key}`"));
             }
         }
+        let mut node_mode = false;
         if let Some(agent) = reader.section(&table, "agent", "[agent]")? {
-            reader.read_agent(agent, &mut config)?;
+            node_mode = reader.read_agent(agent, &mut config)?;
         }
         if let Some(backend) = reader.section(&table, "backend", "[backend]")? {
             reader.read_backend(backend, &mut config)?;
@@ -208,6 +226,35 @@ impl Config {
                 });
             }
             config.vault = Some(reader.read_vault(vault, "[vault]")?);
+        }
+
+        let node_table = reader.section(&table, "node", "[node]")?;
+        if node_mode {
+            let mut settings = NodeSettings::from_environment();
+            settings.node_name = node_name.unwrap_or_default();
+            if let Some(node) = node_table {
+                reader.read_node(node, &mut settings)?;
+            }
+            if settings.node_name.is_empty() {
+                return Err(ConfigError::MissingNodeName {
+                    path: path.to_path_buf(),
+                });
+            }
+            if let Some(vault) = &config.vault {
+                if matches!(vault.auth, AuthSettings::Kubernetes { .. }) {
+                    reader.warnings.push(format!(
+                        "{}: the Vault `role` and `jwt_path` are ignored in node mode: each pod \
+                         logs in with its own service account and role",
+                        path.display()
+                    ));
+                }
+            }
+            config.node = Some(settings);
+        } else if node_table.is_some() {
+            reader.warnings.push(format!(
+                "{}: [node] is used only with [agent] mode = \"node\" and is ignored",
+                path.display()
+            ));
         }
 
         config.warnings = reader.warnings;
@@ -224,7 +271,9 @@ struct TableReader<'a> {
 }
 
 impl TableReader<'_> {
-    fn read_agent(&mut self, agent: &Table, config: &mut Config) -> Result<(), ConfigError> {
+    /// Reads `[agent]` into `config` and returns whether it selects node mode.
+    fn read_agent(&mut self, agent: &Table, config: &mut Config) -> Result<bool, ConfigError> {
+        let mut node_mode = false;
         for (key, value) in agent {
             match key.as_str() {
                 "socket" => {
@@ -238,18 +287,12 @@ impl TableReader<'_> {
                     config.log_level = level.to_string();
                 }
                 "mode" => match self.string(value, "[agent] mode")? {
-                    "local" => {}
-                    "node" => {
-                        return Err(ConfigError::NodeModeNotBuilt {
-                            path: self.path.to_path_buf(),
-                        })
-                    }
+                    "local" => node_mode = false,
+                    "node" => node_mode = true,
                     _ => {
-                        return Err(self.invalid(
-                            "[agent] mode",
-                            "the only mode available is \"local\" (node mode is not built yet)"
-                                .to_string(),
-                        ))
+                        return Err(
+                            self.invalid("[agent] mode", "expected \"local\" or \"node\"".into())
+                        )
                     }
                 },
                 "max_connections" => {
@@ -263,6 +306,57 @@ impl TableReader<'_> {
                     config.idle_timeout = Duration::from_secs(secs);
                 }
                 _ => self.warn_unknown(&format!("key `{key}` in [agent]")),
+            }
+        }
+        Ok(node_mode)
+    }
+
+    fn read_node(&mut self, node: &Table, settings: &mut NodeSettings) -> Result<(), ConfigError> {
+        for (key, value) in node {
+            let name = format!("[node] {key}");
+            match key.as_str() {
+                "name" => settings.node_name = self.string(value, &name)?.to_string(),
+                "kubeconfig" => settings.kubeconfig = Some(self.path_value(value, &name)?),
+                "pod_wait_ms" => {
+                    let millis = self.positive_integer(value, &name)?;
+                    settings.pod_wait = Duration::from_millis(millis);
+                }
+                "token_path" => {
+                    let text = self.string(value, &name)?;
+                    if !text.starts_with('/') {
+                        return Err(self.invalid(
+                            &name,
+                            format!(
+                                "expected an absolute path inside the container, found {text:?}"
+                            ),
+                        ));
+                    }
+                    settings.token_path = PathBuf::from(text);
+                }
+                "token_audience" => {
+                    let text = self.string(value, &name)?;
+                    if text.is_empty() {
+                        return Err(self.invalid(&name, "expected an audience".to_string()));
+                    }
+                    settings.token_audience = text.to_string();
+                }
+                "vault_addr_allowlist" => {
+                    let Value::Array(items) = value else {
+                        return Err(self.invalid(
+                            &name,
+                            format!(
+                                "expected an array of strings, found {}",
+                                describe_type(value)
+                            ),
+                        ));
+                    };
+                    let mut addresses = Vec::with_capacity(items.len());
+                    for item in items {
+                        addresses.push(self.string(item, &name)?.trim_end_matches('/').to_string());
+                    }
+                    settings.vault_addr_allowlist = addresses;
+                }
+                _ => self.warn_unknown(&format!("key `{key}` in [node]")),
             }
         }
         Ok(())
@@ -394,10 +488,15 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse_with_environment(
+        parse_on_node(text, None)
+    }
+
+    fn parse_on_node(text: &str, node_name: Option<&str>) -> Result<Config, ConfigError> {
+        Config::parse_with(
             text,
             Path::new("/etc/envproxy/config.toml"),
             &VaultEnvironment::default(),
+            node_name.map(str::to_string),
         )
     }
 
@@ -490,10 +589,76 @@ mod tests {
     }
 
     #[test]
-    fn node_mode_is_not_built() {
+    fn node_mode_needs_node_name() {
         let error = parse("[agent]\nmode = \"node\"\n").unwrap_err().to_string();
-        assert!(error.contains("node mode is not built yet"), "{error}");
+        assert!(error.contains("needs the node's name"), "{error}");
+        assert!(error.contains("NODE_NAME"), "{error}");
         assert!(error.contains("/etc/envproxy/config.toml"), "{error}");
+    }
+
+    #[test]
+    fn node_mode_defaults() {
+        let config = parse_on_node("[agent]\nmode = \"node\"\n", Some("worker-1")).unwrap();
+        let node = config.node.unwrap();
+        assert_eq!(node.node_name, "worker-1");
+        assert_eq!(node.kubeconfig, None);
+        assert_eq!(node.pod_wait, crate::node::settings::DEFAULT_POD_WAIT);
+        assert_eq!(
+            node.token_path,
+            Path::new(crate::node::settings::DEFAULT_TOKEN_PATH)
+        );
+        assert_eq!(node.token_audience, "vault");
+        assert!(node.vault_addr_allowlist.is_empty());
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn node_table_keys() {
+        let config = parse_on_node(
+            "[agent]\nmode = \"node\"\n[node]\nname = \"worker-2\"\n\
+             kubeconfig = \"kube.yaml\"\npod_wait_ms = 250\n\
+             token_path = \"/run/token\"\ntoken_audience = \"vault.example\"\n\
+             vault_addr_allowlist = [\"https://vault-b:8200/\"]\n",
+            Some("from-environment"),
+        )
+        .unwrap();
+        let node = config.node.unwrap();
+        assert_eq!(node.node_name, "worker-2");
+        assert_eq!(
+            node.kubeconfig.as_deref(),
+            Some(Path::new("/etc/envproxy/kube.yaml"))
+        );
+        assert_eq!(node.pod_wait, Duration::from_millis(250));
+        assert_eq!(node.token_path, Path::new("/run/token"));
+        assert_eq!(node.token_audience, "vault.example");
+        assert_eq!(node.vault_addr_allowlist, ["https://vault-b:8200"]);
+    }
+
+    #[test]
+    fn node_table_invalid_values() {
+        let cases = [
+            ("token_path = \"run/token\"", "[node] token_path"),
+            ("pod_wait_ms = 0", "[node] pod_wait_ms"),
+            (
+                "vault_addr_allowlist = \"https://v\"",
+                "[node] vault_addr_allowlist",
+            ),
+            ("vault_addr_allowlist = [1]", "[node] vault_addr_allowlist"),
+            ("token_audience = \"\"", "[node] token_audience"),
+        ];
+        for (line, key) in cases {
+            let text = format!("[agent]\nmode = \"node\"\n[node]\n{line}\n");
+            let error = parse_on_node(&text, Some("n")).unwrap_err().to_string();
+            assert!(error.contains(key), "{line}: {error}");
+        }
+    }
+
+    #[test]
+    fn node_table_ignored_in_local_mode() {
+        let config = parse("[node]\nname = \"worker-1\"\n").unwrap();
+        assert_eq!(config.node, None);
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(config.warnings[0].contains("[node] is used only"));
     }
 
     #[test]

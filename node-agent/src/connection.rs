@@ -13,6 +13,8 @@ use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
 use crate::handler::{self, Backends};
+use crate::node::caller::BootTime;
+use crate::node::serve::{self as node_serve, NodeConnection, NodeContext};
 use crate::peer::{self, Peer};
 use crate::status::StatusReporter;
 
@@ -27,13 +29,28 @@ pub(crate) struct Context {
     pub agent_uid: u32,
     /// A connection that sends no complete request within this time is closed.
     pub idle_timeout: Duration,
+    /// Node mode; `None` in local mode, where only the agent's uid is served.
+    pub node: Option<NodeContext>,
 }
 
-/// Serves `stream` until it ends. Errors end only this connection and are logged.
-pub(crate) async fn serve(stream: UnixStream, peer: Peer, context: Arc<Context>) {
+/// Serves `stream`, accepted at `accepted_at`, until it ends. Errors end only this connection
+/// and are logged.
+pub(crate) async fn serve(
+    stream: UnixStream,
+    peer: Peer,
+    accepted_at: BootTime,
+    context: Arc<Context>,
+) {
+    // In node mode any uid may connect: the caller's pod decides what it may read.
+    let mut node_connection = context
+        .node
+        .as_ref()
+        .map(|_| NodeConnection::new(&stream, accepted_at));
     let mut framed = Framed::new(stream, AgentCodec);
 
-    if let Err(rejected) = peer::authorize(&peer, context.agent_uid) {
+    if node_connection.is_some() {
+        // Checked per request by the node policy.
+    } else if let Err(rejected) = peer::authorize(&peer, context.agent_uid) {
         tracing::warn!(
             pid = peer.pid,
             uid = peer.uid,
@@ -72,7 +89,12 @@ pub(crate) async fn serve(stream: UnixStream, peer: Peer, context: Arc<Context>)
             }
         };
 
-        let outcome = handler::handle(&request, &context.backends, &context.status).await;
+        let outcome = match (&context.node, node_connection.as_mut()) {
+            (Some(node), Some(connection)) => {
+                node_serve::handle(node, connection, &request, &context.status).await
+            }
+            _ => handler::handle(&request, &context.backends, &context.status).await,
+        };
         log_request(&peer, &request, outcome.decision);
         if let Err(err) = framed.send(&outcome.response).await {
             tracing::debug!(pid = peer.pid, %err, "cannot send response; closing connection");

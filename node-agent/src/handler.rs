@@ -17,6 +17,8 @@ pub(crate) enum Decision {
     NotFound,
     Passthrough,
     Error,
+    /// Refused by node mode's policy.
+    Denied,
     Status,
 }
 
@@ -27,6 +29,7 @@ impl fmt::Display for Decision {
             Decision::NotFound => "not_found",
             Decision::Passthrough => "passthrough",
             Decision::Error => "error",
+            Decision::Denied => "denied",
             Decision::Status => "status",
         })
     }
@@ -38,7 +41,7 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    fn error(reason: String) -> Outcome {
+    pub(crate) fn error(reason: String) -> Outcome {
         Outcome {
             response: Response::error(reason),
             decision: Decision::Error,
@@ -132,7 +135,8 @@ async fn look_up_vault(backends: &Backends, name: &str, reference: &Reference) -
     }
 }
 
-fn found(name: &str, key: &str, value: SecretBytes) -> Outcome {
+/// Returns the found response for `value`, or an error when it is too long for a response.
+pub(crate) fn found(name: &str, key: &str, value: SecretBytes) -> Outcome {
     if value.len() > MAX_PAYLOAD_LEN {
         return Outcome::error(format!(
             "{name}: the value of `{key}` is {} bytes, more than the {MAX_PAYLOAD_LEN} bytes a \
@@ -170,7 +174,8 @@ mod tests {
             file: Some(FileBackend::open(&path).unwrap()),
             vault: None,
         };
-        let status = StatusReporter::new(PathBuf::from("/run/agent.sock"), backends.clone());
+        let status =
+            StatusReporter::new(PathBuf::from("/run/agent.sock"), backends.clone(), "local");
         Fixture {
             _dir: dir,
             backends,

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::connection::{self, Context};
+use crate::node::caller::BootTime;
 use crate::peer;
 
 /// Pause after a failed `accept`, so a persistent error such as `EMFILE` does not spin the loop.
@@ -68,6 +69,7 @@ pub(crate) async fn accept_loop(
                 }
             }
             accepted = listener.accept() => {
+                let accepted_at = BootTime::now();
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(err) => {
@@ -103,7 +105,7 @@ pub(crate) async fn accept_loop(
                 };
                 let context = Arc::clone(&context);
                 connections.spawn(async move {
-                    connection::serve(stream, peer, context).await;
+                    connection::serve(stream, peer, accepted_at, context).await;
                     drop(permit);
                 });
             }

@@ -93,12 +93,16 @@ pub(crate) struct StatusReporter {
     socket: PathBuf,
     started: Instant,
     backends: Backends,
+    /// `"local"` or `"node"`.
+    mode: &'static str,
 }
 
 impl StatusReporter {
-    pub(crate) fn new(socket: PathBuf, backends: Backends) -> StatusReporter {
+    /// Creates the reporter of an agent in `mode` (`"local"` or `"node"`) listening on `socket`.
+    pub(crate) fn new(socket: PathBuf, backends: Backends, mode: &'static str) -> StatusReporter {
         StatusReporter {
             socket,
+            mode,
             started: Instant::now(),
             backends,
         }
@@ -117,7 +121,7 @@ impl StatusReporter {
         });
         AgentStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            mode: "local".to_string(),
+            mode: self.mode.to_string(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             socket: self.socket.clone(),

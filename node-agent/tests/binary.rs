@@ -89,6 +89,7 @@ fn run_to_end(args: &[&str]) -> (std::process::ExitStatus, String) {
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("VAULT_ADDR")
+        .env_remove("NODE_NAME")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -238,7 +239,7 @@ fn startup_errors_are_one_line() {
         ),
         (
             &["--config", node.to_str().unwrap()],
-            "node mode is not built yet",
+            "mode = \"node\" needs the node's name",
         ),
         (&["--socket", socket], "no backend is configured"),
         (

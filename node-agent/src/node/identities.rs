@@ -11,9 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::vault::{JwtSource, KubernetesAuth, SecretText, VaultBackend, VaultError, VaultSettings};
+use crate::vault::{
+    JwtSource, KubernetesAuth, SecretText, VaultBackend, VaultError, VaultSettings,
+};
 
-/// Who logs in to Vault: the parts that decide the token's policies and the cache it shares.
+/// Identity of a Vault login: the parts that decide the token's policies and the cache it
+/// shares.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub vault_address: String,

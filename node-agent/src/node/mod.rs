@@ -4,6 +4,7 @@
 //! its cgroup), finds the pod in a watch of this node's pods, checks the pod's opt-in and the
 //! references its spec declares, and reads Vault with the pod's own service account.
 //!
+//! - [`settings`]: the `[node]` table of the config file.
 //! - [`annotations`]: per-pod settings from `envproxy.dev/*` annotations.
 //! - [`policy`]: whether a container may read a reference, and why not.
 //! - `container_env`: the env values a container's spec declares, as the kubelet expands them.
@@ -12,12 +13,17 @@
 //! - [`caller`]: the connected process, pinned with a pidfd.
 //! - [`proc_root`]: small files read inside a caller's root filesystem.
 //! - [`pods`]: the watch of this node's pods, by UID and container ID.
+//! - [`identities`]: one Vault session per pod identity, shared by the pods that have it.
+//! - `serve`: the response to each request in node mode.
 
 pub mod annotations;
 pub mod caller;
 pub mod cgroup;
 mod container_env;
+pub mod identities;
 pub mod pods;
 pub mod policy;
 pub mod proc_root;
+pub(crate) mod serve;
+pub mod settings;
 pub mod token_claims;

@@ -1,0 +1,57 @@
+//! Settings of node mode: the `[node]` table of the config file.
+//!
+//! | key | default | meaning |
+//! | --- | --- | --- |
+//! | `name` | `NODE_NAME` | this node's name, as in the pods' `spec.nodeName` |
+//! | `kubeconfig` | in-cluster config, else `KUBECONFIG` or `~/.kube/config` | kube API access |
+//! | `pod_wait_ms` | `1000` | how long a request waits for a pod the watch has not delivered |
+//! | `token_path` | `/var/run/secrets/envproxy.dev/serviceaccount/token` | projected token in each container |
+//! | `token_audience` | `vault` | audience the projected token must carry |
+//! | `vault_addr_allowlist` | empty | Vault addresses a pod may choose with `envproxy.dev/vault-addr` |
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Environment variable that names the node, set from the downward API in the DaemonSet.
+pub const NODE_NAME_VARIABLE: &str = "NODE_NAME";
+/// Wait for a pod that the watch has not delivered yet, when `pod_wait_ms` is not set. It is
+/// shorter than the library's default 2 s wait for the agent, so a late pod ends as a clear
+/// denial rather than as a silent agent.
+pub const DEFAULT_POD_WAIT: Duration = Duration::from_millis(1000);
+/// Path of the projected service account token inside each selected container, where the
+/// webhook mounts it.
+pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/envproxy.dev/serviceaccount/token";
+/// Audience of the projected token when `token_audience` is not set.
+pub const DEFAULT_TOKEN_AUDIENCE: &str = "vault";
+
+/// Settings of an agent in node mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSettings {
+    /// This node's name. Only pods whose `spec.nodeName` equals it are served.
+    pub node_name: String,
+    /// A kubeconfig file. `None` infers the config: in-cluster, else `KUBECONFIG` or
+    /// `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Maximum time a request waits for its pod to appear in the watch.
+    pub pod_wait: Duration,
+    /// Absolute path of the projected token inside each container.
+    pub token_path: PathBuf,
+    /// Audience the projected token must carry, as the Vault role expects.
+    pub token_audience: String,
+    /// Vault addresses that the `envproxy.dev/vault-addr` annotation may select.
+    pub vault_addr_allowlist: Vec<String>,
+}
+
+impl NodeSettings {
+    /// Returns the defaults, with the node name from `NODE_NAME` when it is set.
+    pub fn from_environment() -> NodeSettings {
+        NodeSettings {
+            node_name: std::env::var(NODE_NAME_VARIABLE).unwrap_or_default(),
+            kubeconfig: None,
+            pod_wait: DEFAULT_POD_WAIT,
+            token_path: PathBuf::from(DEFAULT_TOKEN_PATH),
+            token_audience: DEFAULT_TOKEN_AUDIENCE.to_string(),
+            vault_addr_allowlist: Vec::new(),
+        }
+    }
+}
