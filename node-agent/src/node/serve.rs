@@ -406,11 +406,21 @@ async fn vault_lookup(
         .session(&identity, &pod_uid, base, store_token)
         .await
         .map_err(|reason| Denied::new("vault_setup", format!("{name}: {reason}")))?;
-    if let Some((token, expires_at)) = token {
-        if !session.jwt.is_fresh(TOKEN_REFRESH_MARGIN) {
+    match token {
+        Some((token, expires_at)) => {
+            if !session.jwt.is_fresh(TOKEN_REFRESH_MARGIN) {
+                session.jwt.set(token, expires_at);
+            }
+            connection.checked.insert(identity);
+        }
+        // The kubelet rotates projected tokens, so the stored one can near its expiry while
+        // this connection stays open; the caller's current token replaces it for the next
+        // login.
+        None if !session.jwt.is_fresh(TOKEN_REFRESH_MARGIN) => {
+            let (token, expires_at) = read_checked_token(context, connection, attested)?;
             session.jwt.set(token, expires_at);
         }
-        connection.checked.insert(identity);
+        None => {}
     }
     Ok(match session.backend.resolve(reference).await {
         Ok(value) => found(name, reference.key(), value),
