@@ -146,6 +146,12 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with_token_source("projected")
+    }
+
+    /// Starts the cluster with the agent's `[node] token_source` set to `token_source`. With
+    /// `token-request`, the agent's service account may also create service account tokens.
+    fn start_with_token_source(token_source: &str) -> Cluster {
         require_root();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -181,11 +187,11 @@ impl Cluster {
         let token_mount = dir.path().join("token-mount");
         fs::create_dir(&token_mount).unwrap();
         let agent_token = format!("agent-{}", random_hex(16));
-        kube.register_token(
-            &agent_token,
-            "system:serviceaccount:envproxy:agent",
-            vec![Rule::new(&["list", "watch", "get"], &["pods"])],
-        );
+        let mut rules = vec![Rule::new(&["list", "watch", "get"], &["pods"])];
+        if token_source == "token-request" {
+            rules.push(Rule::new(&["create"], &["serviceaccounts/token"]));
+        }
+        kube.register_token(&agent_token, "system:serviceaccount:envproxy:agent", rules);
         let kubeconfig = dir.path().join("kubeconfig");
         fs::write(&kubeconfig, kube.kubeconfig(&agent_token)).unwrap();
         let socket = dir.path().join("node/agent.sock");
@@ -196,6 +202,7 @@ impl Cluster {
                 "[agent]\nmode = \"node\"\nsocket = {socket:?}\nlog_level = \"info\"\n\
                  [node]\nname = \"{NODE}\"\nkubeconfig = {kubeconfig:?}\n\
                  token_path = {token:?}\ntoken_audience = \"{AUDIENCE}\"\npod_wait_ms = 1000\n\
+                 token_source = \"{token_source}\"\n\
                  [vault]\naddress = \"{vault}\"\n",
                 token = token_mount.join("token"),
                 vault = vault.url(),
@@ -731,4 +738,48 @@ fn deleted_pod_stops_being_served() {
         value = serving.get("DB_PASSWORD");
     }
     assert_eq!(value, reference("a"), "the deleted pod was still served");
+}
+
+#[test]
+fn pod_without_token_is_told_so() {
+    let mut cluster = Cluster::start();
+    let pod = cluster.prepare_pod(
+        "a",
+        "tokenless-a",
+        json!({"envproxy.dev/inject": "true"}),
+        &[("DB_PASSWORD", &reference("a"))],
+    );
+    cluster.apply(&pod);
+    let mut command = cluster.in_pod(&pod, &probe());
+    command.env("DB_PASSWORD", reference("a"));
+    let (value, stderr) = probe_get(command, "DB_PASSWORD");
+    assert_eq!(value.as_deref(), Some(reference("a").as_str()), "{stderr}");
+    assert!(
+        stderr.contains("projected service account token is not readable"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("envproxy.dev/inject"), "{stderr}");
+}
+
+#[test]
+fn token_request_serves_pods_without_projected_token() {
+    let mut cluster = Cluster::start_with_token_source("token-request");
+    let secret = put_secret(&cluster, "a");
+    let pod = cluster.prepare_pod(
+        "a",
+        "tokenless-a",
+        json!({"envproxy.dev/inject": "true"}),
+        &[("DB_PASSWORD", &reference("a"))],
+    );
+    cluster.apply(&pod);
+    let mut command = cluster.in_pod(&pod, &probe());
+    command.env("DB_PASSWORD", reference("a"));
+    let (value, stderr) = probe_get(command, "DB_PASSWORD");
+    assert_eq!(value.as_deref(), Some(secret.as_str()), "{stderr}");
+    assert_eq!(
+        cluster
+            .kube
+            .request_count("create", "serviceaccounts/token"),
+        1
+    );
 }

@@ -101,7 +101,7 @@ impl Agent {
             None => None,
         };
         let client = kube_client(&node).await?;
-        let pods = PodWatch::start(client, &node.node_name);
+        let pods = PodWatch::start(client.clone(), &node.node_name);
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) =
             listener::bind_with_access(&socket_path, agent_uid, Access::Shared)?;
@@ -114,6 +114,7 @@ impl Agent {
         );
         let node_context = NodeContext {
             settings: node,
+            kube: client,
             pods,
             vault: config.vault.clone(),
             identities: Identities::default(),

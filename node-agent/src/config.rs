@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use crate::node::settings::{NodeSettings, NODE_NAME_VARIABLE};
+use crate::node::settings::{NodeSettings, TokenSource, NODE_NAME_VARIABLE};
 use crate::vault::settings::AuthSettings;
 use crate::vault::{VaultEnvironment, VaultSettings};
 
@@ -340,6 +340,19 @@ impl TableReader<'_> {
                     }
                     settings.token_audience = text.to_string();
                 }
+                "token_source" => {
+                    settings.token_source =
+                        match self.string(value, &name)? {
+                            "projected" => TokenSource::Projected,
+                            "token-request" => TokenSource::TokenRequest,
+                            other => return Err(self.invalid(
+                                &name,
+                                format!(
+                                    "expected \"projected\" or \"token-request\", found {other:?}"
+                                ),
+                            )),
+                        };
+                }
                 "vault_addr_allowlist" => {
                     let Value::Array(items) = value else {
                         return Err(self.invalid(
@@ -618,7 +631,8 @@ mod tests {
             "[agent]\nmode = \"node\"\n[node]\nname = \"worker-2\"\n\
              kubeconfig = \"kube.yaml\"\npod_wait_ms = 250\n\
              token_path = \"/run/token\"\ntoken_audience = \"vault.example\"\n\
-             vault_addr_allowlist = [\"https://vault-b:8200/\"]\n",
+             vault_addr_allowlist = [\"https://vault-b:8200/\"]\n\
+             token_source = \"token-request\"\n",
             Some("from-environment"),
         )
         .unwrap();
@@ -632,6 +646,7 @@ mod tests {
         assert_eq!(node.token_path, Path::new("/run/token"));
         assert_eq!(node.token_audience, "vault.example");
         assert_eq!(node.vault_addr_allowlist, ["https://vault-b:8200"]);
+        assert_eq!(node.token_source, TokenSource::TokenRequest);
     }
 
     #[test]
@@ -645,6 +660,7 @@ mod tests {
             ),
             ("vault_addr_allowlist = [1]", "[node] vault_addr_allowlist"),
             ("token_audience = \"\"", "[node] token_audience"),
+            ("token_source = \"kubelet\"", "[node] token_source"),
         ];
         for (line, key) in cases {
             let text = format!("[agent]\nmode = \"node\"\n[node]\n{line}\n");

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use envproxy_proto::{has_known_scheme, Reference, Request, Response, SecretBytes};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use zeroize::Zeroizing;
 
 use super::annotations::{self, PodSettings};
 use super::caller::{BootTime, Caller};
@@ -20,7 +22,7 @@ use super::pods::PodWatch;
 use super::policy;
 use super::policy::Denial;
 use super::proc_root;
-use super::settings::NodeSettings;
+use super::settings::{NodeSettings, TokenSource, TOKEN_REQUEST_LIFETIME_SECS};
 use super::token_claims::{self, ExpectedIdentity};
 use crate::backend::FileBackend;
 use crate::handler::{found, Decision, Outcome};
@@ -35,6 +37,8 @@ const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// State that every node-mode connection shares.
 pub(crate) struct NodeContext {
     pub settings: NodeSettings,
+    /// The kube API client, for TokenRequest when that token source is configured.
+    pub kube: kube::Client,
     pub pods: PodWatch,
     /// Address, TLS and timeouts for Vault; each identity logs in with its own role.
     pub vault: Option<VaultSettings>,
@@ -388,7 +392,7 @@ async fn vault_lookup(
     // would not have opened.
     let needs_token = !connection.checked.contains(&identity);
     let token = if needs_token {
-        Some(read_checked_token(context, connection, attested)?)
+        Some(checked_token(context, connection, attested).await?)
     } else {
         None
     };
@@ -417,7 +421,7 @@ async fn vault_lookup(
         // this connection stays open; the caller's current token replaces it for the next
         // login.
         None if !session.jwt.is_fresh(TOKEN_REFRESH_MARGIN) => {
-            let (token, expires_at) = read_checked_token(context, connection, attested)?;
+            let (token, expires_at) = checked_token(context, connection, attested).await?;
             session.jwt.set(token, expires_at);
         }
         None => {}
@@ -430,11 +434,43 @@ async fn vault_lookup(
 
 /// Reads the projected token from the caller's container and checks that it belongs to the
 /// attested pod. Returns the token and its expiry.
-fn read_checked_token(
+/// Returns a service account token of the attested pod, from the configured source, after
+/// checking its claims against the pod. Returns the token and its expiry.
+async fn checked_token(
     context: &NodeContext,
     connection: &NodeConnection,
     attested: &Attested,
 ) -> Result<(SecretText, SystemTime), Denied> {
+    let bytes = match context.settings.token_source {
+        TokenSource::Projected => read_projected_token(context, connection, attested)?,
+        TokenSource::TokenRequest => request_token(context, attested).await?,
+    };
+    let mismatch = |err: token_claims::TokenClaimsError| {
+        Denied::new(
+            "token_mismatch",
+            format!(
+                "permission denied: the service account token in container {} of pod {} does \
+                 not belong to that pod: {err}",
+                attested.container,
+                pod_name(&attested.pod)
+            ),
+        )
+    };
+    let expected = ExpectedIdentity::from_pod(&attested.pod, &context.settings.token_audience)
+        .map_err(mismatch)?;
+    let claims =
+        token_claims::check_token(&bytes, &expected, SystemTime::now()).map_err(mismatch)?;
+    // `check_token` accepted the bytes, so they are a JWT of ASCII characters.
+    let jwt = String::from_utf8_lossy(&bytes).trim().to_string();
+    Ok((SecretText::new(jwt), claims.expires_at))
+}
+
+/// Reads the projected token from the caller's container.
+fn read_projected_token(
+    context: &NodeContext,
+    connection: &NodeConnection,
+    attested: &Attested,
+) -> Result<Zeroizing<Vec<u8>>, Denied> {
     let caller = connection.caller.as_ref().map_err(|reason| {
         Denied::new(
             "caller_unknown",
@@ -455,24 +491,60 @@ fn read_checked_token(
             ),
         )
     })?;
-    let mismatch = |err: token_claims::TokenClaimsError| {
-        Denied::new(
-            "token_mismatch",
-            format!(
-                "permission denied: the service account token in container {} of pod {} does \
-                 not belong to that pod: {err}",
-                attested.container,
-                pod_name(&attested.pod)
-            ),
-        )
+    Ok(bytes)
+}
+
+/// Requests a token of the attested pod's service account, bound to the pod, through the
+/// TokenRequest API.
+async fn request_token(
+    context: &NodeContext,
+    attested: &Attested,
+) -> Result<Zeroizing<Vec<u8>>, Denied> {
+    let pod = &attested.pod;
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let account = service_account(pod);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![context.settings.token_audience.clone()]),
+            expiration_seconds: Some(TOKEN_REQUEST_LIFETIME_SECS),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".to_string()),
+                kind: Some("Pod".to_string()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        }),
+        ..TokenRequest::default()
     };
-    let expected = ExpectedIdentity::from_pod(&attested.pod, &context.settings.token_audience)
-        .map_err(mismatch)?;
-    let claims =
-        token_claims::check_token(&bytes, &expected, SystemTime::now()).map_err(mismatch)?;
-    // `check_token` accepted the bytes, so they are a JWT of ASCII characters.
-    let jwt = String::from_utf8_lossy(&bytes).trim().to_string();
-    Ok((SecretText::new(jwt), claims.expires_at))
+    let api: kube::Api<ServiceAccount> = kube::Api::namespaced(context.kube.clone(), namespace);
+    let response = api
+        .create_token_request(account, &kube::api::PostParams::default(), &request)
+        .await
+        .map_err(|err| {
+            Denied::new(
+                "token_request_failed",
+                format!(
+                    "the agent cannot request a token of service account {namespace}/{account} \
+                     for pod {} through the TokenRequest API: {err}; the agent's service \
+                     account needs create on serviceaccounts/token",
+                    pod_name(pod)
+                ),
+            )
+        })?;
+    let token = response
+        .status
+        .and_then(|status| status.token)
+        .unwrap_or_default();
+    if token.is_empty() {
+        return Err(Denied::new(
+            "token_request_failed",
+            format!(
+                "the TokenRequest API returned no token for service account \
+                 {namespace}/{account}"
+            ),
+        ));
+    }
+    Ok(Zeroizing::new(token.into_bytes()))
 }
 
 fn identity_of(attested: &Attested, base: &VaultSettings) -> Identity {

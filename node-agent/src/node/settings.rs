@@ -7,6 +7,7 @@
 //! | `pod_wait_ms` | `1000` | how long a request waits for a pod the watch has not delivered |
 //! | `token_path` | `/var/run/secrets/envproxy.dev/serviceaccount/token` | projected token in each container |
 //! | `token_audience` | `vault` | audience the projected token must carry |
+//! | `token_source` | `projected` | `projected`, or `token-request` to mint pod tokens through the kube API |
 //! | `vault_addr_allowlist` | empty | Vault addresses a pod may choose with `envproxy.dev/vault-addr` |
 
 use std::path::PathBuf;
@@ -24,6 +25,22 @@ pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/envproxy.dev/serviceaccou
 /// Audience of the projected token when `token_audience` is not set.
 pub const DEFAULT_TOKEN_AUDIENCE: &str = "vault";
 
+/// Where the agent gets the service account token a pod logs in to Vault with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The projected token in the calling container, at `token_path`: the agent needs no
+    /// power over service accounts.
+    Projected,
+    /// A token the agent requests for the attested pod through the TokenRequest API
+    /// (`serviceaccounts/token` create). For pods without the projected token, at the price
+    /// of a cluster-wide power: the agent can then mint a token of any service account.
+    TokenRequest,
+}
+
+/// Lifetime the agent requests for a pod's token from the TokenRequest API, the shortest the
+/// API server accepts.
+pub const TOKEN_REQUEST_LIFETIME_SECS: i64 = 600;
+
 /// Settings of an agent in node mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSettings {
@@ -40,6 +57,8 @@ pub struct NodeSettings {
     pub token_audience: String,
     /// Vault addresses that the `envproxy.dev/vault-addr` annotation may select.
     pub vault_addr_allowlist: Vec<String>,
+    /// Where pod tokens come from.
+    pub token_source: TokenSource,
 }
 
 impl NodeSettings {
@@ -52,6 +71,7 @@ impl NodeSettings {
             token_path: PathBuf::from(DEFAULT_TOKEN_PATH),
             token_audience: DEFAULT_TOKEN_AUDIENCE.to_string(),
             vault_addr_allowlist: Vec::new(),
+            token_source: TokenSource::Projected,
         }
     }
 }
