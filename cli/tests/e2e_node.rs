@@ -68,19 +68,47 @@ fn cgroup2_mount() -> PathBuf {
     panic!("no cgroup2 file system is mounted, so node mode cannot be tested here");
 }
 
-/// A `kubepods` tree of the systemd driver under a test directory of the cgroup v2 tree,
-/// removed on drop.
+/// Returns the mount point of the cgroup v1 `pids` hierarchy.
+fn cgroup1_pids_mount() -> PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut fields = after.split(' ');
+        let is_pids = fields.next() == Some("cgroup")
+            && fields
+                .nth(1)
+                .is_some_and(|options| options.split(',').any(|o| o == "pids"));
+        if is_pids {
+            return PathBuf::from(before.split(' ').nth(4).unwrap());
+        }
+    }
+    panic!(
+        "no cgroup v1 `pids` hierarchy is mounted, so node mode on cgroup v1 cannot be tested \
+         here; run this test on a machine with cgroup v1 or hybrid mounts"
+    );
+}
+
+/// A `kubepods` tree under a test directory of one cgroup hierarchy, removed on drop: the
+/// systemd driver's layout on cgroup v2, the cgroupfs driver's on cgroup v1.
 struct Cgroups {
     root: PathBuf,
+    version: u8,
     created: Vec<PathBuf>,
 }
 
 impl Cgroups {
     fn new() -> Cgroups {
-        let root = cgroup2_mount().join(format!("envproxy-e2e-{}", random_hex(8)));
+        Cgroups::under(cgroup2_mount(), 2)
+    }
+
+    fn under(mount: PathBuf, version: u8) -> Cgroups {
+        let root = mount.join(format!("envproxy-e2e-{}", random_hex(8)));
         fs::create_dir(&root).unwrap();
         Cgroups {
             root: root.clone(),
+            version,
             created: vec![root],
         }
     }
@@ -88,12 +116,21 @@ impl Cgroups {
     /// Creates the container cgroup of `pod_uid` and returns its path.
     fn container(&mut self, pod_uid: &str, container_id: &str) -> PathBuf {
         let underscored = pod_uid.replace('-', "_");
-        let parts = [
-            "kubepods.slice".to_string(),
-            "kubepods-besteffort.slice".to_string(),
-            format!("kubepods-besteffort-pod{underscored}.slice"),
-            format!("cri-containerd-{container_id}.scope"),
-        ];
+        let parts = if self.version == 2 {
+            vec![
+                "kubepods.slice".to_string(),
+                "kubepods-besteffort.slice".to_string(),
+                format!("kubepods-besteffort-pod{underscored}.slice"),
+                format!("cri-containerd-{container_id}.scope"),
+            ]
+        } else {
+            vec![
+                "kubepods".to_string(),
+                "burstable".to_string(),
+                format!("pod{pod_uid}"),
+                container_id.to_string(),
+            ]
+        };
         let mut path = self.root.clone();
         for part in parts {
             path.push(part);
@@ -152,6 +189,11 @@ impl Cluster {
     /// Starts the cluster with the agent's `[node] token_source` set to `token_source`. With
     /// `token-request`, the agent's service account may also create service account tokens.
     fn start_with_token_source(token_source: &str) -> Cluster {
+        Cluster::start_with(token_source, Cgroups::new)
+    }
+
+    /// Starts the cluster with pod cgroups from `cgroups`.
+    fn start_with(token_source: &str, cgroups: impl FnOnce() -> Cgroups) -> Cluster {
         require_root();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -226,7 +268,7 @@ impl Cluster {
             kube,
             vault,
             dir,
-            cgroups: Cgroups::new(),
+            cgroups: cgroups(),
             agent: Some(agent),
             socket,
             token_mount,
@@ -782,4 +824,20 @@ fn token_request_serves_pods_without_projected_token() {
             .request_count("create", "serviceaccounts/token"),
         1
     );
+}
+
+#[test]
+fn cgroup_v1_pods_are_identified() {
+    let mut cluster = Cluster::start_with("projected", || Cgroups::under(cgroup1_pids_mount(), 1));
+    let secret = put_secret(&cluster, "a");
+    let pod = cluster.add_pod(
+        "a",
+        "v1-a",
+        json!({"envproxy.dev/inject": "true"}),
+        &[("DB_PASSWORD", &reference("a"))],
+    );
+    let mut command = cluster.in_pod(&pod, &probe());
+    command.env("DB_PASSWORD", reference("a"));
+    let (value, stderr) = probe_get(command, "DB_PASSWORD");
+    assert_eq!(value.as_deref(), Some(secret.as_str()), "{stderr}");
 }
