@@ -1,0 +1,124 @@
+//! Vault sessions per pod identity against the Vault test server: one login per identity,
+//! shared by its pods, and dropped when the last pod leaves.
+
+mod vault_support;
+
+use std::time::{Duration, SystemTime};
+
+use envproxy_agent::node::identities::{Identities, Identity};
+use envproxy_agent::vault::SecretText;
+use envproxy_vault_test_server::{
+    service_account_jwt, Capability, KubernetesRole, Policy, ServerOptions, VaultTestServer,
+};
+use serde_json::json;
+use vault_support::*;
+
+const LOGIN: &str = "auth/kubernetes/login";
+
+async fn server_with_role() -> VaultTestServer {
+    let server = start_server(ServerOptions::default()).await;
+    let root = server.root();
+    root.enable_kubernetes_auth("kubernetes", None);
+    root.set_policy(
+        "shop-read",
+        Policy::new().allow("secret/data/shop/*", &[Capability::Read]),
+    );
+    root.add_kubernetes_role(
+        "kubernetes",
+        "checkout",
+        KubernetesRole::new(&["checkout"], &["shop"], &["shop-read"]),
+    )
+    .unwrap();
+    root.kv2_put("secret", "shop/db", json!({"password": "pw-1"}))
+        .unwrap();
+    server
+}
+
+fn identity(server: &VaultTestServer) -> Identity {
+    Identity {
+        vault_address: server.url(),
+        vault_namespace: None,
+        namespace: "shop".to_string(),
+        service_account: "checkout".to_string(),
+        auth_mount: "kubernetes".to_string(),
+        role: "checkout".to_string(),
+        cache_ttl: Duration::from_secs(300),
+    }
+}
+
+/// Returns a token store preparation that stores a valid token of `shop/checkout`.
+fn store_token(
+    jwt: &str,
+) -> impl FnOnce(&envproxy_agent::node::identities::LatestJwt) -> Result<(), String> + '_ {
+    move |latest| {
+        latest.set(
+            SecretText::new(jwt.to_string()),
+            SystemTime::now() + Duration::from_secs(3600),
+        );
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn pods_of_one_identity_share_one_login() {
+    let server = server_with_role().await;
+    let base = settings(&server, "unused");
+    let jwt = service_account_jwt("shop", "checkout", server.now() + Duration::from_secs(3600));
+    let identities = Identities::default();
+    let identity = identity(&server);
+
+    let first = identities
+        .session(&identity, "pod-1", &base, store_token(&jwt))
+        .await
+        .unwrap();
+    let second = identities
+        .session(&identity, "pod-2", &base, |_| {
+            panic!("an existing session needs no new token")
+        })
+        .await
+        .unwrap();
+    assert_eq!(identities.len().await, 1);
+    assert_eq!(server.request_count("POST", LOGIN), 1);
+
+    let text = "vault:secret/data/shop/db#password";
+    assert_eq!(resolve(&first.backend, text).await, Ok("pw-1".into()));
+    assert_eq!(resolve(&second.backend, text).await, Ok("pw-1".into()));
+    assert_eq!(server.request_count("GET", "secret/data/shop/db"), 1);
+}
+
+#[tokio::test]
+async fn identity_dropped_after_last_pod() {
+    let server = server_with_role().await;
+    let base = settings(&server, "unused");
+    let jwt = service_account_jwt("shop", "checkout", server.now() + Duration::from_secs(3600));
+    let identities = Identities::default();
+    let identity = identity(&server);
+    for pod in ["pod-1", "pod-2"] {
+        identities
+            .session(&identity, pod, &base, store_token(&jwt))
+            .await
+            .unwrap();
+    }
+
+    identities.forget_pod("pod-1").await;
+    assert_eq!(identities.len().await, 1);
+    identities.forget_pod("pod-2").await;
+    assert!(identities.is_empty().await);
+    identities.forget_pod("pod-unknown").await;
+    assert!(identities.is_empty().await);
+}
+
+#[tokio::test]
+async fn failed_preparation_creates_no_session() {
+    let server = server_with_role().await;
+    let base = settings(&server, "unused");
+    let identities = Identities::default();
+    let result = identities
+        .session(&identity(&server), "pod-1", &base, |_| {
+            Err("the pod's token is missing".to_string())
+        })
+        .await;
+    assert_eq!(result.err(), Some("the pod's token is missing".to_string()));
+    assert!(identities.is_empty().await);
+    assert_eq!(server.request_count("POST", LOGIN), 0);
+}
