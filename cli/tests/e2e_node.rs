@@ -841,3 +841,35 @@ fn cgroup_v1_pods_are_identified() {
     let (value, stderr) = probe_get(command, "DB_PASSWORD");
     assert_eq!(value.as_deref(), Some(secret.as_str()), "{stderr}");
 }
+
+#[test]
+fn opt_out_applies_to_running_processes() {
+    let mut cluster = Cluster::start();
+    let secret = put_secret(&cluster, "a");
+    let pod = cluster.add_pod(
+        "a",
+        "opting-a",
+        json!({"envproxy.dev/inject": "true"}),
+        &[("DB_PASSWORD", &reference("a"))],
+    );
+    let mut command = cluster.in_pod(&pod, &probe());
+    command
+        .env("DB_PASSWORD", reference("a"))
+        .env("ENVPROXY_CACHE_TTL", "0");
+    let mut serving = Serving::start(command);
+    assert_eq!(serving.get("DB_PASSWORD"), secret);
+
+    cluster
+        .kube
+        .modify_pod(&pod.namespace, &pod.name, |pod| {
+            pod.metadata.annotations = None;
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut value = serving.get("DB_PASSWORD");
+    while value == secret && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        value = serving.get("DB_PASSWORD");
+    }
+    assert_eq!(value, reference("a"), "the opted-out pod was still served");
+}

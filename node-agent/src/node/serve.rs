@@ -188,27 +188,25 @@ async fn attest(
     context: &NodeContext,
     connection: &mut NodeConnection,
 ) -> Result<Arc<Attested>, Denied> {
-    match &connection.attested {
-        Some(attested) => still_on_node(context, attested).await,
-        None => {
-            let attested = attest_first(context, connection).await?;
-            connection.attested = Some(Arc::clone(&attested));
-            Ok(attested)
-        }
-    }
+    let attested = match &connection.attested {
+        Some(attested) => still_on_node(context, attested).await?,
+        None => attest_first(context, connection).await?,
+    };
+    connection.attested = Some(Arc::clone(&attested));
+    Ok(attested)
 }
 
-/// Returns `attested` while its pod is still in the watch of this node.
+/// Returns `attested` while its pod is still in the watch of this node, with the pod's
+/// annotations read again when the watch delivered a change of the pod.
 async fn still_on_node(
     context: &NodeContext,
     attested: &Arc<Attested>,
 ) -> Result<Arc<Attested>, Denied> {
-    let present = context
+    let Some(entry) = context
         .pods
         .pod_by_uid(&attested.pod_uid, Duration::ZERO)
         .await
-        .is_some();
-    if !present {
+    else {
         return Err(Denied::new(
             "pod_deleted",
             format!(
@@ -216,8 +214,16 @@ async fn still_on_node(
                 pod_name(&attested.pod)
             ),
         ));
+    };
+    if Arc::ptr_eq(&entry.pod, &attested.pod) {
+        return Ok(Arc::clone(attested));
     }
-    Ok(Arc::clone(attested))
+    attested_with(
+        context,
+        &entry.pod,
+        attested.pod_uid.clone(),
+        attested.container.clone(),
+    )
 }
 
 /// Attests the caller of a connection at its first request: its cgroup, pod, container and the
@@ -292,27 +298,32 @@ async fn attest_first(
                 ),
             )
         })?;
-    let opted_in = annotations::is_opted_in(&entry.pod).map_err(|source| {
+    attested_with(context, &entry.pod, pod_container.pod_uid, container)
+}
+
+/// Checks the opt-in of `pod` and reads its settings for the process in `container`.
+fn attested_with(
+    context: &NodeContext,
+    pod: &Arc<Pod>,
+    pod_uid: String,
+    container: String,
+) -> Result<Arc<Attested>, Denied> {
+    let bad_annotation = |source| {
         policy_denial_plain(&Denial::BadAnnotation {
-            pod: pod_name(&entry.pod),
+            pod: pod_name(pod),
             source,
         })
-    })?;
-    if !opted_in {
+    };
+    if !annotations::is_opted_in(pod).map_err(bad_annotation)? {
         return Err(policy_denial_plain(&Denial::NotOptedIn {
-            pod: pod_name(&entry.pod),
+            pod: pod_name(pod),
         }));
     }
-    let settings = PodSettings::from_pod(&entry.pod, &context.settings.vault_addr_allowlist)
-        .map_err(|source| {
-            policy_denial_plain(&Denial::BadAnnotation {
-                pod: pod_name(&entry.pod),
-                source,
-            })
-        })?;
+    let settings = PodSettings::from_pod(pod, &context.settings.vault_addr_allowlist)
+        .map_err(bad_annotation)?;
     Ok(Arc::new(Attested {
-        pod: Arc::clone(&entry.pod),
-        pod_uid: pod_container.pod_uid,
+        pod: Arc::clone(pod),
+        pod_uid,
         container,
         settings,
     }))
