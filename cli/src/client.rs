@@ -64,6 +64,8 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("the agent at {} refused the status request: {reason}", path.display())]
+    StatusRefused { path: PathBuf, reason: String },
     #[error("the agent at {} returned {response:?} for a status request", path.display())]
     UnexpectedStatusResponse { path: PathBuf, response: Response },
 }
@@ -124,11 +126,20 @@ pub fn fetch_status_json(
     timeout: Duration,
 ) -> Result<(AgentStatus, String), ClientError> {
     let response = call(socket, &Request::Status, timeout)?;
-    let Response::Found(payload) = response else {
-        return Err(ClientError::UnexpectedStatusResponse {
-            path: socket.to_path_buf(),
-            response,
-        });
+    let payload = match response {
+        Response::Found(payload) => payload,
+        Response::Error(reason) => {
+            return Err(ClientError::StatusRefused {
+                path: socket.to_path_buf(),
+                reason,
+            })
+        }
+        response => {
+            return Err(ClientError::UnexpectedStatusResponse {
+                path: socket.to_path_buf(),
+                response,
+            })
+        }
     };
     // A status payload contains key names and settings, never a secret value.
     let text = String::from_utf8_lossy(payload.expose_secret()).into_owned();

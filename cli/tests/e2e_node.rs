@@ -194,6 +194,15 @@ impl Cluster {
 
     /// Starts the cluster with pod cgroups from `cgroups`.
     fn start_with(token_source: &str, cgroups: impl FnOnce() -> Cgroups) -> Cluster {
+        Cluster::start_configured(token_source, cgroups, "")
+    }
+
+    /// Starts the cluster with `node_lines` added to the agent's `[node]` table.
+    fn start_configured(
+        token_source: &str,
+        cgroups: impl FnOnce() -> Cgroups,
+        node_lines: &str,
+    ) -> Cluster {
         require_root();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -244,7 +253,7 @@ impl Cluster {
                 "[agent]\nmode = \"node\"\nsocket = {socket:?}\nlog_level = \"info\"\n\
                  [node]\nname = \"{NODE}\"\nkubeconfig = {kubeconfig:?}\n\
                  token_path = {token:?}\ntoken_audience = \"{AUDIENCE}\"\npod_wait_ms = 1000\n\
-                 token_source = \"{token_source}\"\n\
+                 token_source = \"{token_source}\"\n{node_lines}\n\
                  [vault]\naddress = \"{vault}\"\n",
                 token = token_mount.join("token"),
                 vault = vault.url(),
@@ -694,7 +703,7 @@ fn another_pods_token_is_refused() {
         command.env("DB_PASSWORD", reference("a"));
         let (value, stderr) = probe_get(command, "DB_PASSWORD");
         assert_eq!(value.as_deref(), Some(reference("a").as_str()), "{stderr}");
-        assert!(stderr.contains("does not belong to that pod"), "{stderr}");
+        assert!(stderr.contains("is not valid for that pod"), "{stderr}");
         assert!(!stderr.contains(&secret), "{stderr}");
     }
     assert_eq!(
@@ -872,4 +881,66 @@ fn opt_out_applies_to_running_processes() {
         value = serving.get("DB_PASSWORD");
     }
     assert_eq!(value, reference("a"), "the opted-out pod was still served");
+}
+
+/// A Python program that opens connections to the agent socket in `argv[1]`, `argv[2]` of them,
+/// sends nothing, and prints for each the response the agent sent within one second, or
+/// `silent`.
+const CONNECTION_FLOOD: &str = r#"
+import socket, sys
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.settimeout(1.0)
+    held.append(s)
+for s in held:
+    try:
+        reply = s.recv(4096)
+        print("closed" if not reply else reply[3:].decode("utf-8", "replace"))
+    except socket.timeout:
+        print("silent")
+"#;
+
+fn flood(mut command: Command, socket: &Path, connections: usize) -> Vec<String> {
+    command
+        .arg("-c")
+        .arg(CONNECTION_FLOOD)
+        .arg(socket)
+        .arg(connections.to_string());
+    let output = run_with_limit(&mut command, LIMIT);
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn connections_are_limited_per_pod() {
+    let mut cluster =
+        Cluster::start_configured("projected", Cgroups::new, "max_connections_per_pod = 3");
+    let pod = cluster.add_pod("a", "busy-a", json!({"envproxy.dev/inject": "true"}), &[]);
+
+    let mut command = Command::new("python3");
+    cluster.enter(&pod, &mut command);
+    let replies = flood(command, &cluster.socket, 5);
+    assert_eq!(replies.len(), 5, "{replies:?}");
+    assert!(replies[..3].iter().all(|r| r == "silent"), "{replies:?}");
+    for reply in &replies[3..] {
+        assert!(reply.contains("too many connections"), "{replies:?}");
+        assert!(reply.contains("max_connections_per_pod"), "{replies:?}");
+    }
+}
+
+#[test]
+fn callers_outside_pods_are_refused_at_accept() {
+    let cluster = Cluster::start();
+    let mut command = Command::new("python3");
+    command.uid(65534).gid(65534);
+    let replies = flood(command, &cluster.socket, 2);
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    for reply in &replies {
+        assert!(reply.contains("outside any Kubernetes pod"), "{replies:?}");
+    }
 }

@@ -13,7 +13,7 @@ use crate::handler::Backends;
 use crate::listener::{self, Access, ListenerError, SocketFile};
 use crate::node::identities::Identities;
 use crate::node::pods::PodWatch;
-use crate::node::serve::NodeContext;
+use crate::node::serve::{NodeContext, PodSlots};
 use crate::node::settings::NodeSettings;
 use crate::secrets::SecretsError;
 use crate::server;
@@ -120,6 +120,7 @@ impl Agent {
             identities: Identities::default(),
             file: file.clone(),
             agent_uid,
+            slots: PodSlots::default(),
         };
         Ok(BoundAgent {
             listener,

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use crate::node::settings::{NodeSettings, TokenSource, NODE_NAME_VARIABLE};
+use crate::node::settings::{NodeSettings, TokenSource, MAX_POD_WAIT, NODE_NAME_VARIABLE};
 use crate::vault::settings::AuthSettings;
 use crate::vault::{VaultEnvironment, VaultSettings};
 
@@ -240,11 +240,14 @@ impl Config {
                     path: path.to_path_buf(),
                 });
             }
+            if let Err(reason) = check_node_name(&settings.node_name) {
+                return Err(reader.invalid("the node name ([node] name or NODE_NAME)", reason));
+            }
             if let Some(vault) = &config.vault {
                 if matches!(vault.auth, AuthSettings::Kubernetes { .. }) {
                     reader.warnings.push(format!(
-                        "{}: the Vault `role` and `jwt_path` are ignored in node mode: each pod \
-                         logs in with its own service account and role",
+                        "{}: the Vault `auth_method`, `role` and `jwt_path` are ignored in node \
+                         mode: each pod logs in with its own service account and role",
                         path.display()
                     ));
                 }
@@ -289,10 +292,11 @@ impl TableReader<'_> {
                 "mode" => match self.string(value, "[agent] mode")? {
                     "local" => node_mode = false,
                     "node" => node_mode = true,
-                    _ => {
-                        return Err(
-                            self.invalid("[agent] mode", "expected \"local\" or \"node\"".into())
-                        )
+                    other => {
+                        return Err(self.invalid(
+                            "[agent] mode",
+                            format!("expected \"local\" or \"node\", found {other:?}"),
+                        ))
                     }
                 },
                 "max_connections" => {
@@ -315,11 +319,30 @@ impl TableReader<'_> {
         for (key, value) in node {
             let name = format!("[node] {key}");
             match key.as_str() {
-                "name" => settings.node_name = self.string(value, &name)?.to_string(),
+                "name" => {
+                    let node_name = self.string(value, &name)?;
+                    if let Err(reason) = check_node_name(node_name) {
+                        return Err(self.invalid(&name, reason));
+                    }
+                    settings.node_name = node_name.to_string();
+                }
                 "kubeconfig" => settings.kubeconfig = Some(self.path_value(value, &name)?),
                 "pod_wait_ms" => {
                     let millis = self.positive_integer(value, &name)?;
                     settings.pod_wait = Duration::from_millis(millis);
+                    if settings.pod_wait > MAX_POD_WAIT {
+                        return Err(self.invalid(
+                            &name,
+                            format!(
+                                "expected at most {} ms, found {millis}",
+                                MAX_POD_WAIT.as_millis()
+                            ),
+                        ));
+                    }
+                }
+                "max_connections_per_pod" => {
+                    let count = self.positive_integer(value, &name)?;
+                    settings.max_connections_per_pod = usize::try_from(count).unwrap_or(usize::MAX);
                 }
                 "token_path" => {
                     let text = self.string(value, &name)?;
@@ -341,17 +364,18 @@ impl TableReader<'_> {
                     settings.token_audience = text.to_string();
                 }
                 "token_source" => {
-                    settings.token_source =
-                        match self.string(value, &name)? {
-                            "projected" => TokenSource::Projected,
-                            "token-request" => TokenSource::TokenRequest,
-                            other => return Err(self.invalid(
+                    settings.token_source = match self.string(value, &name)? {
+                        "projected" => TokenSource::Projected,
+                        "token-request" => TokenSource::TokenRequest,
+                        other => {
+                            return Err(self.invalid(
                                 &name,
                                 format!(
                                     "expected \"projected\" or \"token-request\", found {other:?}"
                                 ),
-                            )),
-                        };
+                            ))
+                        }
+                    };
                 }
                 "vault_addr_allowlist" => {
                     let Value::Array(items) = value else {
@@ -365,7 +389,16 @@ impl TableReader<'_> {
                     };
                     let mut addresses = Vec::with_capacity(items.len());
                     for item in items {
-                        addresses.push(self.string(item, &name)?.trim_end_matches('/').to_string());
+                        let address = self.string(item, &name)?.trim_end_matches('/');
+                        if !(address.starts_with("https://") || address.starts_with("http://")) {
+                            return Err(self.invalid(
+                                &name,
+                                format!(
+                                    "expected http:// or https:// addresses, found {address:?}"
+                                ),
+                            ));
+                        }
+                        addresses.push(address.to_string());
                     }
                     settings.vault_addr_allowlist = addresses;
                 }
@@ -468,6 +501,25 @@ impl TableReader<'_> {
             "{}: unknown {what} is ignored",
             self.path.display()
         ));
+    }
+}
+
+/// Checks that `name` is a valid Kubernetes node name (a DNS subdomain: at most 253 lowercase
+/// letters, digits, `-` and `.`, starting and ending with a letter or digit), as it goes into
+/// the pod watch's field selector.
+fn check_node_name(name: &str) -> Result<(), String> {
+    let valid_characters = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let valid_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if name.len() <= 253 && valid_characters && valid_ends {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid node name: expected at most 253 lowercase letters, digits, \
+             '-' and '.', starting and ending with a letter or digit"
+        ))
     }
 }
 
@@ -661,6 +713,16 @@ mod tests {
             ("vault_addr_allowlist = [1]", "[node] vault_addr_allowlist"),
             ("token_audience = \"\"", "[node] token_audience"),
             ("token_source = \"kubelet\"", "[node] token_source"),
+            ("pod_wait_ms = 99999999999", "[node] pod_wait_ms"),
+            (
+                "vault_addr_allowlist = [\"not a url\"]",
+                "[node] vault_addr_allowlist",
+            ),
+            ("name = \"bad name,=x\"", "[node] name"),
+            (
+                "max_connections_per_pod = 0",
+                "[node] max_connections_per_pod",
+            ),
         ];
         for (line, key) in cases {
             let text = format!("[agent]\nmode = \"node\"\n[node]\n{line}\n");

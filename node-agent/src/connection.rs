@@ -14,7 +14,7 @@ use tokio_util::codec::Framed;
 
 use crate::handler::{self, Backends};
 use crate::node::caller::BootTime;
-use crate::node::serve::{self as node_serve, NodeConnection, NodeContext};
+use crate::node::serve::{self as node_serve, NodeConnection, NodeContext, Rejected};
 use crate::peer::{self, Peer};
 use crate::status::StatusReporter;
 
@@ -42,14 +42,23 @@ pub(crate) async fn serve(
     context: Arc<Context>,
 ) {
     // In node mode any uid may connect: the caller's pod decides what it may read.
-    let mut node_connection = context
+    let admitted = context
         .node
         .as_ref()
-        .map(|_| NodeConnection::new(&stream, accepted_at));
+        .map(|node| NodeConnection::admit(node, &stream, peer.pid, accepted_at));
     let mut framed = Framed::new(stream, AgentCodec);
 
-    if node_connection.is_some() {
-        // Checked per request by the node policy.
+    let mut node_connection = None;
+    if let Some(admitted) = admitted {
+        match admitted {
+            Ok(connection) => node_connection = Some(connection),
+            Err(Rejected(reason)) => {
+                let reply = Response::error(reason);
+                send_best_effort(&mut framed, &reply, context.idle_timeout).await;
+                close_after_error(framed.into_inner()).await;
+                return;
+            }
+        }
     } else if let Err(rejected) = peer::authorize(&peer, context.agent_uid) {
         tracing::warn!(
             pid = peer.pid,

@@ -1,4 +1,4 @@
-//! `envproxy-agent`: the local EnvProxy agent.
+//! `envproxy-agent`: the EnvProxy agent, in local mode or in node mode.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,14 +9,19 @@ use envproxy_agent::vault::VaultEnvironment;
 use envproxy_agent::{limits, logging, Agent, Config};
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Serve secrets from a local file and Vault to processes of this user over a Unix socket.
+/// Serve secrets from a local file and Vault over a Unix socket.
 ///
-/// Without Vault settings in the config file, Vault is enabled when VAULT_ADDR is set, with the
-/// token from VAULT_TOKEN or ~/.vault-token.
+/// In local mode (the default) only processes of this user are served. In node mode
+/// ([agent] mode = "node" in the config file) one agent serves every pod of a Kubernetes node,
+/// each with its own Vault identity.
+///
+/// Without Vault settings in the config file, Vault is enabled when VAULT_ADDR is set: with the
+/// token from VAULT_TOKEN or ~/.vault-token in local mode, with each pod's own login in node
+/// mode.
 #[derive(Debug, Parser)]
 #[command(name = "envproxy-agent", version)]
 struct Args {
-    /// TOML config file with [agent] and [backend] sections.
+    /// TOML config file with [agent], [backend], [vault] and, in node mode, [node] sections.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Socket path, replacing `[agent] socket` of the config file.

@@ -262,10 +262,17 @@ fn parse_vault_auth_mount(value: &str) -> Result<String, AnnotationError> {
     Ok(value.to_string())
 }
 
+/// Longest Vault path segment accepted in a role or mount name. Longer names would be copied
+/// into every log line and error about the pod.
+const MAX_SEGMENT_LEN: usize = 255;
+
 /// Returns why `segment` cannot be one segment of a Vault API path, or `None` if it can.
 fn path_segment_problem(segment: &str) -> Option<&'static str> {
     if segment.is_empty() {
         return Some("is empty or contains an empty segment");
+    }
+    if segment.len() > MAX_SEGMENT_LEN {
+        return Some("has a segment longer than 255 characters");
     }
     if segment.contains('/') {
         return Some("contains \"/\"");
@@ -662,6 +669,10 @@ mod tests {
             ("role\n", "whitespace"),
             ("role?x=1", "\"?\""),
         ];
+        let long = "r".repeat(300_000);
+        let cases = cases
+            .into_iter()
+            .chain([(long.as_str(), "longer than 255 characters")]);
         for (value, problem) in cases {
             let error = settings(json!({ "envproxy.dev/vault-role": value })).unwrap_err();
             assert_eq!(error.annotation, VAULT_ROLE, "{value:?}");

@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 
 use super::annotations::{self, PodSettings};
 use super::caller::{BootTime, Caller};
+use super::cgroup::PodContainer;
 use super::identities::{Identities, Identity, LatestJwt};
 use super::pods::PodWatch;
 use super::policy;
@@ -48,6 +49,8 @@ pub(crate) struct NodeContext {
     pub file: Option<FileBackend>,
     /// The agent's effective uid. Callers of this uid outside any pod may read the status.
     pub agent_uid: u32,
+    /// Open connections per pod, for `max_connections_per_pod`.
+    pub slots: PodSlots,
 }
 
 /// The pod and container of a connection's process, with the pod's settings.
@@ -58,31 +61,139 @@ struct Attested {
     settings: PodSettings,
 }
 
-/// One connection's caller, attested at its first request.
+/// One connection's caller, pinned and placed at accept, attested at its first request.
 pub(crate) struct NodeConnection {
-    caller: Result<Caller, String>,
+    /// The pid `SO_PEERCRED` reported, for logs even when the caller cannot be pinned.
+    peer_pid: i32,
+    caller: Caller,
+    /// The caller's pod and container from its cgroup.
+    pod_container: PodContainer,
     attested: Option<Arc<Attested>>,
     /// Identities whose token this connection's process presented and the agent checked.
     checked: HashSet<Identity>,
+    /// Releases the connection's place in its pod's connection count when dropped.
+    _slot: PodSlot,
 }
 
+/// A refused connection: the reason sent to the client before the agent closes it.
+pub(crate) struct Rejected(pub String);
+
 impl NodeConnection {
-    /// Pins the peer of `stream`, which was accepted at `accepted_at`.
-    pub fn new(stream: &tokio::net::UnixStream, accepted_at: BootTime) -> NodeConnection {
-        let caller = Caller::from_socket(stream, accepted_at).map_err(|err| err.to_string());
-        if let Err(reason) = &caller {
-            tracing::warn!(%reason, "cannot identify the caller of a new connection");
-        }
-        NodeConnection {
+    /// Pins the peer of `stream`, accepted at `accepted_at`, and admits it: processes in a pod
+    /// of this node, within the pod's connection limit, and the agent's own user outside any
+    /// pod (for the status request).
+    pub fn admit(
+        context: &NodeContext,
+        stream: &tokio::net::UnixStream,
+        peer_pid: i32,
+        accepted_at: BootTime,
+    ) -> Result<NodeConnection, Rejected> {
+        let caller = Caller::from_socket(stream, accepted_at).map_err(|err| {
+            tracing::warn!(pid = peer_pid, %err, "cannot identify the caller of a new connection");
+            Rejected(format!(
+                "permission denied: the agent cannot identify the calling process: {err}"
+            ))
+        })?;
+        let placed = caller.pod().map_err(|err| {
+            tracing::warn!(pid = peer_pid, %err, "cannot read the cgroup of a new connection's caller");
+            Rejected(format!(
+                "permission denied: the agent cannot read the caller's cgroup: {err}"
+            ))
+        })?;
+        let pod_container = match placed {
+            Some(pod_container) => pod_container,
+            None if caller.uid() == context.agent_uid => PodContainer {
+                pod_uid: String::new(),
+                container_id: None,
+            },
+            None => {
+                tracing::debug!(
+                    pid = peer_pid,
+                    uid = caller.uid(),
+                    "refused a caller outside any pod"
+                );
+                return Err(Rejected(format!(
+                    "permission denied: pid {peer_pid} runs outside any Kubernetes pod, and node \
+                     mode serves only processes of pods on this node"
+                )));
+            }
+        };
+        let slot = context
+            .slots
+            .take(
+                &pod_container.pod_uid,
+                context.settings.max_connections_per_pod,
+            )
+            .ok_or_else(|| {
+                tracing::warn!(
+                    pid = peer_pid,
+                    pod_uid = %pod_container.pod_uid,
+                    limit = context.settings.max_connections_per_pod,
+                    "pod reached its connection limit; refused a connection"
+                );
+                Rejected(format!(
+                    "too many connections: pod UID {} already has {} open connections to the \
+                     agent, the most one pod may hold ([node] max_connections_per_pod)",
+                    pod_container.pod_uid, context.settings.max_connections_per_pod
+                ))
+            })?;
+        Ok(NodeConnection {
+            peer_pid,
             caller,
+            pod_container,
             attested: None,
             checked: HashSet::new(),
-        }
+            _slot: slot,
+        })
     }
 
-    /// Returns the caller's pid, or 0 when it could not be identified.
+    /// Returns the caller's pid.
     pub fn pid(&self) -> i32 {
-        self.caller.as_ref().map_or(0, Caller::pid)
+        self.peer_pid
+    }
+}
+
+/// Open connections per pod UID (the empty UID stands for the agent's own user outside pods).
+#[derive(Default, Clone)]
+pub(crate) struct PodSlots {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One connection's place in its pod's count, given back on drop.
+pub(crate) struct PodSlot {
+    slots: PodSlots,
+    pod_uid: String,
+}
+
+impl PodSlots {
+    /// Takes a place for pod `pod_uid` unless it already holds `limit` connections.
+    fn take(&self, pod_uid: &str, limit: usize) -> Option<PodSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|err| err.into_inner());
+        let count = open.entry(pod_uid.to_string()).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PodSlot {
+            slots: self.clone(),
+            pod_uid: pod_uid.to_string(),
+        })
+    }
+}
+
+impl Drop for PodSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(|err| err.into_inner());
+        if let Some(count) = open.get_mut(&self.pod_uid) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.pod_uid);
+            }
+        }
     }
 }
 
@@ -90,11 +201,26 @@ impl NodeConnection {
 struct Denied {
     reason: &'static str,
     message: String,
+    /// The pod (`namespace/name`) and container when known before attestation completed.
+    pod: Option<String>,
+    container: Option<String>,
 }
 
 impl Denied {
     fn new(reason: &'static str, message: String) -> Denied {
-        Denied { reason, message }
+        Denied {
+            reason,
+            message,
+            pod: None,
+            container: None,
+        }
+    }
+
+    /// Names the pod and, when known, the container in the log line.
+    fn in_pod(mut self, pod: &Pod, container: Option<&str>) -> Denied {
+        self.pod = Some(pod_name(pod));
+        self.container = container.map(str::to_string);
+        self
     }
 }
 
@@ -165,10 +291,8 @@ fn status_outcome(
     connection: &NodeConnection,
     status: &StatusReporter,
 ) -> Outcome {
-    let allowed = match &connection.caller {
-        Ok(caller) => caller.uid() == context.agent_uid && matches!(caller.pod(), Ok(None)),
-        Err(_) => false,
-    };
+    let allowed =
+        connection.pod_container.pod_uid.is_empty() && connection.caller.uid() == context.agent_uid;
     if !allowed {
         return Outcome::error(
             "permission denied: in node mode the status is served only to the agent's user \
@@ -232,46 +356,41 @@ async fn attest_first(
     context: &NodeContext,
     connection: &NodeConnection,
 ) -> Result<Arc<Attested>, Denied> {
-    let caller = connection.caller.as_ref().map_err(|reason| {
-        Denied::new(
-            "caller_unknown",
-            format!("permission denied: the agent cannot identify the calling process: {reason}"),
-        )
-    })?;
-    let pod_container = caller
-        .pod()
-        .map_err(|err| {
-            Denied::new(
-                "caller_unknown",
-                format!("permission denied: the agent cannot read the caller's cgroup: {err}"),
-            )
-        })?
-        .ok_or_else(|| {
-            Denied::new(
-                "outside_pod",
-                format!(
-                    "permission denied: pid {} runs outside any Kubernetes pod, and node mode \
-                     serves only processes of pods on this node",
-                    caller.pid()
-                ),
-            )
-        })?;
+    let caller = &connection.caller;
+    let pod_container = connection.pod_container.clone();
+    if pod_container.pod_uid.is_empty() {
+        return Err(Denied::new(
+            "outside_pod",
+            format!(
+                "permission denied: pid {} runs outside any Kubernetes pod, and node mode \
+                 serves only processes of pods on this node",
+                caller.pid()
+            ),
+        ));
+    }
     let wait = context.settings.pod_wait;
     let entry = context
         .pods
         .pod_by_uid(&pod_container.pod_uid, wait)
         .await
         .ok_or_else(|| {
-            Denied::new(
-                "pod_unknown",
+            let message = if context.pods.is_synced() {
                 format!(
                     "permission denied: pod UID {} is not among the pods the agent watches on \
                      node {} (waited {} ms); if the pod just started, retry",
                     pod_container.pod_uid,
                     context.settings.node_name,
                     wait.as_millis()
-                ),
-            )
+                )
+            } else {
+                format!(
+                    "permission denied: the agent has not yet listed the pods of node {} from \
+                     the kube API, so pod UID {} is unknown; check the agent's log for why the \
+                     pod watch fails (API server unreachable, RBAC, node name)",
+                    context.settings.node_name, pod_container.pod_uid
+                )
+            };
+            Denied::new("pod_unknown", message)
         })?;
     let Some(container_id) = pod_container.container_id.as_deref() else {
         return Err(Denied::new(
@@ -281,7 +400,8 @@ async fn attest_first(
                 caller.pid(),
                 pod_name(&entry.pod)
             ),
-        ));
+        )
+        .in_pod(&entry.pod, None));
     };
     let (entry, container) = context
         .pods
@@ -297,6 +417,7 @@ async fn attest_first(
                     wait.as_millis()
                 ),
             )
+            .in_pod(&entry.pod, None)
         })?;
     attested_with(context, &entry.pod, pod_container.pod_uid, container)
 }
@@ -439,7 +560,17 @@ async fn vault_lookup(
     }
     Ok(match session.backend.resolve(reference).await {
         Ok(value) => found(name, reference.key(), value),
-        Err(err) => Outcome::error(format!("{name}: {err}")),
+        Err(err) => {
+            tracing::warn!(
+                pid = connection.pid(),
+                pod = %pod_name(&attested.pod),
+                container = %attested.container,
+                variable = name,
+                %err,
+                "Vault read failed"
+            );
+            Outcome::error(format!("{name}: {err}"))
+        }
     })
 }
 
@@ -460,8 +591,8 @@ async fn checked_token(
         Denied::new(
             "token_mismatch",
             format!(
-                "permission denied: the service account token in container {} of pod {} does \
-                 not belong to that pod: {err}",
+                "permission denied: the service account token in container {} of pod {} is not \
+                 valid for that pod: {err}",
                 attested.container,
                 pod_name(&attested.pod)
             ),
@@ -482,12 +613,7 @@ fn read_projected_token(
     connection: &NodeConnection,
     attested: &Attested,
 ) -> Result<Zeroizing<Vec<u8>>, Denied> {
-    let caller = connection.caller.as_ref().map_err(|reason| {
-        Denied::new(
-            "caller_unknown",
-            format!("cannot identify the caller: {reason}"),
-        )
-    })?;
+    let caller = &connection.caller;
     let path = &context.settings.token_path;
     let bytes = proc_root::read_file_in_root(caller, path, MAX_TOKEN_LEN).map_err(|err| {
         Denied::new(
@@ -613,10 +739,18 @@ fn deny(
     name: &str,
     denied: Denied,
 ) -> Outcome {
+    let pod = denied
+        .pod
+        .clone()
+        .or_else(|| attested.map(|attested| pod_name(&attested.pod)));
+    let container = denied
+        .container
+        .clone()
+        .or_else(|| attested.map(|attested| attested.container.clone()));
     tracing::warn!(
         pid = connection.pid(),
-        pod = attested.map(|attested| pod_name(&attested.pod)),
-        container = attested.map(|attested| attested.container.as_str()),
+        pod,
+        container,
         variable = name,
         reason = denied.reason,
         "request denied"

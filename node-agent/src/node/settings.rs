@@ -9,6 +9,7 @@
 //! | `token_audience` | `vault` | audience the projected token must carry |
 //! | `token_source` | `projected` | `projected`, or `token-request` to mint pod tokens through the kube API |
 //! | `vault_addr_allowlist` | empty | Vault addresses a pod may choose with `envproxy.dev/vault-addr` |
+//! | `max_connections_per_pod` | `256` | connections one pod may hold open at once |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +23,12 @@ pub const DEFAULT_POD_WAIT: Duration = Duration::from_millis(1000);
 /// Path of the projected service account token inside each selected container, where the
 /// webhook mounts it.
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/envproxy.dev/serviceaccount/token";
+/// Connections one pod may hold open at once when `max_connections_per_pod` is not set. It
+/// keeps one pod from taking every connection of `[agent] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_POD: usize = 256;
+/// Longest `pod_wait_ms` accepted: a request must not wait longer than a client would.
+pub const MAX_POD_WAIT: Duration = Duration::from_secs(60);
+
 /// Audience of the projected token when `token_audience` is not set.
 pub const DEFAULT_TOKEN_AUDIENCE: &str = "vault";
 
@@ -59,6 +66,8 @@ pub struct NodeSettings {
     pub vault_addr_allowlist: Vec<String>,
     /// Where pod tokens come from.
     pub token_source: TokenSource,
+    /// Connections one pod may hold open at once.
+    pub max_connections_per_pod: usize,
 }
 
 impl NodeSettings {
@@ -72,6 +81,7 @@ impl NodeSettings {
             token_audience: DEFAULT_TOKEN_AUDIENCE.to_string(),
             vault_addr_allowlist: Vec::new(),
             token_source: TokenSource::Projected,
+            max_connections_per_pod: DEFAULT_MAX_CONNECTIONS_PER_POD,
         }
     }
 }
