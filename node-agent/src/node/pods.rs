@@ -252,7 +252,11 @@ async fn run(client: kube::Client, store: Arc<Store>) {
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => {
-                failures = 0;
+                // `Init` starts each list attempt, also the retries after a failure, so only
+                // data from the API server ends a run of failures.
+                if !matches!(event, Event::Init) {
+                    failures = 0;
+                }
                 event
             }
             Err(err) => {
