@@ -14,15 +14,16 @@ use anyhow::{bail, Context};
 /// Maximum wait for a cgroup to become empty and removable after its processes have exited.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Fails unless this process runs as root, with a message that says why `what` needs root.
+/// Fails unless this process runs as root, with a message that says why `what` (plural) need
+/// root.
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid(2) has no arguments and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
         bail!(
-            "{what} must run as root (effective uid is {euid}): it creates kubepods cgroups and \
-             places client processes in them, each in a mount namespace with its pod's token. \
-             Run envproxy-bench as root, or leave out the node benchmarks with --only"
+            "{what} need root (effective uid is {euid}) to create kubepods cgroups, place client \
+             processes in them and mount each pod's token in a mount namespace of its own. Run \
+             envproxy-bench as root, or leave the node benchmarks out of --only"
         );
     }
     Ok(())

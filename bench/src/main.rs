@@ -149,6 +149,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|benchmark| args.only.is_empty() || args.only.contains(benchmark))
         .collect();
+    // Checked before any benchmark runs, so a run as another user fails at once rather than
+    // after the benchmarks that need no root.
+    if selected.iter().any(|benchmark| benchmark.needs_root()) {
+        cgroups::require_root(suite::NODE_BENCHMARKS)?;
+    }
     let binaries = Binaries::locate(selected.contains(&Benchmark::PythonStartup))?;
 
     let busy_before_run = machine::busy_share(machine::SAMPLE_INTERVAL)?;

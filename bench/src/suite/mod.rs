@@ -27,6 +27,10 @@ use crate::vault::VaultServer;
 /// request after the first read of an entry is served from the cache.
 const VAULT_CACHE_TTL: &str = "1h";
 
+/// The benchmarks of node mode, as error messages name them.
+pub const NODE_BENCHMARKS: &str = "the node-mode benchmarks (node-first-request, \
+                                   node-later-requests, node-deployment)";
+
 /// The benchmarks, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Benchmark {
@@ -68,6 +72,14 @@ impl Benchmark {
         Benchmark::NodeLaterRequests,
         Benchmark::NodeDeployment,
     ];
+
+    /// Returns whether the benchmark places clients in pod cgroups, which needs root.
+    pub fn needs_root(self) -> bool {
+        matches!(
+            self,
+            Benchmark::NodeFirstRequest | Benchmark::NodeLaterRequests | Benchmark::NodeDeployment
+        )
+    }
 }
 
 /// How many times and how long each benchmark measures.
@@ -265,7 +277,7 @@ impl Suite {
     /// use. Fails unless this process runs as root.
     fn node_cluster(&mut self) -> anyhow::Result<&mut NodeCluster> {
         if self.node.is_none() {
-            cgroups::require_root("the node-mode benchmarks (node-*)")?;
+            cgroups::require_root(NODE_BENCHMARKS)?;
             self.node = Some(NodeCluster::start(&self.workspace.path("node"))?);
         }
         Ok(self.node.as_mut().expect("started above"))
