@@ -91,7 +91,7 @@ pub struct Plan {
     pub getenv_calls: u64,
     /// getenv calls per run of benchmark 5 without the cache, each a request to the agent.
     pub uncached_memory_calls: u64,
-    /// Timed round trips per latency run (benchmark 3), and per side of benchmark 8.
+    /// Timed round trips per latency run (benchmark 3), and per side of benchmarks 8 and 10.
     pub latency_samples: u64,
     /// Client connections of the throughput benchmark and of benchmark 7.
     pub connections: usize,
