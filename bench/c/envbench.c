@@ -14,9 +14,19 @@
  *   envbench memory COUNT THREADS NAME=EXPECTED...
  *       Calls getenv on the names in turn from THREADS threads, COUNT calls in all, and prints
  *       the resident and the anonymous memory after a warm-up and after the COUNT calls.
+ *   envbench first-request SOCKET BASELINE_SOCKET NAME EXPECTED COUNT
+ *       COUNT times, opens a new connection to each server in turn, sends the v2 request for
+ *       NAME and reads the response, and times connect plus that first round trip. Prints the
+ *       percentiles of both servers as `with_*` and `baseline_*`.
+ *   envbench later-requests SOCKET BASELINE_SOCKET NAME EXPECTED COUNT
+ *       Opens one connection to each server and, COUNT times, times one round trip of the v2
+ *       request for NAME on each in turn. Prints percentiles as first-request does.
+ *   envbench get NAME EXPECTED
+ *       Calls getenv(NAME) once and prints `resolved=1`.
  *
  * EXPECTED is the value getenv must return. The first and the last result of each loop are
- * compared with it, and so is every result in round-trip mode. A run in which the library passed
+ * compared with it, and so is every result in the round-trip, first-request, later-requests
+ * and get modes. A run in which the library passed
  * a reference through unresolved therefore fails instead of reporting the cost of that path.
  */
 #define _GNU_SOURCE
@@ -183,16 +193,22 @@ static size_t round_trip(int fd, const unsigned char *frame, size_t frame_len,
     write_all(fd, frame, frame_len);
     unsigned char header[3];
     read_exact(fd, header, sizeof header);
-    if (header[0] != 0) {
-        fprintf(stderr, "envbench: the server replied with status %u, expected 0\n",
-                header[0]);
-        exit(1);
-    }
     size_t len = ((size_t)header[1] << 8) | header[2];
     if (len > reply_cap) {
         fail("the server sent a payload larger than a response allows");
     }
     read_exact(fd, reply, len);
+    if (header[0] == 2) {
+        /* An error payload is a reason that the agent writes without secret material. */
+        fprintf(stderr, "envbench: the server replied with an error: %.*s\n", (int)len,
+                (const char *)reply);
+        exit(1);
+    }
+    if (header[0] != 0) {
+        fprintf(stderr, "envbench: the server replied with status %u, expected 0\n",
+                header[0]);
+        exit(1);
+    }
     return len;
 }
 
@@ -290,6 +306,129 @@ static int run_round_trip(const char *socket_path, const char *name, const char 
     free(getenv_samples);
     free(echo_samples);
     free(frame);
+    return 0;
+}
+
+/* Fails unless a response payload equals `expected`. Like check_value, it gives lengths only. */
+static void check_payload(const char *name, const unsigned char *payload, size_t len,
+                          const char *expected) {
+    size_t expected_len = strlen(expected);
+    if (len != expected_len || memcmp(payload, expected, len) != 0) {
+        fprintf(stderr,
+                "envbench: the response for %s has %zu bytes that differ from the expected %zu "
+                "bytes\n",
+                name, len, expected_len);
+        exit(1);
+    }
+}
+
+/* Untimed new connections per server before first-request mode measures, which let both
+ * agents fill their caches and open their Vault sessions. */
+#define WARM_UP_CONNECTIONS 20
+
+/* Connects to `socket_path`, sends one request and reads its response, and returns the time
+ * from before connect(2) to the end of the response. The close(2) is not timed. */
+static uint64_t timed_first_request(const char *socket_path, const char *name,
+                                    const unsigned char *frame, size_t frame_len,
+                                    const char *expected) {
+    static unsigned char reply[65535];
+    uint64_t started = now_ns();
+    int fd = connect_unix(socket_path);
+    size_t len = round_trip(fd, frame, frame_len, reply, sizeof reply);
+    uint64_t elapsed = now_ns() - started;
+    close(fd);
+    check_payload(name, reply, len, expected);
+    return elapsed;
+}
+
+/* Times the first request on new connections to the server at `socket_path` and to the one at
+ * `baseline_path`. The server that goes first alternates from one iteration to the next. */
+static int run_first_request(const char *socket_path, const char *baseline_path,
+                             const char *name, const char *expected, long count) {
+    size_t frame_len = 0;
+    unsigned char *frame = encode_request(name, environ_value(name), &frame_len);
+    for (int i = 0; i < WARM_UP_CONNECTIONS; i++) {
+        timed_first_request(socket_path, name, frame, frame_len, expected);
+        timed_first_request(baseline_path, name, frame, frame_len, expected);
+    }
+    uint64_t *with_samples = calloc((size_t)count, sizeof *with_samples);
+    uint64_t *baseline_samples = calloc((size_t)count, sizeof *baseline_samples);
+    if (with_samples == NULL || baseline_samples == NULL) {
+        fail("out of memory for the latency samples");
+    }
+    for (long i = 0; i < count; i++) {
+        if (i % 2 == 0) {
+            with_samples[i] = timed_first_request(socket_path, name, frame, frame_len, expected);
+            baseline_samples[i] =
+                timed_first_request(baseline_path, name, frame, frame_len, expected);
+        } else {
+            baseline_samples[i] =
+                timed_first_request(baseline_path, name, frame, frame_len, expected);
+            with_samples[i] = timed_first_request(socket_path, name, frame, frame_len, expected);
+        }
+    }
+    printf("count=%ld\n", count);
+    printf("request_bytes=%zu\n", frame_len);
+    print_percentiles("with", with_samples, count);
+    print_percentiles("baseline", baseline_samples, count);
+    free(with_samples);
+    free(baseline_samples);
+    free(frame);
+    return 0;
+}
+
+/* Times one round trip on the open connection `fd` and checks the response. */
+static uint64_t timed_round_trip(int fd, const char *name, const unsigned char *frame,
+                                 size_t frame_len, const char *expected) {
+    static unsigned char reply[65535];
+    uint64_t started = now_ns();
+    size_t len = round_trip(fd, frame, frame_len, reply, sizeof reply);
+    uint64_t elapsed = now_ns() - started;
+    check_payload(name, reply, len, expected);
+    return elapsed;
+}
+
+/* Times requests after the first on one persistent connection to each server, alternating
+ * the servers as run_first_request does. */
+static int run_later_requests(const char *socket_path, const char *baseline_path,
+                              const char *name, const char *expected, long count) {
+    size_t frame_len = 0;
+    unsigned char *frame = encode_request(name, environ_value(name), &frame_len);
+    int with_fd = connect_unix(socket_path);
+    int baseline_fd = connect_unix(baseline_path);
+    for (int i = 0; i < WARM_UP_CALLS; i++) {
+        timed_round_trip(with_fd, name, frame, frame_len, expected);
+        timed_round_trip(baseline_fd, name, frame, frame_len, expected);
+    }
+    uint64_t *with_samples = calloc((size_t)count, sizeof *with_samples);
+    uint64_t *baseline_samples = calloc((size_t)count, sizeof *baseline_samples);
+    if (with_samples == NULL || baseline_samples == NULL) {
+        fail("out of memory for the latency samples");
+    }
+    for (long i = 0; i < count; i++) {
+        if (i % 2 == 0) {
+            with_samples[i] = timed_round_trip(with_fd, name, frame, frame_len, expected);
+            baseline_samples[i] = timed_round_trip(baseline_fd, name, frame, frame_len, expected);
+        } else {
+            baseline_samples[i] = timed_round_trip(baseline_fd, name, frame, frame_len, expected);
+            with_samples[i] = timed_round_trip(with_fd, name, frame, frame_len, expected);
+        }
+    }
+    close(with_fd);
+    close(baseline_fd);
+    printf("count=%ld\n", count);
+    printf("request_bytes=%zu\n", frame_len);
+    print_percentiles("with", with_samples, count);
+    print_percentiles("baseline", baseline_samples, count);
+    free(with_samples);
+    free(baseline_samples);
+    free(frame);
+    return 0;
+}
+
+static int run_get(const char *name, const char *expected) {
+    check_value(name, getenv(name), expected);
+    printf("resolved=1\n");
     return 0;
 }
 
@@ -428,7 +567,9 @@ static int run_memory(long count, long threads, int variables, char **pairs) {
 
 static void usage(void) {
     fail("usage: envbench loop NAME EXPECTED COUNT | round-trip SOCKET NAME EXPECTED COUNT | "
-         "memory COUNT THREADS NAME=EXPECTED...");
+         "memory COUNT THREADS NAME=EXPECTED... | "
+         "first-request SOCKET BASELINE_SOCKET NAME EXPECTED COUNT | "
+         "later-requests SOCKET BASELINE_SOCKET NAME EXPECTED COUNT | get NAME EXPECTED");
 }
 
 int main(int argc, char **argv) {
@@ -441,6 +582,15 @@ int main(int argc, char **argv) {
     }
     if (strcmp(mode, "round-trip") == 0 && argc == 6) {
         return run_round_trip(argv[2], argv[3], argv[4], parse_count(argv[5]));
+    }
+    if (strcmp(mode, "first-request") == 0 && argc == 7) {
+        return run_first_request(argv[2], argv[3], argv[4], argv[5], parse_count(argv[6]));
+    }
+    if (strcmp(mode, "later-requests") == 0 && argc == 7) {
+        return run_later_requests(argv[2], argv[3], argv[4], argv[5], parse_count(argv[6]));
+    }
+    if (strcmp(mode, "get") == 0 && argc == 4) {
+        return run_get(argv[2], argv[3]);
     }
     if (strcmp(mode, "memory") == 0 && argc >= 5) {
         return run_memory(parse_count(argv[2]), parse_count(argv[3]), argc - 4, argv + 4);

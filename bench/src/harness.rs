@@ -59,15 +59,29 @@ impl Harness {
         environment: &[(String, String)],
         cpu: Option<usize>,
     ) -> anyhow::Result<Output> {
+        self.run_configured(args, environment, |command| {
+            if let Some(cpu) = cpu {
+                affinity::pin(command, cpu);
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs the client as [`Harness::run`] does, after `configure` has adjusted its command,
+    /// for example to start it inside a pod's cgroup.
+    pub fn run_configured(
+        &self,
+        args: &[&str],
+        environment: &[(String, String)],
+        configure: impl FnOnce(&mut Command) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Output> {
         interrupt::check()?;
         let mut command = Command::new(&self.program);
         command
             .args(args)
             .env_clear()
             .envs(environment.iter().map(|(name, value)| (name, value)));
-        if let Some(cpu) = cpu {
-            affinity::pin(&mut command, cpu);
-        }
+        configure(&mut command)?;
         let output = command
             .output()
             .with_context(|| format!("cannot start {}", self.program.display()))?;
@@ -176,6 +190,72 @@ mod tests {
         assert!(p50 > 0.0);
         assert!(p99 >= p50);
         assert!(output.number("getenv_p50_ns").unwrap() > 0.0);
+    }
+
+    #[test]
+    fn paired_modes_time_both_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let harness = Harness::compile(dir.path()).unwrap();
+        let with = EchoServer::start(&dir.path().join("with.sock"), 5);
+        let baseline = EchoServer::start(&dir.path().join("baseline.sock"), 5);
+        let with_socket = with.socket().display().to_string();
+        let baseline_socket = baseline.socket().display().to_string();
+        let environment = variables(&[("DB", "vault:secret/data/db#password")]);
+        for mode in ["first-request", "later-requests"] {
+            let output = harness
+                .run(
+                    &[mode, &with_socket, &baseline_socket, "DB", "eeeee", "50"],
+                    &environment,
+                )
+                .unwrap();
+            assert_eq!(output.number("count").unwrap(), 50.0, "{mode}");
+            // [2][0 2]DB[0 29]vault:secret/data/db#password
+            assert_eq!(output.number("request_bytes").unwrap(), 36.0, "{mode}");
+            for side in ["with", "baseline"] {
+                let p50 = output.number(&format!("{side}_p50_ns")).unwrap();
+                let p99 = output.number(&format!("{side}_p99_ns")).unwrap();
+                assert!(p50 > 0.0, "{mode} {side}");
+                assert!(p99 >= p50, "{mode} {side}");
+            }
+        }
+    }
+
+    #[test]
+    fn paired_modes_reject_unexpected_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let harness = Harness::compile(dir.path()).unwrap();
+        let with = EchoServer::start(&dir.path().join("with.sock"), 5);
+        let baseline = EchoServer::start(&dir.path().join("baseline.sock"), 6);
+        let with_socket = with.socket().display().to_string();
+        let baseline_socket = baseline.socket().display().to_string();
+        let environment = variables(&[("DB", "envproxy:DB")]);
+        for mode in ["first-request", "later-requests"] {
+            let error = harness
+                .run(
+                    &[mode, &with_socket, &baseline_socket, "DB", "eeeee", "10"],
+                    &environment,
+                )
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("6 bytes that differ from the expected 5 bytes"),
+                "{mode}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn get_mode_checks_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let harness = Harness::compile(dir.path()).unwrap();
+        let environment = variables(&[("A", "1")]);
+        let output = harness.run(&["get", "A", "1"], &environment).unwrap();
+        assert_eq!(output.number("resolved").unwrap(), 1.0);
+        let error = harness
+            .run(&["get", "A", "2"], &environment)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("getenv(A) returned 1 bytes"), "{error}");
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //! `cc -O2` into a temporary directory, starts the agent and an echo server there, and stops
 //! them by pid at the end.
 //!
-//! - [`suite`]: the eight benchmarks and their sizes.
+//! - [`suite`]: the eleven benchmarks and their sizes.
 //! - [`harness`]: the C client that calls `getenv` and times socket round trips.
 //! - [`load`]: the multi-threaded throughput client.
 //! - [`echo`]: the baseline server, started as `envproxy-bench serve-echo`.
 //! - [`service`]: starting and stopping the servers.
-//! - [`vault`]: the Vault test server of benchmarks 7 and 8, inside this process.
+//! - [`vault`]: the Vault test server of benchmarks 7 to 11, inside this process.
+//! - [`kube`]: the kube API test server of the node-mode benchmarks 9 to 11.
+//! - [`cluster`], [`cgroups`]: the test pods of node mode, their cgroups and tokens.
 //! - [`fixture`]: the secrets file and the environment of the C client.
 //! - [`report`]: the results table and JSON.
 //! - [`machine`]: the CPU use of other work before the run.
@@ -18,10 +20,13 @@
 
 mod affinity;
 mod binaries;
+mod cgroups;
+mod cluster;
 mod echo;
 mod fixture;
 mod harness;
 mod interrupt;
+mod kube;
 mod load;
 mod machine;
 mod report;
@@ -144,6 +149,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|benchmark| args.only.is_empty() || args.only.contains(benchmark))
         .collect();
+    // Checked before any benchmark runs, so a run as another user fails at once rather than
+    // after the benchmarks that need no root.
+    if selected.iter().any(|benchmark| benchmark.needs_root()) {
+        cgroups::require_root(suite::NODE_BENCHMARKS)?;
+    }
     let binaries = Binaries::locate(selected.contains(&Benchmark::PythonStartup))?;
 
     let busy_before_run = machine::busy_share(machine::SAMPLE_INTERVAL)?;

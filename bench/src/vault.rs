@@ -1,16 +1,20 @@
-//! The Vault that benchmarks 7 and 8 read through the agent: the in-repo Vault test server, on a
-//! Tokio runtime of its own inside this process, so that the benchmark can count the requests
-//! that reach it.
+//! The Vault that benchmarks 7 and 8 and the node-mode benchmarks read through the agent: the
+//! in-repo Vault test server, on a Tokio runtime of its own inside this process, so that the
+//! benchmark can count the requests that reach it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use envproxy_vault_test_server::{ServerOptions, VaultTestServer};
+use envproxy_vault_test_server::{
+    Capability, KubernetesRole, Policy, ServerOptions, VaultTestServer,
+};
 use tokio::runtime::Runtime;
 
 /// The KV v2 mount of the test server's default options.
 pub const KV2_MOUNT: &str = "secret";
+/// The Kubernetes auth mount that node-mode agents log in at, the agent's default.
+pub const KUBERNETES_AUTH_MOUNT: &str = "kubernetes";
 
 /// A Vault test server listening on 127.0.0.1 with plain HTTP. Dropping it stops the server.
 pub struct VaultServer {
@@ -30,8 +34,16 @@ impl VaultServer {
         let server = runtime
             .block_on(VaultTestServer::start(ServerOptions::default()))
             .context("cannot start the Vault test server")?;
+        server
+            .root()
+            .enable_kubernetes_auth(KUBERNETES_AUTH_MOUNT, None);
         tracing::info!(url = %server.url(), "Vault test server listening");
         Ok(VaultServer { server, runtime })
+    }
+
+    /// Returns the server's address, `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        self.server.url()
     }
 
     /// Returns the token the agent reads with. It may read everything and never expires, so
@@ -54,6 +66,36 @@ impl VaultServer {
     pub fn reads(&self, path: &str) -> u64 {
         self.server
             .request_count("GET", &format!("{KV2_MOUNT}/data/{path}"))
+    }
+
+    /// Returns the number of Kubernetes auth logins, by any role, since the server started.
+    pub fn kubernetes_logins(&self) -> u64 {
+        self.server
+            .request_count("POST", &format!("auth/{KUBERNETES_AUTH_MOUNT}/login"))
+    }
+
+    /// Adds the Kubernetes auth role `role` for service account `service_account` of
+    /// `namespace`, whose token may read the KV v2 secrets under `prefix`.
+    pub fn add_kubernetes_role(
+        &self,
+        role: &str,
+        namespace: &str,
+        service_account: &str,
+        prefix: &str,
+    ) -> anyhow::Result<()> {
+        let policy = format!("{role}-read");
+        let root = self.server.root();
+        root.set_policy(
+            &policy,
+            Policy::new().allow(&format!("{KV2_MOUNT}/data/{prefix}*"), &[Capability::Read]),
+        );
+        root.add_kubernetes_role(
+            KUBERNETES_AUTH_MOUNT,
+            role,
+            KubernetesRole::new(&[service_account], &[namespace], &[&policy]),
+        )
+        .with_context(|| format!("cannot add the Kubernetes auth role {role}"))?;
+        Ok(())
     }
 
     /// Delays every read of KV v2 secrets whose path starts with `prefix`.

@@ -2,6 +2,7 @@
 
 mod getenv;
 mod memory;
+mod node;
 mod round_trip;
 mod startup;
 mod vault;
@@ -14,6 +15,8 @@ use clap::ValueEnum;
 
 use crate::affinity;
 use crate::binaries::Binaries;
+use crate::cgroups;
+use crate::cluster::NodeCluster;
 use crate::fixture::{self, LibrarySettings, Workspace};
 use crate::harness::Harness;
 use crate::report::Row;
@@ -23,6 +26,10 @@ use crate::vault::VaultServer;
 /// Cache TTL of the Vault agent's entries: longer than any benchmark, so every measured
 /// request after the first read of an entry is served from the cache.
 const VAULT_CACHE_TTL: &str = "1h";
+
+/// The benchmarks of node mode, as error messages name them.
+pub const NODE_BENCHMARKS: &str = "the node-mode benchmarks (node-first-request, \
+                                   node-later-requests, node-deployment)";
 
 /// The benchmarks, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -43,10 +50,16 @@ pub enum Benchmark {
     VaultReads,
     /// 8: agent latency of a cached Vault entry, against a cached entry of the secrets file.
     VaultCachedLatency,
+    /// 9: the first request on a new connection in node mode, against local mode (root).
+    NodeFirstRequest,
+    /// 10: later requests on one connection in node mode, against local mode (root).
+    NodeLaterRequests,
+    /// 11: Vault logins, reads and agent memory for 100 pods of one Deployment (root).
+    NodeDeployment,
 }
 
 impl Benchmark {
-    pub const ALL: [Benchmark; 8] = [
+    pub const ALL: [Benchmark; 11] = [
         Benchmark::GetenvPlain,
         Benchmark::GetenvCached,
         Benchmark::UncachedLatency,
@@ -55,7 +68,18 @@ impl Benchmark {
         Benchmark::PythonStartup,
         Benchmark::VaultReads,
         Benchmark::VaultCachedLatency,
+        Benchmark::NodeFirstRequest,
+        Benchmark::NodeLaterRequests,
+        Benchmark::NodeDeployment,
     ];
+
+    /// Returns whether the benchmark places clients in pod cgroups, which needs root.
+    pub fn needs_root(self) -> bool {
+        matches!(
+            self,
+            Benchmark::NodeFirstRequest | Benchmark::NodeLaterRequests | Benchmark::NodeDeployment
+        )
+    }
 }
 
 /// How many times and how long each benchmark measures.
@@ -67,7 +91,7 @@ pub struct Plan {
     pub getenv_calls: u64,
     /// getenv calls per run of benchmark 5 without the cache, each a request to the agent.
     pub uncached_memory_calls: u64,
-    /// Timed round trips per latency run (benchmark 3), and per side of benchmark 8.
+    /// Timed round trips per latency run (benchmark 3), and per side of benchmarks 8 and 10.
     pub latency_samples: u64,
     /// Client connections of the throughput benchmark and of benchmark 7.
     pub connections: usize,
@@ -77,6 +101,14 @@ pub struct Plan {
     pub throughput_duration: Duration,
     /// Runs of each command in the startup benchmark.
     pub startup_runs: usize,
+    /// New connections per side and round of benchmark 9.
+    pub node_first_requests: u64,
+    /// Pods of the Deployment of benchmark 11.
+    pub deployment_pods: usize,
+    /// Client processes of benchmark 11, spread over its pods in turn.
+    pub deployment_processes: usize,
+    /// Client processes of benchmark 11 that run at the same time.
+    pub deployment_parallelism: usize,
 }
 
 impl Plan {
@@ -91,6 +123,10 @@ impl Plan {
             throughput_warm_up: Duration::from_millis(500),
             throughput_duration: Duration::from_secs(3),
             startup_runs: 20,
+            node_first_requests: 2_000,
+            deployment_pods: 100,
+            deployment_processes: 1_000,
+            deployment_parallelism: 16,
         }
     }
 
@@ -106,6 +142,10 @@ impl Plan {
             throughput_warm_up: Duration::from_millis(200),
             throughput_duration: Duration::from_secs(1),
             startup_runs: 6,
+            node_first_requests: 200,
+            deployment_pods: 100,
+            deployment_processes: 200,
+            deployment_parallelism: 16,
         }
     }
 }
@@ -122,6 +162,9 @@ pub struct Suite {
     vault_agent: Option<Service>,
     // Declared after the agents that read from it.
     vault: Option<VaultServer>,
+    /// The kube test server and the pods of benchmarks 9 to 11. Their agents and clients have
+    /// stopped by the time it is dropped, so its cgroups are empty.
+    node: Option<NodeCluster>,
     // Declared last so that it is dropped after the servers whose sockets it contains.
     workspace: Workspace,
 }
@@ -139,6 +182,7 @@ impl Suite {
             echo: None,
             vault_agent: None,
             vault: None,
+            node: None,
             workspace,
         })
     }
@@ -155,6 +199,9 @@ impl Suite {
             Benchmark::PythonStartup => startup::python(self)?,
             Benchmark::VaultReads => vault::reads(self)?,
             Benchmark::VaultCachedLatency => vault::cached_latency(self)?,
+            Benchmark::NodeFirstRequest => node::first_request(self)?,
+            Benchmark::NodeLaterRequests => node::later_requests(self)?,
+            Benchmark::NodeDeployment => node::deployment(self)?,
         };
         // A server that died during the benchmark may have produced wrong figures.
         if let Some(agent) = &mut self.agent {
@@ -224,6 +271,33 @@ impl Suite {
         }
         let log = self.workspace.path(&format!("{name}.log"));
         Service::start("envproxy-agent with Vault", command, &socket, &log)
+    }
+
+    /// Returns the node of the node-mode benchmarks, starting the kube test server on first
+    /// use. Fails unless this process runs as root.
+    fn node_cluster(&mut self) -> anyhow::Result<&mut NodeCluster> {
+        if self.node.is_none() {
+            cgroups::require_root(NODE_BENCHMARKS)?;
+            self.node = Some(NodeCluster::start(&self.workspace.path("node"))?);
+        }
+        Ok(self.node.as_mut().expect("started above"))
+    }
+
+    /// Starts an agent in node mode on `<name>.sock` that serves the pods of the benchmark's
+    /// node and reads the Vault test server, on one CPU if `cpu` is set.
+    fn start_node_agent(&mut self, name: &str, cpu: Option<usize>) -> anyhow::Result<Service> {
+        let vault_url = self.vault_server()?.url();
+        let socket = self.workspace.path(&format!("{name}.sock"));
+        let config_path = self.workspace.path(&format!("{name}.toml"));
+        let cluster = self.node_cluster()?;
+        let config = cluster.write_agent_config(&config_path, &socket, &vault_url)?;
+        let mut command = Command::new(&self.binaries.agent);
+        command.arg("--config").arg(&config).env_remove("NODE_NAME");
+        if let Some(cpu) = cpu {
+            affinity::pin(&mut command, cpu);
+        }
+        let log = self.workspace.path(&format!("{name}.log"));
+        Service::start("envproxy-agent in node mode", command, &socket, &log)
     }
 
     /// Starts an agent on `<name>.sock`, serving the benchmark's secrets file, on one CPU if

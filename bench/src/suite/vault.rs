@@ -19,7 +19,7 @@ use crate::vault::KV2_MOUNT;
 /// Path prefix of the benchmark's Vault secrets.
 const PATH_PREFIX: &str = "bench/";
 /// The key of every Vault secret of the benchmark.
-const KEY: &str = "value";
+pub(super) const KEY: &str = "value";
 /// Latency added to every Vault read of benchmark 7. A read from a Vault across a network
 /// takes milliseconds, so requests that arrive together meet a read still in flight.
 const READ_LATENCY: Duration = Duration::from_millis(5);
@@ -27,7 +27,7 @@ const READ_LATENCY: Duration = Duration::from_millis(5);
 const LATENCY_WARM_UP: u64 = 1000;
 
 /// Returns the `vault:` reference of `key` in the KV v2 secret at `path`.
-fn reference(path: &str) -> String {
+pub(super) fn reference(path: &str) -> String {
     format!("vault:{KV2_MOUNT}/data/{path}#{KEY}")
 }
 
