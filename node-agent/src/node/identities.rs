@@ -94,6 +94,7 @@ pub struct Identities {
 }
 
 /// A session ready for reads, and the token store the caller refreshes.
+#[derive(Clone)]
 pub struct Session {
     pub backend: VaultBackend,
     pub jwt: Arc<LatestJwt>,

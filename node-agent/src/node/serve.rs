@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 use super::annotations::{self, PodSettings};
 use super::caller::{BootTime, Caller};
 use super::cgroup::PodContainer;
-use super::identities::{Identities, Identity, LatestJwt};
+use super::identities::{Identities, Identity, LatestJwt, Session};
 use super::pods::PodWatch;
 use super::policy;
 use super::policy::Denial;
@@ -32,6 +32,10 @@ use crate::vault::{SecretText, VaultSettings};
 
 /// The largest projected token file the agent reads. Real tokens are about 1 KiB.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Most (variable, reference) pairs a connection remembers as allowed. A client that sends
+/// more distinct names is checked by the policy on each request instead, so its memory stays
+/// bounded.
+const MAX_ALLOWED_PAIRS: usize = 1024;
 /// A stored token this close to its expiry is replaced by the caller's current one.
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
@@ -69,10 +73,38 @@ pub(crate) struct NodeConnection {
     /// The caller's pod and container from its cgroup.
     pod_container: PodContainer,
     attested: Option<Arc<Attested>>,
-    /// Identities whose token this connection's process presented and the agent checked.
-    checked: HashSet<Identity>,
+    /// What earlier requests of this connection established for its current attestation.
+    memo: Option<Memo>,
     /// Releases the connection's place in its pod's connection count when dropped.
     _slot: PodSlot,
+}
+
+/// What a connection remembers for one attestation of its pod, so later requests skip the
+/// policy check and the session lookup. It is dropped when the pod's object changes.
+struct Memo {
+    attested: Arc<Attested>,
+    /// (variable name, reference) pairs the policy allowed.
+    allowed: HashSet<(String, String)>,
+    /// The Vault session of the pod's identity, once the connection presented its token.
+    session: Option<Session>,
+}
+
+impl NodeConnection {
+    /// Returns the memo of `attested`, starting a new one when the attestation changed.
+    fn memo(&mut self, attested: &Arc<Attested>) -> &mut Memo {
+        let current = self
+            .memo
+            .as_ref()
+            .is_some_and(|memo| Arc::ptr_eq(&memo.attested, attested));
+        if !current {
+            self.memo = Some(Memo {
+                attested: Arc::clone(attested),
+                allowed: HashSet::new(),
+                session: None,
+            });
+        }
+        self.memo.as_mut().expect("the memo was just set")
+    }
 }
 
 /// A refused connection: the reason sent to the client before the agent closes it.
@@ -142,7 +174,7 @@ impl NodeConnection {
             caller,
             pod_container,
             attested: None,
-            checked: HashSet::new(),
+            memo: None,
             _slot: slot,
         })
     }
@@ -261,19 +293,26 @@ pub(crate) async fn handle(
         Ok(reference) => reference,
         Err(err) => return Outcome::error(format!("{name}: invalid reference: {err}")),
     };
-    if let Err(denial) = policy::authorize(
-        &attested.pod,
-        &attested.container,
-        name,
-        text,
-        &attested.settings,
-    ) {
-        return deny(
-            connection,
-            Some(&attested),
+    let pair = (name.to_string(), text.to_string());
+    if !connection.memo(&attested).allowed.contains(&pair) {
+        if let Err(denial) = policy::authorize(
+            &attested.pod,
+            &attested.container,
             name,
-            policy_denial(name, &denial),
-        );
+            text,
+            &attested.settings,
+        ) {
+            return deny(
+                connection,
+                Some(&attested),
+                name,
+                policy_denial(name, &denial),
+            );
+        }
+        let allowed = &mut connection.memo(&attested).allowed;
+        if allowed.len() < MAX_ALLOWED_PAIRS {
+            allowed.insert(pair);
+        }
     }
     match reference {
         Reference::Local { key } => file_lookup(context, name, &key),
@@ -506,7 +545,7 @@ fn file_lookup(context: &NodeContext, name: &str, key: &str) -> Outcome {
 async fn vault_lookup(
     context: &NodeContext,
     connection: &mut NodeConnection,
-    attested: &Attested,
+    attested: &Arc<Attested>,
     name: &str,
     reference: &Reference,
 ) -> Result<Outcome, Denied> {
@@ -516,48 +555,28 @@ async fn vault_lookup(
              sets it in the [vault] table of the agent's config"
         )));
     };
-    let identity = identity_of(attested, base);
-    let pod_uid = attested.pod_uid.clone();
-
-    // The connection presents the pod's token once per identity, even when the identity is
-    // already logged in, so that a process never reads with a session its own pod's token
-    // would not have opened.
-    let needs_token = !connection.checked.contains(&identity);
-    let token = if needs_token {
-        Some(checked_token(context, connection, attested).await?)
-    } else {
-        None
-    };
-    let store_token = |jwt: &LatestJwt| {
-        if let Some((token, expires_at)) = &token {
-            jwt.set(
-                SecretText::new(token.expose_secret().to_string()),
-                *expires_at,
-            );
-        }
-        Ok(())
-    };
-    let session = context
-        .identities
-        .session(&identity, &pod_uid, base, store_token)
-        .await
-        .map_err(|reason| Denied::new("vault_setup", format!("{name}: {reason}")))?;
-    match token {
-        Some((token, expires_at)) => {
+    let session = match &connection.memo(attested).session {
+        Some(session) => {
+            // The kubelet rotates projected tokens, so the stored one can near its expiry
+            // while this connection stays open; the caller's current token replaces it for
+            // the next login.
             if !session.jwt.is_fresh(TOKEN_REFRESH_MARGIN) {
-                session.jwt.set(token, expires_at);
+                let jwt = Arc::clone(&session.jwt);
+                let (token, expires_at) = checked_token(context, connection, attested).await?;
+                jwt.set(token, expires_at);
             }
-            connection.checked.insert(identity);
+            connection
+                .memo(attested)
+                .session
+                .clone()
+                .expect("checked above")
         }
-        // The kubelet rotates projected tokens, so the stored one can near its expiry while
-        // this connection stays open; the caller's current token replaces it for the next
-        // login.
-        None if !session.jwt.is_fresh(TOKEN_REFRESH_MARGIN) => {
-            let (token, expires_at) = checked_token(context, connection, attested).await?;
-            session.jwt.set(token, expires_at);
+        None => {
+            let session = open_session(context, connection, attested, name, base).await?;
+            connection.memo(attested).session = Some(session.clone());
+            session
         }
-        None => {}
-    }
+    };
     Ok(match session.backend.resolve(reference).await {
         Ok(value) => found(name, reference.key(), value),
         Err(err) => {
@@ -572,6 +591,37 @@ async fn vault_lookup(
             Outcome::error(format!("{name}: {err}"))
         }
     })
+}
+
+/// Returns the Vault session of the attested pod's identity after the connection's process
+/// presented its pod's token. The token is checked once per connection and identity, even
+/// when the identity is already logged in, so that a process never reads with a session its
+/// own pod's token would not have opened.
+async fn open_session(
+    context: &NodeContext,
+    connection: &NodeConnection,
+    attested: &Arc<Attested>,
+    name: &str,
+    base: &VaultSettings,
+) -> Result<Session, Denied> {
+    let identity = identity_of(attested, base);
+    let (token, expires_at) = checked_token(context, connection, attested).await?;
+    let store_token = |jwt: &LatestJwt| {
+        jwt.set(
+            SecretText::new(token.expose_secret().to_string()),
+            expires_at,
+        );
+        Ok(())
+    };
+    let session = context
+        .identities
+        .session(&identity, &attested.pod_uid, base, store_token)
+        .await
+        .map_err(|reason| Denied::new("vault_setup", format!("{name}: {reason}")))?;
+    if !session.jwt.is_fresh(TOKEN_REFRESH_MARGIN) {
+        session.jwt.set(token, expires_at);
+    }
+    Ok(session)
 }
 
 /// Reads the projected token from the caller's container and checks that it belongs to the
