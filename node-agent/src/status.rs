@@ -78,7 +78,7 @@ pub struct VaultInfo {
 pub struct HttpInfo {
     /// Base URL of the API.
     pub url: String,
-    /// Where the token comes from: `auth_token` or `auth_token_file <path>`.
+    /// Source of the token: `auth_token` or `auth_token_file <path>`.
     pub auth: String,
     pub cache_entries: u64,
     /// Requests served from the cache.

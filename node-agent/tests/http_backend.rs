@@ -1,6 +1,6 @@
 //! The agent with `[backend] type = "http"` over a real Unix socket, against the in-repo HTTP
-//! secrets test server: resolution of `envproxy:` references and bare names, key escaping, the
-//! cache TTL and the answer's `ttl`, rotation, 401, 403, 404, token files, TLS and status.
+//! secrets test server. Covered: `envproxy:` references and bare names, key escaping, the cache
+//! TTL and the response's `ttl`, rotation, 401, 403, 404, token files, TLS and status.
 
 mod http_support;
 
@@ -76,7 +76,7 @@ async fn answer_ttl_bounds_the_cache() {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(found_text(agent.get_key("SHORT").await), "short-2");
     assert_eq!(server.request_count("SHORT"), 2);
-    // Without a ttl in the answer the configured 60 s apply.
+    // Without a ttl in the response the configured 60 s apply.
     assert_eq!(found_text(agent.get_key("LONG").await), "long-1");
     assert_eq!(server.request_count("LONG"), 1);
     agent.stop().await;

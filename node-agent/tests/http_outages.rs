@@ -1,6 +1,6 @@
 //! The HTTP backend when the API fails: 5xx, timeouts, stale values within `max_stale` and the
-//! error after it, bodies it cannot use, single flight under concurrent requests, and a check
-//! that no value or token reaches an error or the log.
+//! error after it, and bodies it cannot use. Also single flight under concurrent requests, and
+//! a check that no value or token reaches an error or the log.
 
 mod http_support;
 

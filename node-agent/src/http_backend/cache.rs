@@ -1,6 +1,6 @@
 //! The value cache: one entry per key, with the rules of the Vault backend's cache.
 //!
-//! Two bounded `moka` caches work together. `fresh` holds an entry until its TTL (the
+//! Two bounded `moka` caches work together. `fresh` keeps an entry until its TTL (the
 //! configured `cache_ttl`, shortened by a `ttl` in the response) and provides single flight:
 //! concurrent callers of a missing entry share one request through `try_get_with`. `last_good`
 //! keeps each value for `max_stale` beyond its TTL. When a request fails because the API is
@@ -28,7 +28,7 @@ const MAX_STALE_RETRY: Duration = Duration::from_secs(5);
 
 /// One cached response.
 pub(crate) struct CachedValue {
-    /// The value, or `None` when the API answered 404.
+    /// The value, or `None` when the API responded with 404.
     pub value: Option<Arc<SecretBytes>>,
     /// Served without asking the API until then.
     pub fresh_until: Instant,

@@ -3,7 +3,7 @@
 //!
 //! Each key is read with `GET <url>/v1/env/<key>` and `Authorization: Bearer <token>`; the key
 //! is one percent-encoded path segment. A 2xx response carries `{"key": "<key>", "value":
-//! "<value>", "ttl": <seconds>}`, where `key` and `ttl` are optional; a `key` that differs from
+//! "<value>", "ttl": <seconds>}`, where `key` and `ttl` are optional. A `key` that differs from
 //! the requested one is rejected, and a `ttl` shortens the cache lifetime of that value. A 404
 //! means the key is not set. 401 and 403 are permission errors. 429, 5xx, timeouts and
 //! connection failures are outages, during which a cached value is served up to `max_stale`
@@ -35,7 +35,7 @@ use client::Client;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpStatus {
     pub url: String,
-    /// `auth_token` or `auth_token_file <path>`.
+    /// Source of the token: `auth_token` or `auth_token_file <path>`.
     pub auth: String,
     pub cache_entries: u64,
     pub cache_hits: u64,
@@ -75,7 +75,7 @@ impl HttpBackend {
         &self.inner.settings
     }
 
-    /// Returns the value of `key`, or `None` when the API answered 404.
+    /// Returns the value of `key`, or `None` when the API responded with 404.
     pub async fn get(&self, key: &str) -> Result<Option<SecretBytes>, HttpError> {
         let client = &self.inner.client;
         let entry = self

@@ -13,13 +13,13 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
 /// `max_stale` is not set.
 pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
 /// Bound of one request when `timeout_ms` is not set. It is shorter than the library's default
-/// 2 s wait for the agent (`ENVPROXY_TIMEOUT_MS`), so a program sees the API's timeout rather
-/// than a silent agent.
+/// 2 s wait for the agent (`ENVPROXY_TIMEOUT_MS`), so a program gets the API's timeout error
+/// rather than a silent agent.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Maximum number of cached keys when `max_entries` is not set.
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
 
-/// Where the bearer token comes from.
+/// Source of the bearer token.
 #[derive(Clone, PartialEq, Eq)]
 pub enum AuthToken {
     /// `auth_token`: the token itself, from the config file.

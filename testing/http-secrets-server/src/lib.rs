@@ -17,8 +17,9 @@
 //! bodies are `{"error": "<message>"}`.
 //!
 //! The control methods on [`HttpSecretsServer`] set secrets (with an optional TTL, or a JSON
-//! value of another type), register tokens and what they may read, add latency, inject faults
-//! ([`Fault`]: an error status, a delay, or a malformed body) and report the requests received.
+//! value of another type) and register tokens with the keys they may read. They also add
+//! latency, inject faults ([`Fault`]: an error status, a delay, or a malformed body) and report
+//! the requests received.
 //!
 //! Module layout: `server` (listener, routing and control API), `state` (secrets, tokens,
 //! faults and the request log), `tls` (certificates generated at start).

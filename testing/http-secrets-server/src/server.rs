@@ -26,7 +26,7 @@ use crate::tls::{self, TlsError, TlsMaterial};
 /// The path prefix of the secrets route.
 const ENV_PREFIX: &str = "/v1/env/";
 
-/// Where and how the server listens.
+/// Listening options of the server.
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
     /// Port on 127.0.0.1; 0 picks a free port.

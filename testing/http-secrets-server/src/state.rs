@@ -1,16 +1,16 @@
-//! What the server stores: secrets, tokens, injected faults and the log of requests.
+//! The server's data: secrets, tokens, injected faults and the log of requests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::Value;
 
-/// What a bearer token may read.
+/// Keys a bearer token may read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenAccess {
     /// Every key.
     All,
-    /// Only these keys; any other key is answered with 403.
+    /// Only these keys. A request for any other key gets 403.
     Keys(BTreeSet<String>),
     /// No key: the token is known, so requests get 403 rather than 401.
     Forbidden,
@@ -72,7 +72,7 @@ pub(crate) struct State {
     pub requests: Vec<RecordedRequest>,
 }
 
-/// What the server decided for one request under `/v1/env/<key>`.
+/// The server's decision for one request under `/v1/env/<key>`.
 pub(crate) enum Decision {
     Status(u16, &'static str),
     Unauthorized,
