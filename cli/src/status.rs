@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
-use envproxy_agent::status::VaultInfo;
+use envproxy_agent::status::{HttpInfo, VaultInfo};
 use envproxy_agent::AgentStatus;
 
 use crate::client::{self, IO_TIMEOUT};
@@ -93,7 +93,11 @@ fn render(status: &AgentStatus, now_unix: u64) -> String {
                 ),
             ]);
         }
+        None if status.http.is_some() => {}
         None => rows.push(("backend", "none (no secrets file)".to_string())),
+    }
+    if let Some(http) = &status.http {
+        rows.extend(http_rows(http));
     }
     if let Some(vault) = &status.vault {
         rows.extend(vault_rows(vault));
@@ -104,6 +108,36 @@ fn render(status: &AgentStatus, now_unix: u64) -> String {
         let _ = writeln!(text, "{label:<19}{value}");
     }
     text
+}
+
+fn http_rows(http: &HttpInfo) -> Vec<(&'static str, String)> {
+    let requests = http.cache_hits + http.cache_misses;
+    let ratio = if requests == 0 {
+        "no requests yet".to_string()
+    } else {
+        format!(
+            "{:.1}% hits ({} hits, {} API requests)",
+            http.cache_hits as f64 * 100.0 / requests as f64,
+            http.cache_hits,
+            http.cache_misses
+        )
+    };
+    vec![
+        ("backend", format!("http {}", http.url)),
+        ("http auth", http.auth.clone()),
+        ("http cache", format!("{} entries", http.cache_entries)),
+        ("http hit ratio", ratio),
+        (
+            "http stale",
+            format!("{} served while the API was unavailable", http.stale_served),
+        ),
+        (
+            "http last error",
+            http.last_error
+                .clone()
+                .unwrap_or_else(|| "none".to_string()),
+        ),
+    ]
 }
 
 fn vault_rows(vault: &VaultInfo) -> Vec<(&'static str, String)> {
@@ -196,6 +230,7 @@ mod tests {
                 last_reload_error: Some("invalid JSON secrets file".into()),
                 last_reload_unix: 1000,
             }),
+            http: None,
             vault: None,
             keys: vec!["A".into()],
             keys_truncated: false,
@@ -225,6 +260,7 @@ last reload error: invalid JSON secrets file
             uptime_secs: 5,
             socket: "/run/agent.sock".into(),
             backend: None,
+            http: None,
             vault: Some(VaultInfo {
                 address: "https://vault.internal:8200".into(),
                 namespace: Some("team-a".into()),
@@ -258,6 +294,45 @@ vault hit ratio:   75.0% hits (30 hits, 10 Vault reads)
 vault stale:       2 served while Vault was unavailable
 vault leases:      1
 vault last error:  Vault at https://vault.internal:8200 is sealed
+";
+        assert_eq!(render(&status, 0), expected);
+    }
+
+    #[test]
+    fn text_lists_http_fields() {
+        let status = AgentStatus {
+            version: "0.1.0".into(),
+            mode: "local".into(),
+            pid: 42,
+            uptime_secs: 5,
+            socket: "/run/agent.sock".into(),
+            backend: None,
+            http: Some(HttpInfo {
+                url: "https://secrets.internal".into(),
+                auth: "auth_token_file /run/token".into(),
+                cache_entries: 2,
+                cache_hits: 3,
+                cache_misses: 1,
+                stale_served: 0,
+                last_error: None,
+            }),
+            vault: None,
+            keys: Vec::new(),
+            keys_truncated: false,
+        };
+        let expected = "\
+reachable:         yes
+socket:            /run/agent.sock
+mode:              local
+version:           0.1.0
+pid:               42
+uptime:            5s
+backend:           http https://secrets.internal
+http auth:         auth_token_file /run/token
+http cache:        2 entries
+http hit ratio:    75.0% hits (3 hits, 1 API requests)
+http stale:        0 served while the API was unavailable
+http last error:   none
 ";
         assert_eq!(render(&status, 0), expected);
     }

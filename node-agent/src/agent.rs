@@ -10,6 +10,7 @@ use crate::backend::FileBackend;
 use crate::config::Config;
 use crate::connection::Context;
 use crate::handler::Backends;
+use crate::http_backend::{HttpBackend, HttpError};
 use crate::listener::{self, Access, ListenerError, SocketFile};
 use crate::node::identities::Identities;
 use crate::node::pods::PodWatch;
@@ -37,6 +38,8 @@ pub enum AgentError {
     Secrets(#[from] SecretsError),
     #[error("cannot set up the Vault backend: {0}")]
     Vault(#[from] VaultError),
+    #[error("cannot set up the HTTP secrets backend: {0}")]
+    Http(#[from] HttpError),
     #[error(transparent)]
     Listener(#[from] ListenerError),
     #[error("cannot set up the kube API client for node mode: {0}")]
@@ -55,7 +58,7 @@ impl Agent {
         if let Some(node) = config.node.clone() {
             return Agent::bind_node(config, node).await;
         }
-        if config.secrets_file.is_none() && config.vault.is_none() {
+        if config.secrets_file.is_none() && config.vault.is_none() && config.http.is_none() {
             return Err(AgentError::NoBackend);
         }
         let socket_path = config.socket.clone().unwrap_or_else(default_socket_path);
@@ -68,6 +71,10 @@ impl Agent {
             Some(settings) => Some(VaultBackend::start(settings.clone()).await?),
             None => None,
         };
+        let http = match &config.http {
+            Some(settings) => Some(HttpBackend::start(settings.clone())?),
+            None => None,
+        };
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) = listener::bind(&socket_path, agent_uid)?;
 
@@ -76,13 +83,14 @@ impl Agent {
             secrets = config.secrets_file.as_ref().map(|path| path.display().to_string()),
             keys = file.as_ref().map_or(0, |file| file.key_names().len()),
             vault = config.vault.as_ref().map(|vault| vault.address.as_str()),
+            http = config.http.as_ref().map(|http| http.url.as_str()),
             max_connections = config.max_connections,
             "agent listening"
         );
         Ok(BoundAgent {
             listener,
             socket,
-            backends: Backends { file, vault },
+            backends: Backends { file, vault, http },
             agent_uid,
             node: None,
             config,
@@ -125,7 +133,11 @@ impl Agent {
         Ok(BoundAgent {
             listener,
             socket,
-            backends: Backends { file, vault: None },
+            backends: Backends {
+                file,
+                vault: None,
+                http: None,
+            },
             agent_uid,
             node: Some(node_context),
             config,

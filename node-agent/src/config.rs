@@ -23,7 +23,12 @@
 //! from Vault. The Vault keys are listed in the `vault_table` module; `VAULT_ADDR`,
 //! `VAULT_TOKEN` (then `~/.vault-token`), `VAULT_NAMESPACE` and `VAULT_CACERT` are their
 //! defaults.
+//!
+//! `[backend] type = "http"` makes an HTTP secrets API the default backend for `envproxy:`
+//! references and bare names; its keys are listed in the `http_table` module. A `[vault]`
+//! table may be added beside it for `vault:` references.
 
+mod http_table;
 mod vault_table;
 
 use std::fs;
@@ -32,6 +37,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::http_backend::HttpSettings;
 use crate::node::settings::{NodeSettings, TokenSource, MAX_POD_WAIT, NODE_NAME_VARIABLE};
 use crate::vault::settings::AuthSettings;
 use crate::vault::{VaultEnvironment, VaultSettings};
@@ -58,8 +64,12 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// The secrets file of the file backend, for `envproxy:` references and bare names.
     pub secrets_file: Option<PathBuf>,
-    /// The Vault backend, for `vault:` references. The agent needs this or a secrets file.
+    /// The Vault backend, for `vault:` references. The agent needs this, a secrets file or the
+    /// HTTP backend.
     pub vault: Option<VaultSettings>,
+    /// The HTTP secrets backend, which replaces the secrets file for `envproxy:` references and
+    /// bare names.
+    pub http: Option<HttpSettings>,
     /// Interval between checks of the secrets file for changes.
     pub reload_poll_interval: Duration,
     /// Node mode and its settings; `None` in local mode.
@@ -77,6 +87,7 @@ impl Default for Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             secrets_file: None,
             vault: None,
+            http: None,
             reload_poll_interval: DEFAULT_RELOAD_POLL_INTERVAL,
             node: None,
             warnings: Vec::new(),
@@ -234,6 +245,16 @@ impl Config {
             settings.node_name = node_name.unwrap_or_default();
             if let Some(node) = node_table {
                 reader.read_node(node, &mut settings)?;
+            }
+            if config.http.is_some() {
+                // NOTE: node mode serves envproxy: references from a node-wide secrets file
+                // only; the HTTP backend is wired into local mode.
+                return Err(reader.invalid(
+                    "[backend] type",
+                    "\"http\" is served in local mode only; node mode serves envproxy: \
+                     references from a secrets file ([backend] path)"
+                        .to_string(),
+                ));
             }
             if settings.node_name.is_empty() {
                 return Err(ConfigError::MissingNodeName {
@@ -418,10 +439,14 @@ impl TableReader<'_> {
                     config.vault = Some(self.read_vault(backend, "[backend]")?);
                     return Ok(());
                 }
+                "http" => {
+                    config.http = Some(self.read_http(backend)?);
+                    return Ok(());
+                }
                 _ => {
                     return Err(self.invalid(
                         "[backend] type",
-                        "expected \"file\" or \"vault\"".to_string(),
+                        "expected \"file\", \"vault\" or \"http\"".to_string(),
                     ))
                 }
             }
@@ -752,7 +777,7 @@ mod tests {
     fn unknown_backend_type_lists_allowed() {
         let error = parse("[backend]\ntype = \"s3\"\n").unwrap_err().to_string();
         assert!(error.contains("[backend] type"), "{error}");
-        assert!(error.contains("\"file\" or \"vault\""), "{error}");
+        assert!(error.contains("\"file\", \"vault\" or \"http\""), "{error}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The response to one request: passthrough, a lookup in the secrets file or Vault, or an
-//! error.
+//! The response to one request: passthrough, a lookup in the secrets file, the HTTP secrets
+//! API or Vault, or an error.
 
 use std::fmt;
 
@@ -7,6 +7,7 @@ use envproxy_proto::frame::MAX_PAYLOAD_LEN;
 use envproxy_proto::{has_known_scheme, Reference, Request, Response, SecretBytes};
 
 use crate::backend::FileBackend;
+use crate::http_backend::HttpBackend;
 use crate::status::StatusReporter;
 use crate::vault::VaultBackend;
 
@@ -49,12 +50,14 @@ impl Outcome {
     }
 }
 
-/// The backends of one agent: `envproxy:` references and bare names go to the file,
-/// `vault:` references to Vault. At least one is set.
+/// The backends of one agent: `envproxy:` references and bare names go to the default
+/// backend (the HTTP API when configured, else the file), `vault:` references to Vault. At
+/// least one is set.
 #[derive(Clone)]
 pub(crate) struct Backends {
     pub file: Option<FileBackend>,
     pub vault: Option<VaultBackend>,
+    pub http: Option<HttpBackend>,
 }
 
 /// Builds the response to `request`.
@@ -70,6 +73,9 @@ pub(crate) async fn handle(
                 // reports the current number of cache entries.
                 vault.sync_cache().await;
             }
+            if let Some(http) = &backends.http {
+                http.sync_cache().await;
+            }
             Outcome {
                 response: Response::Found(SecretBytes::new(status.payload())),
                 decision: Decision::Status,
@@ -79,7 +85,7 @@ pub(crate) async fn handle(
             let Ok(name) = std::str::from_utf8(key) else {
                 return Outcome::error("the variable name is not valid UTF-8".to_string());
             };
-            look_up_file(backends, name, name)
+            look_up_default(backends, name, name).await
         }
         Request::V2 { key, value } => {
             let Ok(name) = std::str::from_utf8(key) else {
@@ -96,11 +102,32 @@ pub(crate) async fn handle(
                 return Outcome::error(format!("{name}: the reference is not valid UTF-8"));
             };
             match Reference::parse(text) {
-                Ok(Reference::Local { key }) => look_up_file(backends, name, &key),
+                Ok(Reference::Local { key }) => look_up_default(backends, name, &key).await,
                 Ok(reference) => look_up_vault(backends, name, &reference).await,
                 Err(err) => Outcome::error(format!("{name}: invalid reference: {err}")),
             }
         }
+    }
+}
+
+/// Looks up `key` for variable `name` in the default backend: the HTTP API when configured,
+/// else the secrets file.
+async fn look_up_default(backends: &Backends, name: &str, key: &str) -> Outcome {
+    match &backends.http {
+        Some(http) => look_up_http(http, name, key).await,
+        None => look_up_file(backends, name, key),
+    }
+}
+
+/// Looks up `key` in the HTTP secrets API for variable `name`.
+async fn look_up_http(http: &HttpBackend, name: &str, key: &str) -> Outcome {
+    match http.get(key).await {
+        Ok(Some(value)) => found(name, key, value),
+        Ok(None) => Outcome {
+            response: Response::NotFound,
+            decision: Decision::NotFound,
+        },
+        Err(err) => Outcome::error(format!("{name}: {err}")),
     }
 }
 
@@ -173,6 +200,7 @@ mod tests {
         let backends = Backends {
             file: Some(FileBackend::open(&path).unwrap()),
             vault: None,
+            http: None,
         };
         let status =
             StatusReporter::new(PathBuf::from("/run/agent.sock"), backends.clone(), "local");

@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML config file.
 //! - [`secrets`]: secrets files in JSON, `.env` and TOML.
 //! - [`backend`]: the secrets file in memory, reloaded when it changes.
+//! - [`http_backend`]: an HTTP secrets API as the default backend, through a cache.
 //! - [`listener`]: the socket, its private directory and stale socket files.
 //! - [`peer`]: caller identity from `SO_PEERCRED`.
 //! - [`node`]: node mode, which serves the pods of one Kubernetes node.
@@ -39,6 +40,7 @@ pub mod backend;
 pub mod config;
 mod connection;
 mod handler;
+pub mod http_backend;
 pub mod limits;
 pub mod listener;
 pub mod logging;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::FileBackend;
 use crate::handler::Backends;
+use crate::http_backend::HttpStatus;
 use crate::vault::VaultStatus;
 
 /// The JSON payload of a status response. Contains key names, never values.
@@ -18,9 +19,12 @@ pub struct AgentStatus {
     pub pid: u32,
     pub uptime_secs: u64,
     pub socket: PathBuf,
-    /// The secrets file, or `None` when the agent serves only Vault.
+    /// The secrets file, or `None` when the agent has none (it serves Vault or the HTTP API).
     #[serde(default)]
     pub backend: Option<BackendInfo>,
+    /// The HTTP secrets backend, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpInfo>,
     /// The Vault backend, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault: Option<VaultInfo>,
@@ -67,6 +71,38 @@ pub struct VaultInfo {
     pub live_leases: usize,
     /// The latest failed Vault read, or `None` when none failed.
     pub last_error: Option<String>,
+}
+
+/// The `http` object of [`AgentStatus`]. Contains no token and no value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpInfo {
+    /// Base URL of the API.
+    pub url: String,
+    /// Source of the token: `auth_token` or `auth_token_file <path>`.
+    pub auth: String,
+    pub cache_entries: u64,
+    /// Requests served from the cache.
+    pub cache_hits: u64,
+    /// Requests sent to the API.
+    pub cache_misses: u64,
+    /// Requests served a value past its cache TTL because the API was unavailable.
+    pub stale_served: u64,
+    /// The latest failed request to the API, or `None` when none failed.
+    pub last_error: Option<String>,
+}
+
+impl From<HttpStatus> for HttpInfo {
+    fn from(status: HttpStatus) -> HttpInfo {
+        HttpInfo {
+            url: status.url,
+            auth: status.auth,
+            cache_entries: status.cache_entries,
+            cache_hits: status.cache_hits,
+            cache_misses: status.cache_misses,
+            stale_served: status.stale_served,
+            last_error: status.last_error,
+        }
+    }
 }
 
 impl From<VaultStatus> for VaultInfo {
@@ -126,6 +162,11 @@ impl StatusReporter {
             uptime_secs: self.started.elapsed().as_secs(),
             socket: self.socket.clone(),
             backend,
+            http: self
+                .backends
+                .http
+                .as_ref()
+                .map(|http| HttpInfo::from(http.status())),
             vault: self
                 .backends
                 .vault
@@ -184,6 +225,7 @@ mod tests {
                 last_reload_error: None,
                 last_reload_unix: 3,
             }),
+            http: None,
             vault: None,
             keys,
             keys_truncated: false,
@@ -204,6 +246,36 @@ mod tests {
         assert_eq!(json["keys"], serde_json::json!(["A"]));
         assert!(json.get("keys_truncated").is_none());
         assert!(json.get("vault").is_none());
+        assert!(json.get("http").is_none());
+    }
+
+    #[test]
+    fn http_object_field_names() {
+        let mut status = status_with_keys(Vec::new());
+        status.backend = None;
+        status.http = Some(HttpInfo {
+            url: "https://secrets.internal".into(),
+            auth: "auth_token_file /run/token".into(),
+            cache_entries: 3,
+            cache_hits: 9,
+            cache_misses: 3,
+            stale_served: 1,
+            last_error: Some("the HTTP secrets API failed (HTTP 503 for GET ...)".into()),
+        });
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode_within_frame(status.clone())).unwrap();
+        assert_eq!(json["http"]["url"], "https://secrets.internal");
+        assert_eq!(json["http"]["auth"], "auth_token_file /run/token");
+        assert_eq!(json["http"]["cache_entries"], 3);
+        assert_eq!(json["http"]["cache_hits"], 9);
+        assert_eq!(json["http"]["cache_misses"], 3);
+        assert_eq!(json["http"]["stale_served"], 1);
+        assert!(json["http"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 503"));
+        let decoded: AgentStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(decoded, status);
     }
 
     #[test]

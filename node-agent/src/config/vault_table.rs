@@ -124,7 +124,7 @@ impl TableReader<'_> {
         Ok(settings)
     }
 
-    fn duration(&self, value: &Value, key: &str) -> Result<Duration, ConfigError> {
+    pub(super) fn duration(&self, value: &Value, key: &str) -> Result<Duration, ConfigError> {
         match value {
             Value::Integer(seconds) if *seconds >= 0 => Ok(Duration::from_secs(*seconds as u64)),
             Value::Integer(seconds) => Err(self.invalid(
@@ -152,7 +152,7 @@ impl TableReader<'_> {
         }
     }
 
-    fn non_empty_string(&self, value: &Value, key: &str) -> Result<String, ConfigError> {
+    pub(super) fn non_empty_string(&self, value: &Value, key: &str) -> Result<String, ConfigError> {
         let text = self.string(value, key)?;
         if text.is_empty() {
             return Err(self.invalid(key, "expected a non-empty string".to_string()));
