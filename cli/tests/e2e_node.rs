@@ -925,9 +925,11 @@ fn connections_are_limited_per_pod() {
     let mut command = Command::new("python3");
     cluster.enter(&pod, &mut command);
     let replies = flood(command, &cluster.socket, 5);
+    // The agent admits connections in the order its tasks run, not the order they connected.
     assert_eq!(replies.len(), 5, "{replies:?}");
-    assert!(replies[..3].iter().all(|r| r == "silent"), "{replies:?}");
-    for reply in &replies[3..] {
+    let silent = replies.iter().filter(|r| *r == "silent").count();
+    assert_eq!(silent, 3, "{replies:?}");
+    for reply in replies.iter().filter(|r| *r != "silent") {
         assert!(reply.contains("too many connections"), "{replies:?}");
         assert!(reply.contains("max_connections_per_pod"), "{replies:?}");
     }

@@ -14,7 +14,7 @@ use crate::http_backend::{HttpBackend, HttpError};
 use crate::listener::{self, Access, ListenerError, SocketFile};
 use crate::node::identities::Identities;
 use crate::node::pods::PodWatch;
-use crate::node::serve::{NodeContext, PodSlots};
+use crate::node::serve::{CheckedTokens, NodeContext, PodSlots};
 use crate::node::settings::NodeSettings;
 use crate::secrets::SecretsError;
 use crate::server;
@@ -129,6 +129,7 @@ impl Agent {
             file: file.clone(),
             agent_uid,
             slots: PodSlots::default(),
+            checked_tokens: CheckedTokens::default(),
         };
         Ok(BoundAgent {
             listener,
@@ -213,12 +214,14 @@ impl BoundAgent {
         let forget_deleted_pods = node.as_ref().map(|node| {
             let mut deletions = node.pods.deletions();
             let identities = node.identities.clone();
+            let checked_tokens = node.checked_tokens.clone();
             tokio::spawn(async move {
                 loop {
                     match deletions.recv().await {
                         Ok(pod) => {
                             tracing::debug!(pod = %format!("{}/{}", pod.namespace, pod.name), "pod deleted");
                             identities.forget_pod(&pod.uid).await;
+                            checked_tokens.forget(&pod.uid);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                             tracing::warn!(missed, "missed pod deletions; their Vault identities stay until agent restart");

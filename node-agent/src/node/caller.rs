@@ -91,10 +91,6 @@ pub enum CallerError {
         source: io::Error,
     },
     #[error(
-        "the pidfd from SO_PEERPIDFD refers to pid {pidfd_pid}, but SO_PEERCRED names pid {pid}"
-    )]
-    PidMismatch { pid: i32, pidfd_pid: i32 },
-    #[error(
         "pid {pid} started {started_ticks} clock ticks after boot, later than the connection \
          was accepted ({accepted_ticks} ticks), so the pid now belongs to another process"
     )]
@@ -168,10 +164,18 @@ impl Caller {
         let pid = peer.pid;
 
         let pidfd = match pidfd_source {
+            // The kernel takes the pidfd and the SO_PEERCRED pid from the same peer record of
+            // the socket, so they name one process. A peer that already exited is refused
+            // here; one that exits later is caught by the liveness check after each read of
+            // its /proc entries.
             PidfdSource::PeerPidfd => {
                 let pidfd = peer_pidfd(socket.as_fd())
                     .map_err(|source| CallerError::PeerPidfd { pid, source })?;
-                check_pidfd_pid(&pidfd, pid)?;
+                let alive = pidfd_is_alive(pidfd.as_fd())
+                    .map_err(|source| CallerError::Poll { pid, source })?;
+                if !alive {
+                    return Err(CallerError::Exited { pid });
+                }
                 pidfd
             }
             PidfdSource::PidfdOpen => open_pidfd_started_by(pid, accepted_at)?,
@@ -328,31 +332,6 @@ fn parse_start_time(stat: &str) -> Option<u64> {
         .nth(STAT_START_TIME_INDEX)?
         .parse()
         .ok()
-}
-
-/// Checks that the pidfd refers to `pid` in the agent's PID namespace, from the `Pid:` line of
-/// `/proc/self/fdinfo/FD`, which is -1 once the process has been reaped.
-fn check_pidfd_pid(pidfd: &OwnedFd, pid: i32) -> Result<(), CallerError> {
-    let path = format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd());
-    let fdinfo = fs::read_to_string(&path).map_err(|source| CallerError::ReadProc {
-        path: path.clone(),
-        source,
-    })?;
-    let pidfd_pid = fdinfo
-        .lines()
-        .find_map(|line| line.strip_prefix("Pid:"))
-        .and_then(|value| value.trim().parse::<i32>().ok())
-        .ok_or(CallerError::InvalidProcFile {
-            path,
-            reason: "no numeric Pid line",
-        })?;
-    if pidfd_pid == -1 {
-        return Err(CallerError::Exited { pid });
-    }
-    if pidfd_pid != pid {
-        return Err(CallerError::PidMismatch { pid, pidfd_pid });
-    }
-    Ok(())
 }
 
 /// Gets a pidfd for the process that connected the socket (`SO_PEERPIDFD`).

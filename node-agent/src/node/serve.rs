@@ -55,6 +55,8 @@ pub(crate) struct NodeContext {
     pub agent_uid: u32,
     /// Open connections per pod, for `max_connections_per_pod`.
     pub slots: PodSlots,
+    /// The last checked token of each pod.
+    pub checked_tokens: CheckedTokens,
 }
 
 /// The pod and container of a connection's process, with the pod's settings.
@@ -648,13 +650,61 @@ async fn checked_token(
             ),
         )
     };
-    let expected = ExpectedIdentity::from_pod(&attested.pod, &context.settings.token_audience)
-        .map_err(mismatch)?;
-    let claims =
-        token_claims::check_token(&bytes, &expected, SystemTime::now()).map_err(mismatch)?;
-    // `check_token` accepted the bytes, so they are a JWT of ASCII characters.
+    let now = SystemTime::now();
+    let expires_at = match context
+        .checked_tokens
+        .expiry(&attested.pod_uid, &bytes, now)
+    {
+        Some(expires_at) => expires_at,
+        None => {
+            let expected =
+                ExpectedIdentity::from_pod(&attested.pod, &context.settings.token_audience)
+                    .map_err(mismatch)?;
+            let claims = token_claims::check_token(&bytes, &expected, now).map_err(mismatch)?;
+            context
+                .checked_tokens
+                .remember(&attested.pod_uid, &bytes, claims.expires_at);
+            claims.expires_at
+        }
+    };
+    // The claims check accepted the bytes, so they are a JWT of ASCII characters.
     let jwt = String::from_utf8_lossy(&bytes).trim().to_string();
-    Ok((SecretText::new(jwt), claims.expires_at))
+    Ok((SecretText::new(jwt), expires_at))
+}
+
+/// The last token of each pod whose claims the agent checked, so that the next connection of
+/// the pod that presents the same token skips the decode. A pod's kubelet rotates its token, so
+/// one entry per pod is enough.
+#[derive(Default, Clone)]
+pub(crate) struct CheckedTokens {
+    by_pod: Arc<std::sync::Mutex<std::collections::HashMap<String, CheckedToken>>>,
+}
+
+/// A token's bytes and the expiry its claims give.
+type CheckedToken = (Zeroizing<Vec<u8>>, SystemTime);
+
+impl CheckedTokens {
+    /// Returns the expiry of `token` when it is the checked token of pod `pod_uid` and has not
+    /// expired at `now`.
+    fn expiry(&self, pod_uid: &str, token: &[u8], now: SystemTime) -> Option<SystemTime> {
+        let by_pod = self.by_pod.lock().unwrap_or_else(|err| err.into_inner());
+        let (checked, expires_at) = by_pod.get(pod_uid)?;
+        (checked.as_slice() == token && *expires_at > now).then_some(*expires_at)
+    }
+
+    fn remember(&self, pod_uid: &str, token: &[u8], expires_at: SystemTime) {
+        let mut by_pod = self.by_pod.lock().unwrap_or_else(|err| err.into_inner());
+        by_pod.insert(
+            pod_uid.to_string(),
+            (Zeroizing::new(token.to_vec()), expires_at),
+        );
+    }
+
+    /// Forgets the token of a pod that left the node.
+    pub fn forget(&self, pod_uid: &str) {
+        let mut by_pod = self.by_pod.lock().unwrap_or_else(|err| err.into_inner());
+        by_pod.remove(pod_uid);
+    }
 }
 
 /// Reads the projected token from the caller's container.
