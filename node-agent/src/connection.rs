@@ -32,7 +32,7 @@ pub(crate) struct Context {
     pub idle_timeout: Duration,
     /// Node mode; `None` in local mode, where only the agent's uid is served.
     pub node: Option<NodeContext>,
-    /// Receives one audit event per answered request.
+    /// Receives one audit event per request that gets a response.
     pub audit: Arc<AuditLog>,
 }
 

@@ -1,6 +1,7 @@
-//! The admin API of a node-mode agent against the kube and Vault test servers: health that
-//! follows the pod watch, audit events of allowed and denied requests from processes in real
-//! pod cgroups, workloads, cache entries and a flush by pod that Vault's request count proves.
+//! The admin API of a node-mode agent against the kube and Vault test servers. Health follows
+//! the pod watch. Processes in real pod cgroups send allowed and denied requests, which show up
+//! as audit events, workloads and cache entries, and Vault's request count proves a flush by
+//! pod.
 //!
 //! These tests must run as root: they create cgroups and mount namespaces.
 
@@ -215,7 +216,7 @@ impl Node {
     }
 }
 
-/// One test pod: its cgroup and the directory that holds its projected token.
+/// One test pod: its cgroup and the directory that contains its projected token.
 struct TestPod {
     cgroup: PathBuf,
     token_dir: PathBuf,

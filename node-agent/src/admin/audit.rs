@@ -1,4 +1,4 @@
-//! Audit events: one per request the agent answers, with the caller, the variable name, the
+//! Audit events: one per request the agent responds to, with the caller, the variable name, the
 //! reference and the decision. An event never contains a value.
 //!
 //! Events go into a `tokio::sync::broadcast` channel. Each `WatchAudit` stream is one receiver,
@@ -67,7 +67,7 @@ impl CacheOutcome {
     }
 }
 
-/// One answered request. Field names are those of the JSON audit log and of the admin API's
+/// One request and the agent's response to it. Field names are those of the JSON audit log and of the admin API's
 /// `AuditEvent`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEvent {
@@ -77,8 +77,8 @@ pub struct AuditEvent {
     pub pod: String,
     pub container: String,
     pub variable: String,
-    /// The reference the caller sent; empty for a v1 request, a status request or a value
-    /// without a known scheme, which may be a plain secret.
+    /// The reference the caller sent. It is empty for a v1 request, a status request, or a
+    /// value without a known scheme, because such a value may be a plain secret.
     pub reference: String,
     pub decision: String,
     /// `hit`, `miss`, `stale`, or empty when no cache was involved.
@@ -194,7 +194,7 @@ impl AuditLog {
         self.sender.receiver_count()
     }
 
-    /// Records the answer to `request` from process `pid`, which took `latency`.
+    /// Records the response to `request` from process `pid`, which took `latency`.
     pub(crate) fn record(
         &self,
         pid: i32,
@@ -220,7 +220,7 @@ impl AuditLog {
         let (variable, reference) = match request {
             Request::V1 { key } => (String::from_utf8_lossy(key).into_owned(), String::new()),
             Request::V2 { key, value } => {
-                // Only a value with a known scheme is a reference; any other value may be a
+                // Only a value with a known scheme is a reference. Any other value may be a
                 // secret set directly in the environment, so it is never recorded.
                 let reference = if has_known_scheme(value) {
                     String::from_utf8_lossy(value).into_owned()

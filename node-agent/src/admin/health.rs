@@ -1,7 +1,7 @@
-//! The `grpc.health.v1` status: SERVING while the agent can answer requests, NOT_SERVING
+//! The `grpc.health.v1` status: SERVING while the agent can serve requests, NOT_SERVING
 //! otherwise, for the whole server (service `""`) and for `envproxy.admin.v1.Admin`.
 //!
-//! The agent can answer when, in node mode, the pod watch has delivered its first full list and
+//! The agent can serve requests when, in node mode, the pod watch has delivered its first full list and
 //! the API server is reachable, and, with a local-mode Vault backend, Vault has accepted the
 //! agent's token. The API server counts as reachable while the watch's latest request
 //! succeeded. After a watch error, a resumed watch delivers nothing until a pod changes, so the
@@ -86,7 +86,7 @@ impl Probe {
     }
 }
 
-/// Evaluates whether the agent can answer requests now.
+/// Evaluates whether the agent can serve requests now.
 async fn evaluate(state: &AdminState, probe: &mut Probe) -> bool {
     if let Some(node) = &state.node {
         if !node.pods.is_synced() {

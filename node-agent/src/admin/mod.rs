@@ -187,16 +187,22 @@ pub(crate) async fn serve(admin: AdminListener, state: Arc<AdminState>) -> Admin
     let stop = state.stop.clone();
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = health::start_updater(Arc::clone(&state), reporter).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(envproxy_admin_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1();
-    let reflection = match reflection {
-        Ok(service) => Some(service),
-        Err(err) => {
+    // Some reflection clients ask only v1alpha, the older version of the same protocol.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(envproxy_admin_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = match (reflection().build_v1(), reflection().build_v1alpha()) {
+        (Ok(v1), Ok(v1alpha)) => Some((v1, v1alpha)),
+        (Err(err), _) | (_, Err(err)) => {
             tracing::error!(%err, "cannot build the gRPC reflection service; serving without it");
             None
         }
+    };
+    let (reflection_v1, reflection_v1alpha) = match reflection {
+        Some((v1, v1alpha)) => (Some(v1), Some(v1alpha)),
+        None => (None, None),
     };
     let path = socket.path().display().to_string();
     let admin_service = AdminServer::new(service::AdminService::new(Arc::clone(&state)));
@@ -217,7 +223,8 @@ pub(crate) async fn serve(admin: AdminListener, state: Arc<AdminState>) -> Admin
         tracing::info!(socket = %path, "admin API listening");
         let result = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_optional_service(reflection)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .add_service(admin_service)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await;
@@ -229,7 +236,7 @@ pub(crate) async fn serve(admin: AdminListener, state: Arc<AdminState>) -> Admin
     AdminTask { task, stop, socket }
 }
 
-/// Who may use the admin socket.
+/// The rules that admit a connection to the admin socket.
 struct PeerCheck {
     agent_uid: u32,
     own_pod_uid: Option<String>,

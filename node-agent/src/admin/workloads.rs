@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use super::audit::AuditNote;
 
-/// The most containers tracked at once. Past this, the one with the oldest request is dropped.
+/// The maximum number of containers tracked at once. Past this, the one with the oldest request is dropped.
 /// Pods that leave the node are dropped at each listing, so only a node with this many live
 /// containers that all send requests reaches it.
 const MAX_WORKLOADS: usize = 16 * 1024;
