@@ -322,6 +322,7 @@ fn admin_state(
             identities: node.identities.clone(),
         }),
         audit: Arc::clone(audit),
+        config_source: config.source.clone(),
         file_config: std::sync::Mutex::new(file_config),
         health: Default::default(),
         stop: tokio_util::sync::CancellationToken::new(),

@@ -2,7 +2,7 @@
 //! reference and the decision. An event never contains a value.
 //!
 //! Events go into a `tokio::sync::broadcast` channel. Each `WatchAudit` stream is one receiver,
-//! and so is the thread that writes the JSON audit log. A receiver that falls more than the
+//! and so is the thread that writes the JSON audit log while `[audit] log` is on. A receiver that falls more than the
 //! channel's buffer behind loses the oldest events and learns how many, so a slow watcher never
 //! slows requests.
 //!
@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use envproxy_proto::{has_known_scheme, Request, Response};
@@ -27,7 +27,8 @@ use crate::handler::Decision;
 
 /// Events buffered per receiver when `[audit] buffer` is not set.
 pub const DEFAULT_AUDIT_BUFFER: usize = 1024;
-/// The largest `[audit] buffer` accepted. Each buffered event costs a few hundred bytes.
+/// The largest `[audit] buffer` accepted. By estimate, a buffered event takes a few hundred
+/// bytes, depending on its names and reference.
 pub const MAX_AUDIT_BUFFER: usize = 1 << 20;
 
 /// The `[audit]` table.
@@ -143,55 +144,74 @@ pub(crate) struct RequestCounters {
     pub errors: AtomicU64,
     /// Events that watchers or the JSON log lost because they fell behind.
     pub dropped: AtomicU64,
+    /// Open `WatchAudit` streams.
+    pub watchers: AtomicU64,
 }
 
 /// The audit channel of one agent, its counters and the workloads seen.
 pub(crate) struct AuditLog {
     sender: broadcast::Sender<Arc<AuditEvent>>,
-    log: Arc<AtomicBool>,
+    /// The stop flag of the running JSON log thread; `None` while the log is off.
+    log_writer: Mutex<Option<Arc<AtomicBool>>>,
     pub counters: Arc<RequestCounters>,
     pub workloads: Workloads,
 }
 
 impl AuditLog {
-    /// Creates the channel and starts the thread that writes the JSON audit log while
-    /// `[audit] log` is on. The thread ends when the last sender is dropped.
+    /// Creates the channel and, when `settings.log` is set, starts the JSON log thread.
     pub(crate) fn start(settings: &AuditSettings) -> Arc<AuditLog> {
-        let (sender, receiver) = broadcast::channel(settings.buffer.max(1));
+        let (sender, _) = broadcast::channel(settings.buffer.max(1));
         let audit = AuditLog {
             sender,
-            log: Arc::new(AtomicBool::new(settings.log)),
+            log_writer: Mutex::new(None),
             counters: Arc::new(RequestCounters::default()),
             workloads: Workloads::default(),
         };
-        let log = Arc::clone(&audit.log);
-        let counters = Arc::clone(&audit.counters);
-        let spawned = std::thread::Builder::new()
-            .name("envproxy-audit-log".to_string())
-            .spawn(move || write_log_lines(receiver, &log, &counters));
-        if let Err(err) = spawned {
-            tracing::error!(%err, "cannot start the audit log thread; [audit] log has no effect");
-        }
+        audit.set_log(settings.log);
         Arc::new(audit)
     }
 
-    /// Turns the JSON audit log on or off.
+    /// Turns the JSON audit log on or off. The log runs on its own thread, which exists only
+    /// while the log is on, so an agent without it pays nothing per event.
     pub(crate) fn set_log(&self, enabled: bool) {
-        self.log.store(enabled, Ordering::Relaxed);
+        let mut writer = self
+            .log_writer
+            .lock()
+            .unwrap_or_else(|err| err.into_inner());
+        match (enabled, writer.take()) {
+            (true, Some(running)) => *writer = Some(running),
+            (true, None) => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let receiver = self.sender.subscribe();
+                let counters = Arc::clone(&self.counters);
+                let thread_stop = Arc::clone(&stop);
+                let spawned = std::thread::Builder::new()
+                    .name("envproxy-audit-log".to_string())
+                    .spawn(move || write_log_lines(receiver, &thread_stop, &counters));
+                match spawned {
+                    Ok(_) => *writer = Some(stop),
+                    Err(err) => tracing::error!(
+                        %err,
+                        "cannot start the audit log thread; audit events are not logged"
+                    ),
+                }
+            }
+            // The thread sees the flag at its next event and ends.
+            (false, Some(running)) => running.store(true, Ordering::Relaxed),
+            (false, None) => {}
+        }
     }
 
     pub(crate) fn log_enabled(&self) -> bool {
-        self.log.load(Ordering::Relaxed)
+        self.log_writer
+            .lock()
+            .unwrap_or_else(|err| err.into_inner())
+            .is_some()
     }
 
     /// Returns a receiver of the events recorded from now on.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<AuditEvent>> {
         self.sender.subscribe()
-    }
-
-    /// Returns the number of receivers, the JSON log thread included.
-    pub(crate) fn receiver_count(&self) -> usize {
-        self.sender.receiver_count()
     }
 
     /// Records the response to `request` from process `pid`, which took `latency`.
@@ -271,19 +291,20 @@ pub(crate) fn unix_millis(time: SystemTime) -> i64 {
     }
 }
 
-/// Writes each event as one JSON line to standard error while `log` is set, until the channel
+/// Writes each event as one JSON line to standard error until `stop` is set or the channel
 /// closes. Runs on its own thread so a slow log reader never blocks a Tokio worker.
 fn write_log_lines(
     mut receiver: broadcast::Receiver<Arc<AuditEvent>>,
-    log: &AtomicBool,
+    stop: &AtomicBool,
     counters: &RequestCounters,
 ) {
     loop {
-        match receiver.blocking_recv() {
+        let received = receiver.blocking_recv();
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match received {
             Ok(event) => {
-                if !log.load(Ordering::Relaxed) {
-                    continue;
-                }
                 let Ok(mut line) = serde_json::to_vec(&*event) else {
                     continue;
                 };
@@ -293,9 +314,7 @@ fn write_log_lines(
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 counters.dropped.fetch_add(missed, Ordering::Relaxed);
-                if log.load(Ordering::Relaxed) {
-                    tracing::warn!(missed, "the audit log fell behind and lost events");
-                }
+                tracing::warn!(missed, "the audit log fell behind and lost events");
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }

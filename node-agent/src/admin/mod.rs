@@ -109,6 +109,8 @@ pub(crate) struct AdminState {
     pub backends: Backends,
     pub node: Option<NodeView>,
     pub audit: Arc<AuditLog>,
+    /// The config file the agent was started with, read again by `ReloadConfig`.
+    pub config_source: Option<PathBuf>,
     /// The config file's own values as last read, to tell which keys a reload changes.
     pub file_config: Mutex<Option<Config>>,
     pub health: health::Health,

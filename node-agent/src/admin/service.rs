@@ -1,5 +1,6 @@
 //! The `envproxy.admin.v1.Admin` service.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,6 +51,9 @@ fn local_identity(status: &VaultStatus) -> String {
     format!("{} auth at {}", status.auth_method, status.address)
 }
 
+/// How long a `WatchAudit` stream gathers events after the first one of a quiet period.
+const AUDIT_BATCH_DELAY: Duration = Duration::from_millis(5);
+
 type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -90,8 +94,7 @@ impl Admin for AdminService {
                 denials: counters.denials.load(Ordering::Relaxed),
                 errors: counters.errors.load(Ordering::Relaxed),
                 audit_events_dropped: counters.dropped.load(Ordering::Relaxed),
-                // The JSON log thread is always one receiver.
-                audit_watchers: state.audit.receiver_count().saturating_sub(1) as u64,
+                audit_watchers: counters.watchers.load(Ordering::Relaxed),
             }),
             pods_watched: node.map_or(0, |node| node.pods.pods().len() as u64),
             secrets_file,
@@ -236,8 +239,14 @@ impl Admin for AdminService {
         _request: Request<pb::WatchAuditRequest>,
     ) -> Result<Response<Self::WatchAuditStream>, Status> {
         let receiver = self.state.audit.subscribe();
-        let counters = Arc::clone(&self.state.audit.counters);
-        let stream = futures::stream::unfold((receiver, counters), next_audit_event)
+        let watcher = Watcher::new(Arc::clone(&self.state.audit.counters));
+        let state = WatchState {
+            receiver,
+            batch: VecDeque::new(),
+            dropped: 0,
+            watcher,
+        };
+        let stream = futures::stream::unfold(state, next_audit_event)
             .take_until(self.state.stop.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
@@ -251,7 +260,7 @@ impl Admin for AdminService {
             .file_config
             .lock()
             .unwrap_or_else(|err| err.into_inner());
-        let Some(path) = baseline.as_ref().and_then(|config| config.source.clone()) else {
+        let Some(path) = state.config_source.clone() else {
             return Err(Status::failed_precondition(
                 "the agent was started without a config file (--config), so there is none to \
                  read again",
@@ -365,27 +374,78 @@ fn vault_session(identity: String, status: VaultStatus) -> pb::VaultSession {
     }
 }
 
-/// Waits for the next audit event of a `WatchAudit` stream, counting the events it lost.
+/// One open `WatchAudit` stream, counted in [`RequestCounters::watchers`] until it is dropped.
+struct Watcher {
+    counters: Arc<RequestCounters>,
+}
+
+impl Watcher {
+    fn new(counters: Arc<RequestCounters>) -> Watcher {
+        counters.watchers.fetch_add(1, Ordering::Relaxed);
+        Watcher { counters }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.counters.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The receiver of one `WatchAudit` stream and the events it has taken but not yet sent.
+struct WatchState {
+    receiver: broadcast::Receiver<Arc<AuditEvent>>,
+    batch: VecDeque<pb::AuditEvent>,
+    /// Events lost since the last event taken, reported with the next one.
+    dropped: u64,
+    watcher: Watcher,
+}
+
+impl WatchState {
+    /// Takes `event`, reporting the events lost before it.
+    fn take(&mut self, event: &AuditEvent) {
+        self.batch.push_back(audit_message(event, self.dropped));
+        self.dropped = 0;
+    }
+
+    fn count_lost(&mut self, missed: u64) {
+        self.dropped += missed;
+        let counters = &self.watcher.counters;
+        counters.dropped.fetch_add(missed, Ordering::Relaxed);
+    }
+}
+
+/// Returns the next event of a `WatchAudit` stream.
+///
+/// After the first event of a quiet period the stream waits [`AUDIT_BATCH_DELAY`] and then
+/// takes every event that arrived meanwhile. Under load tonic then writes many events at once,
+/// instead of waking the stream and writing to the socket once per request.
 async fn next_audit_event(
-    (mut receiver, counters): (broadcast::Receiver<Arc<AuditEvent>>, Arc<RequestCounters>),
-) -> Option<(
-    Result<pb::AuditEvent, Status>,
-    (broadcast::Receiver<Arc<AuditEvent>>, Arc<RequestCounters>),
-)> {
-    let mut dropped = 0;
+    mut state: WatchState,
+) -> Option<(Result<pb::AuditEvent, Status>, WatchState)> {
+    if let Some(event) = state.batch.pop_front() {
+        return Some((Ok(event), state));
+    }
     loop {
-        match receiver.recv().await {
+        match state.receiver.recv().await {
             Ok(event) => {
-                let message = audit_message(&event, dropped);
-                return Some((Ok(message), (receiver, counters)));
+                state.take(&event);
+                break;
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                dropped += missed;
-                counters.dropped.fetch_add(missed, Ordering::Relaxed);
-            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => state.count_lost(missed),
             Err(broadcast::error::RecvError::Closed) => return None,
         }
     }
+    tokio::time::sleep(AUDIT_BATCH_DELAY).await;
+    loop {
+        match state.receiver.try_recv() {
+            Ok(event) => state.take(&event),
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => state.count_lost(missed),
+            Err(_) => break,
+        }
+    }
+    let event = state.batch.pop_front()?;
+    Some((Ok(event), state))
 }
 
 fn audit_message(event: &AuditEvent, dropped_before: u64) -> pb::AuditEvent {
