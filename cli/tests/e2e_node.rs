@@ -764,13 +764,15 @@ impl Drop for Serving {
     }
 }
 
-#[test]
-fn deleted_pod_stops_being_served() {
+/// Starts a process of an opted-in pod that resolves its reference at every call, applies
+/// `change` to the pod in the kube test server, and checks that the agent stops serving the
+/// process within 10 s.
+fn check_serving_stops(name: &str, change: impl FnOnce(&Cluster, &TestPod), what: &str) {
     let mut cluster = Cluster::start();
     let secret = put_secret(&cluster, "a");
     let pod = cluster.add_pod(
         "a",
-        "short-a",
+        name,
         json!({"envproxy.dev/inject": "true"}),
         &[("DB_PASSWORD", &reference("a"))],
     );
@@ -781,14 +783,25 @@ fn deleted_pod_stops_being_served() {
     let mut serving = Serving::start(command);
     assert_eq!(serving.get("DB_PASSWORD"), secret);
 
-    cluster.kube.delete_pod(&pod.namespace, &pod.name).unwrap();
+    change(&cluster, &pod);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut value = serving.get("DB_PASSWORD");
     while value == secret && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         value = serving.get("DB_PASSWORD");
     }
-    assert_eq!(value, reference("a"), "the deleted pod was still served");
+    assert_eq!(value, reference("a"), "the {what} pod was still served");
+}
+
+#[test]
+fn deleted_pod_stops_being_served() {
+    check_serving_stops(
+        "short-a",
+        |cluster, pod| {
+            cluster.kube.delete_pod(&pod.namespace, &pod.name).unwrap();
+        },
+        "deleted",
+    );
 }
 
 #[test]
@@ -853,34 +866,18 @@ fn cgroup_v1_pods_are_identified() {
 
 #[test]
 fn opt_out_applies_to_running_processes() {
-    let mut cluster = Cluster::start();
-    let secret = put_secret(&cluster, "a");
-    let pod = cluster.add_pod(
-        "a",
+    check_serving_stops(
         "opting-a",
-        json!({"envproxy.dev/inject": "true"}),
-        &[("DB_PASSWORD", &reference("a"))],
+        |cluster, pod| {
+            cluster
+                .kube
+                .modify_pod(&pod.namespace, &pod.name, |pod| {
+                    pod.metadata.annotations = None;
+                })
+                .unwrap();
+        },
+        "opted-out",
     );
-    let mut command = cluster.in_pod(&pod, &probe());
-    command
-        .env("DB_PASSWORD", reference("a"))
-        .env("ENVPROXY_CACHE_TTL", "0");
-    let mut serving = Serving::start(command);
-    assert_eq!(serving.get("DB_PASSWORD"), secret);
-
-    cluster
-        .kube
-        .modify_pod(&pod.namespace, &pod.name, |pod| {
-            pod.metadata.annotations = None;
-        })
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut value = serving.get("DB_PASSWORD");
-    while value == secret && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        value = serving.get("DB_PASSWORD");
-    }
-    assert_eq!(value, reference("a"), "the opted-out pod was still served");
 }
 
 /// A Python program that opens connections to the agent socket in `argv[1]`, `argv[2]` of them,

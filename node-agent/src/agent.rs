@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use envproxy_proto::socket_path::local_socket_path;
 
+use crate::admin::audit::AuditLog;
+use crate::admin::{self, AdminListener, AdminState, NodeView};
 use crate::backend::FileBackend;
 use crate::config::Config;
 use crate::connection::Context;
@@ -19,7 +21,7 @@ use crate::node::settings::NodeSettings;
 use crate::secrets::SecretsError;
 use crate::server;
 use crate::status::StatusReporter;
-use crate::vault::{VaultBackend, VaultError};
+use crate::vault::{VaultBackend, VaultEnvironment, VaultError};
 
 /// An agent that cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,7 @@ impl Agent {
         };
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) = listener::bind(&socket_path, agent_uid)?;
+        let admin = bind_admin(&config, &socket_path, agent_uid, false)?;
 
         tracing::info!(
             socket = %socket_path.display(),
@@ -93,6 +96,7 @@ impl Agent {
             backends: Backends { file, vault, http },
             agent_uid,
             node: None,
+            admin,
             config,
         })
     }
@@ -113,6 +117,7 @@ impl Agent {
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) =
             listener::bind_with_access(&socket_path, agent_uid, Access::Shared)?;
+        let admin = bind_admin(&config, &socket_path, agent_uid, true)?;
         tracing::info!(
             socket = %socket_path.display(),
             node = %node.node_name,
@@ -141,9 +146,25 @@ impl Agent {
             },
             agent_uid,
             node: Some(node_context),
+            admin,
             config,
         })
     }
+}
+
+/// Binds the admin socket when `[admin]` and the mode turn it on.
+fn bind_admin(
+    config: &Config,
+    agent_socket: &Path,
+    agent_uid: u32,
+    node_mode: bool,
+) -> Result<Option<AdminListener>, AgentError> {
+    let Some(path) = config.admin.socket_path(agent_socket, node_mode) else {
+        return Ok(None);
+    };
+    let admin = AdminListener::bind(&path, agent_uid, node_mode)?;
+    tracing::debug!(socket = %admin.path().display(), "admin socket bound");
+    Ok(Some(admin))
 }
 
 /// Socket path in node mode when none is configured: the hostPath directory that the DaemonSet
@@ -153,7 +174,7 @@ pub const DEFAULT_NODE_SOCKET: &str = "/run/envproxy/agent.sock";
 /// Builds the kube client from the configured kubeconfig, or infers the config: in-cluster,
 /// else `KUBECONFIG` or `~/.kube/config`.
 async fn kube_client(node: &NodeSettings) -> Result<kube::Client, AgentError> {
-    let config = match &node.kubeconfig {
+    let mut config = match &node.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|err| AgentError::Kube(format!("{}: {err}", path.display())))?;
@@ -165,6 +186,11 @@ async fn kube_client(node: &NodeSettings) -> Result<kube::Client, AgentError> {
             .await
             .map_err(|err| AgentError::Kube(err.to_string()))?,
     };
+    // kube-client 4 retries 429, 503 and 504 responses up to 15 times with delays growing to
+    // 1000 s, which hides an API server outage from the pod watch (and from the health status)
+    // for minutes. The watcher backs off on its own, and a TokenRequest call fails fast so the
+    // caller gets an error instead of waiting.
+    config.default_retry = false;
     kube::Client::try_from(config).map_err(|err| AgentError::Kube(err.to_string()))
 }
 
@@ -176,12 +202,19 @@ pub struct BoundAgent {
     agent_uid: u32,
     /// Node mode's shared state; `None` in local mode.
     node: Option<NodeContext>,
+    /// The admin socket, when it is on.
+    admin: Option<AdminListener>,
     config: Config,
 }
 
 impl BoundAgent {
     pub fn socket_path(&self) -> &Path {
         self.socket.path()
+    }
+
+    /// Returns the admin socket path, or `None` when the admin socket is off.
+    pub fn admin_socket_path(&self) -> Option<&Path> {
+        self.admin.as_ref().map(AdminListener::path)
     }
 
     /// Returns the key names of the secrets file, sorted; empty without a secrets file.
@@ -208,6 +241,7 @@ impl BoundAgent {
             backends,
             agent_uid,
             node,
+            admin,
             config,
         } = self;
         let mode = if node.is_some() { "node" } else { "local" };
@@ -237,15 +271,28 @@ impl BoundAgent {
             .as_ref()
             .map(|file| file.spawn_reloader(config.reload_poll_interval));
         let vault = backends.vault.clone();
+        let audit = AuditLog::start(&config.audit);
+        let admin_task = match admin {
+            Some(admin) => {
+                let state = admin_state(&config, mode, &backends, node.as_ref(), &audit);
+                Some(admin::serve(admin, Arc::new(state)).await)
+            }
+            None => None,
+        };
         let context = Arc::new(Context {
             status: StatusReporter::new(socket.path().to_path_buf(), backends.clone(), mode),
             backends,
             agent_uid,
             idle_timeout: config.idle_timeout,
             node,
+            audit,
         });
 
         server::accept_loop(listener, context, config.max_connections, shutdown).await;
+
+        if let Some(admin_task) = admin_task {
+            admin_task.shutdown().await;
+        }
 
         if let Some(reloader) = reloader {
             reloader.abort();
@@ -262,6 +309,39 @@ impl BoundAgent {
         let socket_path = socket.path().display().to_string();
         drop(socket);
         tracing::info!(socket = %socket_path, "agent stopped");
+    }
+}
+
+/// Builds the state that the admin API reads.
+fn admin_state(
+    config: &Config,
+    mode: &'static str,
+    backends: &Backends,
+    node: Option<&NodeContext>,
+    audit: &Arc<AuditLog>,
+) -> AdminState {
+    // The file's own values, without command-line overrides, so that a reload reports only
+    // keys that changed in the file.
+    let file_config = config.source.as_ref().and_then(|path| {
+        let mut file_config = Config::load(path).ok()?;
+        file_config.enable_vault_from_environment(&VaultEnvironment::from_process());
+        Some(file_config)
+    });
+    AdminState {
+        mode,
+        started: std::time::Instant::now(),
+        backends: backends.clone(),
+        node: node.map(|node| NodeView {
+            node_name: node.settings.node_name.clone(),
+            kube: node.kube.clone(),
+            pods: node.pods.clone(),
+            identities: node.identities.clone(),
+        }),
+        audit: Arc::clone(audit),
+        config_source: config.source.clone(),
+        file_config: std::sync::Mutex::new(file_config),
+        health: Default::default(),
+        stop: tokio_util::sync::CancellationToken::new(),
     }
 }
 

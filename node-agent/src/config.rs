@@ -17,6 +17,9 @@
 //! keys do not fail the load, so older and newer files both work: they are returned in
 //! [`Config::warnings`] for the caller to log once logging is set up.
 //!
+//! The admin plane reads `[admin]` (`enabled`, `socket`) and `[audit]` (`log`, `buffer`); see
+//! [`AdminSettings`] and [`AuditSettings`].
+//!
 //! Vault is configured in one of two ways. `[backend] type = "vault"` with the Vault keys in
 //! `[backend]` serves only `vault:` references. `[backend] type = "file"` with a `[vault]`
 //! table serves `envproxy:` references and bare names from the file and `vault:` references
@@ -37,6 +40,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::admin::{AdminSettings, AuditSettings, MAX_AUDIT_BUFFER};
 use crate::http_backend::HttpSettings;
 use crate::node::settings::{NodeSettings, TokenSource, MAX_POD_WAIT, NODE_NAME_VARIABLE};
 use crate::vault::settings::AuthSettings;
@@ -74,6 +78,12 @@ pub struct Config {
     pub reload_poll_interval: Duration,
     /// Node mode and its settings; `None` in local mode.
     pub node: Option<NodeSettings>,
+    /// The admin socket: `[admin]`.
+    pub admin: AdminSettings,
+    /// Audit events: `[audit]`.
+    pub audit: AuditSettings,
+    /// The config file this was loaded from, read again by the admin API's `ReloadConfig`.
+    pub source: Option<PathBuf>,
     /// One message per unknown key found in the config file.
     pub warnings: Vec<String>,
 }
@@ -90,6 +100,9 @@ impl Default for Config {
             http: None,
             reload_poll_interval: DEFAULT_RELOAD_POLL_INTERVAL,
             node: None,
+            admin: AdminSettings::default(),
+            audit: AuditSettings::default(),
+            source: None,
             warnings: Vec::new(),
         }
     }
@@ -160,7 +173,9 @@ impl Config {
             path: path.clone(),
             source,
         })?;
-        Config::parse(&text, &path)
+        let mut config = Config::parse(&text, &path)?;
+        config.source = Some(path);
+        Ok(config)
     }
 
     /// Validates config text that was read from `path`, with this process's `VAULT_*`
@@ -219,7 +234,10 @@ impl Config {
         let mut config = Config::default();
 
         for key in table.keys() {
-            if !matches!(key.as_str(), "agent" | "backend" | "vault" | "node") {
+            if !matches!(
+                key.as_str(),
+                "agent" | "backend" | "vault" | "node" | "admin" | "audit"
+            ) {
                 reader.warn_unknown(&format!("top-level key `{key}`"));
             }
         }
@@ -237,6 +255,13 @@ impl Config {
                 });
             }
             config.vault = Some(reader.read_vault(vault, "[vault]")?);
+        }
+
+        if let Some(admin) = reader.section(&table, "admin", "[admin]")? {
+            reader.read_admin(admin, &mut config.admin)?;
+        }
+        if let Some(audit) = reader.section(&table, "audit", "[audit]")? {
+            reader.read_audit(audit, &mut config.audit)?;
         }
 
         let node_table = reader.section(&table, "node", "[node]")?;
@@ -429,6 +454,47 @@ impl TableReader<'_> {
         Ok(())
     }
 
+    fn read_admin(
+        &mut self,
+        admin: &Table,
+        settings: &mut AdminSettings,
+    ) -> Result<(), ConfigError> {
+        for (key, value) in admin {
+            let name = format!("[admin] {key}");
+            match key.as_str() {
+                "enabled" => settings.enabled = Some(self.flag(value, &name)?),
+                "socket" => settings.socket = Some(self.path_value(value, &name)?),
+                _ => self.warn_unknown(&format!("key `{key}` in [admin]")),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_audit(
+        &mut self,
+        audit: &Table,
+        settings: &mut AuditSettings,
+    ) -> Result<(), ConfigError> {
+        for (key, value) in audit {
+            let name = format!("[audit] {key}");
+            match key.as_str() {
+                "log" => settings.log = self.flag(value, &name)?,
+                "buffer" => {
+                    let events = self.positive_integer(value, &name)?;
+                    if events > MAX_AUDIT_BUFFER as u64 {
+                        return Err(self.invalid(
+                            &name,
+                            format!("expected at most {MAX_AUDIT_BUFFER} events, found {events}"),
+                        ));
+                    }
+                    settings.buffer = events as usize;
+                }
+                _ => self.warn_unknown(&format!("key `{key}` in [audit]")),
+            }
+        }
+        Ok(())
+    }
+
     fn read_backend(&mut self, backend: &Table, config: &mut Config) -> Result<(), ConfigError> {
         // The type decides which other keys are valid, so it is checked first. A missing type
         // means the file backend, as in the original format.
@@ -485,6 +551,17 @@ impl TableReader<'_> {
             other => Err(self.invalid(
                 key,
                 format!("expected a string, found {}", describe_type(other)),
+            )),
+        }
+    }
+
+    /// Reads a boolean key of the `[admin]` and `[audit]` tables.
+    fn flag(&self, value: &Value, key: &str) -> Result<bool, ConfigError> {
+        match value {
+            Value::Boolean(flag) => Ok(*flag),
+            other => Err(self.invalid(
+                key,
+                format!("expected true or false, found {}", describe_type(other)),
             )),
         }
     }
@@ -771,6 +848,42 @@ mod tests {
             .to_string();
         assert!(error.contains("[agent] mode"), "{error}");
         assert!(error.contains("\"local\""), "{error}");
+    }
+
+    #[test]
+    fn admin_and_audit_tables() {
+        let config = parse(
+            "[admin]\nenabled = true\nsocket = \"run/admin.sock\"\n\
+             [audit]\nlog = true\nbuffer = 64\n",
+        )
+        .unwrap();
+        assert_eq!(config.admin.enabled, Some(true));
+        assert_eq!(
+            config.admin.socket,
+            Some(PathBuf::from("/etc/envproxy/run/admin.sock"))
+        );
+        assert!(config.audit.log);
+        assert_eq!(config.audit.buffer, 64);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+
+        let defaults = parse("").unwrap();
+        assert_eq!(defaults.admin, AdminSettings::default());
+        assert_eq!(defaults.audit, AuditSettings::default());
+    }
+
+    #[test]
+    fn admin_and_audit_invalid_values() {
+        let cases = [
+            ("[admin]\nenabled = \"yes\"\n", "[admin] enabled"),
+            ("[admin]\nsocket = \"\"\n", "[admin] socket"),
+            ("[audit]\nlog = 1\n", "[audit] log"),
+            ("[audit]\nbuffer = 0\n", "[audit] buffer"),
+            ("[audit]\nbuffer = 10000000\n", "[audit] buffer"),
+        ];
+        for (text, key) in cases {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
     }
 
     #[test]

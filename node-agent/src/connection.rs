@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
+use crate::admin::audit::{self, AuditLog};
 use crate::handler::{self, Backends};
 use crate::node::caller::BootTime;
 use crate::node::serve::{self as node_serve, NodeConnection, NodeContext, Rejected};
@@ -31,6 +32,8 @@ pub(crate) struct Context {
     pub idle_timeout: Duration,
     /// Node mode; `None` in local mode, where only the agent's uid is served.
     pub node: Option<NodeContext>,
+    /// Receives one audit event per request that gets a response.
+    pub audit: Arc<AuditLog>,
 }
 
 /// Serves `stream`, accepted at `accepted_at`, until it ends. Errors end only this connection
@@ -98,13 +101,25 @@ pub(crate) async fn serve(
             }
         };
 
-        let outcome = match (&context.node, node_connection.as_mut()) {
-            (Some(node), Some(connection)) => {
-                node_serve::handle(node, connection, &request, &context.status).await
+        let started = std::time::Instant::now();
+        let (outcome, note) = audit::scope(async {
+            match (&context.node, node_connection.as_mut()) {
+                (Some(node), Some(connection)) => {
+                    node_serve::handle(node, connection, &request, &context.status).await
+                }
+                _ => handler::handle(&request, &context.backends, &context.status).await,
             }
-            _ => handler::handle(&request, &context.backends, &context.status).await,
-        };
+        })
+        .await;
         log_request(&peer, &request, outcome.decision);
+        context.audit.record(
+            peer.pid,
+            &request,
+            outcome.decision,
+            &outcome.response,
+            note,
+            started.elapsed(),
+        );
         if let Err(err) = framed.send(&outcome.response).await {
             tracing::debug!(pid = peer.pid, %err, "cannot send response; closing connection");
             return;

@@ -9,6 +9,7 @@
 //! - [`listener`]: the socket, its private directory and stale socket files.
 //! - [`peer`]: caller identity from `SO_PEERCRED`.
 //! - [`node`]: node mode, which serves the pods of one Kubernetes node.
+//! - [`admin`]: the gRPC admin API on its own socket, health, and audit events.
 //! - `server` and `connection`: the accept loop and one task per connection.
 //! - `handler`: the answer to each request.
 //! - [`status`]: the JSON returned for a status request.
@@ -35,6 +36,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod admin;
 mod agent;
 pub mod backend;
 pub mod config;

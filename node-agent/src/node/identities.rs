@@ -168,6 +168,19 @@ impl Identities {
         }
     }
 
+    /// Returns each identity with a session, its backend and the UIDs of the pods that use it.
+    pub async fn sessions(&self) -> Vec<(Identity, VaultBackend, Vec<String>)> {
+        let entries = self.entries.lock().await;
+        entries
+            .iter()
+            .map(|(identity, entry)| {
+                let mut pods: Vec<String> = entry.pods.iter().cloned().collect();
+                pods.sort();
+                (identity.clone(), entry.backend.clone(), pods)
+            })
+            .collect()
+    }
+
     /// Returns the number of identities with a session.
     pub async fn len(&self) -> usize {
         self.entries.lock().await.len()

@@ -7,6 +7,7 @@
 //! wait a bounded time for it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -122,6 +123,8 @@ struct Store {
     /// Bumped after every change to `pods`; waiters wake on it.
     changes: watch::Sender<u64>,
     synced: watch::Sender<bool>,
+    /// Whether the latest watch request succeeded; cleared by each watch error.
+    connected: AtomicBool,
     deletions: broadcast::Sender<DeletedPod>,
 }
 
@@ -154,6 +157,7 @@ impl PodWatch {
             pods: RwLock::new(HashMap::new()),
             changes: watch::channel(0).0,
             synced: watch::channel(false).0,
+            connected: AtomicBool::new(false),
             deletions: broadcast::channel(DELETIONS_BUFFER).0,
         });
         let task = tokio::spawn(run(client, store.clone()));
@@ -170,6 +174,13 @@ impl PodWatch {
     /// Returns whether the first full list of the node's pods has arrived.
     pub fn is_synced(&self) -> bool {
         *self.store.synced.borrow()
+    }
+
+    /// Returns whether the latest list or watch request to the API server succeeded. It turns
+    /// false at each watch error (such as the API server being unreachable) and true again at
+    /// the next event.
+    pub fn is_connected(&self) -> bool {
+        self.store.connected.load(Ordering::Relaxed)
     }
 
     /// Waits up to `wait` for the first full list; returns whether it arrived.
@@ -256,11 +267,13 @@ async fn run(client: kube::Client, store: Arc<Store>) {
                 // data from the API server ends a run of failures.
                 if !matches!(event, Event::Init) {
                     failures = 0;
+                    store.connected.store(true, Ordering::Relaxed);
                 }
                 event
             }
             Err(err) => {
                 failures += 1;
+                store.connected.store(false, Ordering::Relaxed);
                 log_watch_error(&err, failures, &store.node_name);
                 continue;
             }

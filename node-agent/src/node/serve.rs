@@ -25,6 +25,7 @@ use super::policy::Denial;
 use super::proc_root;
 use super::settings::{NodeSettings, TokenSource, TOKEN_REQUEST_LIFETIME_SECS};
 use super::token_claims::{self, ExpectedIdentity};
+use crate::admin::audit;
 use crate::backend::FileBackend;
 use crate::handler::{found, Decision, Outcome};
 use crate::status::StatusReporter;
@@ -285,6 +286,7 @@ pub(crate) async fn handle(
         Ok(attested) => attested,
         Err(denied) => return deny(connection, None, name, denied),
     };
+    audit::note_workload(&attested.pod, &attested.pod_uid, &attested.container);
     let Some(value) = value else {
         return v1_lookup(context, &attested, connection, name);
     };
@@ -855,6 +857,7 @@ fn deny(
         reason = denied.reason,
         "request denied"
     );
+    audit::note_denial(denied.reason);
     Outcome {
         response: Response::error(denied.message),
         decision: Decision::Denied,

@@ -19,6 +19,7 @@ use moka::Expiry;
 
 use super::error::VaultError;
 use super::read::{ReadResult, ReadTarget, SecretData};
+use crate::admin::audit::CacheOutcome;
 
 /// Minimum and maximum pause between Vault attempts for one entry while its stale data is
 /// served. Within these bounds the pause equals the cache TTL.
@@ -50,6 +51,25 @@ pub(crate) struct CachedSecret {
     pub stale_until: Instant,
     pub lease: Option<CachedLease>,
     /// Set on an entry that re-serves last good data during an outage.
+    pub stale: bool,
+    /// When the data was read from Vault.
+    pub fetched_at: Instant,
+    /// Requests served from this entry without a Vault read.
+    pub hits: AtomicU64,
+}
+
+/// One cache entry as the admin API lists it, without its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntryInfo {
+    pub path: String,
+    /// The KV v2 version the reference named; `None` for the latest version or non-KV reads.
+    pub version: Option<u64>,
+    pub age: Duration,
+    /// Time until the entry expires from the cache.
+    pub ttl_left: Duration,
+    /// Time until the lease of a dynamic secret ends; `None` without a lease.
+    pub lease_left: Option<Duration>,
+    pub hits: u64,
     pub stale: bool,
 }
 
@@ -177,6 +197,7 @@ impl SecretCache {
             Err(err) => {
                 if fetched {
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    crate::admin::audit::note_cache(CacheOutcome::Miss);
                 }
                 Err(VaultError::clone(&err))
             }
@@ -206,6 +227,8 @@ impl SecretCache {
                                 renewable: lease.renewable,
                             }),
                             stale: false,
+                            fetched_at: now,
+                            hits: AtomicU64::new(0),
                         })
                     }
                     None => {
@@ -216,6 +239,8 @@ impl SecretCache {
                             stale_until: fresh_until + self.max_stale,
                             lease: None,
                             stale: false,
+                            fetched_at: now,
+                            hits: AtomicU64::new(0),
                         });
                         self.last_good.insert(key.clone(), Arc::clone(&entry)).await;
                         entry
@@ -244,6 +269,8 @@ impl SecretCache {
                     stale_until: last.stale_until,
                     lease: None,
                     stale: true,
+                    fetched_at: last.fetched_at,
+                    hits: AtomicU64::new(0),
                 }))
             }
             Err(err) => {
@@ -284,6 +311,8 @@ impl SecretCache {
                             stale_until: new_end,
                             lease: old.lease.clone(),
                             stale: false,
+                            fetched_at: old.fetched_at,
+                            hits: AtomicU64::new(old.hits.load(Ordering::Relaxed)),
                         }))
                     }
                     _ => Op::Nop,
@@ -313,6 +342,53 @@ impl SecretCache {
         }
     }
 
+    /// Lists the fresh entries, without their data.
+    pub(crate) fn entries(&self) -> Vec<(CacheKey, CacheEntryInfo)> {
+        let now = Instant::now();
+        self.fresh
+            .iter()
+            .filter(|(_, entry)| entry.fresh_until > now)
+            .map(|(key, entry)| {
+                let info = CacheEntryInfo {
+                    path: key.target.path.clone(),
+                    version: key.target.version,
+                    age: now.saturating_duration_since(entry.fetched_at),
+                    ttl_left: entry.fresh_until.saturating_duration_since(now),
+                    lease_left: entry
+                        .lease
+                        .as_ref()
+                        .map(|_| entry.stale_until.saturating_duration_since(now)),
+                    hits: entry.hits.load(Ordering::Relaxed),
+                    stale: entry.stale,
+                };
+                (CacheKey::clone(&key), info)
+            })
+            .collect()
+    }
+
+    /// Drops every entry whose key `matches`, including the last good data kept for outages,
+    /// so the next request for it reads Vault. Returns the number of keys dropped.
+    ///
+    /// NOTE: a read already in flight when this runs still caches its result.
+    pub(crate) async fn invalidate_matching(&self, matches: impl Fn(&CacheKey) -> bool) -> u64 {
+        let mut keys: Vec<CacheKey> = self
+            .fresh
+            .iter()
+            .map(|(key, _)| CacheKey::clone(&key))
+            .filter(|key| matches(key))
+            .collect();
+        for (key, _) in self.last_good.iter() {
+            if matches(&key) && !keys.contains(&*key) {
+                keys.push(CacheKey::clone(&key));
+            }
+        }
+        for key in &keys {
+            self.fresh.invalidate(key).await;
+            self.last_good.invalidate(key).await;
+        }
+        keys.len() as u64
+    }
+
     /// Returns the last failure of a Vault read, or `None` when there was none.
     pub(crate) fn last_error(&self) -> Option<String> {
         lock(&self.last_error).clone()
@@ -328,8 +404,16 @@ impl SecretCache {
         let counter = if fetched {
             &self.counters.misses
         } else {
+            entry.hits.fetch_add(1, Ordering::Relaxed);
             &self.counters.hits
         };
+        crate::admin::audit::note_cache(if entry.stale {
+            CacheOutcome::Stale
+        } else if fetched {
+            CacheOutcome::Miss
+        } else {
+            CacheOutcome::Hit
+        });
         counter.fetch_add(1, Ordering::Relaxed);
         if entry.stale {
             self.counters.stale_served.fetch_add(1, Ordering::Relaxed);

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use envproxy_proto::{Reference, SecretBytes};
 
 pub use auth::{Auth, JwtFile, JwtSource, KubernetesAuth, TokenAuth};
+pub use cache::CacheEntryInfo;
 pub use error::VaultError;
 pub use secret::SecretText;
 pub use settings::{AuthSettings, TlsSettings, TokenSource, VaultEnvironment, VaultSettings};
@@ -231,6 +232,31 @@ impl VaultBackend {
             live_leases: inner.leases.live_count(),
             last_error: inner.cache.last_error(),
         }
+    }
+
+    /// Lists the cached reads of this identity, without their data.
+    pub fn cache_entries(&self) -> Vec<CacheEntryInfo> {
+        let mut entries: Vec<CacheEntryInfo> = self
+            .inner
+            .cache
+            .entries()
+            .into_iter()
+            .map(|(_, info)| info)
+            .collect();
+        entries.sort_by(|a, b| (&a.path, a.version).cmp(&(&b.path, b.version)));
+        entries
+    }
+
+    /// Drops the cached reads whose Vault path starts with `path_prefix` (every read for an
+    /// empty prefix), so the next request for them reads Vault. Returns how many were dropped.
+    pub async fn flush(&self, path_prefix: &str) -> u64 {
+        let flushed = self
+            .inner
+            .cache
+            .invalidate_matching(|key| key.target.path.starts_with(path_prefix))
+            .await;
+        self.inner.cache.run_pending_tasks().await;
+        flushed
     }
 
     /// Applies pending cache bookkeeping, so that `status` counts the current entries.

@@ -1,0 +1,339 @@
+//! The admin plane: a gRPC API (`envproxy.admin.v1.Admin`) with `grpc.health.v1` and server
+//! reflection, on its own Unix socket, plus the audit events of every request.
+//!
+//! # Socket
+//!
+//! The admin socket is never the socket that pods connect to. By default it is `admin.sock` in
+//! a directory `admin/` beside the agent socket, which the agent creates with mode 0700, and
+//! the socket itself has mode 0600, both owned by the agent's user. `[admin] socket` sets
+//! another path. It is on by default in node mode and off by default in local mode, where
+//! `[admin] enabled = true` or an `[admin] socket` turns it on.
+//!
+//! Every connection is checked with `SO_PEERCRED`: only the agent's uid is served. In node mode
+//! the agent socket's directory is mounted into pods, and a container running as root has the
+//! agent's uid, so a process in a pod is also rejected unless it runs in the agent's own pod.
+//!
+//! # Layout
+//!
+//! - [`audit`]: audit events, their channel and the JSON audit log.
+//! - `workloads`: requests and denials per container.
+//! - `service`: the `Admin` service.
+//! - `health`: the `grpc.health.v1` status, updated as the agent's state changes.
+
+pub mod audit;
+mod health;
+mod service;
+mod workloads;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use envproxy_admin_proto::v1::admin_server::AdminServer;
+use futures::StreamExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use audit::{AuditEvent, AuditSettings, CacheOutcome, DEFAULT_AUDIT_BUFFER, MAX_AUDIT_BUFFER};
+
+use crate::config::Config;
+use crate::handler::Backends;
+use crate::listener::{self, ListenerError, SocketFile};
+use crate::node::caller::{BootTime, Caller};
+use crate::node::cgroup;
+use crate::node::identities::Identities;
+use crate::node::pods::PodWatch;
+use crate::peer;
+use audit::AuditLog;
+
+/// Name of the admin socket's directory beside the agent socket.
+const DEFAULT_DIRECTORY: &str = "admin";
+/// File name of the admin socket.
+const DEFAULT_FILE: &str = "admin.sock";
+/// Pause after a failed `accept`, so a persistent error such as `EMFILE` does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// Time that open admin calls get to finish at shutdown before they are cut off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The `[admin]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// `None` means on in node mode and off in local mode unless `socket` is set.
+    pub enabled: Option<bool>,
+    /// `None` selects `admin/admin.sock` beside the agent socket.
+    pub socket: Option<PathBuf>,
+}
+
+impl AdminSettings {
+    /// Returns the admin socket path for an agent listening on `agent_socket`, or `None` when
+    /// the admin socket is off.
+    pub fn socket_path(&self, agent_socket: &Path, node_mode: bool) -> Option<PathBuf> {
+        let enabled = self.enabled.unwrap_or(node_mode || self.socket.is_some());
+        if !enabled {
+            return None;
+        }
+        let path = match &self.socket {
+            Some(path) => path.clone(),
+            None => default_admin_socket(agent_socket),
+        };
+        Some(path)
+    }
+}
+
+/// Returns `admin/admin.sock` in the directory of `agent_socket`.
+pub fn default_admin_socket(agent_socket: &Path) -> PathBuf {
+    agent_socket
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(DEFAULT_DIRECTORY)
+        .join(DEFAULT_FILE)
+}
+
+/// The node-mode state that the admin API reads.
+#[derive(Clone)]
+pub(crate) struct NodeView {
+    pub node_name: String,
+    /// The agent's kube API client, for health probes.
+    pub kube: kube::Client,
+    pub pods: PodWatch,
+    pub identities: Identities,
+}
+
+/// State shared by the admin service and the health updater.
+pub(crate) struct AdminState {
+    /// `"local"` or `"node"`.
+    pub mode: &'static str,
+    pub started: Instant,
+    /// Local mode's backends; in node mode only the node-wide secrets file, if any.
+    pub backends: Backends,
+    pub node: Option<NodeView>,
+    pub audit: Arc<AuditLog>,
+    /// The config file the agent was started with, read again by `ReloadConfig`.
+    pub config_source: Option<PathBuf>,
+    /// The config file's own values as last read, to tell which keys a reload changes.
+    pub file_config: Mutex<Option<Config>>,
+    pub health: health::Health,
+    /// Cancelled when the agent shuts down; ends `WatchAudit` streams.
+    pub stop: CancellationToken,
+}
+
+/// An admin socket that is bound but not yet served.
+pub(crate) struct AdminListener {
+    listener: UnixListener,
+    socket: SocketFile,
+    agent_uid: u32,
+    /// The pod UID of the agent's own pod, when it runs in one.
+    own_pod_uid: Option<String>,
+    node_mode: bool,
+}
+
+impl AdminListener {
+    /// Binds the admin socket at `path`: its directory 0700 and the socket 0600, owned by
+    /// `agent_uid`.
+    pub(crate) fn bind(
+        path: &Path,
+        agent_uid: u32,
+        node_mode: bool,
+    ) -> Result<AdminListener, ListenerError> {
+        let (listener, socket) = listener::bind(path, agent_uid)?;
+        let own_pod_uid = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|text| cgroup::parse_cgroup_file(&text).ok().flatten())
+            .map(|pod| pod.pod_uid);
+        Ok(AdminListener {
+            listener,
+            socket,
+            agent_uid,
+            own_pod_uid,
+            node_mode,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.socket.path()
+    }
+}
+
+/// A running admin server.
+pub(crate) struct AdminTask {
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+    socket: SocketFile,
+}
+
+impl AdminTask {
+    /// Stops the server, gives open calls [`SHUTDOWN_GRACE`] to finish, and removes the socket.
+    pub(crate) async fn shutdown(self) {
+        self.stop.cancel();
+        let mut task = self.task;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+        drop(self.socket);
+    }
+}
+
+/// Starts serving the admin API on `admin` with `state`.
+pub(crate) async fn serve(admin: AdminListener, state: Arc<AdminState>) -> AdminTask {
+    let AdminListener {
+        listener,
+        socket,
+        agent_uid,
+        own_pod_uid,
+        node_mode,
+    } = admin;
+    let stop = state.stop.clone();
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health_task = health::start_updater(Arc::clone(&state), reporter).await;
+    // Some reflection clients ask only v1alpha, the older version of the same protocol.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(envproxy_admin_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = match (reflection().build_v1(), reflection().build_v1alpha()) {
+        (Ok(v1), Ok(v1alpha)) => Some((v1, v1alpha)),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::error!(%err, "cannot build the gRPC reflection service; serving without it");
+            None
+        }
+    };
+    let (reflection_v1, reflection_v1alpha) = match reflection {
+        Some((v1, v1alpha)) => (Some(v1), Some(v1alpha)),
+        None => (None, None),
+    };
+    let path = socket.path().display().to_string();
+    let admin_service = AdminServer::new(service::AdminService::new(Arc::clone(&state)));
+
+    let checks = Arc::new(PeerCheck {
+        agent_uid,
+        own_pod_uid,
+        node_mode,
+    });
+    let incoming = futures::stream::unfold((listener, checks), |(listener, checks)| async move {
+        let stream = accept_authorized(&listener, &checks).await;
+        Some((Ok::<_, std::io::Error>(stream), (listener, checks)))
+    })
+    .boxed();
+
+    let shutdown = stop.clone();
+    let task = tokio::spawn(async move {
+        tracing::info!(socket = %path, "admin API listening");
+        let result = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
+            .add_service(admin_service)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await;
+        if let Err(err) = result {
+            tracing::error!(socket = %path, %err, "the admin API stopped");
+        }
+        health_task.abort();
+    });
+    AdminTask { task, stop, socket }
+}
+
+/// The rules that admit a connection to the admin socket.
+struct PeerCheck {
+    agent_uid: u32,
+    own_pod_uid: Option<String>,
+    node_mode: bool,
+}
+
+impl PeerCheck {
+    /// Returns why the peer of `stream` may not use the admin API, or `None` when it may.
+    fn rejection(&self, stream: &UnixStream) -> Option<String> {
+        let peer = match peer::peer_of(stream) {
+            Ok(peer) => peer,
+            Err(err) => return Some(format!("cannot read peer credentials: {err}")),
+        };
+        if peer.uid != self.agent_uid {
+            return Some(format!(
+                "pid {} runs as uid {}, not the agent's uid {}",
+                peer.pid, peer.uid, self.agent_uid
+            ));
+        }
+        if !self.node_mode {
+            return None;
+        }
+        let caller = match Caller::from_socket(stream, BootTime::now()) {
+            Ok(caller) => caller,
+            Err(err) => return Some(format!("cannot identify pid {}: {err}", peer.pid)),
+        };
+        match caller.pod() {
+            Ok(None) => None,
+            Ok(Some(pod)) if Some(&pod.pod_uid) == self.own_pod_uid.as_ref() => None,
+            Ok(Some(pod)) => Some(format!(
+                "pid {} runs in pod UID {}, and only processes outside pods or in the agent's \
+                 own pod may use the admin API",
+                peer.pid, pod.pod_uid
+            )),
+            Err(err) => Some(format!("cannot read the cgroup of pid {}: {err}", peer.pid)),
+        }
+    }
+}
+
+/// Accepts the next connection whose peer passes `checks`; closes the others.
+async fn accept_authorized(listener: &UnixListener, checks: &PeerCheck) -> UnixStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => match checks.rejection(&stream) {
+                None => return stream,
+                Some(reason) => {
+                    tracing::warn!(%reason, "rejected an admin API connection");
+                }
+            },
+            Err(err) => {
+                tracing::warn!(%err, "admin API accept failed; retrying");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_socket_defaults_by_mode() {
+        let agent = Path::new("/run/envproxy/agent.sock");
+        let settings = AdminSettings::default();
+        assert_eq!(
+            settings.socket_path(agent, true),
+            Some(PathBuf::from("/run/envproxy/admin/admin.sock"))
+        );
+        assert_eq!(settings.socket_path(agent, false), None);
+    }
+
+    #[test]
+    fn admin_socket_explicit_settings() {
+        let agent = Path::new("/run/user/1000/envproxy/agent.sock");
+        let with_socket = AdminSettings {
+            enabled: None,
+            socket: Some(PathBuf::from("/srv/admin.sock")),
+        };
+        assert_eq!(
+            with_socket.socket_path(agent, false),
+            Some(PathBuf::from("/srv/admin.sock"))
+        );
+        let enabled = AdminSettings {
+            enabled: Some(true),
+            socket: None,
+        };
+        assert_eq!(
+            enabled.socket_path(agent, false),
+            Some(PathBuf::from("/run/user/1000/envproxy/admin/admin.sock"))
+        );
+        let disabled = AdminSettings {
+            enabled: Some(false),
+            socket: Some(PathBuf::from("/srv/admin.sock")),
+        };
+        assert_eq!(disabled.socket_path(agent, true), None);
+    }
+}

@@ -1,0 +1,718 @@
+//! The admin API of a local-mode agent, over its Unix socket with a tonic client: status, cache
+//! entries, flush, the audit stream, health, reflection, the JSON audit log, config reload, and
+//! who may connect.
+
+mod admin_support;
+mod vault_support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use admin_support::*;
+use envproxy_admin_proto::v1 as pb;
+use envproxy_agent::admin::AdminSettings;
+use envproxy_agent::{Agent, Config};
+use envproxy_proto::{Response, SecretBytes};
+use envproxy_vault_test_server::{ServerOptions, VaultTestServer};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use vault_support::{settings, start_server};
+
+const DB_PATH: &str = "secret/data/app/config";
+const DB_REFERENCE: &str = "vault:secret/data/app/config#password";
+
+/// A local-mode agent served on the current runtime, with a secrets file holding `API_KEY`
+/// and Vault holding `app/config`, each with a random secret.
+struct TestAgent {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    admin_socket: PathBuf,
+    file_secret: String,
+    vault_secret: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestAgent {
+    async fn start(server: &VaultTestServer, token: &str) -> TestAgent {
+        TestAgent::start_with(server, token, |_| {}).await
+    }
+
+    async fn start_with(
+        server: &VaultTestServer,
+        token: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let file_secret = format!("file-{}", random_hex(24));
+        let vault_secret = format!("vault-{}", random_hex(24));
+        let secrets = dir.path().join("secrets.json");
+        std::fs::write(&secrets, json!({ "API_KEY": file_secret }).to_string()).unwrap();
+        server
+            .root()
+            .kv2_put("secret", "app/config", json!({ "password": vault_secret }))
+            .unwrap();
+        let socket = dir.path().join("agent.sock");
+        let mut config = Config {
+            socket: Some(socket.clone()),
+            secrets_file: Some(secrets),
+            vault: Some(settings(server, token)),
+            admin: AdminSettings {
+                enabled: Some(true),
+                socket: None,
+            },
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let agent = Agent::bind(config).await.unwrap();
+        let admin_socket = agent.admin_socket_path().unwrap().to_path_buf();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(agent.serve(async {
+            let _ = stopped.await;
+        }));
+        TestAgent {
+            dir,
+            socket,
+            admin_socket,
+            file_secret,
+            vault_secret,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn get(&self, name: &str, value: &str) -> Response {
+        agent_request(&self.socket, &v2(name, value)).await
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("agent stops")
+                .unwrap();
+        }
+    }
+}
+
+fn found(value: &str) -> Response {
+    Response::Found(SecretBytes::from(value))
+}
+
+#[tokio::test]
+async fn admin_socket_private_beside_agent() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+
+    assert_eq!(
+        agent.admin_socket,
+        agent.dir.path().join("admin/admin.sock")
+    );
+    let directory = std::fs::metadata(agent.dir.path().join("admin")).unwrap();
+    assert_eq!(directory.permissions().mode() & 0o777, 0o700);
+    let socket = std::fs::metadata(&agent.admin_socket).unwrap();
+    assert_eq!(socket.permissions().mode() & 0o777, 0o600);
+    assert_eq!(socket.uid(), nix::unistd::geteuid().as_raw());
+
+    let admin_socket = agent.admin_socket.clone();
+    agent.stop().await;
+    assert!(!admin_socket.exists(), "admin socket removed at shutdown");
+}
+
+#[tokio::test]
+async fn admin_socket_off_by_default_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.json");
+    std::fs::write(&secrets, r#"{"A": "1"}"#).unwrap();
+    let config = Config {
+        socket: Some(dir.path().join("agent.sock")),
+        secrets_file: Some(secrets),
+        ..Config::default()
+    };
+    let agent = Agent::bind(config).await.unwrap();
+    assert_eq!(agent.admin_socket_path(), None);
+    assert!(!dir.path().join("admin").exists());
+}
+
+#[tokio::test]
+async fn status_reports_vault_and_counts() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+    assert_eq!(
+        agent.get("DB", DB_REFERENCE).await,
+        found(&agent.vault_secret)
+    );
+    assert_eq!(
+        agent.get("DB", DB_REFERENCE).await,
+        found(&agent.vault_secret)
+    );
+    assert_eq!(
+        agent.get("KEY", "envproxy:MISSING").await,
+        Response::NotFound
+    );
+
+    let mut client = admin_client(&agent.admin_socket).await;
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.mode, "local");
+    assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(status.node, "");
+    assert!(!status.kube_watch_synced);
+    assert!(status.serving);
+    let counters = status.counters.unwrap();
+    assert_eq!(counters.requests, 3);
+    assert_eq!(counters.denials, 0);
+    assert_eq!(counters.errors, 0);
+    assert_eq!(status.vault.len(), 1);
+    let vault = &status.vault[0];
+    assert_eq!(vault.identity, format!("token auth at {}", server.url()));
+    assert!(vault.logged_in);
+    assert_eq!(vault.cache_entries, 1);
+    assert_eq!(vault.cache_hits, 1);
+    assert_eq!(vault.cache_misses, 1);
+    let file = status.secrets_file.unwrap();
+    assert_eq!(file.keys_loaded, 1);
+    assert_eq!(file.last_reload_error, "");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn cache_entries_without_values() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+    for _ in 0..3 {
+        assert_eq!(
+            agent.get("DB", DB_REFERENCE).await,
+            found(&agent.vault_secret)
+        );
+    }
+    assert_eq!(
+        agent
+            .get("OLD", "vault:secret/data/app/config#password#1")
+            .await,
+        found(&agent.vault_secret)
+    );
+
+    let mut client = admin_client(&agent.admin_socket).await;
+    let entries = client
+        .list_cache_entries(pb::ListCacheEntriesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let latest = &entries[0];
+    assert_eq!(latest.path, DB_PATH);
+    assert_eq!(latest.version, None);
+    assert_eq!(latest.hits, 2);
+    assert!(latest.ttl_left_seconds <= 60, "{latest:?}");
+    assert!(latest.ttl_left_seconds >= 50, "{latest:?}");
+    assert!(latest.age_seconds <= 10, "{latest:?}");
+    assert_eq!(latest.lease_end_unix_ms, None);
+    assert!(!latest.stale);
+    assert_eq!(latest.identity, format!("token auth at {}", server.url()));
+    let pinned = &entries[1];
+    assert_eq!(pinned.version, Some(1));
+    assert_eq!(pinned.hits, 0);
+    assert!(!format!("{entries:?}").contains(&agent.vault_secret));
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn flush_makes_next_request_read_vault() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+    let reads = || server.request_count("GET", DB_PATH);
+    assert_eq!(
+        agent.get("DB", DB_REFERENCE).await,
+        found(&agent.vault_secret)
+    );
+    assert_eq!(
+        agent.get("DB", DB_REFERENCE).await,
+        found(&agent.vault_secret)
+    );
+    assert_eq!(reads(), 1, "the second request is served from the cache");
+
+    let mut client = admin_client(&agent.admin_socket).await;
+    let other_prefix = pb::FlushRequest {
+        target: Some(pb::flush_request::Target::PathPrefix(
+            "secret/data/other".into(),
+        )),
+    };
+    let flushed = client.flush(other_prefix).await.unwrap().into_inner();
+    assert_eq!(flushed.entries_flushed, 0);
+    assert_eq!(
+        agent.get("DB", DB_REFERENCE).await,
+        found(&agent.vault_secret)
+    );
+    assert_eq!(reads(), 1, "a flush of another prefix keeps the entry");
+
+    let by_prefix = pb::FlushRequest {
+        target: Some(pb::flush_request::Target::PathPrefix(
+            "secret/data/app".into(),
+        )),
+    };
+    let flushed = client.flush(by_prefix).await.unwrap().into_inner();
+    assert_eq!(flushed.entries_flushed, 1);
+    assert_eq!(
+        agent.get("DB", DB_REFERENCE).await,
+        found(&agent.vault_secret)
+    );
+    assert_eq!(reads(), 2, "the request after a flush reads Vault");
+
+    let identity = format!("token auth at {}", server.url());
+    let by_identity = pb::FlushRequest {
+        target: Some(pb::flush_request::Target::Identity(identity)),
+    };
+    let flushed = client.flush(by_identity).await.unwrap().into_inner();
+    assert_eq!(flushed.entries_flushed, 1);
+    assert_eq!(
+        agent.get("DB", DB_REFERENCE).await,
+        found(&agent.vault_secret)
+    );
+    assert_eq!(
+        reads(),
+        3,
+        "the request after an identity flush reads Vault"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn flush_rejects_bad_targets() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+    let mut client = admin_client(&agent.admin_socket).await;
+
+    let missing = client
+        .flush(pb::FlushRequest { target: None })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+
+    let unknown = pb::FlushRequest {
+        target: Some(pb::flush_request::Target::Identity("nobody".into())),
+    };
+    let unknown = client.flush(unknown).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert!(unknown.message().contains("token auth at"), "{unknown:?}");
+
+    let by_pod = pb::FlushRequest {
+        target: Some(pb::flush_request::Target::Pod("shop/web-0".into())),
+    };
+    let by_pod = client.flush(by_pod).await.unwrap_err();
+    assert_eq!(by_pod.code(), tonic::Code::FailedPrecondition);
+    assert!(by_pod.message().contains("node mode"), "{by_pod:?}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn watch_audit_streams_requests_without_values() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+    let plain_secret = format!("plain-{}", random_hex(24));
+    let mut client = admin_client(&agent.admin_socket).await;
+    let mut stream = client
+        .watch_audit(pb::WatchAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.counters.unwrap().audit_watchers, 1);
+
+    assert_eq!(
+        agent.get("DB", DB_REFERENCE).await,
+        found(&agent.vault_secret)
+    );
+    assert_eq!(
+        agent.get("DB", DB_REFERENCE).await,
+        found(&agent.vault_secret)
+    );
+    assert_eq!(
+        agent.get("TOKEN", "envproxy:API_KEY").await,
+        found(&agent.file_secret)
+    );
+    assert_eq!(
+        agent.get("PASSWORD", &plain_secret).await,
+        Response::Passthrough
+    );
+    let Response::Error(invalid) = agent.get("BROKEN", "vault:secret/data/app").await else {
+        panic!("expected an error for an invalid reference");
+    };
+
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        let event = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("an audit event")
+            .unwrap()
+            .expect("the stream stays open");
+        events.push(event);
+    }
+    let pid = std::process::id() as i32;
+    for event in &events {
+        assert_eq!(event.pid, pid);
+        assert_eq!(event.pod, "");
+        assert_eq!(event.dropped_before, 0);
+        assert!(event.time_unix_ms > 0);
+    }
+    assert_eq!(events[0].variable, "DB");
+    assert_eq!(events[0].reference, DB_REFERENCE);
+    assert_eq!(events[0].decision, "found");
+    assert_eq!(events[0].cache, "miss");
+    assert_eq!(events[1].cache, "hit");
+    assert_eq!(events[2].variable, "TOKEN");
+    assert_eq!(events[2].reference, "envproxy:API_KEY");
+    assert_eq!(events[2].decision, "found");
+    assert_eq!(events[2].cache, "");
+    assert_eq!(events[3].variable, "PASSWORD");
+    assert_eq!(events[3].reference, "", "a plain value is never recorded");
+    assert_eq!(events[3].decision, "passthrough");
+    assert_eq!(events[4].decision, "error");
+    assert_eq!(events[4].reason, invalid);
+
+    let output = format!("{events:?}");
+    for secret in [&agent.vault_secret, &agent.file_secret, &plain_secret] {
+        assert!(!output.contains(secret.as_str()), "{output}");
+    }
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn slow_watcher_loses_events_counted() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start_with(&server, server.root_token(), |config| {
+        config.audit.buffer = 4;
+    })
+    .await;
+    let channel = channel_with_window(&agent.admin_socket, 1024)
+        .await
+        .unwrap();
+    let mut client = pb::admin_client::AdminClient::new(channel);
+    let mut stream = client
+        .watch_audit(pb::WatchAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // The stream is not read while the requests are answered, so once HTTP/2 flow control
+    // stops the server from sending, the stream falls behind and loses events.
+    const REQUESTS: u64 = 20_000;
+    let responses = agent_requests(&agent.socket, &v2("TOKEN", "envproxy:API_KEY"), REQUESTS).await;
+    assert!(responses
+        .iter()
+        .all(|response| *response == found(&agent.file_secret)));
+
+    let mut received = 0;
+    let mut dropped = 0;
+    while received + dropped < REQUESTS {
+        let event = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("an audit event")
+            .unwrap()
+            .unwrap();
+        received += 1;
+        dropped += event.dropped_before;
+    }
+    assert_eq!(
+        received + dropped,
+        REQUESTS,
+        "every event is received or counted"
+    );
+    assert!(dropped > 0, "received {received} of {REQUESTS}");
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let counters = status.counters.unwrap();
+    assert!(counters.audit_events_dropped >= dropped, "{counters:?}");
+    assert_eq!(counters.requests, REQUESTS);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_serve() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+    let channel = channel(&agent.admin_socket).await.unwrap();
+
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "envproxy.admin.v1.Admin"] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            response.status(),
+            ServingStatus::Serving,
+            "service {service:?}"
+        );
+    }
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list, got {response:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"envproxy.admin.v1.Admin"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn health_not_serving_without_vault_login() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, "not-a-valid-token").await;
+    let mut health = HealthClient::new(channel(&agent.admin_socket).await.unwrap());
+    let response = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.status(), ServingStatus::NotServing);
+    let mut client = admin_client(&agent.admin_socket).await;
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.serving);
+    assert!(!status.vault[0].logged_in);
+    agent.stop().await;
+}
+
+/// Runs a Python client as uid 65534 that connects to `socket` and sends the HTTP/2 preface.
+/// Returns the errno name when connecting fails, `closed` when the server closes the
+/// connection without sending anything, else how many bytes it read.
+fn connect_as_nobody(socket: &Path) -> String {
+    use std::os::unix::process::CommandExt;
+    let script = "import socket, sys, errno\n\
+                  s = socket.socket(socket.AF_UNIX)\n\
+                  s.settimeout(10)\n\
+                  try:\n    s.connect(sys.argv[1])\n\
+                  except OSError as e:\n    print(errno.errorcode[e.errno]); sys.exit(0)\n\
+                  try:\n    s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n')\n    data = s.recv(64)\n\
+                  except OSError:\n    data = b''\n\
+                  print('read %d bytes' % len(data) if data else 'closed')\n";
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .arg(socket)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn non_root_uid_cannot_connect() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test must run as root: it runs a client as uid 65534");
+    }
+    let server = start_server(ServerOptions::default()).await;
+    let parent = tempfile::tempdir().unwrap();
+    // Other users may traverse this directory, so only the socket's own mode and the peer
+    // check keep them out.
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let admin_socket = parent.path().join("admin.sock");
+    let agent = TestAgent::start_with(&server, server.root_token(), |config| {
+        config.admin.socket = Some(admin_socket.clone());
+    })
+    .await;
+    assert_eq!(agent.admin_socket, admin_socket);
+
+    let denied = tokio::task::spawn_blocking({
+        let socket = admin_socket.clone();
+        move || connect_as_nobody(&socket)
+    })
+    .await
+    .unwrap();
+    assert_eq!(denied, "EACCES", "the 0600 socket rejects uid 65534");
+
+    // With the socket opened to everyone, the SO_PEERCRED check still closes the connection
+    // before any byte is sent, while the agent's own uid gets the server's HTTP/2 settings.
+    std::fs::set_permissions(&admin_socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let closed = tokio::task::spawn_blocking({
+        let socket = admin_socket.clone();
+        move || connect_as_nobody(&socket)
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, "closed");
+    let mut client = admin_client(&admin_socket).await;
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.mode, "local");
+    agent.stop().await;
+}
+
+/// The agent binary, started with a config file, its stderr collected.
+struct AgentProcess {
+    child: std::process::Child,
+    socket: PathBuf,
+    admin_socket: PathBuf,
+}
+
+impl AgentProcess {
+    fn start(config: &Path, socket: PathBuf, admin_socket: PathBuf) -> AgentProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_envproxy-agent"))
+            .arg("--config")
+            .arg(config)
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        AgentProcess {
+            child,
+            socket,
+            admin_socket,
+        }
+    }
+
+    async fn wait_ready(&self) {
+        eventually("the agent listens", || async {
+            self.socket.exists() && self.admin_socket.exists()
+        })
+        .await;
+    }
+
+    /// Stops the agent with SIGTERM and returns its stderr.
+    fn stop(mut self) -> String {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let output = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        let _ = self.child.wait();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn audit_log_and_reload_in_agent_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = format!("file-{}", random_hex(24));
+    let plain_secret = format!("plain-{}", random_hex(24));
+    std::fs::write(
+        dir.path().join("secrets.json"),
+        json!({ "API_KEY": secret }).to_string(),
+    )
+    .unwrap();
+    let socket = dir.path().join("agent.sock");
+    let admin_socket = dir.path().join("admin/admin.sock");
+    let config = dir.path().join("agent.toml");
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nsocket = \"agent.sock\"\n{extra}\n[backend]\npath = \"secrets.json\"\n\
+                 [admin]\nenabled = true\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_config("");
+    let agent = AgentProcess::start(&config, socket.clone(), admin_socket.clone());
+    agent.wait_ready().await;
+
+    let before = agent_request(&socket, &v2("BEFORE", "envproxy:API_KEY")).await;
+    assert_eq!(before, found(&secret));
+
+    let mut client = admin_client(&admin_socket).await;
+    write_config("max_connections = 7\n[audit]\nlog = true");
+    let reloaded = client
+        .reload_config(pb::ReloadConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reloaded.applied, ["[audit] log"]);
+    assert_eq!(reloaded.restart_required, ["[agent] max_connections"]);
+    assert!(reloaded.warnings.is_empty(), "{reloaded:?}");
+
+    let after = agent_request(&socket, &v2("AFTER", "envproxy:API_KEY")).await;
+    assert_eq!(after, found(&secret));
+    let plain = agent_request(&socket, &v2("PLAIN", &plain_secret)).await;
+    assert_eq!(plain, Response::Passthrough);
+
+    std::fs::write(&config, "[agent\n").unwrap();
+    let broken = client
+        .reload_config(pb::ReloadConfigRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(broken.code(), tonic::Code::InvalidArgument);
+    assert!(broken.message().contains("invalid TOML"), "{broken:?}");
+    assert!(broken.message().contains("agent.toml"), "{broken:?}");
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.counters.unwrap().requests,
+        3,
+        "the agent still serves"
+    );
+    drop(client);
+
+    let stderr = agent.stop();
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).expect("each audit line is JSON"))
+        .collect();
+    assert_eq!(events.len(), 2, "{stderr}");
+    assert_eq!(events[0]["variable"], "AFTER");
+    assert_eq!(events[0]["reference"], "envproxy:API_KEY");
+    assert_eq!(events[0]["decision"], "found");
+    assert!(events[0]["pid"].as_i64().unwrap() > 0);
+    assert!(events[0]["latency_us"].is_u64());
+    assert_eq!(events[1]["variable"], "PLAIN");
+    assert_eq!(events[1]["reference"], "");
+    assert_eq!(events[1]["decision"], "passthrough");
+    assert!(!stderr.contains(&secret), "{stderr}");
+    assert!(!stderr.contains(&plain_secret), "{stderr}");
+}

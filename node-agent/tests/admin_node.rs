@@ -1,0 +1,564 @@
+//! The admin API of a node-mode agent against the kube and Vault test servers. Health follows
+//! the pod watch. Processes in real pod cgroups send allowed and denied requests, which show up
+//! as audit events, workloads and cache entries, and Vault's request count proves a flush by
+//! pod.
+//!
+//! These tests must run as root: they create cgroups and mount namespaces.
+
+mod admin_support;
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use admin_support::*;
+use envproxy_admin_proto::v1 as pb;
+use envproxy_agent::vault::VaultEnvironment;
+use envproxy_agent::{Agent, Config};
+use envproxy_kube_test_server::{KubeTestServer, Rule, ServerOptions as KubeOptions};
+use envproxy_proto::Response;
+use envproxy_vault_test_server::{
+    Capability, KubernetesRole, Policy, ServerOptions as VaultOptions, VaultTestServer,
+};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const NODE: &str = "node-admin";
+const AUDIENCE: &str = "vault";
+const SECRET_PATH: &str = "secret/data/team-a/config";
+const REFERENCE: &str = "vault:secret/data/team-a/config#password";
+/// A reference that the pod's spec does not declare.
+const UNDECLARED_REFERENCE: &str = "vault:secret/data/team-a/other#password";
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test must run as root: it creates cgroups and mount namespaces"
+    );
+}
+
+fn random_uid() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Returns the mount point of the cgroup v2 file system.
+fn cgroup2_mount() -> PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        if after.split(' ').next() == Some("cgroup2") {
+            return PathBuf::from(before.split(' ').nth(4).unwrap());
+        }
+    }
+    panic!("no cgroup2 file system is mounted, so node mode cannot be tested here");
+}
+
+/// Cgroups of test pods under a private subtree, removed at drop.
+struct Cgroups {
+    root: PathBuf,
+    created: Vec<PathBuf>,
+}
+
+impl Cgroups {
+    fn new() -> Cgroups {
+        let root = cgroup2_mount().join(format!("envproxy-admin-{}", random_hex(8)));
+        fs::create_dir(&root).unwrap();
+        Cgroups {
+            root: root.clone(),
+            created: vec![root],
+        }
+    }
+
+    /// Creates the systemd-style container cgroup of `pod_uid` and returns its path.
+    fn container(&mut self, pod_uid: &str, container_id: &str) -> PathBuf {
+        let underscored = pod_uid.replace('-', "_");
+        let parts = [
+            "kubepods.slice".to_string(),
+            "kubepods-besteffort.slice".to_string(),
+            format!("kubepods-besteffort-pod{underscored}.slice"),
+            format!("cri-containerd-{container_id}.scope"),
+        ];
+        let mut path = self.root.clone();
+        for part in parts {
+            path.push(part);
+            if !path.exists() {
+                fs::create_dir(&path).unwrap();
+                self.created.push(path.clone());
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for path in self.created.iter().rev() {
+            // A cgroup can be removed once its processes have exited.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while fs::remove_dir(path).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A node-mode agent on the current runtime, with the kube and Vault test servers.
+struct Node {
+    kube: KubeTestServer,
+    vault: VaultTestServer,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    admin_socket: PathBuf,
+    token_mount: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts the servers; with `kube_down`, the kube test server rejects every request with
+    /// 503 until [`KubeTestServer::set_unavailable`] turns it back on.
+    async fn start(kube_down: bool) -> Node {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let kube = KubeTestServer::start(KubeOptions::default()).await.unwrap();
+        kube.set_unavailable(kube_down);
+        let vault = VaultTestServer::start(VaultOptions::default())
+            .await
+            .unwrap();
+        let root = vault.root();
+        root.enable_kubernetes_auth("kubernetes", None);
+        root.set_policy(
+            "team-a-read",
+            Policy::new().allow("secret/data/team-a/*", &[Capability::Read]),
+        );
+        root.add_kubernetes_role(
+            "kubernetes",
+            "app-a",
+            KubernetesRole::new(&["app-a"], &["team-a"], &["team-a-read"]),
+        )
+        .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let token_mount = dir.path().join("token-mount");
+        fs::create_dir(&token_mount).unwrap();
+        let agent_token = format!("agent-{}", random_hex(16));
+        kube.register_token(
+            &agent_token,
+            "system:serviceaccount:envproxy:agent",
+            vec![Rule::new(&["list", "watch", "get"], &["pods"])],
+        );
+        let kubeconfig = dir.path().join("kubeconfig");
+        fs::write(&kubeconfig, kube.kubeconfig(&agent_token)).unwrap();
+        let socket = dir.path().join("node/agent.sock");
+        let config_path = dir.path().join("agent.toml");
+        let text = format!(
+            "[agent]\nmode = \"node\"\nsocket = {socket:?}\n\
+             [node]\nname = \"{NODE}\"\nkubeconfig = {kubeconfig:?}\n\
+             token_path = {token:?}\ntoken_audience = \"{AUDIENCE}\"\npod_wait_ms = 1000\n\
+             [vault]\naddress = \"{address}\"\n",
+            token = token_mount.join("token"),
+            address = vault.url(),
+        );
+        let config =
+            Config::parse_with(&text, &config_path, &VaultEnvironment::default(), None).unwrap();
+        let agent = Agent::bind(config).await.unwrap();
+        let admin_socket = agent.admin_socket_path().unwrap().to_path_buf();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(agent.serve(async {
+            let _ = stopped.await;
+        }));
+        Node {
+            kube,
+            vault,
+            dir,
+            socket,
+            admin_socket,
+            token_mount,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("agent stops")
+                .unwrap();
+        }
+    }
+
+    async fn health(&self) -> ServingStatus {
+        let mut health = HealthClient::new(channel(&self.admin_socket).await.unwrap());
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    }
+}
+
+/// One test pod: its cgroup and the directory that contains its projected token.
+struct TestPod {
+    cgroup: PathBuf,
+    token_dir: PathBuf,
+}
+
+/// Adds pod `team-a/<name>` of service account `app-a` on the node, opted in, with container
+/// `app` that declares `DB_PASSWORD` as [`REFERENCE`], and writes its projected token.
+fn add_pod(node: &Node, cgroups: &mut Cgroups, name: &str) -> TestPod {
+    let uid = random_uid();
+    let container_id = random_hex(64);
+    let object: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "team-a",
+            "uid": uid,
+            "annotations": {"envproxy.dev/inject": "true"},
+        },
+        "spec": {
+            "nodeName": NODE,
+            "serviceAccountName": "app-a",
+            "containers": [{
+                "name": "app",
+                "image": "app:1",
+                "env": [{"name": "DB_PASSWORD", "value": REFERENCE}],
+            }],
+        },
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [{
+                "name": "app",
+                "image": "app:1",
+                "imageID": "",
+                "ready": true,
+                "restartCount": 0,
+                "containerID": format!("containerd://{container_id}"),
+            }],
+        },
+    }))
+    .unwrap();
+    node.kube.add_service_account("team-a", "app-a");
+    node.kube.apply_pod(object).unwrap();
+    let token_dir = node.dir.path().join(format!("pods/{name}"));
+    fs::create_dir_all(&token_dir).unwrap();
+    let token = node
+        .kube
+        .mint_projected_token("team-a", name, AUDIENCE, Duration::from_secs(3600))
+        .unwrap();
+    fs::write(token_dir.join("token"), token).unwrap();
+    TestPod {
+        cgroup: cgroups.container(&uid, &container_id),
+        token_dir,
+    }
+}
+
+/// A Python client of the agent's wire protocol: sends a v2 request per `NAME=VALUE` argument
+/// over one connection and prints `status` and the payload length for each.
+const CLIENT: &str = "import socket, struct, sys\n\
+s = socket.socket(socket.AF_UNIX)\n\
+s.settimeout(15)\n\
+s.connect(sys.argv[1])\n\
+def read(n):\n    data = b''\n    while len(data) < n:\n        chunk = s.recv(n - len(data))\n        if not chunk:\n            raise SystemExit('connection closed')\n        data += chunk\n    return data\n\
+for pair in sys.argv[2:]:\n    name, value = (part.encode() for part in pair.split('=', 1))\n    s.sendall(bytes([2]) + struct.pack('>H', len(name)) + name + struct.pack('>H', len(value)) + value)\n    status, length = struct.unpack('>BH', read(3))\n    read(length)\n    print(status, length)\n";
+
+/// Runs [`CLIENT`] in `pod`'s container cgroup with the pod's token directory mounted at the
+/// token mount point, and returns the response statuses.
+fn request_in_pod(node: &Node, pod: &TestPod, pairs: &[(&str, &str)]) -> Vec<u8> {
+    let c_path = |path: &Path| CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let procs = c_path(&pod.cgroup.join("cgroup.procs"));
+    let source = c_path(&pod.token_dir);
+    let target = c_path(&node.token_mount);
+    let mut command = Command::new("python3");
+    command
+        .args(["-c", CLIENT])
+        .arg(&node.socket)
+        .args(pairs.iter().map(|(name, value)| format!("{name}={value}")))
+        .stdin(Stdio::null());
+    // SAFETY: the closure runs between fork and exec and makes only system calls, on strings
+    // built before the fork.
+    unsafe {
+        command.pre_exec(move || enter_pod(&procs, &source, &target));
+    }
+    let output = command.output().expect("run python3");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.split(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`, and bind-mounts
+/// `source` over `target` in a new private mount namespace.
+fn enter_pod(procs: &CString, source: &CString, target: &CString) -> std::io::Result<()> {
+    // SAFETY: plain system calls on NUL-terminated strings that outlive them.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+        libc::close(fd);
+        if written != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+const FOUND: u8 = 0;
+const ERROR: u8 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_kube_watch() {
+    require_root();
+    let node = Node::start(true).await;
+    assert_eq!(node.health().await, ServingStatus::NotServing);
+    let mut client = admin_client(&node.admin_socket).await;
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.mode, "node");
+    assert_eq!(status.node, NODE);
+    assert!(!status.kube_watch_synced);
+    assert!(!status.serving);
+
+    node.kube.set_unavailable(false);
+    eventually("health is SERVING after the first list", || async {
+        node.health().await == ServingStatus::Serving
+    })
+    .await;
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.kube_watch_synced);
+    assert!(status.kube_watch_connected);
+
+    node.kube.set_unavailable(true);
+    eventually(
+        "health is NOT_SERVING while the API server is down",
+        || async { node.health().await == ServingStatus::NotServing },
+    )
+    .await;
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.kube_watch_synced, "the first list stays delivered");
+    assert!(!status.kube_watch_connected);
+
+    node.kube.set_unavailable(false);
+    eventually("health is SERVING again", || async {
+        node.health().await == ServingStatus::Serving
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denial_outside_pod_is_audited() {
+    require_root();
+    let node = Node::start(false).await;
+    let mut client = admin_client(&node.admin_socket).await;
+    let mut stream = client
+        .watch_audit(pb::WatchAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    let response = agent_request(&node.socket, &v2("DB_PASSWORD", REFERENCE)).await;
+    let Response::Error(message) = response else {
+        panic!("expected a denial, got {response:?}");
+    };
+    assert!(message.contains("outside any Kubernetes pod"), "{message}");
+
+    let event = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.decision, "denied");
+    assert_eq!(event.reason, "outside_pod");
+    assert_eq!(event.pid, std::process::id() as i32);
+    assert_eq!(event.pod, "");
+    assert_eq!(event.variable, "DB_PASSWORD");
+    assert_eq!(event.reference, REFERENCE);
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.counters.unwrap().denials, 1);
+    let workloads = client
+        .list_workloads(pb::ListWorkloadsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(workloads.workloads.is_empty(), "{workloads:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_requests_audited_listed_and_flushed() {
+    require_root();
+    let node = Node::start(false).await;
+    let mut cgroups = Cgroups::new();
+    let secret = format!("pw-{}", random_hex(24));
+    node.vault
+        .root()
+        .kv2_put("secret", "team-a/config", json!({"password": secret}))
+        .unwrap();
+    let pod = add_pod(&node, &mut cgroups, "web-a");
+    let mut client = admin_client(&node.admin_socket).await;
+    let mut stream = client
+        .watch_audit(pb::WatchAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    let statuses = tokio::task::block_in_place(|| {
+        request_in_pod(
+            &node,
+            &pod,
+            &[
+                ("DB_PASSWORD", REFERENCE),
+                ("UNDECLARED", UNDECLARED_REFERENCE),
+            ],
+        )
+    });
+    assert_eq!(statuses, [FOUND, ERROR]);
+    let reads = || node.vault.request_count("GET", SECRET_PATH);
+    assert_eq!(reads(), 1);
+
+    let mut events = Vec::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        events.push(event);
+    }
+    for event in &events {
+        assert_eq!(event.pod, "team-a/web-a");
+        assert_eq!(event.container, "app");
+        assert!(event.pid > 0);
+        assert_ne!(event.pid, std::process::id() as i32);
+    }
+    assert_eq!(events[0].variable, "DB_PASSWORD");
+    assert_eq!(events[0].reference, REFERENCE);
+    assert_eq!(events[0].decision, "found");
+    assert_eq!(events[0].cache, "miss");
+    assert_eq!(events[0].reason, "");
+    assert_eq!(events[1].variable, "UNDECLARED");
+    assert_eq!(events[1].reference, UNDECLARED_REFERENCE);
+    assert_eq!(events[1].decision, "denied");
+    assert_eq!(events[1].reason, "reference_not_declared");
+    assert!(!format!("{events:?}").contains(&secret));
+
+    let workloads = client
+        .list_workloads(pb::ListWorkloadsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workloads;
+    assert_eq!(workloads.len(), 1, "{workloads:?}");
+    let workload = &workloads[0];
+    assert_eq!(workload.namespace, "team-a");
+    assert_eq!(workload.pod, "web-a");
+    assert_eq!(workload.container, "app");
+    assert_eq!(workload.service_account, "app-a");
+    assert_eq!(workload.vault_role, "app-a");
+    assert_eq!(workload.requests, 2);
+    assert_eq!(workload.denials, 1);
+    assert!(workload.pod_present);
+    assert!(workload.last_request_unix_ms >= events[1].time_unix_ms);
+
+    let entries = client
+        .list_cache_entries(pb::ListCacheEntriesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].path, SECRET_PATH);
+    assert!(entries[0].identity.contains("team-a/app-a"), "{entries:?}");
+    assert!(!format!("{entries:?}").contains(&secret));
+
+    let statuses =
+        tokio::task::block_in_place(|| request_in_pod(&node, &pod, &[("DB_PASSWORD", REFERENCE)]));
+    assert_eq!(statuses, [FOUND]);
+    assert_eq!(reads(), 1, "the second read is served from the cache");
+
+    let flushed = client
+        .flush(pb::FlushRequest {
+            target: Some(pb::flush_request::Target::Pod("team-a/web-a".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(flushed.entries_flushed, 1);
+    let statuses =
+        tokio::task::block_in_place(|| request_in_pod(&node, &pod, &[("DB_PASSWORD", REFERENCE)]));
+    assert_eq!(statuses, [FOUND]);
+    assert_eq!(reads(), 2, "the request after the flush reads Vault");
+
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.pods_watched, 1);
+    assert_eq!(status.vault.len(), 1);
+    assert!(status.vault[0].logged_in);
+    assert!(status.vault[0].identity.contains("team-a/app-a"));
+    node.stop().await;
+}

@@ -1,0 +1,126 @@
+//! Helpers shared by the admin API tests: a gRPC channel over the admin Unix socket and the
+//! agent's wire protocol.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use envproxy_admin_proto::v1::admin_client::AdminClient;
+use envproxy_proto::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Maximum wait for one response or for a state change.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Opens a gRPC channel over the Unix socket at `path`.
+pub async fn channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    // The URI is required by the endpoint but never resolved: the connector dials the socket.
+    connect(Endpoint::try_from("http://admin.invalid")?, path).await
+}
+
+/// Opens a gRPC channel whose HTTP/2 flow control windows are `window` bytes, so a server
+/// stream that the client does not read stalls early.
+pub async fn channel_with_window(
+    path: &Path,
+    window: u32,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::try_from("http://admin.invalid")?
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window);
+    connect(endpoint, path).await
+}
+
+async fn connect(endpoint: Endpoint, path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path: PathBuf = path.to_path_buf();
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+}
+
+/// Returns an admin client on the socket at `path`.
+pub async fn admin_client(path: &Path) -> AdminClient<Channel> {
+    AdminClient::new(channel(path).await.expect("connect to the admin socket"))
+}
+
+/// Sends one request over the agent socket at `socket` and returns the response.
+pub async fn agent_request(socket: &Path, request: &Request) -> Response {
+    let mut stream = UnixStream::connect(socket).await.unwrap();
+    let mut frame = Vec::new();
+    request.encode(&mut frame).unwrap();
+    stream.write_all(&frame).await.unwrap();
+    let mut header = [0u8; 3];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut header))
+        .await
+        .expect("timed out waiting for a response")
+        .unwrap();
+    let len = u16::from_be_bytes([header[1], header[2]]) as usize;
+    let mut frame = header.to_vec();
+    frame.resize(3 + len, 0);
+    stream.read_exact(&mut frame[3..]).await.unwrap();
+    Response::decode(&frame).unwrap().unwrap().0
+}
+
+/// Sends `request` `count` times over one connection to the agent socket at `socket`, each
+/// after the previous response, and returns the responses.
+pub async fn agent_requests(socket: &Path, request: &Request, count: u64) -> Vec<Response> {
+    let mut stream = UnixStream::connect(socket).await.unwrap();
+    let mut frame = Vec::new();
+    request.encode(&mut frame).unwrap();
+    let mut responses = Vec::new();
+    for _ in 0..count {
+        stream.write_all(&frame).await.unwrap();
+        let mut header = [0u8; 3];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut header))
+            .await
+            .expect("timed out waiting for a response")
+            .unwrap();
+        let len = u16::from_be_bytes([header[1], header[2]]) as usize;
+        let mut response = header.to_vec();
+        response.resize(3 + len, 0);
+        stream.read_exact(&mut response[3..]).await.unwrap();
+        responses.push(Response::decode(&response).unwrap().unwrap().0);
+    }
+    responses
+}
+
+/// Builds a v2 request for variable `name` whose environment value is `value`.
+pub fn v2(name: &str, value: &str) -> Request {
+    Request::V2 {
+        key: name.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+/// Returns a random hexadecimal string of `len` characters.
+pub fn random_hex(len: usize) -> String {
+    let mut bytes = vec![0u8; len.div_ceil(2)];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut bytes))
+        .unwrap();
+    let mut text: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    text.truncate(len);
+    text
+}
+
+/// Polls `condition` every 50 ms until it returns true or [`WAIT`] has passed.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
