@@ -76,13 +76,13 @@ pub(crate) struct NodeConnection {
     /// The caller's pod and container from its cgroup.
     pod_container: PodContainer,
     attested: Option<Arc<Attested>>,
-    /// What earlier requests of this connection established for its current attestation.
+    /// Results of earlier requests of this connection, for its current attestation.
     memo: Option<Memo>,
     /// Releases the connection's place in its pod's connection count when dropped.
     _slot: PodSlot,
 }
 
-/// What a connection remembers for one attestation of its pod, so later requests skip the
+/// Memo of a connection for one attestation of its pod, so later requests skip the
 /// policy check and the session lookup. It is dropped when the pod's object changes.
 struct Memo {
     attested: Arc<Attested>,
@@ -201,7 +201,7 @@ pub(crate) struct PodSlot {
 }
 
 impl PodSlots {
-    /// Takes a place for pod `pod_uid` unless it already holds `limit` connections.
+    /// Takes a place for pod `pod_uid` unless it already has `limit` connections open.
     fn take(&self, pod_uid: &str, limit: usize) -> Option<PodSlot> {
         let mut open = self.open.lock().unwrap_or_else(|err| err.into_inner());
         let count = open.entry(pod_uid.to_string()).or_default();
@@ -562,8 +562,8 @@ async fn vault_lookup(
     let session = match &connection.memo(attested).session {
         Some(session) => {
             // The kubelet rotates projected tokens, so the stored one can near its expiry
-            // while this connection stays open; the caller's current token replaces it for
-            // the next login.
+            // while this connection stays open. The caller's current token then replaces it
+            // for the next login.
             if !session.jwt.is_fresh(TOKEN_REFRESH_MARGIN) {
                 let jwt = Arc::clone(&session.jwt);
                 let (token, expires_at) = checked_token(context, connection, attested).await?;
