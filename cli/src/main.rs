@@ -4,6 +4,7 @@
 //!   `libenvproxy.so` preloaded, served by a running agent or one inside this process.
 //! - `get`: print one value from the agent.
 //! - `status`: show whether an agent responds and how it is set up.
+//! - `completions`: print a shell completion script.
 
 mod child;
 mod client;
@@ -16,7 +17,8 @@ mod status;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 
 #[derive(Debug, Parser)]
 #[command(name = "envproxy", version, about)]
@@ -36,6 +38,13 @@ enum Command {
     Get(get::GetArgs),
     /// Show the agent's status (exit 1: no agent responds).
     Status(status::StatusArgs),
+    /// Print the completion script for a shell, for example
+    /// `envproxy completions bash > /etc/bash_completion.d/envproxy`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +63,15 @@ fn main() -> ExitCode {
         }),
         Command::Get(args) => get::run(args),
         Command::Status(args) => status::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "envproxy",
+                &mut std::io::stdout(),
+            );
+            0
+        }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
 }

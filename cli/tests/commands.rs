@@ -822,3 +822,24 @@ fn run_removes_directory_on_early_signal() {
         assert!(left.is_empty(), "{signal}: left behind {left:?}");
     }
 }
+
+#[test]
+fn completions_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = output_of(envproxy(&["completions", shell]));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{shell}: {}",
+            text(&output.stderr)
+        );
+        let script = text(&output.stdout);
+        assert!(script.contains("envproxy"), "{shell}: {script}");
+        for subcommand in ["run", "get", "status", "completions"] {
+            assert!(script.contains(subcommand), "{shell}: no {subcommand}");
+        }
+    }
+    let output = output_of(envproxy(&["completions", "tcsh"]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("possible values"));
+}
