@@ -41,6 +41,7 @@ mod agent;
 pub mod backend;
 pub mod config;
 mod connection;
+mod expiry;
 mod handler;
 pub mod http_backend;
 pub mod limits;

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use envproxy_proto::SecretBytes;
 use moka::future::Cache;
-use moka::Expiry;
+
+use crate::expiry::{Deadlines, ExpireAt};
 
 use super::client::Fetched;
 use super::error::HttpError;
@@ -60,51 +61,13 @@ pub(crate) struct ValueCache {
     last_error: Mutex<Option<String>>,
 }
 
-/// Expires a `fresh` entry at its `fresh_until`.
-struct FreshExpiry;
-
-impl Expiry<String, Arc<CachedValue>> for FreshExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<CachedValue>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.fresh_until.saturating_duration_since(created_at))
+impl Deadlines for CachedValue {
+    fn fresh_until(&self) -> Instant {
+        self.fresh_until
     }
 
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Arc<CachedValue>,
-        updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.fresh_until.saturating_duration_since(updated_at))
-    }
-}
-
-/// Expires a `last_good` entry at its `stale_until`.
-struct LastGoodExpiry;
-
-impl Expiry<String, Arc<CachedValue>> for LastGoodExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<CachedValue>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.stale_until.saturating_duration_since(created_at))
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Arc<CachedValue>,
-        updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.stale_until.saturating_duration_since(updated_at))
+    fn stale_until(&self) -> Instant {
+        self.stale_until
     }
 }
 
@@ -113,11 +76,11 @@ impl ValueCache {
         ValueCache {
             fresh: Cache::builder()
                 .max_capacity(max_entries)
-                .expire_after(FreshExpiry)
+                .expire_after(ExpireAt::Fresh)
                 .build(),
             last_good: Cache::builder()
                 .max_capacity(max_entries)
-                .expire_after(LastGoodExpiry)
+                .expire_after(ExpireAt::Stale)
                 .build(),
             cache_ttl,
             max_stale,

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use moka::Expiry;
+
+use crate::expiry::{Deadlines, ExpireAt};
 
 use super::error::VaultError;
 use super::read::{ReadResult, ReadTarget, SecretData};
@@ -101,49 +102,13 @@ pub(crate) struct SecretCache {
     last_error: Mutex<Option<String>>,
 }
 
-struct FreshExpiry;
-
-impl Expiry<CacheKey, Arc<CachedSecret>> for FreshExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<CachedSecret>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.fresh_until.saturating_duration_since(created_at))
+impl Deadlines for CachedSecret {
+    fn fresh_until(&self) -> Instant {
+        self.fresh_until
     }
 
-    fn expire_after_update(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<CachedSecret>,
-        updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.fresh_until.saturating_duration_since(updated_at))
-    }
-}
-
-struct LastGoodExpiry;
-
-impl Expiry<CacheKey, Arc<CachedSecret>> for LastGoodExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<CachedSecret>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.stale_until.saturating_duration_since(created_at))
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<CachedSecret>,
-        updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.stale_until.saturating_duration_since(updated_at))
+    fn stale_until(&self) -> Instant {
+        self.stale_until
     }
 }
 
@@ -152,11 +117,11 @@ impl SecretCache {
         SecretCache {
             fresh: Cache::builder()
                 .max_capacity(max_entries)
-                .expire_after(FreshExpiry)
+                .expire_after(ExpireAt::Fresh)
                 .build(),
             last_good: Cache::builder()
                 .max_capacity(max_entries)
-                .expire_after(LastGoodExpiry)
+                .expire_after(ExpireAt::Stale)
                 .build(),
             cache_ttl,
             max_stale,
