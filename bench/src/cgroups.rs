@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 /// Maximum wait for a cgroup to become empty and removable after its processes have exited.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Fails unless this process runs as root, with a message that says why `what` (plural) need
+/// Fails unless this process runs as root, with a message that explains why `what` (plural) need
 /// root.
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid(2) has no arguments and cannot fail.

@@ -22,7 +22,7 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// The one container of every test pod.
 const CONTAINER: &str = "app";
 
-/// What the pods of one workload share: namespace, service account, annotations and the env of
+/// Settings the pods of one workload share: namespace, service account, annotations and the env of
 /// their container.
 pub struct Workload<'a> {
     /// Pod names are `<name>-<index>`.
@@ -48,7 +48,7 @@ pub struct NodeCluster {
     kube: KubeServer,
     cgroups: Cgroups,
     dir: PathBuf,
-    /// Where every pod's processes find their token: an empty directory outside any pod.
+    /// Token mount point of every pod's processes: an empty directory outside any pod.
     token_mount: PathBuf,
     kubeconfig: PathBuf,
 }

@@ -1,5 +1,5 @@
-//! The Vault that benchmarks 7 and 8 and the node-mode benchmarks read through the agent: the
-//! in-repo Vault test server, on a Tokio runtime of its own inside this process, so that the
+//! The Vault that benchmarks 7 and 8 and the node-mode benchmarks read through the agent. It is
+//! the in-repo Vault test server, on a Tokio runtime of its own inside this process, so the
 //! benchmark can count the requests that reach it.
 
 use std::path::{Path, PathBuf};

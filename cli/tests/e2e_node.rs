@@ -1,8 +1,8 @@
 //! End-to-end tests of node mode. They run as root, with real parts wherever they exist: the
 //! `envproxy-agent` binary in node mode, `kubepods` cgroups that the test creates under the
-//! machine's cgroup v2 tree, C and Python programs under `libenvproxy.so`, a mount namespace
-//! per test pod that contains that pod's projected token, and the in-repo kube API and Vault
-//! test servers in place of a cluster.
+//! machine's cgroup v2 tree, and C and Python programs under `libenvproxy.so`. Each test pod
+//! gets a mount namespace that contains its projected token. The in-repo kube API and Vault
+//! test servers stand in for a cluster.
 //!
 //! Run as another user, every test fails with a message saying why.
 
@@ -885,13 +885,13 @@ fn opt_out_applies_to_running_processes() {
 /// `silent`.
 const CONNECTION_FLOOD: &str = r#"
 import socket, sys
-held = []
+connections = []
 for _ in range(int(sys.argv[2])):
     s = socket.socket(socket.AF_UNIX)
     s.connect(sys.argv[1])
     s.settimeout(1.0)
-    held.append(s)
-for s in held:
+    connections.append(s)
+for s in connections:
     try:
         reply = s.recv(4096)
         print("closed" if not reply else reply[3:].decode("utf-8", "replace"))

@@ -8,9 +8,9 @@ use moka::Expiry;
 
 /// A cached value with the two deadlines of its entries.
 pub(crate) trait Deadlines {
-    /// The end of the time the value is served without asking the backend.
+    /// Returns the end of the time the value is served without asking the backend.
     fn fresh_until(&self) -> Instant;
-    /// The end of the time the value is served while the backend is unavailable.
+    /// Returns the end of the time the value is served while the backend is unavailable.
     fn stale_until(&self) -> Instant;
 }
 

@@ -18,7 +18,7 @@ const SOCKET_MODE: u32 = 0o600;
 const SHARED_DIRECTORY_MODE: u32 = 0o755;
 const SHARED_SOCKET_MODE: u32 = 0o666;
 
-/// Who may connect to the socket.
+/// Access to the socket: which users may connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// Only the agent's user: directory 0700, socket 0600 (local mode).

@@ -409,7 +409,7 @@ async fn slow_watcher_loses_events_counted() {
         .await
         .unwrap()
         .into_inner();
-    // The stream is not read while the requests are answered, so once HTTP/2 flow control
+    // The stream is not read while the agent responds to the requests, so once HTTP/2 flow control
     // stops the server from sending, the stream falls behind and loses events.
     const REQUESTS: u64 = 20_000;
     let responses = agent_requests(&agent.socket, &v2("TOKEN", "envproxy:API_KEY"), REQUESTS).await;

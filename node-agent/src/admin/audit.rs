@@ -196,7 +196,7 @@ impl AuditLog {
                     ),
                 }
             }
-            // The thread sees the flag at its next event and ends.
+            // The thread reads the flag at its next event and ends.
             (false, Some(running)) => running.store(true, Ordering::Relaxed),
             (false, None) => {}
         }

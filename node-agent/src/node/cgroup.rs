@@ -117,7 +117,7 @@ pub fn parse_cgroup_path(path: &str) -> Option<PodContainer> {
             continue;
         };
 
-        // The pod's cgroup itself holds the process, or the next component is a container.
+        // The pod's cgroup itself contains the process, or the next component is a container.
         // Deeper components are sub-cgroups that the container created inside its own.
         let container_id = match components.get(index + 1) {
             None => None,

@@ -32,7 +32,7 @@ pub const MAX_POD_WAIT: Duration = Duration::from_secs(60);
 /// Audience of the projected token when `token_audience` is not set.
 pub const DEFAULT_TOKEN_AUDIENCE: &str = "vault";
 
-/// Where the agent gets the service account token a pod logs in to Vault with.
+/// Source of the service account token a pod logs in to Vault with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenSource {
     /// The projected token in the calling container, at `token_path`: the agent needs no
@@ -64,7 +64,7 @@ pub struct NodeSettings {
     pub token_audience: String,
     /// Vault addresses that the `envproxy.dev/vault-addr` annotation may select.
     pub vault_addr_allowlist: Vec<String>,
-    /// Where pod tokens come from.
+    /// Source of pod tokens.
     pub token_source: TokenSource,
     /// Connections one pod may hold open at once.
     pub max_connections_per_pod: usize,

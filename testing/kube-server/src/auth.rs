@@ -12,8 +12,9 @@ use crate::status::ApiError;
 pub struct Rule {
     pub verbs: Vec<String>,
     pub resources: Vec<String>,
-    /// `None` grants the rule in every namespace and at the cluster scope, as a ClusterRole
-    /// bound with a ClusterRoleBinding does; `Some` grants it only in these namespaces.
+    /// Namespaces of the grant. `None` grants the rule in every namespace and at the cluster
+    /// scope, as a ClusterRole bound with a ClusterRoleBinding does. `Some` grants it only in
+    /// these namespaces.
     pub namespaces: Option<Vec<String>>,
 }
 

@@ -79,7 +79,7 @@ impl SigningKey {
     }
 }
 
-/// What a bound service account token names: the pod, its node and its service account.
+/// Objects a bound service account token names: the pod, its node and its service account.
 #[derive(Clone, Debug)]
 pub(crate) struct TokenBinding {
     pub(crate) namespace: String,

@@ -18,7 +18,7 @@ use crate::status::ApiError;
 /// Watch events buffered per watcher before a slow one is disconnected.
 const WATCH_BUFFER: usize = 1024;
 
-/// What happened to a pod.
+/// Change to a pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum EventType {
     Added,
@@ -162,7 +162,7 @@ impl ServerState {
             previous,
         });
         self.history.push_back(event.clone());
-        // No receivers is fine: nobody is watching.
+        // A send without receivers fails harmlessly, because no watch is open.
         let _ = self.events.send(event);
     }
 

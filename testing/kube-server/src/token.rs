@@ -16,7 +16,7 @@ const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 /// The shortest lifetime the API server accepts: 10 minutes.
 const MIN_EXPIRATION_SECONDS: i64 = 600;
 
-/// The longest lifetime the API server accepts: 2^32 seconds.
+/// Maximum lifetime the API server accepts: 2^32 seconds.
 const MAX_EXPIRATION_SECONDS: i64 = 1 << 32;
 
 /// Issues a token for service account `name`, bound to the pod that `boundObjectRef` names.
@@ -55,8 +55,8 @@ pub(crate) fn create(
     }
     let audiences = audiences.clone();
 
-    // NOTE: only tokens bound to a pod are issued; the API server also binds to Secrets and
-    // Nodes, and issues unbound tokens, which EnvProxy does not request.
+    // NOTE: only tokens bound to a pod are issued. The API server also binds tokens to Secrets
+    // and Nodes and issues unbound ones, but EnvProxy requests neither.
     let Some(bound) = spec.bound_object_ref.as_ref() else {
         return Err(ApiError::bad_request(
             "spec.boundObjectRef is required by this test server (kind Pod)",

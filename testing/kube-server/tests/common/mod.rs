@@ -28,7 +28,7 @@ pub async fn start_with(options: ServerOptions) -> KubeTestServer {
     KubeTestServer::start(options).await.expect("server starts")
 }
 
-/// A pod in `namespace` on `node` with service account `app`.
+/// Builds a pod in `namespace` on `node` with service account `app`.
 pub fn pod(namespace: &str, name: &str, node: &str) -> Pod {
     Pod {
         metadata: ObjectMeta {
