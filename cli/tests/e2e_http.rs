@@ -65,16 +65,14 @@ impl Api {
     }
 }
 
-/// `envproxy run --config CONFIG -- PROGRAM`, with the source tree's hooks, which the library
-/// finds by itself only when the build directory is inside the source tree.
+/// `envproxy run --config CONFIG -- PROGRAM`, with the source tree's hooks.
 fn run_with_config(world: &World, config: &Path, program: impl AsRef<OsStr>) -> Command {
     let mut command = envproxy_run(
         world,
         &[OsStr::new("--config"), config.as_os_str()],
         program,
     );
-    let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks");
-    command.env("ENVPROXY_HOOKS_DIR", hooks);
+    command.env("ENVPROXY_HOOKS_DIR", source_hooks_dir());
     command
 }
 

@@ -39,6 +39,13 @@ pub fn library() -> PathBuf {
     artifact("libenvproxy.so")
 }
 
+/// The source tree's runtime hooks. The library finds them by itself only when the build
+/// directory is inside the source tree, so tests that need a hook set `ENVPROXY_HOOKS_DIR` to
+/// this path and also pass with `CARGO_TARGET_DIR` elsewhere.
+pub fn source_hooks_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks")
+}
+
 pub fn agent_binary() -> PathBuf {
     artifact("envproxy-agent")
 }
