@@ -4,8 +4,10 @@
 //!   `libenvproxy.so` preloaded, served by a running agent or one inside this process.
 //! - `get`: print one value from the agent.
 //! - `status`: show whether an agent responds and how it is set up.
+//! - `admin`: the agent's admin API: status, workloads, cache, flush, audit events, reload.
 //! - `completions`: print a shell completion script.
 
+mod admin;
 mod child;
 mod client;
 mod embedded;
@@ -38,6 +40,13 @@ enum Command {
     Get(get::GetArgs),
     /// Show the agent's status (exit 1: no agent responds).
     Status(status::StatusArgs),
+    /// Inspect and control a running agent through its admin socket.
+    ///
+    /// Exit status: 0 done, 1 the agent answered the call with an error, 2 invalid options or
+    /// an unreadable --config, 3 no agent answers (no admin socket, a stale socket, the agent
+    /// is unavailable or timed out, or it stopped during `audit`), 4 this user may not use the
+    /// admin socket (file permissions, or the agent rejected the connection).
+    Admin(admin::AdminArgs),
     /// Print the completion script for a shell, for example
     /// `envproxy completions bash > /etc/bash_completion.d/envproxy`.
     Completions {
@@ -63,6 +72,7 @@ fn main() -> ExitCode {
         }),
         Command::Get(args) => get::run(args),
         Command::Status(args) => status::run(args),
+        Command::Admin(args) => admin::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -191,7 +191,7 @@ fn vault_rows(vault: &VaultInfo) -> Vec<(&'static str, String)> {
 }
 
 /// Formats seconds as `1h 2m 3s`, leaving out leading zero units.
-fn format_duration(total_secs: u64) -> String {
+pub(crate) fn format_duration(total_secs: u64) -> String {
     let hours = total_secs / 3600;
     let minutes = total_secs % 3600 / 60;
     let secs = total_secs % 60;

@@ -63,7 +63,7 @@ impl Agent {
         if config.secrets_file.is_none() && config.vault.is_none() && config.http.is_none() {
             return Err(AgentError::NoBackend);
         }
-        let socket_path = config.socket.clone().unwrap_or_else(default_socket_path);
+        let socket_path = agent_socket_path(&config);
 
         let file = match &config.secrets_file {
             Some(path) => Some(FileBackend::open(path)?),
@@ -79,7 +79,7 @@ impl Agent {
         };
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) = listener::bind(&socket_path, agent_uid)?;
-        let admin = bind_admin(&config, &socket_path, agent_uid, false)?;
+        let admin = bind_admin(&config, agent_uid)?;
 
         tracing::info!(
             socket = %socket_path.display(),
@@ -104,10 +104,7 @@ impl Agent {
     /// Binds an agent in node mode: starts the watch of this node's pods and listens on a
     /// socket that every uid may connect to.
     async fn bind_node(config: Config, node: NodeSettings) -> Result<BoundAgent, AgentError> {
-        let socket_path = config
-            .socket
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_SOCKET));
+        let socket_path = agent_socket_path(&config);
         let file = match &config.secrets_file {
             Some(path) => Some(FileBackend::open(path)?),
             None => None,
@@ -117,7 +114,7 @@ impl Agent {
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) =
             listener::bind_with_access(&socket_path, agent_uid, Access::Shared)?;
-        let admin = bind_admin(&config, &socket_path, agent_uid, true)?;
+        let admin = bind_admin(&config, agent_uid)?;
         tracing::info!(
             socket = %socket_path.display(),
             node = %node.node_name,
@@ -153,16 +150,11 @@ impl Agent {
 }
 
 /// Binds the admin socket when `[admin]` and the mode turn it on.
-fn bind_admin(
-    config: &Config,
-    agent_socket: &Path,
-    agent_uid: u32,
-    node_mode: bool,
-) -> Result<Option<AdminListener>, AgentError> {
-    let Some(path) = config.admin.socket_path(agent_socket, node_mode) else {
+fn bind_admin(config: &Config, agent_uid: u32) -> Result<Option<AdminListener>, AgentError> {
+    let Some(path) = admin_socket_path(config) else {
         return Ok(None);
     };
-    let admin = AdminListener::bind(&path, agent_uid, node_mode)?;
+    let admin = AdminListener::bind(&path, agent_uid, config.node.is_some())?;
     tracing::debug!(socket = %admin.path().display(), "admin socket bound");
     Ok(Some(admin))
 }
@@ -170,6 +162,25 @@ fn bind_admin(
 /// Socket path in node mode when none is configured: the hostPath directory that the DaemonSet
 /// shares with the pods.
 pub const DEFAULT_NODE_SOCKET: &str = "/run/envproxy/agent.sock";
+
+/// Returns the agent socket that `config` selects: `[agent] socket`, else the default of its
+/// mode.
+pub fn agent_socket_path(config: &Config) -> PathBuf {
+    match (&config.socket, &config.node) {
+        (Some(path), _) => path.clone(),
+        (None, Some(_)) => PathBuf::from(DEFAULT_NODE_SOCKET),
+        (None, None) => default_socket_path(),
+    }
+}
+
+/// Returns the admin socket of an agent started with `config`, or `None` when its admin API is
+/// off.
+pub fn admin_socket_path(config: &Config) -> Option<PathBuf> {
+    let agent_socket = agent_socket_path(config);
+    config
+        .admin
+        .socket_path(&agent_socket, config.node.is_some())
+}
 
 /// Builds the kube client from the configured kubeconfig, or infers the config: in-cluster,
 /// else `KUBECONFIG` or `~/.kube/config`.

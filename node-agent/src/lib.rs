@@ -54,6 +54,9 @@ mod server;
 pub mod status;
 pub mod vault;
 
-pub use agent::{default_socket_path, Agent, AgentError, BoundAgent};
+pub use agent::{
+    admin_socket_path, agent_socket_path, default_socket_path, Agent, AgentError, BoundAgent,
+    DEFAULT_NODE_SOCKET,
+};
 pub use config::{Config, ConfigError};
 pub use status::AgentStatus;

@@ -141,6 +141,8 @@ pub fn unique_path(prefix: &str) -> String {
 pub struct AgentConfig {
     secrets_file: Option<PathBuf>,
     vault: Vec<(String, String)>,
+    /// TOML text written after the `[vault]` table, such as an `[admin]` table.
+    tables: String,
 }
 
 impl AgentConfig {
@@ -152,6 +154,7 @@ impl AgentConfig {
                 ("address".to_string(), toml_string(address)),
                 ("auth_method".to_string(), toml_string("token")),
             ],
+            tables: String::new(),
         }
     }
 
@@ -174,6 +177,12 @@ impl AgentConfig {
         self.set(key, text)
     }
 
+    /// Adds TOML tables after the Vault settings, such as `"[admin]\nenabled = true\n"`.
+    pub fn with_tables(mut self, text: &str) -> AgentConfig {
+        self.tables.push_str(text);
+        self
+    }
+
     /// Writes the file as `<name>` in `world` and returns its path.
     pub fn write(&self, world: &World, name: &str) -> PathBuf {
         let mut text = String::from("[backend]\n");
@@ -188,6 +197,8 @@ impl AgentConfig {
         for (key, value) in &self.vault {
             text.push_str(&format!("{key} = {value}\n"));
         }
+        text.push('\n');
+        text.push_str(&self.tables);
         let path = world.path(name);
         std::fs::write(&path, text).expect("write the agent config");
         path

@@ -16,7 +16,7 @@ use super::audit::{unix_millis, AuditEvent, RequestCounters};
 use super::AdminState;
 use crate::config::Config;
 use crate::node::annotations;
-use crate::vault::{VaultBackend, VaultEnvironment, VaultStatus};
+use crate::vault::{FlushedRead, VaultBackend, VaultEnvironment, VaultStatus};
 
 /// The admin API of one agent.
 pub(crate) struct AdminService {
@@ -187,20 +187,27 @@ impl Admin for AdminService {
             Status::invalid_argument("set one of path_prefix, pod or identity to flush")
         })?;
         let backends = self.vault_backends().await;
-        let mut flushed = 0;
+        let mut flushed = Vec::new();
+        let mut drop_reads = |identity: &str, reads: Vec<FlushedRead>| {
+            flushed.extend(reads.into_iter().map(|read| pb::FlushedEntry {
+                identity: identity.to_string(),
+                path: read.path,
+                version: read.version,
+            }));
+        };
         match &target {
             Target::PathPrefix(prefix) => {
-                for (_, backend, _) in &backends {
-                    flushed += backend.flush(prefix).await;
+                for (identity, backend, _) in &backends {
+                    drop_reads(identity, backend.flush(prefix).await);
                 }
             }
             Target::Pod(pod) => {
                 let uids = self.pod_uids(pod)?;
                 let mut matched = false;
-                for (_, backend, pods) in &backends {
+                for (identity, backend, pods) in &backends {
                     if pods.iter().any(|uid| uids.contains(uid)) {
                         matched = true;
-                        flushed += backend.flush("").await;
+                        drop_reads(identity, backend.flush("").await);
                     }
                 }
                 if !matched {
@@ -223,12 +230,13 @@ impl Admin for AdminService {
                         }
                     )));
                 };
-                flushed += backend.flush("").await;
+                drop_reads(identity, backend.flush("").await);
             }
         }
-        tracing::info!(flush_target = ?target, entries = flushed, "flushed cache entries");
+        tracing::info!(flush_target = ?target, entries = flushed.len(), "flushed cache entries");
         Ok(Response::new(pb::FlushResponse {
-            entries_flushed: flushed,
+            entries_flushed: flushed.len() as u64,
+            flushed,
         }))
     }
 

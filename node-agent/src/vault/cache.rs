@@ -74,6 +74,14 @@ pub struct CacheEntryInfo {
     pub stale: bool,
 }
 
+/// One cached read that a flush dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushedRead {
+    pub path: String,
+    /// The KV v2 version the reference named; `None` for the latest version or non-KV reads.
+    pub version: Option<u64>,
+}
+
 /// Counters for the status report.
 #[derive(Debug, Default)]
 struct Counters {
@@ -332,10 +340,13 @@ impl SecretCache {
     }
 
     /// Drops every entry whose key `matches`, including the last good data kept for outages,
-    /// so the next request for it reads Vault. Returns the number of keys dropped.
+    /// so the next request for it reads Vault. Returns the keys dropped.
     ///
     /// NOTE: a read already in flight when this runs still caches its result.
-    pub(crate) async fn invalidate_matching(&self, matches: impl Fn(&CacheKey) -> bool) -> u64 {
+    pub(crate) async fn invalidate_matching(
+        &self,
+        matches: impl Fn(&CacheKey) -> bool,
+    ) -> Vec<CacheKey> {
         let mut keys: Vec<CacheKey> = self
             .fresh
             .iter()
@@ -351,7 +362,7 @@ impl SecretCache {
             self.fresh.invalidate(key).await;
             self.last_good.invalidate(key).await;
         }
-        keys.len() as u64
+        keys
     }
 
     /// Returns the last failure of a Vault read, or `None` when there was none.

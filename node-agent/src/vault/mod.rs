@@ -33,7 +33,7 @@ use std::sync::Arc;
 use envproxy_proto::{Reference, SecretBytes};
 
 pub use auth::{Auth, JwtFile, JwtSource, KubernetesAuth, TokenAuth};
-pub use cache::CacheEntryInfo;
+pub use cache::{CacheEntryInfo, FlushedRead};
 pub use error::VaultError;
 pub use secret::SecretText;
 pub use settings::{AuthSettings, TlsSettings, TokenSource, VaultEnvironment, VaultSettings};
@@ -248,14 +248,23 @@ impl VaultBackend {
     }
 
     /// Drops the cached reads whose Vault path starts with `path_prefix` (every read for an
-    /// empty prefix), so the next request for them reads Vault. Returns how many were dropped.
-    pub async fn flush(&self, path_prefix: &str) -> u64 {
-        let flushed = self
+    /// empty prefix), so the next request for them reads Vault. Returns the dropped reads,
+    /// sorted by path and version.
+    pub async fn flush(&self, path_prefix: &str) -> Vec<FlushedRead> {
+        let keys = self
             .inner
             .cache
             .invalidate_matching(|key| key.target.path.starts_with(path_prefix))
             .await;
         self.inner.cache.run_pending_tasks().await;
+        let mut flushed: Vec<FlushedRead> = keys
+            .into_iter()
+            .map(|key| FlushedRead {
+                path: key.target.path,
+                version: key.target.version,
+            })
+            .collect();
+        flushed.sort_by(|a, b| (&a.path, a.version).cmp(&(&b.path, b.version)));
         flushed
     }
 
