@@ -65,15 +65,13 @@ impl Api {
     }
 }
 
-/// `envproxy run --config CONFIG -- PROGRAM`, with the source tree's hooks.
+/// `envproxy run --config CONFIG -- PROGRAM`.
 fn run_with_config(world: &World, config: &Path, program: impl AsRef<OsStr>) -> Command {
-    let mut command = envproxy_run(
+    envproxy_run(
         world,
         &[OsStr::new("--config"), config.as_os_str()],
         program,
-    );
-    command.env("ENVPROXY_HOOKS_DIR", source_hooks_dir());
-    command
+    )
 }
 
 fn require_python() {

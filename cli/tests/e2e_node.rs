@@ -48,7 +48,6 @@ fn each_pod_reads_its_own_secret() {
     // Python copies the environment at start, so its hook, not libc's getenv, resolves it.
     command
         .env_remove("ENVPROXY_NO_PYTHON")
-        .env("ENVPROXY_HOOKS_DIR", source_hooks_dir())
         .env("DB_PASSWORD", reference("b"))
         .args(["-c", python]);
     let output = run_with_limit(&mut command, LIMIT);

@@ -39,9 +39,9 @@ pub fn library() -> PathBuf {
     artifact("libenvproxy.so")
 }
 
-/// The source tree's runtime hooks. The library finds them by itself only when the build
-/// directory is inside the source tree, so tests that need a hook set `ENVPROXY_HOOKS_DIR` to
-/// this path and also pass with `CARGO_TARGET_DIR` elsewhere.
+/// Returns the source tree's runtime hooks directory. The library finds it by itself only when
+/// the build directory is inside the source tree, so the commands below set `ENVPROXY_HOOKS_DIR`
+/// to it and tests also pass with `CARGO_TARGET_DIR` elsewhere.
 pub fn source_hooks_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks")
 }
@@ -216,7 +216,7 @@ pub fn run_with_limit(command: &mut Command, limit: Duration) -> Output {
 }
 
 /// Environment for a program run directly under the library against `socket`, with a clean
-/// set of `ENVPROXY_*` variables.
+/// set of `ENVPROXY_*` variables and the source tree's hooks.
 pub fn preload_command(program: &Path, socket: &Path) -> Command {
     let mut command = Command::new(program);
     for (key, _) in std::env::vars_os() {
@@ -226,11 +226,13 @@ pub fn preload_command(program: &Path, socket: &Path) -> Command {
     }
     command
         .env("LD_PRELOAD", library())
-        .env("ENVPROXY_SOCKET", socket);
+        .env("ENVPROXY_SOCKET", socket)
+        .env("ENVPROXY_HOOKS_DIR", source_hooks_dir());
     command
 }
 
-/// `envproxy run --secrets FILE -- PROGRAM ARGS` with a clean set of `ENVPROXY_*` variables.
+/// `envproxy run --secrets FILE -- PROGRAM ARGS` with a clean set of `ENVPROXY_*` variables and
+/// the source tree's hooks.
 pub fn run_command(secrets: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new(envproxy());
     for (key, _) in std::env::vars_os() {
@@ -240,6 +242,7 @@ pub fn run_command(secrets: &Path, program: impl AsRef<std::ffi::OsStr>) -> Comm
     }
     command
         .env("ENVPROXY_LIB", library())
+        .env("ENVPROXY_HOOKS_DIR", source_hooks_dir())
         .arg("run")
         .arg("--secrets")
         .arg(secrets)

@@ -13,7 +13,9 @@ use envproxy_vault_test_server::{Capability, Policy, ServerOptions, TokenSpec, V
 use serde_json::Value;
 use tokio::runtime::Runtime;
 
-use crate::e2e_support::{envproxy, library, run_with_limit, wait_for_agent, World};
+use crate::e2e_support::{
+    envproxy, library, run_with_limit, source_hooks_dir, wait_for_agent, World,
+};
 
 /// The KV v2 mount of the test server's default options.
 pub const KV2_MOUNT: &str = "secret";
@@ -214,7 +216,7 @@ fn toml_string(text: &str) -> String {
 /// Removes every `ENVPROXY_*` and `VAULT_*` variable of the test process from what `command`
 /// passes on, so that a developer's own agent or Vault settings cannot change a test. Points
 /// `HOME` and `XDG_RUNTIME_DIR` at `world`, so that no `~/.vault-token` and no agent on the
-/// per-user socket is found.
+/// per-user socket is found, and `ENVPROXY_HOOKS_DIR` at the source tree's hooks.
 pub fn isolate(command: &mut Command, world: &World) {
     for (key, _) in std::env::vars_os() {
         let name = key.to_string_lossy();
@@ -224,7 +226,8 @@ pub fn isolate(command: &mut Command, world: &World) {
     }
     command
         .env("HOME", world.dir.path())
-        .env("XDG_RUNTIME_DIR", world.dir.path());
+        .env("XDG_RUNTIME_DIR", world.dir.path())
+        .env("ENVPROXY_HOOKS_DIR", source_hooks_dir());
 }
 
 /// `envproxy run OPTIONS -- PROGRAM` in an isolated environment, using the built library.
