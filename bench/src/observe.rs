@@ -19,7 +19,7 @@ use tonic::transport::{Endpoint, Uri};
 /// Maximum wait for the audit stream to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What an audit watcher received.
+/// Counts of the events an audit watcher received.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Followed {
     pub events: u64,

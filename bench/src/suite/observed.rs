@@ -20,8 +20,8 @@ use crate::suite::{alternate, Suite};
 /// Rounds of benchmarks 12 and 13 per round of the others: the two sides differ by a few
 /// percent at most, so more rounds are needed to see it through the noise of the machine.
 const ROUNDS_FACTOR: usize = 2;
-/// Interval between two scrapes in benchmark 13, far shorter than Prometheus's usual 15 s to
-/// 60 s, so that the scrape's own cost shows.
+/// Interval between two scrapes in benchmark 13, far shorter than Prometheus's default
+/// `scrape_interval` of one minute, so that the scrape's own cost shows.
 const SCRAPE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Benchmark 12: throughput of one agent while one client follows its audit stream, against
