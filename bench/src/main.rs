@@ -5,7 +5,8 @@
 //! `cc -O2` into a temporary directory, starts the agent and an echo server there, and stops
 //! them by pid at the end.
 //!
-//! - [`suite`]: the eleven benchmarks and their sizes.
+//! - [`suite`]: the thirteen benchmarks and their sizes.
+//! - [`observe`]: the audit stream watcher and metrics scraper of benchmarks 12 and 13.
 //! - [`harness`]: the C client that calls `getenv` and times socket round trips.
 //! - [`load`]: the multi-threaded throughput client.
 //! - [`echo`]: the baseline server, started as `envproxy-bench serve-echo`.
@@ -29,6 +30,7 @@ mod interrupt;
 mod kube;
 mod load;
 mod machine;
+mod observe;
 mod report;
 mod service;
 mod stats;

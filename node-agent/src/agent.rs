@@ -1,6 +1,7 @@
 //! A local agent's life: bind the socket, serve until shutdown, clean up.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use crate::connection::Context;
 use crate::handler::Backends;
 use crate::http_backend::{HttpBackend, HttpError};
 use crate::listener::{self, Access, ListenerError, SocketFile};
+use crate::metrics::{Metrics, MetricsError, MetricsListener};
 use crate::node::identities::Identities;
 use crate::node::pods::PodWatch;
 use crate::node::serve::{CheckedTokens, NodeContext, PodSlots};
@@ -46,6 +48,8 @@ pub enum AgentError {
     Listener(#[from] ListenerError),
     #[error("cannot set up the kube API client for node mode: {0}")]
     Kube(String),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Entry point of the agent library.
@@ -64,19 +68,28 @@ impl Agent {
             return Err(AgentError::NoBackend);
         }
         let socket_path = agent_socket_path(&config);
+        let metrics = Arc::new(Metrics::new());
 
         let file = match &config.secrets_file {
             Some(path) => Some(FileBackend::open(path)?),
             None => None,
         };
         let vault = match &config.vault {
-            Some(settings) => Some(VaultBackend::start(settings.clone()).await?),
+            Some(settings) => {
+                let auth = crate::vault::auth::from_settings(&settings.auth);
+                let metrics = Arc::clone(&metrics);
+                Some(VaultBackend::start_observed(settings.clone(), auth, metrics).await?)
+            }
             None => None,
         };
         let http = match &config.http {
-            Some(settings) => Some(HttpBackend::start(settings.clone())?),
+            Some(settings) => Some(HttpBackend::start_observed(
+                settings.clone(),
+                Arc::clone(&metrics),
+            )?),
             None => None,
         };
+        let metrics_listener = bind_metrics(&config).await?;
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) = listener::bind(&socket_path, agent_uid)?;
         let admin = bind_admin(&config, agent_uid)?;
@@ -97,6 +110,8 @@ impl Agent {
             agent_uid,
             node: None,
             admin,
+            metrics,
+            metrics_listener,
             config,
         })
     }
@@ -110,7 +125,9 @@ impl Agent {
             None => None,
         };
         let client = kube_client(&node).await?;
-        let pods = PodWatch::start(client.clone(), &node.node_name);
+        let metrics = Arc::new(Metrics::new());
+        let metrics_listener = bind_metrics(&config).await?;
+        let pods = PodWatch::start_observed(client.clone(), &node.node_name, Arc::clone(&metrics));
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) =
             listener::bind_with_access(&socket_path, agent_uid, Access::Shared)?;
@@ -127,7 +144,7 @@ impl Agent {
             kube: client,
             pods,
             vault: config.vault.clone(),
-            identities: Identities::default(),
+            identities: Identities::with_metrics(Arc::clone(&metrics)),
             file: file.clone(),
             agent_uid,
             slots: PodSlots::default(),
@@ -144,6 +161,8 @@ impl Agent {
             agent_uid,
             node: Some(node_context),
             admin,
+            metrics,
+            metrics_listener,
             config,
         })
     }
@@ -157,6 +176,16 @@ fn bind_admin(config: &Config, agent_uid: u32) -> Result<Option<AdminListener>, 
     let admin = AdminListener::bind(&path, agent_uid, config.node.is_some())?;
     tracing::debug!(socket = %admin.path().display(), "admin socket bound");
     Ok(Some(admin))
+}
+
+/// Binds the metrics listener when `[metrics] listen` is set.
+async fn bind_metrics(config: &Config) -> Result<Option<MetricsListener>, AgentError> {
+    let Some(address) = config.metrics.listen else {
+        return Ok(None);
+    };
+    let listener = MetricsListener::bind(address).await?;
+    tracing::debug!(address = %listener.address(), "metrics listener bound");
+    Ok(Some(listener))
 }
 
 /// Socket path in node mode when none is configured: the hostPath directory that the DaemonSet
@@ -215,6 +244,9 @@ pub struct BoundAgent {
     node: Option<NodeContext>,
     /// The admin socket, when it is on.
     admin: Option<AdminListener>,
+    metrics: Arc<Metrics>,
+    /// The metrics listener, when `[metrics] listen` is set.
+    metrics_listener: Option<MetricsListener>,
     config: Config,
 }
 
@@ -226,6 +258,12 @@ impl BoundAgent {
     /// Returns the admin socket path, or `None` when the admin socket is off.
     pub fn admin_socket_path(&self) -> Option<&Path> {
         self.admin.as_ref().map(AdminListener::path)
+    }
+
+    /// Returns the address the metrics listener is bound to, or `None` when it is off. With
+    /// port 0 in `[metrics] listen` this is the port the system picked.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(MetricsListener::address)
     }
 
     /// Returns the key names of the secrets file, sorted; empty without a secrets file.
@@ -253,6 +291,8 @@ impl BoundAgent {
             agent_uid,
             node,
             admin,
+            metrics,
+            metrics_listener,
             config,
         } = self;
         let mode = if node.is_some() { "node" } else { "local" };
@@ -282,7 +322,8 @@ impl BoundAgent {
             .as_ref()
             .map(|file| file.spawn_reloader(config.reload_poll_interval));
         let vault = backends.vault.clone();
-        let audit = AuditLog::start(&config.audit);
+        let audit = AuditLog::start(&config.audit, Arc::clone(&metrics));
+        let metrics_task = metrics_listener.map(|listener| listener.serve(Arc::clone(&metrics)));
         let admin_task = match admin {
             Some(admin) => {
                 let state = admin_state(&config, mode, &backends, node.as_ref(), &audit);
@@ -297,12 +338,16 @@ impl BoundAgent {
             idle_timeout: config.idle_timeout,
             node,
             audit,
+            metrics,
         });
 
         server::accept_loop(listener, context, config.max_connections, shutdown).await;
 
         if let Some(admin_task) = admin_task {
             admin_task.shutdown().await;
+        }
+        if let Some(metrics_task) = metrics_task {
+            metrics_task.shutdown().await;
         }
 
         if let Some(reloader) = reloader {

@@ -18,7 +18,8 @@
 //! [`Config::warnings`] for the caller to log once logging is set up.
 //!
 //! The admin plane reads `[admin]` (`enabled`, `socket`) and `[audit]` (`log`, `buffer`); see
-//! [`AdminSettings`] and [`AuditSettings`].
+//! [`AdminSettings`] and [`AuditSettings`]. `[metrics] listen` turns on the Prometheus metrics
+//! listener; see [`MetricsSettings`].
 //!
 //! Vault is configured in one of two ways. `[backend] type = "vault"` with the Vault keys in
 //! `[backend]` serves only `vault:` references. `[backend] type = "file"` with a `[vault]`
@@ -42,6 +43,7 @@ use toml::{Table, Value};
 
 use crate::admin::{AdminSettings, AuditSettings, MAX_AUDIT_BUFFER};
 use crate::http_backend::HttpSettings;
+use crate::metrics::MetricsSettings;
 use crate::node::settings::{NodeSettings, TokenSource, MAX_POD_WAIT, NODE_NAME_VARIABLE};
 use crate::vault::settings::AuthSettings;
 use crate::vault::{VaultEnvironment, VaultSettings};
@@ -82,6 +84,8 @@ pub struct Config {
     pub admin: AdminSettings,
     /// Audit events: `[audit]`.
     pub audit: AuditSettings,
+    /// The Prometheus metrics listener: `[metrics]`.
+    pub metrics: MetricsSettings,
     /// The config file this was loaded from, read again by the admin API's `ReloadConfig`.
     pub source: Option<PathBuf>,
     /// One message per unknown key found in the config file.
@@ -102,6 +106,7 @@ impl Default for Config {
             node: None,
             admin: AdminSettings::default(),
             audit: AuditSettings::default(),
+            metrics: MetricsSettings::default(),
             source: None,
             warnings: Vec::new(),
         }
@@ -236,7 +241,7 @@ impl Config {
         for key in table.keys() {
             if !matches!(
                 key.as_str(),
-                "agent" | "backend" | "vault" | "node" | "admin" | "audit"
+                "agent" | "backend" | "vault" | "node" | "admin" | "audit" | "metrics"
             ) {
                 reader.warn_unknown(&format!("top-level key `{key}`"));
             }
@@ -262,6 +267,9 @@ impl Config {
         }
         if let Some(audit) = reader.section(&table, "audit", "[audit]")? {
             reader.read_audit(audit, &mut config.audit)?;
+        }
+        if let Some(metrics) = reader.section(&table, "metrics", "[metrics]")? {
+            reader.read_metrics(metrics, &mut config.metrics)?;
         }
 
         let node_table = reader.section(&table, "node", "[node]")?;
@@ -490,6 +498,33 @@ impl TableReader<'_> {
                     settings.buffer = events as usize;
                 }
                 _ => self.warn_unknown(&format!("key `{key}` in [audit]")),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_metrics(
+        &mut self,
+        metrics: &Table,
+        settings: &mut MetricsSettings,
+    ) -> Result<(), ConfigError> {
+        for (key, value) in metrics {
+            let name = format!("[metrics] {key}");
+            match key.as_str() {
+                "listen" => {
+                    let text = self.string(value, &name)?;
+                    let address = text.parse().map_err(|_| {
+                        self.invalid(
+                            &name,
+                            format!(
+                                "expected an IP address and port such as \"127.0.0.1:9464\" or \
+                                 \"[::]:9464\", found {text:?}"
+                            ),
+                        )
+                    })?;
+                    settings.listen = Some(address);
+                }
+                _ => self.warn_unknown(&format!("key `{key}` in [metrics]")),
             }
         }
         Ok(())
@@ -940,6 +975,43 @@ mod tests {
                 "{text:?}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn metrics_listen_off_by_default_and_parsed() {
+        let local = parse("[backend]\npath = \"s.json\"\n").unwrap();
+        assert_eq!(local.metrics.listen, None);
+        let node = parse_on_node("[agent]\nmode = \"node\"\n", Some("worker-1")).unwrap();
+        assert_eq!(node.metrics.listen, None);
+
+        let v4 = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(v4.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let v6 = parse("[metrics]\nlisten = \"[::]:9464\"\n").unwrap();
+        assert_eq!(v6.metrics.listen, Some("[::]:9464".parse().unwrap()));
+        assert!(v6.warnings.is_empty(), "{:?}", v6.warnings);
+    }
+
+    #[test]
+    fn metrics_listen_invalid_names_key() {
+        for (text, detail) in [
+            (
+                "[metrics]\nlisten = \"localhost:9464\"\n",
+                "\"localhost:9464\"",
+            ),
+            ("[metrics]\nlisten = \"127.0.0.1\"\n", "\"127.0.0.1\""),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:99999\"\n",
+                "\"127.0.0.1:99999\"",
+            ),
+            ("[metrics]\nlisten = 9464\n", "string"),
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains("[metrics] listen"), "{text:?}: {error}");
+            assert!(error.contains(detail), "{text:?}: {error}");
+        }
+        let unknown = parse("[metrics]\nport = 9464\n").unwrap();
+        assert_eq!(unknown.warnings.len(), 1, "{:?}", unknown.warnings);
+        assert!(unknown.warnings[0].contains("`port` in [metrics]"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio_util::codec::Framed;
 
 use crate::admin::audit::{self, AuditLog};
 use crate::handler::{self, Backends};
+use crate::metrics::Metrics;
 use crate::node::caller::BootTime;
 use crate::node::serve::{self as node_serve, NodeConnection, NodeContext, Rejected};
 use crate::peer::{self, Peer};
@@ -34,6 +35,8 @@ pub(crate) struct Context {
     pub node: Option<NodeContext>,
     /// Receives one audit event per request that gets a response.
     pub audit: Arc<AuditLog>,
+    /// The agent's metrics; requests are counted through `audit`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves `stream`, accepted at `accepted_at`, until it ends. Errors end only this connection

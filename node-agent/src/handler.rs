@@ -23,16 +23,23 @@ pub(crate) enum Decision {
     Status,
 }
 
-impl fmt::Display for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Decision {
+    /// Returns the decision as a snake_case label, as audit events and metrics name it.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
             Decision::Found => "found",
             Decision::NotFound => "not_found",
             Decision::Passthrough => "passthrough",
             Decision::Error => "error",
             Decision::Denied => "denied",
             Decision::Status => "status",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

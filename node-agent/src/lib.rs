@@ -10,6 +10,7 @@
 //! - [`peer`]: caller identity from `SO_PEERCRED`.
 //! - [`node`]: node mode, which serves the pods of one Kubernetes node.
 //! - [`admin`]: the gRPC admin API on its own socket, health, and audit events.
+//! - [`metrics`]: Prometheus metrics and the HTTP listener of `[metrics] listen`.
 //! - `server` and `connection`: the accept loop and one task per connection.
 //! - `handler`: the answer to each request.
 //! - [`status`]: the JSON returned for a status request.
@@ -47,6 +48,7 @@ pub mod http_backend;
 pub mod limits;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod secrets;

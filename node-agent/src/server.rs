@@ -103,9 +103,11 @@ pub(crate) async fn accept_loop(
                         continue;
                     }
                 };
+                let open = context.metrics.open_connection();
                 let context = Arc::clone(&context);
                 connections.spawn(async move {
                     connection::serve(stream, peer, accepted_at, context).await;
+                    drop(open);
                     drop(permit);
                 });
             }

@@ -5,6 +5,7 @@
 mod admin_support;
 mod vault_support;
 
+use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,6 +33,8 @@ struct TestAgent {
     dir: tempfile::TempDir,
     socket: PathBuf,
     admin_socket: PathBuf,
+    /// The metrics listener's address, when the config turned it on.
+    metrics: Option<SocketAddr>,
     file_secret: String,
     vault_secret: String,
     stop: Option<oneshot::Sender<()>>,
@@ -71,6 +74,7 @@ impl TestAgent {
         adjust(&mut config);
         let agent = Agent::bind(config).await.unwrap();
         let admin_socket = agent.admin_socket_path().unwrap().to_path_buf();
+        let metrics = agent.metrics_address();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(agent.serve(async {
             let _ = stopped.await;
@@ -79,6 +83,7 @@ impl TestAgent {
             dir,
             socket,
             admin_socket,
+            metrics,
             file_secret,
             vault_secret,
             stop: Some(stop),
@@ -715,4 +720,165 @@ async fn audit_log_and_reload_in_agent_binary() {
     assert_eq!(events[1]["decision"], "passthrough");
     assert!(!stderr.contains(&secret), "{stderr}");
     assert!(!stderr.contains(&plain_secret), "{stderr}");
+}
+
+#[tokio::test]
+async fn metrics_count_local_requests() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start_with(&server, server.root_token(), |config| {
+        config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let address = agent.metrics.expect("the metrics listener is on");
+    assert!(address.ip().is_loopback());
+    assert_ne!(address.port(), 0, "the bound port is reported");
+
+    let vault_reads = 5;
+    for response in agent_requests(&agent.socket, &v2("DB", DB_REFERENCE), vault_reads).await {
+        assert_eq!(response, found(&agent.vault_secret));
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            agent.get("API", "envproxy:API_KEY").await,
+            found(&agent.file_secret)
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            agent.get("GONE", "envproxy:NOT_THERE").await,
+            Response::NotFound
+        );
+    }
+    assert_eq!(agent.get("HOME", "/root").await, Response::Passthrough);
+    let missing = agent.get("X", "vault:secret/data/missing#x").await;
+    assert!(matches!(missing, Response::Error(_)), "{missing:?}");
+
+    let scrape = scrape(address).await;
+    let requests =
+        |decision: &str| scrape.value("envproxy_requests_total", &[("decision", decision)]);
+    assert_eq!(requests("found"), 8.0);
+    assert_eq!(requests("not_found"), 2.0);
+    assert_eq!(requests("passthrough"), 1.0);
+    assert_eq!(requests("error"), 1.0);
+    assert_eq!(requests("denied"), 0.0);
+    assert_eq!(requests("status"), 0.0);
+    assert_eq!(
+        scrape.value("envproxy_request_duration_seconds_count", &[]),
+        12.0
+    );
+    assert!(scrape.value("envproxy_request_duration_seconds_sum", &[]) > 0.0);
+
+    let cache = |backend: &str, outcome: &str| {
+        scrape.value(
+            "envproxy_cache_requests_total",
+            &[("backend", backend), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(cache("vault", "hit"), 4.0, "the first DB read misses");
+    assert_eq!(cache("vault", "miss"), 2.0, "DB once and the missing path");
+    assert_eq!(cache("vault", "stale"), 0.0);
+    assert_eq!(cache("http", "hit"), 0.0);
+
+    let vault = |operation: &str| {
+        scrape.value("envproxy_vault_requests_total", &[("operation", operation)])
+    };
+    assert_eq!(vault("login"), 1.0, "the token lookup at start");
+    assert_eq!(vault("read"), 2.0);
+    assert_eq!(vault("token_renew"), 0.0);
+    assert_eq!(
+        scrape.value(
+            "envproxy_vault_errors_total",
+            &[("operation", "read"), ("kind", "not_found")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        server.request_count("GET", DB_PATH),
+        1,
+        "the Vault test server agrees on the reads"
+    );
+    assert!(
+        !scrape.has("envproxy_denials_total", &[("reason", "outside_pod")]),
+        "local mode denies nothing"
+    );
+    assert_eq!(
+        scrape.value("envproxy_http_backend_requests_total", &[]),
+        0.0
+    );
+    assert_eq!(scrape.value("envproxy_pod_watch_relists_total", &[]), 0.0);
+    assert!(!scrape.text.contains(&agent.vault_secret));
+    assert!(!scrape.text.contains(&agent.file_secret));
+
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_gauge_follows_open_connections() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start_with(&server, server.root_token(), |config| {
+        config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let address = agent.metrics.unwrap();
+    let open = || async {
+        scrape(address)
+            .await
+            .value("envproxy_open_connections", &[])
+    };
+    assert_eq!(open().await, 0.0);
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::UnixStream::connect(&agent.socket)
+            .await
+            .unwrap();
+        let response = request_on(&mut stream, &v2("API", "envproxy:API_KEY")).await;
+        assert_eq!(response, found(&agent.file_secret));
+        held.push(stream);
+    }
+    assert_eq!(open().await, 3.0);
+    drop(held);
+    eventually("the closed connections are no longer counted", || async {
+        open().await == 0.0
+    })
+    .await;
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_listener_serves_only_metrics_path() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start_with(&server, server.root_token(), |config| {
+        config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let address = agent.metrics.unwrap();
+
+    for path in ["/", "/metrics/", "/healthz", "/metricsx"] {
+        let reply = http_request(address, "GET", path).await;
+        assert_eq!(reply.status, 404, "{path}");
+        assert!(reply.body.contains("/metrics"), "{path}: {}", reply.body);
+    }
+    let post = http_request(address, "POST", "/metrics").await;
+    assert_eq!(post.status, 405);
+    assert!(
+        post.headers.contains("allow: get, head"),
+        "{}",
+        post.headers
+    );
+    let head = http_request(address, "HEAD", "/metrics").await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty(), "{}", head.body);
+
+    agent.stop().await;
+    let refused = tokio::net::TcpStream::connect(address).await;
+    assert!(refused.is_err(), "the listener closes when the agent stops");
+}
+
+#[tokio::test]
+async fn metrics_listener_off_by_default() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+    assert_eq!(agent.metrics, None);
+    agent.stop().await;
 }

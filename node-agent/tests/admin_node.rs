@@ -9,6 +9,7 @@ mod admin_support;
 
 use std::ffi::CString;
 use std::fs;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -122,6 +123,8 @@ struct Node {
     dir: tempfile::TempDir,
     socket: PathBuf,
     admin_socket: PathBuf,
+    /// The metrics listener, on a port the system picked.
+    metrics: SocketAddr,
     token_mount: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -167,7 +170,8 @@ impl Node {
             "[agent]\nmode = \"node\"\nsocket = {socket:?}\n\
              [node]\nname = \"{NODE}\"\nkubeconfig = {kubeconfig:?}\n\
              token_path = {token:?}\ntoken_audience = \"{AUDIENCE}\"\npod_wait_ms = 1000\n\
-             [vault]\naddress = \"{address}\"\n",
+             [vault]\naddress = \"{address}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n",
             token = token_mount.join("token"),
             address = vault.url(),
         );
@@ -175,6 +179,7 @@ impl Node {
             Config::parse_with(&text, &config_path, &VaultEnvironment::default(), None).unwrap();
         let agent = Agent::bind(config).await.unwrap();
         let admin_socket = agent.admin_socket_path().unwrap().to_path_buf();
+        let metrics = agent.metrics_address().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(agent.serve(async {
             let _ = stopped.await;
@@ -185,6 +190,7 @@ impl Node {
             dir,
             socket,
             admin_socket,
+            metrics,
             token_mount,
             stop: Some(stop),
             task: Some(task),
@@ -560,5 +566,110 @@ async fn pod_requests_audited_listed_and_flushed() {
     assert_eq!(status.vault.len(), 1);
     assert!(status.vault[0].logged_in);
     assert!(status.vault[0].identity.contains("team-a/app-a"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_pod_requests_and_relists() {
+    require_root();
+    let node = Node::start(false).await;
+    let mut cgroups = Cgroups::new();
+    let secret = format!("pw-{}", random_hex(24));
+    node.vault
+        .root()
+        .kv2_put("secret", "team-a/config", json!({"password": secret}))
+        .unwrap();
+    let pod = add_pod(&node, &mut cgroups, "metrics-a");
+
+    let statuses = tokio::task::block_in_place(|| {
+        request_in_pod(
+            &node,
+            &pod,
+            &[
+                ("DB_PASSWORD", REFERENCE),
+                ("DB_PASSWORD", REFERENCE),
+                ("DB_PASSWORD", REFERENCE),
+                ("UNDECLARED", UNDECLARED_REFERENCE),
+            ],
+        )
+    });
+    assert_eq!(statuses, [FOUND, FOUND, FOUND, ERROR]);
+    let outside = agent_request(&node.socket, &v2("DB_PASSWORD", REFERENCE)).await;
+    assert!(matches!(outside, Response::Error(_)), "{outside:?}");
+
+    let counts = scrape(node.metrics).await;
+    let requests =
+        |decision: &str| counts.value("envproxy_requests_total", &[("decision", decision)]);
+    assert_eq!(requests("found"), 3.0);
+    assert_eq!(requests("denied"), 2.0);
+    assert_eq!(requests("error"), 0.0);
+    assert_eq!(
+        counts.value("envproxy_request_duration_seconds_count", &[]),
+        5.0
+    );
+    let denials = |reason: &str| counts.value("envproxy_denials_total", &[("reason", reason)]);
+    assert_eq!(denials("reference_not_declared"), 1.0);
+    assert_eq!(denials("outside_pod"), 1.0);
+    let cache = |outcome: &str| {
+        counts.value(
+            "envproxy_cache_requests_total",
+            &[("backend", "vault"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(cache("miss"), 1.0);
+    assert_eq!(cache("hit"), 2.0);
+    let vault = |operation: &str| {
+        counts.value("envproxy_vault_requests_total", &[("operation", operation)])
+    };
+    assert_eq!(
+        vault("login"),
+        1.0,
+        "one Kubernetes login for the pod's identity"
+    );
+    assert_eq!(vault("read"), 1.0);
+    assert_eq!(node.vault.request_count("GET", SECRET_PATH), 1);
+    assert_eq!(counts.value("envproxy_pod_watch_relists_total", &[]), 0.0);
+    assert!(!counts.text.contains(&secret));
+
+    // The watch misses a change during an outage, and compaction drops it from the history,
+    // so the watch that resumes gets 410 Expired and relists.
+    node.kube.set_unavailable(true);
+    add_pod(&node, &mut cgroups, "metrics-b");
+    node.kube.compact();
+    node.kube.set_unavailable(false);
+    eventually("the pod watch relists", || async {
+        scrape(node.metrics)
+            .await
+            .value("envproxy_pod_watch_relists_total", &[])
+            == 1.0
+    })
+    .await;
+    let after = scrape(node.metrics).await;
+    assert!(after.value("envproxy_pod_watch_errors_total", &[]) >= 1.0);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_pod_watch_errors() {
+    require_root();
+    let node = Node::start(true).await;
+    eventually("a failed pod list is counted", || async {
+        scrape(node.metrics)
+            .await
+            .value("envproxy_pod_watch_errors_total", &[])
+            >= 1.0
+    })
+    .await;
+    node.kube.set_unavailable(false);
+    eventually("health is SERVING after the first list", || async {
+        node.health().await == ServingStatus::Serving
+    })
+    .await;
+    let after = scrape(node.metrics).await;
+    assert_eq!(
+        after.value("envproxy_pod_watch_relists_total", &[]),
+        0.0,
+        "the first full list is no relist"
+    );
     node.stop().await;
 }

@@ -257,3 +257,94 @@ fn startup_errors_are_one_line() {
     }
     assert!(!Path::new(socket).exists());
 }
+
+/// Runs the agent with a config file of `[metrics]` `table` and returns its exit status and
+/// standard error; the agent must exit on its own.
+fn run_with_metrics_table(dir: &Path, table: &str) -> (std::process::ExitStatus, String) {
+    std::fs::write(dir.join("s.toml"), "A = \"1\"\n").unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nsocket = \"{}\"\n[backend]\npath = \"s.toml\"\n[metrics]\n{table}",
+            dir.join("agent.sock").display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(AGENT)
+        .args(["--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .env_remove("VAULT_ADDR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (output.status, String::from_utf8(output.stderr).unwrap())
+}
+
+#[test]
+fn metrics_listen_invalid_address_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr) = run_with_metrics_table(dir.path(), "listen = \"localhost:9464\"\n");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("invalid [metrics] listen"), "{stderr}");
+    assert!(stderr.contains("\"127.0.0.1:9464\""), "{stderr}");
+    assert!(!dir.path().join("agent.sock").exists());
+}
+
+#[test]
+fn metrics_listen_port_in_use_fails() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr) = run_with_metrics_table(dir.path(), &format!("listen = \"{address}\"\n"));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on [metrics] listen = \"{address}\""
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!dir.path().join("agent.sock").exists(), "no socket is left");
+}
+
+#[test]
+fn metrics_listener_serves_scrapes() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = probe.local_addr().unwrap();
+    drop(probe);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.toml"), "A = \"1\"\n").unwrap();
+    let socket = dir.path().join("agent.sock");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nsocket = \"{}\"\n[backend]\npath = \"s.toml\"\n[metrics]\nlisten = \"{address}\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = spawn_agent(&["--config", config.to_str().unwrap()]);
+    wait_until_serving(&socket, &mut agent);
+
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(
+        response.contains("envproxy_requests_total{decision=\"status\"} 1\n"),
+        "the readiness probe's status request is counted:\n{response}"
+    );
+
+    let (status, stderr) = terminate_and_collect(agent, Signal::SIGTERM);
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("metrics listening"), "{stderr}");
+}

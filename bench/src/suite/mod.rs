@@ -3,6 +3,7 @@
 mod getenv;
 mod memory;
 mod node;
+mod observed;
 mod round_trip;
 mod startup;
 mod vault;
@@ -56,10 +57,14 @@ pub enum Benchmark {
     NodeLaterRequests,
     /// 11: Vault logins, reads and agent memory for 100 pods of one Deployment (root).
     NodeDeployment,
+    /// 12: agent throughput while one client follows the audit stream, against none.
+    AuditStream,
+    /// 13: agent throughput while its metrics are scraped, against an agent without them.
+    MetricsScrape,
 }
 
 impl Benchmark {
-    pub const ALL: [Benchmark; 11] = [
+    pub const ALL: [Benchmark; 13] = [
         Benchmark::GetenvPlain,
         Benchmark::GetenvCached,
         Benchmark::UncachedLatency,
@@ -71,6 +76,8 @@ impl Benchmark {
         Benchmark::NodeFirstRequest,
         Benchmark::NodeLaterRequests,
         Benchmark::NodeDeployment,
+        Benchmark::AuditStream,
+        Benchmark::MetricsScrape,
     ];
 
     /// Returns whether the benchmark places clients in pod cgroups, which needs root.
@@ -202,6 +209,8 @@ impl Suite {
             Benchmark::NodeFirstRequest => node::first_request(self)?,
             Benchmark::NodeLaterRequests => node::later_requests(self)?,
             Benchmark::NodeDeployment => node::deployment(self)?,
+            Benchmark::AuditStream => observed::audit_stream(self)?,
+            Benchmark::MetricsScrape => observed::metrics_scrape(self)?,
         };
         // A server that died during the benchmark may have produced wrong figures.
         if let Some(agent) = &mut self.agent {

@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 
 use super::workloads::Workloads;
 use crate::handler::Decision;
+use crate::metrics::{CacheBackend, Metrics};
 
 /// Events buffered per receiver when `[audit] buffer` is not set.
 pub const DEFAULT_AUDIT_BUFFER: usize = 1024;
@@ -96,7 +97,8 @@ pub(crate) struct AuditNote {
     pub pod: String,
     pub pod_uid: String,
     pub container: String,
-    pub cache: Option<CacheOutcome>,
+    /// The cache the request was served through and its outcome.
+    pub cache: Option<(CacheBackend, CacheOutcome)>,
     pub denial: Option<&'static str>,
 }
 
@@ -115,9 +117,10 @@ pub(crate) async fn scope<F: Future>(future: F) -> (F::Output, AuditNote) {
     .await
 }
 
-/// Notes the cache outcome of the current request. Does nothing outside [`scope`].
-pub(crate) fn note_cache(outcome: CacheOutcome) {
-    let _ = NOTE.try_with(|note| note.borrow_mut().cache = Some(outcome));
+/// Notes the cache outcome of the current request in `backend`'s cache. Does nothing outside
+/// [`scope`].
+pub(crate) fn note_cache(backend: CacheBackend, outcome: CacheOutcome) {
+    let _ = NOTE.try_with(|note| note.borrow_mut().cache = Some((backend, outcome)));
 }
 
 /// Notes the attested pod and container of the current request.
@@ -136,12 +139,10 @@ pub(crate) fn note_denial(reason: &'static str) {
     let _ = NOTE.try_with(|note| note.borrow_mut().denial = Some(reason));
 }
 
-/// Request counters of the admin API's status.
+/// Counters of the audit stream for the admin API's status. Requests are counted in
+/// [`Metrics`].
 #[derive(Debug, Default)]
 pub(crate) struct RequestCounters {
-    pub requests: AtomicU64,
-    pub denials: AtomicU64,
-    pub errors: AtomicU64,
     /// Events that watchers or the JSON log lost because they fell behind.
     pub dropped: AtomicU64,
     /// Open `WatchAudit` streams.
@@ -154,17 +155,20 @@ pub(crate) struct AuditLog {
     /// The stop flag of the running JSON log thread; `None` while the log is off.
     log_writer: Mutex<Option<Arc<AtomicBool>>>,
     pub counters: Arc<RequestCounters>,
+    /// The agent's metrics, which count each recorded request.
+    pub metrics: Arc<Metrics>,
     pub workloads: Workloads,
 }
 
 impl AuditLog {
     /// Creates the channel and, when `settings.log` is set, starts the JSON log thread.
-    pub(crate) fn start(settings: &AuditSettings) -> Arc<AuditLog> {
+    pub(crate) fn start(settings: &AuditSettings, metrics: Arc<Metrics>) -> Arc<AuditLog> {
         let (sender, _) = broadcast::channel(settings.buffer.max(1));
         let audit = AuditLog {
             sender,
             log_writer: Mutex::new(None),
             counters: Arc::new(RequestCounters::default()),
+            metrics,
             workloads: Workloads::default(),
         };
         audit.set_log(settings.log);
@@ -225,13 +229,7 @@ impl AuditLog {
         latency: Duration,
     ) {
         let now = SystemTime::now();
-        let counters = &self.counters;
-        counters.requests.fetch_add(1, Ordering::Relaxed);
-        match decision {
-            Decision::Denied => counters.denials.fetch_add(1, Ordering::Relaxed),
-            Decision::Error => counters.errors.fetch_add(1, Ordering::Relaxed),
-            _ => 0,
-        };
+        self.metrics.observe_request(decision, &note, latency);
         if !note.pod_uid.is_empty() {
             self.workloads
                 .record(&note, decision == Decision::Denied, now);
@@ -272,7 +270,7 @@ impl AuditLog {
             decision: decision.to_string(),
             cache: note
                 .cache
-                .map(CacheOutcome::as_str)
+                .map(|(_, outcome)| outcome.as_str())
                 .unwrap_or_default()
                 .to_string(),
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
@@ -334,7 +332,7 @@ mod tests {
 
     #[tokio::test]
     async fn plain_value_never_recorded() {
-        let audit = AuditLog::start(&AuditSettings::default());
+        let audit = AuditLog::start(&AuditSettings::default(), Arc::default());
         let mut events = audit.subscribe();
         audit.record(
             7,
@@ -356,10 +354,10 @@ mod tests {
 
     #[tokio::test]
     async fn note_inside_scope_reaches_event() {
-        let audit = AuditLog::start(&AuditSettings::default());
+        let audit = AuditLog::start(&AuditSettings::default(), Arc::default());
         let mut events = audit.subscribe();
         let ((), note) = scope(async {
-            note_cache(CacheOutcome::Hit);
+            note_cache(CacheBackend::Vault, CacheOutcome::Hit);
             note_denial("not_declared");
         })
         .await;
@@ -375,7 +373,7 @@ mod tests {
         assert_eq!(event.reference, "vault:secret/data/app#db");
         assert_eq!(event.cache, "hit");
         assert_eq!(event.reason, "not_declared");
-        assert_eq!(audit.counters.denials.load(Ordering::Relaxed), 1);
+        assert_eq!(audit.metrics.requests(Decision::Denied), 1);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use super::audit::{unix_millis, AuditEvent, RequestCounters};
 use super::AdminState;
 use crate::config::Config;
+use crate::handler::Decision;
 use crate::node::annotations;
 use crate::vault::{FlushedRead, VaultBackend, VaultEnvironment, VaultStatus};
 
@@ -71,6 +72,7 @@ impl Admin for AdminService {
             vault.push(vault_session(identity, backend.status()));
         }
         let counters = &state.audit.counters;
+        let metrics = &state.audit.metrics;
         let secrets_file = state.backends.file.as_ref().map(|file| {
             let status = file.status();
             pb::SecretsFile {
@@ -90,9 +92,9 @@ impl Admin for AdminService {
             serving: state.health.is_serving(),
             vault,
             counters: Some(pb::Counters {
-                requests: counters.requests.load(Ordering::Relaxed),
-                denials: counters.denials.load(Ordering::Relaxed),
-                errors: counters.errors.load(Ordering::Relaxed),
+                requests: metrics.requests_total(),
+                denials: metrics.requests(Decision::Denied),
+                errors: metrics.requests(Decision::Error),
                 audit_events_dropped: counters.dropped.load(Ordering::Relaxed),
                 audit_watchers: counters.watchers.load(Ordering::Relaxed),
             }),
@@ -362,6 +364,7 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
         "[node]",
     );
     check(old.admin != new.admin, "[admin]");
+    check(old.metrics != new.metrics, "[metrics] listen");
     check(old.audit.buffer != new.audit.buffer, "[audit] buffer");
     keys
 }

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use envproxy_proto::SecretBytes;
 use moka::future::Cache;
 
+use crate::admin::audit::{note_cache, CacheOutcome};
 use crate::expiry::{Deadlines, ExpireAt};
+use crate::metrics::CacheBackend;
 
 use super::client::Fetched;
 use super::error::HttpError;
@@ -123,6 +125,7 @@ impl ValueCache {
             Err(err) => {
                 if fetched {
                     self.misses.fetch_add(1, Ordering::Relaxed);
+                    note_cache(CacheBackend::Http, CacheOutcome::Miss);
                 }
                 Err(HttpError::clone(&err))
             }
@@ -212,6 +215,14 @@ impl ValueCache {
 
     fn count_served(&self, entry: &CachedValue, fetched: bool) {
         let counter = if fetched { &self.misses } else { &self.hits };
+        let outcome = if entry.stale {
+            CacheOutcome::Stale
+        } else if fetched {
+            CacheOutcome::Miss
+        } else {
+            CacheOutcome::Hit
+        };
+        note_cache(CacheBackend::Http, outcome);
         counter.fetch_add(1, Ordering::Relaxed);
         if entry.stale {
             self.stale_served.fetch_add(1, Ordering::Relaxed);

@@ -53,6 +53,25 @@ pub enum HttpError {
 }
 
 impl HttpError {
+    /// Returns the error's kind as a snake_case label for metrics, such as `timeout`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HttpError::Unauthorized { .. } => "unauthorized",
+            HttpError::PermissionDenied { .. } => "permission_denied",
+            HttpError::Server { .. } => "server_error",
+            HttpError::Rejected { .. } => "rejected",
+            HttpError::Timeout { .. } => "timeout",
+            HttpError::ConnectionRefused { .. } => "connection_refused",
+            HttpError::Unreachable { .. } => "unreachable",
+            HttpError::Tls { .. } => "tls",
+            HttpError::InvalidResponse { .. } => "invalid_response",
+            HttpError::InvalidKey { .. } => "invalid_key",
+            HttpError::TokenFile { .. } => "token_file",
+            HttpError::InvalidUrl { .. } => "invalid_url",
+            HttpError::CaCert { .. } => "ca_cert",
+        }
+    }
+
     /// Returns whether the error means the API is unavailable for now (unreachable, timed out,
     /// rate limiting or failing with 5xx), so a cached value may be served instead. A 401,
     /// 403 or 404 is the API's decision and is never masked.

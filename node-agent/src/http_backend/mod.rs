@@ -31,6 +31,8 @@ pub use settings::{AuthToken, HttpSettings};
 use cache::ValueCache;
 use client::Client;
 
+use crate::metrics::Metrics;
+
 /// The HTTP backend's part of the agent status. Contains no token and no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpStatus {
@@ -54,12 +56,22 @@ struct Inner {
     settings: HttpSettings,
     client: Client,
     cache: ValueCache,
+    /// The agent's metrics, which count the requests sent to the API.
+    metrics: Arc<Metrics>,
 }
 
 impl HttpBackend {
     /// Builds the backend for `settings`. Fails on an invalid URL or an unusable `ca_cert`; the
     /// API itself is first contacted at the first request.
     pub fn start(settings: HttpSettings) -> Result<HttpBackend, HttpError> {
+        HttpBackend::start_observed(settings, Arc::default())
+    }
+
+    /// Like [`HttpBackend::start`], counting the requests sent to the API in `metrics`.
+    pub(crate) fn start_observed(
+        settings: HttpSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<HttpBackend, HttpError> {
         let client = Client::new(&settings)?;
         let cache = ValueCache::new(settings.max_entries, settings.cache_ttl, settings.max_stale);
         Ok(HttpBackend {
@@ -67,6 +79,7 @@ impl HttpBackend {
                 settings,
                 client,
                 cache,
+                metrics,
             }),
         })
     }
@@ -77,12 +90,16 @@ impl HttpBackend {
 
     /// Returns the value of `key`, or `None` when the API responded with 404.
     pub async fn get(&self, key: &str) -> Result<Option<SecretBytes>, HttpError> {
-        let client = &self.inner.client;
-        let entry = self
-            .inner
-            .cache
-            .get_or_fetch(key, || client.fetch(key))
-            .await?;
+        let inner = &self.inner;
+        let fetch = || async {
+            let fetched = inner.client.fetch(key).await;
+            inner.metrics.http_request();
+            if let Err(err) = &fetched {
+                inner.metrics.http_error(err.kind());
+            }
+            fetched
+        };
+        let entry = inner.cache.get_or_fetch(key, fetch).await?;
         Ok(entry
             .value
             .as_ref()

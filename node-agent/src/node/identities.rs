@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::metrics::Metrics;
 use crate::vault::{
     JwtSource, KubernetesAuth, SecretText, VaultBackend, VaultError, VaultSettings,
 };
@@ -91,6 +92,8 @@ struct Entry {
 #[derive(Clone, Default)]
 pub struct Identities {
     entries: Arc<tokio::sync::Mutex<HashMap<Identity, Entry>>>,
+    /// The agent's metrics, shared by every identity's Vault backend.
+    metrics: Arc<Metrics>,
 }
 
 /// A session ready for reads, and the token store the caller refreshes.
@@ -101,6 +104,14 @@ pub struct Session {
 }
 
 impl Identities {
+    /// Creates an empty set whose Vault backends count their requests in `metrics`.
+    pub(crate) fn with_metrics(metrics: Arc<Metrics>) -> Identities {
+        Identities {
+            entries: Arc::default(),
+            metrics,
+        }
+    }
+
     /// Returns the session of `identity`, used by pod `pod_uid`. A new session is built from
     /// `base` (address, TLS, timeouts) and logs in with the token in `jwt` once the caller
     /// has stored one: `prepare` runs before the first login, with the new token store.
@@ -130,7 +141,7 @@ impl Identities {
             role: identity.role.clone(),
             jwt: Arc::clone(&jwt) as Arc<dyn JwtSource>,
         });
-        let backend = VaultBackend::start_with_auth(settings, auth)
+        let backend = VaultBackend::start_observed(settings, auth, Arc::clone(&self.metrics))
             .await
             .map_err(|err| format!("cannot set up Vault for {}: {err}", identity.describe()))?;
         tracing::info!(identity = %identity.describe(), "new Vault identity");

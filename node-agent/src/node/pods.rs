@@ -20,6 +20,8 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
+
 /// Deletions buffered per [`PodWatch::deletions`] receiver before it lags.
 const DELETIONS_BUFFER: usize = 256;
 
@@ -126,6 +128,8 @@ struct Store {
     /// Whether the latest watch request succeeded; cleared by each watch error.
     connected: AtomicBool,
     deletions: broadcast::Sender<DeletedPod>,
+    /// The agent's metrics, which count relists and watch errors.
+    metrics: Arc<Metrics>,
 }
 
 /// Aborts the watch task when the last [`PodWatch`] clone is dropped.
@@ -152,6 +156,15 @@ impl PodWatch {
     ///
     /// Panics when called outside a Tokio runtime.
     pub fn start(client: kube::Client, node_name: &str) -> PodWatch {
+        PodWatch::start_observed(client, node_name, Arc::default())
+    }
+
+    /// Like [`PodWatch::start`], counting relists and watch errors in `metrics`.
+    pub(crate) fn start_observed(
+        client: kube::Client,
+        node_name: &str,
+        metrics: Arc<Metrics>,
+    ) -> PodWatch {
         let store = Arc::new(Store {
             node_name: node_name.to_owned(),
             pods: RwLock::new(HashMap::new()),
@@ -159,6 +172,7 @@ impl PodWatch {
             synced: watch::channel(false).0,
             connected: AtomicBool::new(false),
             deletions: broadcast::channel(DELETIONS_BUFFER).0,
+            metrics,
         });
         let task = tokio::spawn(run(client, store.clone()));
         PodWatch {
@@ -274,6 +288,7 @@ async fn run(client: kube::Client, store: Arc<Store>) {
             Err(err) => {
                 failures += 1;
                 store.connected.store(false, Ordering::Relaxed);
+                store.metrics.pod_watch_failed();
                 log_watch_error(&err, failures, &store.node_name);
                 continue;
             }
@@ -282,6 +297,7 @@ async fn run(client: kube::Client, store: Arc<Store>) {
             Event::Init => {
                 if store.is_synced() {
                     info!(node = %store.node_name, "pod watch relisting");
+                    store.metrics.pod_watch_relisted();
                 }
                 listing = Some(HashMap::new());
             }

@@ -21,6 +21,7 @@ use crate::expiry::{Deadlines, ExpireAt};
 use super::error::VaultError;
 use super::read::{ReadResult, ReadTarget, SecretData};
 use crate::admin::audit::CacheOutcome;
+use crate::metrics::CacheBackend;
 
 /// Minimum and maximum pause between Vault attempts for one entry while its stale data is
 /// served. Within these bounds the pause equals the cache TTL.
@@ -170,7 +171,7 @@ impl SecretCache {
             Err(err) => {
                 if fetched {
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                    crate::admin::audit::note_cache(CacheOutcome::Miss);
+                    crate::admin::audit::note_cache(CacheBackend::Vault, CacheOutcome::Miss);
                 }
                 Err(VaultError::clone(&err))
             }
@@ -383,13 +384,14 @@ impl SecretCache {
             entry.hits.fetch_add(1, Ordering::Relaxed);
             &self.counters.hits
         };
-        crate::admin::audit::note_cache(if entry.stale {
+        let outcome = if entry.stale {
             CacheOutcome::Stale
         } else if fetched {
             CacheOutcome::Miss
         } else {
             CacheOutcome::Hit
-        });
+        };
+        crate::admin::audit::note_cache(CacheBackend::Vault, outcome);
         counter.fetch_add(1, Ordering::Relaxed);
         if entry.stale {
             self.counters.stale_served.fetch_add(1, Ordering::Relaxed);

@@ -188,6 +188,36 @@ impl VaultError {
         }
     }
 
+    /// Returns the error's kind as a snake_case label for metrics, such as `permission_denied`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VaultError::UnknownMount { .. } => "unknown_mount",
+            VaultError::PermissionDenied { .. } => "permission_denied",
+            VaultError::InvalidToken { .. } => "invalid_token",
+            VaultError::NotFound { .. } => "not_found",
+            VaultError::VersionNotFound { .. } => "version_not_found",
+            VaultError::KeyNotFound { .. } => "key_not_found",
+            VaultError::VersionDeleted { .. } => "version_deleted",
+            VaultError::VersionDestroyed { .. } => "version_destroyed",
+            VaultError::Sealed { .. } => "sealed",
+            VaultError::RateLimited { .. } => "rate_limited",
+            VaultError::Server { .. } => "server_error",
+            VaultError::Rejected { .. } => "rejected",
+            VaultError::Tls { .. } => "tls",
+            VaultError::Timeout { .. } => "timeout",
+            VaultError::ConnectionRefused { .. } => "connection_refused",
+            VaultError::Unreachable { .. } => "unreachable",
+            VaultError::InvalidAddress { .. } => "invalid_address",
+            VaultError::InvalidResponse { .. } => "invalid_response",
+            VaultError::NoToken => "no_token",
+            VaultError::TokenFile { .. } => "token_file",
+            VaultError::JwtFile { .. } => "jwt_file",
+            VaultError::NoPodToken => "no_pod_token",
+            VaultError::TlsFile { .. } => "tls_file",
+            VaultError::LoginFailed { .. } => "login_failed",
+        }
+    }
+
     /// Returns whether a new login may cure the error: the token was rejected.
     pub fn is_auth_rejection(&self) -> bool {
         matches!(

@@ -14,6 +14,7 @@ use super::cache::CacheKey;
 use super::error::VaultError;
 use super::read::LeaseGrant;
 use super::Inner;
+use crate::metrics::VaultOperation;
 
 /// Minimum and maximum pause before retrying a failed renewal.
 const MIN_RENEW_RETRY: Duration = Duration::from_secs(1);
@@ -149,7 +150,7 @@ async fn keep_lease(inner: Weak<Inner>, key: CacheKey, lease: LeaseGrant) {
 async fn renew(inner: &Inner, lease_id: &str, increment: Duration) -> Result<Duration, VaultError> {
     let token = inner.session.token().await?;
     let body = json!({ "lease_id": lease_id, "increment": increment.as_secs() });
-    let reply = inner
+    let sent = inner
         .transport
         .send(
             Method::PUT,
@@ -159,7 +160,9 @@ async fn renew(inner: &Inner, lease_id: &str, increment: Duration) -> Result<Dur
             Some(&body),
             false,
         )
-        .await?;
+        .await;
+    inner.transport.count(VaultOperation::LeaseRenew, &sent);
+    let reply = sent?;
     let seconds = reply
         .body
         .get("lease_duration")
@@ -197,6 +200,7 @@ pub(crate) async fn revoke_all(inner: &Inner, lease_ids: &[String]) -> usize {
                 false,
             )
             .await;
+        inner.transport.count(VaultOperation::LeaseRevoke, &result);
         match result {
             Ok(_) => {
                 revoked += 1;

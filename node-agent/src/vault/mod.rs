@@ -44,6 +44,8 @@ use lease::LeaseKeeper;
 use read::{ReadResult, ReadTarget};
 use session::Session;
 
+use crate::metrics::{Metrics, VaultOperation};
+
 /// The Vault part of the agent status. Contains no token and no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaultStatus {
@@ -95,7 +97,16 @@ impl VaultBackend {
         settings: VaultSettings,
         auth: Arc<dyn Auth>,
     ) -> Result<VaultBackend, VaultError> {
-        let transport = Arc::new(Transport::new(&settings)?);
+        VaultBackend::start_observed(settings, auth, Arc::default()).await
+    }
+
+    /// Like [`VaultBackend::start_with_auth`], counting Vault requests in `metrics`.
+    pub(crate) async fn start_observed(
+        settings: VaultSettings,
+        auth: Arc<dyn Auth>,
+        metrics: Arc<Metrics>,
+    ) -> Result<VaultBackend, VaultError> {
+        let transport = Arc::new(Transport::new(&settings, metrics)?);
         let identity: Arc<str> = format!(
             "{}|{}|{}|{}",
             transport.address(),
@@ -196,10 +207,16 @@ impl VaultBackend {
             .token()
             .await
             .map_err(|err| err.while_reading(&key.target.path))?;
-        let result = match read::read(&inner.transport, &token, &key.target).await {
+        let result = read::read(&inner.transport, &token, &key.target).await;
+        inner.transport.count(VaultOperation::Read, &result);
+        let result = match result {
             Err(err) if err.is_auth_rejection() => {
                 match inner.session.login_after_rejection(&token, &err).await? {
-                    Some(new_token) => read::read(&inner.transport, &new_token, &key.target).await,
+                    Some(new_token) => {
+                        let again = read::read(&inner.transport, &new_token, &key.target).await;
+                        inner.transport.count(VaultOperation::Read, &again);
+                        again
+                    }
                     None => Err(err),
                 }
             }

@@ -12,6 +12,7 @@ use super::auth::{Auth, Login};
 use super::error::VaultError;
 use super::secret::SecretText;
 use super::transport::Transport;
+use crate::metrics::VaultOperation;
 
 /// Minimum pause before retrying a failed renewal.
 const MIN_RENEW_RETRY: Duration = Duration::from_secs(1);
@@ -157,11 +158,13 @@ impl Session {
     /// calls it again, and the compiler cannot infer `Send` through that cycle.
     fn login_locked(self: &Arc<Self>) -> BoxFuture<'_, Result<Arc<SecretText>, VaultError>> {
         Box::pin(async move {
+            let login = self.auth.login(&self.transport).await;
+            self.transport.count(VaultOperation::Login, &login);
             let Login {
                 token,
                 expires_at,
                 renewable,
-            } = self.auth.login(&self.transport).await?;
+            } = login?;
             tracing::info!(
                 method = self.auth.method(),
                 ttl_secs = expires_at.map(seconds_until),
@@ -277,7 +280,11 @@ async fn keep_alive(session: std::sync::Weak<Session>, token: Arc<SecretText>) {
         }
 
         let client = strong.transport.vaultrs_client(Some(&token));
-        match vaultrs::token::renew_self(&client, None).await {
+        let renewed = vaultrs::token::renew_self(&client, None)
+            .await
+            .map_err(|err| strong.transport.vaultrs_error("auth/token/renew-self", err));
+        strong.transport.count(VaultOperation::TokenRenew, &renewed);
+        match renewed {
             Ok(auth) => {
                 retrying = false;
                 let new_expiry = SystemTime::now() + Duration::from_secs(auth.lease_duration);
@@ -299,7 +306,6 @@ async fn keep_alive(session: std::sync::Weak<Session>, token: Arc<SecretText>) {
                 }
             }
             Err(err) => {
-                let err = strong.transport.vaultrs_error("auth/token/renew-self", err);
                 if err.is_auth_rejection() {
                     tracing::warn!(method, %err, "Vault rejected the token renewal");
                     if can_login_again {

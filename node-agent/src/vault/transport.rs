@@ -3,7 +3,7 @@
 
 use std::error::Error as _;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use super::error::VaultError;
 use super::secret::SecretText;
 use super::settings::{TlsSettings, VaultSettings};
+use crate::metrics::{Metrics, VaultOperation};
 
 /// A decoded Vault response with a 2xx status, or a 404 whose body is still needed (KV v2
 /// returns the metadata of a deleted version that way).
@@ -33,6 +34,8 @@ pub struct Transport {
     address: String,
     namespace: Option<String>,
     timeout: Duration,
+    /// The agent's metrics, which count the requests of every caller of this transport.
+    metrics: Arc<Metrics>,
 }
 
 /// Installs ring as rustls's process-wide crypto provider. reqwest is built without one.
@@ -45,8 +48,12 @@ pub(crate) fn install_crypto_provider() {
 }
 
 impl Transport {
-    /// Builds the HTTP client for `settings`: checks the address, reads the TLS files.
-    pub(crate) fn new(settings: &VaultSettings) -> Result<Transport, VaultError> {
+    /// Builds the HTTP client for `settings`: checks the address, reads the TLS files. Requests
+    /// are counted in `metrics`.
+    pub(crate) fn new(
+        settings: &VaultSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Transport, VaultError> {
         install_crypto_provider();
         let address = settings.address.trim_end_matches('/').to_string();
         let invalid = |reason: String| VaultError::InvalidAddress {
@@ -107,11 +114,20 @@ impl Transport {
             address,
             namespace: settings.namespace().map(str::to_string),
             timeout: settings.timeout,
+            metrics,
         })
     }
 
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// Counts one `operation` request and, when it failed, its error kind.
+    pub(crate) fn count<T>(&self, operation: VaultOperation, result: &Result<T, VaultError>) {
+        self.metrics.vault_request(operation);
+        if let Err(err) = result {
+            self.metrics.vault_error(operation, err.kind());
+        }
     }
 
     /// Sends one request to `/v1/<path>` and returns the decoded reply of a 2xx status, or of a

@@ -1,8 +1,9 @@
-//! Helpers shared by the admin API tests: a gRPC channel over the admin Unix socket and the
-//! agent's wire protocol.
+//! Helpers shared by the admin API tests: a gRPC channel over the admin Unix socket, the
+//! agent's wire protocol, and scrapes of the metrics listener.
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use envproxy_admin_proto::v1::admin_client::AdminClient;
 use envproxy_proto::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Maximum wait for one response or for a state change.
@@ -52,6 +53,11 @@ pub async fn admin_client(path: &Path) -> AdminClient<Channel> {
 /// Sends one request over the agent socket at `socket` and returns the response.
 pub async fn agent_request(socket: &Path, request: &Request) -> Response {
     let mut stream = UnixStream::connect(socket).await.unwrap();
+    request_on(&mut stream, request).await
+}
+
+/// Sends `request` on an open agent connection and returns the response.
+pub async fn request_on(stream: &mut UnixStream, request: &Request) -> Response {
     let mut frame = Vec::new();
     request.encode(&mut frame).unwrap();
     stream.write_all(&frame).await.unwrap();
@@ -123,4 +129,111 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// One HTTP response from the metrics listener.
+pub struct HttpReply {
+    pub status: u16,
+    /// The header lines, lower-cased.
+    pub headers: String,
+    pub body: String,
+}
+
+/// Sends one HTTP/1.1 request without a body to `address` and reads the whole response.
+pub async fn http_request(address: SocketAddr, method: &str, path: &str) -> HttpReply {
+    let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(address))
+        .await
+        .expect("connect to the metrics listener in time")
+        .unwrap();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("read the metrics response in time")
+        .unwrap();
+    let text = String::from_utf8(raw).expect("the response is UTF-8");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .expect("a complete HTTP response");
+    let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("invalid status line {status_line:?}"));
+    HttpReply {
+        status,
+        headers: headers.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+/// The samples of one scrape of `/metrics`.
+pub struct Scrape {
+    /// The response body as received.
+    pub text: String,
+    samples: Vec<prometheus_parse::Sample>,
+}
+
+impl Scrape {
+    /// Returns the value of the sample `name` whose labels are exactly `labels`.
+    ///
+    /// # Panics
+    ///
+    /// Panics, printing the scrape, when there is no such sample.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.find(name, labels)
+            .unwrap_or_else(|| panic!("no sample {name} {labels:?} in the scrape:\n{}", self.text))
+    }
+
+    /// Returns whether the scrape has a sample `name` with exactly `labels`.
+    pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.find(name, labels).is_some()
+    }
+
+    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let sample = self.samples.iter().find(|sample| {
+            sample.metric == name
+                && sample.labels.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(key, value)| sample.labels.get(key) == Some(*value))
+        })?;
+        match sample.value {
+            prometheus_parse::Value::Counter(value)
+            | prometheus_parse::Value::Gauge(value)
+            | prometheus_parse::Value::Untyped(value) => Some(value),
+            ref other => panic!("{name} is not a single value: {other:?}"),
+        }
+    }
+}
+
+/// Scrapes `/metrics` at `address` and checks the text format: a 200 with the OpenMetrics
+/// content type, every line a comment, a metric family description or a sample, and `# EOF`
+/// as the last line.
+pub async fn scrape(address: SocketAddr) -> Scrape {
+    let reply = http_request(address, "GET", "/metrics").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply
+            .headers
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{}",
+        reply.headers
+    );
+    let text = reply.body;
+    assert!(text.ends_with("# EOF\n"), "no `# EOF` at the end:\n{text}");
+    for line in text.lines() {
+        let known_comment = line.starts_with("# UNIT ") || line == "# EOF";
+        let parsed = prometheus_parse::LineInfo::parse(line);
+        assert!(
+            known_comment || !matches!(parsed, prometheus_parse::LineInfo::Ignored),
+            "line {line:?} is not valid Prometheus text"
+        );
+    }
+    let lines = text.lines().map(|line| Ok(line.to_string()));
+    let samples = prometheus_parse::Scrape::parse(lines).unwrap().samples;
+    Scrape { text, samples }
 }
