@@ -61,7 +61,9 @@ final class AgentClient {
         }
     }
 
-    private final Path socket;
+    private final Settings settings;
+    /** The agent socket, found at the first request. */
+    private volatile Path socket;
     private final long timeoutNanos;
     private final ArrayDeque<Connection> idle = new ArrayDeque<>();
     /** System.nanoTime until which requests fail at once, while {@link #backingOff} is set. */
@@ -69,9 +71,9 @@ final class AgentClient {
     private boolean backingOff;
     private String lastFailure = "";
 
-    AgentClient(Path socket, long timeoutMillis) {
-        this.socket = socket;
-        this.timeoutNanos = timeoutMillis * 1_000_000L;
+    AgentClient(Settings settings) {
+        this.settings = settings;
+        this.timeoutNanos = settings.timeoutMillis * 1_000_000L;
     }
 
     /**
@@ -90,6 +92,13 @@ final class AgentClient {
         // is cleared for the exchange and restored afterwards.
         boolean interrupted = Thread.interrupted();
         try {
+            if (socket == null) {
+                try {
+                    socket = settings.socketPath();
+                } catch (IllegalStateException noUid) {
+                    throw new AgentException(noUid.getMessage());
+                }
+            }
             Response response = send(frame);
             synchronized (this) {
                 backingOff = false;

@@ -2,6 +2,8 @@ package dev.envproxy.javaagent;
 
 import java.io.ByteArrayOutputStream;
 import java.lang.invoke.MethodHandle;
+import java.lang.invoke.MethodHandles;
+import java.lang.invoke.MethodType;
 import java.nio.charset.Charset;
 import java.util.ArrayList;
 import java.util.List;
@@ -19,7 +21,8 @@ public final class EnvironmentRedirects {
     /** What System.getenv() returns: the resolving view of the JVM's environment map. */
     public static Map<String, String> theUnmodifiableEnvironment;
 
-    private static MethodHandle originalToEnvironmentBlock;
+    /** ProcessEnvironment's own toEnvironmentBlock, looked up at the first child start. */
+    private static volatile MethodHandle originalToEnvironmentBlock;
     private static ServedValues served;
     private static Charset charset;
     /** NAME=VALUE of LD_PRELOAD and ENVPROXY_* from the JVM's environment, as bytes. */
@@ -36,9 +39,8 @@ public final class EnvironmentRedirects {
 
     private EnvironmentRedirects() {}
 
-    static void configure(Map<String, String> environment, MethodHandle toEnvironmentBlock,
-            ServedValues servedValues, Charset environmentCharset) {
-        originalToEnvironmentBlock = toEnvironmentBlock;
+    static void configure(Map<String, String> environment, ServedValues servedValues,
+            Charset environmentCharset) {
         served = servedValues;
         charset = environmentCharset;
         settingsEntries = new ArrayList<>();
@@ -69,7 +71,7 @@ public final class EnvironmentRedirects {
      */
     public static byte[] toEnvironmentBlock(Map<String, String> environment, int[] count)
             throws Throwable {
-        byte[] block = (byte[]) originalToEnvironmentBlock.invoke(environment, count);
+        byte[] block = (byte[]) originalToEnvironmentBlock().invoke(environment, count);
         if (block == null) {
             return block;
         }
@@ -107,6 +109,23 @@ public final class EnvironmentRedirects {
         }
         count[0] = rewritten.size();
         return out.toByteArray();
+    }
+
+    /**
+     * Returns ProcessEnvironment.toEnvironmentBlock. It is looked up on first use, not at
+     * start, because creating a method handle costs a JVM start several milliseconds.
+     */
+    private static MethodHandle originalToEnvironmentBlock() throws ReflectiveOperationException {
+        MethodHandle handle = originalToEnvironmentBlock;
+        if (handle == null) {
+            Class<?> processEnvironment = Class.forName("java.lang.ProcessEnvironment");
+            MethodHandles.Lookup lookup =
+                    MethodHandles.privateLookupIn(processEnvironment, MethodHandles.lookup());
+            handle = lookup.findStatic(processEnvironment, "toEnvironmentBlock",
+                    MethodType.methodType(byte[].class, Map.class, int[].class));
+            originalToEnvironmentBlock = handle;
+        }
+        return handle;
     }
 
     /** Returns the entry to pass to the child: {@code entry} itself, a new one, or null. */

@@ -4,9 +4,6 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.lang.instrument.ClassDefinition;
 import java.lang.instrument.Instrumentation;
-import java.lang.invoke.MethodHandle;
-import java.lang.invoke.MethodHandles;
-import java.lang.invoke.MethodType;
 import java.util.Collections;
 import java.util.Map;
 import java.util.Set;
@@ -68,13 +65,12 @@ public final class Hook {
                 Map.of("java.lang", Set.of(hook)), Set.of(), Map.of());
 
         ServedValues served = new ServedValues();
-        AgentClient agent = new AgentClient(settings.socket, settings.timeoutMillis);
+        AgentClient agent = new AgentClient(settings);
         Resolver resolver = new Resolver(settings, agent, served);
         boolean unsetOnError = settings.onError == Settings.OnError.UNSET;
         EnvironmentRedirects.theUnmodifiableEnvironment =
                 Collections.unmodifiableMap(new ResolvingEnvironment(raw, resolver, unsetOnError));
-        EnvironmentRedirects.configure(raw, originalToEnvironmentBlock(), served,
-                settings.charset);
+        EnvironmentRedirects.configure(raw, served, settings.charset);
 
         // ProcessImpl first, so that no child can start with a resolved value before the
         // environment resolves.
@@ -89,7 +85,7 @@ public final class Hook {
         instrumentation.redefineClasses(new ClassDefinition(processEnvironment, environment));
         if (settings.debug) {
             Diag.line("Java hook installed; System.getenv resolves references through "
-                    + settings.socket);
+                    + settings.socketPath());
         }
     }
 
@@ -101,14 +97,6 @@ public final class Hook {
             }
         }
         return false;
-    }
-
-    private static MethodHandle originalToEnvironmentBlock() throws ReflectiveOperationException {
-        Class<?> processEnvironment = Class.forName("java.lang.ProcessEnvironment");
-        MethodHandles.Lookup lookup =
-                MethodHandles.privateLookupIn(processEnvironment, MethodHandles.lookup());
-        return lookup.findStatic(processEnvironment, "toEnvironmentBlock",
-                MethodType.methodType(byte[].class, Map.class, int[].class));
     }
 
     /** Reads a java.base class file as the runtime image holds it. */

@@ -79,7 +79,15 @@ final class Resolver {
         }
         BUSY.set(Boolean.TRUE);
         try {
-            Entry entry = entries.computeIfAbsent(name, ignored -> new Entry());
+            // No lambda (computeIfAbsent): bootstrapping one costs milliseconds at first use.
+            Entry entry = entries.get(name);
+            if (entry == null) {
+                Entry created = new Entry();
+                entry = entries.putIfAbsent(name, created);
+                if (entry == null) {
+                    entry = created;
+                }
+            }
             synchronized (entry) {
                 return slowPath(name, raw, entry);
             }

@@ -35,8 +35,9 @@ final class Settings {
     final OnError onError;
     /** ENVPROXY_LOOKUP_UNSET=1: names absent from the environment are requested by name. */
     final boolean lookupUnset;
-    /** ENVPROXY_SOCKET, else the per-user socket of the local agent. */
-    final Path socket;
+    /** ENVPROXY_SOCKET, or null for the per-user socket of the local agent. */
+    private final String explicitSocket;
+    private final String runtimeDir;
     /** The charset the JVM decodes environment bytes with, used for names and values. */
     final Charset charset;
 
@@ -49,7 +50,8 @@ final class Settings {
         timeoutMillis = timeout(raw, report);
         onError = onError(raw.get("ENVPROXY_ON_ERROR"), report);
         lookupUnset = "1".equals(raw.get("ENVPROXY_LOOKUP_UNSET"));
-        socket = socketPath(raw);
+        explicitSocket = raw.get("ENVPROXY_SOCKET");
+        runtimeDir = raw.get("XDG_RUNTIME_DIR");
         charset = environmentCharset();
     }
 
@@ -112,13 +114,15 @@ final class Settings {
         return OnError.REFERENCE;
     }
 
-    /** Returns the agent socket, with the same default as the library and the agent. */
-    private static Path socketPath(Map<String, String> raw) {
-        String explicit = raw.get("ENVPROXY_SOCKET");
-        if (explicit != null && !explicit.isEmpty()) {
-            return Path.of(explicit);
+    /**
+     * Returns the agent socket, with the same default as the library and the agent. The
+     * default needs the uid from /proc, which costs a JVM start about 10 ms, so it is found at
+     * the first request rather than at start.
+     */
+    Path socketPath() {
+        if (explicitSocket != null && !explicitSocket.isEmpty()) {
+            return Path.of(explicitSocket);
         }
-        String runtimeDir = raw.get("XDG_RUNTIME_DIR");
         if (runtimeDir != null && !runtimeDir.isEmpty()) {
             return Path.of(runtimeDir, "envproxy", "agent.sock");
         }
@@ -156,8 +160,9 @@ final class Settings {
                 for (String line : Files.readAllLines(Path.of("/proc/self/status"),
                         StandardCharsets.US_ASCII)) {
                     if (line.startsWith("Uid:")) {
-                        String[] fields = line.substring(4).trim().split("\\s+");
-                        return Long.parseLong(fields[index]);
+                        // Four tab-separated numbers: real, effective, saved and file system uid.
+                        String[] fields = line.substring(4).trim().split("\t");
+                        return Long.parseLong(fields[index].trim());
                     }
                 }
             } catch (java.io.IOException | RuntimeException unreadable) {
