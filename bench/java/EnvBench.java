@@ -14,6 +14,12 @@
 public final class EnvBench {
     private static final int WRONG_VALUE = 3;
 
+    /**
+     * Does nothing. The benchmark also loads this class as an empty javaagent, to measure what
+     * any agent costs a JVM start.
+     */
+    public static void premain(String arguments, java.lang.instrument.Instrumentation unused) {}
+
     public static void main(String[] args) {
         switch (args[0]) {
             case "start" -> { }

@@ -363,3 +363,35 @@ fn java_unresolvable_reference_follows_on_error() {
     assert_eq!(output.status.code(), Some(78));
     assert_eq!(value_of(&output.stdout, "getenv"), None);
 }
+
+#[test]
+fn java_runtime_without_instrument_starts() {
+    jdks();
+    let world = World::new();
+    let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+    // A runtime of java.base alone, as a container image made with jlink may have.
+    let runtime = world.path("java-base-only");
+    let output = Command::new("jlink")
+        .args(["--add-modules", "java.base", "--output"])
+        .arg(&runtime)
+        .output()
+        .expect("run jlink (.ci/run installs default-jdk-headless)");
+    assert!(
+        output.status.success(),
+        "jlink failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let jdk = Jdk {
+        label: "jlink runtime of java.base",
+        java: runtime.join("bin/java"),
+    };
+    let output = run_java(
+        &mut java_command(&secrets, &jdk, &["read", "API_TOKEN"]),
+        &jdk,
+    );
+    // The JVM starts, without the hook, so it reads the reference.
+    assert_eq!(
+        value_of(&output.stdout, "getenv").as_deref(),
+        Some("envproxy:API_TOKEN")
+    );
+}

@@ -22,6 +22,8 @@ pub struct JavaBench {
     java: PathBuf,
     classes: PathBuf,
     jar: PathBuf,
+    /// EnvBench packed as a javaagent whose premain does nothing.
+    empty_agent: PathBuf,
     version: String,
 }
 
@@ -51,10 +53,35 @@ impl JavaBench {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+        let empty_agent = dir.join("empty-agent.jar");
+        let manifest = dir.join("empty-agent.mf");
+        std::fs::write(&manifest, "Premain-Class: EnvBench\n")
+            .with_context(|| format!("cannot write {}", manifest.display()))?;
+        let jar_tool = on_path("jar")?;
+        let output = Command::new(&jar_tool)
+            .arg("--create")
+            .arg("--file")
+            .arg(&empty_agent)
+            .arg("--manifest")
+            .arg(&manifest)
+            .arg("-C")
+            .arg(&classes)
+            .arg("EnvBench.class")
+            .output()
+            .with_context(|| format!("cannot run {}", jar_tool.display()))?;
+        if !output.status.success() {
+            bail!(
+                "jar --create {} failed with {}:\n{}",
+                empty_agent.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
         let mut bench = JavaBench {
             java,
             classes,
             jar,
+            empty_agent,
             version: String::new(),
         };
         let output = bench.run(&["version"], &[])?;
@@ -155,9 +182,10 @@ fn java_environment(socket: &Path, jar: Option<&Path>) -> Vec<(String, String)> 
 }
 
 /// Benchmark 14: wall time of a JVM that starts and exits, with the hook installed (the
-/// environment holds references, so the hook patches java.base) and without it. A third
-/// command, for information, also reads one reference, which opens the first connection to
-/// the agent.
+/// environment holds references, so the hook patches java.base) and without it. For
+/// information, two more commands: one also reads a reference, which opens the first
+/// connection to the agent, and one loads an empty javaagent instead of the hook, which is
+/// what loading any agent costs.
 pub fn startup(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
     let socket = suite.agent_socket()?.to_path_buf();
     let runs = suite.plan.startup_runs;
@@ -166,10 +194,12 @@ pub fn startup(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
     let without_hook = java_environment(&socket, None);
     let secret = fixture::secret_value(REFERENCE_VARIABLE);
     let read_args = ["read", REFERENCE_VARIABLE, secret];
-    let variants: [(&[&str], &[(String, String)]); 3] = [
+    let empty_agent = java_environment(&socket, Some(&bench.empty_agent));
+    let variants: [(&[&str], &[(String, String)]); 4] = [
         (&["start"], &without_hook),
         (&["start"], &with_hook),
         (&read_args, &with_hook),
+        (&["start"], &empty_agent),
     ];
     tracing::info!(java = %bench.java.display(), version = %bench.version, "timing JVM starts");
 
@@ -177,7 +207,7 @@ pub fn startup(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
     for (args, environment) in &variants {
         bench.time(args, environment)?;
     }
-    let mut times: [Vec<f64>; 3] = Default::default();
+    let mut times: [Vec<f64>; 4] = Default::default();
     for run in 0..runs {
         for offset in 0..variants.len() {
             let index = (run + offset) % variants.len();
@@ -187,7 +217,8 @@ pub fn startup(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
     }
 
     let version = &bench.version;
-    let [plain, hook, read] = times.map(|values| Figure::median_of(values, Unit::Milliseconds));
+    let [plain, hook, read, empty] =
+        times.map(|values| Figure::median_of(values, Unit::Milliseconds));
     Ok(vec![
         Row::new(
             "java-start",
@@ -200,6 +231,13 @@ pub fn startup(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
             "java-start-read",
             format!("14 JVM start (Java {version}), reading one reference"),
             read,
+            Some(plain.clone()),
+            None,
+        ),
+        Row::new(
+            "java-start-empty-agent",
+            format!("14 JVM start (Java {version}), empty javaagent"),
+            empty,
             Some(plain),
             None,
         ),
