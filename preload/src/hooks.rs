@@ -1,10 +1,9 @@
 //! Makes the runtime hooks findable at load, for runtimes that copy the environment at start.
 //!
 //! - Python: the hook directory (with `sitecustomize.py`) is prepended to `PYTHONPATH`.
-//! - Java: `-javaagent:<jar>` is appended to `JAVA_TOOL_OPTIONS` when the jar is installed,
-//!   except in a JVM launcher whose runtime lacks the `java.instrument` module, where an
-//!   inherited entry is removed instead, because such a JVM exits at start when asked to load
-//!   any javaagent.
+//! - Java: `-javaagent:<jar>` is appended to `JAVA_TOOL_OPTIONS` when the jar is installed.
+//!   A JVM whose runtime lacks the `java.instrument` module exits at start when asked to load
+//!   any javaagent, so in such a JVM launcher an inherited entry is removed instead.
 //!
 //! Values that an image or the user already set are kept, and an entry already present is
 //! not added twice. The hooks directory is `ENVPROXY_HOOKS_DIR`, else the first of `hooks`,

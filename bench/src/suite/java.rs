@@ -165,6 +165,9 @@ fn on_path(program: &str) -> anyhow::Result<PathBuf> {
         })
 }
 
+/// The arguments and the environment of one command of benchmark 14.
+type StartCommand<'a> = (&'a [&'a str], &'a [(String, String)]);
+
 /// Returns the environment of the C benchmarks without the library, with the Java hook
 /// loaded through `JAVA_TOOL_OPTIONS` when `jar` is set.
 fn java_environment(socket: &Path, jar: Option<&Path>) -> Vec<(String, String)> {
@@ -195,7 +198,7 @@ pub fn startup(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
     let secret = fixture::secret_value(REFERENCE_VARIABLE);
     let read_args = ["read", REFERENCE_VARIABLE, secret];
     let empty_agent = java_environment(&socket, Some(&bench.empty_agent));
-    let variants: [(&[&str], &[(String, String)]); 4] = [
+    let variants: [StartCommand<'_>; 4] = [
         (&["start"], &without_hook),
         (&["start"], &with_hook),
         (&read_args, &with_hook),
