@@ -5,7 +5,7 @@
 //! `cc -O2` into a temporary directory, starts the agent and an echo server there, and stops
 //! them by pid at the end.
 //!
-//! - [`suite`]: the thirteen benchmarks and their sizes.
+//! - [`suite`]: the fifteen benchmarks and their sizes.
 //! - [`observe`]: the audit stream watcher and metrics scraper of benchmarks 12 and 13.
 //! - [`harness`]: the C client that calls `getenv` and times socket round trips.
 //! - [`load`]: the multi-threaded throughput client.

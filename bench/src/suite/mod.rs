@@ -1,6 +1,7 @@
 //! The benchmarks, the sizes they run at and the servers they share.
 
 mod getenv;
+mod java;
 mod memory;
 mod node;
 mod observed;
@@ -61,10 +62,14 @@ pub enum Benchmark {
     AuditStream,
     /// 13: agent throughput while its metrics are scraped, against an agent without them.
     MetricsScrape,
+    /// 14: a JVM start with the Java hook, against one without it.
+    JavaStartup,
+    /// 15: `System.getenv` of a cached reference, against a plain variable.
+    JavaGetenv,
 }
 
 impl Benchmark {
-    pub const ALL: [Benchmark; 13] = [
+    pub const ALL: [Benchmark; 15] = [
         Benchmark::GetenvPlain,
         Benchmark::GetenvCached,
         Benchmark::UncachedLatency,
@@ -78,6 +83,8 @@ impl Benchmark {
         Benchmark::NodeDeployment,
         Benchmark::AuditStream,
         Benchmark::MetricsScrape,
+        Benchmark::JavaStartup,
+        Benchmark::JavaGetenv,
     ];
 
     /// Returns whether the benchmark places clients in pod cgroups, which needs root.
@@ -172,6 +179,8 @@ pub struct Suite {
     /// The kube test server and the pods of benchmarks 9 to 11. Their agents and clients have
     /// stopped by the time it is dropped, so its cgroups are empty.
     node: Option<NodeCluster>,
+    /// The Java program of benchmarks 14 and 15, compiled on first use.
+    java: Option<java::JavaBench>,
     // Declared last so that it is dropped after the servers whose sockets it contains.
     workspace: Workspace,
 }
@@ -190,6 +199,7 @@ impl Suite {
             vault_agent: None,
             vault: None,
             node: None,
+            java: None,
             workspace,
         })
     }
@@ -211,6 +221,8 @@ impl Suite {
             Benchmark::NodeDeployment => node::deployment(self)?,
             Benchmark::AuditStream => observed::audit_stream(self)?,
             Benchmark::MetricsScrape => observed::metrics_scrape(self)?,
+            Benchmark::JavaStartup => java::startup(self)?,
+            Benchmark::JavaGetenv => java::getenv(self)?,
         };
         // A server that died during the benchmark may have produced wrong figures.
         if let Some(agent) = &mut self.agent {
@@ -280,6 +292,14 @@ impl Suite {
         }
         let log = self.workspace.path(&format!("{name}.log"));
         Service::start("envproxy-agent with Vault", command, &socket, &log)
+    }
+
+    /// Returns the Java program of benchmarks 14 and 15, compiling it on first use.
+    fn java_bench(&mut self) -> anyhow::Result<&java::JavaBench> {
+        if self.java.is_none() {
+            self.java = Some(java::JavaBench::compile(self.workspace.dir())?);
+        }
+        Ok(self.java.as_ref().expect("compiled above"))
     }
 
     /// Returns the node of the node-mode benchmarks, starting the kube test server on first

@@ -1,0 +1,104 @@
+//! Compiles the javaagent with `javac --release 17` and packs it with `jar`, both taken from
+//! `JAVA_HOME/bin`, else from `PATH`. Nothing is downloaded: the agent uses the JDK alone.
+//!
+//! The jar goes to `OUT_DIR`, then is copied to `hooks/java/envproxy-javaagent.jar` (ignored
+//! by git), where `libenvproxy.so` looks for it in a source checkout.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const JAR_FILE_NAME: &str = "envproxy-javaagent.jar";
+
+fn main() {
+    let crate_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    let sources_dir = crate_dir.join("src/main/java");
+    let manifest = crate_dir.join("MANIFEST.MF");
+    let installed = crate_dir.join(JAR_FILE_NAME);
+    println!("cargo:rerun-if-changed={}", sources_dir.display());
+    println!("cargo:rerun-if-changed={}", manifest.display());
+    // NOTE: the installed jar is not watched, because the copy written below would make every
+    // build run this script again. After deleting it, `touch hooks/java/MANIFEST.MF` rebuilds it.
+    println!("cargo:rerun-if-env-changed=JAVA_HOME");
+
+    let (Some(javac), Some(jar)) = (jdk_tool("javac"), jdk_tool("jar")) else {
+        let problem = "no JDK found (javac and jar in JAVA_HOME/bin or on PATH), so the Java \
+                       hook jar was not built and Java programs read references; install one, \
+                       for example `apt-get install default-jdk-headless`";
+        println!("cargo:warning={problem}");
+        println!("cargo:rustc-env=ENVPROXY_JAVA_HOOK_PROBLEM={problem}");
+        return;
+    };
+
+    let classes = out_dir.join("classes");
+    let _ = fs::remove_dir_all(&classes);
+    fs::create_dir_all(&classes).expect("create the classes directory in OUT_DIR");
+    let mut sources = Vec::new();
+    collect_java_files(&sources_dir, &mut sources);
+    sources.sort();
+    // `-XDstringConcat=inline` compiles `+` on strings to StringBuilder calls. The default,
+    // invokedynamic, costs several milliseconds of JVM start the first time it runs.
+    run(Command::new(&javac)
+        .args(["--release", "17", "-Xlint:all", "-XDstringConcat=inline"])
+        .args(["-encoding", "UTF-8", "-d"])
+        .arg(&classes)
+        .args(&sources));
+
+    let built = out_dir.join(JAR_FILE_NAME);
+    let _ = fs::remove_file(&built);
+    run(Command::new(&jar)
+        .arg("--create")
+        .arg("--file")
+        .arg(&built)
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("-C")
+        .arg(&classes)
+        .arg("."));
+
+    // Written under another name and renamed, so a JVM starting meanwhile never opens half a jar.
+    let staging = crate_dir.join(format!(".{JAR_FILE_NAME}.{}", std::process::id()));
+    fs::copy(&built, &staging).expect("copy the jar into hooks/java");
+    fs::rename(&staging, &installed).expect("rename the jar into place");
+    println!(
+        "cargo:rustc-env=ENVPROXY_JAVA_HOOK_JAR={}",
+        installed.display()
+    );
+}
+
+/// Returns `JAVA_HOME/bin/<tool>` when it exists, else `<tool>` when it runs from `PATH`.
+fn jdk_tool(tool: &str) -> Option<PathBuf> {
+    if let Some(home) = env::var_os("JAVA_HOME").filter(|home| !home.is_empty()) {
+        let path = Path::new(&home).join("bin").join(tool);
+        if path.is_file() {
+            return Some(path);
+        }
+    }
+    let runs = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    runs.then(|| PathBuf::from(tool))
+}
+
+fn collect_java_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries =
+        fs::read_dir(dir).unwrap_or_else(|err| panic!("cannot read {}: {err}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("read a directory entry").path();
+        if path.is_dir() {
+            collect_java_files(&path, out);
+        } else if path.extension().is_some_and(|ext| ext == "java") {
+            out.push(path);
+        }
+    }
+}
+
+fn run(command: &mut Command) {
+    let status = command
+        .status()
+        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    assert!(status.success(), "{command:?} failed with {status}");
+}
