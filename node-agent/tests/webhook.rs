@@ -426,6 +426,27 @@ fn existing_ld_preload_is_extended() {
 }
 
 #[test]
+fn ld_preload_naming_musl_build_is_kept() {
+    let webhook = TestWebhook::start();
+    let mut review = create_review(opted_in());
+    let env = &mut review["request"]["object"]["spec"]["containers"][0]["env"];
+    env.as_array_mut().unwrap().push(json!({
+        "name": "LD_PRELOAD",
+        "value": "/opt/envproxy/lib/musl/libenvproxy.so",
+    }));
+    let pod = patched_pod(&review, &webhook.review(&review));
+    let app = container(&pod, "containers", "app");
+    assert_eq!(
+        env_value(app, "LD_PRELOAD"),
+        Some("/opt/envproxy/lib/musl/libenvproxy.so")
+    );
+    assert_eq!(
+        env_value(app, "ENVPROXY_SOCKET"),
+        Some("/run/envproxy/agent.sock")
+    );
+}
+
+#[test]
 fn ld_preload_from_value_from_is_warned() {
     let webhook = TestWebhook::start();
     let mut review = create_review(opted_in());

@@ -259,7 +259,8 @@ impl<'a> Injection<'a> {
         for (volume, mount_path) in &self.mounts {
             add_mount(container, &name, volume, mount_path)?;
         }
-        if let Some(warning) = merge_ld_preload(container, &name, &self.library) {
+        let library_dir = path_text(&self.settings.library_dir);
+        if let Some(warning) = merge_ld_preload(container, &name, &self.library, &library_dir) {
             warnings.push(warning);
         }
         for (variable, value) in &self.env {
@@ -365,9 +366,15 @@ fn add_mount(
     Ok(())
 }
 
-/// Appends the library to the container's `LD_PRELOAD`, or sets it. Returns a warning when the
-/// variable comes from `valueFrom`, whose value the webhook cannot see or extend.
-fn merge_ld_preload(container: &mut Value, container_name: &str, library: &str) -> Option<String> {
+/// Appends the library to the container's `LD_PRELOAD`, or sets it. A value that already names
+/// a build of the library in `library_dir`, such as the musl build, is kept unchanged. Returns a
+/// warning when the variable comes from `valueFrom`, whose value the webhook cannot see.
+fn merge_ld_preload(
+    container: &mut Value,
+    container_name: &str,
+    library: &str,
+    library_dir: &str,
+) -> Option<String> {
     let env = array_field(object(container), "env");
     let Some(entry) = env
         .iter_mut()
@@ -387,7 +394,13 @@ fn merge_ld_preload(container: &mut Value, container_name: &str, library: &str) 
         _ => String::new(),
     };
     // glibc and musl split LD_PRELOAD at colons and spaces.
-    if current.split([':', ' ']).any(|item| item == library) {
+    let names_library = |item: &str| {
+        item == library
+            || (item.starts_with(library_dir)
+                && item[library_dir.len()..].starts_with('/')
+                && item.ends_with("/libenvproxy.so"))
+    };
+    if current.split([':', ' ']).any(names_library) {
         return None;
     }
     let merged = if current.trim().is_empty() {
