@@ -34,6 +34,7 @@
 
 mod http_table;
 mod vault_table;
+mod webhook_table;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -242,6 +243,8 @@ impl Config {
             if !matches!(
                 key.as_str(),
                 "agent" | "backend" | "vault" | "node" | "admin" | "audit" | "metrics"
+                    // Read by `envproxy-agent webhook`, which may share this file.
+                    | "webhook"
             ) {
                 reader.warn_unknown(&format!("top-level key `{key}`"));
             }

@@ -11,6 +11,7 @@
 //! - [`node`]: node mode, which serves the pods of one Kubernetes node.
 //! - [`admin`]: the gRPC admin API on its own socket, health, and audit events.
 //! - [`metrics`]: Prometheus metrics and the HTTP listener of `[metrics] listen`.
+//! - [`webhook`]: the admission webhook that injects pods, served by `envproxy-agent webhook`.
 //! - `server` and `connection`: the accept loop and one task per connection.
 //! - `handler`: the answer to each request.
 //! - [`status`]: the JSON returned for a status request.
@@ -55,6 +56,7 @@ pub mod secrets;
 mod server;
 pub mod status;
 pub mod vault;
+pub mod webhook;
 
 pub use agent::{
     admin_socket_path, agent_socket_path, default_socket_path, Agent, AgentError, BoundAgent,

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use envproxy_agent::vault::VaultEnvironment;
+use envproxy_agent::webhook::{Webhook, WebhookSettings};
 use envproxy_agent::{limits, logging, Agent, Config};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -18,9 +19,17 @@ use tokio::signal::unix::{signal, SignalKind};
 /// Without Vault settings in the config file, Vault is enabled when VAULT_ADDR is set: with the
 /// token from VAULT_TOKEN or ~/.vault-token in local mode, with each pod's own login in node
 /// mode.
+///
+/// `envproxy-agent webhook` runs the admission webhook that injects opted-in pods instead.
 #[derive(Debug, Parser)]
-#[command(name = "envproxy-agent", version)]
+#[command(
+    name = "envproxy-agent",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML config file with [agent], [backend], [vault] and, in node mode, [node] sections.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -33,8 +42,41 @@ struct Args {
     secrets: Option<PathBuf>,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    Webhook(WebhookArgs),
+}
+
+/// Serve the Kubernetes admission webhook that injects EnvProxy into opted-in pods.
+///
+/// It serves AdmissionReview v1 requests over HTTPS and mounts the agent socket, the library
+/// and a projected service account token into the pods' selected containers.
+#[derive(Debug, clap::Args)]
+struct WebhookArgs {
+    /// TOML config file: [webhook], and the shared [agent] socket and [node] token_path,
+    /// token_audience and vault_addr_allowlist.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// HTTPS listen address, replacing `[webhook] listen`. [default: 0.0.0.0:8443]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain, replacing `[webhook] tls_cert`; reloaded when it changes.
+    /// [default: /etc/envproxy/webhook/tls.crt]
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key, replacing `[webhook] tls_key`; reloaded when it changes.
+    /// [default: /etc/envproxy/webhook/tls.key]
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let mut args = Args::parse();
+    let result = match args.command.take() {
+        Some(Command::Webhook(webhook_args)) => run_webhook(webhook_args),
+        None => run(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("envproxy-agent: {}", logging::error_chain(err.as_ref()));
@@ -74,6 +116,45 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let agent = Agent::bind(config).await?;
         agent
+            .serve(async move {
+                tokio::select! {
+                    _ = terminate.recv() => tracing::info!("received SIGTERM; shutting down"),
+                    _ = interrupt.recv() => tracing::info!("received SIGINT; shutting down"),
+                }
+            })
+            .await;
+        Ok(())
+    })
+}
+
+fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
+    let mut settings = match &args.config {
+        Some(path) => WebhookSettings::load(path)?,
+        None => WebhookSettings::default(),
+    };
+    if let Some(listen) = args.listen {
+        settings.listen = listen;
+    }
+    if let Some(cert) = &args.tls_cert {
+        settings.tls_cert = std::path::absolute(cert).context("invalid --tls-cert path")?;
+    }
+    if let Some(key) = &args.tls_key {
+        settings.tls_key = std::path::absolute(key).context("invalid --tls-key path")?;
+    }
+
+    logging::init(&settings.log_level).context("cannot set up logging")?;
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the Tokio runtime")?;
+    runtime.block_on(async {
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let webhook = Webhook::bind(settings).await?;
+        webhook
             .serve(async move {
                 tokio::select! {
                     _ = terminate.recv() => tracing::info!("received SIGTERM; shutting down"),

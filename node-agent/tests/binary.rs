@@ -348,3 +348,62 @@ fn metrics_listener_serves_scrapes() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("metrics listening"), "{stderr}");
 }
+
+#[test]
+fn webhook_without_certificate_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[webhook]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let missing = dir.path().join("missing.crt");
+    let output = Command::new(AGENT)
+        .arg("webhook")
+        .arg("--config")
+        .arg(&config)
+        .arg("--tls-cert")
+        .arg(&missing)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("envproxy-agent: cannot load the TLS certificate"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+}
+
+#[test]
+fn webhook_rejects_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[webhook]\ntoken_expiration_secs = 60\n").unwrap();
+    let output = Command::new(AGENT)
+        .args(["webhook", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("invalid [webhook] token_expiration_secs: expected 600 to 86400 seconds"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn agent_flags_conflict_with_webhook() {
+    let output = Command::new(AGENT)
+        .args(["--socket", "/tmp/x.sock", "webhook"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the subcommand 'webhook' cannot be used with '--socket <PATH>'"),
+        "{stderr}"
+    );
+}

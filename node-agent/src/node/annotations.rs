@@ -12,6 +12,9 @@
 //! | `envproxy.dev/no-python`, `envproxy.dev/no-java` | `false` | `true` or `false` |
 //! | `envproxy.dev/allow-unlisted-refs` | `false` | `true` or `false` |
 //!
+//! The webhook adds `envproxy.dev/injected: "true"` to each pod it mutates; the agent does not
+//! read it.
+//!
 //! Annotation values are not secrets, so errors quote them (shortened when long).
 
 use std::collections::BTreeMap;
@@ -40,6 +43,24 @@ pub const NO_PYTHON: &str = "envproxy.dev/no-python";
 pub const NO_JAVA: &str = "envproxy.dev/no-java";
 /// Serves references that the container's spec does not declare.
 pub const ALLOW_UNLISTED_REFS: &str = "envproxy.dev/allow-unlisted-refs";
+/// Marks a pod that the webhook has mutated.
+pub const INJECTED: &str = "envproxy.dev/injected";
+/// Prefix of every EnvProxy annotation.
+pub const PREFIX: &str = "envproxy.dev/";
+/// Every annotation that EnvProxy reads or writes.
+pub const KNOWN: [&str; 11] = [
+    INJECT,
+    VAULT_ROLE,
+    VAULT_AUTH_MOUNT,
+    VAULT_ADDR,
+    VAULT_CACHE_TTL,
+    CACHE_TTL,
+    CONTAINERS,
+    NO_PYTHON,
+    NO_JAVA,
+    ALLOW_UNLISTED_REFS,
+    INJECTED,
+];
 
 /// Service account of a pod whose spec names none, as the API server fills in.
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
@@ -151,41 +172,66 @@ impl PodSettings {
     }
 
     /// Reads the settings from a pod's annotations. `service_account` is the pod's
-    /// `spec.serviceAccountName`, the default Vault role.
+    /// `spec.serviceAccountName`, the default Vault role. Returns the first invalid annotation
+    /// as the error; [`PodSettings::from_annotations_checking_all`] returns all of them.
     pub fn from_annotations(
         annotations: &BTreeMap<String, String>,
         service_account: Option<&str>,
         vault_addr_allowlist: &[String],
     ) -> Result<Self, AnnotationError> {
+        Self::from_annotations_checking_all(annotations, service_account, vault_addr_allowlist)
+            .map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Like [`PodSettings::from_annotations`], but checks every annotation and returns one
+    /// error per invalid annotation, in the order of the table in this module's documentation.
+    /// The returned list is never empty.
+    pub fn from_annotations_checking_all(
+        annotations: &BTreeMap<String, String>,
+        service_account: Option<&str>,
+        vault_addr_allowlist: &[String],
+    ) -> Result<Self, Vec<AnnotationError>> {
         let get = |name: &str| annotations.get(name).map(String::as_str);
+        let mut errors = Vec::new();
 
         let service_account = service_account
             .filter(|name| !name.is_empty())
             .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
         let vault_role = match get(VAULT_ROLE) {
-            Some(value) => parse_vault_role(value)?,
+            Some(value) => keep_valid(parse_vault_role(value), &mut errors),
             None => service_account.to_string(),
         };
         let vault_auth_mount = match get(VAULT_AUTH_MOUNT) {
-            Some(value) => parse_vault_auth_mount(value)?,
+            Some(value) => keep_valid(parse_vault_auth_mount(value), &mut errors),
             None => DEFAULT_VAULT_AUTH_MOUNT.to_string(),
         };
         let vault_addr = get(VAULT_ADDR)
-            .map(|value| parse_vault_addr(value, vault_addr_allowlist))
-            .transpose()?;
+            .map(|value| keep_valid(parse_vault_addr(value, vault_addr_allowlist), &mut errors));
         let vault_cache_ttl = match get(VAULT_CACHE_TTL) {
-            Some(value) => parse_vault_cache_ttl(value)?,
+            Some(value) => keep_valid(parse_vault_cache_ttl(value), &mut errors),
             None => DEFAULT_VAULT_CACHE_TTL,
         };
         let cache_ttl = match get(CACHE_TTL) {
-            Some(value) => parse_cache_ttl(value)?,
+            Some(value) => keep_valid(parse_cache_ttl(value), &mut errors),
             None => DEFAULT_CACHE_TTL,
         };
         let containers = match get(CONTAINERS) {
-            Some(value) => parse_containers(value)?,
+            Some(value) => parse_containers(value).unwrap_or_else(|error| {
+                errors.push(error);
+                ContainerSelection::All
+            }),
             None => ContainerSelection::All,
         };
+        let no_python = keep_valid(parse_bool(NO_PYTHON, get(NO_PYTHON)), &mut errors);
+        let no_java = keep_valid(parse_bool(NO_JAVA, get(NO_JAVA)), &mut errors);
+        let allow_unlisted_refs = keep_valid(
+            parse_bool(ALLOW_UNLISTED_REFS, get(ALLOW_UNLISTED_REFS)),
+            &mut errors,
+        );
 
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         Ok(PodSettings {
             vault_role,
             vault_auth_mount,
@@ -193,11 +239,23 @@ impl PodSettings {
             vault_cache_ttl,
             cache_ttl,
             containers,
-            no_python: parse_bool(NO_PYTHON, get(NO_PYTHON))?,
-            no_java: parse_bool(NO_JAVA, get(NO_JAVA))?,
-            allow_unlisted_refs: parse_bool(ALLOW_UNLISTED_REFS, get(ALLOW_UNLISTED_REFS))?,
+            no_python,
+            no_java,
+            allow_unlisted_refs,
         })
     }
+}
+
+/// Returns the value of `result`, or records its error and returns a placeholder that is
+/// discarded because `errors` is then not empty.
+fn keep_valid<T: Default>(
+    result: Result<T, AnnotationError>,
+    errors: &mut Vec<AnnotationError>,
+) -> T {
+    result.unwrap_or_else(|error| {
+        errors.push(error);
+        T::default()
+    })
 }
 
 /// Returns whether `pod` opted in with `envproxy.dev/inject: "true"`.
@@ -723,6 +781,28 @@ mod tests {
         );
         let error = PodSettings::from_pod(&pod, &[]).unwrap_err();
         assert!(error.expected.contains("allows no per-pod Vault address"));
+    }
+
+    #[test]
+    fn checking_all_names_each_invalid_annotation() {
+        let pod = pod_with(
+            json!({
+                "envproxy.dev/vault-role": "a/b",
+                "envproxy.dev/cache-ttl": "30s",
+                "envproxy.dev/containers": "App",
+                "envproxy.dev/no-java": "yes",
+                "envproxy.dev/vault-cache-ttl": "5m",
+            }),
+            None,
+        );
+        let annotations = pod.metadata.annotations.as_ref().unwrap();
+        let errors =
+            PodSettings::from_annotations_checking_all(annotations, None, &[]).unwrap_err();
+        let named: Vec<&str> = errors.iter().map(|error| error.annotation).collect();
+        assert_eq!(named, [VAULT_ROLE, CACHE_TTL, CONTAINERS, NO_JAVA]);
+
+        let first = PodSettings::from_annotations(annotations, None, &[]).unwrap_err();
+        assert_eq!(first, errors[0]);
     }
 
     #[test]
