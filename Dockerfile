@@ -11,21 +11,25 @@
 ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
-# musl-tools provides musl's libc.so, which a dynamically linked musl cdylib links against.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends musl-tools \
-    && rm -rf /var/lib/apt/lists/* \
-    && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
 ENV CARGO_INCREMENTAL=0 \
     SOURCE_DATE_EPOCH=0 \
     RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo"
 RUN cargo build --release --locked -p envproxy-agent -p envproxy-preload
-# Rust's musl target links statically by default; a preloaded library must use the process's
-# own dynamic musl libc, so static linking is turned off for this build.
-RUN RUSTFLAGS="$RUSTFLAGS -C target-feature=-crt-static" \
-    cargo build --release --locked --target x86_64-unknown-linux-musl -p envproxy-preload
+
+# The musl build of the library is made on Alpine, a musl host. Rust's musl target links
+# statically by default, but a preloaded library must use the process's own dynamic musl libc,
+# so static linking is turned off. The library then needs libgcc_s.so.1 (for unwinding, which
+# catches panics before they cross into the host program): musl images need `apk add libgcc`.
+FROM docker.io/library/rust:${RUST_VERSION}-alpine AS build-musl
+RUN apk add --no-cache musl-dev
+WORKDIR /src
+COPY . .
+ENV CARGO_INCREMENTAL=0 \
+    SOURCE_DATE_EPOCH=0 \
+    RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo -C target-feature=-crt-static"
+RUN cargo build --release --locked -p envproxy-preload
 
 # distroless/cc has glibc and libgcc, which envproxy-agent needs, and no shell. Its default user
 # is nonroot (65532), which the webhook runs as; the agent's DaemonSet sets runAsUser 0 because
@@ -33,7 +37,7 @@ RUN RUSTFLAGS="$RUSTFLAGS -C target-feature=-crt-static" \
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /src/target/release/envproxy-agent /usr/bin/envproxy-agent
 COPY --from=build /src/target/release/libenvproxy.so /usr/lib/envproxy/lib/libenvproxy.so
-COPY --from=build /src/target/x86_64-unknown-linux-musl/release/libenvproxy.so /usr/lib/envproxy/lib/musl/libenvproxy.so
+COPY --from=build-musl /src/target/release/libenvproxy.so /usr/lib/envproxy/lib/musl/libenvproxy.so
 COPY hooks/python/sitecustomize.py hooks/python/envproxy_hook.py /usr/lib/envproxy/hooks/python/
 USER 65532:65532
 ENTRYPOINT ["/usr/bin/envproxy-agent"]
