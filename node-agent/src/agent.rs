@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::connection::Context;
 use crate::handler::Backends;
 use crate::http_backend::{HttpBackend, HttpError};
+use crate::install::{self, InstallError, InstallSettings};
 use crate::listener::{self, Access, ListenerError, SocketFile};
 use crate::metrics::{Metrics, MetricsError, MetricsListener};
 use crate::node::identities::Identities;
@@ -50,6 +51,15 @@ pub enum AgentError {
     Kube(String),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    HealthListen(#[from] admin::HealthListenError),
+    #[error(
+        "[admin] health_listen is set but the admin API is off: remove `enabled = false` from \
+         [admin] (the health status is computed by the admin API)"
+    )]
+    HealthWithoutAdmin,
+    #[error("cannot install the library ([install]): {0}")]
+    Install(#[from] InstallError),
 }
 
 /// Entry point of the agent library.
@@ -61,6 +71,9 @@ impl Agent {
     /// The socket accepts connections from here on, but requests wait until
     /// [`BoundAgent::serve`] runs. Must be called from within a Tokio runtime.
     pub async fn bind(config: Config) -> Result<BoundAgent, AgentError> {
+        if let Some(settings) = &config.install {
+            install_library(settings.clone()).await?;
+        }
         if let Some(node) = config.node.clone() {
             return Agent::bind_node(config, node).await;
         }
@@ -92,7 +105,7 @@ impl Agent {
         let metrics_listener = bind_metrics(&config).await?;
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) = listener::bind(&socket_path, agent_uid)?;
-        let admin = bind_admin(&config, agent_uid)?;
+        let admin = bind_admin(&config, agent_uid).await?;
 
         tracing::info!(
             socket = %socket_path.display(),
@@ -131,7 +144,7 @@ impl Agent {
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) =
             listener::bind_with_access(&socket_path, agent_uid, Access::Shared)?;
-        let admin = bind_admin(&config, agent_uid)?;
+        let admin = bind_admin(&config, agent_uid).await?;
         tracing::info!(
             socket = %socket_path.display(),
             node = %node.node_name,
@@ -168,14 +181,74 @@ impl Agent {
     }
 }
 
-/// Binds the admin socket when `[admin]` and the mode turn it on.
-fn bind_admin(config: &Config, agent_uid: u32) -> Result<Option<AdminListener>, AgentError> {
+/// Binds the admin socket when `[admin]` and the mode turn it on, and the health listener when
+/// `[admin] health_listen` is set.
+async fn bind_admin(config: &Config, agent_uid: u32) -> Result<Option<AdminListener>, AgentError> {
     let Some(path) = admin_socket_path(config) else {
+        if config.admin.health_listen.is_some() {
+            return Err(AgentError::HealthWithoutAdmin);
+        }
         return Ok(None);
     };
-    let admin = AdminListener::bind(&path, agent_uid, config.node.is_some())?;
+    let mut admin = AdminListener::bind(&path, agent_uid, config.node.is_some())?;
     tracing::debug!(socket = %admin.path().display(), "admin socket bound");
+    if let Some(address) = config.admin.health_listen {
+        admin.bind_health(address).await?;
+    }
     Ok(Some(admin))
+}
+
+/// Installs the library and hooks as `[install]` sets, before the socket accepts requests.
+async fn install_library(settings: InstallSettings) -> Result<(), InstallError> {
+    let installed = tokio::task::spawn_blocking(move || {
+        install::install(&settings).map(|installed| (installed, settings))
+    })
+    .await
+    .expect("bug: the install task panicked")?;
+    let (installed, settings) = installed;
+    tracing::info!(
+        version = %installed.version,
+        target = %settings.target.display(),
+        switched = installed.switched,
+        "installed the library and hooks"
+    );
+    Ok(())
+}
+
+/// Removes old installed versions that no process uses, every `[install] sweep_interval_secs`.
+fn spawn_sweeper(settings: InstallSettings) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(settings.sweep_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let target = settings.target.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                install::sweep(&target, Path::new("/proc"), install::RETIRE_GRACE)
+            })
+            .await;
+            match result {
+                Ok(Ok(report)) => {
+                    for version in &report.removed {
+                        tracing::info!(%version, "removed an installed version no process uses");
+                    }
+                    if report.unreadable_processes > 0 {
+                        tracing::warn!(
+                            processes = report.unreadable_processes,
+                            kept = ?report.in_use,
+                            "cannot read the maps or file descriptors of some processes in pods, so old \
+                             library versions are kept (the agent needs CAP_SYS_PTRACE and \
+                             hostPID)"
+                        );
+                    } else if !report.in_use.is_empty() {
+                        tracing::debug!(kept = ?report.in_use, "old library versions still in use");
+                    }
+                }
+                Ok(Err(err)) => tracing::warn!(%err, "sweep of old library versions failed"),
+                Err(err) => tracing::error!(%err, "bug: the sweep task panicked"),
+            }
+        }
+    })
 }
 
 /// Binds the metrics listener when `[metrics] listen` is set.
@@ -260,6 +333,12 @@ impl BoundAgent {
         self.admin.as_ref().map(AdminListener::path)
     }
 
+    /// Returns the address of the `[admin] health_listen` listener, or `None` when it is off.
+    /// With port 0 this is the port the system picked.
+    pub fn health_address(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(AdminListener::health_address)
+    }
+
     /// Returns the address the metrics listener is bound to, or `None` when it is off. With
     /// port 0 in `[metrics] listen` this is the port the system picked.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
@@ -324,6 +403,7 @@ impl BoundAgent {
         let vault = backends.vault.clone();
         let audit = AuditLog::start(&config.audit, Arc::clone(&metrics));
         let metrics_task = metrics_listener.map(|listener| listener.serve(Arc::clone(&metrics)));
+        let sweeper = config.install.clone().map(spawn_sweeper);
         let admin_task = match admin {
             Some(admin) => {
                 let state = admin_state(&config, mode, &backends, node.as_ref(), &audit);
@@ -357,6 +437,9 @@ impl BoundAgent {
             vault.shutdown().await;
         }
         if let Some(task) = forget_deleted_pods {
+            task.abort();
+        }
+        if let Some(task) = sweeper {
             task.abort();
         }
         if let Some(identities) = identities {

@@ -17,9 +17,11 @@
 //! keys do not fail the load, so older and newer files both work: they are returned in
 //! [`Config::warnings`] for the caller to log once logging is set up.
 //!
-//! The admin plane reads `[admin]` (`enabled`, `socket`) and `[audit]` (`log`, `buffer`); see
-//! [`AdminSettings`] and [`AuditSettings`]. `[metrics] listen` turns on the Prometheus metrics
-//! listener; see [`MetricsSettings`].
+//! The admin plane reads `[admin]` (`enabled`, `socket`, `health_listen`) and `[audit]` (`log`,
+//! `buffer`); see [`AdminSettings`] and [`AuditSettings`]. `[metrics] listen` turns on the Prometheus metrics
+//! listener; see [`MetricsSettings`]. An `[install]` table (`source`, `target`,
+//! `sweep_interval_secs`) makes the agent install the library and hooks at start; see
+//! [`InstallSettings`].
 //!
 //! Vault is configured in one of two ways. `[backend] type = "vault"` with the Vault keys in
 //! `[backend]` serves only `vault:` references. `[backend] type = "file"` with a `[vault]`
@@ -44,6 +46,7 @@ use toml::{Table, Value};
 
 use crate::admin::{AdminSettings, AuditSettings, MAX_AUDIT_BUFFER};
 use crate::http_backend::HttpSettings;
+use crate::install::InstallSettings;
 use crate::metrics::MetricsSettings;
 use crate::node::settings::{NodeSettings, TokenSource, MAX_POD_WAIT, NODE_NAME_VARIABLE};
 use crate::vault::settings::AuthSettings;
@@ -87,6 +90,8 @@ pub struct Config {
     pub audit: AuditSettings,
     /// The Prometheus metrics listener: `[metrics]`.
     pub metrics: MetricsSettings,
+    /// Installation of the library and hooks at start: `[install]`; `None` without the table.
+    pub install: Option<InstallSettings>,
     /// The config file this was loaded from, read again by the admin API's `ReloadConfig`.
     pub source: Option<PathBuf>,
     /// One message per unknown key found in the config file.
@@ -108,6 +113,7 @@ impl Default for Config {
             admin: AdminSettings::default(),
             audit: AuditSettings::default(),
             metrics: MetricsSettings::default(),
+            install: None,
             source: None,
             warnings: Vec::new(),
         }
@@ -242,7 +248,7 @@ impl Config {
         for key in table.keys() {
             if !matches!(
                 key.as_str(),
-                "agent" | "backend" | "vault" | "node" | "admin" | "audit" | "metrics"
+                "agent" | "backend" | "vault" | "node" | "admin" | "audit" | "metrics" | "install"
                     // Read by `envproxy-agent webhook`, which may share this file.
                     | "webhook"
             ) {
@@ -273,6 +279,9 @@ impl Config {
         }
         if let Some(metrics) = reader.section(&table, "metrics", "[metrics]")? {
             reader.read_metrics(metrics, &mut config.metrics)?;
+        }
+        if let Some(install) = reader.section(&table, "install", "[install]")? {
+            config.install = Some(reader.read_install(install)?);
         }
 
         let node_table = reader.section(&table, "node", "[node]")?;
@@ -475,6 +484,19 @@ impl TableReader<'_> {
             match key.as_str() {
                 "enabled" => settings.enabled = Some(self.flag(value, &name)?),
                 "socket" => settings.socket = Some(self.path_value(value, &name)?),
+                "health_listen" => {
+                    let text = self.string(value, &name)?;
+                    let address = text.parse().map_err(|_| {
+                        self.invalid(
+                            &name,
+                            format!(
+                                "expected an IP address and port such as \"0.0.0.0:9465\", \
+                                 found {text:?}"
+                            ),
+                        )
+                    })?;
+                    settings.health_listen = Some(address);
+                }
                 _ => self.warn_unknown(&format!("key `{key}` in [admin]")),
             }
         }
@@ -531,6 +553,32 @@ impl TableReader<'_> {
             }
         }
         Ok(())
+    }
+
+    fn read_install(&mut self, install: &Table) -> Result<InstallSettings, ConfigError> {
+        let mut settings = InstallSettings::default();
+        for (key, value) in install {
+            let name = format!("[install] {key}");
+            match key.as_str() {
+                "source" => settings.source = self.path_value(value, &name)?,
+                "target" => settings.target = self.path_value(value, &name)?,
+                "sweep_interval_secs" => {
+                    let secs = self.positive_integer(value, &name)?;
+                    settings.sweep_interval = Duration::from_secs(secs);
+                }
+                _ => self.warn_unknown(&format!("key `{key}` in [install]")),
+            }
+        }
+        if settings.source == settings.target {
+            return Err(self.invalid(
+                "[install] target",
+                format!(
+                    "{} is also the source; set target to the hostPath directory that pods mount",
+                    settings.target.display()
+                ),
+            ));
+        }
+        Ok(settings)
     }
 
     fn read_backend(&mut self, backend: &Table, config: &mut Config) -> Result<(), ConfigError> {
@@ -892,6 +940,7 @@ mod tests {
     fn admin_and_audit_tables() {
         let config = parse(
             "[admin]\nenabled = true\nsocket = \"run/admin.sock\"\n\
+             health_listen = \"0.0.0.0:9465\"\n\
              [audit]\nlog = true\nbuffer = 64\n",
         )
         .unwrap();
@@ -899,6 +948,10 @@ mod tests {
         assert_eq!(
             config.admin.socket,
             Some(PathBuf::from("/etc/envproxy/run/admin.sock"))
+        );
+        assert_eq!(
+            config.admin.health_listen,
+            Some("0.0.0.0:9465".parse().unwrap())
         );
         assert!(config.audit.log);
         assert_eq!(config.audit.buffer, 64);
@@ -914,6 +967,10 @@ mod tests {
         let cases = [
             ("[admin]\nenabled = \"yes\"\n", "[admin] enabled"),
             ("[admin]\nsocket = \"\"\n", "[admin] socket"),
+            (
+                "[admin]\nhealth_listen = \"localhost:1\"\n",
+                "[admin] health_listen",
+            ),
             ("[audit]\nlog = 1\n", "[audit] log"),
             ("[audit]\nbuffer = 0\n", "[audit] buffer"),
             ("[audit]\nbuffer = 10000000\n", "[audit] buffer"),
@@ -1015,6 +1072,39 @@ mod tests {
         let unknown = parse("[metrics]\nport = 9464\n").unwrap();
         assert_eq!(unknown.warnings.len(), 1, "{:?}", unknown.warnings);
         assert!(unknown.warnings[0].contains("`port` in [metrics]"));
+    }
+
+    #[test]
+    fn install_table_defaults_and_keys() {
+        assert_eq!(parse("").unwrap().install, None);
+        let defaults = parse("[install]\n").unwrap().install.unwrap();
+        assert_eq!(defaults, InstallSettings::default());
+        let config = parse(
+            "[install]\nsource = \"/usr/lib/envproxy\"\ntarget = \"host/envproxy\"\n\
+             sweep_interval_secs = 5\n",
+        )
+        .unwrap();
+        let install = config.install.unwrap();
+        assert_eq!(install.source, Path::new("/usr/lib/envproxy"));
+        assert_eq!(install.target, Path::new("/etc/envproxy/host/envproxy"));
+        assert_eq!(install.sweep_interval, Duration::from_secs(5));
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn install_table_invalid_values() {
+        let cases = [
+            ("sweep_interval_secs = 0", "[install] sweep_interval_secs"),
+            ("source = \"\"", "[install] source"),
+            ("target = 3", "[install] target"),
+            ("source = \"/x\"\ntarget = \"/x\"", "[install] target"),
+        ];
+        for (line, key) in cases {
+            let error = parse(&format!("[install]\n{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{line}: {error}");
+        }
     }
 
     #[test]

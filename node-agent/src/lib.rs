@@ -8,6 +8,7 @@
 //! - [`http_backend`]: an HTTP secrets API as the default backend, through a cache.
 //! - [`listener`]: the socket, its private directory and stale socket files.
 //! - [`peer`]: caller identity from `SO_PEERCRED`.
+//! - [`install`]: installation of the library and hooks into the node's hostPath directory.
 //! - [`node`]: node mode, which serves the pods of one Kubernetes node.
 //! - [`admin`]: the gRPC admin API on its own socket, health, and audit events.
 //! - [`metrics`]: Prometheus metrics and the HTTP listener of `[metrics] listen`.
@@ -46,6 +47,7 @@ mod connection;
 mod expiry;
 mod handler;
 pub mod http_backend;
+pub mod install;
 pub mod limits;
 pub mod listener;
 pub mod logging;

@@ -35,6 +35,8 @@ struct TestAgent {
     admin_socket: PathBuf,
     /// The metrics listener's address, when the config turned it on.
     metrics: Option<SocketAddr>,
+    /// The `[admin] health_listen` address, when the config turned it on.
+    health: Option<SocketAddr>,
     file_secret: String,
     vault_secret: String,
     stop: Option<oneshot::Sender<()>>,
@@ -68,6 +70,7 @@ impl TestAgent {
             admin: AdminSettings {
                 enabled: Some(true),
                 socket: None,
+                health_listen: None,
             },
             ..Config::default()
         };
@@ -75,6 +78,7 @@ impl TestAgent {
         let agent = Agent::bind(config).await.unwrap();
         let admin_socket = agent.admin_socket_path().unwrap().to_path_buf();
         let metrics = agent.metrics_address();
+        let health = agent.health_address();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(agent.serve(async {
             let _ = stopped.await;
@@ -84,6 +88,7 @@ impl TestAgent {
             socket,
             admin_socket,
             metrics,
+            health,
             file_secret,
             vault_secret,
             stop: Some(stop),
@@ -518,6 +523,60 @@ async fn health_not_serving_without_vault_login() {
     assert!(!status.serving);
     assert!(!status.vault[0].logged_in);
     agent.stop().await;
+}
+
+#[tokio::test]
+async fn health_listen_serves_only_health() {
+    let server = start_server(ServerOptions::default()).await;
+    for (token, expected) in [
+        (server.root_token(), ServingStatus::Serving),
+        ("not-a-valid-token", ServingStatus::NotServing),
+    ] {
+        let agent = TestAgent::start_with(&server, token, |config| {
+            config.admin.health_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let address = agent.health.expect("the health listener is bound");
+        assert_ne!(address.port(), 0);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel.clone());
+        let response = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.status(), expected, "token {token:?}");
+
+        let mut admin = pb::admin_client::AdminClient::new(channel);
+        let status = admin.status(pb::StatusRequest {}).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        agent.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn health_listen_needs_admin_api() {
+    let server = start_server(ServerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        socket: Some(dir.path().join("agent.sock")),
+        vault: Some(settings(&server, server.root_token())),
+        admin: AdminSettings {
+            enabled: Some(false),
+            socket: None,
+            health_listen: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        ..Config::default()
+    };
+    let error = Agent::bind(config).await.err().unwrap().to_string();
+    assert!(error.contains("[admin] health_listen"), "{error}");
+    assert!(error.contains("enabled = false"), "{error}");
 }
 
 /// Runs a Python client as uid 65534 that connects to `socket` and sends the HTTP/2 preface.

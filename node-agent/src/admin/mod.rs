@@ -9,7 +9,10 @@
 //! another path. It is on by default in node mode and off by default in local mode, where
 //! `[admin] enabled = true` or an `[admin] socket` turns it on.
 //!
-//! Every connection is checked with `SO_PEERCRED`: only the agent's uid is served. In node mode
+//! `[admin] health_listen` also serves `grpc.health.v1`, and nothing else, on a TCP address, for
+//! the kubelet's gRPC probes, which cannot reach a Unix socket. It reports the same status.
+//!
+//! Every connection to the admin socket is checked with `SO_PEERCRED`: only the agent's uid is served. In node mode
 //! the agent socket's directory is mounted into pods, and a container running as root has the
 //! agent's uid, so a process in a pod is also rejected unless it runs in the agent's own pod.
 //!
@@ -25,13 +28,14 @@ mod health;
 mod service;
 mod workloads;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use envproxy_admin_proto::v1::admin_server::AdminServer;
 use futures::StreamExt;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +67,8 @@ pub struct AdminSettings {
     pub enabled: Option<bool>,
     /// `None` selects `admin/admin.sock` beside the agent socket.
     pub socket: Option<PathBuf>,
+    /// TCP address that serves only `grpc.health.v1`; `None` turns it off.
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl AdminSettings {
@@ -126,6 +132,20 @@ pub(crate) struct AdminListener {
     /// The pod UID of the agent's own pod, when it runs in one.
     own_pod_uid: Option<String>,
     node_mode: bool,
+    /// The TCP listener of `[admin] health_listen`.
+    health: Option<TcpListener>,
+}
+
+/// A health listener that cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot listen on [admin] health_listen {address}: {source} (pick a free port, or an \
+     address of this host)"
+)]
+pub struct HealthListenError {
+    address: SocketAddr,
+    #[source]
+    source: std::io::Error,
 }
 
 impl AdminListener {
@@ -147,11 +167,31 @@ impl AdminListener {
             agent_uid,
             own_pod_uid,
             node_mode,
+            health: None,
         })
+    }
+
+    /// Binds the TCP listener that serves only `grpc.health.v1`.
+    pub(crate) async fn bind_health(
+        &mut self,
+        address: SocketAddr,
+    ) -> Result<(), HealthListenError> {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| HealthListenError { address, source })?;
+        self.health = Some(listener);
+        Ok(())
     }
 
     pub(crate) fn path(&self) -> &Path {
         self.socket.path()
+    }
+
+    /// Returns the address of the health listener, or `None` when it is off.
+    pub(crate) fn health_address(&self) -> Option<SocketAddr> {
+        self.health
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 }
 
@@ -185,6 +225,7 @@ pub(crate) async fn serve(admin: AdminListener, state: Arc<AdminState>) -> Admin
         agent_uid,
         own_pod_uid,
         node_mode,
+        health,
     } = admin;
     let stop = state.stop.clone();
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -220,6 +261,27 @@ pub(crate) async fn serve(admin: AdminListener, state: Arc<AdminState>) -> Admin
     })
     .boxed();
 
+    let health_tcp = health.map(|listener| {
+        let health_service = health_service.clone();
+        let shutdown = stop.clone();
+        tokio::spawn(async move {
+            let address = listener.local_addr().ok();
+            tracing::info!(address = ?address, "gRPC health listener serving");
+            let incoming = futures::stream::unfold(listener, |listener| async move {
+                let stream = accept_tcp(&listener).await;
+                Some((Ok::<_, std::io::Error>(stream), listener))
+            })
+            .boxed();
+            let result = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await;
+            if let Err(err) = result {
+                tracing::error!(address = ?address, %err, "the gRPC health listener stopped");
+            }
+        })
+    });
+
     let shutdown = stop.clone();
     let task = tokio::spawn(async move {
         tracing::info!(socket = %path, "admin API listening");
@@ -232,6 +294,10 @@ pub(crate) async fn serve(admin: AdminListener, state: Arc<AdminState>) -> Admin
             .await;
         if let Err(err) = result {
             tracing::error!(socket = %path, %err, "the admin API stopped");
+        }
+        if let Some(health_tcp) = health_tcp {
+            // The cancellation stopped it too, so this only cuts off probes that are still open.
+            health_tcp.abort();
         }
         health_task.abort();
     });
@@ -278,6 +344,19 @@ impl PeerCheck {
     }
 }
 
+/// Accepts the next connection on the health listener.
+async fn accept_tcp(listener: &TcpListener) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(err) => {
+                tracing::warn!(%err, "gRPC health listener accept failed; retrying");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
 /// Accepts the next connection whose peer passes `checks`; closes the others.
 async fn accept_authorized(listener: &UnixListener, checks: &PeerCheck) -> UnixStream {
     loop {
@@ -317,6 +396,7 @@ mod tests {
         let with_socket = AdminSettings {
             enabled: None,
             socket: Some(PathBuf::from("/srv/admin.sock")),
+            health_listen: None,
         };
         assert_eq!(
             with_socket.socket_path(agent, false),
@@ -325,6 +405,7 @@ mod tests {
         let enabled = AdminSettings {
             enabled: Some(true),
             socket: None,
+            health_listen: None,
         };
         assert_eq!(
             enabled.socket_path(agent, false),
@@ -333,6 +414,7 @@ mod tests {
         let disabled = AdminSettings {
             enabled: Some(false),
             socket: Some(PathBuf::from("/srv/admin.sock")),
+            health_listen: None,
         };
         assert_eq!(disabled.socket_path(agent, true), None);
     }

@@ -365,6 +365,7 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
     );
     check(old.admin != new.admin, "[admin]");
     check(old.metrics != new.metrics, "[metrics] listen");
+    check(old.install != new.install, "[install]");
     check(old.audit.buffer != new.audit.buffer, "[audit] buffer");
     keys
 }

@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# The EnvProxy image: envproxy-agent (agent and webhook), libenvproxy.so for glibc and musl, and
+# the runtime hooks under /usr/lib/envproxy, which the agent installs onto each node.
+#
+#   docker build -t registry.example/envproxy:0.1.0 .
+#
+# Reproducible builds: dependencies come from Cargo.lock (--locked), paths of the build machine
+# are remapped out of the binaries, and SOURCE_DATE_EPOCH fixes timestamps. Pin both base images
+# by digest (FROM image@sha256:...) to get the same bytes from the same commit.
+
+ARG RUST_VERSION=1.95
+
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+COPY . .
+ENV CARGO_INCREMENTAL=0 \
+    SOURCE_DATE_EPOCH=0 \
+    RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo"
+RUN cargo build --release --locked -p envproxy-agent -p envproxy-preload
+
+# The musl build of the library is made on Alpine, a musl host. Rust's musl target links
+# statically by default, but a preloaded library must use the process's own dynamic musl libc,
+# so static linking is turned off. The library then needs libgcc_s.so.1 (for unwinding, which
+# catches panics before they cross into the host program): musl images need `apk add libgcc`.
+FROM docker.io/library/rust:${RUST_VERSION}-alpine AS build-musl
+RUN apk add --no-cache musl-dev
+WORKDIR /src
+COPY . .
+ENV CARGO_INCREMENTAL=0 \
+    SOURCE_DATE_EPOCH=0 \
+    RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo -C target-feature=-crt-static"
+RUN cargo build --release --locked -p envproxy-preload
+
+# distroless/cc has glibc and libgcc, which envproxy-agent needs, and no shell. Its default user
+# is nonroot (65532), which the webhook runs as; the agent's DaemonSet sets runAsUser 0 because
+# it reads other processes' /proc entries.
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+COPY --from=build /src/target/release/envproxy-agent /usr/bin/envproxy-agent
+COPY --from=build /src/target/release/libenvproxy.so /usr/lib/envproxy/lib/libenvproxy.so
+COPY --from=build-musl /src/target/release/libenvproxy.so /usr/lib/envproxy/lib/musl/libenvproxy.so
+COPY hooks/python/sitecustomize.py hooks/python/envproxy_hook.py /usr/lib/envproxy/hooks/python/
+USER 65532:65532
+ENTRYPOINT ["/usr/bin/envproxy-agent"]

@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""Validate the Kubernetes objects that EnvProxy ships, and the Dockerfile's file references.
+
+- Every YAML file under manifests/ is validated, and so is every object the Helm chart renders
+  with its default values and with deploy-tests/custom-values.yaml. The schemas are those of
+  the three newest minor Kubernetes releases that ``kubernetes-validate`` ships, in strict mode,
+  where unknown fields are errors.
+- The chart is rendered and linted by Helm's own engine through ``helm-python-sdk`` (Helm's Go
+  library behind a C ABI), offline.
+- cert-manager objects have no schema in ``kubernetes-validate``; they are checked for the
+  fields that cert-manager requires (see ``check_cert_manager``).
+- Each agent config that the manifests and the rendered charts contain is written to
+  ``--config-dir`` as ``<name>.toml``, so that the agent's own parser can load it.
+- The Dockerfile's COPY sources are checked against the repository and the build's artifacts.
+
+Exit status 0 when everything passes; otherwise each failure is printed and the status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+try:
+    import helm_python as helm
+    import kubernetes_validate
+    from kubernetes_validate import utils as kv_utils
+except ImportError as error:  # pragma: no cover - reported to the caller
+    sys.exit(
+        f"missing Python package ({error.name}): install it with "
+        "`pip install kubernetes-validate helm-python-sdk` (.ci/run does)"
+    )
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+CHART = ROOT / "chart" / "envproxy"
+CUSTOM_VALUES = ROOT / "deploy-tests" / "custom-values.yaml"
+RELEASE = "envproxy"
+NAMESPACE = "envproxy-system"
+
+CERT_MANAGER_KINDS = {"Issuer", "ClusterIssuer", "Certificate"}
+
+
+def newest_minor_versions(count: int = 3) -> list[str]:
+    """Return the newest ``count`` Kubernetes minor versions that kubernetes-validate ships."""
+    schema_dir = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    versions = set()
+    for entry in schema_dir.iterdir():
+        match = re.fullmatch(r"v(\d+)\.(\d+)\.\d+-local-strict", entry.name)
+        if match:
+            versions.add((int(match.group(1)), int(match.group(2))))
+    newest = sorted(versions)[-count:]
+    if len(newest) < count:
+        raise SystemExit(f"kubernetes-validate ships only {len(newest)} versions: {newest}")
+    return [f"{major}.{minor}.0" for major, minor in newest]
+
+
+class Checker:
+    """Collects failures and counts checked objects."""
+
+    def __init__(self, versions: list[str]) -> None:
+        self.versions = versions
+        self.failures: list[str] = []
+        self.validated = 0
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+        print(f"FAIL {message}")
+
+    def validate_object(self, origin: str, obj: dict) -> None:
+        """Validate one object against each Kubernetes version, or cert-manager's fields."""
+        kind = obj.get("kind", "")
+        name = obj.get("metadata", {}).get("name", "?")
+        label = f"{origin}: {kind}/{name}"
+        if obj.get("apiVersion", "").startswith("cert-manager.io/"):
+            for problem in check_cert_manager(obj):
+                self.fail(f"{label}: {problem}")
+            self.validated += 1
+            return
+        for version in self.versions:
+            try:
+                kv_utils.validate(obj, version, strict=True)
+            except kv_utils.ValidationError as error:
+                path = ".".join(str(part) for part in error.path)
+                self.fail(f"{label} against Kubernetes {version}: {path}: {error.message}")
+            except kv_utils.SchemaNotFoundError:
+                self.fail(f"{label}: no schema for {obj.get('apiVersion')} {kind} in {version}")
+        self.validated += 1
+
+
+def check_cert_manager(obj: dict) -> list[str]:
+    """Check the fields that cert-manager v1 requires of Issuers and Certificates.
+
+    kubernetes-validate has no schema for cert-manager's custom resources, so this covers the
+    required fields of cert-manager.io/v1 as its API reference lists them.
+    """
+    problems = []
+    kind = obj.get("kind")
+    spec = obj.get("spec") or {}
+    if obj.get("apiVersion") != "cert-manager.io/v1":
+        problems.append(f"apiVersion {obj.get('apiVersion')!r} is not cert-manager.io/v1")
+    if kind not in CERT_MANAGER_KINDS:
+        problems.append(f"unexpected cert-manager kind {kind!r}")
+    if kind in ("Issuer", "ClusterIssuer"):
+        issuers = [key for key in ("selfSigned", "ca", "acme", "vault", "venafi") if key in spec]
+        if len(issuers) != 1:
+            problems.append(f"needs exactly one issuer type, found {issuers}")
+        if "ca" in spec and not spec["ca"].get("secretName"):
+            problems.append("spec.ca.secretName is missing")
+    if kind == "Certificate":
+        if not spec.get("secretName"):
+            problems.append("spec.secretName is missing")
+        issuer = spec.get("issuerRef") or {}
+        if not issuer.get("name"):
+            problems.append("spec.issuerRef.name is missing")
+        if not (spec.get("dnsNames") or spec.get("commonName")):
+            problems.append("needs spec.dnsNames or spec.commonName")
+    return problems
+
+
+def load_documents(text: str) -> list[dict]:
+    return [document for document in yaml.safe_load_all(text) if document]
+
+
+def agent_configs(objects: list[dict]) -> dict[str, str]:
+    """Return the config.toml of each ConfigMap, by ConfigMap name."""
+    configs = {}
+    for obj in objects:
+        if obj.get("kind") == "ConfigMap" and "config.toml" in obj.get("data", {}):
+            configs[obj["metadata"]["name"]] = obj["data"]["config.toml"]
+    return configs
+
+
+def check_manifests(checker: Checker) -> list[dict]:
+    objects = []
+    files = sorted(MANIFESTS.rglob("*.yaml"))
+    if not files:
+        checker.fail(f"no YAML files under {MANIFESTS}")
+    for path in files:
+        documents = load_documents(path.read_text())
+        if not documents:
+            checker.fail(f"{path.relative_to(ROOT)} has no objects")
+        for obj in documents:
+            checker.validate_object(str(path.relative_to(ROOT)), obj)
+            objects.append(obj)
+    return objects
+
+
+def check_self_signed_script(checker: Checker) -> None:
+    """Run the certificate script of the no-cert-manager path and check what it writes."""
+    script = MANIFESTS / "optional" / "self-signed-certificates.sh"
+    with tempfile.TemporaryDirectory() as output:
+        result = subprocess.run(
+            ["sh", str(script), output], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            checker.fail(f"{script.name} failed: {result.stderr}")
+            return
+        secret_path = Path(output) / "webhook-tls-secret.yaml"
+        (secret,) = load_documents(secret_path.read_text())
+        checker.validate_object(f"{script.name} output", secret)
+        files = {}
+        for key in ("tls.crt", "tls.key", "ca.crt"):
+            files[key] = Path(output) / key
+            files[key].write_bytes(base64.b64decode(secret["data"][key]))
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(files["ca.crt"]), str(files["tls.crt"])],
+            capture_output=True, text=True, check=False,
+        )
+        if verify.returncode != 0:
+            checker.fail(f"{script.name}: certificate does not verify: {verify.stdout}")
+        text = subprocess.run(
+            ["openssl", "x509", "-noout", "-text", "-in", str(files["tls.crt"])],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        for name in ("envproxy-webhook.envproxy-system.svc",):
+            if f"DNS:{name}" not in text:
+                checker.fail(f"{script.name}: certificate lacks DNS name {name}")
+        patch = yaml.safe_load((Path(output) / "ca-bundle-patch.json").read_text())
+        webhooks = load_documents((MANIFESTS / "webhook-configuration.yaml").read_text())[0]
+        if len(patch) != len(webhooks["webhooks"]):
+            checker.fail(
+                f"{script.name}: the patch sets {len(patch)} caBundles for "
+                f"{len(webhooks['webhooks'])} webhooks"
+            )
+        if any(op["value"] != secret["data"]["ca.crt"] for op in patch):
+            checker.fail(f"{script.name}: the patch's caBundle is not the Secret's ca.crt")
+
+
+def render_chart(checker: Checker, origin: str, values: dict | None) -> list[dict]:
+    chart = helm.Chart.load(str(CHART))
+    try:
+        chart.validate_schema(values)
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    except helm.HelmError as error:
+        checker.fail(f"{origin}: rendering failed: {error}")
+        return []
+    report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE)
+    for message in report.get("messages", []):
+        # Severity 1 is information, such as the recommended icon.
+        if message.get("severity", 0) >= 2:
+            checker.fail(f"{origin}: helm lint: {message.get('path')}: {message.get('error')}")
+    for error in report.get("errors") or []:
+        checker.fail(f"{origin}: helm lint: {error}")
+    objects = []
+    for template, text in sorted(rendered.items()):
+        if template.endswith("NOTES.txt"):
+            if not text.strip():
+                checker.fail(f"{origin}: NOTES.txt renders empty")
+            continue
+        for obj in load_documents(text):
+            checker.validate_object(f"{origin} {template}", obj)
+            objects.append(obj)
+    return objects
+
+
+def check_chart_failures(checker: Checker) -> None:
+    """Check that contradicting values fail at render time with a message naming them."""
+    cases = [
+        ({"webhook": {"certificates": {"source": "secret"}}}, "webhook.certificates.secretName"),
+        ({"webhook": {"replicas": 2, "minAvailable": 2}}, "webhook.minAvailable"),
+        ({"node": {"socketDir": "/run/x", "libraryDir": "/run/x"}}, "node.socketDir"),
+    ]
+    chart = helm.Chart.load(str(CHART))
+    for values, expected in cases:
+        try:
+            chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        except helm.HelmError as error:
+            if expected not in str(error):
+                checker.fail(f"values {values}: error does not name {expected}: {error}")
+            continue
+        checker.fail(f"values {values} rendered, expected an error naming {expected}")
+    for values, expected in [
+        ({"webhook": {"failurePolicy": "Sometimes"}}, "failurePolicy"),
+        ({"tokens": {"expirationSeconds": 60}}, "expirationSeconds"),
+        ({"agent": {"unknownKey": 1}}, "unknownKey"),
+    ]:
+        try:
+            chart.validate_schema(values)
+        except helm.HelmError as error:
+            if expected not in str(error):
+                checker.fail(f"values {values}: schema error does not name {expected}: {error}")
+            continue
+        checker.fail(f"values {values} passed values.schema.json")
+
+
+def check_chart_matches_manifests(checker: Checker, manifests: list[dict], chart: list[dict]):
+    """Check that the chart renders every object of manifests/, by kind and name."""
+    def kinds_and_names(objects, skip_optional):
+        found = set()
+        for obj in objects:
+            name = obj["metadata"]["name"]
+            labels = obj["metadata"].get("labels", {})
+            if skip_optional and (
+                "token-request" in name or obj["kind"] == "Namespace"
+                or labels.get("app.kubernetes.io/part-of") != "envproxy"
+            ):
+                continue
+            found.add((obj["kind"], name))
+        return found
+
+    from_manifests = kinds_and_names(manifests, skip_optional=True)
+    from_chart = kinds_and_names(chart, skip_optional=True)
+    # The manifests use cert-manager, so the caller passes the chart's cert-manager rendering
+    # too: its default, without the cert-manager API, generates a Secret instead.
+    missing = from_manifests - from_chart
+    if missing:
+        checker.fail(f"the chart does not render these objects of manifests/: {sorted(missing)}")
+
+
+def check_dockerfile(checker: Checker, build_dir: Path | None) -> None:
+    """Check each COPY of the Dockerfile: context paths exist, build-stage paths are artifacts
+    that the stage's cargo commands produce (names compared with the debug build here)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    lines = re.sub(r"\\\n", " ", dockerfile).splitlines()
+    for line in lines:
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        instruction = words[0].upper()
+        if instruction == "COPY":
+            args = [word for word in words[1:] if not word.startswith("--")]
+            from_stage = next(
+                (word.split("=", 1)[1] for word in words[1:] if word.startswith("--from=")), None
+            )
+            sources = args[:-1]
+            for source in sources:
+                if from_stage is None:
+                    if source == ".":
+                        continue
+                    if not (ROOT / source).exists():
+                        checker.fail(f"Dockerfile: COPY source {source} is not in the repository")
+                    continue
+                check_build_artifact(checker, from_stage, source, build_dir)
+
+
+def check_build_artifact(checker, stage, source, build_dir):
+    """Check that a path copied from a build stage is an artifact that cargo builds there."""
+    match = re.fullmatch(
+        r"/src/target/(?:(?P<triple>[a-z0-9_-]+)/)?release/(?P<name>[A-Za-z0-9_.-]+)", source
+    )
+    if not match:
+        if source.startswith("/src/") and (ROOT / source[len("/src/"):]).exists():
+            return
+        checker.fail(f"Dockerfile: COPY --from={stage} {source} is no cargo artifact or repo path")
+        return
+    if build_dir is None:
+        return
+    name = match.group("name")
+    if not (build_dir / name).exists():
+        checker.fail(
+            f"Dockerfile: COPY --from={stage} {source}: the build makes no {name} "
+            f"(not in {build_dir})"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-dir", type=Path, help="write each agent config.toml here")
+    parser.add_argument("--build-dir", type=Path, help="cargo's output directory (target/debug)")
+    args = parser.parse_args()
+
+    checker = Checker(newest_minor_versions())
+    print(f"Kubernetes versions: {', '.join(checker.versions)}; Helm {helm.helm_sdk_version()}")
+
+    manifests = check_manifests(checker)
+    check_self_signed_script(checker)
+    defaults = render_chart(checker, "chart (default values)", None)
+    custom_values = yaml.safe_load(CUSTOM_VALUES.read_text())
+    custom = render_chart(checker, "chart (custom values)", custom_values)
+    cert_manager = render_chart(
+        checker, "chart (cert-manager)", {"webhook": {"certificates": {"source": "cert-manager"}}}
+    )
+    check_chart_failures(checker)
+    check_chart_matches_manifests(checker, manifests, defaults + cert_manager)
+    check_dockerfile(checker, args.build_dir)
+
+    if args.config_dir:
+        args.config_dir.mkdir(parents=True, exist_ok=True)
+        for origin, objects in [
+            ("manifests", manifests), ("chart-default", defaults), ("chart-custom", custom),
+        ]:
+            configs = agent_configs(objects)
+            if len(configs) != 1:
+                checker.fail(f"{origin}: expected one ConfigMap with config.toml, found {configs}")
+            for text in configs.values():
+                (args.config_dir / f"{origin}.toml").write_text(text)
+
+    print(f"validated {checker.validated} objects; {len(checker.failures)} failures")
+    return 1 if checker.failures else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HELM_CACHE_HOME", tempfile.gettempdir())
+    sys.exit(main())
