@@ -16,6 +16,7 @@ mod get;
 mod library;
 mod run;
 mod status;
+mod values_in_environ;
 
 use std::process::ExitCode;
 
