@@ -213,6 +213,60 @@ fn go_program_references_only() {
     assert!(checked.mentions("os.Getenv"), "{}", checked.text());
 }
 
+#[test]
+fn go_program_with_envproxy_module_is_caveat() {
+    require("go", "golang-go");
+    let dir = tempfile::tempdir().unwrap();
+    // A module with the EnvProxy Go module's import path and functions: the check reads only
+    // the function names the Go linker keeps.
+    let module = dir.path().join("module");
+    std::fs::create_dir_all(&module).unwrap();
+    std::fs::write(module.join("go.mod"), "module envproxy.dev/go\n\ngo 1.19\n").unwrap();
+    std::fs::write(
+        module.join("envproxy.go"),
+        "package envproxy\n\nimport \"os\"\n\n\
+         func Getenv(name string) string { return os.Getenv(name) }\n",
+    )
+    .unwrap();
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("go.mod"),
+        "module example.com/app\n\ngo 1.19\n\nrequire envproxy.dev/go v0.0.0\n\n\
+         replace envproxy.dev/go => ../module\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("main.go"),
+        "package main\n\nimport (\n\t\"fmt\"\n\n\tenvproxy \"envproxy.dev/go\"\n)\n\n\
+         func main() { fmt.Println(envproxy.Getenv(\"API_TOKEN\")) }\n",
+    )
+    .unwrap();
+    let program = dir.path().join("go-module-program");
+    let status = Command::new("go")
+        .args(["build", "-ldflags=-s -w", "-o"])
+        .arg(&program)
+        .arg(".")
+        .current_dir(&app)
+        .env("GOCACHE", dir.path().join("cache"))
+        .env("GOPATH", dir.path().join("gopath"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .status()
+        .expect("run go build");
+    assert!(status.success(), "go build failed");
+
+    let checked = check(&[program.as_os_str()]);
+
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved with a caveat");
+    assert!(
+        checked.mentions("uses the EnvProxy Go module"),
+        "{}",
+        checked.text()
+    );
+}
+
 /// Returns a copy of the dynamic probe with `mode`, owned by `uid` and `gid`.
 fn probe_copy(dir: &Path, name: &str, uid: u32, gid: u32, mode: u32) -> PathBuf {
     let copy = dir.join(name);
