@@ -8,6 +8,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use envproxy_proto::{has_known_scheme, Request, Response};
@@ -83,6 +84,7 @@ pub fn resolve(
     // instead of each waiting for its own timeout.
     let mut unreachable: Option<String> = None;
     let mut removed = Vec::new();
+    let mut connection = Connection::new(socket);
 
     for (index, (name, value)) in variables.iter_mut().enumerate() {
         if name.as_bytes().starts_with(OWN_PREFIX) || !has_known_scheme(value.as_bytes()) {
@@ -90,7 +92,7 @@ pub fn resolve(
         }
         let outcome = match &unreachable {
             Some(reason) => Err(reason.clone()),
-            None => request_value(name, value, socket),
+            None => request_value(&mut connection, name, value),
         };
         match outcome {
             Ok(Some(resolved)) => {
@@ -104,7 +106,7 @@ pub fn resolve(
                 }
                 resolution.unresolved.push(Unresolved {
                     name: name.to_string_lossy().into_owned(),
-                    reference: value.to_string_lossy().into_owned(),
+                    reference: shortened(value),
                     reason,
                 });
                 if policy == OnUnresolved::Unset {
@@ -126,24 +128,79 @@ pub fn resolve(
 /// Start of the reason when no request reached the agent.
 const UNREACHABLE_PREFIX: &str = "no response from the agent: ";
 
+/// One connection to the agent, used for request after request as the protocol allows.
+struct Connection<'s> {
+    socket: &'s Path,
+    stream: Option<UnixStream>,
+}
+
+impl<'s> Connection<'s> {
+    fn new(socket: &'s Path) -> Connection<'s> {
+        Connection {
+            socket,
+            stream: None,
+        }
+    }
+
+    /// Sends `request` and returns the response. A connection that failed, for example one the
+    /// agent closed after an error response, is replaced by a new one once per request; a v2
+    /// request only reads, so sending it again is harmless.
+    fn call(&mut self, request: &Request) -> Result<Response, String> {
+        match self.call_once(request) {
+            Ok(response) => Ok(response),
+            Err(_) => {
+                self.stream = None;
+                self.call_once(request)
+            }
+        }
+    }
+
+    fn call_once(&mut self, request: &Request) -> Result<Response, String> {
+        if self.stream.is_none() {
+            let stream = client::connect(self.socket, IO_TIMEOUT).map_err(|err| err.to_string())?;
+            let timeouts = stream
+                .set_read_timeout(Some(IO_TIMEOUT))
+                .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)));
+            timeouts.map_err(|err| format!("cannot set timeouts on the connection: {err}"))?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        envproxy_proto::client::call(stream, request).map_err(|err| {
+            self.stream = None;
+            format!(
+                "request to the agent at {} failed: {err}",
+                self.socket.display()
+            )
+        })
+    }
+}
+
 /// Requests the value of the reference `value` of variable `name`. Returns `Ok(None)` when the
 /// agent treats the value as plain, and the reason on failure.
-fn request_value(name: &OsStr, value: &OsStr, socket: &Path) -> Result<Option<OsString>, String> {
+fn request_value(
+    connection: &mut Connection<'_>,
+    name: &OsStr,
+    value: &OsStr,
+) -> Result<Option<OsString>, String> {
     let request = Request::V2 {
         key: name.as_bytes().to_vec(),
         value: value.as_bytes().to_vec(),
     };
-    let response = client::call(socket, &request, IO_TIMEOUT)
-        .map_err(|err| format!("{UNREACHABLE_PREFIX}{err}"))?;
+    // A request the protocol cannot carry, such as a reference over its length limit, fails
+    // alone, and the agent stays reachable for the others.
+    request
+        .encode(&mut Vec::new())
+        .map_err(|err| format!("invalid request: {err}"))?;
+    let response = connection
+        .call(&request)
+        .map_err(|reason| format!("{UNREACHABLE_PREFIX}{reason}"))?;
     match response {
         Response::Found(secret) => {
             let bytes = secret.expose_secret();
             if bytes.contains(&0) {
-                return Err(
-                    "the value contains a NUL byte, which an environment variable \
-                            cannot hold"
-                        .to_string(),
-                );
+                let reason = "the value contains a NUL byte, which an environment variable \
+                              cannot hold";
+                return Err(reason.to_string());
             }
             Ok(Some(OsString::from_vec(bytes.to_vec())))
         }
@@ -151,6 +208,19 @@ fn request_value(name: &OsStr, value: &OsStr, socket: &Path) -> Result<Option<Os
         Response::Error(reason) => Err(format!("the agent returned an error: {reason}")),
         Response::Passthrough => Ok(None),
     }
+}
+
+/// Maximum number of characters of a reference shown in a message.
+const SHOWN_REFERENCE_MAX: usize = 120;
+
+/// Returns `value` for a message, cut to [`SHOWN_REFERENCE_MAX`] characters with its length.
+fn shortened(value: &OsStr) -> String {
+    let text = value.to_string_lossy();
+    if text.chars().count() <= SHOWN_REFERENCE_MAX {
+        return text.into_owned();
+    }
+    let start: String = text.chars().take(SHOWN_REFERENCE_MAX).collect();
+    format!("{start}... ({} bytes)", value.len())
 }
 
 /// Returns the error for a start that failed, one line per unresolved variable.

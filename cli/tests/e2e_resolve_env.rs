@@ -235,6 +235,41 @@ fn on_error_reference_keeps_reference() {
 }
 
 #[test]
+fn oversized_reference_spares_the_others() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+    // Longer than the 16 KiB the protocol carries for a reference: that request fails, and the
+    // others still reach the agent.
+    let oversized = format!("envproxy:{}", "K".repeat(20_000));
+    let output = run_with_limit(
+        values_command(&secrets, &static_probe(), &["get", "API_TOKEN", "ZZ_LAST"])
+            .env("AA_FIRST", &oversized)
+            .env("MM_MALFORMED", "vault:secret/data/app")
+            .env("ZZ_LAST", "envproxy:API_TOKEN")
+            .env("ENVPROXY_ON_ERROR", "reference"),
+        LIMIT,
+    );
+    let stderr = stderr_of(&output);
+
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        value_of(&output.stdout, "API_TOKEN").as_deref(),
+        Some(&*secret),
+        "{stderr}"
+    );
+    assert_eq!(
+        value_of(&output.stdout, "ZZ_LAST").as_deref(),
+        Some(&*secret),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("envproxy: AA_FIRST: cannot resolve"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn on_error_unset_removes_variable() {
     let world = World::new();
     let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
