@@ -589,6 +589,25 @@ fn perl_script_needs_perl_hook() {
 }
 
 #[test]
+fn ruby_and_php_are_caveats() {
+    require("ruby", "ruby");
+    require("php", "php-cli");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.rb");
+    write_executable(&script, "#!/usr/bin/env ruby\nputs ENV['API_TOKEN']\n");
+
+    let checked = check(&[script.as_os_str()]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved with a caveat");
+    assert!(checked.mentions("ENV.to_h"), "{}", checked.text());
+
+    let checked = check(&[os("php"), os("app.php")]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved with a caveat");
+    assert!(checked.mentions("$_SERVER"), "{}", checked.text());
+}
+
+#[test]
 fn shell_script_references_only() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("start.sh");

@@ -81,6 +81,7 @@ pub fn judge(
             "Node.js reads process.env through libc getenv, which libenvproxy.so resolves"
                 .to_string(),
         )],
+        // Both checked with Debian 12's Ruby 3.1 and PHP 8.2 under `envproxy run`.
         Runtime::Ruby => vec![(
             Verdict::ResolvedWithCaveat,
             "Ruby's ENV[] and ENV.fetch call libc getenv and resolve, but ENV.to_h, ENV.each \
@@ -89,8 +90,8 @@ pub fn judge(
         )],
         Runtime::Php => vec![(
             Verdict::ResolvedWithCaveat,
-            "PHP's getenv() calls libc getenv and resolves, but $_ENV and $_SERVER are filled \
-             at start and hold references"
+            "PHP's getenv(NAME) calls libc getenv and resolves, but getenv() without a name, \
+             $_SERVER and $_ENV read the environment directly and return references"
                 .to_string(),
         )],
         Runtime::Shell => vec![(
