@@ -300,6 +300,43 @@ fn setuid_program_references_only() {
 }
 
 #[test]
+fn setuid_verdicts_match_envproxy_run() {
+    require_root("setuid copies owned by root and by another user");
+    let dir = build_temp_dir();
+    let foreign = probe_copy(dir.path(), "setuid-foreign", 65534, 0, 0o4755);
+    let own = probe_copy(dir.path(), "setuid-own", 0, 0, 0o4755);
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+    // The probe runs as uid 65534, which must be able to enter the directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    for (program, expected_verdict, expected_value) in [
+        (&foreign, "references only", "envproxy:API_TOKEN"),
+        (&own, "resolved with a caveat", secret.as_str()),
+    ] {
+        let checked = check(&[program.as_os_str()]);
+        assert_eq!(checked.verdict, expected_verdict, "{}", checked.text());
+
+        let output = run_with_limit(
+            run_command(&secrets, program).args(["get", "API_TOKEN"]),
+            LIMIT,
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            value_of(&output.stdout, "API_TOKEN").as_deref(),
+            Some(expected_value),
+            "{}",
+            program.display()
+        );
+    }
+}
+
+#[test]
 fn setgid_program_references_only() {
     require_root("a setgid copy owned by another group");
     let dir = build_temp_dir();
