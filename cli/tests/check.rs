@@ -572,6 +572,53 @@ fn java_program_needs_java_hook() {
 }
 
 #[test]
+fn java_runtime_that_cannot_load_hook() {
+    require("java", "default-jdk-headless");
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir_all(hooks.join("java")).unwrap();
+    std::fs::write(hooks.join("java/envproxy-javaagent.jar"), b"").unwrap();
+    // A runtime image with the real launcher: the check reads only bin/java, lib/ and release.
+    let home = dir.path().join("jdk");
+    std::fs::create_dir_all(home.join("bin")).unwrap();
+    std::fs::create_dir_all(home.join("lib")).unwrap();
+    let launcher = std::fs::canonicalize(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|directory| directory.join("java"))
+            .find(|candidate| candidate.is_file())
+            .expect("java in PATH"),
+    )
+    .unwrap();
+    std::fs::copy(&launcher, home.join("bin/java")).unwrap();
+    std::fs::write(home.join("lib/libjli.so"), b"").unwrap();
+    std::fs::write(home.join("release"), "JAVA_VERSION=\"21.0.2\"\n").unwrap();
+    let java = home.join("bin/java");
+    let words = [java.as_os_str(), os("-jar"), os("app.jar")];
+
+    let checked = run_json(&mut check_command(&hooks), &words);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("has no java.instrument module"),
+        "{}",
+        checked.text()
+    );
+
+    std::fs::write(home.join("lib/libinstrument.so"), b"").unwrap();
+    let checked = run_json(&mut check_command(&hooks), &words);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved");
+
+    std::fs::write(home.join("release"), "JAVA_VERSION=\"11.0.2\"\n").unwrap();
+    let checked = run_json(&mut check_command(&hooks), &words);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("is Java 11.0.2, but the Java hook needs Java 17 or later"),
+        "{}",
+        checked.text()
+    );
+}
+
+#[test]
 fn node_script_resolved_by_library() {
     require("node", "nodejs");
     let dir = tempfile::tempdir().unwrap();

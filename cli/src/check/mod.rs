@@ -318,7 +318,7 @@ impl Checker<'_> {
                     runtime.description()
                 ));
                 if self.wrapper_loads_library() {
-                    self.runtime(runtime, arguments)?;
+                    self.runtime(runtime, arguments, None)?;
                 }
                 return Ok(());
             }
@@ -347,7 +347,7 @@ impl Checker<'_> {
             ))
         })?;
         if self.executable(path, &facts)? {
-            self.runtime(runtime.unwrap_or(Runtime::Native), arguments)?;
+            self.runtime(runtime.unwrap_or(Runtime::Native), arguments, Some(path))?;
         }
         Ok(())
     }
@@ -555,8 +555,19 @@ impl Checker<'_> {
     }
 
     /// Judges the runtime, once the library is known to load.
-    fn runtime(&mut self, runtime: Runtime, arguments: &[OsString]) -> Result<(), CheckError> {
-        let outcome = runtime::judge(runtime, arguments, self.settings, self.hooks_dir.as_deref());
+    fn runtime(
+        &mut self,
+        runtime: Runtime,
+        arguments: &[OsString],
+        program: Option<&Path>,
+    ) -> Result<(), CheckError> {
+        let outcome = runtime::judge(
+            runtime,
+            arguments,
+            program,
+            self.settings,
+            self.hooks_dir.as_deref(),
+        );
         for (verdict, reason) in outcome {
             self.note(verdict, reason);
         }

@@ -62,10 +62,11 @@ impl Runtime {
 }
 
 /// Returns the verdicts and reasons for `runtime` started with `arguments`, given that the
-/// library loads into it.
+/// library loads into it. `program` is the runtime's ELF file, when known.
 pub fn judge(
     runtime: Runtime,
     arguments: &[OsString],
+    program: Option<&Path>,
     settings: &Settings,
     hooks_dir: Option<&Path>,
 ) -> Vec<(Verdict, String)> {
@@ -101,16 +102,7 @@ pub fn judge(
                 .to_string(),
         )],
         Runtime::Python => python(arguments, settings, hooks_dir),
-        Runtime::Java => hooked(
-            "Java",
-            "ENVPROXY_NO_JAVA",
-            settings.no_java,
-            JAVA_HOOK,
-            hooks_dir,
-            "System.getenv returns references, from the copy of the environment the JVM made at start",
-            "the Java agent {hook}, which the library adds to JAVA_TOOL_OPTIONS, makes \
-             System.getenv resolve",
-        ),
+        Runtime::Java => java(program, settings, hooks_dir),
         Runtime::Perl => perl(arguments, settings, hooks_dir),
     }
 }
@@ -139,6 +131,77 @@ fn python(
         "the Python hook {hook}, which the library adds to PYTHONPATH, makes os.environ and \
          os.getenv resolve",
     )
+}
+
+fn java(
+    program: Option<&Path>,
+    settings: &Settings,
+    hooks_dir: Option<&Path>,
+) -> Vec<(Verdict, String)> {
+    let copied = "System.getenv returns references, from the copy of the environment the JVM \
+                  made at start";
+    let outcome = hooked(
+        "Java",
+        "ENVPROXY_NO_JAVA",
+        settings.no_java,
+        JAVA_HOOK,
+        hooks_dir,
+        copied,
+        "the Java agent {hook}, which the library adds to JAVA_TOOL_OPTIONS, makes \
+         System.getenv resolve",
+    );
+    if outcome[0].0 != Verdict::Resolved {
+        return outcome;
+    }
+    match program.and_then(java_runtime_problem) {
+        Some(problem) => vec![(
+            Verdict::ReferencesOnly,
+            format!("{problem}, so the Java hook cannot load and {copied}"),
+        )],
+        None => outcome,
+    }
+}
+
+/// Oldest Java release the Java hook runs on: it is compiled with `javac --release 17`.
+const JAVA_HOOK_MIN_RELEASE: u32 = 17;
+
+/// Returns why the Java runtime of the launcher `java` cannot load the Java hook, judged by
+/// the files of its runtime image (`<java.home>/bin/java`): no `lib/libinstrument.so` (a
+/// `jlink` image without `java.instrument`, where the library leaves the agent out), or a
+/// `release` file that names a Java older than [`JAVA_HOOK_MIN_RELEASE`].
+fn java_runtime_problem(java: &Path) -> Option<String> {
+    let java = std::fs::canonicalize(java).ok()?;
+    let home = java.parent()?.parent()?;
+    let lib = home.join("lib");
+    if lib.join("libjli.so").is_file() && !lib.join("libinstrument.so").exists() {
+        return Some(format!(
+            "the Java runtime {} has no java.instrument module (no lib/libinstrument.so)",
+            home.display()
+        ));
+    }
+    let release = std::fs::read_to_string(home.join("release")).ok()?;
+    let version = release.lines().find_map(|line| {
+        let value = line.strip_prefix("JAVA_VERSION=")?;
+        Some(value.trim().trim_matches('"').to_string())
+    })?;
+    let major = java_major_version(&version)?;
+    (major < JAVA_HOOK_MIN_RELEASE).then(|| {
+        format!(
+            "the Java runtime {} is Java {version}, but the Java hook needs Java \
+             {JAVA_HOOK_MIN_RELEASE} or later",
+            home.display()
+        )
+    })
+}
+
+/// Returns the major release of a `JAVA_VERSION` such as `17.0.15`, `21` or `1.8.0_402`.
+fn java_major_version(version: &str) -> Option<u32> {
+    let mut parts = version.split(['.', '_', '+', '-']);
+    let first: u32 = parts.next()?.parse().ok()?;
+    if first == 1 {
+        return parts.next()?.parse().ok();
+    }
+    Some(first)
 }
 
 fn perl(
@@ -343,26 +406,41 @@ mod tests {
     }
 
     #[test]
+    fn java_major_versions() {
+        let cases = [
+            ("17.0.15", Some(17)),
+            ("21", Some(21)),
+            ("25-ea", Some(25)),
+            ("11.0.2", Some(11)),
+            ("1.8.0_402", Some(8)),
+            ("", None),
+        ];
+        for (version, expected) in cases {
+            assert_eq!(java_major_version(version), expected, "{version}");
+        }
+    }
+
+    #[test]
     fn hook_verdicts() {
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings {
             enabled: true,
             ..Settings::default()
         };
-        let outcome = judge(Runtime::Java, &[], &settings, Some(dir.path()));
+        let outcome = judge(Runtime::Java, &[], None, &settings, Some(dir.path()));
         assert_eq!(outcome[0].0, Verdict::ReferencesOnly);
         assert!(outcome[0].1.contains("not installed"), "{}", outcome[0].1);
 
         std::fs::create_dir_all(dir.path().join("java")).unwrap();
         std::fs::write(dir.path().join(JAVA_HOOK), b"").unwrap();
-        let outcome = judge(Runtime::Java, &[], &settings, Some(dir.path()));
+        let outcome = judge(Runtime::Java, &[], None, &settings, Some(dir.path()));
         assert_eq!(outcome[0].0, Verdict::Resolved);
 
         let off = Settings {
             no_java: true,
             ..settings.clone()
         };
-        let outcome = judge(Runtime::Java, &[], &off, Some(dir.path()));
+        let outcome = judge(Runtime::Java, &[], None, &off, Some(dir.path()));
         assert_eq!(outcome[0].0, Verdict::ReferencesOnly);
         assert!(
             outcome[0].1.starts_with("ENVPROXY_NO_JAVA=1"),
