@@ -165,10 +165,9 @@ fn java(
 /// Oldest Java release the Java hook runs on: it is compiled with `javac --release 17`.
 const JAVA_HOOK_MIN_RELEASE: u32 = 17;
 
-/// Returns why the Java runtime of the launcher `java` cannot load the Java hook, judged by
-/// the files of its runtime image (`<java.home>/bin/java`): no `lib/libinstrument.so` (a
-/// `jlink` image without `java.instrument`, where the library leaves the agent out), or a
-/// `release` file that names a Java older than [`JAVA_HOOK_MIN_RELEASE`].
+/// Returns why the Java runtime of the launcher `java` (`<java.home>/bin/java`) cannot load
+/// the Java hook. A `jlink` image without `java.instrument` has no `lib/libinstrument.so` and
+/// loads no javaagent. The `release` file names the Java version.
 fn java_runtime_problem(java: &Path) -> Option<String> {
     let java = std::fs::canonicalize(java).ok()?;
     let home = java.parent()?.parent()?;
