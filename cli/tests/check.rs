@@ -721,6 +721,7 @@ fn env_command_is_followed() {
     let checked = check(&[os("env"), os("-i"), probe().as_os_str()]);
     assert_eq!(checked.status, 1, "{}", checked.text());
     assert!(checked.mentions("env -i"), "{}", checked.text());
+    assert_eq!(checked.reasons.len(), 1, "{}", checked.text());
 }
 
 #[test]

@@ -278,15 +278,20 @@ impl Checker<'_> {
         if name == "env" {
             if let Some(inner) = program::parse_env_arguments(arguments) {
                 if !inner.command.is_empty() {
-                    if inner.clears_environment {
-                        self.note(
-                            Verdict::ReferencesOnly,
-                            "`env -i` clears the environment, so the program gets neither \
-                             references nor LD_PRELOAD",
-                        );
-                    }
                     let next =
                         program::locate(&inner.command[0], self.settings.search_path.as_deref())?;
+                    if inner.clears_environment {
+                        // Nothing of EnvProxy reaches the program, whatever it is.
+                        self.note(
+                            Verdict::ReferencesOnly,
+                            format!(
+                                "`env -i` starts {} with an empty environment, so it gets \
+                                 neither references nor LD_PRELOAD",
+                                next.display()
+                            ),
+                        );
+                        return Ok(());
+                    }
                     return self.command(&next, &inner.command, depth + 1);
                 }
             }
