@@ -437,6 +437,23 @@ fn musl_program_needs_musl_library() {
         "{}",
         checked.text()
     );
+    assert!(
+        checked.mentions("the program does not start at all"),
+        "{}",
+        checked.text()
+    );
+    // What the check states: under envproxy run with the glibc library the program exits
+    // with 127 before main.
+    let world = World::new();
+    let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+    let output = run_with_limit(&mut run_command(&secrets, &program), LIMIT);
+    assert_eq!(
+        output.status.code(),
+        Some(127),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout.is_empty());
 
     let mut command = check_command(&source_hooks_dir());
     command.env("ENVPROXY_LIB", &library);

@@ -544,11 +544,19 @@ impl Checker<'_> {
             && library_libc != Libc::Unknown
             && program_libc != library_libc
         {
+            // musl's loader ends the program when a preloaded library fails to load, while
+            // glibc's prints a warning and ignores it (seen with musl 1.2.3 and glibc 2.36).
+            let consequence = if program_libc == Libc::Musl {
+                "musl's loader cannot load it and exits with status 127, so the program does \
+                 not start at all"
+            } else {
+                "the loader ignores it"
+            };
             self.note(
                 Verdict::ReferencesOnly,
                 format!(
-                    "the program uses {}, but the library {path} is built for {}, so it \
-                     cannot load; set {LIBRARY_VARIABLE} to a libenvproxy.so built for {}",
+                    "the program uses {}, but the library {path} is built for {}: \
+                     {consequence}; set {LIBRARY_VARIABLE} to a libenvproxy.so built for {}",
                     program_libc.name(),
                     library_libc.name(),
                     program_libc.name()
