@@ -27,13 +27,13 @@ pub struct ChildEnvironment {
 ///
 /// Each key of the secrets file that `inherited` does not set becomes `KEY=envproxy:KEY`, so the
 /// library resolves it on `getenv`. A variable the caller already set keeps its value.
-/// `ENVPROXY_SOCKET` is set to `socket`, and `library` is appended to `LD_PRELOAD` unless it is
-/// already listed there.
+/// `ENVPROXY_SOCKET` is set to `socket`. A `library` is appended to `LD_PRELOAD` unless it is
+/// already listed there; with `None`, `LD_PRELOAD` stays as inherited.
 pub fn build(
     inherited: impl IntoIterator<Item = (OsString, OsString)>,
     keys: &[String],
     socket: &Path,
-    library: &Path,
+    library: Option<&Path>,
 ) -> ChildEnvironment {
     let mut environment = ChildEnvironment {
         variables: inherited.into_iter().collect(),
@@ -76,8 +76,10 @@ pub fn build(
     }
 
     environment.set(SOCKET_VARIABLE, socket.as_os_str().to_os_string());
-    let preload = append_preload(environment.get(OsStr::new(PRELOAD_VARIABLE)), library);
-    environment.set(PRELOAD_VARIABLE, preload);
+    if let Some(library) = library {
+        let preload = append_preload(environment.get(OsStr::new(PRELOAD_VARIABLE)), library);
+        environment.set(PRELOAD_VARIABLE, preload);
+    }
     environment
 }
 
@@ -144,7 +146,7 @@ mod tests {
             pairs(&[("PATH", "/bin"), ("DB_URL", "postgres://local")]),
             &keys(&["API_KEY", "DB_URL"]),
             Path::new("/run/a.sock"),
-            Path::new("/lib/libenvproxy.so"),
+            Some(Path::new("/lib/libenvproxy.so")),
         );
         assert_eq!(value(&environment, "API_KEY"), Some("envproxy:API_KEY"));
         assert_eq!(value(&environment, "DB_URL"), Some("postgres://local"));
@@ -163,7 +165,7 @@ mod tests {
             pairs(&[("ENVPROXY_SOCKET", "/old.sock")]),
             &[],
             Path::new("/new.sock"),
-            Path::new("/l.so"),
+            Some(Path::new("/l.so")),
         );
         assert_eq!(value(&environment, "ENVPROXY_SOCKET"), Some("/new.sock"));
         let count = environment
@@ -193,7 +195,7 @@ mod tests {
                 pairs(&[("LD_PRELOAD", existing)]),
                 &[],
                 Path::new("/s"),
-                library,
+                Some(library),
             );
             assert_eq!(
                 value(&environment, "LD_PRELOAD"),
@@ -204,12 +206,28 @@ mod tests {
     }
 
     #[test]
+    fn without_library_preload_is_inherited() {
+        let environment = build(
+            pairs(&[("LD_PRELOAD", "/a.so")]),
+            &keys(&["API_KEY"]),
+            Path::new("/s"),
+            None,
+        );
+        assert_eq!(value(&environment, "LD_PRELOAD"), Some("/a.so"));
+        assert_eq!(value(&environment, "API_KEY"), Some("envproxy:API_KEY"));
+
+        let environment = build(Vec::new(), &[], Path::new("/s"), None);
+        assert_eq!(value(&environment, "LD_PRELOAD"), None);
+        assert_eq!(value(&environment, "ENVPROXY_SOCKET"), Some("/s"));
+    }
+
+    #[test]
     fn unusable_keys_are_skipped() {
         let environment = build(
             Vec::new(),
             &keys(&["A=B", "ENVPROXY_SOCKET", "LD_PRELOAD", "OK"]),
             Path::new("/s"),
-            Path::new("/l.so"),
+            Some(Path::new("/l.so")),
         );
         let skipped: Vec<&str> = environment
             .skipped
@@ -243,7 +261,12 @@ mod tests {
         secret_keys.push("INHERITED_7".to_string());
 
         let started = std::time::Instant::now();
-        let environment = build(inherited, &secret_keys, Path::new("/s"), Path::new("/l.so"));
+        let environment = build(
+            inherited,
+            &secret_keys,
+            Path::new("/s"),
+            Some(Path::new("/l.so")),
+        );
         let elapsed = started.elapsed();
 
         assert_eq!(environment.variables.len(), 2 * COUNT + 2);

@@ -2,12 +2,14 @@
 //!
 //! - `run`: start a command with `KEY=envproxy:KEY` references in its environment and
 //!   `libenvproxy.so` preloaded, served by a running agent or one inside this process.
+//! - `check`: tell whether a program will see resolved values, and why.
 //! - `get`: print one value from the agent.
 //! - `status`: show whether an agent responds and how it is set up.
 //! - `admin`: the agent's admin API: status, workloads, cache, flush, audit events, reload.
 //! - `completions`: print a shell completion script.
 
 mod admin;
+mod check;
 mod child;
 mod client;
 mod embedded;
@@ -16,6 +18,7 @@ mod get;
 mod library;
 mod run;
 mod status;
+mod values_in_environ;
 
 use std::process::ExitCode;
 
@@ -36,6 +39,12 @@ enum Command {
     /// Exits with the command's status, 128 + N when signal N ended it, 127 when it is not
     /// found, 126 when it cannot be executed and 125 when envproxy itself fails.
     Run(run::RunArgs),
+    /// Tell whether a program will see resolved values, and why.
+    ///
+    /// Give the program's path, or a command after `--` as `envproxy run` takes it. Exits with
+    /// 0 when the program will see resolved values (also with a caveat), 1 when it will see
+    /// references, and 2 on a usage error or a file that cannot be checked.
+    Check(check::CheckArgs),
     /// Print the value of a key or reference (exit 1: not found, 2: error).
     Get(get::GetArgs),
     /// Show the agent's status (exit 1: no agent responds).
@@ -70,6 +79,7 @@ fn main() -> ExitCode {
             eprintln!("envproxy: {message}");
             run::EXIT_RUN_FAILED
         }),
+        Command::Check(args) => check::run(args),
         Command::Get(args) => get::run(args),
         Command::Status(args) => status::run(args),
         Command::Admin(args) => admin::run(args),

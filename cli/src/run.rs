@@ -15,6 +15,7 @@ use crate::client::{self, ClientError};
 use crate::embedded::EmbeddedAgent;
 use crate::environment::{self, SOCKET_VARIABLE};
 use crate::library::{self, LIBRARY_VARIABLE};
+use crate::values_in_environ::{self, OnUnresolved, ON_ERROR_VARIABLE};
 
 /// Maximum wait for a running agent to respond before `run` gives up on it.
 const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,6 +37,16 @@ pub struct RunArgs {
     /// used, else the embedded agent listens there.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Resolve every reference before the command starts and pass the values in its
+    /// environment, for programs the library cannot reach (static binaries, Go, setuid).
+    ///
+    /// The cost: the values sit in the command's /proc/PID/environ, readable by the same user
+    /// and root, every process it starts inherits them, and they stay fixed until it is started
+    /// again. libenvproxy.so is not preloaded. An unresolvable reference fails the start
+    /// (status 125) unless ENVPROXY_ON_ERROR=reference keeps it or ENVPROXY_ON_ERROR=unset
+    /// removes the variable.
+    #[arg(long)]
+    values_in_environ: bool,
     /// The command and its arguments, after `--`.
     #[arg(
         required = true,
@@ -61,7 +72,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     // run through the normal path, which removes the directory.
     let signals = child::catch_signals().context("cannot install signal handlers")?;
     let executable = std::env::current_exe().context("cannot locate the envproxy executable")?;
-    let library = library::find(std::env::var_os(LIBRARY_VARIABLE), &executable)?;
+    // With values in the environment the command needs no library, so a missing one is no error.
+    let (library, on_unresolved) = if args.values_in_environ {
+        let setting = std::env::var_os(ON_ERROR_VARIABLE);
+        (None, Some(OnUnresolved::from_setting(setting.as_deref())?))
+    } else {
+        let library = library::find(std::env::var_os(LIBRARY_VARIABLE), &executable)?;
+        (Some(library), None)
+    };
 
     let vault_environment = VaultEnvironment::from_process();
     let config = load_file_config(&args, &vault_environment)?;
@@ -136,9 +154,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         AgentChoice::Running { socket } => socket.clone(),
         AgentChoice::Embedded(agent) => agent.socket().to_path_buf(),
     };
-    let environment = environment::build(std::env::vars_os(), &keys, &socket, &library);
+    let mut environment =
+        environment::build(std::env::vars_os(), &keys, &socket, library.as_deref());
     for (key, reason) in &environment.skipped {
         eprintln!("envproxy: not adding secret key {key:?} to the environment: {reason}");
+    }
+    if let Some(policy) = on_unresolved {
+        let resolution = values_in_environ::resolve(&mut environment.variables, &socket, policy);
+        let resolution = match resolution {
+            Ok(resolution) => resolution,
+            Err(err) => {
+                if let AgentChoice::Embedded(agent) = agent {
+                    agent.stop();
+                }
+                return Err(err);
+            }
+        };
+        for warning in values_in_environ::unresolved_warnings(&resolution, policy) {
+            eprintln!("{warning}");
+        }
+        if resolution.resolved > 0 {
+            let program = &args.command[0];
+            eprintln!(
+                "{}",
+                values_in_environ::exposure_warning(resolution.resolved, program)
+            );
+        }
     }
 
     let outcome = child::run(ChildSpec {

@@ -328,3 +328,64 @@ fn run_serves_file_and_vault_together() {
         "vault-cli-pw\nfile-pw\nenvproxy:API_KEY\n"
     );
 }
+
+#[test]
+fn run_values_in_environ_from_vault() {
+    let vault = Vault::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut random = [0u8; 16];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").unwrap(),
+        &mut random,
+    )
+    .unwrap();
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    vault
+        .server
+        .root()
+        .kv2_put("secret", "values", json!({ "token": token }))
+        .unwrap();
+    let start = |variables: &[(&str, &str)]| {
+        let mut command = envproxy(&[
+            "run",
+            "--values-in-environ",
+            "--",
+            "sh",
+            "-c",
+            "printf '%s' \"$DB_TOKEN\"",
+        ]);
+        command
+            .env("VAULT_ADDR", vault.server.url())
+            .env("VAULT_TOKEN", vault.server.root_token())
+            .env("HOME", dir.path())
+            .env_remove("ENVPROXY_ON_ERROR");
+        for (name, value) in variables {
+            command.env(name, value);
+        }
+        output_of(command)
+    };
+
+    let output = start(&[("DB_TOKEN", "vault:secret/data/values#token")]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(text(&output.stdout), token);
+    assert_eq!(
+        stderr.matches("--values-in-environ put 1 ").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&token), "{stderr}");
+
+    let output = start(&[
+        ("DB_TOKEN", "vault:secret/data/values#token"),
+        ("MISSING_KEY", "vault:secret/data/values#absent"),
+    ]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    assert!(output.stdout.is_empty(), "the command started: {stderr}");
+    assert!(
+        stderr.contains("MISSING_KEY=vault:secret/data/values#absent: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&token), "{stderr}");
+}

@@ -80,6 +80,32 @@ pub fn probe() -> PathBuf {
         .clone()
 }
 
+/// Compiles `tests/programs/probe.c` with `cc -static` once per test binary: a program that
+/// `LD_PRELOAD` cannot reach.
+pub fn static_probe() -> PathBuf {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/probe.c");
+            let dir = build_dir().join("e2e-programs");
+            std::fs::create_dir_all(&dir).expect("create program dir");
+            let output = dir.join(format!("probe-static-{}", std::process::id()));
+            let status = Command::new("cc")
+                .args(["-static", "-O1", "-pthread", "-o"])
+                .arg(&output)
+                .arg(&source)
+                .status()
+                .expect("run cc (install gcc and libc6-dev)");
+            assert!(
+                status.success(),
+                "compiling {} with -static failed; the static glibc is in libc6-dev",
+                source.display()
+            );
+            output
+        })
+        .clone()
+}
+
 /// A temporary directory with a secrets file, removed on drop.
 pub struct World {
     pub dir: tempfile::TempDir,

@@ -1,0 +1,602 @@
+//! `envproxy check`: reports whether a program started through `envproxy run` (or with
+//! `libenvproxy.so` preloaded) will see resolved values, and why.
+//!
+//! The check reads files only and starts nothing. It follows the command line as the kernel
+//! and `execvp` would: a `PATH` search, `env` and `#!` lines up to their interpreter. It
+//! then judges the ELF file that runs (static, Go, setuid, its C library) and the runtime
+//! that the file name identifies, with the hooks that the library would load from the hooks
+//! directory.
+
+mod elf;
+mod program;
+mod runtime;
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::library::{self, LIBRARY_VARIABLE};
+use elf::{ElfFacts, Libc};
+use runtime::Runtime;
+
+/// Exit status when the program will see resolved values, with or without a caveat.
+pub const EXIT_RESOLVED: i32 = 0;
+/// Exit status when the program will see references.
+pub const EXIT_REFERENCES: i32 = 1;
+/// Exit status for a usage error or a file that cannot be checked.
+pub const EXIT_ERROR: i32 = 2;
+
+/// Maximum nesting of `#!` interpreters and `env` commands that is followed. Linux itself
+/// fails a deeper chain of interpreters with `ELOOP`.
+const MAX_DEPTH: usize = 5;
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// The program's path, or, after `--`, a command and its arguments as `envproxy run` takes
+    /// them (a name without `/` is searched in PATH).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PATH|COMMAND"
+    )]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// The verdict on the first line, then one reason per line.
+    Text,
+    /// One JSON object with `command`, `program`, `verdict`, `resolved` and `reasons`.
+    Json,
+}
+
+/// A file that cannot be checked, or a command line that names none.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckError(String);
+
+impl CheckError {
+    pub fn new(message: impl Into<String>) -> CheckError {
+        CheckError(message.into())
+    }
+}
+
+/// Whether the program reads resolved values, ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Resolved,
+    ResolvedWithCaveat,
+    ReferencesOnly,
+}
+
+impl Verdict {
+    pub fn text(self) -> &'static str {
+        match self {
+            Verdict::Resolved => "resolved",
+            Verdict::ResolvedWithCaveat => "resolved with a caveat",
+            Verdict::ReferencesOnly => "references only",
+        }
+    }
+}
+
+impl Serialize for Verdict {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.text())
+    }
+}
+
+/// The result of a check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The command line as given.
+    pub command: Vec<String>,
+    /// The file the command line names.
+    pub program: String,
+    pub verdict: Verdict,
+    /// True for `resolved` and `resolved with a caveat`.
+    pub resolved: bool,
+    /// One sentence per fact that led to the verdict, in the order they were found.
+    pub reasons: Vec<String>,
+}
+
+/// The settings a check reads from its own environment, which `envproxy run` passes on to
+/// the command.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `ENVPROXY_ENABLED` is not `0`.
+    pub enabled: bool,
+    /// `ENVPROXY_NO_PYTHON=1`.
+    pub no_python: bool,
+    /// `ENVPROXY_NO_JAVA=1`.
+    pub no_java: bool,
+    /// `ENVPROXY_NO_PERL=1`.
+    pub no_perl: bool,
+    /// `ENVPROXY_HOOKS_DIR`.
+    pub hooks_dir: Option<PathBuf>,
+    /// `ENVPROXY_LIB`.
+    pub library: Option<OsString>,
+    /// `PATH`.
+    pub search_path: Option<OsString>,
+    /// The `envproxy` executable, beside which the library is searched.
+    pub executable: PathBuf,
+}
+
+impl Settings {
+    pub fn from_process() -> Settings {
+        let flag = |name: &str| std::env::var_os(name).is_some_and(|value| value == "1");
+        Settings {
+            enabled: std::env::var_os("ENVPROXY_ENABLED").is_none_or(|value| value != "0"),
+            no_python: flag("ENVPROXY_NO_PYTHON"),
+            no_java: flag("ENVPROXY_NO_JAVA"),
+            no_perl: flag("ENVPROXY_NO_PERL"),
+            hooks_dir: std::env::var_os("ENVPROXY_HOOKS_DIR")
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from),
+            library: std::env::var_os(LIBRARY_VARIABLE),
+            search_path: std::env::var_os("PATH"),
+            executable: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("envproxy")),
+        }
+    }
+}
+
+/// Runs the check and prints the report. Returns [`EXIT_RESOLVED`], [`EXIT_REFERENCES`] or
+/// [`EXIT_ERROR`].
+pub fn run(args: CheckArgs) -> i32 {
+    let report = match check(&args.command, &Settings::from_process()) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("envproxy check: {err}");
+            return EXIT_ERROR;
+        }
+    };
+    let text = match args.output {
+        Output::Text => {
+            let mut text = format!("{}\n", report.verdict.text());
+            for reason in &report.reasons {
+                text.push_str(&format!("  - {reason}\n"));
+            }
+            text
+        }
+        Output::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => json + "\n",
+            Err(err) => {
+                eprintln!("envproxy check: cannot encode the report as JSON: {err}");
+                return EXIT_ERROR;
+            }
+        },
+    };
+    let mut stdout = std::io::stdout().lock();
+    // A closed pipe (`envproxy check ... | head -1`) still gets the verdict's exit status.
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+    if report.resolved {
+        EXIT_RESOLVED
+    } else {
+        EXIT_REFERENCES
+    }
+}
+
+/// The library `envproxy run` would preload, with its ELF facts.
+struct Library {
+    path: PathBuf,
+    facts: ElfFacts,
+}
+
+/// The state of one check: what it found so far.
+struct Checker<'s> {
+    settings: &'s Settings,
+    library: Result<Library, String>,
+    hooks_dir: Option<PathBuf>,
+    verdict: Verdict,
+    reasons: Vec<String>,
+}
+
+/// Checks the command line `command` (a path, or a program and its arguments).
+pub fn check(command: &[OsString], settings: &Settings) -> Result<Report, CheckError> {
+    let Some(first) = command.first() else {
+        return Err(CheckError::new("no program given"));
+    };
+    let library = find_library(settings);
+    let hooks_dir = find_hooks_dir(settings, library.as_ref().ok());
+    let mut checker = Checker {
+        settings,
+        library,
+        hooks_dir,
+        verdict: Verdict::Resolved,
+        reasons: Vec::new(),
+    };
+    let program = program::locate(first, settings.search_path.as_deref())?;
+    checker.command(&program, command, 0)?;
+    Ok(Report {
+        command: command
+            .iter()
+            .map(|word| word.to_string_lossy().into_owned())
+            .collect(),
+        program: program.display().to_string(),
+        verdict: checker.verdict,
+        resolved: checker.verdict != Verdict::ReferencesOnly,
+        reasons: checker.reasons,
+    })
+}
+
+fn find_library(settings: &Settings) -> Result<Library, String> {
+    let path = library::find(settings.library.clone(), &settings.executable)
+        .map_err(|err| err.to_string())?;
+    let data =
+        std::fs::read(&path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let facts =
+        elf::read(&data).map_err(|reason| format!("{} is not usable: {reason}", path.display()))?;
+    Ok(Library { path, facts })
+}
+
+/// Returns the hooks directory the library uses: `ENVPROXY_HOOKS_DIR`, else the first of
+/// `hooks`, `../hooks` and `../../hooks` beside the library that exists.
+fn find_hooks_dir(settings: &Settings, library: Option<&Library>) -> Option<PathBuf> {
+    if let Some(dir) = &settings.hooks_dir {
+        return Some(dir.clone());
+    }
+    let library_dir = library?.path.parent()?.to_path_buf();
+    ["hooks", "../hooks", "../../hooks"]
+        .iter()
+        .map(|relative| library_dir.join(relative))
+        .find(|candidate| candidate.is_dir())
+        .map(|found| std::fs::canonicalize(&found).unwrap_or(found))
+}
+
+impl Checker<'_> {
+    fn note(&mut self, verdict: Verdict, reason: impl Into<String>) {
+        self.verdict = self.verdict.max(verdict);
+        self.reasons.push(reason.into());
+    }
+
+    /// Judges `command`, whose first word names the file `path`.
+    fn command(
+        &mut self,
+        path: &Path,
+        command: &[OsString],
+        depth: usize,
+    ) -> Result<(), CheckError> {
+        if depth >= MAX_DEPTH {
+            return Err(CheckError::new(format!(
+                "{}: more than {MAX_DEPTH} nested interpreters or `env` commands; the kernel \
+                 does not run such a chain",
+                path.display()
+            )));
+        }
+        let name = file_name(&command[0]);
+        let arguments = &command[1..];
+        if name == "env" {
+            if let Some(inner) = program::parse_env_arguments(arguments) {
+                if !inner.command.is_empty() {
+                    let next =
+                        program::locate(&inner.command[0], self.settings.search_path.as_deref())?;
+                    if inner.clears_environment {
+                        // Nothing of EnvProxy reaches the program, whatever it is.
+                        self.note(
+                            Verdict::ReferencesOnly,
+                            format!(
+                                "`env -i` starts {} with an empty environment, so it gets \
+                                 neither references nor LD_PRELOAD",
+                                next.display()
+                            ),
+                        );
+                        return Ok(());
+                    }
+                    return self.command(&next, &inner.command, depth + 1);
+                }
+            }
+        }
+        self.file(path, &name, arguments, depth)
+    }
+
+    /// Judges the file `path`, started under the name `name` with `arguments`.
+    fn file(
+        &mut self,
+        path: &Path,
+        name: &str,
+        arguments: &[OsString],
+        depth: usize,
+    ) -> Result<(), CheckError> {
+        let runtime = Runtime::from_name(name).or_else(|| {
+            let canonical = std::fs::canonicalize(path).ok()?;
+            Runtime::from_name(&file_name(canonical.as_os_str()))
+        });
+
+        if let Some(shebang) = program::read_shebang(path)? {
+            if let Some(runtime) = runtime {
+                // A script named like a runtime starts that runtime in some way of its own,
+                // as pyenv and asdf shims do, so the name is all that can be judged.
+                self.reasons.push(format!(
+                    "{} is a script named `{name}` (a wrapper such as a pyenv shim), so it is \
+                     judged as {}",
+                    path.display(),
+                    runtime.description()
+                ));
+                if self.wrapper_loads_library() {
+                    self.runtime(runtime, arguments, None)?;
+                }
+                return Ok(());
+            }
+            self.reasons.push(format!(
+                "{} is a script that the kernel runs with {} (its `#!` line)",
+                path.display(),
+                shebang.interpreter.display()
+            ));
+            let mut next = vec![shebang.interpreter.clone().into_os_string()];
+            next.extend(shebang.argument);
+            next.push(path.as_os_str().to_os_string());
+            next.extend_from_slice(arguments);
+            let interpreter =
+                program::locate(shebang.interpreter.as_os_str(), None).map_err(|err| {
+                    CheckError::new(format!("the interpreter of {}: {err}", path.display()))
+                })?;
+            return self.command(&interpreter, &next, depth + 1);
+        }
+
+        let data = std::fs::read(path)
+            .map_err(|err| CheckError::new(format!("{}: cannot read: {err}", path.display())))?;
+        let facts = elf::read(&data).map_err(|reason| {
+            CheckError::new(format!(
+                "{}: the kernel cannot run it: {reason}, and it has no `#!` line",
+                path.display()
+            ))
+        })?;
+        if self.executable(path, &facts)? {
+            self.runtime(runtime.unwrap_or(Runtime::Native), arguments, Some(path))?;
+        }
+        Ok(())
+    }
+
+    /// Judges how the dynamic loader treats the ELF executable `path`. Returns whether the
+    /// library loads, so that the runtime is worth judging.
+    fn executable(&mut self, path: &Path, facts: &ElfFacts) -> Result<bool, CheckError> {
+        let linking = match &facts.interpreter {
+            Some(_) => format!("dynamically linked ({})", facts.libc().name()),
+            None => "statically linked".to_string(),
+        };
+        self.reasons.push(format!(
+            "{} is a {linking} ELF executable for {}",
+            path.display(),
+            facts.architecture()
+        ));
+
+        if facts.is_go {
+            if facts.has_envproxy_go_module {
+                self.note(
+                    Verdict::ResolvedWithCaveat,
+                    "a Go program that uses the EnvProxy Go module: values read through its \
+                     Getenv and LookupEnv resolve, but os.Getenv and os.Environ return \
+                     references",
+                );
+            } else {
+                self.note(
+                    Verdict::ReferencesOnly,
+                    "a Go program: os.Getenv reads the copy of the environment Go made at \
+                     start, never libc getenv; use the EnvProxy Go module (hooks/go), or start \
+                     it with `envproxy run --values-in-environ`",
+                );
+            }
+            return Ok(false);
+        }
+        if facts.interpreter.is_none() {
+            self.note(
+                Verdict::ReferencesOnly,
+                "statically linked: no dynamic loader runs, so LD_PRELOAD cannot load \
+                 libenvproxy.so; start it with `envproxy run --values-in-environ`",
+            );
+            return Ok(false);
+        }
+        if !self.settings.enabled {
+            self.note(
+                Verdict::ReferencesOnly,
+                "ENVPROXY_ENABLED=0 turns libenvproxy.so off, and with it the runtime hooks it \
+                 loads",
+            );
+            return Ok(false);
+        }
+        let secure = self.secure_execution(path)?;
+        let library = self.library_compatibility(facts);
+        Ok(secure && library)
+    }
+
+    /// Judges what can be known about a wrapper script's runtime without its ELF file.
+    /// Returns whether the library loads.
+    fn wrapper_loads_library(&mut self) -> bool {
+        if !self.settings.enabled {
+            self.note(
+                Verdict::ReferencesOnly,
+                "ENVPROXY_ENABLED=0 turns libenvproxy.so off, and with it the runtime hooks it \
+                 loads",
+            );
+            return false;
+        }
+        if let Err(reason) = &self.library {
+            let reason = reason.clone();
+            self.note(
+                Verdict::ReferencesOnly,
+                format!("envproxy run cannot preload the library: {reason}"),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Judges setuid, setgid and file capabilities, which make the loader ignore
+    /// `LD_PRELOAD` (secure-execution mode, `AT_SECURE`). Returns false when it is ignored
+    /// for this user.
+    fn secure_execution(&mut self, path: &Path) -> Result<bool, CheckError> {
+        let metadata = std::fs::metadata(path)
+            .map_err(|err| CheckError::new(format!("{}: {err}", path.display())))?;
+        let nosuid = nix::sys::statvfs::statvfs(path)
+            .is_ok_and(|stat| stat.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID));
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let mut loads = true;
+
+        let setid = [
+            (
+                metadata.mode() & libc::S_ISUID != 0,
+                "setuid",
+                "uid",
+                metadata.uid(),
+                uid,
+            ),
+            (
+                metadata.mode() & libc::S_ISGID != 0,
+                "setgid",
+                "gid",
+                metadata.gid(),
+                gid,
+            ),
+        ];
+        for (set, bit, id_kind, owner, own) in setid {
+            if !set {
+                continue;
+            }
+            if nosuid {
+                self.reasons.push(format!(
+                    "it is {bit}, but its file system is mounted nosuid, so the bit has no \
+                     effect"
+                ));
+            } else if owner == own {
+                self.note(
+                    Verdict::ResolvedWithCaveat,
+                    format!(
+                        "it is {bit} to {id_kind} {owner}: started by this {id_kind} it loads \
+                         the library, but started with any other {id_kind} the loader runs it \
+                         in secure-execution mode and ignores LD_PRELOAD"
+                    ),
+                );
+            } else {
+                self.note(
+                    Verdict::ReferencesOnly,
+                    format!(
+                        "it is {bit} to {id_kind} {owner}: the loader runs it in \
+                         secure-execution mode and ignores LD_PRELOAD; start it with \
+                         `envproxy run --values-in-environ` instead"
+                    ),
+                );
+                loads = false;
+            }
+        }
+
+        if has_file_capabilities(path) && !nosuid {
+            if uid == 0 {
+                self.note(
+                    Verdict::ResolvedWithCaveat,
+                    "it has file capabilities: started by root it loads the library, but \
+                     started by any other user the loader runs it in secure-execution mode and \
+                     ignores LD_PRELOAD",
+                );
+            } else {
+                self.note(
+                    Verdict::ReferencesOnly,
+                    "it has file capabilities: the loader runs it in secure-execution mode and \
+                     ignores LD_PRELOAD; start it with `envproxy run --values-in-environ` \
+                     instead",
+                );
+                loads = false;
+            }
+        }
+        Ok(loads)
+    }
+
+    /// Judges whether the library that would be preloaded suits the program. Returns false when
+    /// the loader would not load it.
+    fn library_compatibility(&mut self, facts: &ElfFacts) -> bool {
+        let library = match &self.library {
+            Ok(library) => library,
+            Err(reason) => {
+                let reason = reason.clone();
+                self.note(
+                    Verdict::ReferencesOnly,
+                    format!("envproxy run cannot preload the library: {reason}"),
+                );
+                return false;
+            }
+        };
+        let (path, library_facts) = (library.path.display().to_string(), library.facts.clone());
+        if library_facts.machine != facts.machine || library_facts.is_64 != facts.is_64 {
+            self.note(
+                Verdict::ReferencesOnly,
+                format!(
+                    "the library {path} is built for {}, so the loader skips it in a {} \
+                     program; set {LIBRARY_VARIABLE} to a build for {}",
+                    library_facts.architecture(),
+                    facts.architecture(),
+                    facts.architecture()
+                ),
+            );
+            return false;
+        }
+        let (program_libc, library_libc) = (facts.libc(), library_facts.libc());
+        if program_libc != Libc::Unknown
+            && library_libc != Libc::Unknown
+            && program_libc != library_libc
+        {
+            // musl's loader ends the program when a preloaded library fails to load, while
+            // glibc's prints a warning and ignores it (seen with musl 1.2.3 and glibc 2.36).
+            let consequence = if program_libc == Libc::Musl {
+                "musl's loader cannot load it and exits with status 127, so the program does \
+                 not start at all"
+            } else {
+                "the loader ignores it"
+            };
+            self.note(
+                Verdict::ReferencesOnly,
+                format!(
+                    "the program uses {}, but the library {path} is built for {}: \
+                     {consequence}; set {LIBRARY_VARIABLE} to a libenvproxy.so built for {}",
+                    program_libc.name(),
+                    library_libc.name(),
+                    program_libc.name()
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Judges the runtime, once the library is known to load.
+    fn runtime(
+        &mut self,
+        runtime: Runtime,
+        arguments: &[OsString],
+        program: Option<&Path>,
+    ) -> Result<(), CheckError> {
+        let outcome = runtime::judge(
+            runtime,
+            arguments,
+            program,
+            self.settings,
+            self.hooks_dir.as_deref(),
+        );
+        for (verdict, reason) in outcome {
+            self.note(verdict, reason);
+        }
+        Ok(())
+    }
+}
+
+/// Returns whether `path` has a `security.capability` extended attribute.
+fn has_file_capabilities(path: &Path) -> bool {
+    let mut buffer = [0u8; 64];
+    rustix::fs::getxattr(path, "security.capability", &mut buffer[..]).is_ok()
+}
+
+/// Returns the last component of a program name or path.
+fn file_name(word: &OsStr) -> String {
+    let bytes = word.as_bytes();
+    let name = bytes.rsplit(|&b| b == b'/').next().unwrap_or(bytes);
+    String::from_utf8_lossy(name).into_owned()
+}

@@ -1,0 +1,808 @@
+//! Tests of `envproxy check` against real programs: C programs built dynamically, statically
+//! and with musl, a Go program, setuid copies and scripts for Python, Java, Node.js, Perl and
+//! the shell.
+
+mod e2e_support;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use e2e_support::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The parsed result of `envproxy check -o json`.
+struct Checked {
+    status: i32,
+    verdict: String,
+    reasons: Vec<String>,
+    program: String,
+}
+
+impl Checked {
+    fn text(&self) -> String {
+        format!("{}: {}", self.verdict, self.reasons.join(" | "))
+    }
+
+    fn mentions(&self, words: &str) -> bool {
+        self.reasons.iter().any(|reason| reason.contains(words))
+    }
+}
+
+/// `envproxy check` with a clean set of `ENVPROXY_*` variables, the built library and the
+/// hooks directory `hooks`.
+fn check_command(hooks: &Path) -> Command {
+    let mut command = Command::new(envproxy());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ENVPROXY_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .env("ENVPROXY_LIB", library())
+        .env("ENVPROXY_HOOKS_DIR", hooks)
+        .arg("check");
+    command
+}
+
+/// Runs `command` with `-o json` and parses the report.
+fn run_json(command: &mut Command, words: &[&OsStr]) -> Checked {
+    command.args(["-o", "json", "--"]).args(words);
+    let output = run_with_limit(command, LIMIT);
+    let status = output.status.code().expect("check exited normally");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|err| {
+        panic!(
+            "invalid JSON ({err}): {stdout}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let verdict = report["verdict"].as_str().expect("verdict").to_string();
+    let resolved = report["resolved"].as_bool().expect("resolved");
+    assert_eq!(resolved, verdict != "references only", "{report}");
+    Checked {
+        status,
+        verdict,
+        reasons: report["reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .map(|reason| reason.as_str().expect("reason text").to_string())
+            .collect(),
+        program: report["program"].as_str().expect("program").to_string(),
+    }
+}
+
+/// Checks `words` with the source tree's hooks.
+fn check(words: &[&OsStr]) -> Checked {
+    run_json(&mut check_command(&source_hooks_dir()), words)
+}
+
+/// Runs `envproxy check` with text output and returns the output.
+fn check_text(hooks: &Path, words: &[&OsStr]) -> Output {
+    let mut command = check_command(hooks);
+    command.arg("--").args(words);
+    run_with_limit(&mut command, LIMIT)
+}
+
+fn require(program: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        found,
+        "{program} is not installed; .ci/run installs it (apt-get install {package})"
+    );
+}
+
+fn require_root(purpose: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "{purpose} needs root (chown to another uid, setcap); run the tests as root, as CI does"
+    );
+}
+
+/// Writes an executable file.
+fn write_executable(path: &Path, content: &str) {
+    std::fs::write(path, content).expect("write file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+fn os(text: &str) -> &OsStr {
+    OsStr::new(text)
+}
+
+/// Returns a temporary directory inside the build directory. `/tmp` may be mounted nosuid,
+/// where setuid bits have no effect.
+fn build_temp_dir() -> tempfile::TempDir {
+    let base = build_dir().join("e2e-programs");
+    std::fs::create_dir_all(&base).expect("create program dir");
+    tempfile::Builder::new()
+        .prefix("check-")
+        .tempdir_in(base)
+        .expect("create temp dir")
+}
+
+#[test]
+fn dynamic_c_program_resolved() {
+    let checked = check(&[probe().as_os_str()]);
+
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved");
+    assert_eq!(checked.program, probe().display().to_string());
+    assert!(
+        checked.mentions("dynamically linked (glibc)"),
+        "{}",
+        checked.text()
+    );
+    assert!(checked.mentions("libc getenv"), "{}", checked.text());
+}
+
+#[test]
+fn static_program_references_only() {
+    let checked = check(&[static_probe().as_os_str()]);
+
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert_eq!(checked.verdict, "references only");
+    assert!(checked.mentions("statically linked"), "{}", checked.text());
+    assert!(
+        checked.mentions("envproxy run --values-in-environ"),
+        "{}",
+        checked.text()
+    );
+}
+
+#[test]
+fn text_output_has_verdict_line() {
+    let output = check_text(&source_hooks_dir(), &[static_probe().as_os_str()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines();
+
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(lines.next(), Some("references only"), "{stdout}");
+    let reasons: Vec<&str> = lines.collect();
+    assert!(reasons.len() >= 2, "{stdout}");
+    assert!(
+        reasons.iter().all(|line| line.starts_with("  - ")),
+        "{stdout}"
+    );
+}
+
+/// Builds a Go program that reads a variable with `os.Getenv`.
+fn go_program(dir: &Path) -> PathBuf {
+    require("go", "golang-go");
+    let source = dir.join("main.go");
+    std::fs::write(
+        &source,
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"os\"\n)\n\nfunc main() {\n\
+         \tfmt.Println(os.Getenv(\"API_TOKEN\"))\n}\n",
+    )
+    .expect("write main.go");
+    let output = dir.join("go-program");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&output)
+        .arg(&source)
+        .current_dir(dir)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOPROXY", "off")
+        .status()
+        .expect("run go build");
+    assert!(status.success(), "go build failed");
+    output
+}
+
+#[test]
+fn go_program_references_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = go_program(dir.path());
+
+    let checked = check(&[program.as_os_str()]);
+
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert_eq!(checked.verdict, "references only");
+    assert!(checked.mentions("a Go program"), "{}", checked.text());
+    assert!(checked.mentions("os.Getenv"), "{}", checked.text());
+}
+
+#[test]
+fn go_program_with_envproxy_module_is_caveat() {
+    require("go", "golang-go");
+    let dir = tempfile::tempdir().unwrap();
+    // A module with the EnvProxy Go module's import path and functions: the check reads only
+    // the function names the Go linker keeps.
+    let module = dir.path().join("module");
+    std::fs::create_dir_all(&module).unwrap();
+    std::fs::write(module.join("go.mod"), "module envproxy.dev/go\n\ngo 1.19\n").unwrap();
+    std::fs::write(
+        module.join("envproxy.go"),
+        "package envproxy\n\nimport \"os\"\n\n\
+         func Getenv(name string) string { return os.Getenv(name) }\n",
+    )
+    .unwrap();
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("go.mod"),
+        "module example.com/app\n\ngo 1.19\n\nrequire envproxy.dev/go v0.0.0\n\n\
+         replace envproxy.dev/go => ../module\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("main.go"),
+        "package main\n\nimport (\n\t\"fmt\"\n\n\tenvproxy \"envproxy.dev/go\"\n)\n\n\
+         func main() { fmt.Println(envproxy.Getenv(\"API_TOKEN\")) }\n",
+    )
+    .unwrap();
+    let program = dir.path().join("go-module-program");
+    let status = Command::new("go")
+        .args(["build", "-ldflags=-s -w", "-o"])
+        .arg(&program)
+        .arg(".")
+        .current_dir(&app)
+        .env("GOCACHE", dir.path().join("cache"))
+        .env("GOPATH", dir.path().join("gopath"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .status()
+        .expect("run go build");
+    assert!(status.success(), "go build failed");
+
+    let checked = check(&[program.as_os_str()]);
+
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved with a caveat");
+    assert!(
+        checked.mentions("uses the EnvProxy Go module"),
+        "{}",
+        checked.text()
+    );
+}
+
+/// Returns a copy of the dynamic probe with `mode`, owned by `uid` and `gid`.
+fn probe_copy(dir: &Path, name: &str, uid: u32, gid: u32, mode: u32) -> PathBuf {
+    let copy = dir.join(name);
+    std::fs::copy(probe(), &copy).expect("copy probe");
+    std::os::unix::fs::chown(&copy, Some(uid), Some(gid)).expect("chown copy");
+    // chown clears the setuid and setgid bits, so the mode comes after it.
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(mode)).expect("chmod copy");
+    copy
+}
+
+#[test]
+fn setuid_program_references_only() {
+    require_root("a setuid copy owned by another user");
+    let dir = build_temp_dir();
+    let copy = probe_copy(dir.path(), "setuid-probe", 65534, 0, 0o4755);
+
+    let checked = check(&[copy.as_os_str()]);
+
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert_eq!(checked.verdict, "references only");
+    assert!(
+        checked.mentions("setuid to uid 65534"),
+        "{}",
+        checked.text()
+    );
+    assert!(
+        checked.mentions("secure-execution mode and ignores LD_PRELOAD"),
+        "{}",
+        checked.text()
+    );
+}
+
+#[test]
+fn setuid_verdicts_match_envproxy_run() {
+    require_root("setuid copies owned by root and by another user");
+    let dir = build_temp_dir();
+    let foreign = probe_copy(dir.path(), "setuid-foreign", 65534, 0, 0o4755);
+    let own = probe_copy(dir.path(), "setuid-own", 0, 0, 0o4755);
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+    // The probe runs as uid 65534, which must be able to enter the directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    for (program, expected_verdict, expected_value) in [
+        (&foreign, "references only", "envproxy:API_TOKEN"),
+        (&own, "resolved with a caveat", secret.as_str()),
+    ] {
+        let checked = check(&[program.as_os_str()]);
+        assert_eq!(checked.verdict, expected_verdict, "{}", checked.text());
+
+        let output = run_with_limit(
+            run_command(&secrets, program).args(["get", "API_TOKEN"]),
+            LIMIT,
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            value_of(&output.stdout, "API_TOKEN").as_deref(),
+            Some(expected_value),
+            "{}",
+            program.display()
+        );
+    }
+}
+
+#[test]
+fn setgid_program_references_only() {
+    require_root("a setgid copy owned by another group");
+    let dir = build_temp_dir();
+    let copy = probe_copy(dir.path(), "setgid-probe", 0, 65534, 0o2755);
+
+    let checked = check(&[copy.as_os_str()]);
+
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("setgid to gid 65534"),
+        "{}",
+        checked.text()
+    );
+}
+
+#[test]
+fn setuid_to_own_uid_is_caveat() {
+    require_root("a setuid copy owned by root");
+    let dir = build_temp_dir();
+    let copy = probe_copy(dir.path(), "setuid-root-probe", 0, 0, 0o4755);
+
+    let checked = check(&[copy.as_os_str()]);
+
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved with a caveat");
+    assert!(
+        checked.mentions("started with any other uid"),
+        "{}",
+        checked.text()
+    );
+}
+
+#[test]
+fn file_capabilities_are_caveat_for_root() {
+    require_root("setcap");
+    require("setcap", "libcap2-bin");
+    let dir = build_temp_dir();
+    let copy = probe_copy(dir.path(), "capability-probe", 0, 0, 0o755);
+    let status = Command::new("setcap")
+        .arg("cap_net_bind_service=ep")
+        .arg(&copy)
+        .status()
+        .expect("run setcap");
+    assert!(status.success(), "setcap failed");
+
+    let checked = check(&[copy.as_os_str()]);
+
+    assert_eq!(
+        checked.verdict,
+        "resolved with a caveat",
+        "{}",
+        checked.text()
+    );
+    assert!(checked.mentions("file capabilities"), "{}", checked.text());
+}
+
+#[test]
+fn musl_program_needs_musl_library() {
+    require("musl-gcc", "musl-tools");
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("getenv.c");
+    std::fs::write(
+        &source,
+        "#include <stdio.h>\n#include <stdlib.h>\n\
+         int main(void) { const char *v = getenv(\"API_TOKEN\"); puts(v ? v : \"(null)\"); \
+         return 0; }\n",
+    )
+    .unwrap();
+    let program = dir.path().join("musl-program");
+    let library = dir.path().join("libmusl-stand-in.so");
+    let compile = |arguments: &[&OsStr]| {
+        let status = Command::new("musl-gcc")
+            .args(arguments)
+            .status()
+            .expect("run musl-gcc");
+        assert!(status.success(), "musl-gcc {arguments:?} failed");
+    };
+    compile(&[os("-o"), program.as_os_str(), source.as_os_str()]);
+    // A shared object linked against musl serves as a musl build of libenvproxy.so: the
+    // check reads only its ELF header and DT_NEEDED entries.
+    compile(&[
+        os("-shared"),
+        os("-fPIC"),
+        os("-o"),
+        library.as_os_str(),
+        source.as_os_str(),
+    ]);
+
+    let checked = check(&[program.as_os_str()]);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("dynamically linked (musl)"),
+        "{}",
+        checked.text()
+    );
+    assert!(
+        checked.mentions("the program uses musl, but the library"),
+        "{}",
+        checked.text()
+    );
+    assert!(
+        checked.mentions("the program does not start at all"),
+        "{}",
+        checked.text()
+    );
+    // What the check states: under envproxy run with the glibc library the program exits
+    // with 127 before main.
+    let world = World::new();
+    let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+    let output = run_with_limit(&mut run_command(&secrets, &program), LIMIT);
+    assert_eq!(
+        output.status.code(),
+        Some(127),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout.is_empty());
+
+    let mut command = check_command(&source_hooks_dir());
+    command.env("ENVPROXY_LIB", &library);
+    let checked = run_json(&mut command, &[program.as_os_str()]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved");
+}
+
+#[test]
+fn python_script_resolved_through_hook() {
+    require("python3", "python3");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.py");
+    write_executable(
+        &script,
+        "#!/usr/bin/env python3\nimport os\nprint(os.environ.get('API_TOKEN'))\n",
+    );
+
+    let checked = check(&[script.as_os_str()]);
+
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved");
+    assert!(checked.mentions("its `#!` line"), "{}", checked.text());
+    assert!(
+        checked.mentions("python/sitecustomize.py"),
+        "{}",
+        checked.text()
+    );
+}
+
+#[test]
+fn python_hook_disabled_or_skipped() {
+    require("python3", "python3");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.py");
+    write_executable(&script, "#!/usr/bin/env -S python3 -I\nprint(1)\n");
+
+    let checked = check(&[script.as_os_str()]);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("python -I skips sitecustomize"),
+        "{}",
+        checked.text()
+    );
+
+    let checked = check(&[os("python3"), os("-E"), os("app.py")]);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(checked.mentions("python -E"), "{}", checked.text());
+
+    let mut command = check_command(&source_hooks_dir());
+    command.env("ENVPROXY_NO_PYTHON", "1");
+    let checked = run_json(&mut command, &[os("python3"), os("app.py")]);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("ENVPROXY_NO_PYTHON=1 turns the Python hook off"),
+        "{}",
+        checked.text()
+    );
+}
+
+#[test]
+fn library_disabled_references_only() {
+    let mut command = check_command(&source_hooks_dir());
+    command.env("ENVPROXY_ENABLED", "0");
+    let checked = run_json(&mut command, &[probe().as_os_str()]);
+
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(checked.mentions("ENVPROXY_ENABLED=0"), "{}", checked.text());
+}
+
+/// Builds `hello.jar`, a Java program that prints a variable with `System.getenv`.
+fn java_program(dir: &Path) -> PathBuf {
+    require("javac", "default-jdk-headless");
+    let source = dir.join("Hello.java");
+    std::fs::write(
+        &source,
+        "public class Hello { public static void main(String[] args) { \
+         System.out.println(System.getenv(\"API_TOKEN\")); } }\n",
+    )
+    .unwrap();
+    let status = Command::new("javac")
+        .arg("-d")
+        .arg(dir)
+        .arg(&source)
+        .status()
+        .expect("run javac");
+    assert!(status.success(), "javac failed");
+    let jar = dir.join("hello.jar");
+    let status = Command::new("jar")
+        .arg("--create")
+        .arg("--file")
+        .arg(&jar)
+        .arg("--main-class")
+        .arg("Hello")
+        .arg("-C")
+        .arg(dir)
+        .arg("Hello.class")
+        .status()
+        .expect("run jar");
+    assert!(status.success(), "jar failed");
+    jar
+}
+
+#[test]
+fn java_program_needs_java_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let jar = java_program(dir.path());
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir_all(hooks.join("java")).unwrap();
+    let words = [os("java"), os("-jar"), jar.as_os_str()];
+
+    let checked = run_json(&mut check_command(&hooks), &words);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("the Java hook is not installed"),
+        "{}",
+        checked.text()
+    );
+    assert!(checked.mentions("System.getenv"), "{}", checked.text());
+
+    // The check looks for the file the library adds to JAVA_TOOL_OPTIONS, nothing more.
+    std::fs::write(hooks.join("java/envproxy-javaagent.jar"), b"").unwrap();
+    let checked = run_json(&mut check_command(&hooks), &words);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved");
+    assert!(checked.mentions("JAVA_TOOL_OPTIONS"), "{}", checked.text());
+
+    let mut command = check_command(&hooks);
+    command.env("ENVPROXY_NO_JAVA", "1");
+    let checked = run_json(&mut command, &words);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(checked.mentions("ENVPROXY_NO_JAVA=1"), "{}", checked.text());
+}
+
+#[test]
+fn java_runtime_that_cannot_load_hook() {
+    require("java", "default-jdk-headless");
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir_all(hooks.join("java")).unwrap();
+    std::fs::write(hooks.join("java/envproxy-javaagent.jar"), b"").unwrap();
+    // A runtime image with the real launcher: the check reads only bin/java, lib/ and release.
+    let home = dir.path().join("jdk");
+    std::fs::create_dir_all(home.join("bin")).unwrap();
+    std::fs::create_dir_all(home.join("lib")).unwrap();
+    let launcher = std::fs::canonicalize(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|directory| directory.join("java"))
+            .find(|candidate| candidate.is_file())
+            .expect("java in PATH"),
+    )
+    .unwrap();
+    std::fs::copy(&launcher, home.join("bin/java")).unwrap();
+    std::fs::write(home.join("lib/libjli.so"), b"").unwrap();
+    std::fs::write(home.join("release"), "JAVA_VERSION=\"21.0.2\"\n").unwrap();
+    let java = home.join("bin/java");
+    let words = [java.as_os_str(), os("-jar"), os("app.jar")];
+
+    let checked = run_json(&mut check_command(&hooks), &words);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("has no java.instrument module"),
+        "{}",
+        checked.text()
+    );
+
+    std::fs::write(home.join("lib/libinstrument.so"), b"").unwrap();
+    let checked = run_json(&mut check_command(&hooks), &words);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved");
+
+    std::fs::write(home.join("release"), "JAVA_VERSION=\"11.0.2\"\n").unwrap();
+    let checked = run_json(&mut check_command(&hooks), &words);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("is Java 11.0.2, but the Java hook needs Java 17 or later"),
+        "{}",
+        checked.text()
+    );
+}
+
+#[test]
+fn node_script_resolved_by_library() {
+    require("node", "nodejs");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.js");
+    write_executable(
+        &script,
+        "#!/usr/bin/env node\nconsole.log(process.env.API_TOKEN);\n",
+    );
+
+    let checked = check(&[script.as_os_str()]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved");
+    assert!(checked.mentions("Node.js"), "{}", checked.text());
+
+    let checked = check(&[os("node"), script.as_os_str()]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+}
+
+#[test]
+fn perl_script_needs_perl_hook() {
+    require("perl", "perl");
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir_all(hooks.join("perl/EnvProxy")).unwrap();
+    let script = dir.path().join("app.pl");
+    let tainted = dir.path().join("tainted.pl");
+    write_executable(&script, "#!/usr/bin/perl -w\nprint $ENV{API_TOKEN};\n");
+    write_executable(&tainted, "#!/usr/bin/perl -wT\nprint $ENV{API_TOKEN};\n");
+
+    let checked = run_json(&mut check_command(&hooks), &[script.as_os_str()]);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("the Perl hook is not installed"),
+        "{}",
+        checked.text()
+    );
+
+    std::fs::write(hooks.join("perl/EnvProxy/Hook.pm"), b"1;\n").unwrap();
+    let checked = run_json(&mut check_command(&hooks), &[script.as_os_str()]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert!(checked.mentions("PERL5OPT"), "{}", checked.text());
+
+    let checked = run_json(&mut check_command(&hooks), &[tainted.as_os_str()]);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(checked.mentions("taint mode"), "{}", checked.text());
+
+    let mut command = check_command(&hooks);
+    command.env("ENVPROXY_NO_PERL", "1");
+    let checked = run_json(&mut command, &[script.as_os_str()]);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(checked.mentions("ENVPROXY_NO_PERL=1"), "{}", checked.text());
+}
+
+#[test]
+fn ruby_and_php_are_caveats() {
+    require("ruby", "ruby");
+    require("php", "php-cli");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.rb");
+    write_executable(&script, "#!/usr/bin/env ruby\nputs ENV['API_TOKEN']\n");
+
+    let checked = check(&[script.as_os_str()]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved with a caveat");
+    assert!(checked.mentions("ENV.to_h"), "{}", checked.text());
+
+    let checked = check(&[os("php"), os("app.php")]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved with a caveat");
+    assert!(checked.mentions("$_SERVER"), "{}", checked.text());
+}
+
+#[test]
+fn shell_script_references_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("start.sh");
+    write_executable(&script, "#!/bin/sh\necho \"$API_TOKEN\"\n");
+
+    let checked = check(&[script.as_os_str()]);
+
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("shells copy the environment at start"),
+        "{}",
+        checked.text()
+    );
+    assert!(checked.mentions("/bin/sh"), "{}", checked.text());
+}
+
+#[test]
+fn env_command_is_followed() {
+    let checked = check(&[os("env"), os("A=1"), probe().as_os_str()]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert!(
+        checked.mentions(&probe().display().to_string()),
+        "{}",
+        checked.text()
+    );
+
+    let checked = check(&[os("env"), os("-i"), probe().as_os_str()]);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(checked.mentions("env -i"), "{}", checked.text());
+    assert_eq!(checked.reasons.len(), 1, "{}", checked.text());
+}
+
+#[test]
+fn missing_path_is_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-program");
+    let output = check_text(&source_hooks_dir(), &[missing.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty());
+    assert_eq!(
+        stderr.trim_end(),
+        format!("envproxy check: {}: no such file", missing.display())
+    );
+}
+
+#[test]
+fn missing_command_is_error() {
+    let output = check_text(&source_hooks_dir(), &[os("envproxy-no-such-command")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("envproxy-no-such-command: command not found in PATH"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn non_executable_file_is_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.py");
+    std::fs::write(&script, "print(1)\n").unwrap();
+    let output = check_text(&source_hooks_dir(), &[script.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not executable (mode 0644)"), "{stderr}");
+    assert!(stderr.contains("chmod +x"), "{stderr}");
+}
+
+#[test]
+fn executable_text_without_shebang_is_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notes");
+    write_executable(&file, "just text\n");
+    let output = check_text(&source_hooks_dir(), &[file.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("has no `#!` line"), "{stderr}");
+}
+
+#[test]
+fn missing_library_references_only() {
+    let mut command = check_command(&source_hooks_dir());
+    command.env("ENVPROXY_LIB", "/nonexistent/libenvproxy.so");
+    let checked = run_json(&mut command, &[probe().as_os_str()]);
+
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("cannot preload the library"),
+        "{}",
+        checked.text()
+    );
+}
