@@ -159,7 +159,7 @@ unsafe fn on_load(vm: JavaVm, jar: &CStr) -> Result<(), String> {
         unsafe extern "system" fn(JvmtiEnv, *const [EventCallback; CALLBACK_SLOTS], JInt) -> JInt;
 
     let mut jvmti: JvmtiEnv = ptr::null_mut();
-    // SAFETY (this block): `vm` and then `jvmti` are live environments, and each slot has the
+    // SAFETY: for this block, `vm` and then `jvmti` are live environments, and each slot has the
     // type given above, as jni.h and jvmti.h declare it.
     unsafe {
         let status = slot::<GetEnv>(vm, VM_GET_ENV)(vm, &mut jvmti, JVMTI_VERSION_9);
@@ -324,7 +324,7 @@ unsafe fn install(jvmti: JvmtiEnv, jni: JniEnv) -> Result<(), String> {
     type SetStaticObject = unsafe extern "system" fn(JniEnv, JObject, JObject, JObject);
 
     let env = Jni(jni);
-    // SAFETY (this block): `jni` and `jvmti` are live for this thread during the event, each
+    // SAFETY: for this block, `jni` and `jvmti` are live for this thread during the event, each
     // slot has the type given above, as jni.h and jvmti.h declare it, and every object passed
     // on is a reference the JVM returned in this event.
     unsafe {
@@ -502,7 +502,7 @@ unsafe fn redefine_process_impl(
     let hook = HOOK_CLASS.load(Ordering::Acquire);
     let java_base = JAVA_BASE.load(Ordering::Acquire);
     let hook_module = HOOK_MODULE.load(Ordering::Acquire);
-    // SAFETY (this block): the environments are live for this thread during the event, each
+    // SAFETY: for this block, the environments are live for this thread during the event, each
     // slot has the type given above, as jni.h and jvmti.h declare it, and the references are
     // the global references that `install` stored before it enabled this event.
     unsafe {
