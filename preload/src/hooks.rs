@@ -1,9 +1,8 @@
 //! Makes the runtime hooks findable at load, for runtimes that copy the environment at start.
 //!
 //! - Python: the hook directory (with `sitecustomize.py`) is prepended to `PYTHONPATH`.
-//! - Java: `-javaagent:<jar>` is appended to `JAVA_TOOL_OPTIONS` when the jar is installed.
-//!   A JVM whose runtime lacks the `java.instrument` module exits at start when asked to load
-//!   any javaagent, so in such a JVM launcher an inherited entry is removed instead.
+//! - Java: `-agentpath:<this library>=<jar>` is appended to `JAVA_TOOL_OPTIONS` when the jar
+//!   is installed, so a JVM loads this library as a JVMTI agent ([`crate::jvm_agent`]).
 //!
 //! Values that an image or the user already set are kept, and an entry already present is
 //! not added twice. The hooks directory is `ENVPROXY_HOOKS_DIR`, else the first of `hooks`,
@@ -16,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::settings::{self, Settings};
 
-const JAVA_AGENT_JAR: &str = "java/envproxy-javaagent.jar";
+const JAVA_HOOK_JAR: &str = "java/envproxy-javaagent.jar";
 
 /// Extends `PYTHONPATH` and `JAVA_TOOL_OPTIONS` for the hooks that are installed.
 pub fn install(settings: &Settings) {
@@ -33,36 +32,21 @@ pub fn install(settings: &Settings) {
         }
     }
     if !settings.no_java {
-        let jar = hooks.join(JAVA_AGENT_JAR);
+        let jar = hooks.join(JAVA_HOOK_JAR);
         if jar.is_file() {
-            let option = format!("-javaagent:{}", jar.display());
-            if runtime_lacks_instrument() {
-                remove_option(c"JAVA_TOOL_OPTIONS", &option);
-                if settings.debug {
-                    crate::diag::line(
-                        "this Java runtime has no java.instrument module, so the Java hook \
-                         cannot load and System.getenv returns references",
-                    );
+            match library_path() {
+                Some(library) => {
+                    let option = format!("-agentpath:{}={}", library.display(), jar.display());
+                    append_option(c"JAVA_TOOL_OPTIONS", &option);
                 }
-            } else {
-                append_option(c"JAVA_TOOL_OPTIONS", &option);
+                None if settings.debug => crate::diag::line(
+                    "the library cannot find its own path, so the Java hook is not loaded and \
+                     System.getenv returns references",
+                ),
+                None => {}
             }
         }
     }
-}
-
-/// Returns whether this process is a JVM launcher (`<java.home>/bin/java` or another launcher
-/// beside `<java.home>/lib/libjli.so`) whose runtime image has no `lib/libinstrument.so`, as a
-/// runtime made by `jlink` without `java.instrument` has none.
-fn runtime_lacks_instrument() -> bool {
-    let Ok(executable) = std::fs::read_link("/proc/self/exe") else {
-        return false;
-    };
-    let Some(java_home) = executable.parent().and_then(Path::parent) else {
-        return false;
-    };
-    let lib = java_home.join("lib");
-    lib.join("libjli.so").is_file() && !lib.join("libinstrument.so").exists()
 }
 
 fn hooks_dir() -> Option<PathBuf> {
@@ -124,31 +108,6 @@ fn append_option(variable: &CStr, option: &str) {
         format!("{} {option}", current.trim_end())
     };
     set(variable, value.into_bytes());
-}
-
-/// Removes every occurrence of `option` from the space-separated `variable`, and the variable
-/// itself when nothing else is left.
-fn remove_option(variable: &CStr, option: &str) {
-    let Some(current) = settings::read(variable) else {
-        return;
-    };
-    if !current
-        .split_whitespace()
-        .any(|existing| existing == option)
-    {
-        return;
-    }
-    let kept: Vec<&str> = current
-        .split_whitespace()
-        .filter(|existing| *existing != option)
-        .collect();
-    if kept.is_empty() {
-        // SAFETY: the name is NUL-terminated. This runs from the library constructor, before
-        // the program's `main` starts any thread that could read the environment concurrently.
-        unsafe { libc::unsetenv(variable.as_ptr()) };
-        return;
-    }
-    set(variable, kept.join(" ").into_bytes());
 }
 
 fn set(variable: &CStr, value: Vec<u8>) {

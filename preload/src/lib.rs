@@ -14,6 +14,7 @@
 //! - [`child_env`]: the rewrite of a child's environment from values back to references.
 //! - [`settings`]: the `ENVPROXY_*` variables, read once.
 //! - [`hooks`]: makes the runtime hooks findable (`PYTHONPATH`, `JAVA_TOOL_OPTIONS`) at load.
+//! - [`jvm_agent`]: the JVMTI agent that installs the Java hook in a starting JVM.
 //! - [`real`]: the next definitions of the interposed libc symbols.
 //! - [`diag`]: the stderr lines (debug decisions, one error line per variable).
 //! - [`clock`]: monotonic time in milliseconds.
@@ -27,6 +28,7 @@ mod diag;
 mod ffi;
 mod hooks;
 mod interpose;
+mod jvm_agent;
 mod lock;
 mod real;
 mod resolve;

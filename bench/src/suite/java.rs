@@ -17,19 +17,22 @@ const SOURCE: &str = include_str!("../../java/EnvBench.java");
 /// A cache TTL far longer than any run, so every timed call after the first is a cache hit.
 const LONG_TTL_SECS: u64 = 3600;
 
-/// The compiled Java program, the `java` it runs on and the hook jar.
+/// The compiled Java program, the `java` it runs on and the hook.
 pub struct JavaBench {
     java: PathBuf,
     classes: PathBuf,
-    jar: PathBuf,
+    /// `-agentpath:<libenvproxy.so>=<hook jar>`, the option the library adds to
+    /// `JAVA_TOOL_OPTIONS`.
+    hook_option: String,
     /// EnvBench packed as a javaagent whose premain does nothing.
     empty_agent: PathBuf,
     version: String,
 }
 
 impl JavaBench {
-    /// Compiles `EnvBench.java` with `javac --release 17` into `dir`.
-    pub fn compile(dir: &Path) -> anyhow::Result<JavaBench> {
+    /// Compiles `EnvBench.java` with `javac --release 17` into `dir`. `library` is the
+    /// libenvproxy.so that loads the hook as a JVMTI agent.
+    pub fn compile(dir: &Path, library: &Path) -> anyhow::Result<JavaBench> {
         let jar = hook_jar()?;
         let java = on_path("java")?;
         let javac = on_path("javac")?;
@@ -80,7 +83,7 @@ impl JavaBench {
         let mut bench = JavaBench {
             java,
             classes,
-            jar,
+            hook_option: format!("-agentpath:{}={}", library.display(), jar.display()),
             empty_agent,
             version: String::new(),
         };
@@ -168,18 +171,17 @@ fn on_path(program: &str) -> anyhow::Result<PathBuf> {
 /// The arguments and the environment of one command of benchmark 14.
 type StartCommand<'a> = (&'a [&'a str], &'a [(String, String)]);
 
-/// Returns the environment of the C benchmarks without the library, with the Java hook
-/// loaded through `JAVA_TOOL_OPTIONS` when `jar` is set.
-fn java_environment(socket: &Path, jar: Option<&Path>) -> Vec<(String, String)> {
+/// Returns the environment of the C benchmarks without the library, with `tool_options`
+/// (the hook, or an empty javaagent) in `JAVA_TOOL_OPTIONS` when set.
+fn java_environment(socket: &Path, tool_options: Option<String>) -> Vec<(String, String)> {
     let mut environment = fixture::environment(&LibrarySettings {
         library: None,
         socket,
         cache_ttl_secs: LONG_TTL_SECS,
     });
     environment.retain(|(name, _)| name != "ENVPROXY_NO_JAVA" && name != "LD_PRELOAD");
-    if let Some(jar) = jar {
-        let option = format!("-javaagent:{}", jar.display());
-        environment.push(("JAVA_TOOL_OPTIONS".to_string(), option));
+    if let Some(options) = tool_options {
+        environment.push(("JAVA_TOOL_OPTIONS".to_string(), options));
     }
     environment
 }
@@ -193,11 +195,14 @@ pub fn startup(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
     let socket = suite.agent_socket()?.to_path_buf();
     let runs = suite.plan.startup_runs;
     let bench = suite.java_bench()?;
-    let with_hook = java_environment(&socket, Some(&bench.jar));
+    let with_hook = java_environment(&socket, Some(bench.hook_option.clone()));
     let without_hook = java_environment(&socket, None);
     let secret = fixture::secret_value(REFERENCE_VARIABLE);
     let read_args = ["read", REFERENCE_VARIABLE, secret];
-    let empty_agent = java_environment(&socket, Some(&bench.empty_agent));
+    let empty_agent = java_environment(
+        &socket,
+        Some(format!("-javaagent:{}", bench.empty_agent.display())),
+    );
     let variants: [StartCommand<'_>; 4] = [
         (&["start"], &without_hook),
         (&["start"], &with_hook),
@@ -257,7 +262,7 @@ pub fn getenv(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
     let secret = fixture::secret_value(REFERENCE_VARIABLE);
     let reference = fixture::reference(REFERENCE_VARIABLE);
 
-    let with_hook = java_environment(&socket, Some(&bench.jar));
+    let with_hook = java_environment(&socket, Some(bench.hook_option.clone()));
     let with_args = [
         "getenv",
         REFERENCE_VARIABLE,

@@ -297,7 +297,10 @@ impl Suite {
     /// Returns the Java program of benchmarks 14 and 15, compiling it on first use.
     fn java_bench(&mut self) -> anyhow::Result<&java::JavaBench> {
         if self.java.is_none() {
-            self.java = Some(java::JavaBench::compile(self.workspace.dir())?);
+            self.java = Some(java::JavaBench::compile(
+                self.workspace.dir(),
+                &self.binaries.library,
+            )?);
         }
         Ok(self.java.as_ref().expect("compiled above"))
     }

@@ -10,17 +10,13 @@ import java.util.List;
 import java.util.Map;
 
 /**
- * Members that java.base uses in place of java.lang.ProcessEnvironment's own once the hook has
- * patched it. {@link ClassPatch} points ProcessEnvironment's reads of its field
- * {@code theUnmodifiableEnvironment} at the field of the same name here, and ProcessImpl's
- * call of {@code ProcessEnvironment.toEnvironmentBlock} at the method here.
+ * The method that java.lang.ProcessImpl calls in place of ProcessEnvironment's own once the
+ * hook has patched it: {@link ClassPatch} points ProcessImpl's call of
+ * {@code ProcessEnvironment.toEnvironmentBlock} at the method here.
  *
  * <p>The class is public, and the jar is on the boot class path, because java.base links to it.
  */
 public final class EnvironmentRedirects {
-    /** What System.getenv() returns: the resolving view of the JVM's environment map. */
-    public static Map<String, String> theUnmodifiableEnvironment;
-
     /** ProcessEnvironment's own toEnvironmentBlock, looked up at the first child start. */
     private static volatile MethodHandle originalToEnvironmentBlock;
     private static ServedValues served;

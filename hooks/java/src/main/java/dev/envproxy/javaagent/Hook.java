@@ -2,24 +2,27 @@ package dev.envproxy.javaagent;
 
 import java.io.IOException;
 import java.io.InputStream;
-import java.lang.instrument.ClassDefinition;
-import java.lang.instrument.Instrumentation;
 import java.util.Collections;
 import java.util.Map;
-import java.util.Set;
 
 /**
- * The javaagent entry point. libenvproxy.so adds {@code -javaagent:<this jar>} to
- * JAVA_TOOL_OPTIONS, so the JVM calls {@link #premain} before the program's main method.
+ * The hook's entry points, which libenvproxy.so's JVMTI agent calls. libenvproxy.so adds
+ * {@code -agentpath:<libenvproxy.so>=<this jar>} to JAVA_TOOL_OPTIONS, so the JVM loads the
+ * library as a native agent, which appends this jar to the boot class path.
  *
  * <p>The JVM copies the environment into java.lang.ProcessEnvironment once at start, so
- * System.getenv would return references. When the environment holds a reference, the hook
- * patches two java.base classes with Instrumentation.redefineClasses (no command-line flags):
- * ProcessEnvironment then reads System.getenv's map from {@link EnvironmentRedirects}, which
- * holds a {@link ResolvingEnvironment}, and ProcessImpl builds a child's environment through
- * {@link EnvironmentRedirects#toEnvironmentBlock}, which puts references back in place of the
- * values this JVM resolved. The JVM's own copy of the environment keeps the references, so
- * children started without a changed environment() map inherit them unchanged.
+ * System.getenv would return references. When the VM has started, before the program's main
+ * method runs, the agent calls {@link #install}. When the environment holds a reference, it
+ * returns a {@link ResolvingEnvironment}, which the agent stores in ProcessEnvironment's field
+ * {@code theUnmodifiableEnvironment}, the map System.getenv reads.
+ *
+ * <p>When java.lang.ProcessImpl is prepared, before any child process starts, the agent calls
+ * {@link #patchProcessImpl} and redefines ProcessImpl so that it builds a child's environment
+ * through {@link EnvironmentRedirects#toEnvironmentBlock}, which puts references back in place
+ * of the values this JVM resolved. The redefinition waits for that moment because redefining a
+ * java.base class costs a JVM start about 10 ms of CPU. The JVM's own copy of the environment
+ * keeps the references, so children started without a changed environment() map inherit them
+ * unchanged.
  */
 public final class Hook {
     private static final String PROCESS_ENVIRONMENT = "java/lang/ProcessEnvironment";
@@ -28,65 +31,77 @@ public final class Hook {
 
     private Hook() {}
 
-    public static void premain(String arguments, Instrumentation instrumentation) {
+    /**
+     * Prepares the hook and returns what the agent changes, or null when the hook stays
+     * inactive: disabled, no reference in the environment, or a failure, which gets one stderr
+     * line. The program then reads references. The array holds, in this order, the class
+     * java.lang.ProcessEnvironment, the map for its field theUnmodifiableEnvironment, the
+     * module java.base and the hook's module (the boot loader's unnamed module); the agent
+     * reads these positions.
+     */
+    public static Object[] install() {
         try {
-            install(instrumentation);
+            return prepare();
         } catch (Throwable failure) {
             // The program starts anyway; it reads references, as it would without the hook.
             Diag.line("the Java hook could not be installed, so System.getenv returns"
                     + " references: " + failure);
+            return null;
         }
     }
 
-    private static void install(Instrumentation instrumentation) throws Exception {
+    /**
+     * Returns the class file of java.lang.ProcessImpl with its call of
+     * ProcessEnvironment.toEnvironmentBlock pointed at {@link EnvironmentRedirects}, or null
+     * after one stderr line when that fails. Children then receive the values this JVM
+     * resolved and copied into their environment.
+     */
+    public static byte[] patchProcessImpl() {
+        try {
+            return ClassPatch.retarget(classFile(PROCESS_IMPL), ClassPatch.TAG_METHODREF,
+                    PROCESS_ENVIRONMENT, "toEnvironmentBlock", "(Ljava/util/Map;[I)[B",
+                    REDIRECTS);
+        } catch (Throwable failure) {
+            Diag.line("the Java hook could not patch java.lang.ProcessImpl, so a child whose"
+                    + " environment a program filled from System.getenv receives values, not"
+                    + " references: " + failure);
+            return null;
+        }
+    }
+
+    private static Object[] prepare() throws Exception {
         Map<String, String> raw = System.getenv();
         Settings settings = Settings.read(raw);
         if (!settings.enabled) {
-            return;
+            return null;
         }
         if (!settings.lookupUnset && !holdsReference(raw)) {
             if (settings.debug) {
                 Diag.line("the environment holds no reference; the Java hook stays inactive");
             }
-            return;
+            return null;
         }
-
-        Module javaBase = Object.class.getModule();
-        Module hook = Hook.class.getModule();
         if (Hook.class.getClassLoader() != null) {
             throw new IllegalStateException("the hook classes were loaded by "
                     + Hook.class.getClassLoader() + ", not the boot loader, so java.base cannot"
-                    + " link to them; keep the jar's name envproxy-javaagent.jar, which its"
-                    + " Boot-Class-Path attribute names");
+                    + " link to them");
         }
-        // java.base links to EnvironmentRedirects, and the hook calls a package-private method
-        // of java.lang.
-        instrumentation.redefineModule(javaBase, Set.of(hook), Map.of(),
-                Map.of("java.lang", Set.of(hook)), Set.of(), Map.of());
 
         ServedValues served = new ServedValues();
         AgentClient agent = new AgentClient(settings);
         Resolver resolver = new Resolver(settings, agent, served);
         boolean unsetOnError = settings.onError == Settings.OnError.UNSET;
-        EnvironmentRedirects.theUnmodifiableEnvironment =
+        Map<String, String> resolving =
                 Collections.unmodifiableMap(new ResolvingEnvironment(raw, resolver, unsetOnError));
         EnvironmentRedirects.configure(raw, served, settings.charset);
-
-        // ProcessImpl first, so that no child can start with a resolved value before the
-        // environment resolves.
-        Class<?> processImpl = Class.forName("java.lang.ProcessImpl", false, null);
+        // Loaded, not initialised: ProcessEnvironment is initialised already, by getenv above.
         Class<?> processEnvironment = Class.forName("java.lang.ProcessEnvironment", false, null);
-        byte[] impl = ClassPatch.retarget(classFile(PROCESS_IMPL), ClassPatch.TAG_METHODREF,
-                PROCESS_ENVIRONMENT, "toEnvironmentBlock", "(Ljava/util/Map;[I)[B", REDIRECTS);
-        instrumentation.redefineClasses(new ClassDefinition(processImpl, impl));
-        byte[] environment = ClassPatch.retarget(classFile(PROCESS_ENVIRONMENT),
-                ClassPatch.TAG_FIELDREF, PROCESS_ENVIRONMENT, "theUnmodifiableEnvironment",
-                "Ljava/util/Map;", REDIRECTS);
-        instrumentation.redefineClasses(new ClassDefinition(processEnvironment, environment));
         if (settings.debug) {
             Diag.line("Java hook installed; System.getenv resolves references through "
                     + settings.socketPath());
         }
+        return new Object[] {processEnvironment, resolving, Object.class.getModule(),
+            Hook.class.getModule()};
     }
 
     private static boolean holdsReference(Map<String, String> raw) {

@@ -1,0 +1,559 @@
+//! The JVMTI agent that installs the Java hook. [`crate::hooks`] appends
+//! `-agentpath:<this library>=<hook jar>` to `JAVA_TOOL_OPTIONS`, so a starting JVM loads this
+//! library as a native agent and calls [`Agent_OnLoad`].
+//!
+//! A native agent, unlike `-javaagent`, does not add the `java.instrument` module, so the JVM
+//! keeps mapping its module graph from the CDS archive and starts about as fast as without
+//! the hook (see benchmark 14 in `docs/benchmarks.md`).
+//!
+//! - `Agent_OnLoad` asks for the `can_redefine_classes` capability, appends the jar to the boot
+//!   class path and enables the `VMInit` event.
+//! - At `VMInit`, after the system class loader is ready and before the program's `main` runs,
+//!   the agent calls the jar's `Hook.install()`. It returns null when the hook stays inactive,
+//!   else the resolving map, which the agent stores in
+//!   `ProcessEnvironment.theUnmodifiableEnvironment`, the field `System.getenv` reads.
+//! - When `java.lang.ProcessImpl` is prepared (the `ClassPrepare` event, enabled only until
+//!   then), before any child process starts, the agent calls `Hook.patchProcessImpl()`, makes
+//!   java.base read the hook's module and open `java.lang` to it, and redefines `ProcessImpl`
+//!   with the patched class file. That step waits for the first child, because redefining a
+//!   java.base class costs a JVM start about 10 ms of CPU (JDK 17, see benchmark 14).
+//!
+//! Every failure prints one stderr line and leaves the JVM running without the hook, so the
+//! program reads references. The JNI and JVMTI functions are called through their function
+//! tables by the slot numbers that `jni.h` and `jvmti.h` fix (JNI 9, JVMTI 9).
+
+use std::ffi::{c_char, c_void, CStr};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+/// `JNIEnv *`: a pointer to the pointer to the JNI function table.
+type JniEnv = *mut *const *const c_void;
+/// `jvmtiEnv *`: a pointer to the pointer to the JVMTI function table.
+type JvmtiEnv = *mut *const *const c_void;
+/// `JavaVM *`: a pointer to the pointer to the invocation function table.
+type JavaVm = *mut *const *const c_void;
+type JObject = *mut c_void;
+type JInt = i32;
+
+const JNI_OK: JInt = 0;
+const JVMTI_VERSION_9: JInt = 0x3009_0000;
+const JVMTI_DISABLE: JInt = 0;
+const JVMTI_ENABLE: JInt = 1;
+const JVMTI_EVENT_VM_INIT: JInt = 50;
+const JVMTI_EVENT_CLASS_PREPARE: JInt = 56;
+/// Slot of the `ClassPrepare` callback in `jvmtiEventCallbacks` (event 56 minus event 50).
+const CLASS_PREPARE_CALLBACK: usize = 6;
+const PROCESS_IMPL_SIGNATURE: &[u8] = b"Ljava/lang/ProcessImpl;";
+/// Bit of `can_redefine_classes` in the first word of `jvmtiCapabilities`.
+const CAN_REDEFINE_CLASSES: u32 = 1 << 9;
+
+/// Slots of the invocation interface (`JNIInvokeInterface_`).
+const VM_GET_ENV: usize = 6;
+
+/// Slots of the JNI function table (`JNINativeInterface_`).
+const JNI_FIND_CLASS: usize = 6;
+const JNI_EXCEPTION_CLEAR: usize = 17;
+const JNI_NEW_GLOBAL_REF: usize = 21;
+const JNI_GET_STATIC_METHOD_ID: usize = 113;
+const JNI_CALL_STATIC_OBJECT_METHOD_A: usize = 116;
+const JNI_GET_STATIC_FIELD_ID: usize = 144;
+const JNI_SET_STATIC_OBJECT_FIELD: usize = 154;
+const JNI_GET_ARRAY_LENGTH: usize = 171;
+const JNI_GET_OBJECT_ARRAY_ELEMENT: usize = 173;
+const JNI_GET_BYTE_ARRAY_REGION: usize = 200;
+const JNI_EXCEPTION_CHECK: usize = 228;
+
+/// Slots of the JVMTI function table (`jvmtiInterface_1_`): the function number minus one.
+const JVMTI_SET_EVENT_NOTIFICATION_MODE: usize = 1;
+const JVMTI_DEALLOCATE: usize = 46;
+const JVMTI_GET_CLASS_SIGNATURE: usize = 47;
+const JVMTI_GET_LOADED_CLASSES: usize = 77;
+const JVMTI_REDEFINE_CLASSES: usize = 86;
+const JVMTI_ADD_MODULE_READS: usize = 93;
+const JVMTI_ADD_MODULE_OPENS: usize = 95;
+const JVMTI_SET_EVENT_CALLBACKS: usize = 121;
+const JVMTI_ADD_CAPABILITIES: usize = 141;
+const JVMTI_ADD_TO_BOOTSTRAP_CLASS_LOADER_SEARCH: usize = 148;
+
+/// Number of slots passed to `SetEventCallbacks`; JDK 17 and 25 define fewer, and the JVM
+/// copies only as many as it knows.
+const CALLBACK_SLOTS: usize = 64;
+
+/// Positions in the array that `Hook.install()` returns.
+const INSTALL_PROCESS_ENVIRONMENT: JInt = 0;
+const INSTALL_ENVIRONMENT_MAP: JInt = 1;
+const INSTALL_JAVA_BASE: JInt = 2;
+const INSTALL_HOOK_MODULE: JInt = 3;
+
+/// An entry of `jvmtiEventCallbacks`: a callback of the event's own type, or null.
+type EventCallback = *const c_void;
+
+/// Global references that `Hook.install()` returned, kept for the `ProcessImpl` patch.
+static HOOK_CLASS: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+static JAVA_BASE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+static HOOK_MODULE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+/// Set by the first thread that starts the `ProcessImpl` patch, so it runs once.
+static PROCESS_IMPL_CLAIMED: AtomicBool = AtomicBool::new(false);
+
+#[repr(C)]
+struct ClassDefinition {
+    klass: JObject,
+    class_byte_count: JInt,
+    class_bytes: *const u8,
+}
+
+/// Returns slot `index` of the function table behind `env`, as the function type `F`.
+///
+/// # Safety
+/// `env` must be a live JNI, JVMTI or invocation environment whose table has `index`, and `F`
+/// must be the `extern "system"` type of that slot.
+unsafe fn slot<F: Copy>(env: *mut *const *const c_void, index: usize) -> F {
+    // SAFETY: the caller guarantees the table and the slot's type; a function pointer has the
+    // size of a data pointer on every platform the JVM runs on.
+    unsafe { std::mem::transmute_copy(&*(*env).add(index)) }
+}
+
+/// The JVM calls this when it loads the library through `-agentpath`. It returns `JNI_OK`
+/// even when the hook cannot be prepared, because any other value makes the JVM exit.
+///
+/// # Safety
+/// Called by the JVM with its `JavaVM` and the text after `=` in the option, or null.
+#[no_mangle]
+pub unsafe extern "system" fn Agent_OnLoad(
+    vm: JavaVm,
+    options: *const c_char,
+    _reserved: *mut c_void,
+) -> JInt {
+    crate::ffi::guard(JNI_OK, || {
+        let settings = crate::settings::get();
+        if !settings.enabled || settings.no_java {
+            return JNI_OK;
+        }
+        if options.is_null() {
+            crate::diag::line(
+                "the Java hook was loaded without its jar (-agentpath:LIBRARY=JAR), so \
+                 System.getenv returns references",
+            );
+            return JNI_OK;
+        }
+        // SAFETY: the JVM passes the option text as a NUL-terminated string.
+        let jar = unsafe { CStr::from_ptr(options) };
+        // SAFETY: `vm` is the JVM's own, valid during Agent_OnLoad.
+        if let Err(problem) = unsafe { on_load(vm, jar) } {
+            crate::diag::line(&format!(
+                "the Java hook could not be loaded, so System.getenv returns references: \
+                 {problem}"
+            ));
+        }
+        JNI_OK
+    })
+}
+
+/// # Safety
+/// `vm` must be the JVM's `JavaVM` during `Agent_OnLoad`.
+unsafe fn on_load(vm: JavaVm, jar: &CStr) -> Result<(), String> {
+    type GetEnv = unsafe extern "system" fn(JavaVm, *mut JvmtiEnv, JInt) -> JInt;
+    type AddCapabilities = unsafe extern "system" fn(JvmtiEnv, *const [u32; 4]) -> JInt;
+    type AddToSearch = unsafe extern "system" fn(JvmtiEnv, *const c_char) -> JInt;
+    type SetCallbacks =
+        unsafe extern "system" fn(JvmtiEnv, *const [EventCallback; CALLBACK_SLOTS], JInt) -> JInt;
+
+    let mut jvmti: JvmtiEnv = ptr::null_mut();
+    // SAFETY: for this block, `vm` and then `jvmti` are live environments, and each slot has the
+    // type given above, as jni.h and jvmti.h declare it.
+    unsafe {
+        let status = slot::<GetEnv>(vm, VM_GET_ENV)(vm, &mut jvmti, JVMTI_VERSION_9);
+        if status != JNI_OK || jvmti.is_null() {
+            return Err(format!(
+                "this JVM offers no JVMTI 9 environment (GetEnv returned {status})"
+            ));
+        }
+        let capabilities = [CAN_REDEFINE_CLASSES, 0, 0, 0];
+        check(
+            "AddCapabilities(can_redefine_classes)",
+            slot::<AddCapabilities>(jvmti, JVMTI_ADD_CAPABILITIES)(jvmti, &capabilities),
+        )?;
+        check(
+            "AddToBootstrapClassLoaderSearch",
+            slot::<AddToSearch>(jvmti, JVMTI_ADD_TO_BOOTSTRAP_CLASS_LOADER_SEARCH)(
+                jvmti,
+                jar.as_ptr(),
+            ),
+        )
+        .map_err(|problem| format!("{problem} for {}", crate::diag::printable(jar.to_bytes())))?;
+        let mut callbacks: [EventCallback; CALLBACK_SLOTS] = [ptr::null(); CALLBACK_SLOTS];
+        callbacks[0] = vm_init as EventCallback;
+        callbacks[CLASS_PREPARE_CALLBACK] = class_prepare as EventCallback;
+        let size = std::mem::size_of_val(&callbacks) as JInt;
+        check(
+            "SetEventCallbacks",
+            slot::<SetCallbacks>(jvmti, JVMTI_SET_EVENT_CALLBACKS)(jvmti, &callbacks, size),
+        )?;
+        set_event(jvmti, JVMTI_EVENT_VM_INIT, true)?;
+    }
+    Ok(())
+}
+
+/// Enables or disables one event for all threads.
+///
+/// # Safety
+/// `jvmti` must be a live JVMTI environment.
+unsafe fn set_event(jvmti: JvmtiEnv, event: JInt, enable: bool) -> Result<(), String> {
+    type SetMode = unsafe extern "system" fn(JvmtiEnv, JInt, JInt, JObject) -> JInt;
+    let mode = if enable { JVMTI_ENABLE } else { JVMTI_DISABLE };
+    // SAFETY: the slot has this type in jvmti.h, and a null thread means all threads.
+    let error = unsafe {
+        slot::<SetMode>(jvmti, JVMTI_SET_EVENT_NOTIFICATION_MODE)(
+            jvmti,
+            mode,
+            event,
+            ptr::null_mut(),
+        )
+    };
+    check(
+        &format!("SetEventNotificationMode({mode}, event {event})"),
+        error,
+    )
+}
+
+/// The `VMInit` event: installs the hook that the jar prepares.
+unsafe extern "system" fn vm_init(jvmti: JvmtiEnv, jni: JniEnv, _thread: JObject) {
+    crate::ffi::guard((), || {
+        // SAFETY: the JVM passes live environments of the current thread to the event.
+        if let Err(problem) = unsafe { install(jvmti, jni) } {
+            crate::diag::line(&format!(
+                "the Java hook could not be installed, so System.getenv returns references: \
+                 {problem}"
+            ));
+        }
+    });
+}
+
+/// The JNI functions the agent calls, typed as jni.h declares them.
+struct Jni(JniEnv);
+
+impl Jni {
+    /// Returns an error naming `what` when a Java exception is pending, and clears it.
+    ///
+    /// # Safety
+    /// The environment must be live for the current thread.
+    unsafe fn thrown(&self, what: &str) -> Result<(), String> {
+        type ExceptionCheck = unsafe extern "system" fn(JniEnv) -> u8;
+        type ExceptionClear = unsafe extern "system" fn(JniEnv);
+        // SAFETY: the caller guarantees the environment; the slots have these types.
+        unsafe {
+            if slot::<ExceptionCheck>(self.0, JNI_EXCEPTION_CHECK)(self.0) != 0 {
+                slot::<ExceptionClear>(self.0, JNI_EXCEPTION_CLEAR)(self.0);
+                return Err(format!("{what} threw an exception"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls the static method `name` with `descriptor` and no arguments on `class`.
+    ///
+    /// # Safety
+    /// The environment must be live for the current thread and `class` a reference to a class.
+    unsafe fn call_static(
+        &self,
+        class: JObject,
+        name: &CStr,
+        descriptor: &CStr,
+    ) -> Result<JObject, String> {
+        type GetMethodId =
+            unsafe extern "system" fn(JniEnv, JObject, *const c_char, *const c_char) -> JObject;
+        type CallStaticObject =
+            unsafe extern "system" fn(JniEnv, JObject, JObject, *const c_void) -> JObject;
+        let what = name.to_string_lossy();
+        // SAFETY: the caller guarantees the environment and the class; the slots have these
+        // types, and a method without arguments reads no argument array.
+        unsafe {
+            let method = slot::<GetMethodId>(self.0, JNI_GET_STATIC_METHOD_ID)(
+                self.0,
+                class,
+                name.as_ptr(),
+                descriptor.as_ptr(),
+            );
+            self.thrown(&format!("looking up Hook.{what}"))?;
+            let result = slot::<CallStaticObject>(self.0, JNI_CALL_STATIC_OBJECT_METHOD_A)(
+                self.0,
+                class,
+                method,
+                ptr::null(),
+            );
+            self.thrown(&format!("Hook.{what}"))?;
+            Ok(result)
+        }
+    }
+
+    /// Returns element `index` of the object array `array`, which must not be null.
+    ///
+    /// # Safety
+    /// The environment must be live for the current thread and `array` an `Object[]`.
+    unsafe fn element(&self, array: JObject, index: JInt) -> Result<JObject, String> {
+        type ArrayElement = unsafe extern "system" fn(JniEnv, JObject, JInt) -> JObject;
+        // SAFETY: the caller guarantees the environment and the array; the slot has this type.
+        let object = unsafe {
+            slot::<ArrayElement>(self.0, JNI_GET_OBJECT_ARRAY_ELEMENT)(self.0, array, index)
+        };
+        // SAFETY: as above.
+        unsafe { self.thrown("reading the result of Hook.install()")? };
+        if object.is_null() {
+            return Err(format!("Hook.install() returned null at index {index}"));
+        }
+        Ok(object)
+    }
+
+    /// Returns a global reference to `object`, valid until the JVM exits.
+    ///
+    /// # Safety
+    /// The environment must be live for the current thread and `object` a live reference.
+    unsafe fn global(&self, object: JObject) -> JObject {
+        type NewGlobalRef = unsafe extern "system" fn(JniEnv, JObject) -> JObject;
+        // SAFETY: the caller guarantees the environment and the reference.
+        unsafe { slot::<NewGlobalRef>(self.0, JNI_NEW_GLOBAL_REF)(self.0, object) }
+    }
+}
+
+/// # Safety
+/// `jvmti` and `jni` must be the environments passed to the `VMInit` event.
+unsafe fn install(jvmti: JvmtiEnv, jni: JniEnv) -> Result<(), String> {
+    type FindClass = unsafe extern "system" fn(JniEnv, *const c_char) -> JObject;
+    type GetFieldId =
+        unsafe extern "system" fn(JniEnv, JObject, *const c_char, *const c_char) -> JObject;
+    type SetStaticObject = unsafe extern "system" fn(JniEnv, JObject, JObject, JObject);
+
+    let env = Jni(jni);
+    // SAFETY: for this block, `jni` and `jvmti` are live for this thread during the event, each
+    // slot has the type given above, as jni.h and jvmti.h declare it, and every object passed
+    // on is a reference the JVM returned in this event.
+    unsafe {
+        let hook =
+            slot::<FindClass>(jni, JNI_FIND_CLASS)(jni, c"dev/envproxy/javaagent/Hook".as_ptr());
+        env.thrown("loading dev.envproxy.javaagent.Hook from the hook jar")?;
+        // Hook.install() prints its own stderr line for any failure and returns null then.
+        let installed = env.call_static(hook, c"install", c"()[Ljava/lang/Object;")?;
+        if installed.is_null() {
+            return Ok(());
+        }
+
+        // JNI sets a static final field as any other. ProcessEnvironment is initialised (the
+        // hook has read System.getenv), and no compiled code has folded the field yet,
+        // because the program's main has not run.
+        let process_environment = env.element(installed, INSTALL_PROCESS_ENVIRONMENT)?;
+        let map = env.element(installed, INSTALL_ENVIRONMENT_MAP)?;
+        let field = slot::<GetFieldId>(jni, JNI_GET_STATIC_FIELD_ID)(
+            jni,
+            process_environment,
+            c"theUnmodifiableEnvironment".as_ptr(),
+            c"Ljava/util/Map;".as_ptr(),
+        );
+        env.thrown("looking up ProcessEnvironment.theUnmodifiableEnvironment")?;
+
+        // The ProcessImpl patch is armed before System.getenv resolves, so that no child can
+        // start with a resolved value in a JVM whose ProcessImpl was not patched.
+        HOOK_CLASS.store(env.global(hook), Ordering::Release);
+        JAVA_BASE.store(
+            env.global(env.element(installed, INSTALL_JAVA_BASE)?),
+            Ordering::Release,
+        );
+        HOOK_MODULE.store(
+            env.global(env.element(installed, INSTALL_HOOK_MODULE)?),
+            Ordering::Release,
+        );
+        set_event(jvmti, JVMTI_EVENT_CLASS_PREPARE, true)?;
+        // ProcessImpl may have been prepared before this event, by another agent.
+        if let Some(process_impl) = find_loaded_process_impl(jvmti)? {
+            patch_process_impl(jvmti, jni, process_impl);
+        }
+
+        slot::<SetStaticObject>(jni, JNI_SET_STATIC_OBJECT_FIELD)(
+            jni,
+            process_environment,
+            field,
+            map,
+        );
+        env.thrown("setting ProcessEnvironment.theUnmodifiableEnvironment")?;
+    }
+    Ok(())
+}
+
+/// Returns `java.lang.ProcessImpl` when the JVM has loaded it already.
+///
+/// # Safety
+/// `jvmti` must be the environment passed to the current event.
+unsafe fn find_loaded_process_impl(jvmti: JvmtiEnv) -> Result<Option<JObject>, String> {
+    type GetLoadedClasses =
+        unsafe extern "system" fn(JvmtiEnv, *mut JInt, *mut *mut JObject) -> JInt;
+    type Deallocate = unsafe extern "system" fn(JvmtiEnv, *mut u8) -> JInt;
+    let mut count: JInt = 0;
+    let mut classes: *mut JObject = ptr::null_mut();
+    // SAFETY: the slots have these types in jvmti.h; the JVM fills `count` and `classes`, an
+    // array it allocated, which is released below.
+    unsafe {
+        check(
+            "GetLoadedClasses",
+            slot::<GetLoadedClasses>(jvmti, JVMTI_GET_LOADED_CLASSES)(
+                jvmti,
+                &mut count,
+                &mut classes,
+            ),
+        )?;
+        let mut found = None;
+        for index in 0..usize::try_from(count).unwrap_or(0) {
+            let class = *classes.add(index);
+            if is_process_impl(jvmti, class) {
+                found = Some(class);
+                break;
+            }
+        }
+        slot::<Deallocate>(jvmti, JVMTI_DEALLOCATE)(jvmti, classes.cast());
+        Ok(found)
+    }
+}
+
+/// Returns whether `class` is `java.lang.ProcessImpl`.
+///
+/// # Safety
+/// `jvmti` must be live and `class` a reference to a class.
+unsafe fn is_process_impl(jvmti: JvmtiEnv, class: JObject) -> bool {
+    type GetClassSignature =
+        unsafe extern "system" fn(JvmtiEnv, JObject, *mut *mut c_char, *mut *mut c_char) -> JInt;
+    type Deallocate = unsafe extern "system" fn(JvmtiEnv, *mut u8) -> JInt;
+    let mut signature: *mut c_char = ptr::null_mut();
+    // SAFETY: the slots have these types in jvmti.h; the JVM allocates the signature, which is
+    // released here, and a null generic pointer asks for no generic signature.
+    unsafe {
+        let error = slot::<GetClassSignature>(jvmti, JVMTI_GET_CLASS_SIGNATURE)(
+            jvmti,
+            class,
+            &mut signature,
+            ptr::null_mut(),
+        );
+        if error != 0 || signature.is_null() {
+            return false;
+        }
+        let matches = CStr::from_ptr(signature).to_bytes() == PROCESS_IMPL_SIGNATURE;
+        slot::<Deallocate>(jvmti, JVMTI_DEALLOCATE)(jvmti, signature.cast());
+        matches
+    }
+}
+
+/// The `ClassPrepare` event, enabled until `ProcessImpl` is patched.
+unsafe extern "system" fn class_prepare(
+    jvmti: JvmtiEnv,
+    jni: JniEnv,
+    _thread: JObject,
+    class: JObject,
+) {
+    crate::ffi::guard((), || {
+        if PROCESS_IMPL_CLAIMED.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: the JVM passes live environments of the current thread and the prepared
+        // class to the event.
+        unsafe {
+            if is_process_impl(jvmti, class) {
+                patch_process_impl(jvmti, jni, class);
+            }
+        }
+    });
+}
+
+/// Redefines `ProcessImpl` with the class file that `Hook.patchProcessImpl()` returns, once.
+/// A failure gets one stderr line.
+///
+/// # Safety
+/// `jvmti` and `jni` must be the environments passed to the current event, and
+/// `process_impl` a reference to `java.lang.ProcessImpl`.
+unsafe fn patch_process_impl(jvmti: JvmtiEnv, jni: JniEnv, process_impl: JObject) {
+    if PROCESS_IMPL_CLAIMED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // SAFETY: as this function's contract states.
+    let outcome = unsafe {
+        // Disabled first: the Java code below loads classes, whose events return at once.
+        let disabled = set_event(jvmti, JVMTI_EVENT_CLASS_PREPARE, false);
+        let patched = redefine_process_impl(jvmti, jni, process_impl);
+        disabled.and(patched)
+    };
+    if let Err(problem) = outcome {
+        crate::diag::line(&format!(
+            "the Java hook could not patch java.lang.ProcessImpl, so a child whose environment \
+             a program filled from System.getenv receives values, not references: {problem}"
+        ));
+    }
+}
+
+/// # Safety
+/// As [`patch_process_impl`].
+unsafe fn redefine_process_impl(
+    jvmti: JvmtiEnv,
+    jni: JniEnv,
+    process_impl: JObject,
+) -> Result<(), String> {
+    type ArrayLength = unsafe extern "system" fn(JniEnv, JObject) -> JInt;
+    type ByteRegion = unsafe extern "system" fn(JniEnv, JObject, JInt, JInt, *mut u8);
+    type AddReads = unsafe extern "system" fn(JvmtiEnv, JObject, JObject) -> JInt;
+    type AddOpens = unsafe extern "system" fn(JvmtiEnv, JObject, *const c_char, JObject) -> JInt;
+    type Redefine = unsafe extern "system" fn(JvmtiEnv, JInt, *const ClassDefinition) -> JInt;
+
+    let env = Jni(jni);
+    let hook = HOOK_CLASS.load(Ordering::Acquire);
+    let java_base = JAVA_BASE.load(Ordering::Acquire);
+    let hook_module = HOOK_MODULE.load(Ordering::Acquire);
+    // SAFETY: for this block, the environments are live for this thread during the event, each
+    // slot has the type given above, as jni.h and jvmti.h declare it, and the references are
+    // the global references that `install` stored before it enabled this event.
+    unsafe {
+        // Hook.patchProcessImpl() prints its own stderr line for any failure.
+        let class_file = env.call_static(hook, c"patchProcessImpl", c"()[B")?;
+        if class_file.is_null() {
+            return Ok(());
+        }
+        let length = slot::<ArrayLength>(jni, JNI_GET_ARRAY_LENGTH)(jni, class_file);
+        let mut bytes = vec![0u8; usize::try_from(length).unwrap_or(0)];
+        slot::<ByteRegion>(jni, JNI_GET_BYTE_ARRAY_REGION)(
+            jni,
+            class_file,
+            0,
+            length,
+            bytes.as_mut_ptr(),
+        );
+        env.thrown("copying the patched java.lang.ProcessImpl")?;
+
+        // The patched ProcessImpl links to the hook's EnvironmentRedirects, and the hook looks
+        // up ProcessEnvironment's own toEnvironmentBlock with a private lookup.
+        check(
+            "AddModuleReads(java.base, hook)",
+            slot::<AddReads>(jvmti, JVMTI_ADD_MODULE_READS)(jvmti, java_base, hook_module),
+        )?;
+        check(
+            "AddModuleOpens(java.base, java.lang, hook)",
+            slot::<AddOpens>(jvmti, JVMTI_ADD_MODULE_OPENS)(
+                jvmti,
+                java_base,
+                c"java.lang".as_ptr(),
+                hook_module,
+            ),
+        )?;
+        let definition = ClassDefinition {
+            klass: process_impl,
+            class_byte_count: length,
+            class_bytes: bytes.as_ptr(),
+        };
+        check(
+            "RedefineClasses(java.lang.ProcessImpl)",
+            slot::<Redefine>(jvmti, JVMTI_REDEFINE_CLASSES)(jvmti, 1, &definition),
+        )?;
+    }
+    Ok(())
+}
+
+fn check(call: &str, error: JInt) -> Result<(), String> {
+    if error == 0 {
+        Ok(())
+    } else {
+        Err(format!("{call} failed with JVMTI error {error}"))
+    }
+}
