@@ -1,4 +1,5 @@
-//! Checks of a pod's projected service-account token before the agent logs in to Vault with it.
+//! Checks of a pod's projected service-account token before the agent logs in to Vault with it,
+//! or reads Kubernetes Secrets with it.
 //!
 //! The agent reads the token from the calling container, which could have replaced it with a
 //! token of another pod. The claims must therefore name the attested pod: its UID, name and
@@ -167,6 +168,34 @@ pub fn check_token(
     expected: &ExpectedIdentity,
     now: SystemTime,
 ) -> Result<TokenClaims, TokenClaimsError> {
+    check(token, expected, AudienceCheck::Required, now)
+}
+
+/// Like [`check_token`] without the audience check, for the token the kubelet mounts for the
+/// API server, whose audience is the cluster's API audience (`--api-audiences`, by default the
+/// issuer), which the agent does not know. The API server checks it when the agent reads with
+/// the token.
+pub fn check_api_server_token(
+    token: &[u8],
+    expected: &ExpectedIdentity,
+    now: SystemTime,
+) -> Result<TokenClaims, TokenClaimsError> {
+    check(token, expected, AudienceCheck::Skipped, now)
+}
+
+/// Whether the token's audience must contain [`ExpectedIdentity::audience`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AudienceCheck {
+    Required,
+    Skipped,
+}
+
+fn check(
+    token: &[u8],
+    expected: &ExpectedIdentity,
+    audience: AudienceCheck,
+    now: SystemTime,
+) -> Result<TokenClaims, TokenClaimsError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenClaimsError::TooLarge {
             len: token.len(),
@@ -189,6 +218,12 @@ pub fn check_token(
 
     let claims = read_claims(&payload)?;
     check_identity(&claims, expected)?;
+    if audience == AudienceCheck::Required && !claims.audiences.contains(&expected.audience) {
+        return Err(TokenClaimsError::AudienceMismatch {
+            expected: expected.audience.clone(),
+            found: claims.audiences.clone(),
+        });
+    }
     check_lifetime(&claims, now)?;
     Ok(claims)
 }
@@ -269,13 +304,6 @@ fn check_identity(
                 found: subject.clone(),
             });
         }
-    }
-
-    if !claims.audiences.contains(&expected.audience) {
-        return Err(TokenClaimsError::AudienceMismatch {
-            expected: expected.audience.clone(),
-            found: claims.audiences.clone(),
-        });
     }
     Ok(())
 }
