@@ -25,7 +25,10 @@ unsafe fn is_reference(value: *const c_char) -> bool {
         match *value as u8 {
             b'v' => starts_with(value, envproxy_proto::reference::VAULT_SCHEME.as_bytes()),
             b'e' => starts_with(value, envproxy_proto::reference::LOCAL_SCHEME.as_bytes()),
-            b'k' => starts_with(value, envproxy_proto::reference::KUBERNETES_SCHEME.as_bytes()),
+            b'k' => starts_with(
+                value,
+                envproxy_proto::reference::KUBERNETES_SCHEME.as_bytes(),
+            ),
             _ => false,
         }
     }
