@@ -154,11 +154,11 @@ impl Agent {
         let client = kube::Client::try_from(kube_config.clone())
             .map_err(|err| AgentError::Kube(err.to_string()))?;
         let metrics = Arc::new(Metrics::new());
-        let kube_secrets = KubeSecrets::for_pods(
-            kube_config,
-            crate::kube_secrets::KubeSettings::default(),
-            Arc::clone(&metrics),
-        )?;
+        let kube_settings = crate::kube_secrets::KubeSettings {
+            cache_ttl: node.kube_cache_ttl,
+            ..Default::default()
+        };
+        let kube_secrets = KubeSecrets::for_pods(kube_config, kube_settings, Arc::clone(&metrics))?;
         let metrics_listener = bind_metrics(&config).await?;
         let pods = PodWatch::start_observed(client.clone(), &node.node_name, Arc::clone(&metrics));
         let agent_uid = nix::unistd::geteuid().as_raw();

@@ -456,6 +456,7 @@ impl TableReader<'_> {
                         }
                     };
                 }
+                "kube_cache_ttl" => settings.kube_cache_ttl = self.duration(value, &name)?,
                 "vault_addr_allowlist" => {
                     let Value::Array(items) = value else {
                         return Err(self.invalid(
@@ -850,7 +851,8 @@ mod tests {
              kubeconfig = \"kube.yaml\"\npod_wait_ms = 250\n\
              token_path = \"/run/token\"\ntoken_audience = \"vault.example\"\n\
              vault_addr_allowlist = [\"https://vault-b:8200/\"]\n\
-             token_source = \"token-request\"\n",
+             token_source = \"token-request\"\n\
+             kube_token_path = \"/run/kube-token\"\nkube_cache_ttl = \"15s\"\n",
             Some("from-environment"),
         )
         .unwrap();
@@ -865,6 +867,8 @@ mod tests {
         assert_eq!(node.token_audience, "vault.example");
         assert_eq!(node.vault_addr_allowlist, ["https://vault-b:8200"]);
         assert_eq!(node.token_source, TokenSource::TokenRequest);
+        assert_eq!(node.kube_token_path, Path::new("/run/kube-token"));
+        assert_eq!(node.kube_cache_ttl, Duration::from_secs(15));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! | `pod_wait_ms` | `1000` | how long a request waits for a pod the watch has not delivered |
 //! | `token_path` | `/var/run/secrets/envproxy.dev/serviceaccount/token` | projected token in each container |
 //! | `kube_token_path` | `/var/run/secrets/kubernetes.io/serviceaccount/token` | the API server token in each container, for `k8s:` references |
+//! | `kube_cache_ttl` | `1m` | the agent's cache lifetime of a Secret read for `k8s:` references |
 //! | `token_audience` | `vault` | audience the projected token must carry |
 //! | `token_source` | `projected` | `projected`, or `token-request` to mint pod tokens through the kube API |
 //! | `vault_addr_allowlist` | empty | Vault addresses a pod may choose with `envproxy.dev/vault-addr` |
@@ -68,6 +69,8 @@ pub struct NodeSettings {
     pub token_audience: String,
     /// Absolute path inside each container of the token that `k8s:` references are read with.
     pub kube_token_path: PathBuf,
+    /// Cache lifetime of a Secret read for `k8s:` references, per service account.
+    pub kube_cache_ttl: Duration,
     /// Vault addresses that the `envproxy.dev/vault-addr` annotation may select.
     pub vault_addr_allowlist: Vec<String>,
     /// Source of pod tokens.
@@ -86,6 +89,7 @@ impl NodeSettings {
             token_path: PathBuf::from(DEFAULT_TOKEN_PATH),
             token_audience: DEFAULT_TOKEN_AUDIENCE.to_string(),
             kube_token_path: PathBuf::from(DEFAULT_KUBE_TOKEN_PATH),
+            kube_cache_ttl: crate::kube_secrets::settings::DEFAULT_CACHE_TTL,
             vault_addr_allowlist: Vec::new(),
             token_source: TokenSource::Projected,
             max_connections_per_pod: DEFAULT_MAX_CONNECTIONS_PER_POD,
