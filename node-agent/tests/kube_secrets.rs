@@ -2,16 +2,18 @@
 //! references read with a kubeconfig, the watched default Secret for `envproxy:` references
 //! and bare names, RBAC errors, rotation and stale values during an outage.
 
+mod admin_support;
 mod http_support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use envproxy_agent::admin::AdminSettings;
 use envproxy_agent::kube_secrets::KubeSettings;
 use envproxy_agent::Config;
 use envproxy_kube_test_server::{KubeTestServer, Rule, ServerOptions};
 use envproxy_proto::{Request, Response};
-use http_support::{error_text, found_text, random_secret, TestAgent};
+use http_support::{error_text, found_text, random_secret, settings as http_settings, TestAgent};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
@@ -335,5 +337,55 @@ async fn missing_kubeconfig_reported_per_reference() {
         "{error}"
     );
     assert!(error.contains("no-such-kubeconfig"), "{error}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn admin_status_shows_both_caches() {
+    let cluster = cluster().await;
+    cluster
+        .server
+        .apply_secret(secret("shop", "db", &[("password", &random_secret())]))
+        .unwrap();
+    let token = random_secret();
+    let api = http_support::start_server(&token).await;
+    api.set_secret("API_KEY", &random_secret());
+    let admin_dir = tempfile::tempdir().unwrap();
+    let admin_socket = admin_dir.path().join("admin.sock");
+    let agent = TestAgent::start_with(Config {
+        http: Some(http_settings(&api, &token)),
+        kubernetes: Some(settings(&cluster)),
+        admin: AdminSettings {
+            enabled: Some(true),
+            socket: Some(admin_socket.clone()),
+        },
+        ..Config::default()
+    })
+    .await;
+    found_text(agent.get_key("API_KEY").await);
+    found_text(agent.get_key("API_KEY").await);
+    found_text(agent.get("P", "k8s:shop/db#password").await);
+
+    let mut client = admin_support::admin_client(&admin_socket).await;
+    let status = client
+        .status(envproxy_admin_proto::v1::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let http = status.http.expect("the HTTP backend in the admin status");
+    assert_eq!(http.address, api.url());
+    assert_eq!(http.credentials, "auth_token");
+    assert_eq!(http.cache_entries, 1);
+    assert_eq!(http.cache_hits, 1);
+    assert_eq!(http.cache_misses, 1);
+    let kubernetes = status
+        .kubernetes
+        .expect("Kubernetes Secrets in the admin status");
+    assert_eq!(kubernetes.address, cluster.server.url());
+    assert_eq!(kubernetes.credentials, "kubeconfig");
+    assert_eq!(kubernetes.default_secret, "");
+    assert_eq!(kubernetes.cache_entries, 1);
+    assert_eq!(kubernetes.cache_misses, 1);
+    assert_eq!(kubernetes.last_error, "");
     agent.stop().await;
 }
