@@ -171,12 +171,6 @@ where
         self.fresh.insert(key, entry).await;
     }
 
-    /// Drops every entry, including the last good values.
-    pub(crate) fn invalidate_all(&self) {
-        self.fresh.invalidate_all();
-        self.last_good.invalidate_all();
-    }
-
     fn fresh_entry(&self, fetched: Fetched<V>) -> Arc<CachedValue<V>> {
         let ttl = fetched
             .ttl

@@ -324,10 +324,17 @@ async fn default_secret_is_watched() {
 }
 
 #[tokio::test]
-async fn missing_kubeconfig_reported_per_reference() {
+async fn kubeconfig_created_later_is_used() {
+    let cluster = cluster().await;
+    let password = random_secret();
+    cluster
+        .server
+        .apply_secret(secret("default", "db", &[("password", &password)]))
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("later-kubeconfig");
     let kube = KubeSettings {
-        kubeconfig: Some(dir.path().join("no-such-kubeconfig")),
+        kubeconfig: Some(kubeconfig.clone()),
         ..KubeSettings::default()
     };
     let agent = agent_with_file(kube).await;
@@ -336,7 +343,29 @@ async fn missing_kubeconfig_reported_per_reference() {
         error.starts_with("P: cannot set up the Kubernetes client"),
         "{error}"
     );
-    assert!(error.contains("no-such-kubeconfig"), "{error}");
+    assert!(error.contains("later-kubeconfig"), "{error}");
+    let status = agent.status().await.kubernetes.unwrap();
+    assert_eq!(status.server, None);
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("later-kubeconfig")),
+        "{:?}",
+        status.last_error
+    );
+
+    std::fs::copy(&cluster.kubeconfig, &kubeconfig).unwrap();
+    assert_eq!(
+        found_text(agent.get("P", "k8s:db#password").await),
+        password
+    );
+    let status = agent.status().await.kubernetes.unwrap();
+    assert_eq!(
+        status.server.as_deref(),
+        Some(cluster.server.url().as_str())
+    );
+    assert_eq!(status.last_error, None);
     agent.stop().await;
 }
 

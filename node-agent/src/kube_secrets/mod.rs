@@ -99,7 +99,10 @@ pub struct KubeSecrets {
 struct Inner {
     settings: KubeSettings,
     credentials: Credentials,
-    connection: OnceCell<Result<Connection, KubeSecretError>>,
+    connection: OnceCell<Connection>,
+    /// Why the client could not be built at the latest attempt; it is tried again at the next
+    /// read, so a kubeconfig created later is picked up without a restart.
+    client_error: Mutex<Option<KubeSecretError>>,
     cache: ValueCache<SecretKey, SecretData, KubeSecretError>,
     metrics: Arc<Metrics>,
     watch: Mutex<Option<JoinHandle<()>>>,
@@ -122,7 +125,7 @@ impl KubeSecrets {
         metrics: Arc<Metrics>,
     ) -> Result<KubeSecrets, KubeSecretError> {
         let connection = Connection::without_credentials(config)?;
-        let cell = OnceCell::new_with(Some(Ok(connection)));
+        let cell = OnceCell::new_with(Some(connection));
         Ok(KubeSecrets::new(
             settings,
             Credentials::PodTokens,
@@ -134,7 +137,7 @@ impl KubeSecrets {
     fn new(
         settings: KubeSettings,
         credentials: Credentials,
-        connection: OnceCell<Result<Connection, KubeSecretError>>,
+        connection: OnceCell<Connection>,
         metrics: Arc<Metrics>,
     ) -> KubeSecrets {
         let cache = ValueCache::new(
@@ -149,6 +152,7 @@ impl KubeSecrets {
                 settings,
                 credentials,
                 connection,
+                client_error: Mutex::new(None),
                 cache,
                 metrics,
                 watch: Mutex::new(None),
@@ -286,7 +290,7 @@ impl KubeSecrets {
 
     pub fn status(&self) -> KubeStatus {
         let inner = &self.inner;
-        let connection = inner.connection.get().and_then(|built| built.as_ref().ok());
+        let connection = inner.connection.get();
         let cache = inner.cache.stats();
         let default_secret = inner.settings.secret_name.as_ref().map(|name| {
             let namespace = match connection {
@@ -295,13 +299,8 @@ impl KubeSecrets {
             };
             format!("{namespace}/{name}")
         });
-        let last_error = inner
-            .cache
-            .last_error()
-            .or_else(|| match inner.connection.get() {
-                Some(Err(err)) => Some(err.to_string()),
-                _ => None,
-            });
+        let client_error = lock(&inner.client_error).as_ref().map(ToString::to_string);
+        let last_error = client_error.or_else(|| inner.cache.last_error());
         KubeStatus {
             server: connection.map(|connection| connection.server.clone()),
             credentials: match inner.credentials {
@@ -323,20 +322,16 @@ impl KubeSecrets {
         self.inner.cache.run_pending_tasks().await;
     }
 
-    /// Drops every cached Secret, so that the next read goes to the API server.
-    pub fn flush(&self) {
-        self.inner.cache.invalidate_all();
-    }
-
     /// Returns the client, building it from the kubeconfig at the first call in local mode.
+    /// A failed build is tried again at the next call.
     async fn connection(&self) -> Result<&Connection, KubeSecretError> {
-        let settings = &self.inner.settings;
-        let built = self
-            .inner
+        let inner = &self.inner;
+        let built = inner
             .connection
-            .get_or_init(|| Connection::from_kubeconfig(settings))
+            .get_or_try_init(|| Connection::from_kubeconfig(&inner.settings))
             .await;
-        built.as_ref().map_err(KubeSecretError::clone)
+        *lock(&inner.client_error) = built.as_ref().err().cloned();
+        built
     }
 
     /// Returns the namespace of the default Secret: `namespace` from the settings, else the
