@@ -535,6 +535,32 @@ mod tests {
     }
 
     #[test]
+    fn api_server_token_skips_only_audience() {
+        let api_audience = with(
+            &["aud"],
+            json!(["https://kubernetes.default.svc.cluster.local"]),
+        );
+        let now = at(ISSUED_AT + 60);
+        let token = token_for(&api_audience);
+        assert!(matches!(
+            check_token(token.as_bytes(), &expected(), now),
+            Err(TokenClaimsError::AudienceMismatch { .. })
+        ));
+        let claims = check_api_server_token(token.as_bytes(), &expected(), now).unwrap();
+        assert_eq!(claims.pod_uid, POD_UID);
+
+        let other_pod = with(&["kubernetes.io", "pod", "uid"], json!("other-uid"));
+        let error =
+            check_api_server_token(token_for(&other_pod).as_bytes(), &expected(), now).unwrap_err();
+        assert!(
+            matches!(error, TokenClaimsError::ClaimMismatch { claim, .. } if claim == CLAIM_POD_UID),
+            "{error}"
+        );
+        let expired = check_api_server_token(token.as_bytes(), &expected(), at(EXPIRES_AT + 3600));
+        assert!(matches!(expired, Err(TokenClaimsError::Expired { .. })));
+    }
+
+    #[test]
     fn valid_token_claims() {
         let claims = check(&payload()).unwrap();
         assert_eq!(claims.pod_uid, POD_UID);
