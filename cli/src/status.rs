@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
-use envproxy_agent::status::{HttpInfo, VaultInfo};
+use envproxy_agent::status::{HttpInfo, KubeInfo, VaultInfo};
 use envproxy_agent::AgentStatus;
 
 use crate::client::{self, IO_TIMEOUT};
@@ -94,10 +94,17 @@ fn render(status: &AgentStatus, now_unix: u64) -> String {
             ]);
         }
         None if status.http.is_some() => {}
+        None if status
+            .kubernetes
+            .as_ref()
+            .is_some_and(|kube| kube.default_secret.is_some()) => {}
         None => rows.push(("backend", "none (no secrets file)".to_string())),
     }
     if let Some(http) = &status.http {
         rows.extend(http_rows(http));
+    }
+    if let Some(kube) = status.kubernetes.as_ref().filter(|kube| is_in_use(kube)) {
+        rows.extend(kube_rows(kube));
     }
     if let Some(vault) = &status.vault {
         rows.extend(vault_rows(vault));
@@ -138,6 +145,61 @@ fn http_rows(http: &HttpInfo) -> Vec<(&'static str, String)> {
                 .unwrap_or_else(|| "none".to_string()),
         ),
     ]
+}
+
+/// Returns whether the Kubernetes Secret backend is configured or has been used, so that an
+/// agent that never saw a `k8s:` reference does not list it.
+fn is_in_use(kube: &KubeInfo) -> bool {
+    kube.default_secret.is_some()
+        || kube.server.is_some()
+        || kube.cache_misses > 0
+        || kube.last_error.is_some()
+}
+
+fn kube_rows(kube: &KubeInfo) -> Vec<(&'static str, String)> {
+    let requests = kube.cache_hits + kube.cache_misses;
+    let ratio = if requests == 0 {
+        "no requests yet".to_string()
+    } else {
+        format!(
+            "{:.1}% hits ({} hits, {} Secret reads)",
+            kube.cache_hits as f64 * 100.0 / requests as f64,
+            kube.cache_hits,
+            kube.cache_misses
+        )
+    };
+    let server = kube
+        .server
+        .clone()
+        .unwrap_or_else(|| "not connected".to_string());
+    let mut rows = Vec::new();
+    if let Some(secret) = &kube.default_secret {
+        let watch = if kube.watch_synced {
+            "watched"
+        } else {
+            "watch not synced yet"
+        };
+        rows.push(("backend", format!("kubernetes secret {secret} ({watch})")));
+    }
+    rows.extend([
+        ("kubernetes", format!("{server} as {}", kube.credentials)),
+        ("k8s cache", format!("{} Secrets", kube.cache_entries)),
+        ("k8s hit ratio", ratio),
+        (
+            "k8s stale",
+            format!(
+                "{} served while the API server was unavailable",
+                kube.stale_served
+            ),
+        ),
+        (
+            "k8s last error",
+            kube.last_error
+                .clone()
+                .unwrap_or_else(|| "none".to_string()),
+        ),
+    ]);
+    rows
 }
 
 fn vault_rows(vault: &VaultInfo) -> Vec<(&'static str, String)> {
@@ -232,6 +294,7 @@ mod tests {
             }),
             http: None,
             vault: None,
+            kubernetes: None,
             keys: vec!["A".into()],
             keys_truncated: false,
         };
@@ -275,6 +338,7 @@ last reload error: invalid JSON secrets file
                 live_leases: 1,
                 last_error: Some("Vault at https://vault.internal:8200 is sealed".into()),
             }),
+            kubernetes: None,
             keys: Vec::new(),
             keys_truncated: false,
         };
@@ -317,6 +381,7 @@ vault last error:  Vault at https://vault.internal:8200 is sealed
                 last_error: None,
             }),
             vault: None,
+            kubernetes: None,
             keys: Vec::new(),
             keys_truncated: false,
         };
@@ -335,6 +400,81 @@ http stale:        0 served while the API was unavailable
 http last error:   none
 ";
         assert_eq!(render(&status, 0), expected);
+    }
+
+    #[test]
+    fn text_lists_kubernetes_fields() {
+        let status = AgentStatus {
+            version: "0.1.0".into(),
+            mode: "local".into(),
+            pid: 42,
+            uptime_secs: 5,
+            socket: "/run/agent.sock".into(),
+            backend: None,
+            http: None,
+            vault: None,
+            kubernetes: Some(KubeInfo {
+                server: Some("https://10.0.0.1:6443".into()),
+                credentials: "kubeconfig".into(),
+                default_secret: Some("shop/app-env".into()),
+                watch_synced: true,
+                cache_entries: 2,
+                cache_hits: 9,
+                cache_misses: 1,
+                stale_served: 0,
+                last_error: None,
+            }),
+            keys: Vec::new(),
+            keys_truncated: false,
+        };
+        let expected = "\
+reachable:         yes
+socket:            /run/agent.sock
+mode:              local
+version:           0.1.0
+pid:               42
+uptime:            5s
+backend:           kubernetes secret shop/app-env (watched)
+kubernetes:        https://10.0.0.1:6443 as kubeconfig
+k8s cache:         2 Secrets
+k8s hit ratio:     90.0% hits (9 hits, 1 Secret reads)
+k8s stale:         0 served while the API server was unavailable
+k8s last error:    none
+";
+        assert_eq!(render(&status, 0), expected);
+    }
+
+    #[test]
+    fn unused_kubernetes_backend_not_listed() {
+        let status = AgentStatus {
+            version: "0.1.0".into(),
+            mode: "local".into(),
+            pid: 42,
+            uptime_secs: 5,
+            socket: "/run/agent.sock".into(),
+            backend: None,
+            http: None,
+            vault: None,
+            kubernetes: Some(KubeInfo {
+                server: None,
+                credentials: "kubeconfig".into(),
+                default_secret: None,
+                watch_synced: false,
+                cache_entries: 0,
+                cache_hits: 0,
+                cache_misses: 0,
+                stale_served: 0,
+                last_error: None,
+            }),
+            keys: Vec::new(),
+            keys_truncated: false,
+        };
+        let text = render(&status, 0);
+        assert!(!text.contains("kubernetes"), "{text}");
+        assert!(
+            text.contains("backend:           none (no secrets file)"),
+            "{text}"
+        );
     }
 
     #[test]

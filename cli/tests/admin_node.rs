@@ -262,3 +262,48 @@ fn pods_and_other_uids_are_rejected() {
     assert!(message.contains("root (uid 0)"), "{message}");
     assert!(output.stdout.is_empty());
 }
+
+#[test]
+fn status_shows_kubernetes_secret_cache() {
+    let mut cluster = Cluster::start_for_secrets();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "db", "namespace": "team-a"},
+        "stringData": {"password": random_secret()},
+    }))
+    .unwrap();
+    cluster.kube.apply_secret(secret).unwrap();
+    cluster.kube.grant_service_account(
+        "team-a",
+        "app-a",
+        vec![envproxy_kube_test_server::Rule::new(&["get"], &["secrets"])],
+    );
+    let reference = "k8s:db#password";
+    let pod = cluster.add_pod(
+        "a",
+        "web-a",
+        json!({"envproxy.dev/inject": "true"}),
+        &[("DB_PASSWORD", reference)],
+    );
+    cluster.write_kube_token(&pod);
+    for _ in 0..2 {
+        let mut command = cluster.in_pod(&pod, &probe());
+        command.env("DB_PASSWORD", reference);
+        let (value, stderr) = probe_get(command, "DB_PASSWORD");
+        assert!(value.is_some_and(|v| v != reference), "{stderr}");
+    }
+
+    let status = admin_json(&cluster.admin_socket(), &["status"]);
+    let kubernetes = &status["kubernetes"];
+    assert_eq!(kubernetes["address"], cluster.kube.url(), "{status}");
+    assert_eq!(kubernetes["credentials"], "calling pod");
+    assert_eq!(kubernetes["default_secret"], Value::Null);
+    assert_eq!(kubernetes["cache_entries"], 1);
+    assert_eq!(kubernetes["cache_hits"], 1);
+    assert_eq!(kubernetes["cache_misses"], 1);
+    assert_eq!(kubernetes["last_error"], Value::Null);
+    assert_eq!(status["http"], Value::Null);
+    let text = admin_ok(&cluster.admin_socket(), &["status"]);
+    assert!(text.contains("k8s credentials:"), "{text}");
+}

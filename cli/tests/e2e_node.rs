@@ -472,3 +472,163 @@ fn callers_outside_pods_are_refused_at_accept() {
         assert!(reply.contains("outside any Kubernetes pod"), "{replies:?}");
     }
 }
+
+/// Stores Secret `namespace/name` with `password` as `stringData`, as `kubectl apply` would.
+fn put_kube_secret(cluster: &Cluster, namespace: &str, name: &str, password: &str) {
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"password": password},
+    }))
+    .unwrap();
+    cluster.kube.apply_secret(secret).unwrap();
+}
+
+/// Gives service account `app-<team>` `get` on Secrets in its own namespace, as a Role and
+/// RoleBinding would.
+fn grant_own_secrets(cluster: &Cluster, team: &str) {
+    let namespace = format!("team-{team}");
+    cluster.kube.grant_service_account(
+        &namespace,
+        &format!("app-{team}"),
+        vec![envproxy_kube_test_server::Rule::new(&["get"], &["secrets"])
+            .in_namespaces(&[&namespace])],
+    );
+}
+
+#[test]
+fn k8s_reference_read_as_calling_pod() {
+    let mut cluster = Cluster::start_for_secrets();
+    let secret_a = random_secret();
+    put_kube_secret(&cluster, "team-a", "db", &secret_a);
+    put_kube_secret(&cluster, "team-b", "db", &random_secret());
+    grant_own_secrets(&cluster, "a");
+    let own = "k8s:db#password";
+    let other_namespace = "k8s:team-b/db#password";
+    let pod_a = cluster.add_pod(
+        "a",
+        "web-a",
+        json!({"envproxy.dev/inject": "true"}),
+        &[("DB_PASSWORD", own), ("OTHER_PASSWORD", other_namespace)],
+    );
+    cluster.write_kube_token(&pod_a);
+    let pod_b = cluster.add_pod(
+        "b",
+        "web-b",
+        json!({"envproxy.dev/inject": "true"}),
+        &[("DB_PASSWORD", own)],
+    );
+    cluster.write_kube_token(&pod_b);
+
+    let mut command = cluster.in_pod(&pod_a, &probe());
+    command.env("DB_PASSWORD", own);
+    let (value, stderr) = probe_get(command, "DB_PASSWORD");
+    assert_eq!(value.as_deref(), Some(secret_a.as_str()), "{stderr}");
+
+    // Pod a's service account may read only its own namespace.
+    let mut command = cluster.in_pod(&pod_a, &probe());
+    command.env("OTHER_PASSWORD", other_namespace);
+    let (value, stderr) = probe_get(command, "OTHER_PASSWORD");
+    // ENVPROXY_ON_ERROR=reference, the default, leaves the reference in place.
+    assert_eq!(value.as_deref(), Some(other_namespace), "{stderr}");
+    assert!(
+        stderr.contains(
+            "permission denied reading Secret team-b/db as system:serviceaccount:team-a:app-a"
+        ),
+        "{stderr}"
+    );
+
+    // Pod b's service account has no grant, so the API server refuses its own namespace too.
+    let mut command = cluster.in_pod(&pod_b, &probe());
+    command.env("DB_PASSWORD", own);
+    let (value, stderr) = probe_get(command, "DB_PASSWORD");
+    assert_eq!(value.as_deref(), Some(own), "{stderr}");
+    assert!(
+        stderr.contains(
+            "permission denied reading Secret team-b/db as system:serviceaccount:team-b:app-b"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("User \"system:serviceaccount:team-b:app-b\" cannot get"),
+        "{stderr}"
+    );
+
+    // A reference the spec does not declare is refused before any read.
+    let gets_before = cluster.kube.request_count("get", "secrets");
+    let mut command = cluster.in_pod(&pod_a, &probe());
+    command.env("DB_PASSWORD", "k8s:team-a/db#password");
+    let (value, stderr) = probe_get(command, "DB_PASSWORD");
+    assert_eq!(value.as_deref(), Some("k8s:team-a/db#password"), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(stderr.contains("does not declare reference"), "{stderr}");
+    assert_eq!(cluster.kube.request_count("get", "secrets"), gets_before);
+    for request in cluster.kube.requests() {
+        if request.resource == "secrets" {
+            assert_eq!(request.verb, "get", "{request:?}");
+        }
+    }
+}
+
+#[test]
+fn pod_without_kube_token_is_told_why() {
+    let mut cluster = Cluster::start_for_secrets();
+    put_kube_secret(&cluster, "team-a", "db", &random_secret());
+    grant_own_secrets(&cluster, "a");
+    let own = "k8s:db#password";
+    // The pod gets its Vault token but no API server token, as with
+    // automountServiceAccountToken: false.
+    let pod = cluster.add_pod(
+        "a",
+        "no-token-a",
+        json!({"envproxy.dev/inject": "true"}),
+        &[("DB_PASSWORD", own)],
+    );
+    let mut command = cluster.in_pod(&pod, &probe());
+    command.env("DB_PASSWORD", own);
+    let (value, stderr) = probe_get(command, "DB_PASSWORD");
+    assert_eq!(value.as_deref(), Some(own), "{stderr}");
+    assert!(stderr.contains("has no token at"), "{stderr}");
+    assert!(stderr.contains("automountServiceAccountToken"), "{stderr}");
+    assert_eq!(cluster.kube.request_count("get", "secrets"), 0);
+}
+
+#[test]
+fn edited_k8s_secret_reaches_running_process() {
+    let mut cluster = Cluster::start_for_secrets();
+    let before = random_secret();
+    put_kube_secret(&cluster, "team-a", "db", &before);
+    grant_own_secrets(&cluster, "a");
+    let own = "k8s:db#password";
+    let pod = cluster.add_pod(
+        "a",
+        "rotating-a",
+        json!({"envproxy.dev/inject": "true"}),
+        &[("DB_PASSWORD", own)],
+    );
+    cluster.write_kube_token(&pod);
+    let mut command = cluster.in_pod(&pod, &probe());
+    command
+        .env("DB_PASSWORD", own)
+        .env("ENVPROXY_CACHE_TTL", "1");
+    let mut serving = Serving::start(command);
+    assert_eq!(serving.get("DB_PASSWORD"), before);
+
+    let after = random_secret();
+    put_kube_secret(&cluster, "team-a", "db", &after);
+    let edited = Instant::now();
+    // The agent's cache (kube_cache_ttl = 1) and the library's (ENVPROXY_CACHE_TTL=1) add up
+    // to 2 s at most.
+    let mut value = serving.get("DB_PASSWORD");
+    while value != after && edited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        value = serving.get("DB_PASSWORD");
+    }
+    assert_eq!(value, after, "the edited value did not arrive");
+    assert!(
+        edited.elapsed() < Duration::from_millis(2500),
+        "arrived after {:?}, expected within the 2 s of the two TTLs",
+        edited.elapsed()
+    );
+}

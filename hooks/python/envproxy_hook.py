@@ -40,7 +40,7 @@ from _collections_abc import ItemsView, ValuesView
 
 __all__ = ["ResolvingEnviron", "UnsetOnErrorEnviron", "install", "uninstall"]
 
-_SCHEMES = (b"vault:", b"envproxy:")
+_SCHEMES = (b"vault:", b"envproxy:", b"k8s:")
 _RESERVED_PREFIX = b"ENVPROXY_"
 
 # Marks a name that reads as unset. None cannot serve, because a caller's default may be None.

@@ -17,7 +17,7 @@ caches for it. Compiling this file and envproxy_hook then costs about 2 ms at ea
 import os
 import sys
 
-_SCHEMES = (b"vault:", b"envproxy:")
+_SCHEMES = (b"vault:", b"envproxy:", b"k8s:")
 _RESERVED_PREFIX = b"ENVPROXY_"
 
 

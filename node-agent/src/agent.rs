@@ -15,6 +15,7 @@ use crate::connection::Context;
 use crate::handler::Backends;
 use crate::http_backend::{HttpBackend, HttpError};
 use crate::install::{self, InstallError, InstallSettings};
+use crate::kube_secrets::{KubeSecretError, KubeSecrets};
 use crate::listener::{self, Access, ListenerError, SocketFile};
 use crate::metrics::{Metrics, MetricsError, MetricsListener};
 use crate::node::identities::Identities;
@@ -49,6 +50,8 @@ pub enum AgentError {
     Listener(#[from] ListenerError),
     #[error("cannot set up the kube API client for node mode: {0}")]
     Kube(String),
+    #[error("cannot set up the Kubernetes Secret backend: {0}")]
+    KubeSecrets(Box<KubeSecretError>),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error(transparent)]
@@ -60,6 +63,12 @@ pub enum AgentError {
     HealthWithoutAdmin,
     #[error("cannot install the library ([install]): {0}")]
     Install(#[from] InstallError),
+}
+
+impl From<KubeSecretError> for AgentError {
+    fn from(err: KubeSecretError) -> AgentError {
+        AgentError::KubeSecrets(Box::new(err))
+    }
 }
 
 /// Entry point of the agent library.
@@ -77,7 +86,11 @@ impl Agent {
         if let Some(node) = config.node.clone() {
             return Agent::bind_node(config, node).await;
         }
-        if config.secrets_file.is_none() && config.vault.is_none() && config.http.is_none() {
+        if config.secrets_file.is_none()
+            && config.vault.is_none()
+            && config.http.is_none()
+            && config.kubernetes.is_none()
+        {
             return Err(AgentError::NoBackend);
         }
         let socket_path = agent_socket_path(&config);
@@ -102,6 +115,13 @@ impl Agent {
             )?),
             None => None,
         };
+        // `k8s:` references are served in every local configuration; the kubeconfig is read at
+        // the first one, unless a default Secret is configured and watched from the start.
+        let kube_settings = config.kubernetes.clone().unwrap_or_default();
+        let kube = KubeSecrets::with_kubeconfig(kube_settings, Arc::clone(&metrics));
+        if kube.has_default_secret() {
+            kube.start_default_watch().await?;
+        }
         let metrics_listener = bind_metrics(&config).await?;
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) = listener::bind(&socket_path, agent_uid)?;
@@ -113,13 +133,19 @@ impl Agent {
             keys = file.as_ref().map_or(0, |file| file.key_names().len()),
             vault = config.vault.as_ref().map(|vault| vault.address.as_str()),
             http = config.http.as_ref().map(|http| http.url.as_str()),
+            kubernetes_secret = kube.status().default_secret,
             max_connections = config.max_connections,
             "agent listening"
         );
         Ok(BoundAgent {
             listener,
             socket,
-            backends: Backends { file, vault, http },
+            backends: Backends {
+                file,
+                vault,
+                http,
+                kube: Some(kube),
+            },
             agent_uid,
             node: None,
             admin,
@@ -137,8 +163,15 @@ impl Agent {
             Some(path) => Some(FileBackend::open(path)?),
             None => None,
         };
-        let client = kube_client(&node).await?;
+        let kube_config = kube_config(&node).await?;
+        let client = kube::Client::try_from(kube_config.clone())
+            .map_err(|err| AgentError::Kube(err.to_string()))?;
         let metrics = Arc::new(Metrics::new());
+        let kube_settings = crate::kube_secrets::KubeSettings {
+            cache_ttl: node.kube_cache_ttl,
+            ..Default::default()
+        };
+        let kube_secrets = KubeSecrets::for_pods(kube_config, kube_settings, Arc::clone(&metrics))?;
         let metrics_listener = bind_metrics(&config).await?;
         let pods = PodWatch::start_observed(client.clone(), &node.node_name, Arc::clone(&metrics));
         let agent_uid = nix::unistd::geteuid().as_raw();
@@ -162,6 +195,8 @@ impl Agent {
             agent_uid,
             slots: PodSlots::default(),
             checked_tokens: CheckedTokens::default(),
+            kube_secrets: kube_secrets.clone(),
+            checked_kube_tokens: CheckedTokens::default(),
         };
         Ok(BoundAgent {
             listener,
@@ -170,6 +205,7 @@ impl Agent {
                 file,
                 vault: None,
                 http: None,
+                kube: Some(kube_secrets),
             },
             agent_uid,
             node: Some(node_context),
@@ -284,9 +320,9 @@ pub fn admin_socket_path(config: &Config) -> Option<PathBuf> {
         .socket_path(&agent_socket, config.node.is_some())
 }
 
-/// Builds the kube client from the configured kubeconfig, or infers the config: in-cluster,
+/// Builds the kube client config from the configured kubeconfig, or infers it: in-cluster,
 /// else `KUBECONFIG` or `~/.kube/config`.
-async fn kube_client(node: &NodeSettings) -> Result<kube::Client, AgentError> {
+async fn kube_config(node: &NodeSettings) -> Result<kube::Config, AgentError> {
     let mut config = match &node.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -304,7 +340,7 @@ async fn kube_client(node: &NodeSettings) -> Result<kube::Client, AgentError> {
     // for minutes. The watcher backs off on its own, and a TokenRequest call fails fast so the
     // caller gets an error instead of waiting.
     config.default_retry = false;
-    kube::Client::try_from(config).map_err(|err| AgentError::Kube(err.to_string()))
+    Ok(config)
 }
 
 /// An agent whose socket is bound, ready to serve.
@@ -379,6 +415,7 @@ impl BoundAgent {
             let mut deletions = node.pods.deletions();
             let identities = node.identities.clone();
             let checked_tokens = node.checked_tokens.clone();
+            let checked_kube_tokens = node.checked_kube_tokens.clone();
             tokio::spawn(async move {
                 loop {
                     match deletions.recv().await {
@@ -386,6 +423,7 @@ impl BoundAgent {
                             tracing::debug!(pod = %format!("{}/{}", pod.namespace, pod.name), "pod deleted");
                             identities.forget_pod(&pod.uid).await;
                             checked_tokens.forget(&pod.uid);
+                            checked_kube_tokens.forget(&pod.uid);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                             tracing::warn!(missed, "missed pod deletions; their Vault identities stay until agent restart");
@@ -401,6 +439,7 @@ impl BoundAgent {
             .as_ref()
             .map(|file| file.spawn_reloader(config.reload_poll_interval));
         let vault = backends.vault.clone();
+        let kube = backends.kube.clone();
         let audit = AuditLog::start(&config.audit, Arc::clone(&metrics));
         let metrics_task = metrics_listener.map(|listener| listener.serve(Arc::clone(&metrics)));
         let sweeper = config.install.clone().map(spawn_sweeper);
@@ -435,6 +474,9 @@ impl BoundAgent {
         }
         if let Some(vault) = vault {
             vault.shutdown().await;
+        }
+        if let Some(kube) = kube {
+            kube.stop();
         }
         if let Some(task) = forget_deleted_pods {
             task.abort();

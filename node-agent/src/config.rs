@@ -33,8 +33,14 @@
 //! `[backend] type = "http"` makes an HTTP secrets API the default backend for `envproxy:`
 //! references and bare names; its keys are listed in the `http_table` module. A `[vault]`
 //! table may be added beside it for `vault:` references.
+//!
+//! `[backend] type = "kubernetes"` serves `envproxy:` references and bare names from the keys
+//! of one Kubernetes Secret (`namespace`, `secret_name`), read with the user's kubeconfig; its
+//! keys are listed in the `kube_table` module. `k8s:` references are served in every local
+//! configuration, with these settings or their defaults.
 
 mod http_table;
+mod kube_table;
 mod vault_table;
 mod webhook_table;
 
@@ -47,6 +53,7 @@ use toml::{Table, Value};
 use crate::admin::{AdminSettings, AuditSettings, MAX_AUDIT_BUFFER};
 use crate::http_backend::HttpSettings;
 use crate::install::InstallSettings;
+use crate::kube_secrets::KubeSettings;
 use crate::metrics::MetricsSettings;
 use crate::node::settings::{NodeSettings, TokenSource, MAX_POD_WAIT, NODE_NAME_VARIABLE};
 use crate::vault::settings::AuthSettings;
@@ -80,6 +87,9 @@ pub struct Config {
     /// The HTTP secrets backend, which replaces the secrets file for `envproxy:` references and
     /// bare names.
     pub http: Option<HttpSettings>,
+    /// The Kubernetes Secret backend of `[backend] type = "kubernetes"`, which replaces the
+    /// secrets file for `envproxy:` references and bare names.
+    pub kubernetes: Option<KubeSettings>,
     /// Interval between checks of the secrets file for changes.
     pub reload_poll_interval: Duration,
     /// Node mode and its settings; `None` in local mode.
@@ -108,6 +118,7 @@ impl Default for Config {
             secrets_file: None,
             vault: None,
             http: None,
+            kubernetes: None,
             reload_poll_interval: DEFAULT_RELOAD_POLL_INTERVAL,
             node: None,
             admin: AdminSettings::default(),
@@ -301,6 +312,16 @@ impl Config {
                         .to_string(),
                 ));
             }
+            if config.kubernetes.is_some() {
+                // The agent's own service account gets no permission on Secrets in node mode,
+                // so a node-wide Secret backend would have no credentials to read with.
+                return Err(reader.invalid(
+                    "[backend] type",
+                    "\"kubernetes\" is served in local mode only; in node mode each pod reads \
+                     Secrets with its own service account through k8s: references"
+                        .to_string(),
+                ));
+            }
             if settings.node_name.is_empty() {
                 return Err(ConfigError::MissingNodeName {
                     path: path.to_path_buf(),
@@ -410,7 +431,7 @@ impl TableReader<'_> {
                     let count = self.positive_integer(value, &name)?;
                     settings.max_connections_per_pod = usize::try_from(count).unwrap_or(usize::MAX);
                 }
-                "token_path" => {
+                "token_path" | "kube_token_path" => {
                     let text = self.string(value, &name)?;
                     if !text.starts_with('/') {
                         return Err(self.invalid(
@@ -420,7 +441,11 @@ impl TableReader<'_> {
                             ),
                         ));
                     }
-                    settings.token_path = PathBuf::from(text);
+                    if key == "token_path" {
+                        settings.token_path = PathBuf::from(text);
+                    } else {
+                        settings.kube_token_path = PathBuf::from(text);
+                    }
                 }
                 "token_audience" => {
                     let text = self.string(value, &name)?;
@@ -443,6 +468,7 @@ impl TableReader<'_> {
                         }
                     };
                 }
+                "kube_cache_ttl" => settings.kube_cache_ttl = self.duration(value, &name)?,
                 "vault_addr_allowlist" => {
                     let Value::Array(items) = value else {
                         return Err(self.invalid(
@@ -595,10 +621,14 @@ impl TableReader<'_> {
                     config.http = Some(self.read_http(backend)?);
                     return Ok(());
                 }
+                "kubernetes" => {
+                    config.kubernetes = Some(self.read_kubernetes(backend)?);
+                    return Ok(());
+                }
                 _ => {
                     return Err(self.invalid(
                         "[backend] type",
-                        "expected \"file\", \"vault\" or \"http\"".to_string(),
+                        "expected \"file\", \"vault\", \"http\" or \"kubernetes\"".to_string(),
                     ))
                 }
             }
@@ -872,7 +902,8 @@ mod tests {
              kubeconfig = \"kube.yaml\"\npod_wait_ms = 250\n\
              token_path = \"/run/token\"\ntoken_audience = \"vault.example\"\n\
              vault_addr_allowlist = [\"https://vault-b:8200/\"]\n\
-             token_source = \"token-request\"\n",
+             token_source = \"token-request\"\n\
+             kube_token_path = \"/run/kube-token\"\nkube_cache_ttl = \"15s\"\n",
             Some("from-environment"),
         )
         .unwrap();
@@ -887,6 +918,8 @@ mod tests {
         assert_eq!(node.token_audience, "vault.example");
         assert_eq!(node.vault_addr_allowlist, ["https://vault-b:8200"]);
         assert_eq!(node.token_source, TokenSource::TokenRequest);
+        assert_eq!(node.kube_token_path, Path::new("/run/kube-token"));
+        assert_eq!(node.kube_cache_ttl, Duration::from_secs(15));
     }
 
     #[test]
@@ -985,7 +1018,10 @@ mod tests {
     fn unknown_backend_type_lists_allowed() {
         let error = parse("[backend]\ntype = \"s3\"\n").unwrap_err().to_string();
         assert!(error.contains("[backend] type"), "{error}");
-        assert!(error.contains("\"file\", \"vault\" or \"http\""), "{error}");
+        assert!(
+            error.contains("\"file\", \"vault\", \"http\" or \"kubernetes\""),
+            "{error}"
+        );
     }
 
     #[test]

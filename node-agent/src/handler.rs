@@ -1,5 +1,5 @@
 //! The response to one request: passthrough, a lookup in the secrets file, the HTTP secrets
-//! API or Vault, or an error.
+//! API, a Kubernetes Secret or Vault, or an error.
 
 use std::fmt;
 
@@ -8,6 +8,7 @@ use envproxy_proto::{has_known_scheme, Reference, Request, Response, SecretBytes
 
 use crate::backend::FileBackend;
 use crate::http_backend::HttpBackend;
+use crate::kube_secrets::KubeSecrets;
 use crate::status::StatusReporter;
 use crate::vault::VaultBackend;
 
@@ -58,13 +59,17 @@ impl Outcome {
 }
 
 /// The backends of one agent: `envproxy:` references and bare names go to the default
-/// backend (the HTTP API when configured, else the file), `vault:` references to Vault. At
-/// least one is set.
+/// backend (the HTTP API or a Kubernetes Secret when configured, else the file), `vault:`
+/// references to Vault and `k8s:` references to Kubernetes Secrets.
 #[derive(Clone)]
 pub(crate) struct Backends {
     pub file: Option<FileBackend>,
     pub vault: Option<VaultBackend>,
     pub http: Option<HttpBackend>,
+    /// Kubernetes Secrets: read with the user's kubeconfig in local mode. In node mode node
+    /// mode's own request handling reads them as the calling pod, and this copy only feeds
+    /// the status.
+    pub kube: Option<KubeSecrets>,
 }
 
 /// Builds the response to `request`.
@@ -82,6 +87,9 @@ pub(crate) async fn handle(
             }
             if let Some(http) = &backends.http {
                 http.sync_cache().await;
+            }
+            if let Some(kube) = &backends.kube {
+                kube.sync_cache().await;
             }
             Outcome {
                 response: Response::Found(SecretBytes::new(status.payload())),
@@ -110,6 +118,11 @@ pub(crate) async fn handle(
             };
             match Reference::parse(text) {
                 Ok(Reference::Local { key }) => look_up_default(backends, name, &key).await,
+                Ok(Reference::Kubernetes {
+                    namespace,
+                    secret,
+                    key,
+                }) => look_up_kube(backends, name, namespace.as_deref(), &secret, &key).await,
                 Ok(reference) => look_up_vault(backends, name, &reference).await,
                 Err(err) => Outcome::error(format!("{name}: invalid reference: {err}")),
             }
@@ -117,12 +130,41 @@ pub(crate) async fn handle(
     }
 }
 
-/// Looks up `key` for variable `name` in the default backend: the HTTP API when configured,
-/// else the secrets file.
+/// Looks up `key` for variable `name` in the default backend: the HTTP API or the Kubernetes
+/// Secret when configured, else the secrets file.
 async fn look_up_default(backends: &Backends, name: &str, key: &str) -> Outcome {
-    match &backends.http {
-        Some(http) => look_up_http(http, name, key).await,
-        None => look_up_file(backends, name, key),
+    if let Some(http) = &backends.http {
+        return look_up_http(http, name, key).await;
+    }
+    match &backends.kube {
+        Some(kube) if kube.has_default_secret() => match kube.default_value(key).await {
+            Ok(Some(value)) => found(name, key, value),
+            Ok(None) => Outcome {
+                response: Response::NotFound,
+                decision: Decision::NotFound,
+            },
+            Err(err) => Outcome::error(format!("{name}: {err}")),
+        },
+        _ => look_up_file(backends, name, key),
+    }
+}
+
+/// Resolves a `k8s:` reference for variable `name` with the kubeconfig's credentials.
+async fn look_up_kube(
+    backends: &Backends,
+    name: &str,
+    namespace: Option<&str>,
+    secret: &str,
+    key: &str,
+) -> Outcome {
+    let Some(kube) = &backends.kube else {
+        return Outcome::error(format!(
+            "{name}: k8s: references are not served by this agent"
+        ));
+    };
+    match kube.value(namespace, secret, key).await {
+        Ok(value) => found(name, key, value),
+        Err(err) => Outcome::error(format!("{name}: {err}")),
     }
 }
 
@@ -208,6 +250,7 @@ mod tests {
             file: Some(FileBackend::open(&path).unwrap()),
             vault: None,
             http: None,
+            kube: None,
         };
         let status =
             StatusReporter::new(PathBuf::from("/run/agent.sock"), backends.clone(), "local");

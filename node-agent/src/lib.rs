@@ -6,6 +6,8 @@
 //! - [`secrets`]: secrets files in JSON, `.env` and TOML.
 //! - [`backend`]: the secrets file in memory, reloaded when it changes.
 //! - [`http_backend`]: an HTTP secrets API as the default backend, through a cache.
+//! - [`kube_secrets`]: Kubernetes Secrets for `k8s:` references and as the default backend.
+//! - `value_cache`: the cache that the HTTP and Kubernetes Secret backends share.
 //! - [`listener`]: the socket, its private directory and stale socket files.
 //! - [`peer`]: caller identity from `SO_PEERCRED`.
 //! - [`install`]: installation of the library and hooks into the node's hostPath directory.
@@ -48,6 +50,7 @@ mod expiry;
 mod handler;
 pub mod http_backend;
 pub mod install;
+pub mod kube_secrets;
 pub mod limits;
 pub mod listener;
 pub mod logging;
@@ -57,6 +60,7 @@ pub mod peer;
 pub mod secrets;
 mod server;
 pub mod status;
+mod value_cache;
 pub mod vault;
 pub mod webhook;
 

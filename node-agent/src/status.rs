@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::FileBackend;
 use crate::handler::Backends;
 use crate::http_backend::HttpStatus;
+use crate::kube_secrets::KubeStatus;
 use crate::vault::VaultStatus;
 
 /// The JSON payload of a status response. Contains key names, never values.
@@ -28,6 +29,9 @@ pub struct AgentStatus {
     /// The Vault backend, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault: Option<VaultInfo>,
+    /// Kubernetes Secrets, for `k8s:` references and a default Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeInfo>,
     /// Key names of the secrets file, sorted.
     pub keys: Vec<String>,
     /// Set when `keys` was cut short to fit the response frame.
@@ -89,6 +93,45 @@ pub struct HttpInfo {
     pub stale_served: u64,
     /// The latest failed request to the API, or `None` when none failed.
     pub last_error: Option<String>,
+}
+
+/// The `kubernetes` object of [`AgentStatus`]. Contains no token and no value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeInfo {
+    /// The API server's URL, or `None` before the first `k8s:` reference built the client.
+    pub server: Option<String>,
+    /// Whose credentials reads use: `kubeconfig` (local mode) or `calling pod` (node mode).
+    pub credentials: String,
+    /// `namespace/name` of the Secret that serves `envproxy:` references, when configured.
+    pub default_secret: Option<String>,
+    /// Whether the watch of the default Secret has delivered its first list.
+    pub watch_synced: bool,
+    /// Cached Secrets, one per (identity, namespace, name).
+    pub cache_entries: u64,
+    /// Requests served from the cache.
+    pub cache_hits: u64,
+    /// Requests that read from the API server.
+    pub cache_misses: u64,
+    /// Requests served a value past its cache TTL because the API server was unavailable.
+    pub stale_served: u64,
+    /// The latest failed read, or `None` when none failed.
+    pub last_error: Option<String>,
+}
+
+impl From<KubeStatus> for KubeInfo {
+    fn from(status: KubeStatus) -> KubeInfo {
+        KubeInfo {
+            server: status.server,
+            credentials: status.credentials.to_string(),
+            default_secret: status.default_secret,
+            watch_synced: status.watch_synced,
+            cache_entries: status.cache_entries,
+            cache_hits: status.cache_hits,
+            cache_misses: status.cache_misses,
+            stale_served: status.stale_served,
+            last_error: status.last_error,
+        }
+    }
 }
 
 impl From<HttpStatus> for HttpInfo {
@@ -172,6 +215,11 @@ impl StatusReporter {
                 .vault
                 .as_ref()
                 .map(|vault| VaultInfo::from(vault.status())),
+            kubernetes: self
+                .backends
+                .kube
+                .as_ref()
+                .map(|kube| KubeInfo::from(kube.status())),
             keys: self
                 .backends
                 .file
@@ -227,6 +275,7 @@ mod tests {
             }),
             http: None,
             vault: None,
+            kubernetes: None,
             keys,
             keys_truncated: false,
         }

@@ -13,7 +13,7 @@ use crate::real;
 use crate::resolve;
 use crate::settings;
 
-/// Returns whether a C string starts with `vault:` or `envproxy:`.
+/// Returns whether a C string starts with `vault:`, `envproxy:` or `k8s:`.
 ///
 /// # Safety
 /// `value` must be a valid NUL-terminated string.
@@ -25,6 +25,10 @@ unsafe fn is_reference(value: *const c_char) -> bool {
         match *value as u8 {
             b'v' => starts_with(value, envproxy_proto::reference::VAULT_SCHEME.as_bytes()),
             b'e' => starts_with(value, envproxy_proto::reference::LOCAL_SCHEME.as_bytes()),
+            b'k' => starts_with(
+                value,
+                envproxy_proto::reference::KUBERNETES_SCHEME.as_bytes(),
+            ),
             _ => false,
         }
     }

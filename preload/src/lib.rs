@@ -1,10 +1,10 @@
 //! `libenvproxy.so`: resolves secret references when a program calls `getenv`.
 //!
 //! Loaded with `LD_PRELOAD`, the library interposes `getenv` and `secure_getenv`. A variable
-//! whose value starts with `vault:` or `envproxy:` is resolved by the EnvProxy agent over a
-//! Unix socket. Every other value costs one lookup in `environ` plus a prefix check. It also
-//! interposes the `exec` family and `posix_spawn`, so that a child started with a copy of the
-//! resolved environment receives the references again, never the values.
+//! whose value starts with `vault:`, `k8s:` or `envproxy:` is resolved by the EnvProxy agent
+//! over a Unix socket. Every other value costs one lookup in `environ` plus a prefix check. It
+//! also interposes the `exec` family and `posix_spawn`, so that a child started with a copy of
+//! the resolved environment receives the references again, never the values.
 //!
 //! Layout:
 //! - [`interpose`]: the exported C symbols, each behind the panic guard of [`ffi`].

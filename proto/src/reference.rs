@@ -5,9 +5,11 @@
 //! | `vault:<mount>/data/<path>#<key>` | KV v2, latest version |
 //! | `vault:<mount>/data/<path>#<key>#<n>` | KV v2, version n |
 //! | `vault:<path>#<key>` | any other Vault read (KV v1, dynamic secrets) |
+//! | `k8s:[<namespace>/]<secret>#<key>` | key of a Kubernetes Secret (`data` or `stringData`) |
 //! | `envproxy:<KEY>` | key KEY of the agent's default backend |
 //!
-//! A value that starts with neither scheme is not a reference and is never sent anywhere.
+//! A value that starts with none of these schemes is not a reference and is never sent
+//! anywhere.
 //! [`has_known_scheme`] is the cheap prefix test used on every `getenv`; [`Reference::parse`]
 //! is the full parser.
 
@@ -15,6 +17,12 @@ use std::fmt;
 
 pub const VAULT_SCHEME: &str = "vault:";
 pub const LOCAL_SCHEME: &str = "envproxy:";
+pub const KUBERNETES_SCHEME: &str = "k8s:";
+
+/// Longest Kubernetes namespace name: an RFC 1123 label.
+const MAX_NAMESPACE_LEN: usize = 63;
+/// Longest Secret name and longest Secret key: an RFC 1123 subdomain.
+const MAX_SECRET_NAME_LEN: usize = 253;
 
 /// First path segments of Vault's own APIs. Reading `auth/token/lookup-self` returns the
 /// caller's token and `sys/` describes the server, so neither is a secret to hand out.
@@ -26,7 +34,9 @@ const KV2_DATA_SEGMENT: &str = "/data/";
 /// Returns whether `value` starts with a scheme that EnvProxy resolves.
 #[inline]
 pub fn has_known_scheme(value: &[u8]) -> bool {
-    value.starts_with(VAULT_SCHEME.as_bytes()) || value.starts_with(LOCAL_SCHEME.as_bytes())
+    value.starts_with(VAULT_SCHEME.as_bytes())
+        || value.starts_with(LOCAL_SCHEME.as_bytes())
+        || value.starts_with(KUBERNETES_SCHEME.as_bytes())
 }
 
 /// A parsed secret reference.
@@ -43,12 +53,19 @@ pub enum Reference {
     Vault { path: String, key: String },
     /// A key of the agent's default backend.
     Local { key: String },
+    /// A key of a Kubernetes Secret. `namespace` `None` means the caller's namespace: the
+    /// pod's own in node mode, the kubeconfig context's in local mode.
+    Kubernetes {
+        namespace: Option<String>,
+        secret: String,
+        key: String,
+    },
 }
 
 /// A malformed reference. Each variant names the part that is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
-    #[error("unknown scheme: a reference starts with `vault:` or `envproxy:`")]
+    #[error("unknown scheme: a reference starts with `vault:`, `k8s:` or `envproxy:`")]
     UnknownScheme,
     #[error("the key after `envproxy:` is empty")]
     EmptyLocalKey,
@@ -76,6 +93,24 @@ pub enum ReferenceError {
     ReservedPath(String),
     #[error("too many `#` separators (expected `vault:<path>#<key>` or `vault:<path>#<key>#<n>`)")]
     TooManySeparators,
+    #[error("the Secret `{0}` has no `#<key>` part (expected `k8s:[<namespace>/]<secret>#<key>`)")]
+    MissingSecretKey(String),
+    #[error("the Secret name is empty (expected `k8s:[<namespace>/]<secret>#<key>`)")]
+    EmptySecretName,
+    #[error(
+        "the namespace `{0}` is invalid: a namespace is at most 63 lowercase letters, digits          and `-`, starting and ending with a letter or digit"
+    )]
+    InvalidNamespace(String),
+    #[error(
+        "the Secret name `{0}` is invalid: a Secret name is at most 253 lowercase letters,          digits, `-` and `.`, starting and ending with a letter or digit"
+    )]
+    InvalidSecretName(String),
+    #[error(
+        "the Secret key `{0}` is invalid: a key is at most 253 letters, digits, `-`, `_` and          `.`, and not `.` or `..`"
+    )]
+    InvalidSecretKey(String),
+    #[error("too many `#` separators (expected `k8s:[<namespace>/]<secret>#<key>`)")]
+    TooManySecretSeparators,
 }
 
 impl Reference {
@@ -87,16 +122,19 @@ impl Reference {
         if let Some(rest) = value.strip_prefix(VAULT_SCHEME) {
             return parse_vault(rest);
         }
+        if let Some(rest) = value.strip_prefix(KUBERNETES_SCHEME) {
+            return parse_kubernetes(rest);
+        }
         Err(ReferenceError::UnknownScheme)
     }
 
     /// Returns the full Vault API path to read, without the leading `/v1/`. For KV v2 it
-    /// includes the `data/` segment. `None` for local references.
+    /// includes the `data/` segment. `None` for other schemes.
     pub fn vault_path(&self) -> Option<String> {
         match self {
             Reference::VaultKv2 { mount, path, .. } => Some(format!("{mount}/data/{path}")),
             Reference::Vault { path, .. } => Some(path.clone()),
-            Reference::Local { .. } => None,
+            Reference::Local { .. } | Reference::Kubernetes { .. } => None,
         }
     }
 
@@ -105,7 +143,8 @@ impl Reference {
         match self {
             Reference::VaultKv2 { key, .. }
             | Reference::Vault { key, .. }
-            | Reference::Local { key } => key,
+            | Reference::Local { key }
+            | Reference::Kubernetes { key, .. } => key,
         }
     }
 }
@@ -174,6 +213,75 @@ fn parse_vault(rest: &str) -> Result<Reference, ReferenceError> {
     })
 }
 
+/// Parses `[<namespace>/]<secret>#<key>`. Names follow the API server's validation, so a
+/// reference it would reject fails here with the part named, and no name can add a path
+/// segment or a query to the request URL.
+fn parse_kubernetes(rest: &str) -> Result<Reference, ReferenceError> {
+    let mut parts = rest.split('#');
+    let location = parts.next().unwrap_or_default();
+    let key = parts.next();
+    if parts.next().is_some() {
+        return Err(ReferenceError::TooManySecretSeparators);
+    }
+    let (namespace, secret) = match location.split_once('/') {
+        Some((namespace, secret)) => (Some(namespace), secret),
+        None => (None, location),
+    };
+    if let Some(namespace) = namespace {
+        if !is_dns_label(namespace) {
+            return Err(ReferenceError::InvalidNamespace(namespace.to_string()));
+        }
+    }
+    if secret.is_empty() {
+        return Err(ReferenceError::EmptySecretName);
+    }
+    if !is_dns_subdomain(secret) {
+        return Err(ReferenceError::InvalidSecretName(secret.to_string()));
+    }
+    let Some(key) = key else {
+        return Err(ReferenceError::MissingSecretKey(location.to_string()));
+    };
+    if key.is_empty() {
+        return Err(ReferenceError::EmptyKey);
+    }
+    if !is_secret_key(key) {
+        return Err(ReferenceError::InvalidSecretKey(key.to_string()));
+    }
+    Ok(Reference::Kubernetes {
+        namespace: namespace.map(str::to_string),
+        secret: secret.to_string(),
+        key: key.to_string(),
+    })
+}
+
+/// Returns whether `name` is an RFC 1123 label, as namespace names must be.
+pub fn is_dns_label(name: &str) -> bool {
+    name.len() <= MAX_NAMESPACE_LEN && !name.contains('.') && is_dns_subdomain(name)
+}
+
+/// Returns whether `name` is an RFC 1123 subdomain, as Secret names must be.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    let valid_characters = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= MAX_SECRET_NAME_LEN
+        && valid_characters
+        && name.starts_with(alphanumeric)
+        && name.ends_with(alphanumeric)
+}
+
+/// Returns whether `key` is a valid key of a Secret's `data`, as the API server checks it.
+fn is_secret_key(key: &str) -> bool {
+    key.len() <= MAX_SECRET_NAME_LEN
+        && key != "."
+        && key != ".."
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
 /// Rejects paths that would read somewhere other than they appear to once placed in a URL.
 fn validate_path(path: &str) -> Result<(), ReferenceError> {
     let invalid = |reason| ReferenceError::InvalidPath {
@@ -221,6 +329,16 @@ impl fmt::Display for Reference {
             }
             Reference::Vault { path, key } => write!(f, "{VAULT_SCHEME}{path}#{key}"),
             Reference::Local { key } => write!(f, "{LOCAL_SCHEME}{key}"),
+            Reference::Kubernetes {
+                namespace: Some(namespace),
+                secret,
+                key,
+            } => write!(f, "{KUBERNETES_SCHEME}{namespace}/{secret}#{key}"),
+            Reference::Kubernetes {
+                namespace: None,
+                secret,
+                key,
+            } => write!(f, "{KUBERNETES_SCHEME}{secret}#{key}"),
         }
     }
 }
@@ -353,9 +471,75 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_references() {
+        assert_eq!(
+            Reference::parse("k8s:shop/db-creds#password").unwrap(),
+            Reference::Kubernetes {
+                namespace: Some("shop".into()),
+                secret: "db-creds".into(),
+                key: "password".into(),
+            }
+        );
+        let own_namespace = Reference::parse("k8s:tls.example.com#tls.crt").unwrap();
+        assert_eq!(
+            own_namespace,
+            Reference::Kubernetes {
+                namespace: None,
+                secret: "tls.example.com".into(),
+                key: "tls.crt".into(),
+            }
+        );
+        assert_eq!(own_namespace.key(), "tls.crt");
+        assert_eq!(own_namespace.vault_path(), None);
+        for text in ["k8s:shop/db-creds#password", "k8s:db#API_KEY-2_x.y"] {
+            assert_eq!(Reference::parse(text).unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn malformed_kubernetes_references_name_the_part() {
+        use ReferenceError::*;
+        let long_namespace = "n".repeat(64);
+        let long_secret = "s".repeat(254);
+        let cases: Vec<(String, ReferenceError)> = vec![
+            ("k8s:".into(), EmptySecretName),
+            ("k8s:#key".into(), EmptySecretName),
+            ("k8s:shop/#key".into(), EmptySecretName),
+            ("k8s:db".into(), MissingSecretKey("db".into())),
+            ("k8s:shop/db".into(), MissingSecretKey("shop/db".into())),
+            ("k8s:db#".into(), EmptyKey),
+            ("k8s:db#a#b".into(), TooManySecretSeparators),
+            ("k8s:/db#k".into(), InvalidNamespace("".into())),
+            ("k8s:Shop/db#k".into(), InvalidNamespace("Shop".into())),
+            ("k8s:a.b/db#k".into(), InvalidNamespace("a.b".into())),
+            (
+                format!("k8s:{long_namespace}/db#k"),
+                InvalidNamespace(long_namespace.clone()),
+            ),
+            ("k8s:ns/a/b#k".into(), InvalidSecretName("a/b".into())),
+            ("k8s:DB#k".into(), InvalidSecretName("DB".into())),
+            ("k8s:-db#k".into(), InvalidSecretName("-db".into())),
+            ("k8s:db?x=1#k".into(), InvalidSecretName("db?x=1".into())),
+            ("k8s:..#k".into(), InvalidSecretName("..".into())),
+            (
+                format!("k8s:{long_secret}#k"),
+                InvalidSecretName(long_secret.clone()),
+            ),
+            ("k8s:db#a/b".into(), InvalidSecretKey("a/b".into())),
+            ("k8s:db#..".into(), InvalidSecretKey("..".into())),
+            ("k8s:db#my key".into(), InvalidSecretKey("my key".into())),
+        ];
+        for (text, expected) in &cases {
+            assert_eq!(Reference::parse(text).as_ref(), Err(expected), "{text}");
+        }
+    }
+
+    #[test]
     fn known_scheme_prefix_check() {
         assert!(has_known_scheme(b"vault:x"));
         assert!(has_known_scheme(b"envproxy:X"));
+        assert!(has_known_scheme(b"k8s:db#k"));
+        assert!(!has_known_scheme(b"k8s"));
         assert!(!has_known_scheme(b"vaul"));
         assert!(!has_known_scheme(b"/usr/bin"));
         assert!(!has_known_scheme(b""));
@@ -375,6 +559,16 @@ mod tests {
             version in proptest::option::of(1u64..1000),
         ) {
             let reference = Reference::VaultKv2 { mount, path, key, version };
+            prop_assert_eq!(Reference::parse(&reference.to_string()), Ok(reference));
+        }
+
+        #[test]
+        fn kubernetes_display_round_trips(
+            namespace in proptest::option::of("[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?"),
+            secret in "[a-z0-9]([a-z0-9.-]{0,20}[a-z0-9])?",
+            key in "[A-Za-z0-9_-][A-Za-z0-9_.-]{0,12}",
+        ) {
+            let reference = Reference::Kubernetes { namespace, secret, key };
             prop_assert_eq!(Reference::parse(&reference.to_string()), Ok(reference));
         }
     }

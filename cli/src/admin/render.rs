@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::views::{AuditEvent, CacheEntry, Flush, Reload, Status, Workload};
+use super::views::{AuditEvent, CacheEntry, CachedBackend, Flush, Reload, Status, Workload};
 use super::Format;
 use crate::status::format_duration;
 
@@ -150,6 +150,12 @@ pub fn status(status: &Status, format: Format) -> String {
             ),
         ]);
     }
+    if let Some(http) = &status.http {
+        rows.extend(cached_backend_rows("http", http));
+    }
+    if let Some(kube) = &status.kubernetes {
+        rows.extend(cached_backend_rows("kubernetes", kube));
+    }
     let mut text = fields(&rows);
     text.push('\n');
     if status.vault.is_empty() {
@@ -186,6 +192,40 @@ pub fn status(status: &Status, format: Format) -> String {
     }
     text.push_str(&table.render());
     text
+}
+
+/// Returns the status rows of the HTTP secrets API (`name` "http") or Kubernetes Secrets
+/// ("kubernetes").
+fn cached_backend_rows(name: &str, backend: &CachedBackend) -> Vec<(&'static str, String)> {
+    let labels = if name == "http" {
+        ["http", "http credentials", "http cache", "http last error"]
+    } else {
+        [
+            "kubernetes",
+            "k8s credentials",
+            "k8s cache",
+            "k8s last error",
+        ]
+    };
+    let mut address = optional(backend.address.as_ref());
+    if let Some(secret) = &backend.default_secret {
+        let _ = write!(address, ", default Secret {secret}");
+    }
+    vec![
+        (labels[0], address),
+        (labels[1], backend.credentials.clone()),
+        (
+            labels[2],
+            format!(
+                "{} entries, {} hits, {} misses, {} stale",
+                backend.cache_entries,
+                backend.cache_hits,
+                backend.cache_misses,
+                backend.stale_served
+            ),
+        ),
+        (labels[3], optional(backend.last_error.as_ref())),
+    ]
 }
 
 pub fn workloads(workloads: &[Workload], format: Format) -> String {

@@ -32,7 +32,37 @@ pub struct Status {
     pub pods_watched: u64,
     pub counters: Counters,
     pub secrets_file: Option<SecretsFile>,
+    pub http: Option<CachedBackend>,
+    pub kubernetes: Option<CachedBackend>,
     pub vault: Vec<VaultSession>,
+}
+
+/// The HTTP secrets API or Kubernetes Secrets, with their cache figures.
+#[derive(Debug, Serialize)]
+pub struct CachedBackend {
+    pub address: Option<String>,
+    pub credentials: String,
+    pub default_secret: Option<String>,
+    pub cache_entries: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub stale_served: u64,
+    pub last_error: Option<String>,
+}
+
+impl From<pb::CachedBackend> for CachedBackend {
+    fn from(backend: pb::CachedBackend) -> CachedBackend {
+        CachedBackend {
+            address: non_empty(backend.address),
+            credentials: backend.credentials,
+            default_secret: non_empty(backend.default_secret),
+            cache_entries: backend.cache_entries,
+            cache_hits: backend.cache_hits,
+            cache_misses: backend.cache_misses,
+            stale_served: backend.stale_served,
+            last_error: non_empty(backend.last_error),
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -90,6 +120,8 @@ impl From<pb::StatusResponse> for Status {
                 keys_loaded: file.keys_loaded,
                 last_reload_error: non_empty(file.last_reload_error),
             }),
+            http: status.http.map(CachedBackend::from),
+            kubernetes: status.kubernetes.map(CachedBackend::from),
             vault: status
                 .vault
                 .into_iter()

@@ -22,6 +22,8 @@ use crate::e2e_support::*;
 pub const NODE: &str = "node-e2e";
 pub const AUDIENCE: &str = "vault";
 pub const LIMIT: Duration = Duration::from_secs(30);
+/// File name of the API server token in a pod's token directory.
+pub const KUBE_TOKEN_FILE: &str = "kube-token";
 
 pub fn require_root() {
     assert_eq!(
@@ -192,7 +194,20 @@ impl Cluster {
         Cluster::start_configured(token_source, cgroups, "")
     }
 
-    /// Starts the cluster with `node_lines` added to the agent's `[node]` table.
+    /// Starts the cluster for `k8s:` references: pods find their API server token as
+    /// `kube-token` at the token mount point, and the agent caches Secret reads for 1 s.
+    pub fn start_for_secrets() -> Cluster {
+        // The token mount point is created inside `start_configured`, under the test's
+        // temporary directory, so the config names it through a placeholder resolved there.
+        Cluster::start_configured(
+            "projected",
+            Cgroups::new,
+            "kube_token_path = \"{TOKEN_MOUNT}/kube-token\"\nkube_cache_ttl = 1",
+        )
+    }
+
+    /// Starts the cluster with `node_lines` added to the agent's `[node]` table. The text
+    /// `{TOKEN_MOUNT}` in them stands for the pods' token mount point.
     pub fn start_configured(
         token_source: &str,
         cgroups: impl FnOnce() -> Cgroups,
@@ -240,6 +255,7 @@ impl Cluster {
         kube.register_token(&agent_token, "system:serviceaccount:envproxy:agent", rules);
         let kubeconfig = dir.path().join("kubeconfig");
         fs::write(&kubeconfig, kube.kubeconfig(&agent_token)).unwrap();
+        let node_lines = node_lines.replace("{TOKEN_MOUNT}", &token_mount.to_string_lossy());
         let socket = dir.path().join("node/agent.sock");
         let config = dir.path().join("agent.toml");
         fs::write(
@@ -367,6 +383,21 @@ impl Cluster {
             )
             .unwrap();
         fs::write(pod.token_dir.join("token"), token).unwrap();
+    }
+
+    /// Writes the token the kubelet mounts for the API server in `pod` as `kube-token` in its
+    /// token directory, where `[node] kube_token_path` of [`Cluster::start_for_secrets`] points.
+    pub fn write_kube_token(&self, pod: &TestPod) {
+        let token = self
+            .kube
+            .mint_projected_token(
+                &pod.namespace,
+                &pod.name,
+                &self.kube.api_audience(),
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        fs::write(pod.token_dir.join(KUBE_TOKEN_FILE), token).unwrap();
     }
 
     /// Returns a command for `program` under the library, which runs in `pod`'s container.

@@ -81,6 +81,40 @@ impl Admin for AdminService {
                 last_reload_error: status.last_reload_error.unwrap_or_default(),
             }
         });
+        let http = match &state.backends.http {
+            Some(http) => {
+                http.sync_cache().await;
+                let status = http.status();
+                Some(pb::CachedBackend {
+                    address: status.url,
+                    credentials: status.auth,
+                    default_secret: String::new(),
+                    cache_entries: status.cache_entries,
+                    cache_hits: status.cache_hits,
+                    cache_misses: status.cache_misses,
+                    stale_served: status.stale_served,
+                    last_error: status.last_error.unwrap_or_default(),
+                })
+            }
+            None => None,
+        };
+        let kubernetes = match &state.backends.kube {
+            Some(kube) => {
+                kube.sync_cache().await;
+                let status = kube.status();
+                Some(pb::CachedBackend {
+                    address: status.server.unwrap_or_default(),
+                    credentials: status.credentials.to_string(),
+                    default_secret: status.default_secret.unwrap_or_default(),
+                    cache_entries: status.cache_entries,
+                    cache_hits: status.cache_hits,
+                    cache_misses: status.cache_misses,
+                    stale_served: status.stale_served,
+                    last_error: status.last_error.unwrap_or_default(),
+                })
+            }
+            None => None,
+        };
         let node = state.node.as_ref();
         Ok(Response::new(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -100,6 +134,8 @@ impl Admin for AdminService {
             }),
             pods_watched: node.map_or(0, |node| node.pods.pods().len() as u64),
             secrets_file,
+            http,
+            kubernetes,
         }))
     }
 

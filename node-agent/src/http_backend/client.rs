@@ -27,10 +27,7 @@ const KEY_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// A successful read: the value, or `None` for a 404, and the response's `ttl`.
-pub(crate) struct Fetched {
-    pub value: Option<SecretBytes>,
-    pub ttl: Option<Duration>,
-}
+pub(crate) type Fetched = crate::value_cache::Fetched<SecretBytes>;
 
 /// The HTTP client for one API base URL and token source.
 pub(crate) struct Client {
@@ -391,7 +388,7 @@ fn is_connection_refused(err: &reqwest::Error) -> bool {
 }
 
 /// Formats an error with its sources, `outer: inner: innermost`, skipping repeated text.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut current = err.source();
     while let Some(error) = current {

@@ -85,3 +85,9 @@ impl HttpError {
         )
     }
 }
+
+impl crate::value_cache::SourceError for HttpError {
+    fn is_unavailable(&self) -> bool {
+        HttpError::is_unavailable(self)
+    }
+}

@@ -13,10 +13,11 @@
 //!
 //! - [`settings`]: the `[backend]` keys and their defaults.
 //! - `client`: the request for a key and the decoding of its response.
-//! - `cache`: single-flight, size-bounded cache with stale-if-error.
+//!
+//! Values are cached in the agent's shared single-flight, size-bounded cache with
+//! stale-if-error (`value_cache`).
 //! - `error`: [`HttpError`].
 
-mod cache;
 mod client;
 mod error;
 pub mod settings;
@@ -28,10 +29,11 @@ use envproxy_proto::SecretBytes;
 pub use error::HttpError;
 pub use settings::{AuthToken, HttpSettings};
 
-use cache::ValueCache;
+pub(crate) use client::error_chain;
 use client::Client;
 
-use crate::metrics::Metrics;
+use crate::metrics::{CacheBackend, Metrics};
+use crate::value_cache::ValueCache;
 
 /// The HTTP backend's part of the agent status. Contains no token and no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +57,7 @@ pub struct HttpBackend {
 struct Inner {
     settings: HttpSettings,
     client: Client,
-    cache: ValueCache,
+    cache: ValueCache<String, SecretBytes, HttpError>,
     /// The agent's metrics, which count the requests sent to the API.
     metrics: Arc<Metrics>,
 }
@@ -73,7 +75,13 @@ impl HttpBackend {
         metrics: Arc<Metrics>,
     ) -> Result<HttpBackend, HttpError> {
         let client = Client::new(&settings)?;
-        let cache = ValueCache::new(settings.max_entries, settings.cache_ttl, settings.max_stale);
+        let cache = ValueCache::new(
+            CacheBackend::Http,
+            "the HTTP secrets API",
+            settings.max_entries,
+            settings.cache_ttl,
+            settings.max_stale,
+        );
         Ok(HttpBackend {
             inner: Arc::new(Inner {
                 settings,
@@ -99,7 +107,7 @@ impl HttpBackend {
             }
             fetched
         };
-        let entry = inner.cache.get_or_fetch(key, fetch).await?;
+        let entry = inner.cache.get_or_fetch(&key.to_string(), fetch).await?;
         Ok(entry
             .value
             .as_ref()

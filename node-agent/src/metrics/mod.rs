@@ -11,13 +11,15 @@
 //! | --- | --- |
 //! | `envproxy_requests_total` | `decision` |
 //! | `envproxy_request_duration_seconds` | none (histogram) |
-//! | `envproxy_cache_requests_total` | `backend` (`vault`, `http`), `outcome` (`hit`, `miss`, `stale`) |
+//! | `envproxy_cache_requests_total` | `backend` (`vault`, `http`, `kubernetes`), `outcome` (`hit`, `miss`, `stale`) |
 //! | `envproxy_denials_total` | `reason` |
 //! | `envproxy_open_connections` | none (gauge) |
 //! | `envproxy_vault_requests_total` | `operation` |
 //! | `envproxy_vault_errors_total` | `operation`, `kind` |
 //! | `envproxy_http_backend_requests_total` | none |
 //! | `envproxy_http_backend_errors_total` | `kind` |
+//! | `envproxy_kube_secret_requests_total` | none |
+//! | `envproxy_kube_secret_errors_total` | `kind` |
 //! | `envproxy_pod_watch_relists_total` | none |
 //! | `envproxy_pod_watch_errors_total` | none |
 
@@ -56,7 +58,15 @@ const LATENCY_BUCKET_COUNT: u16 = 18;
 pub enum CacheBackend {
     Vault,
     Http,
+    Kubernetes,
 }
+
+/// Every cache backend, in the order of the cache counters.
+const CACHE_BACKENDS: [CacheBackend; 3] = [
+    CacheBackend::Vault,
+    CacheBackend::Http,
+    CacheBackend::Kubernetes,
+];
 
 /// A kind of request the agent sends to Vault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,6 +86,7 @@ impl CacheBackend {
         match self {
             CacheBackend::Vault => "vault",
             CacheBackend::Http => "http",
+            CacheBackend::Kubernetes => "kubernetes",
         }
     }
 }
@@ -151,8 +162,9 @@ pub struct Metrics {
     /// One counter per [`Decision`], in the order of [`DECISIONS`].
     requests: [Counter; DECISIONS.len()],
     request_duration: Histogram,
-    /// One counter per backend and outcome: Vault first, in the order of [`CACHE_OUTCOMES`].
-    cache: [Counter; 2 * CACHE_OUTCOMES.len()],
+    /// One counter per backend and outcome, in the order of [`CACHE_BACKENDS`] and
+    /// [`CACHE_OUTCOMES`].
+    cache: [Counter; CACHE_BACKENDS.len() * CACHE_OUTCOMES.len()],
     denials: Family<ReasonLabels, Counter>,
     open_connections: Gauge,
     /// One counter per [`VaultOperation`], in the order of [`VAULT_OPERATIONS`].
@@ -160,6 +172,8 @@ pub struct Metrics {
     vault_errors: Family<VaultErrorLabels, Counter>,
     http_requests: Counter,
     http_errors: Family<KindLabels, Counter>,
+    kube_requests: Counter,
+    kube_errors: Family<KindLabels, Counter>,
     pod_watch_relists: Counter,
     pod_watch_errors: Counter,
 }
@@ -202,11 +216,7 @@ impl Metrics {
 
         let cache_family = Family::<CacheLabels, Counter>::default();
         let cache = std::array::from_fn(|index| {
-            let backend = if index < CACHE_OUTCOMES.len() {
-                CacheBackend::Vault
-            } else {
-                CacheBackend::Http
-            };
+            let backend = CACHE_BACKENDS[index / CACHE_OUTCOMES.len()];
             let outcome = CACHE_OUTCOMES[index % CACHE_OUTCOMES.len()];
             cache_family.get_or_create_owned(&CacheLabels {
                 backend: backend.as_str(),
@@ -264,6 +274,19 @@ impl Metrics {
             http_errors.clone(),
         );
 
+        let kube_requests = Counter::default();
+        registry.register(
+            "kube_secret_requests",
+            "Secret reads sent to the Kubernetes API server",
+            kube_requests.clone(),
+        );
+        let kube_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "kube_secret_errors",
+            "Failed Secret reads from the Kubernetes API server, by error kind",
+            kube_errors.clone(),
+        );
+
         let pod_watch_relists = Counter::default();
         registry.register(
             "pod_watch_relists",
@@ -288,6 +311,8 @@ impl Metrics {
             vault_errors,
             http_requests,
             http_errors,
+            kube_requests,
+            kube_errors,
             pod_watch_relists,
             pod_watch_errors,
         }
@@ -355,6 +380,16 @@ impl Metrics {
         self.http_errors.get_or_create(&KindLabels { kind }).inc();
     }
 
+    /// Counts one Secret read sent to the Kubernetes API server.
+    pub(crate) fn kube_request(&self) {
+        self.kube_requests.inc();
+    }
+
+    /// Counts one failed Secret read, by the error's kind.
+    pub(crate) fn kube_error(&self, kind: &'static str) {
+        self.kube_errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
     /// Counts one full list of the node's pods after the first.
     pub(crate) fn pod_watch_relisted(&self) {
         self.pod_watch_relists.inc();
@@ -390,6 +425,7 @@ fn cache_index(backend: CacheBackend, outcome: CacheOutcome) -> usize {
     let backend_offset = match backend {
         CacheBackend::Vault => 0,
         CacheBackend::Http => CACHE_OUTCOMES.len(),
+        CacheBackend::Kubernetes => 2 * CACHE_OUTCOMES.len(),
     };
     let outcome_offset = match outcome {
         CacheOutcome::Hit => 0,
@@ -416,6 +452,10 @@ mod tests {
             assert_eq!(
                 cache_index(CacheBackend::Http, *outcome),
                 CACHE_OUTCOMES.len() + index
+            );
+            assert_eq!(
+                cache_index(CacheBackend::Kubernetes, *outcome),
+                2 * CACHE_OUTCOMES.len() + index
             );
         }
     }

@@ -4,7 +4,10 @@
 //! process's cgroup names its pod and container, which the pod watch resolves. Every request is
 //! then checked against that pod's annotations and spec, and `vault:` references are read
 //! with the pod's own Vault identity, after the connection has presented that pod's projected
-//! service account token.
+//! service account token. `k8s:` references are read with the pod's own API server token
+//! (`kube_reads`).
+
+mod kube_reads;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use super::token_claims::{self, ExpectedIdentity};
 use crate::admin::audit;
 use crate::backend::FileBackend;
 use crate::handler::{found, Decision, Outcome};
+use crate::kube_secrets::KubeSecrets;
 use crate::status::StatusReporter;
 use crate::vault::{SecretText, VaultSettings};
 
@@ -58,6 +62,10 @@ pub(crate) struct NodeContext {
     pub slots: PodSlots,
     /// The last checked token of each pod.
     pub checked_tokens: CheckedTokens,
+    /// Kubernetes Secrets, read with each calling pod's token.
+    pub kube_secrets: KubeSecrets,
+    /// The last checked API server token of each pod, for `k8s:` references.
+    pub checked_kube_tokens: CheckedTokens,
 }
 
 /// The pod and container of a connection's process, with the pod's settings.
@@ -90,6 +98,8 @@ struct Memo {
     allowed: HashSet<(String, String)>,
     /// The Vault session of the pod's identity, once the connection presented its token.
     session: Option<Session>,
+    /// The pod's API server token, once the connection presented it for a `k8s:` reference.
+    kube_bearer: Option<kube_reads::CheckedBearer>,
 }
 
 impl NodeConnection {
@@ -104,6 +114,7 @@ impl NodeConnection {
                 attested: Arc::clone(attested),
                 allowed: HashSet::new(),
                 session: None,
+                kube_bearer: None,
             });
         }
         self.memo.as_mut().expect("the memo was just set")
@@ -320,6 +331,17 @@ pub(crate) async fn handle(
     }
     match reference {
         Reference::Local { key } => file_lookup(context, name, &key),
+        Reference::Kubernetes {
+            namespace,
+            secret,
+            key,
+        } => {
+            let target = (namespace.as_deref(), secret.as_str(), key.as_str());
+            match kube_reads::kube_lookup(context, connection, &attested, name, target).await {
+                Ok(outcome) => outcome,
+                Err(denied) => deny(connection, Some(&attested), name, denied),
+            }
+        }
         reference => match vault_lookup(context, connection, &attested, name, &reference).await {
             Ok(outcome) => outcome,
             Err(denied) => deny(connection, Some(&attested), name, denied),

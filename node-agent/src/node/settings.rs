@@ -6,6 +6,8 @@
 //! | `kubeconfig` | in-cluster config, else `KUBECONFIG` or `~/.kube/config` | kube API access |
 //! | `pod_wait_ms` | `1000` | how long a request waits for a pod the watch has not delivered |
 //! | `token_path` | `/var/run/secrets/envproxy.dev/serviceaccount/token` | projected token in each container |
+//! | `kube_token_path` | `/var/run/secrets/kubernetes.io/serviceaccount/token` | the API server token in each container, for `k8s:` references |
+//! | `kube_cache_ttl` | `1m` | the agent's cache lifetime of a Secret read for `k8s:` references |
 //! | `token_audience` | `vault` | audience the projected token must carry |
 //! | `token_source` | `projected` | `projected`, or `token-request` to mint pod tokens through the kube API |
 //! | `vault_addr_allowlist` | empty | Vault addresses a pod may choose with `envproxy.dev/vault-addr` |
@@ -23,6 +25,9 @@ pub const DEFAULT_POD_WAIT: Duration = Duration::from_millis(1000);
 /// Path of the projected service account token inside each selected container, where the
 /// webhook mounts it.
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/envproxy.dev/serviceaccount/token";
+/// Path of the service account token the kubelet mounts in each container for the API server,
+/// unless the pod sets `automountServiceAccountToken: false`.
+pub const DEFAULT_KUBE_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// Connections one pod may hold open at once when `max_connections_per_pod` is not set. It
 /// keeps one pod from taking every connection of `[agent] max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS_PER_POD: usize = 256;
@@ -62,6 +67,10 @@ pub struct NodeSettings {
     pub token_path: PathBuf,
     /// Audience the projected token must carry, as the Vault role expects.
     pub token_audience: String,
+    /// Absolute path inside each container of the token that `k8s:` references are read with.
+    pub kube_token_path: PathBuf,
+    /// Cache lifetime of a Secret read for `k8s:` references, per service account.
+    pub kube_cache_ttl: Duration,
     /// Vault addresses that the `envproxy.dev/vault-addr` annotation may select.
     pub vault_addr_allowlist: Vec<String>,
     /// Source of pod tokens.
@@ -79,6 +88,8 @@ impl NodeSettings {
             pod_wait: DEFAULT_POD_WAIT,
             token_path: PathBuf::from(DEFAULT_TOKEN_PATH),
             token_audience: DEFAULT_TOKEN_AUDIENCE.to_string(),
+            kube_token_path: PathBuf::from(DEFAULT_KUBE_TOKEN_PATH),
+            kube_cache_ttl: crate::kube_secrets::settings::DEFAULT_CACHE_TTL,
             vault_addr_allowlist: Vec::new(),
             token_source: TokenSource::Projected,
             max_connections_per_pod: DEFAULT_MAX_CONNECTIONS_PER_POD,

@@ -1,4 +1,5 @@
-//! Checks of a pod's projected service-account token before the agent logs in to Vault with it.
+//! Checks of a pod's projected service-account token before the agent logs in to Vault with it,
+//! or reads Kubernetes Secrets with it.
 //!
 //! The agent reads the token from the calling container, which could have replaced it with a
 //! token of another pod. The claims must therefore name the attested pod: its UID, name and
@@ -167,6 +168,34 @@ pub fn check_token(
     expected: &ExpectedIdentity,
     now: SystemTime,
 ) -> Result<TokenClaims, TokenClaimsError> {
+    check(token, expected, AudienceCheck::Required, now)
+}
+
+/// Like [`check_token`] without the audience check, for the token the kubelet mounts for the
+/// API server, whose audience is the cluster's API audience (`--api-audiences`, by default the
+/// issuer), which the agent does not know. The API server checks it when the agent reads with
+/// the token.
+pub fn check_api_server_token(
+    token: &[u8],
+    expected: &ExpectedIdentity,
+    now: SystemTime,
+) -> Result<TokenClaims, TokenClaimsError> {
+    check(token, expected, AudienceCheck::Skipped, now)
+}
+
+/// Whether the token's audience must contain [`ExpectedIdentity::audience`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AudienceCheck {
+    Required,
+    Skipped,
+}
+
+fn check(
+    token: &[u8],
+    expected: &ExpectedIdentity,
+    audience: AudienceCheck,
+    now: SystemTime,
+) -> Result<TokenClaims, TokenClaimsError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenClaimsError::TooLarge {
             len: token.len(),
@@ -189,6 +218,12 @@ pub fn check_token(
 
     let claims = read_claims(&payload)?;
     check_identity(&claims, expected)?;
+    if audience == AudienceCheck::Required && !claims.audiences.contains(&expected.audience) {
+        return Err(TokenClaimsError::AudienceMismatch {
+            expected: expected.audience.clone(),
+            found: claims.audiences.clone(),
+        });
+    }
     check_lifetime(&claims, now)?;
     Ok(claims)
 }
@@ -269,13 +304,6 @@ fn check_identity(
                 found: subject.clone(),
             });
         }
-    }
-
-    if !claims.audiences.contains(&expected.audience) {
-        return Err(TokenClaimsError::AudienceMismatch {
-            expected: expected.audience.clone(),
-            found: claims.audiences.clone(),
-        });
     }
     Ok(())
 }
@@ -504,6 +532,32 @@ mod tests {
         for text in ["Z", "Zg==", "Zm9v+", "Zm9v/", "Zh", "Zm9", "Zm 9v", "é"] {
             assert_eq!(decode_base64url(text.as_bytes()), None, "{text}");
         }
+    }
+
+    #[test]
+    fn api_server_token_skips_only_audience() {
+        let api_audience = with(
+            &["aud"],
+            json!(["https://kubernetes.default.svc.cluster.local"]),
+        );
+        let now = at(ISSUED_AT + 60);
+        let token = token_for(&api_audience);
+        assert!(matches!(
+            check_token(token.as_bytes(), &expected(), now),
+            Err(TokenClaimsError::AudienceMismatch { .. })
+        ));
+        let claims = check_api_server_token(token.as_bytes(), &expected(), now).unwrap();
+        assert_eq!(claims.pod_uid, POD_UID);
+
+        let other_pod = with(&["kubernetes.io", "pod", "uid"], json!("other-uid"));
+        let error =
+            check_api_server_token(token_for(&other_pod).as_bytes(), &expected(), now).unwrap_err();
+        assert!(
+            matches!(error, TokenClaimsError::ClaimMismatch { claim, .. } if claim == CLAIM_POD_UID),
+            "{error}"
+        );
+        let expired = check_api_server_token(token.as_bytes(), &expected(), at(EXPIRES_AT + 3600));
+        assert!(matches!(expired, Err(TokenClaimsError::Expired { .. })));
     }
 
     #[test]

@@ -179,6 +179,12 @@ impl VaultBackend {
                     key: key.clone(),
                 })
             }
+            Reference::Kubernetes { key, .. } => {
+                return Err(VaultError::KeyNotFound {
+                    path: "k8s:".to_string(),
+                    key: key.clone(),
+                })
+            }
         };
         let cache_key = CacheKey {
             identity: Arc::clone(&self.inner.identity),

@@ -1,5 +1,5 @@
-//! Shared parts of the HTTP backend tests: an agent on a temporary socket with the HTTP backend
-//! pointed at the test server, requests over the socket, and a capture of the agent's log.
+//! Shared parts of the HTTP and Kubernetes Secret backend tests: an agent on a temporary
+//! socket, requests over the socket, and a capture of the agent's log.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -59,13 +59,18 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub async fn start(http: HttpSettings) -> TestAgent {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("agent.sock");
-        let config = Config {
-            socket: Some(socket.clone()),
+        TestAgent::start_with(Config {
             http: Some(http),
             ..Config::default()
-        };
+        })
+        .await
+    }
+
+    /// Starts an agent with `config` on a socket in a temporary directory.
+    pub async fn start_with(mut config: Config) -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        config.socket = Some(socket.clone());
         let agent = Agent::bind(config).await.expect("start the agent");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(agent.serve(async {

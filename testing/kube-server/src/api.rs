@@ -1,6 +1,6 @@
-//! HTTP routing and the handlers of the resource paths: pod list and get, and the discovery
-//! documents of the service account issuer. Watches live in `watch`, token requests in
-//! `token`.
+//! HTTP routing and the handlers of the resource paths: list and get of pods and Secrets, and
+//! the discovery documents of the service account issuer. Watches live in `watch`, token
+//! requests in `token`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -9,9 +9,9 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Response, StatusCode};
-use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 
+use crate::object::{Kind, Object};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::server::Shared;
 use crate::state::ServerState;
@@ -42,6 +42,15 @@ pub(crate) enum Route {
         namespace: String,
         name: String,
     },
+    /// `/api/v1/secrets` (`namespace: None`) or `/api/v1/namespaces/{ns}/secrets`.
+    Secrets {
+        namespace: Option<String>,
+    },
+    /// `/api/v1/namespaces/{ns}/secrets/{name}`.
+    Secret {
+        namespace: String,
+        name: String,
+    },
     /// `/api/v1/namespaces/{ns}/serviceaccounts/{name}/token`.
     ServiceAccountToken {
         namespace: String,
@@ -66,6 +75,14 @@ impl Route {
                 namespace: Some(owned(ns)),
             },
             ["api", "v1", "namespaces", ns, "pods", name] => Route::Pod {
+                namespace: owned(ns),
+                name: owned(name),
+            },
+            ["api", "v1", "secrets"] => Route::Secrets { namespace: None },
+            ["api", "v1", "namespaces", ns, "secrets"] => Route::Secrets {
+                namespace: Some(owned(ns)),
+            },
+            ["api", "v1", "namespaces", ns, "secrets", name] => Route::Secret {
                 namespace: owned(ns),
                 name: owned(name),
             },
@@ -94,13 +111,19 @@ impl ApiRequest {
     /// Returns the RBAC verb, resource and namespace, or `None` for paths outside the
     /// resource API, which need no authorization here.
     pub(crate) fn attributes(&self) -> Option<(&'static str, &'static str, Option<&str>)> {
+        let collection_verb = if self.is_watch() { "watch" } else { "list" };
         match (&self.route, &self.method) {
             (Route::Pods { namespace }, &Method::GET) => {
-                let verb = if self.is_watch() { "watch" } else { "list" };
-                Some((verb, "pods", namespace.as_deref()))
+                Some((collection_verb, "pods", namespace.as_deref()))
             }
             (Route::Pod { namespace, .. }, &Method::GET) => {
                 Some(("get", "pods", Some(namespace.as_str())))
+            }
+            (Route::Secrets { namespace }, &Method::GET) => {
+                Some((collection_verb, "secrets", namespace.as_deref()))
+            }
+            (Route::Secret { namespace, .. }, &Method::GET) => {
+                Some(("get", "secrets", Some(namespace.as_str())))
             }
             (Route::ServiceAccountToken { namespace, .. }, &Method::POST) => {
                 Some(("create", "serviceaccounts/token", Some(namespace.as_str())))
@@ -112,23 +135,30 @@ impl ApiRequest {
 
 /// Routes an authorized request to its handler.
 pub(crate) fn dispatch(shared: &Shared, request: ApiRequest) -> Response<Body> {
-    let result = match (&request.route, &request.method) {
-        (Route::Pods { namespace }, &Method::GET) => {
-            let filter = match Filter::from_query(namespace.clone(), &request.query) {
-                Ok(filter) => filter,
-                Err(error) => return error_response(&error),
-            };
-            if request.is_watch() {
-                return watch::start(shared, filter, &request.query);
-            }
-            list_pods(&shared.state.lock(), &filter, &request.query)
+    let collection = match &request.route {
+        Route::Pods { namespace } => Some((Kind::Pod, namespace)),
+        Route::Secrets { namespace } => Some((Kind::Secret, namespace)),
+        _ => None,
+    };
+    if let (Some((kind, namespace)), &Method::GET) = (collection, &request.method) {
+        let filter = match Filter::from_query(kind, namespace.clone(), &request.query) {
+            Ok(filter) => filter,
+            Err(error) => return error_response(&error),
+        };
+        if request.is_watch() {
+            return watch::start(shared, filter, &request.query);
         }
+        return match list(&shared.state.lock(), &filter, &request.query) {
+            Ok(body) => json_response(StatusCode::OK, &body),
+            Err(error) => error_response(&error),
+        };
+    }
+    let result = match (&request.route, &request.method) {
         (Route::Pod { namespace, name }, &Method::GET) => {
-            let state = shared.state.lock();
-            match state.pods.get(&(namespace.clone(), name.clone())) {
-                Some(pod) => Ok((StatusCode::OK, to_value(pod.as_ref()))),
-                None => Err(ApiError::not_found("pods", name)),
-            }
+            get(&shared.state.lock(), Kind::Pod, namespace, name)
+        }
+        (Route::Secret { namespace, name }, &Method::GET) => {
+            get(&shared.state.lock(), Kind::Secret, namespace, name)
         }
         (Route::ServiceAccountToken { namespace, name }, &Method::POST) => {
             token::create(&shared.state.lock(), namespace, name, &request.body)
@@ -148,9 +178,10 @@ pub(crate) fn dispatch(shared: &Shared, request: ApiRequest) -> Response<Body> {
     }
 }
 
-/// The namespace and selectors of a list or watch.
+/// The kind, namespace and selectors of a list or watch.
 #[derive(Clone, Debug)]
 pub(crate) struct Filter {
+    pub(crate) kind: Kind,
     namespace: Option<String>,
     fields: FieldSelector,
     labels: LabelSelector,
@@ -158,37 +189,54 @@ pub(crate) struct Filter {
 
 impl Filter {
     fn from_query(
+        kind: Kind,
         namespace: Option<String>,
         query: &HashMap<String, String>,
     ) -> Result<Filter, ApiError> {
         let selector = |name: &str| query.get(name).map(String::as_str).unwrap_or_default();
         Ok(Filter {
+            kind,
             namespace,
-            fields: FieldSelector::parse(selector("fieldSelector"))?,
+            fields: FieldSelector::parse(selector("fieldSelector"), kind)?,
             labels: LabelSelector::parse(selector("labelSelector"))?,
         })
     }
 
-    pub(crate) fn matches(&self, pod: &Pod) -> bool {
+    pub(crate) fn matches(&self, object: &Object) -> bool {
+        let metadata = object.metadata();
         let in_namespace = self
             .namespace
             .as_ref()
-            .is_none_or(|ns| pod.metadata.namespace.as_ref() == Some(ns));
-        in_namespace
-            && self.fields.matches(pod)
-            && self.labels.matches(pod.metadata.labels.as_ref())
+            .is_none_or(|ns| metadata.namespace.as_ref() == Some(ns));
+        object.kind() == self.kind
+            && in_namespace
+            && self.fields.matches(object)
+            && self.labels.matches(metadata.labels.as_ref())
     }
 }
 
-/// Lists pods at the current resource version.
+/// Returns one object, or 404 with the API server's `Status`.
+fn get(
+    state: &ServerState,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<(StatusCode, Value), ApiError> {
+    match state.object(kind, namespace, name) {
+        Some(object) => Ok((StatusCode::OK, object.to_value())),
+        None => Err(ApiError::not_found(kind.resource(), name)),
+    }
+}
+
+/// Lists the objects of the filter's kind at the current resource version.
 ///
 /// NOTE: `limit` is ignored, so every list is one page without a `continue` token, and a
 /// list at an exact older `resourceVersion` is 410 Expired because no snapshots are kept.
-fn list_pods(
+fn list(
     state: &ServerState,
     filter: &Filter,
     query: &HashMap<String, String>,
-) -> Result<(StatusCode, Value), ApiError> {
+) -> Result<Value, ApiError> {
     let requested = query
         .get("resourceVersion")
         .map(String::as_str)
@@ -207,18 +255,17 @@ fn list_pods(
         }
     }
     let items: Vec<Value> = state
-        .pods
-        .values()
-        .filter(|pod| filter.matches(pod))
-        .map(|pod| to_value(pod.as_ref()))
+        .objects(filter.kind)
+        .iter()
+        .filter(|object| filter.matches(object))
+        .map(Object::to_value)
         .collect();
-    let list = json!({
-        "kind": "PodList",
+    Ok(json!({
+        "kind": format!("{}List", filter.kind.name()),
         "apiVersion": "v1",
         "metadata": { "resourceVersion": state.resource_version.to_string() },
         "items": items,
-    });
-    Ok((StatusCode::OK, list))
+    }))
 }
 
 pub(crate) fn parse_resource_version(text: &str) -> Result<u64, ApiError> {
@@ -246,10 +293,6 @@ fn version() -> Value {
         "gitVersion": "v1.33.0",
         "platform": "linux/amd64",
     })
-}
-
-pub(crate) fn to_value(pod: &Pod) -> Value {
-    serde_json::to_value(pod).expect("a Pod always serializes to JSON")
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Body> {

@@ -52,10 +52,14 @@ struct Identity {
     rules: Vec<Rule>,
 }
 
-/// Registered bearer tokens.
+/// Registered bearer tokens, and the rules granted to service accounts, whose tokens the
+/// server issues and verifies itself.
 #[derive(Default)]
 pub(crate) struct Authenticator {
     tokens: HashMap<String, Identity>,
+    /// Rules per (namespace, service account name), as RoleBindings and ClusterRoleBindings
+    /// that name the service account grant them.
+    service_accounts: HashMap<(String, String), Vec<Rule>>,
 }
 
 impl Authenticator {
@@ -69,6 +73,44 @@ impl Authenticator {
 
     pub(crate) fn revoke(&mut self, token: &str) -> bool {
         self.tokens.remove(token).is_some()
+    }
+
+    pub(crate) fn is_registered(&self, token: &str) -> bool {
+        self.tokens.contains_key(token)
+    }
+
+    /// Adds `rules` to the grants of service account `namespace/name`.
+    pub(crate) fn grant_service_account(&mut self, namespace: &str, name: &str, rules: Vec<Rule>) {
+        self.service_accounts
+            .entry((namespace.to_owned(), name.to_owned()))
+            .or_default()
+            .extend(rules);
+    }
+
+    /// Authorizes `verb` on `resource` for service account `namespace/name`, whose token
+    /// the caller verified; returns the user name. A service account without grants may do
+    /// nothing, as under RBAC.
+    pub(crate) fn authorize_service_account(
+        &self,
+        (namespace, name): (&str, &str),
+        verb: &str,
+        resource: &str,
+        target_namespace: Option<&str>,
+    ) -> Result<String, ApiError> {
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        let allowed = self
+            .service_accounts
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .is_some_and(|rules| {
+                rules
+                    .iter()
+                    .any(|rule| rule.allows(verb, resource, target_namespace))
+            });
+        if allowed {
+            Ok(user)
+        } else {
+            Err(ApiError::forbidden(&user, verb, resource, target_namespace))
+        }
     }
 
     /// Authenticates `token` and authorizes `verb` on `resource`; returns the user name.

@@ -1,13 +1,14 @@
 //! Field and label selectors of list and watch requests (`fieldSelector`, `labelSelector`).
 //!
-//! Field selectors support the pod fields the API server indexes, with `=`, `==` and `!=`.
-//! Label selectors support equality (`a=b`, `a==b`, `a!=b`), existence (`a`, `!a`) and sets
-//! (`a in (x,y)`, `a notin (x)`).
+//! Field selectors support the pod and Secret fields the API server indexes, with `=`, `==`
+//! and `!=`. Label selectors support equality (`a=b`, `a==b`, `a!=b`), existence (`a`, `!a`)
+//! and sets (`a in (x,y)`, `a notin (x)`).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 
+use crate::object::{Kind, Object};
 use crate::status::ApiError;
 
 /// Pod fields the API server accepts in a field selector.
@@ -24,6 +25,9 @@ const POD_FIELDS: &[&str] = &[
     "status.nominatedNodeName",
 ];
 
+/// The Secret fields a field selector may name, as the API server indexes them.
+const SECRET_FIELDS: &[&str] = &["metadata.name", "metadata.namespace", "type"];
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Requirement {
     Equals(String, String),
@@ -36,11 +40,15 @@ enum Requirement {
 
 /// A parsed field selector for pods.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FieldSelector(Vec<Requirement>);
+pub(crate) struct FieldSelector(Vec<Requirement>);
 
 impl FieldSelector {
     /// Parses `fieldSelector`; a field pods do not index is a 400, as on the API server.
-    pub fn parse(text: &str) -> Result<FieldSelector, ApiError> {
+    pub(crate) fn parse(text: &str, kind: Kind) -> Result<FieldSelector, ApiError> {
+        let supported = match kind {
+            Kind::Pod => POD_FIELDS,
+            Kind::Secret => SECRET_FIELDS,
+        };
         let mut requirements = Vec::new();
         for term in split_terms(text) {
             let requirement = if let Some((field, value)) = term.split_once("!=") {
@@ -58,7 +66,7 @@ impl FieldSelector {
             else {
                 unreachable!("field selectors only build equality requirements");
             };
-            if !POD_FIELDS.contains(&field.as_str()) {
+            if !supported.contains(&field.as_str()) {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field}"
                 )));
@@ -69,10 +77,14 @@ impl FieldSelector {
     }
 
     /// Returns whether `pod` satisfies every requirement.
-    pub fn matches(&self, pod: &Pod) -> bool {
+    pub(crate) fn matches(&self, object: &Object) -> bool {
+        let field_of = |field: &str| match object {
+            Object::Pod(pod) => pod_field(pod, field),
+            Object::Secret(secret) => secret_field(secret, field),
+        };
         self.0.iter().all(|requirement| match requirement {
-            Requirement::Equals(field, value) => pod_field(pod, field) == *value,
-            Requirement::NotEquals(field, value) => pod_field(pod, field) != *value,
+            Requirement::Equals(field, value) => field_of(field) == *value,
+            Requirement::NotEquals(field, value) => field_of(field) != *value,
             _ => unreachable!("field selectors only hold equality requirements"),
         })
     }
@@ -97,6 +109,16 @@ fn pod_field(pod: &Pod, field: &str) -> String {
         "status.phase" => text(status.and_then(|s| s.phase.as_ref())),
         "status.podIP" => text(status.and_then(|s| s.pod_ip.as_ref())),
         "status.nominatedNodeName" => text(status.and_then(|s| s.nominated_node_name.as_ref())),
+        _ => String::new(),
+    }
+}
+
+fn secret_field(secret: &Secret, field: &str) -> String {
+    let text = |value: Option<&String>| value.cloned().unwrap_or_default();
+    match field {
+        "metadata.name" => text(secret.metadata.name.as_ref()),
+        "metadata.namespace" => text(secret.metadata.namespace.as_ref()),
+        "type" => text(secret.type_.as_ref()),
         _ => String::new(),
     }
 }
@@ -193,40 +215,65 @@ fn split_terms(text: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
 
-    fn pod_on(node: &str) -> Pod {
-        Pod {
+    fn pod_on(node: &str) -> Object {
+        Object::Pod(Arc::new(Pod {
             spec: Some(PodSpec {
                 node_name: Some(node.to_owned()),
                 ..PodSpec::default()
             }),
             ..Pod::default()
-        }
+        }))
+    }
+
+    fn secret(name: &str, type_: &str) -> Object {
+        Object::Secret(Arc::new(Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            type_: Some(type_.to_owned()),
+            ..Secret::default()
+        }))
+    }
+
+    #[test]
+    fn field_selector_matches_secret_fields() {
+        let selector = FieldSelector::parse("metadata.name=db,type=Opaque", Kind::Secret).unwrap();
+        assert!(selector.matches(&secret("db", "Opaque")));
+        assert!(!selector.matches(&secret("web", "Opaque")));
+        assert!(!selector.matches(&secret("db", "kubernetes.io/tls")));
+        let error = FieldSelector::parse("spec.nodeName=a", Kind::Secret).unwrap_err();
+        assert_eq!(error.message, "field label not supported: spec.nodeName");
     }
 
     #[test]
     fn field_selector_matches_node_name() {
-        let selector = FieldSelector::parse("spec.nodeName=node-a").unwrap();
+        let selector = FieldSelector::parse("spec.nodeName=node-a", Kind::Pod).unwrap();
         assert!(selector.matches(&pod_on("node-a")));
         assert!(!selector.matches(&pod_on("node-b")));
 
-        let negated = FieldSelector::parse("spec.nodeName!=node-a").unwrap();
+        let negated = FieldSelector::parse("spec.nodeName!=node-a", Kind::Pod).unwrap();
         assert!(negated.matches(&pod_on("node-b")));
     }
 
     #[test]
     fn field_selector_rejects_unindexed_field() {
-        let error = FieldSelector::parse("spec.nodeName=a,metadata.labels=x").unwrap_err();
+        let error =
+            FieldSelector::parse("spec.nodeName=a,metadata.labels=x", Kind::Pod).unwrap_err();
         assert_eq!(error.code, 400);
         assert_eq!(error.message, "field label not supported: metadata.labels");
     }
 
     #[test]
     fn field_selector_rejects_term_without_operator() {
-        let error = FieldSelector::parse("spec.nodeName").unwrap_err();
+        let error = FieldSelector::parse("spec.nodeName", Kind::Pod).unwrap_err();
         assert_eq!(error.code, 400);
     }
 

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -149,6 +149,21 @@ impl KubeTestServer {
         self.shared.state.lock().auth.register(token, user, rules);
     }
 
+    /// Grants `rules` to service account `namespace/name`, as a RoleBinding (rules limited to
+    /// namespaces) or a ClusterRoleBinding (rules without) would. Requests with a token this
+    /// server issued for the service account are then allowed what the rules allow.
+    pub fn grant_service_account(&self, namespace: &str, name: &str, rules: Vec<Rule>) {
+        let mut state = self.shared.state.lock();
+        state.add_service_account(namespace, name);
+        state.auth.grant_service_account(namespace, name, rules);
+    }
+
+    /// Returns the audience the server accepts in service account tokens: its issuer, as an
+    /// API server started without `--api-audiences` does.
+    pub fn api_audience(&self) -> String {
+        self.shared.state.lock().issuer.clone()
+    }
+
     /// Forgets a bearer token; returns whether it was registered.
     pub fn revoke_token(&self, token: &str) -> bool {
         self.shared.state.lock().auth.revoke(token)
@@ -184,6 +199,25 @@ impl KubeTestServer {
         let state = self.shared.state.lock();
         let pod = state.pods.get(&(namespace.to_owned(), name.to_owned()))?;
         Some(Pod::clone(pod))
+    }
+
+    /// Creates or replaces a Secret as a create or update request would (an `ADDED` or
+    /// `MODIFIED` event) and returns it as stored: `stringData` merged into `data`.
+    pub fn apply_secret(&self, secret: Secret) -> Result<Secret, ApiError> {
+        self.shared.state.lock().apply_secret(secret)
+    }
+
+    /// Deletes a Secret (a `DELETED` event) and returns its last state.
+    pub fn delete_secret(&self, namespace: &str, name: &str) -> Option<Secret> {
+        self.shared.state.lock().delete_secret(namespace, name)
+    }
+
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
+        let state = self.shared.state.lock();
+        let secret = state
+            .secrets
+            .get(&(namespace.to_owned(), name.to_owned()))?;
+        Some(Secret::clone(secret))
     }
 
     /// Creates a service account; pods create their own when they are applied.
@@ -260,7 +294,7 @@ impl KubeTestServer {
     }
 
     /// Counts the requests with this verb (`list`, `watch`, `get`, `create`) on this resource
-    /// (`pods`, `serviceaccounts/token`), whatever their outcome.
+    /// (`pods`, `secrets`, `serviceaccounts/token`), whatever their outcome.
     pub fn request_count(&self, verb: &str, resource: &str) -> usize {
         let state = self.shared.state.lock();
         state
@@ -405,12 +439,12 @@ async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Body> 
             Some(ApiError::unavailable())
         } else if request.attributes().is_some() {
             state
-                .auth
                 .authorize(
                     request.token.as_deref(),
                     &verb,
                     &resource,
                     namespace.as_deref(),
+                    SystemTime::now(),
                 )
                 .err()
         } else {

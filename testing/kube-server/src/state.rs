@@ -1,24 +1,29 @@
-//! The server's objects and their history: pods, service accounts, nodes, the global resource
-//! version, retained watch events, registered tokens and request counts.
+//! The server's objects and their history: pods, Secrets, service accounts, nodes, the global
+//! resource version, retained watch events, registered tokens and request counts.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::ByteString;
 use tokio::sync::broadcast;
 
 use crate::auth::Authenticator;
 use crate::ids;
 use crate::jwt::{self, SigningKey, TokenBinding};
+use crate::object::{Kind, Object};
 use crate::status::ApiError;
+
+/// The API server's limit on the total size of a Secret's data: 1 MiB.
+const MAX_SECRET_SIZE: usize = 1024 * 1024;
 
 /// Watch events buffered per watcher before a slow one is disconnected.
 const WATCH_BUFFER: usize = 1024;
 
-/// Change to a pod.
+/// Change to an object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum EventType {
     Added,
@@ -26,15 +31,15 @@ pub(crate) enum EventType {
     Deleted,
 }
 
-/// One change to a pod, kept for watches that resume from an earlier resource version.
+/// One change to an object, kept for watches that resume from an earlier resource version.
 #[derive(Debug)]
 pub(crate) struct StoredEvent {
     pub(crate) event_type: EventType,
     pub(crate) resource_version: u64,
-    pub(crate) pod: Arc<Pod>,
-    /// The pod before a modification, so a filtered watch can tell a pod that moved into or
-    /// out of its selector (the API server sends those as `ADDED` and `DELETED`).
-    pub(crate) previous: Option<Arc<Pod>>,
+    pub(crate) object: Object,
+    /// The object before a modification, so a filtered watch can tell an object that moved
+    /// into or out of its selector (the API server sends those as `ADDED` and `DELETED`).
+    pub(crate) previous: Option<Object>,
 }
 
 /// Retained events to replay and a receiver of later ones.
@@ -45,7 +50,8 @@ pub(crate) type WatchStart = (Vec<Arc<StoredEvent>>, broadcast::Receiver<Arc<Sto
 pub struct RecordedRequest {
     /// `list`, `watch`, `get`, `create`, or the lower-case HTTP method for other paths.
     pub verb: String,
-    /// `pods`, `serviceaccounts/token`, or the path for requests outside the resource API.
+    /// `pods`, `secrets`, `serviceaccounts/token`, or the path for requests outside the
+    /// resource API.
     pub resource: String,
     pub namespace: Option<String>,
     /// The raw query string.
@@ -55,6 +61,7 @@ pub struct RecordedRequest {
 
 pub(crate) struct ServerState {
     pub(crate) pods: BTreeMap<(String, String), Arc<Pod>>,
+    pub(crate) secrets: BTreeMap<(String, String), Arc<Secret>>,
     service_accounts: BTreeMap<(String, String), String>,
     nodes: BTreeMap<String, String>,
     pub(crate) resource_version: u64,
@@ -74,6 +81,7 @@ impl ServerState {
     pub(crate) fn new(issuer: String) -> ServerState {
         ServerState {
             pods: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             service_accounts: BTreeMap::new(),
             nodes: BTreeMap::new(),
             resource_version: 1,
@@ -139,8 +147,118 @@ impl ServerState {
         } else {
             EventType::Added
         };
-        self.record(event_type, pod.clone(), previous);
+        self.record(
+            event_type,
+            Object::Pod(pod.clone()),
+            previous.map(Object::Pod),
+        );
         Ok(Pod::clone(&pod))
+    }
+
+    /// Creates or replaces a Secret as a create or update request would: `stringData` is
+    /// merged into `data` (its keys win) and dropped, `type` defaults to `Opaque`, keys and
+    /// the total size are validated, and an immutable Secret keeps its data.
+    pub(crate) fn apply_secret(&mut self, mut secret: Secret) -> Result<Secret, ApiError> {
+        let name = secret
+            .metadata
+            .name
+            .clone()
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| ApiError::invalid("metadata.name: Required value: name is required"))?;
+        let namespace = secret
+            .metadata
+            .namespace
+            .get_or_insert_with(|| "default".to_owned())
+            .clone();
+        let key = (namespace, name.clone());
+        let previous = self.secrets.get(&key).cloned();
+
+        if let Some(string_data) = secret.string_data.take() {
+            let data = secret.data.get_or_insert_with(BTreeMap::new);
+            for (data_key, value) in string_data {
+                data.insert(data_key, ByteString(value.into_bytes()));
+            }
+        }
+        let data = secret.data.get_or_insert_with(BTreeMap::new);
+        let invalid = |message: String| ApiError {
+            details: Some(("secrets".to_owned(), Some(name.clone()))),
+            ..ApiError::invalid(format!("Secret \"{name}\" is invalid: {message}"))
+        };
+        for data_key in data.keys() {
+            if !is_config_map_key(data_key) {
+                return Err(invalid(format!(
+                    "data[{data_key}]: Invalid value: \"{data_key}\": a valid config key must \
+                     consist of alphanumeric characters, '-', '_' or '.'"
+                )));
+            }
+        }
+        let size: usize = data.iter().map(|(k, v)| k.len() + v.0.len()).sum();
+        if size > MAX_SECRET_SIZE {
+            return Err(invalid(format!(
+                "data: Too long: must have at most {MAX_SECRET_SIZE} bytes"
+            )));
+        }
+        if let Some(previous) = &previous {
+            if previous.immutable == Some(true) && previous.data.as_ref() != secret.data.as_ref() {
+                return Err(invalid(
+                    "data: Forbidden: field is immutable when `immutable` is set".to_owned(),
+                ));
+            }
+        }
+        secret.type_.get_or_insert_with(|| "Opaque".to_owned());
+        let metadata = &mut secret.metadata;
+        metadata.uid = previous
+            .as_ref()
+            .and_then(|s| s.metadata.uid.clone())
+            .or_else(|| Some(ids::uuid()));
+        metadata.creation_timestamp = previous
+            .as_ref()
+            .and_then(|s| s.metadata.creation_timestamp.clone())
+            .or_else(|| Some(time_at(SystemTime::now())));
+
+        self.resource_version += 1;
+        secret.metadata.resource_version = Some(self.resource_version.to_string());
+        let secret = Arc::new(secret);
+        self.secrets.insert(key, secret.clone());
+        let event_type = if previous.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        let previous = previous.map(Object::Secret);
+        self.record(event_type, Object::Secret(secret.clone()), previous);
+        Ok(Secret::clone(&secret))
+    }
+
+    /// Deletes a Secret; the `DELETED` event carries the deletion's resource version.
+    pub(crate) fn delete_secret(&mut self, namespace: &str, name: &str) -> Option<Secret> {
+        let removed = self
+            .secrets
+            .remove(&(namespace.to_owned(), name.to_owned()))?;
+        self.resource_version += 1;
+        let mut secret = Secret::clone(&removed);
+        secret.metadata.resource_version = Some(self.resource_version.to_string());
+        let secret = Arc::new(secret);
+        let previous = Some(Object::Secret(removed));
+        self.record(EventType::Deleted, Object::Secret(secret.clone()), previous);
+        Some(Secret::clone(&secret))
+    }
+
+    /// Returns the stored objects of `kind`.
+    pub(crate) fn objects(&self, kind: Kind) -> Vec<Object> {
+        match kind {
+            Kind::Pod => self.pods.values().cloned().map(Object::Pod).collect(),
+            Kind::Secret => self.secrets.values().cloned().map(Object::Secret).collect(),
+        }
+    }
+
+    /// Returns one stored object of `kind`.
+    pub(crate) fn object(&self, kind: Kind, namespace: &str, name: &str) -> Option<Object> {
+        let key = (namespace.to_owned(), name.to_owned());
+        match kind {
+            Kind::Pod => self.pods.get(&key).cloned().map(Object::Pod),
+            Kind::Secret => self.secrets.get(&key).cloned().map(Object::Secret),
+        }
     }
 
     /// Deletes a pod; the `DELETED` event carries the deletion's resource version.
@@ -150,15 +268,16 @@ impl ServerState {
         let mut pod = Pod::clone(&removed);
         pod.metadata.resource_version = Some(self.resource_version.to_string());
         let pod = Arc::new(pod);
-        self.record(EventType::Deleted, pod.clone(), Some(removed));
+        let previous = Some(Object::Pod(removed));
+        self.record(EventType::Deleted, Object::Pod(pod.clone()), previous);
         Some(Pod::clone(&pod))
     }
 
-    fn record(&mut self, event_type: EventType, pod: Arc<Pod>, previous: Option<Arc<Pod>>) {
+    fn record(&mut self, event_type: EventType, object: Object, previous: Option<Object>) {
         let event = Arc::new(StoredEvent {
             event_type,
             resource_version: self.resource_version,
-            pod,
+            object,
             previous,
         });
         self.history.push_back(event.clone());
@@ -270,6 +389,87 @@ impl ServerState {
     pub(crate) fn node_uid(&self, name: &str) -> Option<String> {
         self.nodes.get(name).cloned()
     }
+
+    /// Authenticates `token` and authorizes `verb` on `resource`; returns the user name.
+    ///
+    /// A registered token is checked against its rules. Any other token that carries this
+    /// server's signature is a service account token. As for the API server's token
+    /// authenticator, it must be valid at `now` and carry the API server's audience (its
+    /// issuer). A token bound to a pod must name a pod that still exists with that UID. The
+    /// service account's grants then decide.
+    pub(crate) fn authorize(
+        &self,
+        token: Option<&str>,
+        verb: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        now: SystemTime,
+    ) -> Result<String, ApiError> {
+        let Some(token) = token.filter(|token| !self.auth.is_registered(token)) else {
+            return self.auth.authorize(token, verb, resource, namespace);
+        };
+        let Some(claims) = self.signing_key.verify(token) else {
+            return Err(ApiError::unauthorized());
+        };
+        let (account_namespace, account) = self
+            .service_account_of(&claims, now)
+            .ok_or_else(ApiError::unauthorized)?;
+        self.auth.authorize_service_account(
+            (&account_namespace, &account),
+            verb,
+            resource,
+            namespace,
+        )
+    }
+
+    /// Returns the service account that verified `claims` name, when they are valid at `now`.
+    fn service_account_of(
+        &self,
+        claims: &serde_json::Value,
+        now: SystemTime,
+    ) -> Option<(String, String)> {
+        let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
+        let expires = claims["exp"].as_u64()?;
+        let not_before = claims["nbf"].as_u64().unwrap_or(0);
+        if now >= expires || now < not_before {
+            return None;
+        }
+        let audiences = match &claims["aud"] {
+            serde_json::Value::String(audience) => vec![audience.as_str()],
+            serde_json::Value::Array(items) => items.iter().filter_map(|a| a.as_str()).collect(),
+            _ => return None,
+        };
+        if !audiences.contains(&self.issuer.as_str()) {
+            return None;
+        }
+        let kubernetes = &claims["kubernetes.io"];
+        let namespace = kubernetes["namespace"].as_str()?;
+        let account = kubernetes["serviceaccount"]["name"].as_str()?;
+        if !self.service_account_exists(namespace, account) {
+            return None;
+        }
+        if let Some(pod) = kubernetes.get("pod") {
+            let name = pod["name"].as_str()?;
+            let uid = pod["uid"].as_str()?;
+            let stored = self.pods.get(&(namespace.to_owned(), name.to_owned()))?;
+            if stored.metadata.uid.as_deref() != Some(uid) {
+                return None;
+            }
+        }
+        Some((namespace.to_owned(), account.to_owned()))
+    }
+}
+
+/// Returns whether `key` is a valid key of a ConfigMap's or Secret's `data`: at most 253
+/// characters out of letters, digits, `-`, `_` and `.`, and not `.` or `..`.
+fn is_config_map_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Converts a system time to a `Time`, at whole seconds as the API server stores it.

@@ -2,7 +2,7 @@
 //!
 //! A watch from `resourceVersion` N first replays the retained events after N, then streams
 //! new ones. Without N (or with `0`) it starts with a synthetic `ADDED` event per matching
-//! pod. A watch from a compacted version gets one `ERROR` event with a 410 `Status` and ends,
+//! object. A watch from a compacted version gets one `ERROR` event with a 410 `Status` and ends,
 //! as the API server's watch cache does, so the client relists. With `allowWatchBookmarks`,
 //! `BOOKMARK` events carry the latest resource version every bookmark interval. The stream
 //! ends after `timeoutSeconds`, when the server closes watches, or when the client goes away.
@@ -58,10 +58,10 @@ pub(crate) fn start(
         match requested {
             None => {
                 let lines = state
-                    .pods
-                    .values()
-                    .filter(|pod| filter.matches(pod))
-                    .map(|pod| event_line("ADDED", &api::to_value(pod)))
+                    .objects(filter.kind)
+                    .iter()
+                    .filter(|object| filter.matches(object))
+                    .map(|object| event_line("ADDED", &object.to_value()))
                     .collect();
                 let current = state.resource_version;
                 let (_, receiver) = state
@@ -148,7 +148,7 @@ impl WatchStream {
                 _ = self.closed.changed() => break,
                 _ = self.sender.closed() => break,
                 _ = bookmarks.tick(), if self.bookmark_interval.is_some() => {
-                    Some(bookmark_line(self.progress))
+                    Some(bookmark_line(self.filter.kind.name(), self.progress))
                 }
                 received = self.receiver.recv() => match received {
                     Ok(event) => {
@@ -173,15 +173,15 @@ impl WatchStream {
     }
 }
 
-/// Returns the line a filtered watch sends for `event`, if any. A modification that moves a
-/// pod into the filter is `ADDED` and one that moves it out is `DELETED`, as with the API
+/// Returns the line a filtered watch sends for `event`, if any. A modification that moves an
+/// object into the filter is `ADDED` and one that moves it out is `DELETED`, as with the API
 /// server's watch cache.
 fn filtered_line(event: &StoredEvent, filter: &Filter) -> Option<Bytes> {
-    let now = filter.matches(&event.pod);
+    let now = filter.matches(&event.object);
     let before = event
         .previous
         .as_ref()
-        .is_some_and(|pod| filter.matches(pod));
+        .is_some_and(|object| filter.matches(object));
     let event_type = match event.event_type {
         EventType::Added if now => "ADDED",
         EventType::Modified if now && before => "MODIFIED",
@@ -190,12 +190,12 @@ fn filtered_line(event: &StoredEvent, filter: &Filter) -> Option<Bytes> {
         EventType::Deleted if now || before => "DELETED",
         _ => return None,
     };
-    Some(event_line(event_type, &api::to_value(&event.pod)))
+    Some(event_line(event_type, &event.object.to_value()))
 }
 
-fn bookmark_line(resource_version: u64) -> Bytes {
+fn bookmark_line(kind: &str, resource_version: u64) -> Bytes {
     let object = json!({
-        "kind": "Pod",
+        "kind": kind,
         "apiVersion": "v1",
         "metadata": { "resourceVersion": resource_version.to_string() },
     });

@@ -14,6 +14,7 @@ import java.util.concurrent.ConcurrentHashMap;
 final class Resolver {
     static final String VAULT_SCHEME = "vault:";
     static final String LOCAL_SCHEME = "envproxy:";
+    static final String KUBE_SCHEME = "k8s:";
     static final String OWN_PREFIX = "ENVPROXY_";
 
     /** After a failure, the time before the agent is asked again for the same name. */
@@ -49,7 +50,9 @@ final class Resolver {
     }
 
     static boolean isReference(String value) {
-        return value.startsWith(VAULT_SCHEME) || value.startsWith(LOCAL_SCHEME);
+        return value.startsWith(VAULT_SCHEME)
+                || value.startsWith(LOCAL_SCHEME)
+                || value.startsWith(KUBE_SCHEME);
     }
 
     /**

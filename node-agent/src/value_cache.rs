@@ -1,28 +1,39 @@
-//! The value cache: one entry per key, with the rules of the Vault backend's cache.
+//! The value cache of the HTTP and Kubernetes Secret backends: one entry per key, with the
+//! rules of the Vault backend's cache.
 //!
 //! Two bounded `moka` caches work together. `fresh` keeps an entry until its TTL (the
-//! configured `cache_ttl`, shortened by a `ttl` in the response) and provides single flight:
+//! configured `cache_ttl`, shortened by a TTL the source returns) and provides single flight:
 //! concurrent callers of a missing entry share one request through `try_get_with`. `last_good`
-//! keeps each value for `max_stale` beyond its TTL. When a request fails because the API is
-//! unavailable (unreachable, timed out, 429 or 5xx), that value is served again, marked stale,
-//! and the API is retried after a short interval. A 404 is cached as "not found" for the TTL
-//! and drops the `last_good` value, as does any other failure (401, 403, an unusable body),
-//! which is returned to the caller and not cached.
+//! keeps each value for `max_stale` beyond its TTL. When a request fails because the source is
+//! unavailable ([`SourceError::is_unavailable`]: unreachable, timed out, 429 or 5xx), that
+//! value is served again, marked stale, and the source is retried after a short interval. A
+//! "not found" is cached for the TTL and drops the `last_good` value, as does any other
+//! failure (401, 403, an unusable body), which is returned to the caller and not cached.
 
+use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use envproxy_proto::SecretBytes;
 use moka::future::Cache;
 
 use crate::admin::audit::{note_cache, CacheOutcome};
 use crate::expiry::{Deadlines, ExpireAt};
 use crate::metrics::CacheBackend;
 
-use super::client::Fetched;
-use super::error::HttpError;
+/// An error of a backend's source, which tells the cache an outage from a response.
+pub(crate) trait SourceError: Clone + fmt::Display + Send + Sync + 'static {
+    /// Returns whether the source is unavailable for now, so a last good value may be served.
+    fn is_unavailable(&self) -> bool;
+}
+
+/// A successful read: the value, or `None` for "not found", and a TTL the source returned.
+pub(crate) struct Fetched<V> {
+    pub value: Option<V>,
+    pub ttl: Option<Duration>,
+}
 
 /// Minimum and maximum pause between requests for one key while its stale value is served.
 /// Within these bounds the pause equals the cache TTL.
@@ -30,12 +41,12 @@ const MIN_STALE_RETRY: Duration = Duration::from_secs(1);
 const MAX_STALE_RETRY: Duration = Duration::from_secs(5);
 
 /// One cached response.
-pub(crate) struct CachedValue {
-    /// The value, or `None` when the API responded with 404.
-    pub value: Option<Arc<SecretBytes>>,
-    /// Served without asking the API until then.
+pub(crate) struct CachedValue<V> {
+    /// The value, or `None` when the source returned "not found".
+    pub value: Option<Arc<V>>,
+    /// Served without asking the source until then.
     pub fresh_until: Instant,
-    /// Served while the API is unavailable until then.
+    /// Served while the source is unavailable until then.
     pub stale_until: Instant,
     /// Set on an entry that serves a last good value during an outage.
     pub stale: bool,
@@ -50,9 +61,14 @@ pub(crate) struct CacheStats {
     pub stale_served: u64,
 }
 
-pub(crate) struct ValueCache {
-    fresh: Cache<String, Arc<CachedValue>>,
-    last_good: Cache<String, Arc<CachedValue>>,
+/// The cache of one backend, by key `K`, of values `V` and source errors `E`.
+pub(crate) struct ValueCache<K, V, E> {
+    fresh: Cache<K, Arc<CachedValue<V>>>,
+    last_good: Cache<K, Arc<CachedValue<V>>>,
+    /// The backend, for audit events, metrics and log lines.
+    backend: CacheBackend,
+    /// The source in words for log lines, such as "the HTTP secrets API".
+    source: &'static str,
     cache_ttl: Duration,
     max_stale: Duration,
     hits: AtomicU64,
@@ -61,9 +77,10 @@ pub(crate) struct ValueCache {
     /// Start of the current outage, so that it is logged once and its end once.
     outage_since: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
+    _errors: std::marker::PhantomData<fn() -> E>,
 }
 
-impl Deadlines for CachedValue {
+impl<V> Deadlines for CachedValue<V> {
     fn fresh_until(&self) -> Instant {
         self.fresh_until
     }
@@ -73,8 +90,19 @@ impl Deadlines for CachedValue {
     }
 }
 
-impl ValueCache {
-    pub(crate) fn new(max_entries: u64, cache_ttl: Duration, max_stale: Duration) -> ValueCache {
+impl<K, V, E> ValueCache<K, V, E>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    E: SourceError,
+{
+    pub(crate) fn new(
+        backend: CacheBackend,
+        source: &'static str,
+        max_entries: u64,
+        cache_ttl: Duration,
+        max_stale: Duration,
+    ) -> ValueCache<K, V, E> {
         ValueCache {
             fresh: Cache::builder()
                 .max_capacity(max_entries)
@@ -84,6 +112,8 @@ impl ValueCache {
                 .max_capacity(max_entries)
                 .expire_after(ExpireAt::Stale)
                 .build(),
+            backend,
+            source,
             cache_ttl,
             max_stale,
             hits: AtomicU64::new(0),
@@ -91,6 +121,7 @@ impl ValueCache {
             stale_served: AtomicU64::new(0),
             outage_since: Mutex::new(None),
             last_error: Mutex::new(None),
+            _errors: std::marker::PhantomData,
         }
     }
 
@@ -98,12 +129,12 @@ impl ValueCache {
     /// a missing entry and caches its result.
     pub(crate) async fn get_or_fetch<F, Fut>(
         &self,
-        key: &str,
+        key: &K,
         fetch: F,
-    ) -> Result<Arc<CachedValue>, HttpError>
+    ) -> Result<Arc<CachedValue<V>>, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Fetched, HttpError>>,
+        Fut: Future<Output = Result<Fetched<V>, E>>,
     {
         if let Some(entry) = self.fresh.get(key).await {
             self.count_served(&entry, false);
@@ -125,40 +156,54 @@ impl ValueCache {
             Err(err) => {
                 if fetched {
                     self.misses.fetch_add(1, Ordering::Relaxed);
-                    note_cache(CacheBackend::Http, CacheOutcome::Miss);
+                    note_cache(self.backend, CacheOutcome::Miss);
                 }
-                Err(HttpError::clone(&err))
+                Err(E::clone(&err))
             }
+        }
+    }
+
+    /// Stores a value the source pushed, such as a watch event, as a fresh entry of `key`.
+    pub(crate) async fn insert(&self, key: K, fetched: Fetched<V>) {
+        self.note_available();
+        let entry = self.fresh_entry(fetched);
+        self.remember_last_good(&key, &entry).await;
+        self.fresh.insert(key, entry).await;
+    }
+
+    fn fresh_entry(&self, fetched: Fetched<V>) -> Arc<CachedValue<V>> {
+        let ttl = fetched
+            .ttl
+            .map_or(self.cache_ttl, |ttl| ttl.min(self.cache_ttl));
+        let fresh_until = Instant::now() + ttl;
+        Arc::new(CachedValue {
+            value: fetched.value.map(Arc::new),
+            fresh_until,
+            stale_until: fresh_until + self.max_stale,
+            stale: false,
+        })
+    }
+
+    async fn remember_last_good(&self, key: &K, entry: &Arc<CachedValue<V>>) {
+        if entry.value.is_some() {
+            self.last_good.insert(key.clone(), Arc::clone(entry)).await;
+        } else {
+            self.last_good.invalidate(key).await;
         }
     }
 
     /// Turns the result of one request into the entry to cache, or the error to return.
     async fn entry_for(
         &self,
-        key: &str,
-        result: Result<Fetched, HttpError>,
-    ) -> Result<Arc<CachedValue>, HttpError> {
+        key: &K,
+        result: Result<Fetched<V>, E>,
+    ) -> Result<Arc<CachedValue<V>>, E> {
         let now = Instant::now();
         match result {
             Ok(fetched) => {
                 self.note_available();
-                let ttl = fetched
-                    .ttl
-                    .map_or(self.cache_ttl, |ttl| ttl.min(self.cache_ttl));
-                let fresh_until = now + ttl;
-                let entry = Arc::new(CachedValue {
-                    value: fetched.value.map(Arc::new),
-                    fresh_until,
-                    stale_until: fresh_until + self.max_stale,
-                    stale: false,
-                });
-                if entry.value.is_some() {
-                    self.last_good
-                        .insert(key.to_string(), Arc::clone(&entry))
-                        .await;
-                } else {
-                    self.last_good.invalidate(key).await;
-                }
+                let entry = self.fresh_entry(fetched);
+                self.remember_last_good(key, &entry).await;
                 Ok(entry)
             }
             Err(err) if err.is_unavailable() => {
@@ -172,9 +217,10 @@ impl ValueCache {
                 }
                 let retry = self.cache_ttl.clamp(MIN_STALE_RETRY, MAX_STALE_RETRY);
                 tracing::debug!(
-                    key,
+                    ?key,
                     %err,
-                    "serving the last good value during an HTTP secrets API outage"
+                    source = self.source,
+                    "serving the last good value during an outage of the source"
                 );
                 Ok(Arc::new(CachedValue {
                     value: last.value.clone(),
@@ -184,7 +230,7 @@ impl ValueCache {
                 }))
             }
             Err(err) => {
-                // The API responded, so it is available, and its response reaches the caller.
+                // The source responded, so it is available, and its response reaches the caller.
                 self.note_available();
                 self.record_error(&err);
                 self.last_good.invalidate(key).await;
@@ -213,7 +259,7 @@ impl ValueCache {
         self.last_good.run_pending_tasks().await;
     }
 
-    fn count_served(&self, entry: &CachedValue, fetched: bool) {
+    fn count_served(&self, entry: &CachedValue<V>, fetched: bool) {
         let counter = if fetched { &self.misses } else { &self.hits };
         let outcome = if entry.stale {
             CacheOutcome::Stale
@@ -222,26 +268,26 @@ impl ValueCache {
         } else {
             CacheOutcome::Hit
         };
-        note_cache(CacheBackend::Http, outcome);
+        note_cache(self.backend, outcome);
         counter.fetch_add(1, Ordering::Relaxed);
         if entry.stale {
             self.stale_served.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn record_error(&self, err: &HttpError) {
+    fn record_error(&self, err: &E) {
         *lock(&self.last_error) = Some(err.to_string());
     }
 
-    fn note_unavailable(&self, err: &HttpError) {
+    fn note_unavailable(&self, err: &E) {
         let mut since = lock(&self.outage_since);
         if since.is_none() {
             *since = Some(Instant::now());
             tracing::warn!(
                 %err,
                 max_stale_secs = self.max_stale.as_secs(),
-                "the HTTP secrets API is unavailable; serving cached values up to max_stale past \
-                 their TTL"
+                "{} is unavailable; serving cached values up to max_stale past their TTL",
+                self.source
             );
         }
     }
@@ -250,7 +296,8 @@ impl ValueCache {
         if let Some(since) = lock(&self.outage_since).take() {
             tracing::info!(
                 outage_secs = since.elapsed().as_secs(),
-                "the HTTP secrets API is available again"
+                "{} is available again",
+                self.source
             );
         }
     }

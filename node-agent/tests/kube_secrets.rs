@@ -1,0 +1,420 @@
+//! The Kubernetes Secret backend in local mode, against the kube API test server: `k8s:`
+//! references read with a kubeconfig, the watched default Secret for `envproxy:` references
+//! and bare names, RBAC errors, rotation and stale values during an outage.
+
+mod admin_support;
+mod http_support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use envproxy_agent::admin::AdminSettings;
+use envproxy_agent::kube_secrets::KubeSettings;
+use envproxy_agent::Config;
+use envproxy_kube_test_server::{KubeTestServer, Rule, ServerOptions};
+use envproxy_proto::{Request, Response};
+use http_support::{error_text, found_text, random_secret, settings as http_settings, TestAgent};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+
+const USER_TOKEN: &str = "alice-token";
+
+/// The kube API test server, and a kubeconfig for user `alice`, who may get Secrets in
+/// `default` and `shop`, and list and watch them in `shop`.
+struct Cluster {
+    server: KubeTestServer,
+    _dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
+}
+
+async fn cluster() -> Cluster {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = KubeTestServer::start(ServerOptions::default())
+        .await
+        .expect("start the kube API test server");
+    server.register_token(
+        USER_TOKEN,
+        "alice",
+        vec![
+            Rule::new(&["get"], &["secrets"]).in_namespaces(&["default", "shop"]),
+            Rule::new(&["list", "watch"], &["secrets"]).in_namespaces(&["shop"]),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig(USER_TOKEN)).unwrap();
+    Cluster {
+        server,
+        _dir: dir,
+        kubeconfig,
+    }
+}
+
+fn secret(namespace: &str, name: &str, string_data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(
+            string_data
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+fn settings(cluster: &Cluster) -> KubeSettings {
+    KubeSettings {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        ..KubeSettings::default()
+    }
+}
+
+/// Starts an agent that serves `k8s:` references with `kube` beside an empty secrets file.
+async fn agent_with_file(kube: KubeSettings) -> TestAgent {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.json");
+    std::fs::write(&file, "{}").unwrap();
+    let agent = TestAgent::start_with(Config {
+        secrets_file: Some(file),
+        kubernetes: Some(kube),
+        ..Config::default()
+    })
+    .await;
+    // The file is loaded at start, so its directory may go.
+    drop(dir);
+    agent
+}
+
+/// Polls `condition` every 20 ms for up to 5 s.
+async fn eventually(mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn k8s_reference_reads_with_kubeconfig() {
+    let cluster = cluster().await;
+    let password = random_secret();
+    let token = random_secret();
+    cluster
+        .server
+        .apply_secret(secret(
+            "default",
+            "db",
+            &[("password", &password), ("user", "app")],
+        ))
+        .unwrap();
+    let mut api = secret("shop", "api", &[]);
+    api.string_data = None;
+    api.data = Some(BTreeMap::from([(
+        "token".to_owned(),
+        ByteString(token.as_bytes().to_vec()),
+    )]));
+    cluster.server.apply_secret(api).unwrap();
+    let agent = agent_with_file(settings(&cluster)).await;
+
+    let value = found_text(agent.get("DB_PASSWORD", "k8s:db#password").await);
+    assert_eq!(value, password, "namespace from the kubeconfig context");
+    assert_eq!(
+        found_text(agent.get("DB_USER", "k8s:default/db#user").await),
+        "app"
+    );
+    assert_eq!(
+        found_text(agent.get("API", "k8s:shop/api#token").await),
+        token
+    );
+    assert_eq!(
+        cluster.server.request_count("get", "secrets"),
+        2,
+        "one read per Secret: {:?}",
+        cluster.server.requests()
+    );
+
+    let missing_key = error_text(agent.get("X", "k8s:shop/api#nope").await);
+    assert_eq!(missing_key, "X: Secret shop/api has no key `nope`");
+    let missing_secret = error_text(agent.get("X", "k8s:shop/gone#k").await);
+    assert_eq!(missing_secret, "X: Secret shop/gone not found");
+
+    let status = agent.status().await;
+    let kubernetes = status
+        .kubernetes
+        .expect("a kubernetes object in the status");
+    assert_eq!(
+        kubernetes.server.as_deref(),
+        Some(cluster.server.url().as_str())
+    );
+    assert_eq!(kubernetes.credentials, "kubeconfig");
+    assert_eq!(kubernetes.default_secret, None);
+    assert_eq!(
+        kubernetes.cache_entries, 3,
+        "db, api and the not-found gone"
+    );
+    assert_eq!(kubernetes.cache_hits, 2);
+    assert_eq!(kubernetes.cache_misses, 3);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn forbidden_read_names_identity_and_fix() {
+    let cluster = cluster().await;
+    cluster
+        .server
+        .apply_secret(secret("billing", "card", &[("number", &random_secret())]))
+        .unwrap();
+    let agent = agent_with_file(settings(&cluster)).await;
+
+    let error = error_text(agent.get("CARD", "k8s:billing/card#number").await);
+    assert!(
+        error.starts_with("CARD: permission denied reading Secret billing/card as kubeconfig"),
+        "{error}"
+    );
+    assert!(
+        error.contains("User \"alice\" cannot get resource \"secrets\""),
+        "{error}"
+    );
+    assert!(error.contains("RoleBinding"), "{error}");
+    let status = agent.status().await.kubernetes.unwrap();
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("billing/card")),
+        "{:?}",
+        status.last_error
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn edited_secret_seen_after_ttl() {
+    let cluster = cluster().await;
+    cluster
+        .server
+        .apply_secret(secret("shop", "db", &[("password", "before")]))
+        .unwrap();
+    let mut kube = settings(&cluster);
+    kube.cache_ttl = Duration::from_secs(1);
+    let agent = agent_with_file(kube).await;
+    assert_eq!(
+        found_text(agent.get("P", "k8s:shop/db#password").await),
+        "before"
+    );
+
+    let after = random_secret();
+    cluster
+        .server
+        .apply_secret(secret("shop", "db", &[("password", &after)]))
+        .unwrap();
+    let edited = Instant::now();
+    let seen =
+        eventually(async || found_text(agent.get("P", "k8s:shop/db#password").await) == after)
+            .await;
+    assert!(seen, "the edited value was not served");
+    assert!(
+        edited.elapsed() < Duration::from_secs(3),
+        "served after {:?}, expected within the 1 s TTL",
+        edited.elapsed()
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn outage_serves_stale_then_reports() {
+    let cluster = cluster().await;
+    let password = random_secret();
+    cluster
+        .server
+        .apply_secret(secret("shop", "db", &[("password", &password)]))
+        .unwrap();
+    let mut kube = settings(&cluster);
+    kube.cache_ttl = Duration::from_millis(200);
+    kube.max_stale = Duration::from_secs(60);
+    let agent = agent_with_file(kube).await;
+    assert_eq!(
+        found_text(agent.get("P", "k8s:shop/db#password").await),
+        password
+    );
+
+    cluster.server.set_unavailable(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        found_text(agent.get("P", "k8s:shop/db#password").await),
+        password,
+        "the last good value during the outage"
+    );
+    let error = error_text(agent.get("Q", "k8s:shop/other#k").await);
+    assert!(error.contains("is unavailable"), "{error}");
+    assert!(error.contains("503"), "{error}");
+    let status = agent.status().await.kubernetes.unwrap();
+    assert!(status.stale_served >= 1, "{status:?}");
+    cluster.server.set_unavailable(false);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn default_secret_is_watched() {
+    let cluster = cluster().await;
+    let api_key = random_secret();
+    cluster
+        .server
+        .apply_secret(secret("shop", "app-env", &[("API_KEY", &api_key)]))
+        .unwrap();
+    let kube = KubeSettings {
+        namespace: Some("shop".to_string()),
+        secret_name: Some("app-env".to_string()),
+        // Long enough that only the watch can bring the edit within the test.
+        cache_ttl: Duration::from_secs(300),
+        ..settings(&cluster)
+    };
+    let agent = TestAgent::start_with(Config {
+        kubernetes: Some(kube),
+        ..Config::default()
+    })
+    .await;
+    let synced = eventually(async || agent.status().await.kubernetes.unwrap().watch_synced).await;
+    assert!(synced, "the watch of the default Secret did not sync");
+
+    assert_eq!(found_text(agent.get_key("API_KEY").await), api_key);
+    let bare = agent
+        .request(&Request::V1 {
+            key: b"API_KEY".to_vec(),
+        })
+        .await;
+    assert_eq!(found_text(bare), api_key);
+    assert_eq!(agent.get_key("NOT_SET").await, Response::NotFound);
+    assert_eq!(
+        cluster.server.request_count("get", "secrets"),
+        0,
+        "the watch fills the cache: {:?}",
+        cluster.server.requests()
+    );
+
+    let rotated = random_secret();
+    cluster
+        .server
+        .apply_secret(secret("shop", "app-env", &[("API_KEY", &rotated)]))
+        .unwrap();
+    let seen = eventually(async || found_text(agent.get_key("API_KEY").await) == rotated).await;
+    assert!(seen, "the watched edit was not served");
+
+    let status = agent.status().await.kubernetes.unwrap();
+    assert_eq!(status.default_secret.as_deref(), Some("shop/app-env"));
+    assert!(status.watch_synced);
+
+    cluster.server.delete_secret("shop", "app-env").unwrap();
+    let deleted = eventually(async || {
+        matches!(agent.get_key("API_KEY").await, Response::Error(reason)
+            if reason.contains("Secret shop/app-env not found"))
+    })
+    .await;
+    assert!(deleted, "the deletion was not seen");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn kubeconfig_created_later_is_used() {
+    let cluster = cluster().await;
+    let password = random_secret();
+    cluster
+        .server
+        .apply_secret(secret("default", "db", &[("password", &password)]))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("later-kubeconfig");
+    let kube = KubeSettings {
+        kubeconfig: Some(kubeconfig.clone()),
+        ..KubeSettings::default()
+    };
+    let agent = agent_with_file(kube).await;
+    let error = error_text(agent.get("P", "k8s:db#password").await);
+    assert!(
+        error.starts_with("P: cannot set up the Kubernetes client"),
+        "{error}"
+    );
+    assert!(error.contains("later-kubeconfig"), "{error}");
+    let status = agent.status().await.kubernetes.unwrap();
+    assert_eq!(status.server, None);
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("later-kubeconfig")),
+        "{:?}",
+        status.last_error
+    );
+
+    std::fs::copy(&cluster.kubeconfig, &kubeconfig).unwrap();
+    assert_eq!(
+        found_text(agent.get("P", "k8s:db#password").await),
+        password
+    );
+    let status = agent.status().await.kubernetes.unwrap();
+    assert_eq!(
+        status.server.as_deref(),
+        Some(cluster.server.url().as_str())
+    );
+    assert_eq!(status.last_error, None);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn admin_status_shows_both_caches() {
+    let cluster = cluster().await;
+    cluster
+        .server
+        .apply_secret(secret("shop", "db", &[("password", &random_secret())]))
+        .unwrap();
+    let token = random_secret();
+    let api = http_support::start_server(&token).await;
+    api.set_secret("API_KEY", &random_secret());
+    let admin_dir = tempfile::tempdir().unwrap();
+    let admin_socket = admin_dir.path().join("admin.sock");
+    let agent = TestAgent::start_with(Config {
+        http: Some(http_settings(&api, &token)),
+        kubernetes: Some(settings(&cluster)),
+        admin: AdminSettings {
+            enabled: Some(true),
+            socket: Some(admin_socket.clone()),
+        },
+        ..Config::default()
+    })
+    .await;
+    found_text(agent.get_key("API_KEY").await);
+    found_text(agent.get_key("API_KEY").await);
+    found_text(agent.get("P", "k8s:shop/db#password").await);
+
+    let mut client = admin_support::admin_client(&admin_socket).await;
+    let status = client
+        .status(envproxy_admin_proto::v1::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let http = status.http.expect("the HTTP backend in the admin status");
+    assert_eq!(http.address, api.url());
+    assert_eq!(http.credentials, "auth_token");
+    assert_eq!(http.cache_entries, 1);
+    assert_eq!(http.cache_hits, 1);
+    assert_eq!(http.cache_misses, 1);
+    let kubernetes = status
+        .kubernetes
+        .expect("Kubernetes Secrets in the admin status");
+    assert_eq!(kubernetes.address, cluster.server.url());
+    assert_eq!(kubernetes.credentials, "kubeconfig");
+    assert_eq!(kubernetes.default_secret, "");
+    assert_eq!(kubernetes.cache_entries, 1);
+    assert_eq!(kubernetes.cache_misses, 1);
+    assert_eq!(kubernetes.last_error, "");
+    agent.stop().await;
+}
