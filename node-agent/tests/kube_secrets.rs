@@ -387,6 +387,7 @@ async fn admin_status_shows_both_caches() {
         admin: AdminSettings {
             enabled: Some(true),
             socket: Some(admin_socket.clone()),
+            health_listen: None,
         },
         ..Config::default()
     })
