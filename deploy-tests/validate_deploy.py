@@ -276,6 +276,31 @@ def check_chart_matches_manifests(checker: Checker, manifests: list[dict], chart
         checker.fail(f"the chart does not render these objects of manifests/: {sorted(missing)}")
 
 
+def check_webhook_probes(checker: Checker, origin: str, objects: list[dict]) -> None:
+    """Check that the webhook's probes send GET /healthz over HTTPS to its named port, a path
+    that node-agent/src/webhook/server.rs serves."""
+    server = (ROOT / "node-agent" / "src" / "webhook" / "server.rs").read_text()
+    if 'path == "/healthz"' not in server:
+        checker.fail("node-agent/src/webhook/server.rs no longer serves /healthz")
+    deployments = [
+        obj for obj in objects
+        if obj.get("kind") == "Deployment"
+        and obj["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "envproxy-webhook"
+    ]
+    if len(deployments) != 1:
+        checker.fail(f"{origin}: expected one webhook Deployment, found {len(deployments)}")
+        return
+    for container in deployments[0]["spec"]["template"]["spec"]["containers"]:
+        for probe_name in ("readinessProbe", "livenessProbe"):
+            probe = container.get(probe_name) or {}
+            expected = {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
+            if probe.get("httpGet") != expected:
+                checker.fail(
+                    f"{origin}: webhook container {container['name']}: {probe_name} is "
+                    f"{probe}, expected httpGet {expected}"
+                )
+
+
 def check_dockerfile(checker: Checker, build_dir: Path | None) -> None:
     """Check each COPY of the Dockerfile: context paths exist, build-stage paths are artifacts
     that the stage's cargo commands produce (names compared with the debug build here)."""
@@ -341,6 +366,11 @@ def main() -> int:
     )
     check_chart_failures(checker)
     check_chart_matches_manifests(checker, manifests, defaults + cert_manager)
+    for origin, objects in [
+        ("manifests", manifests), ("chart (default values)", defaults),
+        ("chart (custom values)", custom),
+    ]:
+        check_webhook_probes(checker, origin, objects)
     check_dockerfile(checker, args.build_dir)
 
     if args.config_dir:
