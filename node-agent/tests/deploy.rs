@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use envproxy_agent::node::settings::TokenSource;
 use envproxy_agent::vault::VaultEnvironment;
-use envproxy_agent::Config;
+use envproxy_agent::{admin_socket_path, Config};
 
 fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -86,6 +86,11 @@ fn manifests_and_chart_validate() {
         assert_eq!(install.source, Path::new("/usr/lib/envproxy"), "{name}");
         assert_eq!(install.target, Path::new("/opt/envproxy"), "{name}");
         assert_eq!(
+            admin_socket_path(&config).as_deref(),
+            Some(Path::new("/run/envproxy-admin/admin.sock")),
+            "{name}"
+        );
+        assert_eq!(
             config.admin.health_listen,
             Some("0.0.0.0:9465".parse().unwrap()),
             "{name}"
@@ -111,6 +116,10 @@ fn manifests_and_chart_validate() {
     assert_eq!(custom.log_level, "envproxy_agent=debug,info");
     assert!(custom.audit.log);
     assert_eq!(custom.metrics.listen, None);
+    assert_eq!(
+        admin_socket_path(&custom).as_deref(),
+        Some(Path::new("/var/run/envproxy-admin/admin.sock"))
+    );
     assert_eq!(
         custom.admin.health_listen,
         Some("0.0.0.0:19465".parse().unwrap())
