@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# The EnvProxy image: envproxy-agent (agent and webhook), libenvproxy.so for glibc and musl, and
-# the runtime hooks under /usr/lib/envproxy, which the agent installs onto each node.
+# The EnvProxy image: envproxy-agent (agent and webhook), the envproxy CLI (for `envproxy admin`
+# through `kubectl exec`), libenvproxy.so for glibc and musl, and the runtime hooks under
+# /usr/lib/envproxy, which the agent installs onto each node.
 #
 #   docker build -t registry.example/envproxy:0.1.0 .
 #
@@ -11,12 +12,22 @@
 ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+# javac and jar for the Java hook: the build script of envproxy-java-hook (hooks/java/build.rs)
+# compiles it with `javac --release 17` and writes hooks/java/envproxy-javaagent.jar. Without a
+# JDK that script only warns, so the build checks that the jar exists.
+# NOTE: hooks/java/build.rs does not pass `jar --date`, so the jar's entries carry the times at
+# which the classes were compiled and the jar is not byte-for-byte reproducible.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jdk-headless \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 ENV CARGO_INCREMENTAL=0 \
     SOURCE_DATE_EPOCH=0 \
     RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo"
-RUN cargo build --release --locked -p envproxy-agent -p envproxy-preload
+RUN cargo build --release --locked -p envproxy-agent -p envproxy-cli -p envproxy-preload \
+        -p envproxy-java-hook \
+    && test -f hooks/java/envproxy-javaagent.jar
 
 # The musl build of the library is made on Alpine, a musl host. Rust's musl target links
 # statically by default, but a preloaded library must use the process's own dynamic musl libc,
@@ -36,8 +47,12 @@ RUN cargo build --release --locked -p envproxy-preload
 # it reads other processes' /proc entries.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /src/target/release/envproxy-agent /usr/bin/envproxy-agent
+COPY --from=build /src/target/release/envproxy /usr/bin/envproxy
 COPY --from=build /src/target/release/libenvproxy.so /usr/lib/envproxy/lib/libenvproxy.so
 COPY --from=build-musl /src/target/release/libenvproxy.so /usr/lib/envproxy/lib/musl/libenvproxy.so
+# NOTE: one COPY per runtime hook under hooks/. A hook added to the repository needs its own line
+# here, or the agent does not install it on the nodes (the deployment test checks this).
 COPY hooks/python/sitecustomize.py hooks/python/envproxy_hook.py /usr/lib/envproxy/hooks/python/
+COPY --from=build /src/hooks/java/envproxy-javaagent.jar /usr/lib/envproxy/hooks/java/envproxy-javaagent.jar
 USER 65532:65532
 ENTRYPOINT ["/usr/bin/envproxy-agent"]

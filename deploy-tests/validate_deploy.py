@@ -11,7 +11,9 @@
   fields that cert-manager requires (see ``check_cert_manager``).
 - Each agent config that the manifests and the rendered charts contain is written to
   ``--config-dir`` as ``<name>.toml``, so that the agent's own parser can load it.
-- The Dockerfile's COPY sources are checked against the repository and the build's artifacts.
+- The Dockerfile's COPY sources are checked against the repository, the artifacts of the
+  packages each stage builds (from ``cargo metadata``) and build script outputs, and each
+  runtime hook under hooks/ must be copied into the image.
 
 Exit status 0 when everything passes; otherwise each failure is printed and the status is 1.
 """
@@ -20,14 +22,20 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = None
 
 try:
     import helm_python as helm
@@ -228,6 +236,9 @@ def check_chart_failures(checker: Checker) -> None:
         ({"webhook": {"certificates": {"source": "secret"}}}, "webhook.certificates.secretName"),
         ({"webhook": {"replicas": 2, "minAvailable": 2}}, "webhook.minAvailable"),
         ({"node": {"socketDir": "/run/x", "libraryDir": "/run/x"}}, "node.socketDir"),
+        ({"node": {"adminSocketDir": "/run/envproxy/admin"}}, "node.adminSocketDir"),
+        ({"node": {"adminSocketDir": "/run/envproxy"}}, "node.adminSocketDir"),
+        ({"node": {"adminSocketDir": "/opt/envproxy/admin"}}, "node.adminSocketDir"),
     ]
     chart = helm.Chart.load(str(CHART))
     for values, expected in cases:
@@ -276,56 +287,218 @@ def check_chart_matches_manifests(checker: Checker, manifests: list[dict], chart
         checker.fail(f"the chart does not render these objects of manifests/: {sorted(missing)}")
 
 
-def check_dockerfile(checker: Checker, build_dir: Path | None) -> None:
-    """Check each COPY of the Dockerfile: context paths exist, build-stage paths are artifacts
-    that the stage's cargo commands produce (names compared with the debug build here)."""
-    dockerfile = (ROOT / "Dockerfile").read_text()
+def check_webhook_probes(checker: Checker, origin: str, objects: list[dict]) -> None:
+    """Check that the webhook's probes send GET /healthz over HTTPS to its named port, a path
+    that node-agent/src/webhook/server.rs serves."""
+    server = (ROOT / "node-agent" / "src" / "webhook" / "server.rs").read_text()
+    if 'path == "/healthz"' not in server:
+        checker.fail("node-agent/src/webhook/server.rs no longer serves /healthz")
+    deployments = [
+        obj for obj in objects
+        if obj.get("kind") == "Deployment"
+        and obj["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "envproxy-webhook"
+    ]
+    if len(deployments) != 1:
+        checker.fail(f"{origin}: expected one webhook Deployment, found {len(deployments)}")
+        return
+    for container in deployments[0]["spec"]["template"]["spec"]["containers"]:
+        for probe_name in ("readinessProbe", "livenessProbe"):
+            probe = container.get(probe_name) or {}
+            expected = {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
+            if probe.get("httpGet") != expected:
+                checker.fail(
+                    f"{origin}: webhook container {container['name']}: {probe_name} is "
+                    f"{probe}, expected httpGet {expected}"
+                )
+
+
+def check_admin_socket(checker: Checker, origin: str, objects: list[dict]) -> None:
+    """Check that the agent's admin socket lies on a hostPath of its own that the agent's
+    container mounts at the same path, outside the directories that mutated pods mount."""
+    if tomllib is None:
+        checker.fail(f"{origin}: the admin socket check needs Python 3.11 or later (tomllib)")
+        return
+    configs = list(agent_configs(objects).values())
+    daemonsets = [obj for obj in objects if obj.get("kind") == "DaemonSet"]
+    if len(configs) != 1 or len(daemonsets) != 1:
+        checker.fail(f"{origin}: expected one agent config and one DaemonSet")
+        return
+    config = tomllib.loads(configs[0])
+    socket = config.get("admin", {}).get("socket")
+    if not socket:
+        checker.fail(f"{origin}: [admin] socket is not set, so it defaults to inside "
+                     "the socket directory that every mutated pod mounts")
+        return
+    admin_dir = PurePosixPath(socket).parent
+    shared_dirs = [
+        PurePosixPath(config["agent"]["socket"]).parent,
+        PurePosixPath(config["webhook"]["library_dir"]),
+    ]
+    for shared in shared_dirs:
+        if admin_dir == shared or shared in admin_dir.parents:
+            checker.fail(f"{origin}: admin socket {socket} is inside {shared}, which pods mount")
+    pod = daemonsets[0]["spec"]["template"]["spec"]
+    host_paths = {
+        volume["name"]: volume["hostPath"]["path"]
+        for volume in pod.get("volumes", []) if "hostPath" in volume
+    }
+    mounts = [
+        mount for container in pod["containers"] for mount in container.get("volumeMounts", [])
+        if PurePosixPath(mount["mountPath"]) == admin_dir
+    ]
+    if len(mounts) != 1:
+        checker.fail(f"{origin}: the agent's container does not mount {admin_dir}")
+        return
+    host_path = host_paths.get(mounts[0]["name"])
+    if host_path is None or PurePosixPath(host_path) != admin_dir:
+        checker.fail(
+            f"{origin}: {admin_dir} is mounted from {host_path!r}, expected the hostPath "
+            f"{admin_dir}, so that root on the node reaches the same socket"
+        )
+
+
+# Files that a package's build script writes into the source tree, relative to the repository,
+# with the package and what its stage needs for the script to write them.
+BUILD_SCRIPT_OUTPUTS = {
+    "hooks/java/envproxy-javaagent.jar": {
+        "package": "envproxy-java-hook",
+        "build_script": "hooks/java/build.rs",
+        # hooks/java/build.rs only warns without javac and jar.
+        "stage_needs": (r"apt-get install\b[^&;]*\bopenjdk-\d+-jdk(-headless)?\b", "JDK"),
+        "checked_by": r"test -f hooks/java/envproxy-javaagent\.jar",
+    },
+}
+IMAGE_HOOKS_DIR = "/usr/lib/envproxy/hooks"
+
+
+def cargo_artifacts() -> dict[str, set[str]]:
+    """Return the file names that building each workspace package produces in target/release,
+    from `cargo metadata` (binaries, and cdylibs as lib<name>.so)."""
+    cargo = os.environ.get("CARGO", "cargo")
+    metadata = subprocess.run(
+        [cargo, "metadata", "--no-deps", "--format-version", "1", "--offline",
+         "--manifest-path", str(ROOT / "Cargo.toml")],
+        capture_output=True, text=True, check=True,
+    )
+    artifacts = {}
+    for package in json.loads(metadata.stdout)["packages"]:
+        names = set()
+        for target in package["targets"]:
+            if "bin" in target["kind"]:
+                names.add(target["name"])
+            if "cdylib" in target["kind"]:
+                names.add(f"lib{target['name'].replace('-', '_')}.so")
+        artifacts[package["name"]] = names
+    return artifacts
+
+
+def dockerfile_stages(dockerfile: str) -> list[dict]:
+    """Split the Dockerfile into stages: name, RUN commands and COPY instructions."""
+    stages = []
     lines = re.sub(r"\\\n", " ", dockerfile).splitlines()
     for line in lines:
         words = line.split()
         if not words or words[0].startswith("#"):
             continue
         instruction = words[0].upper()
-        if instruction == "COPY":
-            args = [word for word in words[1:] if not word.startswith("--")]
+        if instruction == "FROM":
+            name = words[3] if len(words) >= 4 and words[2].upper() == "AS" else None
+            stages.append({"name": name, "runs": [], "copies": []})
+        elif instruction == "RUN" and stages:
+            stages[-1]["runs"].append(" ".join(words[1:]))
+        elif instruction == "COPY" and stages:
             from_stage = next(
                 (word.split("=", 1)[1] for word in words[1:] if word.startswith("--from=")), None
             )
-            sources = args[:-1]
-            for source in sources:
-                if from_stage is None:
-                    if source == ".":
-                        continue
-                    if not (ROOT / source).exists():
+            paths = [word for word in words[1:] if not word.startswith("--")]
+            stages[-1]["copies"].append(
+                {"from": from_stage, "sources": paths[:-1], "destination": paths[-1]}
+            )
+    return stages
+
+
+def built_packages(run: str, workspace: dict[str, set[str]]) -> set[str]:
+    """Return the packages that the `cargo build` commands of one RUN build."""
+    packages = set()
+    for command in re.findall(r"cargo build\b[^&;|]*", run):
+        named = re.findall(r"(?:-p|--package)[ =]([A-Za-z0-9_-]+)", command)
+        if named:
+            packages.update(named)
+        else:
+            # --workspace, or no package selection at the workspace root: every member.
+            packages.update(workspace)
+    return packages
+
+
+def check_dockerfile(checker: Checker) -> None:
+    """Check each COPY of the Dockerfile: context paths exist, and each path copied from a build
+    stage is an artifact of a package that the stage's `cargo build` builds, or a file that such
+    a package's build script writes. Check also that each runtime hook under hooks/ reaches the
+    image."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = dockerfile_stages(dockerfile)
+    by_name = {stage["name"]: stage for stage in stages if stage["name"]}
+    workspace = cargo_artifacts()
+    destinations = []
+    for stage in stages:
+        for copy in stage["copies"]:
+            destinations.append(copy["destination"])
+            for source in copy["sources"]:
+                if copy["from"] is None:
+                    if source != "." and not (ROOT / source).exists():
                         checker.fail(f"Dockerfile: COPY source {source} is not in the repository")
                     continue
-                check_build_artifact(checker, from_stage, source, build_dir)
+                origin = by_name.get(copy["from"])
+                if origin is None:
+                    checker.fail(f"Dockerfile: COPY --from={copy['from']}: no such stage")
+                    continue
+                check_build_artifact(checker, copy["from"], origin, source, workspace)
+
+    for hook in sorted(path for path in (ROOT / "hooks").iterdir() if path.is_dir()):
+        if not any(dest.startswith(f"{IMAGE_HOOKS_DIR}/{hook.name}/") for dest in destinations):
+            checker.fail(
+                f"Dockerfile: no COPY into {IMAGE_HOOKS_DIR}/{hook.name}/, so the agent does not "
+                f"install the hook in hooks/{hook.name} on the nodes"
+            )
 
 
-def check_build_artifact(checker, stage, source, build_dir):
-    """Check that a path copied from a build stage is an artifact that cargo builds there."""
+def check_build_artifact(checker, stage_name, stage, source, workspace):
+    """Check that a path copied from a build stage is something that the stage builds."""
+    runs = " && ".join(stage["runs"])
+    packages = built_packages(runs, workspace)
+    label = f"Dockerfile: COPY --from={stage_name} {source}"
     match = re.fullmatch(
         r"/src/target/(?:(?P<triple>[a-z0-9_-]+)/)?release/(?P<name>[A-Za-z0-9_.-]+)", source
     )
-    if not match:
-        if source.startswith("/src/") and (ROOT / source[len("/src/"):]).exists():
-            return
-        checker.fail(f"Dockerfile: COPY --from={stage} {source} is no cargo artifact or repo path")
+    if match:
+        name = match.group("name")
+        if not any(name in workspace.get(package, set()) for package in packages):
+            checker.fail(
+                f"{label}: none of the packages that the stage builds ({sorted(packages)}) "
+                f"produces {name}"
+            )
         return
-    if build_dir is None:
+    relative = source[len("/src/"):] if source.startswith("/src/") else None
+    output = BUILD_SCRIPT_OUTPUTS.get(relative)
+    if output is None:
+        if relative is None or not (ROOT / relative).exists():
+            checker.fail(f"{label} is no cargo artifact, build script output or repository path")
         return
-    name = match.group("name")
-    if not (build_dir / name).exists():
-        checker.fail(
-            f"Dockerfile: COPY --from={stage} {source}: the build makes no {name} "
-            f"(not in {build_dir})"
-        )
+    if output["package"] not in packages:
+        checker.fail(f"{label}: the stage does not build {output['package']}, which writes it")
+    script = (ROOT / output["build_script"]).read_text()
+    if PurePosixPath(relative).name not in script:
+        checker.fail(f"{label}: {output['build_script']} no longer writes that file")
+    pattern, need = output["stage_needs"]
+    if not re.search(pattern, runs):
+        checker.fail(f"{label}: the stage installs no {need}, without which it is not built")
+    if not re.search(output["checked_by"], runs):
+        checker.fail(f"{label}: the stage does not check that the build wrote it")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-dir", type=Path, help="write each agent config.toml here")
-    parser.add_argument("--build-dir", type=Path, help="cargo's output directory (target/debug)")
     args = parser.parse_args()
 
     checker = Checker(newest_minor_versions())
@@ -341,7 +514,13 @@ def main() -> int:
     )
     check_chart_failures(checker)
     check_chart_matches_manifests(checker, manifests, defaults + cert_manager)
-    check_dockerfile(checker, args.build_dir)
+    for origin, objects in [
+        ("manifests", manifests), ("chart (default values)", defaults),
+        ("chart (custom values)", custom),
+    ]:
+        check_webhook_probes(checker, origin, objects)
+        check_admin_socket(checker, origin, objects)
+    check_dockerfile(checker)
 
     if args.config_dir:
         args.config_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use envproxy_agent::node::settings::TokenSource;
 use envproxy_agent::vault::VaultEnvironment;
-use envproxy_agent::Config;
+use envproxy_agent::{admin_socket_path, Config};
 
 fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,16 +21,12 @@ fn repository_root() -> PathBuf {
 /// its output when any check fails.
 fn run_validation(config_dir: &Path) {
     let root = repository_root();
-    let build_dir = Path::new(env!("CARGO_BIN_EXE_envproxy-agent"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
     let output = Command::new("python3")
         .arg(root.join("deploy-tests/validate_deploy.py"))
         .arg("--config-dir")
         .arg(config_dir)
-        .arg("--build-dir")
-        .arg(&build_dir)
+        // The Dockerfile check runs `cargo metadata` with the cargo that builds this test.
+        .env("CARGO", env!("CARGO"))
         .output()
         .expect("cannot run python3; install Python 3 (apt-get install python3)");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -86,6 +82,11 @@ fn manifests_and_chart_validate() {
         assert_eq!(install.source, Path::new("/usr/lib/envproxy"), "{name}");
         assert_eq!(install.target, Path::new("/opt/envproxy"), "{name}");
         assert_eq!(
+            admin_socket_path(&config).as_deref(),
+            Some(Path::new("/run/envproxy-admin/admin.sock")),
+            "{name}"
+        );
+        assert_eq!(
             config.admin.health_listen,
             Some("0.0.0.0:9465".parse().unwrap()),
             "{name}"
@@ -111,6 +112,10 @@ fn manifests_and_chart_validate() {
     assert_eq!(custom.log_level, "envproxy_agent=debug,info");
     assert!(custom.audit.log);
     assert_eq!(custom.metrics.listen, None);
+    assert_eq!(
+        admin_socket_path(&custom).as_deref(),
+        Some(Path::new("/var/run/envproxy-admin/admin.sock"))
+    );
     assert_eq!(
         custom.admin.health_listen,
         Some("0.0.0.0:19465".parse().unwrap())

@@ -72,7 +72,20 @@ fn source_directory(work: &Path, build: &str) -> PathBuf {
         format!("BUILD = {build:?}\n"),
     )
     .unwrap();
+    // The image's Java hook, at the path the library adds to JAVA_TOOL_OPTIONS.
+    fs::create_dir_all(source.join("hooks/java")).unwrap();
+    fs::write(source.join(JAVA_HOOK), java_hook_bytes(build)).unwrap();
     source
+}
+
+/// The Java hook's path in the image's install source and under the install target.
+const JAVA_HOOK: &str = "hooks/java/envproxy-javaagent.jar";
+
+/// Stand-in bytes for the jar of `build`: a zip header and bytes that are not UTF-8.
+fn java_hook_bytes(build: &str) -> Vec<u8> {
+    let mut bytes = b"PK\x03\x04\x00\xff\xfe".to_vec();
+    bytes.extend_from_slice(build.as_bytes());
+    bytes
 }
 
 /// A running program with the installed library preloaded.
@@ -205,6 +218,13 @@ fn running_process_keeps_old_library() {
     assert!(log.contains("installed the library and hooks"), "{log}");
     let first_inode = installed_library(&target).ino();
     let first_file = fs::canonicalize(target.join("lib/libenvproxy.so")).unwrap();
+    let first_jar = fs::canonicalize(target.join(JAVA_HOOK)).unwrap();
+    assert_eq!(fs::read(&first_jar).unwrap(), java_hook_bytes("first"));
+    assert_eq!(
+        first_jar.strip_prefix(first_file.parent().unwrap().parent().unwrap()),
+        Ok(Path::new(JAVA_HOOK)),
+        "the jar is not in the library's versions/<version>/ directory"
+    );
 
     let mut old = Preloaded::start(&program, &target);
     assert_eq!(old.read_build(), "first");
@@ -222,6 +242,11 @@ fn running_process_keeps_old_library() {
         fs::read_to_string(target.join("hooks/python/sitecustomize.py")).unwrap(),
         "BUILD = \"second\"\n"
     );
+    assert_eq!(
+        fs::read(target.join(JAVA_HOOK)).unwrap(),
+        java_hook_bytes("second")
+    );
+    assert_eq!(fs::read(&first_jar).unwrap(), java_hook_bytes("first"));
 
     // The running process still executes the first build from its file, which still exists.
     assert_eq!(old.ask_build(), "first");
@@ -251,6 +276,7 @@ fn running_process_keeps_old_library() {
     let report = install::sweep(&target, Path::new("/proc"), Duration::ZERO).unwrap();
     assert_eq!(report.removed, [first_version]);
     assert!(!first_file.exists());
+    assert!(!first_jar.exists());
 
     // The process of the second build is unaffected by the sweep.
     assert_eq!(new.ask_build(), "second");

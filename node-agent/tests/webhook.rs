@@ -363,6 +363,22 @@ fn opted_in_pod_is_injected() {
 }
 
 #[test]
+fn hook_annotations_set_library_env() {
+    let webhook = TestWebhook::start();
+    let review = create_review(json!({
+        "envproxy.dev/inject": "true",
+        "envproxy.dev/no-python": "true",
+        "envproxy.dev/no-java": "false",
+    }));
+    let pod = patched_pod(&review, &webhook.review(&review));
+
+    let app = container(&pod, "containers", "app");
+    assert_eq!(env_value(app, "ENVPROXY_NO_PYTHON"), Some("1"));
+    assert_eq!(env_value(app, "ENVPROXY_NO_JAVA"), None);
+    assert_eq!(env_value(app, "ENVPROXY_CACHE_TTL"), None);
+}
+
+#[test]
 fn second_admission_changes_nothing() {
     let webhook = TestWebhook::start();
     let review = create_review(json!({

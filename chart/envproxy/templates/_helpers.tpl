@@ -36,6 +36,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "envproxy.tlsDir" -}}/etc/envproxy/webhook{{- end -}}
 {{- define "envproxy.vaultCaDir" -}}/etc/envproxy/vault-ca{{- end -}}
 
+{{/* The admin socket, at the same path on the node and in the agent's container. */}}
+{{- define "envproxy.adminSocket" -}}
+{{ printf "%s/admin.sock" (trimSuffix "/" .Values.node.adminSocketDir) }}
+{{- end -}}
+
 {{/* Checks of value combinations that the schema cannot express. */}}
 {{- define "envproxy.checkValues" -}}
 {{- $source := include "envproxy.certificateSource" . -}}
@@ -47,5 +52,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- if eq .Values.node.socketDir .Values.node.libraryDir -}}
 {{- fail "node.socketDir and node.libraryDir must be different directories" -}}
+{{- end -}}
+{{- $socketDir := trimSuffix "/" .Values.node.socketDir -}}
+{{- $adminDir := trimSuffix "/" .Values.node.adminSocketDir -}}
+{{- if or (eq $adminDir $socketDir) (hasPrefix (printf "%s/" $socketDir) $adminDir) -}}
+{{- fail (printf "node.adminSocketDir (%s) must lie outside node.socketDir (%s), which every mutated pod mounts" .Values.node.adminSocketDir .Values.node.socketDir) -}}
+{{- end -}}
+{{- if or (eq $adminDir (trimSuffix "/" .Values.node.libraryDir)) (hasPrefix (printf "%s/" (trimSuffix "/" .Values.node.libraryDir)) $adminDir) -}}
+{{- fail (printf "node.adminSocketDir (%s) must lie outside node.libraryDir (%s), which every mutated pod mounts" .Values.node.adminSocketDir .Values.node.libraryDir) -}}
 {{- end -}}
 {{- end -}}

@@ -6,7 +6,7 @@
 //! | `envproxy.dev/vault-role` | the service account name | a Vault role name |
 //! | `envproxy.dev/vault-auth-mount` | `kubernetes` | a Vault auth mount path |
 //! | `envproxy.dev/vault-addr` | the agent's Vault address | an address on the agent's allowlist |
-//! | `envproxy.dev/vault-cache-ttl` | `5m` | `30s`, `5m`, `1h`, `1h30m`, from 1 s to 24 h |
+//! | `envproxy.dev/vault-cache-ttl` | the agent's `[vault] cache_ttl` | `30s`, `5m`, `1h`, `1h30m`, from 1 s to 24 h |
 //! | `envproxy.dev/cache-ttl` | `30` | whole seconds from 0 to 86400 |
 //! | `envproxy.dev/containers` | all containers | comma-separated container names |
 //! | `envproxy.dev/no-python`, `envproxy.dev/no-java` | `false` | `true` or `false` |
@@ -66,8 +66,6 @@ pub const KNOWN: [&str; 11] = [
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 /// Vault auth mount when [`VAULT_AUTH_MOUNT`] is absent.
 pub const DEFAULT_VAULT_AUTH_MOUNT: &str = "kubernetes";
-/// Agent cache time when [`VAULT_CACHE_TTL`] is absent.
-pub const DEFAULT_VAULT_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
 /// In-process cache time when [`CACHE_TTL`] is absent.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30);
 
@@ -142,8 +140,8 @@ pub struct PodSettings {
     pub vault_auth_mount: String,
     /// Vault address for this pod. `None` selects the agent's configured address.
     pub vault_addr: Option<String>,
-    /// Time the agent caches this pod's secrets.
-    pub vault_cache_ttl: Duration,
+    /// Time the agent caches this pod's secrets. `None` selects the agent's `[vault] cache_ttl`.
+    pub vault_cache_ttl: Option<Duration>,
     /// Time the preload library caches a value in the process, in whole seconds.
     pub cache_ttl: Duration,
     /// Containers that are injected and served.
@@ -207,10 +205,8 @@ impl PodSettings {
         };
         let vault_addr = get(VAULT_ADDR)
             .map(|value| keep_valid(parse_vault_addr(value, vault_addr_allowlist), &mut errors));
-        let vault_cache_ttl = match get(VAULT_CACHE_TTL) {
-            Some(value) => keep_valid(parse_vault_cache_ttl(value), &mut errors),
-            None => DEFAULT_VAULT_CACHE_TTL,
-        };
+        let vault_cache_ttl =
+            get(VAULT_CACHE_TTL).map(|value| keep_valid(parse_vault_cache_ttl(value), &mut errors));
         let cache_ttl = match get(CACHE_TTL) {
             Some(value) => keep_valid(parse_cache_ttl(value), &mut errors),
             None => DEFAULT_CACHE_TTL,
@@ -517,7 +513,7 @@ mod tests {
         assert_eq!(settings.vault_role, "checkout");
         assert_eq!(settings.vault_auth_mount, "kubernetes");
         assert_eq!(settings.vault_addr, None);
-        assert_eq!(settings.vault_cache_ttl, Duration::from_secs(300));
+        assert_eq!(settings.vault_cache_ttl, None);
         assert_eq!(settings.cache_ttl, Duration::from_secs(30));
         assert_eq!(settings.containers, ContainerSelection::All);
         assert!(!settings.no_python);
@@ -553,7 +549,7 @@ mod tests {
             settings.vault_addr.as_deref(),
             Some("https://vault.shop.svc:8200")
         );
-        assert_eq!(settings.vault_cache_ttl, Duration::from_secs(5400));
+        assert_eq!(settings.vault_cache_ttl, Some(Duration::from_secs(5400)));
         assert_eq!(settings.cache_ttl, Duration::ZERO);
         assert_eq!(
             settings.containers,
@@ -613,7 +609,7 @@ mod tests {
             let result = settings(json!({ "envproxy.dev/vault-cache-ttl": value }));
             assert_eq!(
                 result.map(|s| s.vault_cache_ttl),
-                Ok(Duration::from_secs(secs)),
+                Ok(Some(Duration::from_secs(secs))),
                 "{value}"
             );
         }

@@ -820,7 +820,7 @@ fn identity_of(attested: &Attested, base: &VaultSettings) -> Identity {
         service_account: service_account(&attested.pod).to_string(),
         auth_mount: settings.vault_auth_mount.clone(),
         role: settings.vault_role.clone(),
-        cache_ttl: settings.vault_cache_ttl,
+        cache_ttl: settings.vault_cache_ttl.unwrap_or(base.cache_ttl),
     }
 }
 
@@ -883,5 +883,55 @@ fn deny(
     Outcome {
         response: Response::error(denied.message),
         decision: Decision::Denied,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::VaultEnvironment;
+
+    fn attested(annotations: serde_json::Value) -> Attested {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-1",
+                "namespace": "shop",
+                "uid": "0c4f7f0e-4a1b-4a8e-9d55-1f1c2b3d4e5f",
+                "annotations": annotations,
+            },
+            "spec": {"serviceAccountName": "web", "containers": [{"name": "app"}]},
+        }))
+        .unwrap();
+        let settings = PodSettings::from_pod(&pod, &[]).unwrap();
+        Attested {
+            pod_uid: "0c4f7f0e-4a1b-4a8e-9d55-1f1c2b3d4e5f".to_string(),
+            container: "app".to_string(),
+            pod: Arc::new(pod),
+            settings,
+        }
+    }
+
+    fn vault_settings(cache_ttl: Duration) -> VaultSettings {
+        let mut settings = VaultSettings::with_defaults(
+            "https://vault.example:8200".to_string(),
+            &VaultEnvironment::default(),
+        );
+        settings.cache_ttl = cache_ttl;
+        settings
+    }
+
+    #[test]
+    fn identity_cache_ttl_defaults_to_config() {
+        let base = vault_settings(Duration::from_secs(600));
+        let identity = identity_of(&attested(serde_json::json!({})), &base);
+        assert_eq!(identity.cache_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn identity_cache_ttl_from_annotation() {
+        let base = vault_settings(Duration::from_secs(600));
+        let pod = attested(serde_json::json!({"envproxy.dev/vault-cache-ttl": "90s"}));
+        let identity = identity_of(&pod, &base);
+        assert_eq!(identity.cache_ttl, Duration::from_secs(90));
     }
 }
