@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds every crate, then runs every test and prints one summary line of all test binaries.
 #
+# `--no-fail-fast` runs every test binary even after one fails, so the summary covers the
+# whole suite.
+#
 # The end-to-end tests run the built `envproxy`, `envproxy-agent` and `libenvproxy.so` in real
 # programs, and `cargo test` alone does not build a cdylib, so the build comes first.
 set -euo pipefail
@@ -11,7 +14,7 @@ cargo build --workspace --all-targets
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace "$@" 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
