@@ -38,6 +38,8 @@ pub const CONTAINERS: &str = "envproxy.dev/containers";
 pub const NO_PYTHON: &str = "envproxy.dev/no-python";
 /// Skips the Java runtime hook.
 pub const NO_JAVA: &str = "envproxy.dev/no-java";
+/// Skips the Perl runtime hook.
+pub const NO_PERL: &str = "envproxy.dev/no-perl";
 /// Serves references that the container's spec does not declare.
 pub const ALLOW_UNLISTED_REFS: &str = "envproxy.dev/allow-unlisted-refs";
 
@@ -131,6 +133,8 @@ pub struct PodSettings {
     pub no_python: bool,
     /// Whether the Java runtime hook is skipped.
     pub no_java: bool,
+    /// Whether the Perl runtime hook is skipped.
+    pub no_perl: bool,
     /// Whether references that the container's spec does not declare are served.
     pub allow_unlisted_refs: bool,
 }
@@ -195,6 +199,7 @@ impl PodSettings {
             containers,
             no_python: parse_bool(NO_PYTHON, get(NO_PYTHON))?,
             no_java: parse_bool(NO_JAVA, get(NO_JAVA))?,
+            no_perl: parse_bool(NO_PERL, get(NO_PERL))?,
             allow_unlisted_refs: parse_bool(ALLOW_UNLISTED_REFS, get(ALLOW_UNLISTED_REFS))?,
         })
     }
@@ -464,6 +469,7 @@ mod tests {
         assert_eq!(settings.containers, ContainerSelection::All);
         assert!(!settings.no_python);
         assert!(!settings.no_java);
+        assert!(!settings.no_perl);
         assert!(!settings.allow_unlisted_refs);
     }
 
@@ -486,6 +492,7 @@ mod tests {
             "envproxy.dev/containers": " app , sidecar,app",
             "envproxy.dev/no-python": "true",
             "envproxy.dev/no-java": "false",
+            "envproxy.dev/no-perl": "true",
             "envproxy.dev/allow-unlisted-refs": "true",
         }))
         .unwrap();
@@ -503,6 +510,7 @@ mod tests {
         );
         assert!(settings.no_python);
         assert!(!settings.no_java);
+        assert!(settings.no_perl);
         assert!(settings.allow_unlisted_refs);
     }
 
@@ -647,7 +655,7 @@ mod tests {
 
     #[test]
     fn booleans_reject_other_spellings() {
-        for annotation in [NO_PYTHON, NO_JAVA, ALLOW_UNLISTED_REFS] {
+        for annotation in [NO_PYTHON, NO_JAVA, NO_PERL, ALLOW_UNLISTED_REFS] {
             for value in ["TRUE", "1", "yes", "on", ""] {
                 let error = settings(json!({ annotation: value })).unwrap_err();
                 assert_eq!(error.annotation, annotation);
