@@ -7,7 +7,7 @@
 # (`apt-get install musl-tools`). Rust links musl programs statically by default, which a
 # shared library cannot be, so crt-static is turned off and musl-gcc links against musl's
 # libc.so. The unwinder that catches panics at the library's C boundary would then come from
-# libgcc_s, which Alpine images often lack; a `libgcc_s.so` linker script in the target
+# libgcc_s, which Alpine images often lack. A `libgcc_s.so` linker script in the target
 # directory points the linker at Rust's static LLVM libunwind instead, so the library needs
 # nothing but musl's libc.
 set -euo pipefail

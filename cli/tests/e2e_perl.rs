@@ -4,6 +4,7 @@
 
 mod e2e_support;
 
+use std::path::Path;
 use std::time::Duration;
 
 use e2e_support::*;
@@ -48,7 +49,7 @@ fn perl_command(secrets: &std::path::Path, name: &str) -> std::process::Command 
 }
 
 #[test]
-fn perl_reads_secret_through_env_and_children_get_reference() {
+fn perl_env_resolves_secret_for_parent_only() {
     require_program("perl", "perl");
     let world = World::new();
     let secret = random_secret();
@@ -192,5 +193,68 @@ print "MISSING=", ($ENV{MISSING} // "(undef)"), "\n";
     assert_eq!(
         value_of(&unset.stdout, "MISSING").as_deref(),
         Some("(undef)")
+    );
+}
+
+#[test]
+fn perl_reconnects_after_fork_and_agent_restart() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    require_program("perl", "perl");
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+    let agent = Agent::start(&world.socket(), &secrets);
+    // With TTL 0 every read is a request, first on the inherited connection in the forked
+    // child, then on a connection the restarted agent never saw.
+    let script = r#"
+$| = 1;
+while (my $command = <STDIN>) {
+    chomp $command;
+    if ($command eq "fork") {
+        my $pid = fork // die "fork: $!";
+        if ($pid == 0) { print "forked=$ENV{API_TOKEN}\n"; exit 0 }
+        waitpid($pid, 0);
+    }
+    print "read=$ENV{API_TOKEN}\n";
+}
+"#;
+    let mut child = preload_command(Path::new("perl"), &agent.socket)
+        .env("API_TOKEN", "envproxy:API_TOKEN")
+        .env("ENVPROXY_CACHE_TTL", "0")
+        .args(["-e", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start perl");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let mut next_line = || {
+        lines
+            .next()
+            .expect("a line from perl")
+            .expect("read perl's output")
+    };
+
+    writeln!(stdin, "read").unwrap();
+    assert_eq!(next_line(), format!("read={secret}"));
+    writeln!(stdin, "fork").unwrap();
+    assert_eq!(next_line(), format!("forked={secret}"));
+    assert_eq!(next_line(), format!("read={secret}"));
+
+    agent.stop();
+    let restarted = Agent::start(&world.socket(), &secrets);
+    // The first read after the restart finds its pooled connection closed and opens another.
+    writeln!(stdin, "read").unwrap();
+    assert_eq!(next_line(), format!("read={secret}"));
+    drop(stdin);
+    let output = child.wait_with_output().expect("wait for perl");
+    restarted.stop();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }

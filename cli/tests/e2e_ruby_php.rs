@@ -1,7 +1,7 @@
 //! End-to-end tests of Ruby and PHP CLI programs under `envproxy run`. Both read variables
 //! through libc `getenv` (`ENV[]`, `ENV.fetch`, PHP's `getenv(NAME)`), so the library alone
-//! resolves them; the calls that walk `environ` instead (`ENV.to_h`, `$_SERVER`, `getenv()`
-//! without a name) show references, as the README's language table says.
+//! resolves them. The calls that walk `environ` instead (`ENV.to_h`, `$_SERVER`, `getenv()`
+//! without a name) show references, as the README's language table states.
 
 mod e2e_support;
 
@@ -29,7 +29,7 @@ system({ "RENAMED" => ENV[name] }, "/usr/bin/env") or abort "env"
 "##;
 
 #[test]
-fn ruby_reads_secret_through_env_and_children_get_reference() {
+fn ruby_env_resolves_secret_for_parent_only() {
     require_program("ruby", "ruby");
     let world = World::new();
     let secret = random_secret();
@@ -99,7 +99,7 @@ exit(proc_close($process));
 "#;
 
 #[test]
-fn php_reads_secret_through_getenv_and_children_get_reference() {
+fn php_getenv_resolves_secret_for_parent_only() {
     require_program("php", "php-cli");
     let world = World::new();
     let secret = random_secret();

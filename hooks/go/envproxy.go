@@ -8,8 +8,8 @@
 //
 //   - values that start with neither scheme are returned as they are and never sent anywhere;
 //   - names starting with ENVPROXY_ are never resolved;
-//   - values are cached in the process for ENVPROXY_CACHE_TTL seconds (default 30, 0 asks the
-//     agent on every call), so a rotated secret is seen within the TTL;
+//   - values are cached in the process for ENVPROXY_CACHE_TTL seconds (default 30; with 0 every
+//     call sends a request), so a rotated secret is seen within the TTL;
 //   - one call waits at most ENVPROXY_TIMEOUT_MS (default 2000) for the agent; after a failure
 //     to reach it, calls fail at once for one second and the last value is served;
 //   - ENVPROXY_ON_ERROR (reference, unset, exit) decides what an unresolvable reference yields,
@@ -41,8 +41,8 @@ const (
 
 	// exitConfig is the status for ENVPROXY_ON_ERROR=exit: EX_CONFIG from sysexits.h.
 	exitConfig = 78
-	// retryAfter is the pause after a failed request before the agent is asked again for the
-	// same variable; calls in between get the stale value or the error result at once.
+	// retryAfter is the pause after a failed request before the next request for the same
+	// variable. Calls in between get the stale value or the error result at once.
 	retryAfter = time.Second
 )
 
@@ -54,8 +54,8 @@ func Getenv(name string) string {
 }
 
 // LookupEnv returns the value of the environment variable name, with a reference resolved by
-// the EnvProxy agent, and whether the variable is set. A reference that cannot be resolved
-// yields what ENVPROXY_ON_ERROR says: the reference itself (the default), unset, or exit.
+// the EnvProxy agent, and whether the variable is set. ENVPROXY_ON_ERROR selects the result for
+// a reference that cannot be resolved: the reference itself (the default), unset, or exit.
 func LookupEnv(name string) (string, bool) {
 	return defaultResolver().lookup(name)
 }
@@ -150,8 +150,8 @@ func (r *resolver) resolve(name, reference string, isReference bool) (string, bo
 	}
 	r.mu.Unlock()
 
-	// The lock is not held while waiting for the agent, so other variables are not held up.
-	// Two goroutines that miss together both ask; the later answer wins.
+	// The lock is released while waiting for the agent, so reads of other variables go on.
+	// Two goroutines that miss together both send a request, and the later response wins.
 	var request []byte
 	var err error
 	if isReference {
@@ -196,8 +196,8 @@ func (r *resolver) resolve(name, reference string, isReference bool) (string, bo
 }
 
 // failure records a failed request for e and returns what the read yields. Called with r.mu
-// held. An authoritative failure (the agent answered) drops the stale value, so an older value
-// never masks the agent's own answer.
+// held. An authoritative failure (a response from the agent) drops the stale value, so an
+// older value never masks the agent's own response.
 func (r *resolver) failure(name string, e *entry, isReference bool, reason string,
 	authoritative bool) (string, bool) {
 	if authoritative {

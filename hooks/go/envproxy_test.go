@@ -58,7 +58,7 @@ func (a *fakeAgent) serveConn(conn net.Conn) {
 		a.mu.Unlock()
 		reply := a.handler(request)
 		if reply == nil {
-			// No answer: the client's timeout must end the wait.
+			// No response: the client's timeout must end the wait.
 			time.Sleep(5 * time.Second)
 			return
 		}

@@ -339,12 +339,12 @@ pub fn assert_rotation_seen(
     };
     if first != old {
         stop(child);
-        let shown = if first.starts_with("envproxy:") {
+        let printed = if first.starts_with("envproxy:") {
             first.as_str()
         } else {
             "another value"
         };
-        panic!("{name}: the first line did not show the secret but {shown}");
+        panic!("{name}: the first line did not show the secret but {printed}");
     }
     std::thread::sleep(Duration::from_millis(300));
     let edited_at = Instant::now();

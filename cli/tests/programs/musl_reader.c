@@ -55,9 +55,11 @@ int main(int argc, char **argv) {
     const char *prefix = child ? "child." : "";
     const char *value = getenv(name);
     if (value == NULL) value = "(null)";
-    int leak = in_own_environ(value);
-    printf("%s%s=%s\n%senviron=%s\n", prefix, name, value, prefix,
-           leak < 0 ? "unreadable" : leak ? "leak" : "clean");
+    const char *state = "clean";
+    int found = in_own_environ(value);
+    if (found < 0) state = "unreadable";
+    if (found > 0) state = "leak";
+    printf("%s%s=%s\n%senviron=%s\n", prefix, name, value, prefix, state);
     if (child) {
         printf("child.raw.%s=%s\nchild.raw.RENAMED=%s\n", name, raw_value(name),
                raw_value("RENAMED"));

@@ -5,26 +5,27 @@ package EnvProxy::Hook;
 # Perl copies the environment into %ENV once, at start, and reads %ENV without calling libc
 # getenv, so libenvproxy.so never sees those reads. The library appends
 # `-I<hooks>/perl -MEnvProxy::Hook` to PERL5OPT at load, so this module is loaded before the
-# program's own code. When the environment contains a reference, it ties %ENV to
-# EnvProxy::Hook::Env, which asks the agent for the value of each reference read.
+# program's own code. When the environment contains a reference, it puts a hash tied to
+# EnvProxy::Hook::Env in place of %ENV, which requests the value of each reference read.
 #
 # Nothing in Perl's core calls libc getenv for an arbitrary name (POSIX::getenv reads %ENV), so
 # this module speaks the agent's v2 protocol itself, with the library's rules:
 #
 # - names starting with ENVPROXY_ are never resolved;
-# - values are cached for ENVPROXY_CACHE_TTL seconds (0 asks the agent on every read);
-# - one request waits at most ENVPROXY_TIMEOUT_MS; after a failure to reach the agent, requests
+# - values are cached for ENVPROXY_CACHE_TTL seconds (with 0, every read sends a request);
+# - one request waits at most ENVPROXY_TIMEOUT_MS. After a failure to reach the agent, requests
 #   fail at once for one second and the last value is served;
-# - ENVPROXY_ON_ERROR (reference, unset, exit) decides what an unresolvable reference reads as,
+# - ENVPROXY_ON_ERROR (reference, unset, exit) selects what an unresolvable reference reads as,
 #   with one stderr line per variable;
-# - ENVPROXY_LOOKUP_UNSET=1 also asks the agent for names absent from %ENV;
-# - only an agent running as this user or as root is asked (SO_PEERCRED).
+# - ENVPROXY_LOOKUP_UNSET=1 also sends requests for names absent from %ENV;
+# - requests go only to an agent running as this user or as root (SO_PEERCRED).
 #
-# Writes to %ENV (assignment, delete, local, clearing) reach the real environment, so child
-# processes see them. A value written that equals a value read through this hook is written as
-# its reference instead, so `local $ENV{X}` and `$ENV{COPY} = $ENV{SECRET}` hand children the
-# reference, never the value. `keys`, `exists` and `scalar %ENV` read the raw environment;
-# `values`, `each` and copies of %ENV read resolved values. Values are never logged.
+# Writes to %ENV (assignment, delete, local, clearing) reach the original %ENV and so the C
+# environment that child processes inherit. A value written that equals a value read through
+# this hook is written as its reference instead, so `local $ENV{X}` and
+# `$ENV{COPY} = $ENV{SECRET}` hand children the reference, never the value. `keys`, `exists`
+# and `scalar %ENV` read the raw environment, while `values`, `each` and copies of %ENV read
+# resolved values. Values are never logged.
 
 use strict;
 use warnings;
@@ -346,7 +347,11 @@ sub request {
     my @answer;
     for my $attempt (1, 2) {
         my $reused = defined $self->{connection} && $self->{connection_pid} == $$;
-        $self->{connection} = undef unless $reused;
+        if (!$reused && defined $self->{connection}) {
+            # Inherited across fork: the parent keeps using it, so this process opens its own.
+            close $self->{connection};
+            $self->{connection} = undef;
+        }
         @answer = eval {
             $self->{connection} //= $self->open_connection($deadline);
             $self->{connection_pid} = $$;
@@ -407,7 +412,9 @@ sub exchange {
     my $written = 0;
     while ($written < length $frame) {
         wait_for($socket, 1, $deadline, $path);
-        my $n = syswrite($socket, $frame, length($frame) - $written, $written);
+        # MSG_NOSIGNAL: a peer that closed the socket yields EPIPE instead of killing the
+        # program with SIGPIPE.
+        my $n = send($socket, substr($frame, $written), Socket::MSG_NOSIGNAL());
         if (!defined $n) {
             next if $!{EAGAIN} || $!{EINTR};
             die "I/O error talking to the agent at $path: $!\n";
