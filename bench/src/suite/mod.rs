@@ -61,10 +61,12 @@ pub enum Benchmark {
     AuditStream,
     /// 13: agent throughput while its metrics are scraped, against an agent without them.
     MetricsScrape,
+    /// 14: Perl, Ruby and Node.js start under `envproxy run`, against each started plainly.
+    InterpreterStartup,
 }
 
 impl Benchmark {
-    pub const ALL: [Benchmark; 13] = [
+    pub const ALL: [Benchmark; 14] = [
         Benchmark::GetenvPlain,
         Benchmark::GetenvCached,
         Benchmark::UncachedLatency,
@@ -78,6 +80,7 @@ impl Benchmark {
         Benchmark::NodeDeployment,
         Benchmark::AuditStream,
         Benchmark::MetricsScrape,
+        Benchmark::InterpreterStartup,
     ];
 
     /// Returns whether the benchmark places clients in pod cgroups, which needs root.
@@ -211,6 +214,7 @@ impl Suite {
             Benchmark::NodeDeployment => node::deployment(self)?,
             Benchmark::AuditStream => observed::audit_stream(self)?,
             Benchmark::MetricsScrape => observed::metrics_scrape(self)?,
+            Benchmark::InterpreterStartup => startup::interpreters(self)?,
         };
         // A server that died during the benchmark may have produced wrong figures.
         if let Some(agent) = &mut self.agent {
