@@ -51,6 +51,9 @@ pub fn install(settings: &Settings) {
 ///
 /// Perl splits `PERL5OPT` at whitespace, so a directory whose path contains whitespace cannot
 /// be named there; Perl programs then read references.
+///
+/// NOTE: children inherit `PERL5OPT`. A Perl child that cannot read `<dir>` (another mount
+/// namespace, a chroot) fails at start because it cannot locate `EnvProxy/Hook.pm`.
 fn install_perl(dir: &Path, debug: bool) {
     let current = settings::read(c"PERL5OPT").unwrap_or_default();
     if current
