@@ -51,8 +51,10 @@ COPY --from=build /src/target/release/envproxy /usr/bin/envproxy
 COPY --from=build /src/target/release/libenvproxy.so /usr/lib/envproxy/lib/libenvproxy.so
 COPY --from=build-musl /src/target/release/libenvproxy.so /usr/lib/envproxy/lib/musl/libenvproxy.so
 # NOTE: one COPY per runtime hook under hooks/. A hook added to the repository needs its own line
-# here, or the agent does not install it on the nodes (the deployment test checks this).
+# here, or the agent does not install it on the nodes (the deployment test checks this). hooks/go
+# is a Go module that programs build in, so nothing of it is installed.
 COPY hooks/python/sitecustomize.py hooks/python/envproxy_hook.py /usr/lib/envproxy/hooks/python/
 COPY --from=build /src/hooks/java/envproxy-javaagent.jar /usr/lib/envproxy/hooks/java/envproxy-javaagent.jar
+COPY hooks/perl/EnvProxy /usr/lib/envproxy/hooks/perl/EnvProxy/
 USER 65532:65532
 ENTRYPOINT ["/usr/bin/envproxy-agent"]

@@ -369,6 +369,8 @@ BUILD_SCRIPT_OUTPUTS = {
     },
 }
 IMAGE_HOOKS_DIR = "/usr/lib/envproxy/hooks"
+# Directories under hooks/ that programs build in rather than load at run time.
+BUILT_IN_HOOKS = {"go"}
 
 
 def cargo_artifacts() -> dict[str, set[str]]:
@@ -454,7 +456,11 @@ def check_dockerfile(checker: Checker) -> None:
                     continue
                 check_build_artifact(checker, copy["from"], origin, source, workspace)
 
-    for hook in sorted(path for path in (ROOT / "hooks").iterdir() if path.is_dir()):
+    # hooks/go is a Go module that programs compile in; the nodes need nothing of it.
+    runtime_hooks = (
+        path for path in (ROOT / "hooks").iterdir() if path.is_dir() and path.name not in BUILT_IN_HOOKS
+    )
+    for hook in sorted(runtime_hooks):
         if not any(dest.startswith(f"{IMAGE_HOOKS_DIR}/{hook.name}/") for dest in destinations):
             checker.fail(
                 f"Dockerfile: no COPY into {IMAGE_HOOKS_DIR}/{hook.name}/, so the agent does not "

@@ -5,7 +5,7 @@
 //! `cc -O2` into a temporary directory, starts the agent and an echo server there, and stops
 //! them by pid at the end.
 //!
-//! - [`suite`]: the fifteen benchmarks and their sizes.
+//! - [`suite`]: the sixteen benchmarks and their sizes.
 //! - [`observe`]: the audit stream watcher and metrics scraper of benchmarks 12 and 13.
 //! - [`harness`]: the C client that calls `getenv` and times socket round trips.
 //! - [`load`]: the multi-threaded throughput client.
@@ -156,7 +156,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if selected.iter().any(|benchmark| benchmark.needs_root()) {
         cgroups::require_root(suite::NODE_BENCHMARKS)?;
     }
-    let binaries = Binaries::locate(selected.contains(&Benchmark::PythonStartup))?;
+    let needs_cli = selected.contains(&Benchmark::PythonStartup)
+        || selected.contains(&Benchmark::InterpreterStartup);
+    let binaries = Binaries::locate(needs_cli)?;
 
     let busy_before_run = machine::busy_share(machine::SAMPLE_INTERVAL)?;
     if busy_before_run > machine::BUSY_WARNING_SHARE {

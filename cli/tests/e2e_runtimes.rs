@@ -186,6 +186,8 @@ const role = process.argv[2] || "parent";
 console.log(`${role}.${name}=${value}`);
 console.log(`${role}.environ=${raw.includes(Buffer.from(value)) ? "leak" : "clean"}`);
 if (role === "parent") {
+  console.log(`listed=${Object.keys(process.env).includes(name)}`);
+  console.log(`entries=${Object.fromEntries(Object.entries(process.env))[name] === value}`);
   const result = spawnSync(process.execPath, ["-e", process.argv[3], name, "child"], {
     env: { ...process.env, EXTRA: "1" },
     stdio: "inherit",
@@ -219,11 +221,32 @@ fn node_reads_secret_and_spread_env_child_gets_reference() {
         "{stderr}"
     );
     assert_eq!(value_of(out, "parent.environ").as_deref(), Some("clean"));
+    // Object.keys lists the name; the values it leads to read through getenv as well.
+    assert_eq!(value_of(out, "listed").as_deref(), Some("true"));
+    assert_eq!(value_of(out, "entries").as_deref(), Some("true"));
     assert_eq!(
         value_of(out, "child.SESSION_KEY").as_deref(),
         Some(&*secret)
     );
     assert_eq!(value_of(out, "child.environ").as_deref(), Some("clean"));
+}
+
+#[test]
+fn node_loop_sees_rotated_value_within_ttl() {
+    require("node");
+    let world = World::new();
+    let (old, new) = (random_secret(), random_secret());
+    let secrets = world.write_secrets(&[("ROTATING", &old)]);
+    let script = r#"
+let count = 0;
+const timer = setInterval(() => {
+  console.log(`ROTATING=${process.env.ROTATING}`);
+  if (++count === 200) clearInterval(timer);
+}, 50);
+"#;
+    let mut command = run_command(&secrets, "node");
+    command.env("ENVPROXY_CACHE_TTL", "1").args(["-e", script]);
+    assert_rotation_seen(&world, &mut command, "ROTATING", &old, &new);
 }
 
 #[test]

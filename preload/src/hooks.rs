@@ -3,6 +3,7 @@
 //! - Python: the hook directory (with `sitecustomize.py`) is prepended to `PYTHONPATH`.
 //! - Java: `-agentpath:<this library>=<jar>` is appended to `JAVA_TOOL_OPTIONS` when the jar
 //!   is installed, so a JVM loads this library as a JVMTI agent ([`crate::jvm_agent`]).
+//! - Perl: `-I<hooks>/perl -MEnvProxy::Hook` is appended to `PERL5OPT`.
 //!
 //! Values that an image or the user already set are kept, and an entry already present is
 //! not added twice. The hooks directory is `ENVPROXY_HOOKS_DIR`, else the first of `hooks`,
@@ -16,12 +17,16 @@ use std::path::{Path, PathBuf};
 use crate::settings::{self, Settings};
 
 const JAVA_HOOK_JAR: &str = "java/envproxy-javaagent.jar";
+const PERL_HOOK_MODULE: &str = "perl/EnvProxy/Hook.pm";
+const PERL_LOAD_OPTION: &str = "-MEnvProxy::Hook";
 
-/// Extends `PYTHONPATH` and `JAVA_TOOL_OPTIONS` for the hooks that are installed.
+/// Extends `PYTHONPATH`, `JAVA_TOOL_OPTIONS` and `PERL5OPT` for the hooks that are installed.
 pub fn install(settings: &Settings) {
     let Some(hooks) = hooks_dir() else {
         if settings.debug {
-            crate::diag::line("no hooks directory found; Python and Java programs see references");
+            crate::diag::line(
+                "no hooks directory found; Python, Java and Perl programs see references",
+            );
         }
         return;
     };
@@ -47,6 +52,42 @@ pub fn install(settings: &Settings) {
             }
         }
     }
+    if !settings.no_perl && hooks.join(PERL_HOOK_MODULE).is_file() {
+        install_perl(&hooks.join("perl"), settings.debug);
+    }
+}
+
+/// Appends `-I<dir> -MEnvProxy::Hook` to `PERL5OPT`, unless it already loads the hook.
+///
+/// Perl splits `PERL5OPT` at whitespace, so a directory whose path contains whitespace cannot
+/// be named there; Perl programs then read references.
+///
+/// NOTE: children inherit `PERL5OPT`. A Perl child that cannot read `<dir>` (another mount
+/// namespace, a chroot) fails at start because it cannot locate `EnvProxy/Hook.pm`.
+fn install_perl(dir: &Path, debug: bool) {
+    let current = settings::read(c"PERL5OPT").unwrap_or_default();
+    if current
+        .split_whitespace()
+        .any(|existing| existing == PERL_LOAD_OPTION)
+    {
+        return;
+    }
+    let Some(dir) = dir.to_str().filter(|d| !d.contains(char::is_whitespace)) else {
+        if debug {
+            crate::diag::line(
+                "the Perl hook's path contains whitespace or is not UTF-8, which PERL5OPT \
+                 cannot hold; Perl programs see references",
+            );
+        }
+        return;
+    };
+    let value = format!("-I{dir} {PERL_LOAD_OPTION}");
+    let value = if current.trim().is_empty() {
+        value
+    } else {
+        format!("{} {value}", current.trim_end())
+    };
+    set(c"PERL5OPT", value.into_bytes());
 }
 
 fn hooks_dir() -> Option<PathBuf> {

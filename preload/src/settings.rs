@@ -41,6 +41,8 @@ pub struct Settings {
     pub no_python: bool,
     /// `ENVPROXY_NO_JAVA=1` skips the Java hook.
     pub no_java: bool,
+    /// `ENVPROXY_NO_PERL=1` skips the Perl hook.
+    pub no_perl: bool,
 }
 
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
@@ -64,6 +66,7 @@ impl Settings {
             socket: socket_path(),
             no_python: flag(c"ENVPROXY_NO_PYTHON"),
             no_java: flag(c"ENVPROXY_NO_JAVA"),
+            no_perl: flag(c"ENVPROXY_NO_PERL"),
         }
     }
 }

@@ -66,10 +66,12 @@ pub enum Benchmark {
     JavaStartup,
     /// 15: `System.getenv` of a cached reference, against a plain variable.
     JavaGetenv,
+    /// 16: Perl, Ruby and Node.js start under `envproxy run`, against each started plainly.
+    InterpreterStartup,
 }
 
 impl Benchmark {
-    pub const ALL: [Benchmark; 15] = [
+    pub const ALL: [Benchmark; 16] = [
         Benchmark::GetenvPlain,
         Benchmark::GetenvCached,
         Benchmark::UncachedLatency,
@@ -85,6 +87,7 @@ impl Benchmark {
         Benchmark::MetricsScrape,
         Benchmark::JavaStartup,
         Benchmark::JavaGetenv,
+        Benchmark::InterpreterStartup,
     ];
 
     /// Returns whether the benchmark places clients in pod cgroups, which needs root.
@@ -223,6 +226,7 @@ impl Suite {
             Benchmark::MetricsScrape => observed::metrics_scrape(self)?,
             Benchmark::JavaStartup => java::startup(self)?,
             Benchmark::JavaGetenv => java::getenv(self)?,
+            Benchmark::InterpreterStartup => startup::interpreters(self)?,
         };
         // A server that died during the benchmark may have produced wrong figures.
         if let Some(agent) = &mut self.agent {

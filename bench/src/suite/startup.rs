@@ -1,4 +1,5 @@
-//! Benchmark 6: whole-process wall time of `python3 -c pass` under `envproxy run`.
+//! Benchmarks 6 and 16: whole-process wall time of an interpreter that does nothing, under
+//! `envproxy run` and without it.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -86,6 +87,107 @@ pub fn python(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
             None,
         ),
     ])
+}
+
+/// An interpreter of benchmark 16 and the arguments that make it start and exit at once.
+struct Interpreter {
+    /// The row's identifier in the JSON report.
+    id: &'static str,
+    program: &'static str,
+    args: &'static [&'static str],
+    /// The Debian package that provides it, for the error when it is missing.
+    package: &'static str,
+}
+
+const INTERPRETERS: [Interpreter; 3] = [
+    Interpreter {
+        id: "perl-run-socket",
+        program: "perl",
+        args: &["-e", "1"],
+        package: "perl",
+    },
+    Interpreter {
+        id: "ruby-run-socket",
+        program: "ruby",
+        args: &["-e", "nil"],
+        package: "ruby",
+    },
+    Interpreter {
+        id: "node-run-socket",
+        program: "node",
+        args: &["-e", "0"],
+        package: "nodejs",
+    },
+];
+
+/// Runs Perl, Ruby and Node.js with an empty program, plain and under
+/// `envproxy run --socket` (the running agent), in rotating order, one row per interpreter.
+///
+/// Both sides get the five references in their environment, so Perl loads and installs its
+/// hook. No row has a target: these interpreters start in a few milliseconds, so the fixed cost
+/// of starting the `envproxy` process weighs more than in benchmark 6, and the figure is there
+/// to show it.
+pub fn interpreters(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
+    let socket = suite.agent_socket()?.to_path_buf();
+    let cli = suite.binaries.cli.clone();
+    let mut rows = Vec::new();
+    for interpreter in &INTERPRETERS {
+        let program = which(interpreter.program).with_context(|| {
+            format!(
+                "{} is not installed (apt-get install {}); skip this benchmark with --only",
+                interpreter.program, interpreter.package
+            )
+        })?;
+        tracing::info!(program = %program.display(), "timing an empty program");
+        let plain = || {
+            let mut command = Command::new(&program);
+            command.args(interpreter.args);
+            command
+        };
+        let with_socket = || {
+            let mut command = Command::new(&cli);
+            command
+                .args(["run", "--socket"])
+                .arg(&socket)
+                .arg("--")
+                .arg(&program)
+                .args(interpreter.args);
+            command
+        };
+        let variants: [&dyn Fn() -> Command; 2] = [&plain, &with_socket];
+        for variant in &variants {
+            time_run(variant())?;
+        }
+        let mut times: [Vec<f64>; 2] = Default::default();
+        for run in 0..suite.plan.startup_runs {
+            for offset in 0..variants.len() {
+                let index = (run + offset) % variants.len();
+                times[index].push(time_run(variants[index]())?);
+            }
+        }
+        let [plain_time, socket_time] =
+            times.map(|values| Figure::median_of(values, Unit::Milliseconds));
+        rows.push(Row::new(
+            interpreter.id,
+            format!(
+                "16 {} {}, envproxy run --socket",
+                interpreter.program,
+                interpreter.args.join(" ")
+            ),
+            socket_time,
+            Some(plain_time),
+            None,
+        ));
+    }
+    Ok(rows)
+}
+
+/// Returns the first executable named `program` on `PATH`.
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }
 
 /// Returns the interpreter that `python3` starts. A `python3` on `PATH` may be a wrapper

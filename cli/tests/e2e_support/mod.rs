@@ -307,3 +307,86 @@ pub fn value_of(output: &[u8], name: &str) -> Option<String> {
         .find(|(n, _)| n == name)
         .map(|(_, v)| v)
 }
+
+/// Fails the test unless `program --version` runs, naming the Debian package that provides it.
+pub fn require_program(program: &str, package: &str) {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{program} is not installed; .ci/run installs it (apt-get install {package})"
+    );
+}
+
+/// Starts `command`, which prints `NAME=VALUE` for `name` about every 50 ms, checks that it
+/// prints `old`, edits the secret `name` in `world` to `new`, and asserts that the new value is
+/// printed within 2 s. The command must run with `ENVPROXY_CACHE_TTL=1`; it is stopped with
+/// SIGTERM, which `envproxy run` forwards.
+pub fn assert_rotation_seen(
+    world: &World,
+    command: &mut Command,
+    name: &str,
+    old: &str,
+    new: &str,
+) {
+    use std::io::{BufRead, BufReader};
+
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the reading program");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (sender, values) = std::sync::mpsc::channel();
+    let prefix = format!("{name}=");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(value) = line.strip_prefix(&prefix) {
+                let _ = sender.send((Instant::now(), value.to_string()));
+            }
+        }
+    });
+    let stop = |mut child: Child| {
+        // SAFETY: kill with the pid of a child this test spawned and has not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+    };
+    let first = match values.recv_timeout(Duration::from_secs(60)) {
+        Ok((_, value)) => value,
+        Err(_) => {
+            stop(child);
+            panic!("the program printed no {name}= line within 60 s");
+        }
+    };
+    if first != old {
+        stop(child);
+        let printed = if first.starts_with("envproxy:") {
+            first.as_str()
+        } else {
+            "another value"
+        };
+        panic!("{name}: the first line did not show the secret but {printed}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let edited_at = Instant::now();
+    world.write_secrets(&[(name, new)]);
+    let outcome = loop {
+        match values.recv_timeout(Duration::from_secs(10)) {
+            Ok((at, value)) if value == new => break Ok(at.duration_since(edited_at)),
+            Ok((_, value)) if value == old => continue,
+            Ok(_) => break Err("a line showed neither the old nor the new value".to_string()),
+            Err(_) => break Err("the new value was not printed within 10 s".to_string()),
+        }
+    };
+    stop(child);
+    let delay = outcome.unwrap_or_else(|reason| panic!("{name}: {reason}"));
+    assert!(
+        delay <= Duration::from_secs(2),
+        "{name}: the new value was printed {delay:?} after the edit (TTL 1 s)"
+    );
+}

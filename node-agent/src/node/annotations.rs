@@ -41,6 +41,8 @@ pub const CONTAINERS: &str = "envproxy.dev/containers";
 pub const NO_PYTHON: &str = "envproxy.dev/no-python";
 /// Skips the Java runtime hook.
 pub const NO_JAVA: &str = "envproxy.dev/no-java";
+/// Skips the Perl runtime hook.
+pub const NO_PERL: &str = "envproxy.dev/no-perl";
 /// Serves references that the container's spec does not declare.
 pub const ALLOW_UNLISTED_REFS: &str = "envproxy.dev/allow-unlisted-refs";
 /// Marks a pod that the webhook has mutated.
@@ -48,7 +50,7 @@ pub const INJECTED: &str = "envproxy.dev/injected";
 /// Prefix of every EnvProxy annotation.
 pub const PREFIX: &str = "envproxy.dev/";
 /// Every annotation that EnvProxy reads or writes.
-pub const KNOWN: [&str; 11] = [
+pub const KNOWN: [&str; 12] = [
     INJECT,
     VAULT_ROLE,
     VAULT_AUTH_MOUNT,
@@ -58,6 +60,7 @@ pub const KNOWN: [&str; 11] = [
     CONTAINERS,
     NO_PYTHON,
     NO_JAVA,
+    NO_PERL,
     ALLOW_UNLISTED_REFS,
     INJECTED,
 ];
@@ -150,6 +153,8 @@ pub struct PodSettings {
     pub no_python: bool,
     /// Whether the Java runtime hook is skipped.
     pub no_java: bool,
+    /// Whether the Perl runtime hook is skipped.
+    pub no_perl: bool,
     /// Whether references that the container's spec does not declare are served.
     pub allow_unlisted_refs: bool,
 }
@@ -220,6 +225,7 @@ impl PodSettings {
         };
         let no_python = keep_valid(parse_bool(NO_PYTHON, get(NO_PYTHON)), &mut errors);
         let no_java = keep_valid(parse_bool(NO_JAVA, get(NO_JAVA)), &mut errors);
+        let no_perl = keep_valid(parse_bool(NO_PERL, get(NO_PERL)), &mut errors);
         let allow_unlisted_refs = keep_valid(
             parse_bool(ALLOW_UNLISTED_REFS, get(ALLOW_UNLISTED_REFS)),
             &mut errors,
@@ -237,6 +243,7 @@ impl PodSettings {
             containers,
             no_python,
             no_java,
+            no_perl,
             allow_unlisted_refs,
         })
     }
@@ -518,6 +525,7 @@ mod tests {
         assert_eq!(settings.containers, ContainerSelection::All);
         assert!(!settings.no_python);
         assert!(!settings.no_java);
+        assert!(!settings.no_perl);
         assert!(!settings.allow_unlisted_refs);
     }
 
@@ -540,6 +548,7 @@ mod tests {
             "envproxy.dev/containers": " app , sidecar,app",
             "envproxy.dev/no-python": "true",
             "envproxy.dev/no-java": "false",
+            "envproxy.dev/no-perl": "true",
             "envproxy.dev/allow-unlisted-refs": "true",
         }))
         .unwrap();
@@ -557,6 +566,7 @@ mod tests {
         );
         assert!(settings.no_python);
         assert!(!settings.no_java);
+        assert!(settings.no_perl);
         assert!(settings.allow_unlisted_refs);
     }
 
@@ -701,7 +711,7 @@ mod tests {
 
     #[test]
     fn booleans_reject_other_spellings() {
-        for annotation in [NO_PYTHON, NO_JAVA, ALLOW_UNLISTED_REFS] {
+        for annotation in [NO_PYTHON, NO_JAVA, NO_PERL, ALLOW_UNLISTED_REFS] {
             for value in ["TRUE", "1", "yes", "on", ""] {
                 let error = settings(json!({ annotation: value })).unwrap_err();
                 assert_eq!(error.annotation, annotation);

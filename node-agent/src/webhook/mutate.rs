@@ -217,6 +217,9 @@ impl<'a> Injection<'a> {
         if pod_settings.no_java {
             env.push(("ENVPROXY_NO_JAVA", "1".to_string()));
         }
+        if pod_settings.no_perl {
+            env.push(("ENVPROXY_NO_PERL", "1".to_string()));
+        }
         Injection {
             settings,
             selection: &pod_settings.containers,

@@ -1,0 +1,3 @@
+module envproxy.dev/go
+
+go 1.19
