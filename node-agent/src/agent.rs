@@ -22,6 +22,7 @@ use crate::node::identities::Identities;
 use crate::node::pods::PodWatch;
 use crate::node::serve::{CheckedTokens, NodeContext, PodSlots};
 use crate::node::settings::NodeSettings;
+use crate::refusals::{Refusals, RefusingSocket};
 use crate::secrets::SecretsError;
 use crate::server;
 use crate::status::StatusReporter;
@@ -197,6 +198,7 @@ impl Agent {
             checked_tokens: CheckedTokens::default(),
             kube_secrets: kube_secrets.clone(),
             checked_kube_tokens: CheckedTokens::default(),
+            refusals: Refusals::new(RefusingSocket::Agent, Arc::clone(&metrics)),
         };
         Ok(BoundAgent {
             listener,
@@ -434,6 +436,9 @@ impl BoundAgent {
             })
         });
         let identities = node.as_ref().map(|node| node.identities.clone());
+        let refusal_summaries = node
+            .as_ref()
+            .map(|node| Refusals::spawn_summaries(&node.refusals));
         let reloader = backends
             .file
             .as_ref()
@@ -482,6 +487,9 @@ impl BoundAgent {
             task.abort();
         }
         if let Some(task) = sweeper {
+            task.abort();
+        }
+        if let Some(task) = refusal_summaries {
             task.abort();
         }
         if let Some(identities) = identities {

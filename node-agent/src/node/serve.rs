@@ -11,7 +11,7 @@ mod kube_reads;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use envproxy_proto::{has_known_scheme, Reference, Request, Response, SecretBytes};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -32,6 +32,8 @@ use crate::admin::audit;
 use crate::backend::FileBackend;
 use crate::handler::{found, Decision, Outcome};
 use crate::kube_secrets::KubeSecrets;
+use crate::peer::{peer_closed, Peer};
+use crate::refusals::{Refusals, Verdict};
 use crate::status::StatusReporter;
 use crate::vault::{SecretText, VaultSettings};
 
@@ -66,6 +68,8 @@ pub(crate) struct NodeContext {
     pub kube_secrets: KubeSecrets,
     /// The last checked API server token of each pod, for `k8s:` references.
     pub checked_kube_tokens: CheckedTokens,
+    /// Counts and rate-limits the warnings about refused connections.
+    pub refusals: Arc<Refusals>,
 }
 
 /// The pod and container of a connection's process, with the pod's settings.
@@ -128,20 +132,59 @@ impl NodeConnection {
     /// Pins the peer of `stream`, accepted at `accepted_at`, and admits it: processes in a pod
     /// of this node, within the pod's connection limit, and the agent's own user outside any
     /// pod (for the status request).
+    ///
+    /// Refusals are counted in the metrics and logged through `context.refusals`, so a pod that
+    /// connects in a loop cannot flood the log.
     pub fn admit(
         context: &NodeContext,
         stream: &tokio::net::UnixStream,
-        peer_pid: i32,
+        peer: &Peer,
         accepted_at: BootTime,
     ) -> Result<NodeConnection, Rejected> {
+        let peer_pid = peer.pid;
+        let uid_source = || format!("uid {}", peer.uid);
         let caller = Caller::from_socket(stream, accepted_at).map_err(|err| {
-            tracing::warn!(pid = peer_pid, %err, "cannot identify the caller of a new connection");
+            if peer_closed(stream) {
+                // Nothing to answer: the client is gone, and its process may well be alive.
+                context
+                    .refusals
+                    .refuse(&uid_source(), "closed_before_identified", Instant::now());
+                tracing::debug!(
+                    pid = peer_pid,
+                    %err,
+                    "the caller closed its connection before the agent identified it"
+                );
+                return Rejected("the connection closed before the agent identified the caller".to_string());
+            }
+            let verdict = context
+                .refusals
+                .refuse(&uid_source(), "unidentified", Instant::now());
+            if let Verdict::Log { unlogged } = verdict {
+                tracing::warn!(
+                    pid = peer_pid,
+                    uid = peer.uid,
+                    %err,
+                    unlogged,
+                    "cannot identify the caller of a new connection"
+                );
+            }
             Rejected(format!(
                 "permission denied: the agent cannot identify the calling process: {err}"
             ))
         })?;
         let placed = caller.pod().map_err(|err| {
-            tracing::warn!(pid = peer_pid, %err, "cannot read the cgroup of a new connection's caller");
+            let verdict = context
+                .refusals
+                .refuse(&uid_source(), "cgroup_unreadable", Instant::now());
+            if let Verdict::Log { unlogged } = verdict {
+                tracing::warn!(
+                    pid = peer_pid,
+                    uid = peer.uid,
+                    %err,
+                    unlogged,
+                    "cannot read the cgroup of a new connection's caller"
+                );
+            }
             Rejected(format!(
                 "permission denied: the agent cannot read the caller's cgroup: {err}"
             ))
@@ -153,6 +196,9 @@ impl NodeConnection {
                 container_id: None,
             },
             None => {
+                context
+                    .refusals
+                    .refuse(&uid_source(), "outside_pod", Instant::now());
                 tracing::debug!(
                     pid = peer_pid,
                     uid = caller.uid(),
@@ -164,23 +210,31 @@ impl NodeConnection {
                 )));
             }
         };
+        let limit = context.settings.max_connections_per_pod;
         let slot = context
             .slots
-            .take(
-                &pod_container.pod_uid,
-                context.settings.max_connections_per_pod,
-            )
+            .take(&pod_container.pod_uid, limit)
             .ok_or_else(|| {
-                tracing::warn!(
-                    pid = peer_pid,
-                    pod_uid = %pod_container.pod_uid,
-                    limit = context.settings.max_connections_per_pod,
-                    "pod reached its connection limit; refused a connection"
+                let verdict = context.refusals.refuse(
+                    &pod_container.pod_uid,
+                    "pod_connection_limit",
+                    Instant::now(),
                 );
+                if let Verdict::Log { unlogged } = verdict {
+                    tracing::warn!(
+                        pid = peer_pid,
+                        pod_uid = %pod_container.pod_uid,
+                        limit,
+                        unlogged,
+                        "pod reached its connection limit; refused a connection (later refusals \
+                         of this pod are counted in envproxy_refused_connections_total and \
+                         logged as a summary)"
+                    );
+                }
                 Rejected(format!(
-                    "too many connections: pod UID {} already has {} open connections to the \
-                     agent, the most one pod may hold ([node] max_connections_per_pod)",
-                    pod_container.pod_uid, context.settings.max_connections_per_pod
+                    "too many connections: pod UID {} already has {limit} open connections to \
+                     the agent, the most one pod may hold ([node] max_connections_per_pod)",
+                    pod_container.pod_uid
                 ))
             })?;
         Ok(NodeConnection {
