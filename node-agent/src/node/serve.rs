@@ -301,9 +301,12 @@ impl Drop for PodSlot {
 struct Denied {
     reason: &'static str,
     message: String,
-    /// The pod (`namespace/name`) and container when known before attestation completed.
-    pod: Option<String>,
+    /// The pod, its UID and, when known, the container, when known before attestation
+    /// completed, for the log line, the audit event and the workloads.
+    pod: Option<(Arc<Pod>, String)>,
     container: Option<String>,
+    /// The annotation whose value was rejected, for `bad_annotation`.
+    annotation: Option<&'static str>,
 }
 
 impl Denied {
@@ -313,12 +316,13 @@ impl Denied {
             message,
             pod: None,
             container: None,
+            annotation: None,
         }
     }
 
-    /// Names the pod and, when known, the container in the log line.
-    fn in_pod(mut self, pod: &Pod, container: Option<&str>) -> Denied {
-        self.pod = Some(pod_name(pod));
+    /// Names the pod with UID `pod_uid` and, when known, the container.
+    fn in_pod(mut self, pod: &Arc<Pod>, pod_uid: &str, container: Option<&str>) -> Denied {
+        self.pod = Some((Arc::clone(pod), pod_uid.to_string()));
         self.container = container.map(str::to_string);
         self
     }
@@ -349,7 +353,7 @@ pub(crate) async fn handle(
     }
     let attested = match attest(context, connection).await {
         Ok(attested) => attested,
-        Err(denied) => return deny(connection, None, name, denied),
+        Err(denied) => return deny(connection, connection.attested.as_deref(), name, denied),
     };
     audit::note_workload(&attested.pod, &attested.pod_uid, &attested.container);
     let Some(value) = value else {
@@ -520,7 +524,7 @@ async fn attest_first(
                 pod_name(&entry.pod)
             ),
         )
-        .in_pod(&entry.pod, None));
+        .in_pod(&entry.pod, &pod_container.pod_uid, None));
     };
     let (entry, container) = context
         .pods
@@ -536,7 +540,7 @@ async fn attest_first(
                     wait.as_millis()
                 ),
             )
-            .in_pod(&entry.pod, None)
+            .in_pod(&entry.pod, &pod_container.pod_uid, None)
         })?;
     attested_with(context, &entry.pod, pod_container.pod_uid, container)
 }
@@ -548,14 +552,17 @@ fn attested_with(
     pod_uid: String,
     container: String,
 ) -> Result<Arc<Attested>, Denied> {
+    let denied = |denial: Denial| {
+        policy_denial_plain(&denial).in_pod(pod, &pod_uid, Some(&container))
+    };
     let bad_annotation = |source| {
-        policy_denial_plain(&Denial::BadAnnotation {
+        denied(Denial::BadAnnotation {
             pod: pod_name(pod),
             source,
         })
     };
     if !annotations::is_opted_in(pod).map_err(bad_annotation)? {
-        return Err(policy_denial_plain(&Denial::NotOptedIn {
+        return Err(denied(Denial::NotOptedIn {
             pod: pod_name(pod),
         }));
     }
@@ -880,18 +887,21 @@ fn identity_of(attested: &Attested, base: &VaultSettings) -> Identity {
 
 /// Turns a policy denial of variable `name` into a refusal.
 fn policy_denial(name: &str, denial: &Denial) -> Denied {
-    Denied::new(
-        denial.reason().as_str(),
-        format!("{name}: permission denied: {denial}"),
-    )
+    let mut denied = policy_denial_plain(denial);
+    denied.message = format!("{name}: {}", denied.message);
+    denied
 }
 
 /// Turns a policy denial that concerns the whole pod into a refusal.
 fn policy_denial_plain(denial: &Denial) -> Denied {
-    Denied::new(
+    let mut denied = Denied::new(
         denial.reason().as_str(),
         format!("permission denied: {denial}"),
-    )
+    );
+    if let Denial::BadAnnotation { source, .. } = denial {
+        denied.annotation = Some(source.annotation);
+    }
+    denied
 }
 
 fn service_account(pod: &Pod) -> &str {
@@ -910,30 +920,36 @@ fn pod_name(pod: &Pod) -> String {
     )
 }
 
-/// Logs a denial with the pod, container, variable name and reason, and builds its response.
+/// Logs a denial with the pod, container, variable name and reason, notes them for the audit
+/// event and the workloads, and builds its response. The pod and container come from `denied`
+/// when set, else from `attested`.
 fn deny(
     connection: &NodeConnection,
     attested: Option<&Attested>,
     name: &str,
     denied: Denied,
 ) -> Outcome {
-    let pod = denied
-        .pod
-        .clone()
-        .or_else(|| attested.map(|attested| pod_name(&attested.pod)));
-    let container = denied
-        .container
-        .clone()
-        .or_else(|| attested.map(|attested| attested.container.clone()));
+    let pod = denied.pod.clone().or_else(|| {
+        attested.map(|attested| (Arc::clone(&attested.pod), attested.pod_uid.clone()))
+    });
+    let container = denied.container.clone().or_else(|| {
+        attested
+            .filter(|_| denied.pod.is_none())
+            .map(|attested| attested.container.clone())
+    });
+    if let Some((pod, pod_uid)) = &pod {
+        audit::note_workload(pod, pod_uid, container.as_deref().unwrap_or_default());
+    }
     tracing::warn!(
         pid = connection.pid(),
-        pod,
+        pod = pod.as_ref().map(|(pod, _)| pod_name(pod)),
         container,
         variable = name,
         reason = denied.reason,
+        annotation = denied.annotation,
         "request denied"
     );
-    audit::note_denial(denied.reason);
+    audit::note_denial(denied.reason, denied.annotation);
     Outcome {
         response: Response::error(denied.message),
         decision: Decision::Denied,
