@@ -35,7 +35,7 @@ use crate::kube_secrets::KubeSecrets;
 use crate::peer::{peer_closed, Peer};
 use crate::refusals::{Refusals, Verdict};
 use crate::status::StatusReporter;
-use crate::vault::{SecretText, VaultSettings};
+use crate::vault::{SecretText, VaultError, VaultSettings};
 
 /// The largest projected token file the agent reads. Real tokens are about 1 KiB.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -666,6 +666,22 @@ async fn vault_lookup(
     };
     Ok(match session.backend.resolve(reference).await {
         Ok(value) => found(name, reference.key(), value),
+        Err(err @ VaultError::LoginFailed { .. }) => {
+            let identity = identity_of(attested, base);
+            let hint = login_hint(attested, &identity);
+            tracing::warn!(
+                pid = connection.pid(),
+                pod = %pod_name(&attested.pod),
+                container = %attested.container,
+                variable = name,
+                service_account = %format!("{}/{}", identity.namespace, identity.service_account),
+                role = %identity.role,
+                auth_mount = %identity.auth_mount,
+                %err,
+                "Vault login failed; {hint}"
+            );
+            Outcome::error(format!("{name}: {err}; {hint}"))
+        }
         Err(err) => {
             tracing::warn!(
                 pid = connection.pid(),
@@ -678,6 +694,43 @@ async fn vault_lookup(
             Outcome::error(format!("{name}: {err}"))
         }
     })
+}
+
+/// Says which identity a failed Vault login used and which setting chooses each part, for a
+/// login that Vault refused.
+fn login_hint(attested: &Attested, identity: &Identity) -> String {
+    let role_source = if has_annotation(&attested.pod, annotations::VAULT_ROLE) {
+        format!("annotation {}", annotations::VAULT_ROLE)
+    } else {
+        format!(
+            "the service account's name; annotation {} sets another",
+            annotations::VAULT_ROLE
+        )
+    };
+    let mount_source = if has_annotation(&attested.pod, annotations::VAULT_AUTH_MOUNT) {
+        format!("annotation {}", annotations::VAULT_AUTH_MOUNT)
+    } else {
+        format!("default; annotation {} sets another", annotations::VAULT_AUTH_MOUNT)
+    };
+    format!(
+        "pod {} logged in as service account {}/{} with Vault role {} (from {role_source}) at \
+         auth mount {} ({mount_source}); bind that service account and namespace to the role in \
+         Vault (bound_service_account_names, bound_service_account_namespaces), or set {} to a \
+         role that allows it",
+        pod_name(&attested.pod),
+        identity.namespace,
+        identity.service_account,
+        identity.role,
+        identity.auth_mount,
+        annotations::VAULT_ROLE
+    )
+}
+
+fn has_annotation(pod: &Pod, name: &str) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|annotations| annotations.contains_key(name))
 }
 
 /// Returns the Vault session of the attested pod's identity after the connection's process
