@@ -186,6 +186,7 @@ impl Agent {
             secrets = config.secrets_file.as_ref().map(|path| path.display().to_string()),
             "agent listening in node mode"
         );
+        warn_unset_node_backends(&config);
         let node_context = NodeContext {
             settings: node,
             kube: client,
@@ -216,6 +217,24 @@ impl Agent {
             metrics_listener,
             config,
         })
+    }
+}
+
+/// Warns at start when node mode has no Vault address or no secrets file, because pods then
+/// get refusals for those references with no earlier sign in the agent's log. The agent still
+/// starts: `k8s:` references need neither.
+fn warn_unset_node_backends(config: &Config) {
+    match (&config.vault, &config.secrets_file) {
+        (None, None) => tracing::warn!(
+            "node mode has no Vault address ([vault] address or VAULT_ADDR) and no secrets file \
+             ([backend] path): only k8s: references are served; vault: references are refused, \
+             and envproxy: references and v1 requests find nothing"
+        ),
+        (None, Some(_)) => tracing::warn!(
+            "node mode has no Vault address ([vault] address or VAULT_ADDR): vault: references \
+             are refused; set it to serve them"
+        ),
+        _ => {}
     }
 }
 
