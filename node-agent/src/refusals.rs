@@ -80,7 +80,8 @@ impl Refusals {
     /// Counts one refusal of a connection from `source` (a pod UID, or a uid outside pods) for
     /// `reason`, at `now`, and says whether to log it.
     pub(crate) fn refuse(&self, source: &str, reason: &'static str, now: Instant) -> Verdict {
-        self.metrics.refused_connection(self.socket.as_str(), reason);
+        self.metrics
+            .refused_connection(self.socket.as_str(), reason);
         let mut windows = self.lock();
         let mut key = (source.to_string(), reason);
         if !windows.contains_key(&key) && windows.len() >= MAX_TRACKED {
@@ -190,7 +191,9 @@ mod tests {
             refusals.refuse("pod-a", "exited", start),
             Verdict::Log { unlogged: 0 }
         );
-        assert!(refusals.due_summaries(start + Duration::from_secs(5)).is_empty());
+        assert!(refusals
+            .due_summaries(start + Duration::from_secs(5))
+            .is_empty());
         let due = refusals.due_summaries(start + SUMMARY_INTERVAL);
         assert_eq!(
             due,

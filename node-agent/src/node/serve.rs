@@ -154,7 +154,9 @@ impl NodeConnection {
                     %err,
                     "the caller closed its connection before the agent identified it"
                 );
-                return Rejected("the connection closed before the agent identified the caller".to_string());
+                return Rejected(
+                    "the connection closed before the agent identified the caller".to_string(),
+                );
             }
             let verdict = context
                 .refusals
@@ -173,9 +175,10 @@ impl NodeConnection {
             ))
         })?;
         let placed = caller.pod().map_err(|err| {
-            let verdict = context
-                .refusals
-                .refuse(&uid_source(), "cgroup_unreadable", Instant::now());
+            let verdict =
+                context
+                    .refusals
+                    .refuse(&uid_source(), "cgroup_unreadable", Instant::now());
             if let Verdict::Log { unlogged } = verdict {
                 tracing::warn!(
                     pid = peer_pid,
@@ -552,9 +555,8 @@ fn attested_with(
     pod_uid: String,
     container: String,
 ) -> Result<Arc<Attested>, Denied> {
-    let denied = |denial: Denial| {
-        policy_denial_plain(&denial).in_pod(pod, &pod_uid, Some(&container))
-    };
+    let denied =
+        |denial: Denial| policy_denial_plain(&denial).in_pod(pod, &pod_uid, Some(&container));
     let bad_annotation = |source| {
         denied(Denial::BadAnnotation {
             pod: pod_name(pod),
@@ -562,9 +564,7 @@ fn attested_with(
         })
     };
     if !annotations::is_opted_in(pod).map_err(bad_annotation)? {
-        return Err(denied(Denial::NotOptedIn {
-            pod: pod_name(pod),
-        }));
+        return Err(denied(Denial::NotOptedIn { pod: pod_name(pod) }));
     }
     let settings = PodSettings::from_pod(pod, &context.settings.vault_addr_allowlist)
         .map_err(bad_annotation)?;
@@ -710,7 +710,10 @@ fn login_hint(attested: &Attested, identity: &Identity) -> String {
     let mount_source = if has_annotation(&attested.pod, annotations::VAULT_AUTH_MOUNT) {
         format!("annotation {}", annotations::VAULT_AUTH_MOUNT)
     } else {
-        format!("default; annotation {} sets another", annotations::VAULT_AUTH_MOUNT)
+        format!(
+            "default; annotation {} sets another",
+            annotations::VAULT_AUTH_MOUNT
+        )
     };
     format!(
         "pod {} logged in as service account {}/{} with Vault role {} (from {role_source}) at \
@@ -982,9 +985,10 @@ fn deny(
     name: &str,
     denied: Denied,
 ) -> Outcome {
-    let pod = denied.pod.clone().or_else(|| {
-        attested.map(|attested| (Arc::clone(&attested.pod), attested.pod_uid.clone()))
-    });
+    let pod = denied
+        .pod
+        .clone()
+        .or_else(|| attested.map(|attested| (Arc::clone(&attested.pod), attested.pod_uid.clone())));
     let container = denied.container.clone().or_else(|| {
         attested
             .filter(|_| denied.pod.is_none())
