@@ -734,8 +734,8 @@ fn log_lines_with(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Connects to the Unix socket `argv[1]` `argv[2]` times in a row; each time it waits until
-/// the agent closes the connection, so the agent handles one refusal before the next connect.
+/// Connects to the Unix socket `argv[1]` `argv[2]` times in a row. Each time it waits for the
+/// agent to close the connection, so one refusal ends before the next connect.
 const CONNECT_LOOP: &str = "import socket, sys\n\
 for _ in range(int(sys.argv[2])):\n    s = socket.socket(socket.AF_UNIX)\n    s.settimeout(15)\n    s.connect(sys.argv[1])\n    s.recv(1)\n    s.close()\n";
 

@@ -318,7 +318,7 @@ struct PeerCheck {
     refusals: Arc<Refusals>,
 }
 
-/// Why a connection to the admin socket is refused.
+/// A refused connection to the admin socket: its source, reason code and message.
 struct AdminRefusal {
     /// The pod UID of the caller, or its uid outside pods, to group repeated refusals.
     source: String,
