@@ -211,7 +211,7 @@ mod tests {
         let text = metrics.encode();
         assert!(
             text.contains(
-                "envproxy_refused_connections_total{socket=\"agent\",reason=\"limit\"} 6\n"
+                "envproxy_refused_connections_total{socket=\"agent\",reason=\"limit\"} 7\n"
             ),
             "{text}"
         );
