@@ -205,7 +205,10 @@ fn request_value(
             Ok(Some(OsString::from_vec(bytes.to_vec())))
         }
         Response::NotFound => Err("the agent's backend has no such key".to_string()),
-        Response::Error(reason) => Err(format!("the agent returned an error: {reason}")),
+        Response::Error(reason) => Err(format!(
+            "the agent returned an error: {}",
+            Response::reason_without_name(&reason, name.as_bytes())
+        )),
         Response::Passthrough => Ok(None),
     }
 }

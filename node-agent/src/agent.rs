@@ -22,6 +22,7 @@ use crate::node::identities::Identities;
 use crate::node::pods::PodWatch;
 use crate::node::serve::{CheckedTokens, NodeContext, PodSlots};
 use crate::node::settings::NodeSettings;
+use crate::refusals::{Refusals, RefusingSocket};
 use crate::secrets::SecretsError;
 use crate::server;
 use crate::status::StatusReporter;
@@ -185,6 +186,7 @@ impl Agent {
             secrets = config.secrets_file.as_ref().map(|path| path.display().to_string()),
             "agent listening in node mode"
         );
+        warn_unset_node_backends(&config);
         let node_context = NodeContext {
             settings: node,
             kube: client,
@@ -197,6 +199,7 @@ impl Agent {
             checked_tokens: CheckedTokens::default(),
             kube_secrets: kube_secrets.clone(),
             checked_kube_tokens: CheckedTokens::default(),
+            refusals: Refusals::new(RefusingSocket::Agent, Arc::clone(&metrics)),
         };
         Ok(BoundAgent {
             listener,
@@ -214,6 +217,24 @@ impl Agent {
             metrics_listener,
             config,
         })
+    }
+}
+
+/// Warns at start when node mode has no Vault address or no secrets file, because pods then
+/// get refusals for those references with no earlier sign in the agent's log. The agent still
+/// starts: `k8s:` references need neither.
+fn warn_unset_node_backends(config: &Config) {
+    match (&config.vault, &config.secrets_file) {
+        (None, None) => tracing::warn!(
+            "node mode has no Vault address ([vault] address or VAULT_ADDR) and no secrets file \
+             ([backend] path): only k8s: references are served; vault: references are refused, \
+             and envproxy: references and v1 requests find nothing"
+        ),
+        (None, Some(_)) => tracing::warn!(
+            "node mode has no Vault address ([vault] address or VAULT_ADDR): vault: references \
+             are refused; set it to serve them"
+        ),
+        _ => {}
     }
 }
 
@@ -434,6 +455,9 @@ impl BoundAgent {
             })
         });
         let identities = node.as_ref().map(|node| node.identities.clone());
+        let refusal_summaries = node
+            .as_ref()
+            .map(|node| Refusals::spawn_summaries(&node.refusals));
         let reloader = backends
             .file
             .as_ref()
@@ -482,6 +506,9 @@ impl BoundAgent {
             task.abort();
         }
         if let Some(task) = sweeper {
+            task.abort();
+        }
+        if let Some(task) = refusal_summaries {
             task.abort();
         }
         if let Some(identities) = identities {

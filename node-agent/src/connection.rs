@@ -51,7 +51,7 @@ pub(crate) async fn serve(
     let admitted = context
         .node
         .as_ref()
-        .map(|node| NodeConnection::admit(node, &stream, peer.pid, accepted_at));
+        .map(|node| NodeConnection::admit(node, &stream, &peer, accepted_at));
     let mut framed = Framed::new(stream, AgentCodec);
 
     let mut node_connection = None;

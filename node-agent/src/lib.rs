@@ -57,6 +57,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+mod refusals;
 pub mod secrets;
 mod server;
 pub mod status;

@@ -78,7 +78,9 @@ pub fn error_chain(error: &(dyn Error + 'static)) -> String {
     let mut cause = error.source();
     while let Some(current) = cause {
         let text = current.to_string();
-        if !line.ends_with(&text) {
+        // A message often quotes its cause and then adds advice, so a cause already quoted
+        // anywhere in the line is not repeated.
+        if !line.contains(&text) {
             line.push_str(": ");
             line.push_str(&text);
         }
@@ -174,6 +176,25 @@ mod tests {
             error_chain(&error),
             "cannot start: cannot load a.json: broken pipe"
         );
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot listen on {address}: {source}; choose a free port")]
+    struct QuotedWithAdvice {
+        address: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_chain_skips_cause_quoted_before_advice() {
+        let error = QuotedWithAdvice {
+            address: "127.0.0.1:9090",
+            source: std::io::Error::from_raw_os_error(98),
+        };
+        let line = error_chain(&error);
+        assert_eq!(line.matches("os error 98").count(), 1, "{line}");
+        assert!(line.ends_with("; choose a free port"), "{line}");
     }
 
     #[test]

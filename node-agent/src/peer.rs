@@ -32,6 +32,23 @@ pub fn peer_of(socket: &impl AsFd) -> nix::Result<Peer> {
     })
 }
 
+/// Returns whether the peer of a connected stream socket has closed its end, so that a failure
+/// to identify it is explained by the close rather than by the process.
+pub fn peer_closed(socket: &impl AsFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let no_wait = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut fds = [PollFd::new(socket, PollFlags::RDHUP)];
+    match poll(&mut fds, Some(&no_wait)) {
+        Ok(0) | Err(_) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP),
+    }
+}
+
 /// Admits only peers that run as `agent_uid`, the local agent's effective uid.
 pub fn authorize(peer: &Peer, agent_uid: u32) -> Result<(), PeerRejected> {
     if peer.uid == agent_uid {

@@ -231,6 +231,16 @@ struct TestPod {
 /// Adds pod `team-a/<name>` of service account `app-a` on the node, opted in, with container
 /// `app` that declares `DB_PASSWORD` as [`REFERENCE`], and writes its projected token.
 fn add_pod(node: &Node, cgroups: &mut Cgroups, name: &str) -> TestPod {
+    add_pod_with(node, cgroups, name, json!({"envproxy.dev/inject": "true"}))
+}
+
+/// Adds a pod as [`add_pod`] does, with `annotations` instead of the opt-in.
+fn add_pod_with(
+    node: &Node,
+    cgroups: &mut Cgroups,
+    name: &str,
+    annotations: serde_json::Value,
+) -> TestPod {
     let uid = random_uid();
     let container_id = random_hex(64);
     let object: Pod = serde_json::from_value(json!({
@@ -240,7 +250,7 @@ fn add_pod(node: &Node, cgroups: &mut Cgroups, name: &str) -> TestPod {
             "name": name,
             "namespace": "team-a",
             "uid": uid,
-            "annotations": {"envproxy.dev/inject": "true"},
+            "annotations": annotations,
         },
         "spec": {
             "nodeName": NODE,
@@ -291,16 +301,29 @@ for pair in sys.argv[2:]:\n    name, value = (part.encode() for part in pair.spl
 /// Runs [`CLIENT`] in `pod`'s container cgroup with the pod's token directory mounted at the
 /// token mount point, and returns the response statuses.
 fn request_in_pod(node: &Node, pod: &TestPod, pairs: &[(&str, &str)]) -> Vec<u8> {
+    let pairs: Vec<String> = pairs
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    let mut args = vec![node.socket.display().to_string()];
+    args.extend(pairs);
+    let stdout = python_in_pod(node, pod, CLIENT, &args);
+    String::from_utf8_lossy(&stdout)
+        .lines()
+        .map(|line| line.split(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Runs the Python `script` with `args` in `pod`'s container cgroup with the pod's token
+/// directory mounted at the token mount point, checks that it succeeded and returns its
+/// standard output.
+fn python_in_pod(node: &Node, pod: &TestPod, script: &str, args: &[String]) -> Vec<u8> {
     let c_path = |path: &Path| CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let procs = c_path(&pod.cgroup.join("cgroup.procs"));
     let source = c_path(&pod.token_dir);
     let target = c_path(&node.token_mount);
     let mut command = Command::new("python3");
-    command
-        .args(["-c", CLIENT])
-        .arg(&node.socket)
-        .args(pairs.iter().map(|(name, value)| format!("{name}={value}")))
-        .stdin(Stdio::null());
+    command.args(["-c", script]).args(args).stdin(Stdio::null());
     // SAFETY: the closure runs between fork and exec and makes only system calls, on strings
     // built before the fork.
     unsafe {
@@ -308,10 +331,7 @@ fn request_in_pod(node: &Node, pod: &TestPod, pairs: &[(&str, &str)]) -> Vec<u8>
     }
     let output = command.output().expect("run python3");
     assert!(output.status.success(), "{output:?}");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| line.split(' ').next().unwrap().parse().unwrap())
-        .collect()
+    output.stdout
 }
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`, and bind-mounts
@@ -671,5 +691,144 @@ async fn metrics_count_pod_watch_errors() {
         0.0,
         "the first full list is no relist"
     );
+    node.stop().await;
+}
+
+/// The agent's log lines, captured by a subscriber that every test of this file shares.
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Writes log output into [`LOG`].
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the agent's warnings to [`LOG`] from now on, for every test of this file.
+fn capture_log() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+}
+
+/// Returns the captured log lines that contain `text`.
+fn log_lines_with(text: &str) -> Vec<String> {
+    let log = LOG.lock().unwrap();
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter(|line| line.contains(text))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Connects to the Unix socket `argv[1]` `argv[2]` times in a row. Each time it waits for the
+/// agent to close the connection, so one refusal ends before the next connect.
+const CONNECT_LOOP: &str = "import socket, sys\n\
+for _ in range(int(sys.argv[2])):\n    s = socket.socket(socket.AF_UNIX)\n    s.settimeout(15)\n    s.connect(sys.argv[1])\n    s.recv(1)\n    s.close()\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_admin_connections_counted_and_logged_in_summary() {
+    require_root();
+    capture_log();
+    let node = Node::start(false).await;
+    let mut cgroups = Cgroups::new();
+    let pod = add_pod(&node, &mut cgroups, "flood-a");
+    const FLOOD: u64 = 300;
+    let args = [node.admin_socket.display().to_string(), FLOOD.to_string()];
+    tokio::task::block_in_place(|| python_in_pod(&node, &pod, CONNECT_LOOP, &args));
+
+    eventually("every refusal is counted", || async {
+        let counts = scrape(node.metrics).await;
+        counts.has(
+            "envproxy_refused_connections_total",
+            &[("socket", "admin"), ("reason", "in_pod")],
+        ) && counts.value(
+            "envproxy_refused_connections_total",
+            &[("socket", "admin"), ("reason", "in_pod")],
+        ) == FLOOD as f64
+    })
+    .await;
+    let rejected = log_lines_with("rejected an admin API connection");
+    let summaries = log_lines_with("refused more connections than were logged");
+    assert_eq!(rejected.len(), 1, "{rejected:#?}");
+    assert!(rejected[0].contains("in_pod"), "{rejected:#?}");
+    assert!(summaries.len() <= 1, "{summaries:#?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_before_attestation_name_pod_container_and_annotation() {
+    require_root();
+    let node = Node::start(false).await;
+    let mut cgroups = Cgroups::new();
+    let mut client = admin_client(&node.admin_socket).await;
+    let mut stream = client
+        .watch_audit(pb::WatchAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let cases = [
+        ("plain-a", json!({}), "not_opted_in"),
+        (
+            "ttl-a",
+            json!({"envproxy.dev/inject": "true", "envproxy.dev/vault-cache-ttl": "banana"}),
+            "bad_annotation: envproxy.dev/vault-cache-ttl",
+        ),
+        (
+            "capital-a",
+            json!({"envproxy.dev/inject": "True"}),
+            "bad_annotation: envproxy.dev/inject",
+        ),
+        (
+            "containers-a",
+            json!({"envproxy.dev/inject": "true", "envproxy.dev/containers": ""}),
+            "bad_annotation: envproxy.dev/containers",
+        ),
+    ];
+    for (name, annotations, reason) in &cases {
+        let pod = add_pod_with(&node, &mut cgroups, name, annotations.clone());
+        let statuses = tokio::task::block_in_place(|| {
+            request_in_pod(&node, &pod, &[("DB_PASSWORD", REFERENCE)])
+        });
+        assert_eq!(statuses, [ERROR], "{name}");
+        let event = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.decision, "denied", "{name}");
+        assert_eq!(event.pod, format!("team-a/{name}"));
+        assert_eq!(event.container, "app", "{name}");
+        assert_eq!(event.reason, *reason, "{name}");
+        assert_eq!(event.variable, "DB_PASSWORD");
+    }
+    let workloads = client
+        .list_workloads(pb::ListWorkloadsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workloads;
+    for (name, _, _) in &cases {
+        let workload = workloads
+            .iter()
+            .find(|workload| workload.pod == *name)
+            .unwrap_or_else(|| panic!("pod {name} is not listed: {workloads:#?}"));
+        assert_eq!(workload.namespace, "team-a");
+        assert_eq!(workload.container, "app");
+        assert_eq!(workload.denials, 1, "{workload:?}");
+    }
     node.stop().await;
 }

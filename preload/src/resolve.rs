@@ -174,7 +174,10 @@ fn failure(
 
     let reason = match &cause {
         Cause::NotFound => "the agent's backend has no such key".to_string(),
-        Cause::Agent(reason) => format!("the agent answered: {reason}"),
+        Cause::Agent(reason) => format!(
+            "the agent answered: {}",
+            Response::reason_without_name(reason, name.to_bytes())
+        ),
         Cause::Unreachable(err) => err.to_string(),
     };
     let Some(reference) = reference else {

@@ -174,6 +174,18 @@ impl Response {
         }
     }
 
+    /// Returns the reason of an error response to a request for variable `name` without the
+    /// `NAME: ` that the agent puts first. The agent names the variable so that its answer
+    /// stands alone in any client's log; a client that names the variable itself shows the
+    /// rest, so the name appears once.
+    pub fn reason_without_name<'a>(reason: &'a str, name: &[u8]) -> &'a str {
+        reason
+            .as_bytes()
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(b": "))
+            .map_or(reason, |rest| &reason[reason.len() - rest.len()..])
+    }
+
     /// Builds an error response, cutting a reason longer than a frame allows at a character
     /// boundary.
     pub fn error(reason: impl Into<String>) -> Response {
@@ -477,5 +489,20 @@ mod tests {
                 prop_assert!(used <= bytes.len());
             }
         }
+    }
+
+    #[test]
+    fn reason_without_name_strips_only_the_leading_name() {
+        let strip = Response::reason_without_name;
+        assert_eq!(
+            strip("DB_PASSWORD: permission denied: x", b"DB_PASSWORD"),
+            "permission denied: x"
+        );
+        assert_eq!(
+            strip("permission denied: DB_PASSWORD: x", b"DB_PASSWORD"),
+            "permission denied: DB_PASSWORD: x"
+        );
+        assert_eq!(strip("DB_PASSWORDS: x", b"DB_PASSWORD"), "DB_PASSWORDS: x");
+        assert_eq!(strip("DB: x", b"DB_PASSWORD"), "DB: x");
     }
 }

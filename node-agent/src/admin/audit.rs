@@ -86,7 +86,8 @@ pub struct AuditEvent {
     /// `hit`, `miss`, `stale`, or empty when no cache was involved.
     pub cache: String,
     pub latency_us: u64,
-    /// The denial reason code or the error message; empty otherwise.
+    /// The denial reason code or the error message; empty otherwise. A denial for an invalid
+    /// pod annotation names it after the code: `bad_annotation: envproxy.dev/vault-cache-ttl`.
     pub reason: String,
 }
 
@@ -100,6 +101,8 @@ pub(crate) struct AuditNote {
     /// The cache the request was served through and its outcome.
     pub cache: Option<(CacheBackend, CacheOutcome)>,
     pub denial: Option<&'static str>,
+    /// The annotation a `bad_annotation` denial is about.
+    pub denial_annotation: Option<&'static str>,
 }
 
 tokio::task_local! {
@@ -134,9 +137,14 @@ pub(crate) fn note_workload(pod: &Pod, pod_uid: &str, container: &str) {
     });
 }
 
-/// Notes the reason code of a denial of the current request.
-pub(crate) fn note_denial(reason: &'static str) {
-    let _ = NOTE.try_with(|note| note.borrow_mut().denial = Some(reason));
+/// Notes the reason code of a denial of the current request, and the annotation it is about
+/// when the reason is an invalid annotation.
+pub(crate) fn note_denial(reason: &'static str, annotation: Option<&'static str>) {
+    let _ = NOTE.try_with(|note| {
+        let mut note = note.borrow_mut();
+        note.denial = Some(reason);
+        note.denial_annotation = annotation;
+    });
 }
 
 /// Counters of the audit stream for the admin API's status. Requests are counted in
@@ -250,7 +258,10 @@ impl AuditLog {
             Request::Status => (String::new(), String::new()),
         };
         let reason = match (note.denial, response) {
-            (Some(code), _) => code.to_string(),
+            (Some(code), _) => match note.denial_annotation {
+                Some(annotation) => format!("{code}: {annotation}"),
+                None => code.to_string(),
+            },
             // Error payloads carry reasons, never secret material.
             (None, Response::Error(message)) => message.clone(),
             (None, _) => String::new(),
@@ -358,7 +369,7 @@ mod tests {
         let mut events = audit.subscribe();
         let ((), note) = scope(async {
             note_cache(CacheBackend::Vault, CacheOutcome::Hit);
-            note_denial("not_declared");
+            note_denial("not_declared", None);
         })
         .await;
         audit.record(

@@ -49,6 +49,7 @@ use crate::node::cgroup;
 use crate::node::identities::Identities;
 use crate::node::pods::PodWatch;
 use crate::peer;
+use crate::refusals::{Refusals, RefusingSocket, Verdict};
 use audit::AuditLog;
 
 /// Name of the admin socket's directory beside the agent socket.
@@ -250,10 +251,13 @@ pub(crate) async fn serve(admin: AdminListener, state: Arc<AdminState>) -> Admin
     let path = socket.path().display().to_string();
     let admin_service = AdminServer::new(service::AdminService::new(Arc::clone(&state)));
 
+    let refusals = Refusals::new(RefusingSocket::Admin, Arc::clone(&state.audit.metrics));
+    let refusal_summaries = Refusals::spawn_summaries(&refusals);
     let checks = Arc::new(PeerCheck {
         agent_uid,
         own_pod_uid,
         node_mode,
+        refusals,
     });
     let incoming = futures::stream::unfold((listener, checks), |(listener, checks)| async move {
         let stream = accept_authorized(&listener, &checks).await;
@@ -300,6 +304,7 @@ pub(crate) async fn serve(admin: AdminListener, state: Arc<AdminState>) -> Admin
             health_tcp.abort();
         }
         health_task.abort();
+        refusal_summaries.abort();
     });
     AdminTask { task, stop, socket }
 }
@@ -309,37 +314,90 @@ struct PeerCheck {
     agent_uid: u32,
     own_pod_uid: Option<String>,
     node_mode: bool,
+    /// Counts and rate-limits the warnings about refused connections.
+    refusals: Arc<Refusals>,
+}
+
+/// A refused connection to the admin socket: its source, reason code and message.
+struct AdminRefusal {
+    /// The pod UID of the caller, or its uid outside pods, to group repeated refusals.
+    source: String,
+    /// A stable code for metrics.
+    reason: &'static str,
+    message: String,
 }
 
 impl PeerCheck {
     /// Returns why the peer of `stream` may not use the admin API, or `None` when it may.
-    fn rejection(&self, stream: &UnixStream) -> Option<String> {
+    fn rejection(&self, stream: &UnixStream) -> Option<AdminRefusal> {
+        let refusal = |source: String, reason, message| {
+            Some(AdminRefusal {
+                source,
+                reason,
+                message,
+            })
+        };
         let peer = match peer::peer_of(stream) {
             Ok(peer) => peer,
-            Err(err) => return Some(format!("cannot read peer credentials: {err}")),
+            Err(err) => {
+                return refusal(
+                    "unknown".to_string(),
+                    "no_peer_credentials",
+                    format!("cannot read peer credentials: {err}"),
+                )
+            }
         };
+        let uid_source = format!("uid {}", peer.uid);
         if peer.uid != self.agent_uid {
-            return Some(format!(
-                "pid {} runs as uid {}, not the agent's uid {}",
-                peer.pid, peer.uid, self.agent_uid
-            ));
+            return refusal(
+                uid_source,
+                "other_uid",
+                format!(
+                    "pid {} runs as uid {}, not the agent's uid {}",
+                    peer.pid, peer.uid, self.agent_uid
+                ),
+            );
         }
         if !self.node_mode {
             return None;
         }
         let caller = match Caller::from_socket(stream, BootTime::now()) {
             Ok(caller) => caller,
-            Err(err) => return Some(format!("cannot identify pid {}: {err}", peer.pid)),
+            Err(_) if peer::peer_closed(stream) => {
+                return refusal(
+                    uid_source,
+                    "closed_before_identified",
+                    format!(
+                        "pid {} closed its connection before the agent identified it",
+                        peer.pid
+                    ),
+                )
+            }
+            Err(err) => {
+                return refusal(
+                    uid_source,
+                    "unidentified",
+                    format!("cannot identify pid {}: {err}", peer.pid),
+                )
+            }
         };
         match caller.pod() {
             Ok(None) => None,
             Ok(Some(pod)) if Some(&pod.pod_uid) == self.own_pod_uid.as_ref() => None,
-            Ok(Some(pod)) => Some(format!(
-                "pid {} runs in pod UID {}, and only processes outside pods or in the agent's \
-                 own pod may use the admin API",
-                peer.pid, pod.pod_uid
-            )),
-            Err(err) => Some(format!("cannot read the cgroup of pid {}: {err}", peer.pid)),
+            Ok(Some(pod)) => refusal(
+                pod.pod_uid.clone(),
+                "in_pod",
+                format!(
+                    "pid {} runs in pod UID {}, and only processes outside pods or in the \
+                     agent's own pod may use the admin API",
+                    peer.pid, pod.pod_uid
+                ),
+            ),
+            Err(err) => refusal(
+                uid_source,
+                "cgroup_unreadable",
+                format!("cannot read the cgroup of pid {}: {err}", peer.pid),
+            ),
         }
     }
 }
@@ -363,8 +421,21 @@ async fn accept_authorized(listener: &UnixListener, checks: &PeerCheck) -> UnixS
         match listener.accept().await {
             Ok((stream, _)) => match checks.rejection(&stream) {
                 None => return stream,
-                Some(reason) => {
-                    tracing::warn!(%reason, "rejected an admin API connection");
+                Some(refusal) => {
+                    let verdict =
+                        checks
+                            .refusals
+                            .refuse(&refusal.source, refusal.reason, Instant::now());
+                    if let Verdict::Log { unlogged } = verdict {
+                        tracing::warn!(
+                            reason = %refusal.message,
+                            code = refusal.reason,
+                            unlogged,
+                            "rejected an admin API connection (later rejections from the same \
+                             source are counted in envproxy_refused_connections_total and \
+                             logged as a summary)"
+                        );
+                    }
                 }
             },
             Err(err) => {

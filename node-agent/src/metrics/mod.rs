@@ -14,6 +14,7 @@
 //! | `envproxy_cache_requests_total` | `backend` (`vault`, `http`, `kubernetes`), `outcome` (`hit`, `miss`, `stale`) |
 //! | `envproxy_denials_total` | `reason` |
 //! | `envproxy_open_connections` | none (gauge) |
+//! | `envproxy_refused_connections_total` | `socket` (`agent`, `admin`), `reason` |
 //! | `envproxy_vault_requests_total` | `operation` |
 //! | `envproxy_vault_errors_total` | `operation`, `kind` |
 //! | `envproxy_http_backend_requests_total` | none |
@@ -121,6 +122,12 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    socket: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -167,6 +174,7 @@ pub struct Metrics {
     cache: [Counter; CACHE_BACKENDS.len() * CACHE_OUTCOMES.len()],
     denials: Family<ReasonLabels, Counter>,
     open_connections: Gauge,
+    refused_connections: Family<RefusalLabels, Counter>,
     /// One counter per [`VaultOperation`], in the order of [`VAULT_OPERATIONS`].
     vault_requests: [Counter; VAULT_OPERATIONS.len()],
     vault_errors: Family<VaultErrorLabels, Counter>,
@@ -243,6 +251,13 @@ impl Metrics {
             open_connections.clone(),
         );
 
+        let refused_connections = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refused_connections",
+            "Connections refused before their first request, by socket and reason",
+            refused_connections.clone(),
+        );
+
         let vault_family = Family::<OperationLabels, Counter>::default();
         let vault_requests = VAULT_OPERATIONS.map(|operation| {
             vault_family.get_or_create_owned(&OperationLabels {
@@ -307,6 +322,7 @@ impl Metrics {
             cache,
             denials,
             open_connections,
+            refused_connections,
             vault_requests,
             vault_errors,
             http_requests,
@@ -353,6 +369,13 @@ impl Metrics {
     pub(crate) fn open_connection(&self) -> OpenConnection {
         self.open_connections.inc();
         OpenConnection(self.open_connections.clone())
+    }
+
+    /// Counts one connection that `socket` refused for `reason`.
+    pub(crate) fn refused_connection(&self, socket: &'static str, reason: &'static str) {
+        self.refused_connections
+            .get_or_create(&RefusalLabels { socket, reason })
+            .inc();
     }
 
     /// Counts one request to Vault.

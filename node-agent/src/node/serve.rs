@@ -11,7 +11,7 @@ mod kube_reads;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use envproxy_proto::{has_known_scheme, Reference, Request, Response, SecretBytes};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -32,8 +32,10 @@ use crate::admin::audit;
 use crate::backend::FileBackend;
 use crate::handler::{found, Decision, Outcome};
 use crate::kube_secrets::KubeSecrets;
+use crate::peer::{peer_closed, Peer};
+use crate::refusals::{Refusals, Verdict};
 use crate::status::StatusReporter;
-use crate::vault::{SecretText, VaultSettings};
+use crate::vault::{SecretText, VaultError, VaultSettings};
 
 /// The largest projected token file the agent reads. Real tokens are about 1 KiB.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -66,6 +68,8 @@ pub(crate) struct NodeContext {
     pub kube_secrets: KubeSecrets,
     /// The last checked API server token of each pod, for `k8s:` references.
     pub checked_kube_tokens: CheckedTokens,
+    /// Counts and rate-limits the warnings about refused connections.
+    pub refusals: Arc<Refusals>,
 }
 
 /// The pod and container of a connection's process, with the pod's settings.
@@ -128,20 +132,62 @@ impl NodeConnection {
     /// Pins the peer of `stream`, accepted at `accepted_at`, and admits it: processes in a pod
     /// of this node, within the pod's connection limit, and the agent's own user outside any
     /// pod (for the status request).
+    ///
+    /// Refusals are counted in the metrics and logged through `context.refusals`, so a pod that
+    /// connects in a loop cannot flood the log.
     pub fn admit(
         context: &NodeContext,
         stream: &tokio::net::UnixStream,
-        peer_pid: i32,
+        peer: &Peer,
         accepted_at: BootTime,
     ) -> Result<NodeConnection, Rejected> {
+        let peer_pid = peer.pid;
+        let uid_source = || format!("uid {}", peer.uid);
         let caller = Caller::from_socket(stream, accepted_at).map_err(|err| {
-            tracing::warn!(pid = peer_pid, %err, "cannot identify the caller of a new connection");
+            if peer_closed(stream) {
+                // Nothing to answer: the client is gone, and its process may well be alive.
+                context
+                    .refusals
+                    .refuse(&uid_source(), "closed_before_identified", Instant::now());
+                tracing::debug!(
+                    pid = peer_pid,
+                    %err,
+                    "the caller closed its connection before the agent identified it"
+                );
+                return Rejected(
+                    "the connection closed before the agent identified the caller".to_string(),
+                );
+            }
+            let verdict = context
+                .refusals
+                .refuse(&uid_source(), "unidentified", Instant::now());
+            if let Verdict::Log { unlogged } = verdict {
+                tracing::warn!(
+                    pid = peer_pid,
+                    uid = peer.uid,
+                    %err,
+                    unlogged,
+                    "cannot identify the caller of a new connection"
+                );
+            }
             Rejected(format!(
                 "permission denied: the agent cannot identify the calling process: {err}"
             ))
         })?;
         let placed = caller.pod().map_err(|err| {
-            tracing::warn!(pid = peer_pid, %err, "cannot read the cgroup of a new connection's caller");
+            let verdict =
+                context
+                    .refusals
+                    .refuse(&uid_source(), "cgroup_unreadable", Instant::now());
+            if let Verdict::Log { unlogged } = verdict {
+                tracing::warn!(
+                    pid = peer_pid,
+                    uid = peer.uid,
+                    %err,
+                    unlogged,
+                    "cannot read the cgroup of a new connection's caller"
+                );
+            }
             Rejected(format!(
                 "permission denied: the agent cannot read the caller's cgroup: {err}"
             ))
@@ -153,6 +199,9 @@ impl NodeConnection {
                 container_id: None,
             },
             None => {
+                context
+                    .refusals
+                    .refuse(&uid_source(), "outside_pod", Instant::now());
                 tracing::debug!(
                     pid = peer_pid,
                     uid = caller.uid(),
@@ -164,23 +213,31 @@ impl NodeConnection {
                 )));
             }
         };
+        let limit = context.settings.max_connections_per_pod;
         let slot = context
             .slots
-            .take(
-                &pod_container.pod_uid,
-                context.settings.max_connections_per_pod,
-            )
+            .take(&pod_container.pod_uid, limit)
             .ok_or_else(|| {
-                tracing::warn!(
-                    pid = peer_pid,
-                    pod_uid = %pod_container.pod_uid,
-                    limit = context.settings.max_connections_per_pod,
-                    "pod reached its connection limit; refused a connection"
+                let verdict = context.refusals.refuse(
+                    &pod_container.pod_uid,
+                    "pod_connection_limit",
+                    Instant::now(),
                 );
+                if let Verdict::Log { unlogged } = verdict {
+                    tracing::warn!(
+                        pid = peer_pid,
+                        pod_uid = %pod_container.pod_uid,
+                        limit,
+                        unlogged,
+                        "pod reached its connection limit; refused a connection (later refusals \
+                         of this pod are counted in envproxy_refused_connections_total and \
+                         logged as a summary)"
+                    );
+                }
                 Rejected(format!(
-                    "too many connections: pod UID {} already has {} open connections to the \
-                     agent, the most one pod may hold ([node] max_connections_per_pod)",
-                    pod_container.pod_uid, context.settings.max_connections_per_pod
+                    "too many connections: pod UID {} already has {limit} open connections to \
+                     the agent, the most one pod may hold ([node] max_connections_per_pod)",
+                    pod_container.pod_uid
                 ))
             })?;
         Ok(NodeConnection {
@@ -247,9 +304,12 @@ impl Drop for PodSlot {
 struct Denied {
     reason: &'static str,
     message: String,
-    /// The pod (`namespace/name`) and container when known before attestation completed.
-    pod: Option<String>,
+    /// The pod, its UID and, when known, the container, when known before attestation
+    /// completed, for the log line, the audit event and the workloads.
+    pod: Option<(Arc<Pod>, String)>,
     container: Option<String>,
+    /// The annotation whose value was rejected, for `bad_annotation`.
+    annotation: Option<&'static str>,
 }
 
 impl Denied {
@@ -259,12 +319,13 @@ impl Denied {
             message,
             pod: None,
             container: None,
+            annotation: None,
         }
     }
 
-    /// Names the pod and, when known, the container in the log line.
-    fn in_pod(mut self, pod: &Pod, container: Option<&str>) -> Denied {
-        self.pod = Some(pod_name(pod));
+    /// Names the pod with UID `pod_uid` and, when known, the container.
+    fn in_pod(mut self, pod: &Arc<Pod>, pod_uid: &str, container: Option<&str>) -> Denied {
+        self.pod = Some((Arc::clone(pod), pod_uid.to_string()));
         self.container = container.map(str::to_string);
         self
     }
@@ -295,7 +356,7 @@ pub(crate) async fn handle(
     }
     let attested = match attest(context, connection).await {
         Ok(attested) => attested,
-        Err(denied) => return deny(connection, None, name, denied),
+        Err(denied) => return deny(connection, connection.attested.as_deref(), name, denied),
     };
     audit::note_workload(&attested.pod, &attested.pod_uid, &attested.container);
     let Some(value) = value else {
@@ -466,7 +527,7 @@ async fn attest_first(
                 pod_name(&entry.pod)
             ),
         )
-        .in_pod(&entry.pod, None));
+        .in_pod(&entry.pod, &pod_container.pod_uid, None));
     };
     let (entry, container) = context
         .pods
@@ -482,7 +543,7 @@ async fn attest_first(
                     wait.as_millis()
                 ),
             )
-            .in_pod(&entry.pod, None)
+            .in_pod(&entry.pod, &pod_container.pod_uid, None)
         })?;
     attested_with(context, &entry.pod, pod_container.pod_uid, container)
 }
@@ -494,16 +555,16 @@ fn attested_with(
     pod_uid: String,
     container: String,
 ) -> Result<Arc<Attested>, Denied> {
+    let denied =
+        |denial: Denial| policy_denial_plain(&denial).in_pod(pod, &pod_uid, Some(&container));
     let bad_annotation = |source| {
-        policy_denial_plain(&Denial::BadAnnotation {
+        denied(Denial::BadAnnotation {
             pod: pod_name(pod),
             source,
         })
     };
     if !annotations::is_opted_in(pod).map_err(bad_annotation)? {
-        return Err(policy_denial_plain(&Denial::NotOptedIn {
-            pod: pod_name(pod),
-        }));
+        return Err(denied(Denial::NotOptedIn { pod: pod_name(pod) }));
     }
     let settings = PodSettings::from_pod(pod, &context.settings.vault_addr_allowlist)
         .map_err(bad_annotation)?;
@@ -605,6 +666,22 @@ async fn vault_lookup(
     };
     Ok(match session.backend.resolve(reference).await {
         Ok(value) => found(name, reference.key(), value),
+        Err(err @ VaultError::LoginFailed { .. }) => {
+            let identity = identity_of(attested, base);
+            let hint = login_hint(attested, &identity);
+            tracing::warn!(
+                pid = connection.pid(),
+                pod = %pod_name(&attested.pod),
+                container = %attested.container,
+                variable = name,
+                service_account = %format!("{}/{}", identity.namespace, identity.service_account),
+                role = %identity.role,
+                auth_mount = %identity.auth_mount,
+                %err,
+                "Vault login failed; {hint}"
+            );
+            Outcome::error(format!("{name}: {err}; {hint}"))
+        }
         Err(err) => {
             tracing::warn!(
                 pid = connection.pid(),
@@ -617,6 +694,46 @@ async fn vault_lookup(
             Outcome::error(format!("{name}: {err}"))
         }
     })
+}
+
+/// Says which identity a failed Vault login used and which setting chooses each part, for a
+/// login that Vault refused.
+fn login_hint(attested: &Attested, identity: &Identity) -> String {
+    let role_source = if has_annotation(&attested.pod, annotations::VAULT_ROLE) {
+        format!("annotation {}", annotations::VAULT_ROLE)
+    } else {
+        format!(
+            "the service account's name; annotation {} sets another",
+            annotations::VAULT_ROLE
+        )
+    };
+    let mount_source = if has_annotation(&attested.pod, annotations::VAULT_AUTH_MOUNT) {
+        format!("annotation {}", annotations::VAULT_AUTH_MOUNT)
+    } else {
+        format!(
+            "default; annotation {} sets another",
+            annotations::VAULT_AUTH_MOUNT
+        )
+    };
+    format!(
+        "pod {} logged in as service account {}/{} with Vault role {} (from {role_source}) at \
+         auth mount {} ({mount_source}); bind that service account and namespace to the role in \
+         Vault (bound_service_account_names, bound_service_account_namespaces), or set {} to a \
+         role that allows it",
+        pod_name(&attested.pod),
+        identity.namespace,
+        identity.service_account,
+        identity.role,
+        identity.auth_mount,
+        annotations::VAULT_ROLE
+    )
+}
+
+fn has_annotation(pod: &Pod, name: &str) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|annotations| annotations.contains_key(name))
 }
 
 /// Returns the Vault session of the attested pod's identity after the connection's process
@@ -826,18 +943,21 @@ fn identity_of(attested: &Attested, base: &VaultSettings) -> Identity {
 
 /// Turns a policy denial of variable `name` into a refusal.
 fn policy_denial(name: &str, denial: &Denial) -> Denied {
-    Denied::new(
-        denial.reason().as_str(),
-        format!("{name}: permission denied: {denial}"),
-    )
+    let mut denied = policy_denial_plain(denial);
+    denied.message = format!("{name}: {}", denied.message);
+    denied
 }
 
 /// Turns a policy denial that concerns the whole pod into a refusal.
 fn policy_denial_plain(denial: &Denial) -> Denied {
-    Denied::new(
+    let mut denied = Denied::new(
         denial.reason().as_str(),
         format!("permission denied: {denial}"),
-    )
+    );
+    if let Denial::BadAnnotation { source, .. } = denial {
+        denied.annotation = Some(source.annotation);
+    }
+    denied
 }
 
 fn service_account(pod: &Pod) -> &str {
@@ -856,7 +976,9 @@ fn pod_name(pod: &Pod) -> String {
     )
 }
 
-/// Logs a denial with the pod, container, variable name and reason, and builds its response.
+/// Logs a denial with the pod, container, variable name and reason, notes them for the audit
+/// event and the workloads, and builds its response. The pod and container come from `denied`
+/// when set, else from `attested`.
 fn deny(
     connection: &NodeConnection,
     attested: Option<&Attested>,
@@ -866,20 +988,25 @@ fn deny(
     let pod = denied
         .pod
         .clone()
-        .or_else(|| attested.map(|attested| pod_name(&attested.pod)));
-    let container = denied
-        .container
-        .clone()
-        .or_else(|| attested.map(|attested| attested.container.clone()));
+        .or_else(|| attested.map(|attested| (Arc::clone(&attested.pod), attested.pod_uid.clone())));
+    let container = denied.container.clone().or_else(|| {
+        attested
+            .filter(|_| denied.pod.is_none())
+            .map(|attested| attested.container.clone())
+    });
+    if let Some((pod, pod_uid)) = &pod {
+        audit::note_workload(pod, pod_uid, container.as_deref().unwrap_or_default());
+    }
     tracing::warn!(
         pid = connection.pid(),
-        pod,
+        pod = pod.as_ref().map(|(pod, _)| pod_name(pod)),
         container,
         variable = name,
         reason = denied.reason,
+        annotation = denied.annotation,
         "request denied"
     );
-    audit::note_denial(denied.reason);
+    audit::note_denial(denied.reason, denied.annotation);
     Outcome {
         response: Response::error(denied.message),
         decision: Decision::Denied,

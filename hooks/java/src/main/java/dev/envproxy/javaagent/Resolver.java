@@ -153,6 +153,11 @@ final class Resolver {
             }
             default -> {
                 String reason = new String(response.payload(), settings.charset);
+                // The agent names the variable first; the failure line names it already.
+                String prefix = name + ": ";
+                if (reason.startsWith(prefix)) {
+                    reason = reason.substring(prefix.length());
+                }
                 return failure(name, raw, entry, "the agent answered: " + reason, true);
             }
         }
