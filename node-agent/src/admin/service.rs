@@ -13,11 +13,10 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::audit::{unix_millis, AuditEvent, RequestCounters};
-use super::AdminState;
-use crate::config::Config;
+use super::{reload, AdminState};
 use crate::handler::Decision;
 use crate::node::annotations;
-use crate::vault::{FlushedRead, VaultBackend, VaultEnvironment, VaultStatus};
+use crate::vault::{FlushedRead, VaultBackend, VaultStatus};
 
 /// The admin API of one agent.
 pub(crate) struct AdminService {
@@ -301,45 +300,7 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
-        let state = &self.state;
-        let mut baseline = state
-            .file_config
-            .lock()
-            .unwrap_or_else(|err| err.into_inner());
-        let Some(path) = state.config_source.clone() else {
-            return Err(Status::failed_precondition(
-                "the agent was started without a config file (--config), so there is none to \
-                 read again",
-            ));
-        };
-        let mut config = Config::load(&path).map_err(|err| {
-            tracing::warn!(%err, "config reload failed; the running settings stay");
-            Status::invalid_argument(format!("{err}; the running settings stay"))
-        })?;
-        config.enable_vault_from_environment(&VaultEnvironment::from_process());
-
-        let mut applied = Vec::new();
-        if config.audit.log != state.audit.log_enabled() {
-            state.audit.set_log(config.audit.log);
-            applied.push("[audit] log".to_string());
-        }
-        let restart_required = match baseline.as_ref() {
-            Some(old) => restart_keys(old, &config),
-            None => Vec::new(),
-        };
-        tracing::info!(
-            config = %path.display(),
-            ?applied,
-            ?restart_required,
-            "config reloaded"
-        );
-        let warnings = std::mem::take(&mut config.warnings);
-        *baseline = Some(config);
-        Ok(Response::new(pb::ReloadConfigResponse {
-            applied,
-            restart_required,
-            warnings,
-        }))
+        reload::reload(&self.state).map(Response::new)
     }
 }
 
@@ -371,39 +332,6 @@ impl AdminService {
         }
         Ok(uids)
     }
-}
-
-/// Returns the `[...]` keys whose values differ between `old` and `new` and that take effect
-/// only after a restart.
-fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut check = |changed: bool, key: &str| {
-        if changed {
-            keys.push(key.to_string());
-        }
-    };
-    check(old.socket != new.socket, "[agent] socket");
-    check(old.log_level != new.log_level, "[agent] log_level");
-    check(
-        old.max_connections != new.max_connections,
-        "[agent] max_connections",
-    );
-    check(
-        old.idle_timeout != new.idle_timeout,
-        "[agent] idle_timeout_secs",
-    );
-    check(old.node.is_some() != new.node.is_some(), "[agent] mode");
-    check(old.secrets_file != new.secrets_file, "[backend] path");
-    check(old.vault != new.vault, "[vault]");
-    check(
-        old.node.is_some() && new.node.is_some() && old.node != new.node,
-        "[node]",
-    );
-    check(old.admin != new.admin, "[admin]");
-    check(old.metrics != new.metrics, "[metrics] listen");
-    check(old.install != new.install, "[install]");
-    check(old.audit.buffer != new.audit.buffer, "[audit] buffer");
-    keys
 }
 
 fn vault_session(identity: String, status: VaultStatus) -> pb::VaultSession {
