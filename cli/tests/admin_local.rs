@@ -205,7 +205,7 @@ fn flush_lists_entries_and_vault_is_read_again() {
     assert_eq!(rows[0]["IDENTITY"], local.identity());
     assert_eq!(rows[0]["PATH"], local.vault_path);
     assert!(
-        table.ends_with("\nflushed 1 cached read; the next request for each reads Vault\n"),
+        table.ends_with("\nflushed 1 cached read; the next request for each reads its backend\n"),
         "{table}"
     );
     local.get_vault_secret();

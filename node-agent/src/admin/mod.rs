@@ -21,10 +21,12 @@
 //! - [`audit`]: audit events, their channel and the JSON audit log.
 //! - `workloads`: requests and denials per container.
 //! - `service`: the `Admin` service.
+//! - `flush`: `Flush`, over the caches of Vault, the HTTP API and Kubernetes Secrets.
 //! - `reload`: `ReloadConfig`, compared with the settings the agent runs with.
 //! - `health`: the `grpc.health.v1` status, updated as the agent's state changes.
 
 pub mod audit;
+mod flush;
 mod health;
 mod reload;
 mod service;

@@ -13,10 +13,11 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::audit::{unix_millis, AuditEvent, RequestCounters};
-use super::{reload, AdminState};
+use super::{flush, reload, AdminState};
 use crate::handler::Decision;
 use crate::node::annotations;
-use crate::vault::{FlushedRead, VaultBackend, VaultStatus};
+use crate::node::pods::PodEntry;
+use crate::vault::{VaultBackend, VaultStatus};
 
 /// The admin API of one agent.
 pub(crate) struct AdminService {
@@ -28,9 +29,13 @@ impl AdminService {
         AdminService { state }
     }
 
+    pub(super) fn state(&self) -> &AdminState {
+        &self.state
+    }
+
     /// Returns every Vault backend with its identity in words and the pods that use it (none
     /// in local mode).
-    async fn vault_backends(&self) -> Vec<(String, VaultBackend, Vec<String>)> {
+    pub(super) async fn vault_backends(&self) -> Vec<(String, VaultBackend, Vec<String>)> {
         let mut backends = Vec::new();
         if let Some(vault) = &self.state.backends.vault {
             let status = vault.status();
@@ -219,62 +224,10 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::FlushRequest>,
     ) -> Result<Response<pb::FlushResponse>, Status> {
-        use pb::flush_request::Target;
         let target = request.into_inner().target.ok_or_else(|| {
             Status::invalid_argument("set one of path_prefix, pod or identity to flush")
         })?;
-        let backends = self.vault_backends().await;
-        let mut flushed = Vec::new();
-        let mut drop_reads = |identity: &str, reads: Vec<FlushedRead>| {
-            flushed.extend(reads.into_iter().map(|read| pb::FlushedEntry {
-                identity: identity.to_string(),
-                path: read.path,
-                version: read.version,
-            }));
-        };
-        match &target {
-            Target::PathPrefix(prefix) => {
-                for (identity, backend, _) in &backends {
-                    drop_reads(identity, backend.flush(prefix).await);
-                }
-            }
-            Target::Pod(pod) => {
-                let uids = self.pod_uids(pod)?;
-                let mut matched = false;
-                for (identity, backend, pods) in &backends {
-                    if pods.iter().any(|uid| uids.contains(uid)) {
-                        matched = true;
-                        drop_reads(identity, backend.flush("").await);
-                    }
-                }
-                if !matched {
-                    return Err(Status::not_found(format!(
-                        "pod {pod} uses no Vault identity on this node yet"
-                    )));
-                }
-            }
-            Target::Identity(identity) => {
-                let Some((_, backend, _)) = backends.iter().find(|(name, _, _)| name == identity)
-                else {
-                    let known: Vec<&str> =
-                        backends.iter().map(|(name, ..)| name.as_str()).collect();
-                    return Err(Status::not_found(format!(
-                        "no Vault identity {identity:?}; the agent has: {}",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join("; ")
-                        }
-                    )));
-                };
-                drop_reads(identity, backend.flush("").await);
-            }
-        }
-        tracing::info!(flush_target = ?target, entries = flushed.len(), "flushed cache entries");
-        Ok(Response::new(pb::FlushResponse {
-            entries_flushed: flushed.len() as u64,
-            flushed,
-        }))
+        flush::flush(self, target).await.map(Response::new)
     }
 
     type WatchAuditStream = AuditStream;
@@ -305,8 +258,8 @@ impl Admin for AdminService {
 }
 
 impl AdminService {
-    /// Returns the UIDs of the watched pods named `namespace/name`.
-    fn pod_uids(&self, pod: &str) -> Result<Vec<String>, Status> {
+    /// Returns the watched pods named `namespace/name`.
+    pub(super) fn pod_entries(&self, pod: &str) -> Result<Vec<PodEntry>, Status> {
         let Some(node) = &self.state.node else {
             return Err(Status::failed_precondition(
                 "flush by pod needs node mode; flush by path_prefix or identity instead",
@@ -317,20 +270,19 @@ impl AdminService {
                 "invalid pod {pod:?}: expected namespace/name"
             )));
         };
-        let uids: Vec<String> = node
+        let entries: Vec<PodEntry> = node
             .pods
             .pods()
-            .iter()
+            .into_iter()
             .filter(|entry| entry.namespace() == namespace && entry.name() == name)
-            .map(|entry| entry.uid().to_string())
             .collect();
-        if uids.is_empty() {
+        if entries.is_empty() {
             return Err(Status::not_found(format!(
                 "pod {pod} is not among the pods on node {}",
                 node.node_name
             )));
         }
-        Ok(uids)
+        Ok(entries)
     }
 }
 
