@@ -472,6 +472,25 @@ fn missing_socket_says_how_to_turn_admin_on() {
 }
 
 #[test]
+fn agent_socket_is_named_as_not_admin() {
+    let local = Local::start();
+    let output = admin(&local.agent.socket, &["status"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let message = stderr_of(&output);
+    assert!(
+        message.contains("is the agent's socket for programs, not its admin socket"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&local.admin_socket.display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("[admin] socket"), "{message}");
+    assert!(!message.contains("h2 protocol error"), "{message}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
 fn stale_and_silent_sockets() {
     let world = World::new();
     let stale = world.path("stale.sock");
