@@ -336,7 +336,7 @@ impl ServerState {
                          UID in record. The object might have been deleted and then recreated"
                     ),
                     details: None,
-                    causes: Vec::new(),
+                    causes: &[],
                     retry_after_seconds: None,
                 });
             }

@@ -13,7 +13,7 @@ pub struct ApiError {
     /// `details` of the `Status`: the resource kind and, for one object, its name.
     pub details: Option<(String, Option<String>)>,
     /// `details.causes` as (`reason`, `message`) pairs.
-    pub causes: Vec<(&'static str, &'static str)>,
+    pub causes: &'static [(&'static str, &'static str)],
     /// `details.retryAfterSeconds`.
     pub retry_after_seconds: Option<u32>,
 }
@@ -106,7 +106,7 @@ impl ApiError {
     /// layer builds it (`NewTooLargeResourceVersionError` in k8s.io/apiserver).
     pub fn too_large_resource_version(requested: u64, current: u64) -> ApiError {
         ApiError {
-            causes: vec![("ResourceVersionTooLarge", "Too large resource version")],
+            causes: &[("ResourceVersionTooLarge", "Too large resource version")],
             retry_after_seconds: Some(1),
             ..ApiError::new(
                 504,
@@ -122,7 +122,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
-            causes: Vec::new(),
+            causes: &[],
             retry_after_seconds: None,
         }
     }

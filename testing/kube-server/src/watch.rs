@@ -5,8 +5,8 @@
 //! object. A watch from a compacted version gets one `ERROR` event with a 410 `Status` and ends,
 //! as the API server's watch cache does, so the client relists. A watch from a version newer
 //! than the server's waits up to 3 s for it and then gets one `ERROR` event with a 504
-//! "Too large resource version" `Status`, the error a server that restarted with fresh state
-//! gives a client that resumes its watch. With `allowWatchBookmarks`,
+//! "Too large resource version" `Status`. A client that resumes its watch after the server
+//! restarted with fresh state gets this error. With `allowWatchBookmarks`,
 //! `BOOKMARK` events carry the latest resource version every bookmark interval. The stream
 //! ends after `timeoutSeconds`, when the server closes watches, or when the client goes away.
 
