@@ -241,7 +241,7 @@ fn flush_lists_entries_and_vault_is_read_again() {
     assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
     let message = stderr_of(&unknown);
     assert!(
-        message.contains("refused Flush: no Vault identity"),
+        message.contains("refused Flush: no identity \"nobody\" has cached reads"),
         "{message}"
     );
     assert!(message.contains(&identity), "{message}");
