@@ -74,7 +74,8 @@ enum AdminCommand {
     Workloads,
     /// List the cached Vault reads, without their values.
     Cache,
-    /// Drop cached Vault reads, so the next request for them reads Vault, and list them.
+    /// Drop cached reads of Vault, the HTTP API and Kubernetes Secrets, so the next request
+    /// for them reads the backend, and list them.
     Flush(FlushArgs),
     /// Print audit events: one per request the agent answers, never a value.
     ///
@@ -89,13 +90,15 @@ enum AdminCommand {
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("target").required(true).multiple(false)))]
 struct FlushArgs {
-    /// Drop the reads whose Vault path starts with this prefix, such as `secret/data/app`.
+    /// Drop the reads whose path starts with this prefix: a Vault path such as
+    /// `secret/data/app`, `envproxy:KEY` (HTTP API) or `k8s:NAMESPACE/SECRET`.
     #[arg(long, value_name = "PREFIX", group = "target")]
     prefix: Option<String>,
-    /// Drop every read of the Vault identities that this pod uses (node mode).
+    /// Drop every read of the Vault identities and the service account that this pod uses
+    /// (node mode).
     #[arg(long, value_name = "NAMESPACE/NAME", group = "target", value_parser = parse_pod)]
     pod: Option<String>,
-    /// Drop every read of one identity, as `envproxy admin cache` names it.
+    /// Drop every read of one identity, as `envproxy admin cache` or `flush` names it.
     #[arg(long, value_name = "IDENTITY", group = "target")]
     identity: Option<String>,
     /// Drop every cached read.

@@ -205,7 +205,7 @@ fn flush_lists_entries_and_vault_is_read_again() {
     assert_eq!(rows[0]["IDENTITY"], local.identity());
     assert_eq!(rows[0]["PATH"], local.vault_path);
     assert!(
-        table.ends_with("\nflushed 1 cached read; the next request for each reads Vault\n"),
+        table.ends_with("\nflushed 1 cached read; the next request for each reads its backend\n"),
         "{table}"
     );
     local.get_vault_secret();
@@ -241,7 +241,7 @@ fn flush_lists_entries_and_vault_is_read_again() {
     assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
     let message = stderr_of(&unknown);
     assert!(
-        message.contains("refused Flush: no Vault identity"),
+        message.contains("refused Flush: no identity \"nobody\" has cached reads"),
         "{message}"
     );
     assert!(message.contains(&identity), "{message}");
@@ -469,6 +469,25 @@ fn missing_socket_says_how_to_turn_admin_on() {
         )),
         "{message}"
     );
+}
+
+#[test]
+fn agent_socket_is_named_as_not_admin() {
+    let local = Local::start();
+    let output = admin(&local.agent.socket, &["status"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let message = stderr_of(&output);
+    assert!(
+        message.contains("is the agent's socket for programs, not its admin socket"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&local.admin_socket.display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("[admin] socket"), "{message}");
+    assert!(!message.contains("h2 protocol error"), "{message}");
+    assert!(output.stdout.is_empty());
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use envproxy_proto::socket_path::local_socket_path;
 
 use crate::admin::audit::AuditLog;
-use crate::admin::{self, AdminListener, AdminState, NodeView};
+use crate::admin::{self, AdminListener, AdminState, NodeView, RunningConfig};
 use crate::backend::FileBackend;
 use crate::config::Config;
 use crate::connection::Context;
@@ -26,7 +26,7 @@ use crate::refusals::{Refusals, RefusingSocket};
 use crate::secrets::SecretsError;
 use crate::server;
 use crate::status::StatusReporter;
-use crate::vault::{VaultBackend, VaultEnvironment, VaultError};
+use crate::vault::{VaultBackend, VaultError};
 
 /// An agent that cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -528,13 +528,6 @@ fn admin_state(
     node: Option<&NodeContext>,
     audit: &Arc<AuditLog>,
 ) -> AdminState {
-    // The file's own values, without command-line overrides, so that a reload reports only
-    // keys that changed in the file.
-    let file_config = config.source.as_ref().and_then(|path| {
-        let mut file_config = Config::load(path).ok()?;
-        file_config.enable_vault_from_environment(&VaultEnvironment::from_process());
-        Some(file_config)
-    });
     AdminState {
         mode,
         started: std::time::Instant::now(),
@@ -547,7 +540,7 @@ fn admin_state(
         }),
         audit: Arc::clone(audit),
         config_source: config.source.clone(),
-        file_config: std::sync::Mutex::new(file_config),
+        running_config: std::sync::Mutex::new(RunningConfig::new(config)),
         health: Default::default(),
         stop: tokio_util::sync::CancellationToken::new(),
     }

@@ -248,6 +248,32 @@ where
         }
     }
 
+    /// Returns the keys of the cached entries, including last good values kept for outages.
+    pub(crate) fn keys(&self) -> Vec<K> {
+        let mut keys: Vec<K> = self.fresh.iter().map(|(key, _)| K::clone(&key)).collect();
+        for (key, _) in self.last_good.iter() {
+            if !keys.contains(&*key) {
+                keys.push(K::clone(&key));
+            }
+        }
+        keys
+    }
+
+    /// Drops every entry whose key `matches`, including the last good value kept for outages,
+    /// so the next request for it reads the source. Returns the keys dropped.
+    ///
+    /// NOTE: a request already in flight when this runs still caches its result.
+    pub(crate) async fn invalidate_matching(&self, matches: impl Fn(&K) -> bool) -> Vec<K> {
+        let mut keys = self.keys();
+        keys.retain(|key| matches(key));
+        for key in &keys {
+            self.fresh.invalidate(key).await;
+            self.last_good.invalidate(key).await;
+        }
+        self.run_pending_tasks().await;
+        keys
+    }
+
     /// Returns the message of the last failed request, or `None` when none failed.
     pub(crate) fn last_error(&self) -> Option<String> {
         lock(&self.last_error).clone()

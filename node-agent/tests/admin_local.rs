@@ -782,6 +782,63 @@ async fn audit_log_and_reload_in_agent_binary() {
 }
 
 #[tokio::test]
+async fn reload_compares_with_running_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secrets.json"), "{}").unwrap();
+    let socket = dir.path().join("agent.sock");
+    let admin_socket = dir.path().join("admin/admin.sock");
+    let config = dir.path().join("agent.toml");
+    let write_config = |agent_keys: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nsocket = \"agent.sock\"\n{agent_keys}\n[backend]\n\
+                 path = \"secrets.json\"\n[admin]\nenabled = true\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_config("");
+    let agent = AgentProcess::start(&config, socket.clone(), admin_socket.clone());
+    agent.wait_ready().await;
+    let mut client = admin_client(&admin_socket).await;
+    let mut reload = async || {
+        client
+            .reload_config(pb::ReloadConfigRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .restart_required
+    };
+
+    write_config("max_connections = 7");
+    assert_eq!(reload().await, ["[agent] max_connections"]);
+    assert_eq!(
+        reload().await,
+        ["[agent] max_connections"],
+        "the agent still runs with the old value"
+    );
+    write_config("");
+    assert!(
+        reload().await.is_empty(),
+        "the file matches the running value again"
+    );
+
+    std::fs::write(
+        &config,
+        "[agent]\nsocket = \"other.sock\"\n[backend]\npath = \"secrets.json\"\n\
+         [admin]\nsocket = \"admin/admin.sock\"\n",
+    )
+    .unwrap();
+    assert_eq!(reload().await, ["[agent] socket", "[admin]"]);
+    assert_eq!(reload().await, ["[agent] socket", "[admin]"]);
+    write_config("");
+    assert!(reload().await.is_empty());
+    drop(client);
+    agent.stop();
+}
+
+#[tokio::test]
 async fn metrics_count_local_requests() {
     let server = start_server(ServerOptions::default()).await;
     let agent = TestAgent::start_with(&server, server.root_token(), |config| {

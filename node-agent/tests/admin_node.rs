@@ -119,6 +119,8 @@ impl Drop for Cgroups {
 /// A node-mode agent on the current runtime, with the kube and Vault test servers.
 struct Node {
     kube: KubeTestServer,
+    /// The agent's bearer token at the kube test server.
+    agent_token: String,
     vault: VaultTestServer,
     dir: tempfile::TempDir,
     socket: PathBuf,
@@ -186,6 +188,7 @@ impl Node {
         }));
         Node {
             kube,
+            agent_token,
             vault,
             dir,
             socket,
@@ -207,6 +210,39 @@ impl Node {
                 .expect("agent stops")
                 .unwrap();
         }
+    }
+
+    async fn status(&self) -> pb::StatusResponse {
+        let mut client = admin_client(&self.admin_socket).await;
+        client
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn pods_watched(&self) -> u64 {
+        self.status().await.pods_watched
+    }
+
+    /// Replaces the kube test server with a fresh one on the same port: no pods, and a
+    /// resourceVersion lower than the old server's.
+    async fn restart_kube_fresh(&mut self) {
+        let port = self.kube.addr().port();
+        self.kube.stop_listening().await;
+        let fresh = KubeTestServer::start(KubeOptions {
+            port,
+            ..KubeOptions::default()
+        })
+        .await
+        .unwrap();
+        fresh.register_token(
+            &self.agent_token,
+            "system:serviceaccount:envproxy:agent",
+            vec![Rule::new(&["list", "watch", "get"], &["pods"])],
+        );
+        let old = std::mem::replace(&mut self.kube, fresh);
+        old.shutdown().await;
     }
 
     async fn health(&self) -> ServingStatus {
@@ -426,6 +462,75 @@ async fn health_follows_kube_watch() {
         node.health().await == ServingStatus::Serving
     })
     .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_status_after_kube_restart() {
+    require_root();
+    let mut node = Node::start(false).await;
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "restart-a", "namespace": "team-a", "uid": random_uid()},
+        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "app:1"}]},
+    }))
+    .unwrap();
+    node.kube.apply_pod(pod).unwrap();
+    eventually("the pod is watched", || async {
+        node.pods_watched().await == 1
+    })
+    .await;
+    eventually("health is SERVING", || async {
+        node.health().await == ServingStatus::Serving
+    })
+    .await;
+
+    // The same server goes away for about 3 s and comes back with its state.
+    node.kube.stop_listening().await;
+    eventually(
+        "health is NOT_SERVING while the API server is away",
+        || async { node.health().await == ServingStatus::NotServing },
+    )
+    .await;
+    let status = node.status().await;
+    assert!(!status.kube_watch_connected);
+    assert!(!status.serving);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    node.kube.start_listening().await.unwrap();
+    eventually_within("the watch reports connected again", WAIT * 2, || async {
+        node.status().await.kube_watch_connected
+    })
+    .await;
+    eventually("health is SERVING again", || async {
+        node.health().await == ServingStatus::Serving
+    })
+    .await;
+    let status = node.status().await;
+    assert!(status.serving);
+    assert_eq!(status.pods_watched, 1);
+
+    // A fresh server on the same port has no pod and a lower resourceVersion, so resuming the
+    // old watch could never deliver the deletion: the agent must list again.
+    let relists_before = scrape(node.metrics)
+        .await
+        .value("envproxy_pod_watch_relists_total", &[]);
+    node.restart_kube_fresh().await;
+    eventually_within("the deleted pod is forgotten", WAIT * 2, || async {
+        node.pods_watched().await == 0
+    })
+    .await;
+    eventually("health is SERVING with the fresh server", || async {
+        node.health().await == ServingStatus::Serving
+    })
+    .await;
+    let status = node.status().await;
+    assert!(status.kube_watch_connected);
+    assert!(status.serving);
+    let relists = scrape(node.metrics)
+        .await
+        .value("envproxy_pod_watch_relists_total", &[]);
+    assert!(relists > relists_before, "{relists} relists");
     node.stop().await;
 }
 
@@ -652,16 +757,30 @@ async fn metrics_count_pod_requests_and_relists() {
     assert!(!counts.text.contains(&secret));
 
     // The watch misses a change during an outage, and compaction drops it from the history,
-    // so the watch that resumes gets 410 Expired and relists.
+    // so the watch must relist to see it.
+    let outage = Instant::now();
     node.kube.set_unavailable(true);
     add_pod(&node, &mut cgroups, "metrics-b");
     node.kube.compact();
     node.kube.set_unavailable(false);
-    eventually("the pod watch relists", || async {
+    // The watch retries with a backoff that doubles through the outage. The relist may then
+    // come up to about twice the outage after it ends, and a slow machine stretches the outage.
+    let wait = WAIT + outage.elapsed() * 2;
+    eventually_within("the pod watch relists", wait, || async {
         scrape(node.metrics)
             .await
             .value("envproxy_pod_watch_relists_total", &[])
-            == 1.0
+            >= 1.0
+    })
+    .await;
+    let relisted = scrape(node.metrics).await;
+    assert_eq!(
+        relisted.value("envproxy_pod_watch_relists_total", &[]),
+        1.0,
+        "one completed list after one outage"
+    );
+    eventually("the missed pod is watched", || async {
+        node.pods_watched().await == 2
     })
     .await;
     let after = scrape(node.metrics).await;

@@ -8,6 +8,7 @@ mod http_support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use envproxy_admin_proto::v1 as pb;
 use envproxy_agent::admin::AdminSettings;
 use envproxy_agent::kube_secrets::KubeSettings;
 use envproxy_agent::Config;
@@ -417,5 +418,121 @@ async fn admin_status_shows_both_caches() {
     assert_eq!(kubernetes.cache_entries, 1);
     assert_eq!(kubernetes.cache_misses, 1);
     assert_eq!(kubernetes.last_error, "");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn admin_flush_drops_http_and_secret_reads() {
+    let cluster = cluster().await;
+    let db_password = random_secret();
+    let api_key = random_secret();
+    cluster
+        .server
+        .apply_secret(secret("shop", "db", &[("password", &db_password)]))
+        .unwrap();
+    cluster
+        .server
+        .apply_secret(secret(
+            "default",
+            "cache",
+            &[("password", &random_secret())],
+        ))
+        .unwrap();
+    let token = random_secret();
+    let api = http_support::start_server(&token).await;
+    api.set_secret("API_KEY", &api_key);
+    let admin_dir = tempfile::tempdir().unwrap();
+    let admin_socket = admin_dir.path().join("admin.sock");
+    let agent = TestAgent::start_with(Config {
+        http: Some(http_settings(&api, &token)),
+        kubernetes: Some(settings(&cluster)),
+        admin: AdminSettings {
+            enabled: Some(true),
+            socket: Some(admin_socket.clone()),
+            health_listen: None,
+        },
+        ..Config::default()
+    })
+    .await;
+    let secret_reads = || cluster.server.request_count("get", "secrets");
+    let read_all = async || {
+        assert_eq!(found_text(agent.get_key("API_KEY").await), api_key);
+        assert_eq!(
+            found_text(agent.get("P", "k8s:shop/db#password").await),
+            db_password
+        );
+        found_text(agent.get("C", "k8s:default/cache#password").await);
+    };
+    read_all().await;
+    read_all().await;
+    assert_eq!(api.request_count("API_KEY"), 1);
+    assert_eq!(secret_reads(), 2, "one read per Secret, then the cache");
+
+    let mut client = admin_support::admin_client(&admin_socket).await;
+    let mut flush = async |target: pb::flush_request::Target| {
+        client
+            .flush(pb::FlushRequest {
+                target: Some(target),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    use pb::flush_request::Target;
+
+    let by_path = flush(Target::PathPrefix("k8s:shop/".into())).await;
+    let paths: Vec<&str> = by_path.flushed.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["k8s:shop/db"]);
+    assert_eq!(by_path.flushed[0].identity, "Kubernetes API as kubeconfig");
+    read_all().await;
+    assert_eq!(secret_reads(), 3, "only the flushed Secret is read again");
+    assert_eq!(api.request_count("API_KEY"), 1);
+
+    let by_key = flush(Target::PathPrefix("envproxy:API".into())).await;
+    let paths: Vec<&str> = by_key.flushed.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["envproxy:API_KEY"]);
+    let http_identity = by_key.flushed[0].identity.clone();
+    assert_eq!(http_identity, format!("HTTP API at {}", api.url()));
+    read_all().await;
+    assert_eq!(
+        api.request_count("API_KEY"),
+        2,
+        "the flushed key is read again"
+    );
+    assert_eq!(secret_reads(), 3);
+
+    let vault_only = flush(Target::PathPrefix("secret/".into())).await;
+    assert_eq!(vault_only.entries_flushed, 0);
+
+    let by_identity = flush(Target::Identity("Kubernetes API as kubeconfig".into())).await;
+    assert_eq!(by_identity.entries_flushed, 2, "{by_identity:?}");
+    let by_identity = flush(Target::Identity(http_identity)).await;
+    assert_eq!(by_identity.entries_flushed, 1, "{by_identity:?}");
+    read_all().await;
+    assert_eq!(secret_reads(), 5);
+    assert_eq!(api.request_count("API_KEY"), 3);
+
+    let all = flush(Target::PathPrefix(String::new())).await;
+    assert_eq!(all.entries_flushed, 3, "{all:?}");
+    let listed = format!("{all:?}");
+    assert!(!listed.contains(&api_key), "{listed}");
+    assert!(!listed.contains(&db_password), "{listed}");
+    read_all().await;
+    assert_eq!(secret_reads(), 7);
+    assert_eq!(api.request_count("API_KEY"), 4);
+
+    let unknown = client
+        .flush(pb::FlushRequest {
+            target: Some(Target::Identity("nobody".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert!(
+        unknown.message().contains("Kubernetes API as kubeconfig"),
+        "{unknown:?}"
+    );
+    assert!(unknown.message().contains("HTTP API at"), "{unknown:?}");
+    drop(client);
     agent.stop().await;
 }

@@ -344,8 +344,9 @@ async fn server_down_then_up_recovers() {
 
     assert!(watch.pod_by_uid(&uid_of(&during), CONVERGE).await.is_some());
     assert_eq!(next_deletion(&mut deletions).await.uid, uid_of(&before));
-    // The retained history covered the outage, so the watch resumed without a relist.
-    assert_eq!(server.request_count("list", "pods"), 1);
+    // A failed watch is not resumed: the watch lists again, which also confirms the API server
+    // is back, and the new list reports the deletion.
+    assert_eq!(server.request_count("list", "pods"), 2);
 }
 
 #[tokio::test]

@@ -19,6 +19,9 @@ use tonic::Code;
 use super::{EXIT_CALL_FAILED, EXIT_PERMISSION, EXIT_UNREACHABLE, EXIT_USAGE};
 use crate::client::{self, ClientError};
 
+/// Maximum wait for the agent's response when checking whether a socket is the agent's own.
+const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Environment variable that names the admin socket when `--socket` and `--config` are absent.
 pub const ADMIN_SOCKET_VARIABLE: &str = "ENVPROXY_ADMIN_SOCKET";
 
@@ -41,6 +44,14 @@ pub enum AdminError {
     Stale { path: PathBuf },
     #[error("{} is not a socket; point --socket at the agent's admin socket", path.display())]
     NotASocket { path: PathBuf },
+    #[error(
+        "{} is the agent's socket for programs, not its admin socket: it answered the agent's \
+         request protocol instead of gRPC. The admin socket is {} unless the agent config sets \
+         `[admin] socket`; point --socket there, or pass the agent config with --config",
+        path.display(),
+        default_admin_socket(path).display()
+    )]
+    AgentSocket { path: PathBuf },
     #[error(
         "permission denied on the admin socket {}: it belongs to {}, and only that user may \
          connect; run the command as that user{}",
@@ -120,7 +131,9 @@ impl AdminError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AdminError::Call { .. } | AdminError::Stdout { .. } => EXIT_CALL_FAILED,
-            AdminError::Config { .. } | AdminError::NotASocket { .. } => EXIT_USAGE,
+            AdminError::Config { .. }
+            | AdminError::NotASocket { .. }
+            | AdminError::AgentSocket { .. } => EXIT_USAGE,
             AdminError::PermissionDenied { .. }
             | AdminError::Rejected { .. }
             | AdminError::RejectedInPod { .. } => EXIT_PERMISSION,
@@ -274,7 +287,13 @@ impl AdminClient {
         let connecting = endpoint.connect_with_connector(connector);
         let channel = match tokio::time::timeout(timeout, connecting).await {
             Err(_) => return Err(context.timed_out()),
-            Ok(Err(err)) => return Err(context.closed(envproxy_agent::logging::error_chain(&err))),
+            Ok(Err(err)) => {
+                let detail = envproxy_agent::logging::error_chain(&err);
+                if context.is_agent_socket().await {
+                    return Err(context.agent_socket());
+                }
+                return Err(context.closed(detail));
+            }
             Ok(Ok(channel)) => channel,
         };
         Ok(AdminClient {
@@ -342,7 +361,7 @@ impl AuditStream<'_> {
             Ok(None) => Err(AdminError::StreamEnded {
                 path: self.context.path.clone(),
             }),
-            Err(status) => Err(self.context.call_error("WatchAudit", status)),
+            Err(status) => Err(self.context.explain("WatchAudit", status).await),
         }
     }
 }
@@ -357,7 +376,37 @@ impl CallContext {
         match tokio::time::timeout(self.timeout, call).await {
             Err(_) => Err(self.timed_out()),
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(self.call_error(name, status)),
+            Ok(Err(status)) => Err(self.explain(name, status).await),
+        }
+    }
+
+    /// Maps a failed call to an [`AdminError`]. A connection that failed at the HTTP/2 or
+    /// transport level is first checked for being the agent's own socket, which speaks the
+    /// agent's request protocol: the h2 client reports that only as a protocol error.
+    async fn explain(&self, name: &'static str, status: tonic::Status) -> AdminError {
+        let transport = match status.code() {
+            Code::Internal | Code::Unavailable => true,
+            Code::Unknown => std::error::Error::source(&status).is_some(),
+            _ => false,
+        };
+        if transport && self.is_agent_socket().await {
+            return self.agent_socket();
+        }
+        self.call_error(name, status)
+    }
+
+    /// Returns whether the socket responds to the agent's `Status` request, which only the
+    /// agent's socket for programs does.
+    async fn is_agent_socket(&self) -> bool {
+        let path = self.path.clone();
+        let timeout = self.timeout.min(AGENT_PROBE_TIMEOUT);
+        let probe = tokio::task::spawn_blocking(move || client::fetch_status(&path, timeout));
+        matches!(probe.await, Ok(Ok(_)))
+    }
+
+    fn agent_socket(&self) -> AdminError {
+        AdminError::AgentSocket {
+            path: self.path.clone(),
         }
     }
 

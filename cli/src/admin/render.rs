@@ -306,7 +306,7 @@ pub fn flush(flush: &Flush, format: Format) -> String {
     let mut text = table.render();
     let _ = writeln!(
         text,
-        "\nflushed {} cached read{}; the next request for each reads Vault",
+        "\nflushed {} cached read{}; the next request for each reads its backend",
         flush.entries_flushed,
         if flush.entries_flushed == 1 { "" } else { "s" }
     );

@@ -1,13 +1,14 @@
 //! The `grpc.health.v1` status: SERVING while the agent can serve requests, NOT_SERVING
 //! otherwise, for the whole server (service `""`) and for `envproxy.admin.v1.Admin`.
 //!
-//! The agent can serve requests when, in node mode, the pod watch has delivered its first full list and
-//! the API server is reachable, and, with a local-mode Vault backend, Vault has accepted the
-//! agent's token. The API server counts as reachable while the watch's latest request
-//! succeeded. After a watch error, a resumed watch delivers nothing until a pod changes, so the
-//! API server is then probed with a one-item list of the node's pods, at most every
-//! [`PROBE_INTERVAL`]. A secrets file is always usable once the agent has started,
-//! because a failed reload keeps the last good contents.
+//! The agent can serve requests when, in node mode, the pod watch has delivered its first full
+//! list and the API server is reachable, and, with a local-mode Vault backend, Vault has
+//! accepted the agent's token. The API server counts as reachable while the watch's latest
+//! request succeeded. After a watch error the watch lists again after a backoff of up to 30 s,
+//! so meanwhile the API server is probed with a one-item list of the node's pods, at most every
+//! [`PROBE_INTERVAL`]. After [`MAX_WATCH_FAILURES`] failed watch requests in a row the agent is
+//! not serving whatever the probe finds. A secrets file is always usable once the agent has
+//! started, because a failed reload keeps the last good contents.
 //!
 //! NOTE: in node mode each pod identity logs in to Vault at its first request, so Vault's state
 //! does not enter the health status there.
@@ -33,6 +34,10 @@ const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Maximum wait for one API server probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Consecutive failed list and watch requests of the pod watch after which the agent is not
+/// serving, even while the API server responds to the probe.
+const MAX_WATCH_FAILURES: u64 = 3;
 
 /// The service name under which the admin API's own status is reported.
 const ADMIN_SERVICE: &str = "envproxy.admin.v1.Admin";
@@ -90,6 +95,11 @@ impl Probe {
 async fn evaluate(state: &AdminState, probe: &mut Probe) -> bool {
     if let Some(node) = &state.node {
         if !node.pods.is_synced() {
+            return false;
+        }
+        // The API server may respond to the probe's list while refusing every watch, so a run of
+        // failures counts even when the probe succeeds.
+        if node.pods.consecutive_failures() >= MAX_WATCH_FAILURES {
             return false;
         }
         if node.pods.is_connected() {

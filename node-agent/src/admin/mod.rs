@@ -21,10 +21,14 @@
 //! - [`audit`]: audit events, their channel and the JSON audit log.
 //! - `workloads`: requests and denials per container.
 //! - `service`: the `Admin` service.
+//! - `flush`: `Flush`, over the caches of Vault, the HTTP API and Kubernetes Secrets.
+//! - `reload`: `ReloadConfig`, compared with the settings the agent runs with.
 //! - `health`: the `grpc.health.v1` status, updated as the agent's state changes.
 
 pub mod audit;
+mod flush;
 mod health;
+mod reload;
 mod service;
 mod workloads;
 
@@ -41,7 +45,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use audit::{AuditEvent, AuditSettings, CacheOutcome, DEFAULT_AUDIT_BUFFER, MAX_AUDIT_BUFFER};
 
-use crate::config::Config;
 use crate::handler::Backends;
 use crate::listener::{self, ListenerError, SocketFile};
 use crate::node::caller::{BootTime, Caller};
@@ -51,6 +54,7 @@ use crate::node::pods::PodWatch;
 use crate::peer;
 use crate::refusals::{Refusals, RefusingSocket, Verdict};
 use audit::AuditLog;
+pub(crate) use reload::RunningConfig;
 
 /// Name of the admin socket's directory beside the agent socket.
 const DEFAULT_DIRECTORY: &str = "admin";
@@ -118,8 +122,8 @@ pub(crate) struct AdminState {
     pub audit: Arc<AuditLog>,
     /// The config file the agent was started with, read again by `ReloadConfig`.
     pub config_source: Option<PathBuf>,
-    /// The config file's own values as last read, to tell which keys a reload changes.
-    pub file_config: Mutex<Option<Config>>,
+    /// The settings the agent runs with, to tell which keys a reload changes.
+    pub running_config: Mutex<RunningConfig>,
     pub health: health::Health,
     /// Cancelled when the agent shuts down; ends `WatchAudit` streams.
     pub stop: CancellationToken,

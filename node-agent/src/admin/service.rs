@@ -13,11 +13,11 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::audit::{unix_millis, AuditEvent, RequestCounters};
-use super::AdminState;
-use crate::config::Config;
+use super::{flush, reload, AdminState};
 use crate::handler::Decision;
 use crate::node::annotations;
-use crate::vault::{FlushedRead, VaultBackend, VaultEnvironment, VaultStatus};
+use crate::node::pods::PodEntry;
+use crate::vault::{VaultBackend, VaultStatus};
 
 /// The admin API of one agent.
 pub(crate) struct AdminService {
@@ -29,9 +29,13 @@ impl AdminService {
         AdminService { state }
     }
 
+    pub(super) fn state(&self) -> &AdminState {
+        &self.state
+    }
+
     /// Returns every Vault backend with its identity in words and the pods that use it (none
     /// in local mode).
-    async fn vault_backends(&self) -> Vec<(String, VaultBackend, Vec<String>)> {
+    pub(super) async fn vault_backends(&self) -> Vec<(String, VaultBackend, Vec<String>)> {
         let mut backends = Vec::new();
         if let Some(vault) = &self.state.backends.vault {
             let status = vault.status();
@@ -220,62 +224,10 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::FlushRequest>,
     ) -> Result<Response<pb::FlushResponse>, Status> {
-        use pb::flush_request::Target;
         let target = request.into_inner().target.ok_or_else(|| {
             Status::invalid_argument("set one of path_prefix, pod or identity to flush")
         })?;
-        let backends = self.vault_backends().await;
-        let mut flushed = Vec::new();
-        let mut drop_reads = |identity: &str, reads: Vec<FlushedRead>| {
-            flushed.extend(reads.into_iter().map(|read| pb::FlushedEntry {
-                identity: identity.to_string(),
-                path: read.path,
-                version: read.version,
-            }));
-        };
-        match &target {
-            Target::PathPrefix(prefix) => {
-                for (identity, backend, _) in &backends {
-                    drop_reads(identity, backend.flush(prefix).await);
-                }
-            }
-            Target::Pod(pod) => {
-                let uids = self.pod_uids(pod)?;
-                let mut matched = false;
-                for (identity, backend, pods) in &backends {
-                    if pods.iter().any(|uid| uids.contains(uid)) {
-                        matched = true;
-                        drop_reads(identity, backend.flush("").await);
-                    }
-                }
-                if !matched {
-                    return Err(Status::not_found(format!(
-                        "pod {pod} uses no Vault identity on this node yet"
-                    )));
-                }
-            }
-            Target::Identity(identity) => {
-                let Some((_, backend, _)) = backends.iter().find(|(name, _, _)| name == identity)
-                else {
-                    let known: Vec<&str> =
-                        backends.iter().map(|(name, ..)| name.as_str()).collect();
-                    return Err(Status::not_found(format!(
-                        "no Vault identity {identity:?}; the agent has: {}",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join("; ")
-                        }
-                    )));
-                };
-                drop_reads(identity, backend.flush("").await);
-            }
-        }
-        tracing::info!(flush_target = ?target, entries = flushed.len(), "flushed cache entries");
-        Ok(Response::new(pb::FlushResponse {
-            entries_flushed: flushed.len() as u64,
-            flushed,
-        }))
+        flush::flush(self, target).await.map(Response::new)
     }
 
     type WatchAuditStream = AuditStream;
@@ -301,51 +253,13 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
-        let state = &self.state;
-        let mut baseline = state
-            .file_config
-            .lock()
-            .unwrap_or_else(|err| err.into_inner());
-        let Some(path) = state.config_source.clone() else {
-            return Err(Status::failed_precondition(
-                "the agent was started without a config file (--config), so there is none to \
-                 read again",
-            ));
-        };
-        let mut config = Config::load(&path).map_err(|err| {
-            tracing::warn!(%err, "config reload failed; the running settings stay");
-            Status::invalid_argument(format!("{err}; the running settings stay"))
-        })?;
-        config.enable_vault_from_environment(&VaultEnvironment::from_process());
-
-        let mut applied = Vec::new();
-        if config.audit.log != state.audit.log_enabled() {
-            state.audit.set_log(config.audit.log);
-            applied.push("[audit] log".to_string());
-        }
-        let restart_required = match baseline.as_ref() {
-            Some(old) => restart_keys(old, &config),
-            None => Vec::new(),
-        };
-        tracing::info!(
-            config = %path.display(),
-            ?applied,
-            ?restart_required,
-            "config reloaded"
-        );
-        let warnings = std::mem::take(&mut config.warnings);
-        *baseline = Some(config);
-        Ok(Response::new(pb::ReloadConfigResponse {
-            applied,
-            restart_required,
-            warnings,
-        }))
+        reload::reload(&self.state).map(Response::new)
     }
 }
 
 impl AdminService {
-    /// Returns the UIDs of the watched pods named `namespace/name`.
-    fn pod_uids(&self, pod: &str) -> Result<Vec<String>, Status> {
+    /// Returns the watched pods named `namespace/name`.
+    pub(super) fn pod_entries(&self, pod: &str) -> Result<Vec<PodEntry>, Status> {
         let Some(node) = &self.state.node else {
             return Err(Status::failed_precondition(
                 "flush by pod needs node mode; flush by path_prefix or identity instead",
@@ -356,54 +270,20 @@ impl AdminService {
                 "invalid pod {pod:?}: expected namespace/name"
             )));
         };
-        let uids: Vec<String> = node
+        let entries: Vec<PodEntry> = node
             .pods
             .pods()
-            .iter()
+            .into_iter()
             .filter(|entry| entry.namespace() == namespace && entry.name() == name)
-            .map(|entry| entry.uid().to_string())
             .collect();
-        if uids.is_empty() {
+        if entries.is_empty() {
             return Err(Status::not_found(format!(
                 "pod {pod} is not among the pods on node {}",
                 node.node_name
             )));
         }
-        Ok(uids)
+        Ok(entries)
     }
-}
-
-/// Returns the `[...]` keys whose values differ between `old` and `new` and that take effect
-/// only after a restart.
-fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut check = |changed: bool, key: &str| {
-        if changed {
-            keys.push(key.to_string());
-        }
-    };
-    check(old.socket != new.socket, "[agent] socket");
-    check(old.log_level != new.log_level, "[agent] log_level");
-    check(
-        old.max_connections != new.max_connections,
-        "[agent] max_connections",
-    );
-    check(
-        old.idle_timeout != new.idle_timeout,
-        "[agent] idle_timeout_secs",
-    );
-    check(old.node.is_some() != new.node.is_some(), "[agent] mode");
-    check(old.secrets_file != new.secrets_file, "[backend] path");
-    check(old.vault != new.vault, "[vault]");
-    check(
-        old.node.is_some() && new.node.is_some() && old.node != new.node,
-        "[node]",
-    );
-    check(old.admin != new.admin, "[admin]");
-    check(old.metrics != new.metrics, "[metrics] listen");
-    check(old.install != new.install, "[install]");
-    check(old.audit.buffer != new.audit.buffer, "[audit] buffer");
-    keys
 }
 
 fn vault_session(identity: String, status: VaultStatus) -> pb::VaultSession {

@@ -128,6 +128,18 @@ impl HttpBackend {
         }
     }
 
+    /// Drops the cached values of the keys that `matches` accepts, so the next request for
+    /// them reads the API. Returns the keys dropped, sorted.
+    pub async fn flush(&self, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut keys = self
+            .inner
+            .cache
+            .invalidate_matching(|key| matches(key))
+            .await;
+        keys.sort();
+        keys
+    }
+
     /// Applies pending cache bookkeeping, so that `status` counts the current entries.
     pub async fn sync_cache(&self) {
         self.inner.cache.run_pending_tasks().await;

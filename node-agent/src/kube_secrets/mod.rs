@@ -51,6 +51,23 @@ pub(crate) struct SecretKey {
     name: String,
 }
 
+/// One cached Secret read, as [`KubeSecrets::flush`] shows it to its filter.
+pub struct CachedSecret<'a> {
+    /// `kubeconfig` in local mode, `system:serviceaccount:<ns>:<name>` in node mode.
+    pub identity: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+/// A Secret read that a flush dropped from the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushedSecret {
+    /// As in [`CachedSecret::identity`].
+    pub identity: String,
+    pub namespace: String,
+    pub name: String,
+}
+
 /// The `data` of one Secret: key names and their decoded values.
 pub(crate) struct SecretData(BTreeMap<String, SecretBytes>);
 
@@ -315,6 +332,48 @@ impl KubeSecrets {
             stale_served: cache.stale_served,
             last_error,
         }
+    }
+
+    /// Returns the identities that cached Secret reads belong to, sorted.
+    pub fn cached_identities(&self) -> Vec<String> {
+        let mut identities: Vec<String> = self
+            .inner
+            .cache
+            .keys()
+            .into_iter()
+            .map(|key| key.identity.to_string())
+            .collect();
+        identities.sort();
+        identities.dedup();
+        identities
+    }
+
+    /// Drops the cached Secrets that `matches` accepts, so the next request for them reads
+    /// the API server. Returns the Secrets dropped, sorted by identity, namespace and name.
+    pub async fn flush(&self, matches: impl Fn(&CachedSecret<'_>) -> bool) -> Vec<FlushedSecret> {
+        let keys = self
+            .inner
+            .cache
+            .invalidate_matching(|key| {
+                matches(&CachedSecret {
+                    identity: &key.identity,
+                    namespace: &key.namespace,
+                    name: &key.name,
+                })
+            })
+            .await;
+        let mut flushed: Vec<FlushedSecret> = keys
+            .into_iter()
+            .map(|key| FlushedSecret {
+                identity: key.identity.to_string(),
+                namespace: key.namespace,
+                name: key.name,
+            })
+            .collect();
+        flushed.sort_by(|a, b| {
+            (&a.identity, &a.namespace, &a.name).cmp(&(&b.identity, &b.namespace, &b.name))
+        });
+        flushed
     }
 
     /// Applies pending cache bookkeeping, so that `status` counts the current entries.

@@ -7,14 +7,13 @@
 //! wait a bounded time for it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::Api;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -127,6 +126,8 @@ struct Store {
     synced: watch::Sender<bool>,
     /// Whether the latest watch request succeeded; cleared by each watch error.
     connected: AtomicBool,
+    /// Failed list and watch requests since the API server last delivered data.
+    failures: AtomicU64,
     deletions: broadcast::Sender<DeletedPod>,
     /// The agent's metrics, which count relists and watch errors.
     metrics: Arc<Metrics>,
@@ -171,6 +172,7 @@ impl PodWatch {
             changes: watch::channel(0).0,
             synced: watch::channel(false).0,
             connected: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
             deletions: broadcast::channel(DELETIONS_BUFFER).0,
             metrics,
         });
@@ -195,6 +197,12 @@ impl PodWatch {
     /// the next event.
     pub fn is_connected(&self) -> bool {
         self.store.connected.load(Ordering::Relaxed)
+    }
+
+    /// Returns the number of failed list and watch requests since the API server last
+    /// delivered data; 0 while the watch works.
+    pub fn consecutive_failures(&self) -> u64 {
+        self.store.failures.load(Ordering::Relaxed)
     }
 
     /// Waits up to `wait` for the first full list; returns whether it arrived.
@@ -265,42 +273,65 @@ impl PodWatch {
 }
 
 /// Runs the watcher and applies its events to the store until the task is aborted.
+///
+/// A watch that failed is not resumed from its resource version: after a backoff the watch
+/// starts over with a full list. A resumed watch delivers nothing until a pod changes, so it
+/// could not show that the API server is back. Worse, an API server that restarted with fresh
+/// state (a lower resourceVersion) rejects a resumed watch with 504 "Too large resource
+/// version" on every attempt, and the store would keep serving pods that no longer exist.
+/// The list is of this node's pods only, so one per outage is cheap.
 async fn run(client: kube::Client, store: Arc<Store>) {
     let api: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={}", store.node_name);
     let config = watcher::Config::default().fields(&selector);
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
-    let mut listing: Option<HashMap<String, PodEntry>> = None;
-    let mut failures: u64 = 0;
+    let mut backoff = Backoff::default();
     info!(node = %store.node_name, "pod watch starting");
+    loop {
+        let events = watcher::watcher(api.clone(), config.clone()).boxed();
+        watch_until_failure(events, &store, &mut backoff).await;
+        let delay = backoff.next_delay();
+        debug!(
+            node = %store.node_name,
+            delay_ms = delay.as_millis() as u64,
+            "pod watch relisting after a backoff"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
 
+/// Applies the events of one watcher to the store. Returns after a failed watch, so that the
+/// caller relists. A failed list is retried within the watcher, after a backoff.
+async fn watch_until_failure(
+    mut events: futures::stream::BoxStream<'_, Result<Event<Pod>, watcher::Error>>,
+    store: &Store,
+    backoff: &mut Backoff,
+) {
+    let mut listing: Option<HashMap<String, PodEntry>> = None;
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => {
                 // `Init` starts each list attempt, also the retries after a failure, so only
                 // data from the API server ends a run of failures.
                 if !matches!(event, Event::Init) {
-                    failures = 0;
+                    store.failures.store(0, Ordering::Relaxed);
                     store.connected.store(true, Ordering::Relaxed);
                 }
                 event
             }
             Err(err) => {
-                failures += 1;
+                let failures = store.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 store.connected.store(false, Ordering::Relaxed);
                 store.metrics.pod_watch_failed();
                 log_watch_error(&err, failures, &store.node_name);
-                continue;
+                if matches!(err, watcher::Error::InitialListFailed(_)) {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+                return;
             }
         };
         match event {
-            Event::Init => {
-                if store.is_synced() {
-                    info!(node = %store.node_name, "pod watch relisting");
-                    store.metrics.pod_watch_relisted();
-                }
-                listing = Some(HashMap::new());
-            }
+            Event::Init => listing = Some(HashMap::new()),
             Event::InitApply(pod) => {
                 if let Some(entry) = store.accept(pod) {
                     let listing = listing.get_or_insert_with(HashMap::new);
@@ -308,6 +339,11 @@ async fn run(client: kube::Client, store: Arc<Store>) {
                 }
             }
             Event::InitDone => {
+                // Only a completed list counts as a relist: a failed attempt is retried.
+                if store.is_synced() {
+                    info!(node = %store.node_name, "pod watch relisted");
+                    store.metrics.pod_watch_relisted();
+                }
                 let listed = listing.take().unwrap_or_default();
                 store.replace_all(listed);
             }
@@ -322,8 +358,55 @@ async fn run(client: kube::Client, store: Arc<Store>) {
             }
         }
     }
-    // The watcher's stream never ends on its own: it retries with backoff.
+    // The watcher's stream never ends on its own: it retries failed lists and watches.
     warn!(node = %store.node_name, "pod watch stream ended");
+}
+
+/// Exponential backoff between attempts after failures: [`Backoff::MIN`] doubling to
+/// [`Backoff::MAX`], with up to a quarter added at random so that nodes do not retry together.
+/// It starts over after [`Backoff::RESET_AFTER`] without a failure. Data from the API server
+/// does not reset it, so a watch that fails right after each successful list is retried at
+/// most every [`Backoff::MAX`], not in a tight loop.
+#[derive(Debug, Default)]
+struct Backoff {
+    attempts: u32,
+    last_failure: Option<tokio::time::Instant>,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(800);
+    const MAX: Duration = Duration::from_secs(30);
+    const RESET_AFTER: Duration = Duration::from_secs(120);
+
+    fn next_delay(&mut self) -> Duration {
+        let now = tokio::time::Instant::now();
+        if self
+            .last_failure
+            .is_some_and(|last| now.duration_since(last) > Backoff::RESET_AFTER)
+        {
+            self.attempts = 0;
+        }
+        self.last_failure = Some(now);
+        let base = Backoff::MIN
+            .saturating_mul(1 << self.attempts.min(16))
+            .min(Backoff::MAX);
+        self.attempts = self.attempts.saturating_add(1);
+        let jitter_range = base.as_millis() as u64 / 4;
+        let jitter = if jitter_range == 0 {
+            0
+        } else {
+            rand_below(jitter_range)
+        };
+        base + Duration::from_millis(jitter)
+    }
+}
+
+/// Returns a number below `bound` from the clock's low bits; jitter needs no better source.
+fn rand_below(bound: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    u64::from(nanos) % bound
 }
 
 /// Logs a watch error. A 403 is a warning because an operator must fix RBAC. Other errors are

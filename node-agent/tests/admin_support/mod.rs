@@ -116,12 +116,21 @@ pub fn random_hex(len: usize) -> String {
 }
 
 /// Polls `condition` every 50 ms until it returns true or [`WAIT`] has passed.
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    eventually_within(what, WAIT, condition).await;
+}
+
+/// Polls `condition` every 50 ms until it returns true or `wait` has passed.
+pub async fn eventually_within<F, Fut>(what: &str, wait: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
     while !condition().await {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -18,7 +18,9 @@
 //! `resourceVersionMatch`, `allowWatchBookmarks` and `timeoutSeconds`. Every change bumps one
 //! global resource version. Watches replay the retained history after their resource version,
 //! and a version older than the history (see [`KubeTestServer::compact`]) gets an `ERROR`
-//! event with a 410 `Status`, so clients relist. Failures carry `Status` bodies with the API
+//! event with a 410 `Status`, so clients relist. A list or watch at a version newer than the
+//! server's waits 3 s for it, then gets 504 "Too large resource version" with a
+//! `ResourceVersionTooLarge` cause (a watch as an `ERROR` event). Failures carry `Status` bodies with the API
 //! server's codes and reasons.
 //!
 //! Requests to the resource paths need a bearer token registered with

@@ -408,6 +408,8 @@ async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Body> 
                 reason: "RequestEntityTooLarge",
                 message: "request entity too large".to_owned(),
                 details: None,
+                causes: &[],
+                retry_after_seconds: None,
             };
             return api::error_response(&error);
         }
@@ -454,7 +456,10 @@ async fn respond(shared: &Shared, request: Request<Incoming>) -> Response<Body> 
     let raw_query = request.raw_query.clone();
     let response = match denied {
         Some(error) => api::error_response(&error),
-        None => api::dispatch(shared, request),
+        None => {
+            wait_for_resource_version(shared, &request).await;
+            api::dispatch(shared, request)
+        }
     };
     let status = response.status().as_u16();
     debug!(%verb, %resource, ?namespace, status, "request served");
@@ -503,6 +508,30 @@ fn parse_query(query: &str) -> HashMap<String, String> {
             None => (percent_decode(pair), String::new()),
         })
         .collect()
+}
+
+/// Time the API server waits for its cache to reach a requested resource version before it
+/// responds with 504 "Too large resource version" (`blockTimeout` of the watch cache in
+/// k8s.io/apiserver).
+const TOO_LARGE_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits up to [`TOO_LARGE_WAIT`] while a list or watch requests a resource version newer than
+/// the server's, as the API server does before it gives up.
+async fn wait_for_resource_version(shared: &Shared, request: &ApiRequest) {
+    let Some(requested) = request
+        .query
+        .get("resourceVersion")
+        .and_then(|text| text.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + TOO_LARGE_WAIT;
+    while shared.state.lock().resource_version < requested {
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[cfg(test)]

@@ -336,6 +336,8 @@ impl ServerState {
                          UID in record. The object might have been deleted and then recreated"
                     ),
                     details: None,
+                    causes: &[],
+                    retry_after_seconds: None,
                 });
             }
         }

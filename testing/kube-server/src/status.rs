@@ -12,6 +12,10 @@ pub struct ApiError {
     pub message: String,
     /// `details` of the `Status`: the resource kind and, for one object, its name.
     pub details: Option<(String, Option<String>)>,
+    /// `details.causes` as (`reason`, `message`) pairs.
+    pub causes: &'static [(&'static str, &'static str)],
+    /// `details.retryAfterSeconds`.
+    pub retry_after_seconds: Option<u32>,
 }
 
 impl ApiError {
@@ -97,13 +101,19 @@ impl ApiError {
         )
     }
 
-    /// 504 `Timeout` for a resource version newer than any the server has issued.
+    /// 504 `Timeout` for a resource version newer than any the server has issued, with a
+    /// `ResourceVersionTooLarge` cause and a retry after 1 s, as the API server's storage
+    /// layer builds it (`NewTooLargeResourceVersionError` in k8s.io/apiserver).
     pub fn too_large_resource_version(requested: u64, current: u64) -> ApiError {
-        ApiError::new(
-            504,
-            "Timeout",
-            format!("Too large resource version: {requested}, current: {current}"),
-        )
+        ApiError {
+            causes: &[("ResourceVersionTooLarge", "Too large resource version")],
+            retry_after_seconds: Some(1),
+            ..ApiError::new(
+                504,
+                "Timeout",
+                format!("Timeout: Too large resource version: {requested}, current: {current}"),
+            )
+        }
     }
 
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
@@ -112,6 +122,8 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            causes: &[],
+            retry_after_seconds: None,
         }
     }
 
@@ -132,6 +144,22 @@ impl ApiError {
                 details["name"] = json!(name);
             }
             status["details"] = details;
+        }
+        if !self.causes.is_empty() || self.retry_after_seconds.is_some() {
+            if status.get("details").is_none() {
+                status["details"] = json!({});
+            }
+            if !self.causes.is_empty() {
+                let causes: Vec<Value> = self
+                    .causes
+                    .iter()
+                    .map(|(reason, message)| json!({ "reason": reason, "message": message }))
+                    .collect();
+                status["details"]["causes"] = json!(causes);
+            }
+            if let Some(seconds) = self.retry_after_seconds {
+                status["details"]["retryAfterSeconds"] = json!(seconds);
+            }
         }
         status
     }

@@ -3,7 +3,10 @@
 //! A watch from `resourceVersion` N first replays the retained events after N, then streams
 //! new ones. Without N (or with `0`) it starts with a synthetic `ADDED` event per matching
 //! object. A watch from a compacted version gets one `ERROR` event with a 410 `Status` and ends,
-//! as the API server's watch cache does, so the client relists. With `allowWatchBookmarks`,
+//! as the API server's watch cache does, so the client relists. A watch from a version newer
+//! than the server's waits up to 3 s for it and then gets one `ERROR` event with a 504
+//! "Too large resource version" `Status`. A client that resumes its watch after the server
+//! restarted with fresh state gets this error. With `allowWatchBookmarks`,
 //! `BOOKMARK` events carry the latest resource version every bookmark interval. The stream
 //! ends after `timeoutSeconds`, when the server closes watches, or when the client goes away.
 
@@ -82,7 +85,8 @@ pub(crate) fn start(
                             .collect();
                         (lines, receiver, state.resource_version)
                     }
-                    Err(error) if error.code == 410 => {
+                    // The watch cache sends both as an `ERROR` event of a watch that started.
+                    Err(error) if error.code == 410 || error.code == 504 => {
                         let line = event_line("ERROR", &error.to_status());
                         return stream_response(Box::pin(futures::stream::iter([line])));
                     }

@@ -240,6 +240,52 @@ async fn watch_from_compacted_version_is_expired() {
 }
 
 #[tokio::test]
+async fn too_large_version_times_out_with_cause() {
+    let server = start().await;
+    server.apply_pod(pod("prod", "web-0", "node-a")).unwrap();
+    let future = server.resource_version() + 100;
+    let api = Api::new(&server, Some(server.admin_token()));
+
+    let started = std::time::Instant::now();
+    let path = format!("{NODE_A_PODS}&watch=true&resourceVersion={future}");
+    let response = api.watch(&path).await;
+    assert_eq!(response.status(), 200);
+    let mut events = WatchReader::new(response);
+    let error = events.next().await.unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "the server waits for the version first"
+    );
+    assert_eq!(error["type"], "ERROR");
+    let status = &error["object"];
+    assert_eq!(status["code"], 504);
+    assert_eq!(status["reason"], "Timeout");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Timeout: Too large resource version"),
+        "{message}"
+    );
+    assert_eq!(
+        status["details"]["causes"][0]["reason"],
+        "ResourceVersionTooLarge"
+    );
+    assert_eq!(status["details"]["retryAfterSeconds"], 1);
+    assert!(
+        events.next().await.is_none(),
+        "the stream ends after the error"
+    );
+
+    let list = api
+        .get(&format!("{NODE_A_PODS}&resourceVersion={future}"))
+        .await;
+    assert_eq!(list.status, 504);
+    assert_eq!(
+        list.body["details"]["causes"][0]["reason"],
+        "ResourceVersionTooLarge"
+    );
+}
+
+#[tokio::test]
 async fn watch_sends_bookmarks_when_allowed() {
     let options = ServerOptions {
         bookmark_interval: Duration::from_millis(100),
