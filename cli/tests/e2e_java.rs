@@ -217,6 +217,40 @@ fn java_children_get_references() {
     }
 }
 
+/// The JVM patches `ProcessImpl` at its first child start. The first children, which four
+/// threads start at once, and one started with `Runtime.exec` all get the reference in place
+/// of the value the program copied into their environment.
+#[test]
+fn java_first_children_from_threads_get_references() {
+    for jdk in jdks() {
+        let world = World::new();
+        let secret = random_secret();
+        let secrets = world.write_secrets(&[("DB_PASSWORD", &secret)]);
+        let output = run_java(
+            &mut java_command(&secrets, &jdk, &["first-children", "DB_PASSWORD"]),
+            &jdk,
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let label = jdk.label;
+        for child in ["thread0", "thread1", "thread2", "thread3", "exec"] {
+            let line = format!("{child}.DB_PASSWORD=envproxy:DB_PASSWORD");
+            assert!(
+                stdout.lines().any(|l| l == line),
+                "{label}: the {child} child did not see the reference: {stdout}"
+            );
+        }
+        assert!(
+            !stdout.contains(&secret),
+            "{label}: a child received the value: {stdout}"
+        );
+        assert!(
+            !stderr.lines().any(|l| l.starts_with("envproxy[")),
+            "{label}: the hook printed a line: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn java_sees_rotated_value_within_ttl() {
     for jdk in jdks() {

@@ -6,17 +6,24 @@
 //! keeps mapping its module graph from the CDS archive and starts about as fast as without
 //! the hook (see benchmark 14 in `docs/benchmarks.md`).
 //!
-//! - `Agent_OnLoad` asks for the `can_redefine_classes` capability, appends the jar to the boot
-//!   class path and enables the `VMInit` event.
+//! - `Agent_OnLoad` requests the `can_redefine_classes` and `can_generate_breakpoint_events`
+//!   capabilities, appends the jar to the boot class path and enables the `VMInit` event.
 //! - At `VMInit`, after the system class loader is ready and before the program's `main` runs,
 //!   the agent calls the jar's `Hook.install()`. It returns null when the hook stays inactive,
 //!   else the resolving map, which the agent stores in
 //!   `ProcessEnvironment.theUnmodifiableEnvironment`, the field `System.getenv` reads.
-//! - When `java.lang.ProcessImpl` is prepared (the `ClassPrepare` event, enabled only until
-//!   then), before any child process starts, the agent calls `Hook.patchProcessImpl()`, makes
-//!   java.base read the hook's module and open `java.lang` to it, and redefines `ProcessImpl`
-//!   with the patched class file. That step waits for the first child, because redefining a
-//!   java.base class costs a JVM start about 10 ms of CPU (JDK 17, see benchmark 14).
+//! - When `java.lang.ProcessBuilder` is prepared (the `ClassPrepare` event, enabled only until
+//!   then), before any of its code runs, the agent sets a JVMTI breakpoint at the start of its
+//!   private `start(Redirect[])`, which `ProcessBuilder.start()`, `startPipeline` and
+//!   `Runtime.exec` all call before `ProcessImpl.start`.
+//! - At that breakpoint, the first time any thread starts a child, the agent calls
+//!   `Hook.patchProcessImpl()`, makes java.base read the hook's module and open `java.lang` to
+//!   it, redefines `java.lang.ProcessImpl` with the patched class file and clears the
+//!   breakpoint. Other threads that reach the breakpoint meanwhile wait until this is done.
+//!   The step waits for the first child because it costs a JVM about 10 ms of CPU (see
+//!   benchmark 14): it makes java.base read the hook's module, which spins the JVM's first
+//!   lambda classes. `ProcessImpl` itself is no trigger: JDK 25 prepares it at the first
+//!   `System.getenv()`.
 //!
 //! Every failure prints one stderr line and leaves the JVM running without the hook, so the
 //! program reads references. The JNI and JVMTI functions are called through their function
@@ -25,6 +32,7 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// `JNIEnv *`: a pointer to the pointer to the JNI function table.
 type JniEnv = *mut *const *const c_void;
@@ -41,11 +49,19 @@ const JVMTI_DISABLE: JInt = 0;
 const JVMTI_ENABLE: JInt = 1;
 const JVMTI_EVENT_VM_INIT: JInt = 50;
 const JVMTI_EVENT_CLASS_PREPARE: JInt = 56;
-/// Slot of the `ClassPrepare` callback in `jvmtiEventCallbacks` (event 56 minus event 50).
+const JVMTI_EVENT_BREAKPOINT: JInt = 62;
+/// Slots of the callbacks in `jvmtiEventCallbacks`: the event number minus 50.
 const CLASS_PREPARE_CALLBACK: usize = 6;
-const PROCESS_IMPL_SIGNATURE: &[u8] = b"Ljava/lang/ProcessImpl;";
-/// Bit of `can_redefine_classes` in the first word of `jvmtiCapabilities`.
+const BREAKPOINT_CALLBACK: usize = 12;
+const PROCESS_BUILDER_SIGNATURE: &[u8] = b"Ljava/lang/ProcessBuilder;";
+/// The method of `ProcessBuilder` that every child start goes through before it calls
+/// `ProcessImpl.start`.
+const START_NAME: &[u8] = b"start";
+const START_DESCRIPTOR: &[u8] = b"([Ljava/lang/ProcessBuilder$Redirect;)Ljava/lang/Process;";
+/// Bits of `can_redefine_classes` and `can_generate_breakpoint_events` in the first word of
+/// `jvmtiCapabilities`.
 const CAN_REDEFINE_CLASSES: u32 = 1 << 9;
+const CAN_GENERATE_BREAKPOINT_EVENTS: u32 = 1 << 19;
 
 /// Slots of the invocation interface (`JNIInvokeInterface_`).
 const VM_GET_ENV: usize = 6;
@@ -65,8 +81,12 @@ const JNI_EXCEPTION_CHECK: usize = 228;
 
 /// Slots of the JVMTI function table (`jvmtiInterface_1_`): the function number minus one.
 const JVMTI_SET_EVENT_NOTIFICATION_MODE: usize = 1;
+const JVMTI_SET_BREAKPOINT: usize = 37;
+const JVMTI_CLEAR_BREAKPOINT: usize = 38;
 const JVMTI_DEALLOCATE: usize = 46;
 const JVMTI_GET_CLASS_SIGNATURE: usize = 47;
+const JVMTI_GET_CLASS_METHODS: usize = 51;
+const JVMTI_GET_METHOD_NAME: usize = 63;
 const JVMTI_GET_LOADED_CLASSES: usize = 77;
 const JVMTI_REDEFINE_CLASSES: usize = 86;
 const JVMTI_ADD_MODULE_READS: usize = 93;
@@ -92,8 +112,13 @@ type EventCallback = *const c_void;
 static HOOK_CLASS: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
 static JAVA_BASE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
 static HOOK_MODULE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
-/// Set by the first thread that starts the `ProcessImpl` patch, so it runs once.
-static PROCESS_IMPL_CLAIMED: AtomicBool = AtomicBool::new(false);
+/// Set by the first thread that arms the breakpoint, so it is set once.
+static START_ARMED: AtomicBool = AtomicBool::new(false);
+/// The `jmethodID` of `ProcessBuilder.start(Redirect[])` once the breakpoint is armed.
+static START_METHOD: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+/// Whether the `ProcessImpl` patch has run, successfully or not. Threads that reach the
+/// breakpoint while another one patches wait on this lock.
+static PROCESS_IMPL_PATCHED: Mutex<bool> = Mutex::new(false);
 
 #[repr(C)]
 struct ClassDefinition {
@@ -168,9 +193,14 @@ unsafe fn on_load(vm: JavaVm, jar: &CStr) -> Result<(), String> {
                 "this JVM offers no JVMTI 9 environment (GetEnv returned {status})"
             ));
         }
-        let capabilities = [CAN_REDEFINE_CLASSES, 0, 0, 0];
+        let capabilities = [
+            CAN_REDEFINE_CLASSES | CAN_GENERATE_BREAKPOINT_EVENTS,
+            0,
+            0,
+            0,
+        ];
         check(
-            "AddCapabilities(can_redefine_classes)",
+            "AddCapabilities(can_redefine_classes, can_generate_breakpoint_events)",
             slot::<AddCapabilities>(jvmti, JVMTI_ADD_CAPABILITIES)(jvmti, &capabilities),
         )?;
         check(
@@ -184,6 +214,7 @@ unsafe fn on_load(vm: JavaVm, jar: &CStr) -> Result<(), String> {
         let mut callbacks: [EventCallback; CALLBACK_SLOTS] = [ptr::null(); CALLBACK_SLOTS];
         callbacks[0] = vm_init as EventCallback;
         callbacks[CLASS_PREPARE_CALLBACK] = class_prepare as EventCallback;
+        callbacks[BREAKPOINT_CALLBACK] = breakpoint as EventCallback;
         let size = std::mem::size_of_val(&callbacks) as JInt;
         check(
             "SetEventCallbacks",
@@ -362,9 +393,9 @@ unsafe fn install(jvmti: JvmtiEnv, jni: JniEnv) -> Result<(), String> {
             Ordering::Release,
         );
         set_event(jvmti, JVMTI_EVENT_CLASS_PREPARE, true)?;
-        // ProcessImpl may have been prepared before this event, by another agent.
-        if let Some(process_impl) = find_loaded_process_impl(jvmti)? {
-            patch_process_impl(jvmti, jni, process_impl);
+        // ProcessBuilder may have been prepared before this event, by another agent.
+        if let Some(builder) = find_loaded_class(jvmti, PROCESS_BUILDER_SIGNATURE)? {
+            arm_start_breakpoint(jvmti, jni, builder);
         }
 
         slot::<SetStaticObject>(jni, JNI_SET_STATIC_OBJECT_FIELD)(
@@ -378,18 +409,18 @@ unsafe fn install(jvmti: JvmtiEnv, jni: JniEnv) -> Result<(), String> {
     Ok(())
 }
 
-/// Returns `java.lang.ProcessImpl` when the JVM has loaded it already.
+/// Returns the loaded class whose JVM signature is `signature`, such as
+/// `Ljava/lang/ProcessBuilder;`, when the JVM has loaded it already.
 ///
 /// # Safety
 /// `jvmti` must be the environment passed to the current event.
-unsafe fn find_loaded_process_impl(jvmti: JvmtiEnv) -> Result<Option<JObject>, String> {
+unsafe fn find_loaded_class(jvmti: JvmtiEnv, signature: &[u8]) -> Result<Option<JObject>, String> {
     type GetLoadedClasses =
         unsafe extern "system" fn(JvmtiEnv, *mut JInt, *mut *mut JObject) -> JInt;
-    type Deallocate = unsafe extern "system" fn(JvmtiEnv, *mut u8) -> JInt;
     let mut count: JInt = 0;
     let mut classes: *mut JObject = ptr::null_mut();
-    // SAFETY: the slots have these types in jvmti.h; the JVM fills `count` and `classes`, an
-    // array it allocated, which is released below.
+    // SAFETY: the slot has this type in jvmti.h; the JVM fills `count` and `classes`, an array
+    // it allocated, which is released below.
     unsafe {
         check(
             "GetLoadedClasses",
@@ -402,44 +433,55 @@ unsafe fn find_loaded_process_impl(jvmti: JvmtiEnv) -> Result<Option<JObject>, S
         let mut found = None;
         for index in 0..usize::try_from(count).unwrap_or(0) {
             let class = *classes.add(index);
-            if is_process_impl(jvmti, class) {
+            if has_signature(jvmti, class, signature) {
                 found = Some(class);
                 break;
             }
         }
-        slot::<Deallocate>(jvmti, JVMTI_DEALLOCATE)(jvmti, classes.cast());
+        deallocate(jvmti, classes.cast());
         Ok(found)
     }
 }
 
-/// Returns whether `class` is `java.lang.ProcessImpl`.
+/// Releases memory that a JVMTI function allocated; null is allowed.
+///
+/// # Safety
+/// `jvmti` must be live and `memory` null or a block that `jvmti` allocated.
+unsafe fn deallocate(jvmti: JvmtiEnv, memory: *mut u8) {
+    type Deallocate = unsafe extern "system" fn(JvmtiEnv, *mut u8) -> JInt;
+    if !memory.is_null() {
+        // SAFETY: as this function's contract states; the slot has this type in jvmti.h.
+        unsafe { slot::<Deallocate>(jvmti, JVMTI_DEALLOCATE)(jvmti, memory) };
+    }
+}
+
+/// Returns whether `class` has the JVM signature `signature`.
 ///
 /// # Safety
 /// `jvmti` must be live and `class` a reference to a class.
-unsafe fn is_process_impl(jvmti: JvmtiEnv, class: JObject) -> bool {
+unsafe fn has_signature(jvmti: JvmtiEnv, class: JObject, signature: &[u8]) -> bool {
     type GetClassSignature =
         unsafe extern "system" fn(JvmtiEnv, JObject, *mut *mut c_char, *mut *mut c_char) -> JInt;
-    type Deallocate = unsafe extern "system" fn(JvmtiEnv, *mut u8) -> JInt;
-    let mut signature: *mut c_char = ptr::null_mut();
-    // SAFETY: the slots have these types in jvmti.h; the JVM allocates the signature, which is
+    let mut own: *mut c_char = ptr::null_mut();
+    // SAFETY: the slot has this type in jvmti.h; the JVM allocates the signature, which is
     // released here, and a null generic pointer asks for no generic signature.
     unsafe {
         let error = slot::<GetClassSignature>(jvmti, JVMTI_GET_CLASS_SIGNATURE)(
             jvmti,
             class,
-            &mut signature,
+            &mut own,
             ptr::null_mut(),
         );
-        if error != 0 || signature.is_null() {
+        if error != 0 || own.is_null() {
             return false;
         }
-        let matches = CStr::from_ptr(signature).to_bytes() == PROCESS_IMPL_SIGNATURE;
-        slot::<Deallocate>(jvmti, JVMTI_DEALLOCATE)(jvmti, signature.cast());
+        let matches = CStr::from_ptr(own).to_bytes() == signature;
+        deallocate(jvmti, own.cast());
         matches
     }
 }
 
-/// The `ClassPrepare` event, enabled until `ProcessImpl` is patched.
+/// The `ClassPrepare` event, enabled until `ProcessBuilder` is prepared.
 unsafe extern "system" fn class_prepare(
     jvmti: JvmtiEnv,
     jni: JniEnv,
@@ -447,36 +489,166 @@ unsafe extern "system" fn class_prepare(
     class: JObject,
 ) {
     crate::ffi::guard((), || {
-        if PROCESS_IMPL_CLAIMED.load(Ordering::Acquire) {
+        if START_ARMED.load(Ordering::Acquire) {
             return;
         }
         // SAFETY: the JVM passes live environments of the current thread and the prepared
         // class to the event.
         unsafe {
-            if is_process_impl(jvmti, class) {
-                patch_process_impl(jvmti, jni, class);
+            if has_signature(jvmti, class, PROCESS_BUILDER_SIGNATURE) {
+                arm_start_breakpoint(jvmti, jni, class);
             }
         }
     });
 }
 
-/// Redefines `ProcessImpl` with the class file that `Hook.patchProcessImpl()` returns, once.
-/// A failure gets one stderr line.
+/// Sets the breakpoint at the start of `ProcessBuilder.start(Redirect[])`, once. When that
+/// fails, patches `ProcessImpl` at once instead, before any child can start.
 ///
 /// # Safety
-/// `jvmti` and `jni` must be the environments passed to the current event, and
-/// `process_impl` a reference to `java.lang.ProcessImpl`.
-unsafe fn patch_process_impl(jvmti: JvmtiEnv, jni: JniEnv, process_impl: JObject) {
-    if PROCESS_IMPL_CLAIMED.swap(true, Ordering::AcqRel) {
+/// `jvmti` and `jni` must be the environments passed to the current event, and `builder` a
+/// reference to `java.lang.ProcessBuilder`, prepared and not yet initialised.
+unsafe fn arm_start_breakpoint(jvmti: JvmtiEnv, jni: JniEnv, builder: JObject) {
+    if START_ARMED.swap(true, Ordering::AcqRel) {
         return;
     }
     // SAFETY: as this function's contract states.
+    unsafe {
+        // A failure only leaves the event on, and `class_prepare` then returns at once.
+        let _ = set_event(jvmti, JVMTI_EVENT_CLASS_PREPARE, false);
+        if set_start_breakpoint(jvmti, builder).is_err() {
+            patch_process_impl(jvmti, jni);
+        }
+    }
+}
+
+/// # Safety
+/// As [`arm_start_breakpoint`].
+unsafe fn set_start_breakpoint(jvmti: JvmtiEnv, builder: JObject) -> Result<(), String> {
+    type SetBreakpoint = unsafe extern "system" fn(JvmtiEnv, JObject, i64) -> JInt;
+    // SAFETY: as this function's contract states; the slot has this type in jvmti.h.
+    unsafe {
+        let method = find_method(jvmti, builder, START_NAME, START_DESCRIPTOR)?
+            .ok_or("java.lang.ProcessBuilder has no method start(Redirect[])")?;
+        START_METHOD.store(method, Ordering::Release);
+        set_event(jvmti, JVMTI_EVENT_BREAKPOINT, true)?;
+        check(
+            "SetBreakpoint(ProcessBuilder.start)",
+            slot::<SetBreakpoint>(jvmti, JVMTI_SET_BREAKPOINT)(jvmti, method, 0),
+        )
+    }
+}
+
+/// Returns the `jmethodID` of the method `name` with `descriptor` declared by `class`. Unlike
+/// JNI's `GetMethodID`, this does not initialise the class.
+///
+/// # Safety
+/// `jvmti` must be live and `class` a reference to a prepared class.
+unsafe fn find_method(
+    jvmti: JvmtiEnv,
+    class: JObject,
+    name: &[u8],
+    descriptor: &[u8],
+) -> Result<Option<JObject>, String> {
+    type GetClassMethods =
+        unsafe extern "system" fn(JvmtiEnv, JObject, *mut JInt, *mut *mut JObject) -> JInt;
+    type GetMethodName = unsafe extern "system" fn(
+        JvmtiEnv,
+        JObject,
+        *mut *mut c_char,
+        *mut *mut c_char,
+        *mut *mut c_char,
+    ) -> JInt;
+    let mut count: JInt = 0;
+    let mut methods: *mut JObject = ptr::null_mut();
+    // SAFETY: the slots have these types in jvmti.h; the JVM allocates the array and the
+    // strings, which are released here, and a null generic pointer asks for no generic
+    // signature.
+    unsafe {
+        check(
+            "GetClassMethods(ProcessBuilder)",
+            slot::<GetClassMethods>(jvmti, JVMTI_GET_CLASS_METHODS)(
+                jvmti,
+                class,
+                &mut count,
+                &mut methods,
+            ),
+        )?;
+        let mut found = None;
+        for index in 0..usize::try_from(count).unwrap_or(0) {
+            let method = *methods.add(index);
+            let mut method_name: *mut c_char = ptr::null_mut();
+            let mut method_descriptor: *mut c_char = ptr::null_mut();
+            let error = slot::<GetMethodName>(jvmti, JVMTI_GET_METHOD_NAME)(
+                jvmti,
+                method,
+                &mut method_name,
+                &mut method_descriptor,
+                ptr::null_mut(),
+            );
+            let matches = error == 0
+                && !method_name.is_null()
+                && !method_descriptor.is_null()
+                && CStr::from_ptr(method_name).to_bytes() == name
+                && CStr::from_ptr(method_descriptor).to_bytes() == descriptor;
+            deallocate(jvmti, method_name.cast());
+            deallocate(jvmti, method_descriptor.cast());
+            if matches {
+                found = Some(method);
+                break;
+            }
+        }
+        deallocate(jvmti, methods.cast());
+        Ok(found)
+    }
+}
+
+/// The `Breakpoint` event: the first child start of this JVM patches `ProcessImpl`.
+unsafe extern "system" fn breakpoint(
+    jvmti: JvmtiEnv,
+    jni: JniEnv,
+    _thread: JObject,
+    method: JObject,
+    _location: i64,
+) {
+    crate::ffi::guard((), || {
+        if method != START_METHOD.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: the JVM passes live environments of the current thread to the event.
+        unsafe { patch_process_impl(jvmti, jni) };
+    });
+}
+
+/// Redefines `ProcessImpl` with the class file that `Hook.patchProcessImpl()` returns, once,
+/// then clears the breakpoint. A thread that comes here while another one patches waits
+/// until it is done, so that no child starts through the unpatched class. A failure gets one
+/// stderr line.
+///
+/// # Safety
+/// `jvmti` and `jni` must be the environments passed to the current event.
+unsafe fn patch_process_impl(jvmti: JvmtiEnv, jni: JniEnv) {
+    type ClearBreakpoint = unsafe extern "system" fn(JvmtiEnv, JObject, i64) -> JInt;
+    let mut patched = PROCESS_IMPL_PATCHED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if *patched {
+        return;
+    }
+    *patched = true;
+    // SAFETY: as this function's contract states; the slot has this type in jvmti.h.
     let outcome = unsafe {
-        // Disabled first: the Java code below loads classes, whose events return at once.
-        let disabled = set_event(jvmti, JVMTI_EVENT_CLASS_PREPARE, false);
-        let patched = redefine_process_impl(jvmti, jni, process_impl);
-        disabled.and(patched)
+        let redefined = redefine_process_impl(jvmti, jni);
+        // A breakpoint left set, or the event left on, costs later child starts only the
+        // return from `breakpoint`, so failures here are not reported.
+        let method = START_METHOD.load(Ordering::Acquire);
+        if !method.is_null() {
+            let _ = set_event(jvmti, JVMTI_EVENT_BREAKPOINT, false);
+            slot::<ClearBreakpoint>(jvmti, JVMTI_CLEAR_BREAKPOINT)(jvmti, method, 0);
+        }
+        redefined
     };
+    drop(patched);
     if let Err(problem) = outcome {
         crate::diag::line(&format!(
             "the Java hook could not patch java.lang.ProcessImpl, so a child whose environment \
@@ -487,11 +659,8 @@ unsafe fn patch_process_impl(jvmti: JvmtiEnv, jni: JniEnv, process_impl: JObject
 
 /// # Safety
 /// As [`patch_process_impl`].
-unsafe fn redefine_process_impl(
-    jvmti: JvmtiEnv,
-    jni: JniEnv,
-    process_impl: JObject,
-) -> Result<(), String> {
+unsafe fn redefine_process_impl(jvmti: JvmtiEnv, jni: JniEnv) -> Result<(), String> {
+    type FindClass = unsafe extern "system" fn(JniEnv, *const c_char) -> JObject;
     type ArrayLength = unsafe extern "system" fn(JniEnv, JObject) -> JInt;
     type ByteRegion = unsafe extern "system" fn(JniEnv, JObject, JInt, JInt, *mut u8);
     type AddReads = unsafe extern "system" fn(JvmtiEnv, JObject, JObject) -> JInt;
@@ -504,8 +673,13 @@ unsafe fn redefine_process_impl(
     let hook_module = HOOK_MODULE.load(Ordering::Acquire);
     // SAFETY: for this block, the environments are live for this thread during the event, each
     // slot has the type given above, as jni.h and jvmti.h declare it, and the references are
-    // the global references that `install` stored before it enabled this event.
+    // the global references that `install` stored before it enabled `ClassPrepare`.
     unsafe {
+        // The class is about to be used by the child start that hit the breakpoint, so loading
+        // and initialising it here changes nothing for the program.
+        let process_impl =
+            slot::<FindClass>(jni, JNI_FIND_CLASS)(jni, c"java/lang/ProcessImpl".as_ptr());
+        env.thrown("loading java.lang.ProcessImpl")?;
         // Hook.patchProcessImpl() prints its own stderr line for any failure.
         let class_file = env.call_static(hook, c"patchProcessImpl", c"()[B")?;
         if class_file.is_null() {

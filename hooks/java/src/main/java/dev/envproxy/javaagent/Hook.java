@@ -16,13 +16,14 @@ import java.util.Map;
  * returns a {@link ResolvingEnvironment}, which the agent stores in ProcessEnvironment's field
  * {@code theUnmodifiableEnvironment}, the map System.getenv reads.
  *
- * <p>When java.lang.ProcessImpl is prepared, before any child process starts, the agent calls
- * {@link #patchProcessImpl} and redefines ProcessImpl so that it builds a child's environment
- * through {@link EnvironmentRedirects#toEnvironmentBlock}, which puts references back in place
- * of the values this JVM resolved. The redefinition waits for that moment because redefining a
- * java.base class costs a JVM start about 10 ms of CPU. The JVM's own copy of the environment
- * keeps the references, so children started without a changed environment() map inherit them
- * unchanged.
+ * <p>At the first child start (a JVMTI breakpoint at the start of ProcessBuilder's private
+ * start method, before it calls ProcessImpl), the agent calls {@link #patchProcessImpl} and
+ * redefines java.lang.ProcessImpl so that it builds a child's environment through
+ * {@link EnvironmentRedirects#toEnvironmentBlock}, which puts references back in place of the
+ * values this JVM resolved. The redefinition waits for that moment because it costs a JVM about
+ * 10 ms of CPU, which a program that starts no child never pays. The JVM's own copy of the
+ * environment keeps the references, so children started without a changed environment() map
+ * inherit them unchanged.
  */
 public final class Hook {
     private static final String PROCESS_ENVIRONMENT = "java/lang/ProcessEnvironment";
