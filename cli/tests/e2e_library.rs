@@ -647,3 +647,82 @@ while True:
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is served by uid 65534"), "{stderr}");
 }
+
+/// The timeout that the descriptor tests give the library. It is well below the test's own
+/// limit, so a library stuck on a descriptor fails the test instead of passing late.
+const DESCRIPTOR_TIMEOUT_MS: u64 = 1000;
+
+/// Runs the probe in `mode` against a fresh agent with `ENVPROXY_CACHE_TTL=0`, so its second
+/// `getenv` sends a request after the program changed its descriptors, and checks that the
+/// request resolved within the timeout. Returns the probe's output.
+fn run_descriptor_probe(mode: &str, extra_args: &[&Path]) -> Vec<u8> {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("TOKEN", &secret)]);
+    let socket = world.socket();
+    let _agent = Agent::start(&socket, &secrets);
+    let mut command = preload_command(&probe(), &socket);
+    command
+        .env("ENVPROXY_CACHE_TTL", "0")
+        .env("ENVPROXY_TIMEOUT_MS", DESCRIPTOR_TIMEOUT_MS.to_string())
+        .env("TOKEN", "envproxy:TOKEN")
+        .args([mode, "TOKEN"])
+        .args(extra_args);
+    let output = run_with_limit(&mut command, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "probe {mode} failed: {stderr}");
+    assert_eq!(
+        value_of(&output.stdout, "TOKEN").as_deref(),
+        Some(&*secret),
+        "probe {mode} did not resolve TOKEN after changing its descriptors: {stderr}"
+    );
+    let ms: u64 = value_of(&output.stdout, "ms").unwrap().parse().unwrap();
+    assert!(
+        ms < DESCRIPTOR_TIMEOUT_MS,
+        "getenv took {ms} ms with a {DESCRIPTOR_TIMEOUT_MS} ms timeout"
+    );
+    output.stdout
+}
+
+#[test]
+fn socketpair_on_reused_fd_stays_untouched() {
+    let stdout = run_descriptor_probe("closefds-socketpair", &[]);
+    assert_eq!(value_of(&stdout, "fd").as_deref(), Some("3"));
+    assert_eq!(
+        value_of(&stdout, "untouched").as_deref(),
+        Some("1"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
+}
+
+#[test]
+fn file_on_reused_fd_stays_open() {
+    let world = World::new();
+    let file = world.path("program-file");
+    let stdout = run_descriptor_probe("closefds-file", &[&file]);
+    assert_eq!(value_of(&stdout, "fd").as_deref(), Some("3"));
+    assert_eq!(
+        value_of(&stdout, "untouched").as_deref(),
+        Some("1"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept\n");
+}
+
+#[test]
+fn dup2_over_library_fd_stays_untouched() {
+    let stdout = run_descriptor_probe("dup2", &[]);
+    let replaced: u32 = value_of(&stdout, "replaced").unwrap().parse().unwrap();
+    assert!(
+        replaced >= 1,
+        "the probe found no socket of the library to replace"
+    );
+    assert_eq!(
+        value_of(&stdout, "untouched").as_deref(),
+        Some("1"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
+}
