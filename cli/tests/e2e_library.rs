@@ -726,3 +726,59 @@ fn dup2_over_library_fd_stays_untouched() {
         String::from_utf8_lossy(&stdout)
     );
 }
+
+/// Rewrites the secrets file in place 40 times, as `printf ... > file` does: truncate, then
+/// write after a pause of 20 ms. A program reads the key every 5 ms without a cache, and must
+/// see one of the written values every time, never the unresolved reference.
+fn check_truncating_rewrites(file_name: &str, format_line: fn(&str) -> String) {
+    let world = World::new();
+    let secrets = world.path(file_name);
+    let mut written = vec![random_secret()];
+    std::fs::write(&secrets, format_line(&written[0])).unwrap();
+    let socket = world.socket();
+    let _agent = Agent::start(&socket, &secrets);
+
+    let mut command = preload_command(&probe(), &socket);
+    command
+        .env("ENVPROXY_CACHE_TTL", "0")
+        .env("KEY", "envproxy:KEY")
+        .args(["loop", "KEY", "5", "800"]);
+    let (values, _pid) = stream_values(command, "KEY");
+    let first = values.recv_timeout(LIMIT).expect("first value");
+    assert_eq!(first.1, written[0]);
+
+    for _ in 0..40 {
+        let value = random_secret();
+        let mut file = std::fs::File::create(&secrets).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        file.write_all(format_line(&value).as_bytes()).unwrap();
+        drop(file);
+        written.push(value);
+        std::thread::sleep(Duration::from_millis(40));
+    }
+
+    let last = written.last().unwrap().clone();
+    let mut seen_last = false;
+    let mut count = 1;
+    // The probe ends after its 800 reads, which closes the channel.
+    while let Ok((_, value)) = values.recv_timeout(LIMIT) {
+        count += 1;
+        assert!(
+            written.contains(&value),
+            "read {count} of KEY returned {value:?}, which was never written"
+        );
+        seen_last |= value == last;
+    }
+    assert_eq!(count, 800, "the probe ended early");
+    assert!(seen_last, "the last rewrite was never loaded");
+}
+
+#[test]
+fn truncating_rewrite_of_dotenv_loses_no_key() {
+    check_truncating_rewrites("secrets.env", |value| format!("KEY={value}\n"));
+}
+
+#[test]
+fn truncating_rewrite_of_toml_loses_no_key() {
+    check_truncating_rewrites("secrets.toml", |value| format!("KEY = \"{value}\"\n"));
+}
