@@ -37,6 +37,8 @@ const MAX_IDLE: usize = 4;
 /// After a failure to reach the agent, requests fail at once for this long, so a program that
 /// reads many references pays the timeout once per pause instead of once per variable.
 pub const BACKOFF_MS: u64 = 1000;
+// The messages state the pause in whole seconds.
+const _: () = assert!(BACKOFF_MS.is_multiple_of(1000));
 
 /// Coarse-clock time until which requests fail at once, or 0.
 static DOWN_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
@@ -133,7 +135,9 @@ impl fmt::Display for AgentError {
             AgentError::BackingOff(last) => {
                 write!(
                     f,
-                    "{last} (a recent request failed; retrying after a short pause)"
+                    "{last} (this request was not sent, because requests pause for {} s \
+                     after a failure)",
+                    BACKOFF_MS / 1000
                 )
             }
             AgentError::TrailingBytes(path) => {
@@ -553,4 +557,19 @@ pub fn register_fork_handlers() {
             Some(after_fork_child),
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backing_off_message_states_pause() {
+        let message = AgentError::BackingOff("no agent socket at /run/a.sock".into()).to_string();
+        assert_eq!(
+            message,
+            "no agent socket at /run/a.sock (this request was not sent, because requests \
+             pause for 1 s after a failure)"
+        );
+    }
 }
