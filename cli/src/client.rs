@@ -70,6 +70,21 @@ pub enum ClientError {
     UnexpectedStatusResponse { path: PathBuf, response: Response },
 }
 
+impl ClientError {
+    /// Returns whether a process accepted the connection but sent no valid agent response, so the
+    /// socket is in use and no agent can be started on it.
+    pub fn is_socket_in_use(&self) -> bool {
+        matches!(
+            self,
+            ClientError::TimedOut { .. }
+                | ClientError::Io { .. }
+                | ClientError::InvalidStatus { .. }
+                | ClientError::StatusRefused { .. }
+                | ClientError::UnexpectedStatusResponse { .. }
+        )
+    }
+}
+
 /// Sends one request to the agent at `socket` and returns its response.
 ///
 /// `timeout` bounds the connection and, separately, each read and write.

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
+use envproxy_proto::reference::{KUBERNETES_SCHEME, LOCAL_SCHEME, VAULT_SCHEME};
 use envproxy_proto::{has_known_scheme, Request, Response};
 
 use crate::client::{self, IO_TIMEOUT};
@@ -67,7 +68,15 @@ pub fn run(args: GetArgs) -> i32 {
             }
         }
         Response::NotFound => {
-            eprintln!("envproxy: {}: not found in the agent's secrets", args.name);
+            match unknown_scheme(&args.name) {
+                Some(scheme) => eprintln!(
+                    "envproxy: {}: not found in the agent's secrets, and `{scheme}:` is not a \
+                     reference scheme EnvProxy knows ({VAULT_SCHEME}, {LOCAL_SCHEME}, \
+                     {KUBERNETES_SCHEME}); check the reference's spelling",
+                    args.name
+                ),
+                None => eprintln!("envproxy: {}: not found in the agent's secrets", args.name),
+            }
             EXIT_NOT_FOUND
         }
         Response::Error(reason) => {
@@ -87,5 +96,37 @@ pub fn run(args: GetArgs) -> i32 {
             );
             EXIT_ERROR
         }
+    }
+}
+
+/// Returns the scheme of `name` when it has the form `scheme:rest` of a URI (a letter, then
+/// letters, digits, `+`, `-` or `.`) and the scheme is not one that EnvProxy resolves.
+fn unknown_scheme(name: &str) -> Option<&str> {
+    let (scheme, rest) = name.split_once(':')?;
+    let mut characters = scheme.chars();
+    let first = characters.next()?;
+    let is_scheme = first.is_ascii_alphabetic()
+        && characters.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !is_scheme || rest.is_empty() || has_known_scheme(name.as_bytes()) {
+        return None;
+    }
+    Some(scheme)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unknown_scheme;
+
+    #[test]
+    fn unknown_scheme_forms() {
+        assert_eq!(unknown_scheme("s3:bucket/x"), Some("s3"));
+        assert_eq!(unknown_scheme("aws-sm:app/db"), Some("aws-sm"));
+        assert_eq!(unknown_scheme("API_KEY"), None);
+        assert_eq!(unknown_scheme("vault:secret/data/app#k"), None);
+        assert_eq!(unknown_scheme("k8s:db/password"), None);
+        assert_eq!(unknown_scheme("envproxy:KEY"), None);
+        assert_eq!(unknown_scheme("3d:x"), None);
+        assert_eq!(unknown_scheme("s3:"), None);
+        assert_eq!(unknown_scheme("my key:x"), None);
     }
 }

@@ -92,6 +92,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                 Err(err @ ClientError::ForeignAgent { .. }) => return Err(err.into()),
                 // With VAULT_ADDR set, the developer's Vault token is enough to serve the
                 // command's vault: references from an agent inside this process.
+                Err(err) if err.is_socket_in_use() && args.socket.is_some() => {
+                    return Err(socket_in_use_error(&err, &socket))
+                }
                 Err(err) => match vault_environment.settings() {
                     Some(vault) => {
                         tracing::debug!(%err, "no agent responds; serving Vault from VAULT_ADDR");
@@ -119,6 +122,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                     match client::fetch_status(&socket, AGENT_PROBE_TIMEOUT) {
                         Ok(_) => Some(socket),
                         Err(err @ ClientError::ForeignAgent { .. }) => return Err(err.into()),
+                        Err(err) if err.is_socket_in_use() => {
+                            return Err(socket_in_use_error(&err, &socket))
+                        }
                         Err(err) => {
                             tracing::debug!(%err, "no agent responds; starting one on the socket");
                             None
@@ -238,10 +244,23 @@ fn socket_without_file(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 fn no_agent_error(err: &ClientError, socket: &Path) -> anyhow::Error {
+    if err.is_socket_in_use() {
+        return socket_in_use_error(err, socket);
+    }
     anyhow!(
         "{err}; start an agent with `envproxy-agent --secrets FILE --socket {}`, pass \
          --secrets FILE to run one for this command, or set VAULT_ADDR to serve vault: \
          references",
+        socket.display()
+    )
+}
+
+/// Builds the error for a socket where a process accepts connections but sends no status
+/// response as an agent would, so `run` can neither use it nor start an agent there.
+fn socket_in_use_error(err: &ClientError, socket: &Path) -> anyhow::Error {
+    anyhow!(
+        "{err}, so envproxy run can neither use it nor start an agent on it; stop the process \
+         that listens on {} (a hung agent or another program) or pass another --socket",
         socket.display()
     )
 }

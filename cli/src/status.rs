@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use envproxy_agent::status::{HttpInfo, KubeInfo, VaultInfo};
 use envproxy_agent::AgentStatus;
 
-use crate::client::{self, IO_TIMEOUT};
+use crate::client::{self, ClientError, IO_TIMEOUT};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -37,6 +37,14 @@ pub fn run(args: StatusArgs) -> i32 {
         .unwrap_or_else(envproxy_agent::default_socket_path);
     let (status, json) = match client::fetch_status_json(&socket, IO_TIMEOUT) {
         Ok(fetched) => fetched,
+        Err(err @ (ClientError::NoSocket { .. } | ClientError::Refused { .. })) => {
+            eprintln!(
+                "envproxy: {err}; start an agent with `envproxy-agent --secrets FILE --socket {}`, \
+                 or point --socket or ENVPROXY_SOCKET at a running agent",
+                socket.display()
+            );
+            return 1;
+        }
         Err(err) => {
             eprintln!("envproxy: {err}");
             return 1;

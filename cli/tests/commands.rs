@@ -399,6 +399,20 @@ fn get_prints_value_or_reason() {
 
     let output = output_of(envproxy(&[
         "get",
+        "s3:bucket/x",
+        "--socket",
+        agent.socket(),
+    ]));
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(text(&output.stdout), "");
+    assert_eq!(
+        text(&output.stderr),
+        "envproxy: s3:bucket/x: not found in the agent's secrets, and `s3:` is not a reference \
+         scheme EnvProxy knows (vault:, envproxy:, k8s:); check the reference's spelling\n"
+    );
+
+    let output = output_of(envproxy(&[
+        "get",
         "vault:secret/data/app#db",
         "--socket",
         agent.socket(),
@@ -503,6 +517,13 @@ fn status_without_agent_exits_1() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(socket.to_str().unwrap()), "{stderr}");
         assert!(stderr.contains(reason), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "start an agent with `envproxy-agent --secrets FILE --socket {}`",
+                socket.display()
+            )),
+            "{stderr}"
+        );
         assert_eq!(text(&output.stdout), "");
     }
 }
@@ -568,6 +589,35 @@ fn run_without_file_or_agent_fails() {
     assert!(stderr.contains(socket.to_str().unwrap()), "{stderr}");
     assert!(stderr.contains("--secrets FILE"), "{stderr}");
     assert!(stderr.contains("envproxy-agent"), "{stderr}");
+}
+
+#[test]
+fn run_on_silent_socket_names_timeout() {
+    let secrets = Secrets::new();
+    let socket = secrets.dir.path().join("silent.sock");
+    // Accepts connections into the backlog and never responds.
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let output = output_of(envproxy(&[
+        "run",
+        "--secrets",
+        secrets.path(),
+        "--socket",
+        socket.to_str().unwrap(),
+        "--",
+        "true",
+    ]));
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the agent at {} did not respond within 2s",
+            socket.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pass another --socket"), "{stderr}");
+    assert!(!stderr.contains("already listening"), "{stderr}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
-//! End-to-end tests of Kubernetes Secrets in local mode: C programs under `envproxy run` read
-//! `k8s:` references and, with `[backend] type = "kubernetes"`, `envproxy:` references from the
-//! in-repo kube API test server, with the user's kubeconfig (`~/.kube/config` or
-//! `[backend] kubeconfig`).
+//! End-to-end tests of Kubernetes Secrets in local mode: C and Python programs under
+//! `envproxy run` read `k8s:` references and, with `[backend] type = "kubernetes"`, `envproxy:`
+//! references from the in-repo kube API test server, with the user's kubeconfig
+//! (`~/.kube/config` or `[backend] kubeconfig`).
 //!
 //! Every test starts its own server and uses random secrets and tokens, and checks that none
 //! of them reaches stderr.
@@ -235,4 +235,46 @@ fn default_secret_edit_reaches_running_process() {
         cluster.server.requests()
     );
     assert_eq!(cluster.server.request_count("watch", "secrets"), 1);
+}
+
+/// Python code that prints a variable read through `os.environ[...]`, `os.getenv` and a copy
+/// of `os.environ`, and whether the value is in the process's own environ.
+const PYTHON_READ: &str = r#"
+import os, sys
+name = sys.argv[1]
+value = os.environ[name]
+raw = open("/proc/self/environ", "rb").read()
+print(f"item={value}")
+print("getenv=" + str(os.getenv(name)))
+print("copy=" + dict(os.environ)[name])
+print("environ=" + ("leak" if value.encode() in raw else "clean"))
+"#;
+
+#[test]
+fn python_reads_k8s_reference_through_os_environ() {
+    let cluster = Cluster::start();
+    let world = World::new();
+    cluster.write_home_kubeconfig(&world);
+    let password = random_secret();
+    cluster.put("shop", "db", &[("password", &password)]);
+    let secrets = world.write_secrets(&[("PLAIN_KEY", "from-file")]);
+
+    let mut command = envproxy_run(
+        &world,
+        &[OsStr::new("--secrets"), secrets.as_os_str()],
+        "python3",
+    );
+    command
+        .env_remove("KUBECONFIG")
+        .env("DB_PASSWORD", "k8s:shop/db#password")
+        .args(["-c", PYTHON_READ, "DB_PASSWORD"]);
+    let output = run_with_limit(&mut command, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let value = |name: &str| value_of(&output.stdout, name);
+    assert!(output.status.success(), "python3 failed: {stderr}");
+    assert_eq!(value("item").as_deref(), Some(&*password), "{stderr}");
+    assert_eq!(value("getenv").as_deref(), Some(&*password));
+    assert_eq!(value("copy").as_deref(), Some(&*password));
+    assert_eq!(value("environ").as_deref(), Some("clean"));
+    assert_no_secrets("stderr", &stderr, &[&password, &cluster.token]);
 }

@@ -647,3 +647,138 @@ while True:
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is served by uid 65534"), "{stderr}");
 }
+
+/// The timeout that the descriptor tests give the library. It is well below the test's own
+/// limit, so a library stuck on a descriptor fails the test instead of passing late.
+const DESCRIPTOR_TIMEOUT_MS: u64 = 1000;
+
+/// Runs the probe in `mode` against a fresh agent with `ENVPROXY_CACHE_TTL=0`, so its second
+/// `getenv` sends a request after the program changed its descriptors, and checks that the
+/// request resolved within the timeout. Returns the probe's output.
+fn run_descriptor_probe(mode: &str, extra_args: &[&Path]) -> Vec<u8> {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("TOKEN", &secret)]);
+    let socket = world.socket();
+    let _agent = Agent::start(&socket, &secrets);
+    let mut command = preload_command(&probe(), &socket);
+    command
+        .env("ENVPROXY_CACHE_TTL", "0")
+        .env("ENVPROXY_TIMEOUT_MS", DESCRIPTOR_TIMEOUT_MS.to_string())
+        .env("TOKEN", "envproxy:TOKEN")
+        .args([mode, "TOKEN"])
+        .args(extra_args);
+    let output = run_with_limit(&mut command, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "probe {mode} failed: {stderr}");
+    assert_eq!(
+        value_of(&output.stdout, "TOKEN").as_deref(),
+        Some(&*secret),
+        "probe {mode} did not resolve TOKEN after changing its descriptors: {stderr}"
+    );
+    let ms: u64 = value_of(&output.stdout, "ms").unwrap().parse().unwrap();
+    assert!(
+        ms < DESCRIPTOR_TIMEOUT_MS,
+        "getenv took {ms} ms with a {DESCRIPTOR_TIMEOUT_MS} ms timeout"
+    );
+    output.stdout
+}
+
+#[test]
+fn socketpair_on_reused_fd_stays_untouched() {
+    let stdout = run_descriptor_probe("closefds-socketpair", &[]);
+    assert_eq!(value_of(&stdout, "fd").as_deref(), Some("3"));
+    assert_eq!(
+        value_of(&stdout, "untouched").as_deref(),
+        Some("1"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
+}
+
+#[test]
+fn file_on_reused_fd_stays_open() {
+    let world = World::new();
+    let file = world.path("program-file");
+    let stdout = run_descriptor_probe("closefds-file", &[&file]);
+    assert_eq!(value_of(&stdout, "fd").as_deref(), Some("3"));
+    assert_eq!(
+        value_of(&stdout, "untouched").as_deref(),
+        Some("1"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept\n");
+}
+
+#[test]
+fn dup2_over_library_fd_stays_untouched() {
+    let stdout = run_descriptor_probe("dup2", &[]);
+    let replaced: u32 = value_of(&stdout, "replaced").unwrap().parse().unwrap();
+    assert!(
+        replaced >= 1,
+        "the probe found no socket of the library to replace"
+    );
+    assert_eq!(
+        value_of(&stdout, "untouched").as_deref(),
+        Some("1"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
+}
+
+/// Rewrites the secrets file in place 40 times, as `printf ... > file` does: truncate, then
+/// write after a pause of 20 ms. A program reads the key every 5 ms without a cache, and must
+/// see one of the written values every time, never the unresolved reference.
+fn check_truncating_rewrites(file_name: &str, format_line: fn(&str) -> String) {
+    let world = World::new();
+    let secrets = world.path(file_name);
+    let mut written = vec![random_secret()];
+    std::fs::write(&secrets, format_line(&written[0])).unwrap();
+    let socket = world.socket();
+    let _agent = Agent::start(&socket, &secrets);
+
+    let mut command = preload_command(&probe(), &socket);
+    command
+        .env("ENVPROXY_CACHE_TTL", "0")
+        .env("KEY", "envproxy:KEY")
+        .args(["loop", "KEY", "5", "800"]);
+    let (values, _pid) = stream_values(command, "KEY");
+    let first = values.recv_timeout(LIMIT).expect("first value");
+    assert_eq!(first.1, written[0]);
+
+    for _ in 0..40 {
+        let value = random_secret();
+        let mut file = std::fs::File::create(&secrets).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        file.write_all(format_line(&value).as_bytes()).unwrap();
+        drop(file);
+        written.push(value);
+        std::thread::sleep(Duration::from_millis(40));
+    }
+
+    let last = written.last().unwrap().clone();
+    let mut seen_last = false;
+    let mut count = 1;
+    // The probe ends after its 800 reads, which closes the channel.
+    while let Ok((_, value)) = values.recv_timeout(LIMIT) {
+        count += 1;
+        assert!(
+            written.contains(&value),
+            "read {count} of KEY returned {value:?}, which was never written"
+        );
+        seen_last |= value == last;
+    }
+    assert_eq!(count, 800, "the probe ended early");
+    assert!(seen_last, "the last rewrite was never loaded");
+}
+
+#[test]
+fn truncating_rewrite_of_dotenv_loses_no_key() {
+    check_truncating_rewrites("secrets.env", |value| format!("KEY={value}\n"));
+}
+
+#[test]
+fn truncating_rewrite_of_toml_loses_no_key() {
+    check_truncating_rewrites("secrets.toml", |value| format!("KEY = \"{value}\"\n"));
+}

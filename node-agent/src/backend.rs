@@ -22,6 +22,9 @@ struct State {
     secrets: Arc<SecretMap>,
     /// The file version that was last read, whether or not it parsed.
     seen: FileVersion,
+    /// A new version seen on the last poll and not yet read. It is read only when the next
+    /// poll finds it unchanged.
+    pending: Option<FileVersion>,
     /// Unix time of the last successful load, in seconds.
     loaded_unix: u64,
     /// Reason the last change of the file could not be loaded, or `None` once a load succeeds.
@@ -48,6 +51,7 @@ impl FileBackend {
             state: Arc::new(RwLock::new(State {
                 secrets: Arc::new(secrets),
                 seen,
+                pending: None,
                 loaded_unix: unix_now(),
                 last_error: None,
             })),
@@ -87,6 +91,11 @@ impl FileBackend {
     /// file into place, files on bind mounts and files on network filesystems. At the default
     /// 250 ms that costs four `stat` calls a second. A change that cannot be loaded, including
     /// the file disappearing, keeps the last good content and logs one warning.
+    ///
+    /// A new version is read only once two consecutive polls find it unchanged. A shell
+    /// rewrite (`printf ... > file`) truncates the file before writing it, and the empty file in
+    /// between is a valid `.env` or TOML file with no keys, so loading it would remove every key
+    /// for a moment. A change therefore takes effect one to two intervals after the write ends.
     pub fn spawn_reloader(&self, interval: Duration) -> JoinHandle<()> {
         let backend = self.clone();
         tokio::spawn(async move {
@@ -106,23 +115,50 @@ impl FileBackend {
         })
     }
 
-    /// Reloads the file when its version differs from the one last read.
+    /// Reloads the file when its version differs from the one last read and the previous poll
+    /// saw the same new version.
     fn reload_if_changed(&self) {
         let current = FileVersion::of(&self.path);
-        if current == self.read_state().seen {
-            return;
+        {
+            let mut state = self.write_state();
+            if current == state.seen {
+                state.pending = None;
+                return;
+            }
+            if state.pending.as_ref() != Some(&current) {
+                state.pending = Some(current);
+                return;
+            }
         }
         let path = self.path.display().to_string();
-        match secrets::load(&self.path) {
+        let loaded = secrets::load(&self.path);
+        // A write that started after the poll may have been read half-done: wait until the
+        // version is stable again.
+        let after_read = FileVersion::of(&self.path);
+        if after_read != current {
+            self.write_state().pending = Some(after_read);
+            return;
+        }
+        match loaded {
             Ok(secrets) => {
                 let keys = secrets.len();
                 let mut state = self.write_state();
+                let previous_keys = state.secrets.len();
                 state.secrets = Arc::new(secrets);
                 state.seen = current;
+                state.pending = None;
                 state.loaded_unix = unix_now();
                 state.last_error = None;
                 drop(state);
-                tracing::info!(path, keys, "secrets file reloaded");
+                if keys == 0 && previous_keys > 0 {
+                    tracing::warn!(
+                        path,
+                        removed = previous_keys,
+                        "secrets file reloaded with no keys; every reference to it now fails"
+                    );
+                } else {
+                    tracing::info!(path, keys, "secrets file reloaded");
+                }
             }
             Err(err) => {
                 let kept = self.read_state().secrets.len();
@@ -134,6 +170,7 @@ impl FileBackend {
                 );
                 let mut state = self.write_state();
                 state.seen = current;
+                state.pending = None;
                 state.last_error = Some(err.to_string());
             }
         }

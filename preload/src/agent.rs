@@ -6,8 +6,15 @@
 //! pool lock is never held during I/O. After `fork` the child drops the connections it
 //! inherited, so parent and child never interleave frames on one socket.
 //!
-//! Sockets are non-blocking and every wait is a `poll` with the time left before the deadline,
-//! so a hung or overloaded agent costs the program at most `ENVPROXY_TIMEOUT_MS`.
+//! Sockets are non-blocking, every send and receive passes `MSG_DONTWAIT`, and every wait is a
+//! `poll` with the time left before the deadline, so a hung or overloaded agent costs the
+//! program at most `ENVPROXY_TIMEOUT_MS`.
+//!
+//! The program may close or replace a pooled descriptor behind the library's back: daemons
+//! close every descriptor above 2, and `dup2` can put another file on the same number. So each
+//! connection remembers the device and inode of its socket, a pooled descriptor is reused only
+//! while `fstat` still shows that socket, and the library closes only descriptors it has just
+//! proven to be its own. One whose identity changed is forgotten, never closed.
 
 use std::ffi::c_int;
 use std::fmt;
@@ -30,6 +37,8 @@ const MAX_IDLE: usize = 4;
 /// After a failure to reach the agent, requests fail at once for this long, so a program that
 /// reads many references pays the timeout once per pause instead of once per variable.
 pub const BACKOFF_MS: u64 = 1000;
+// The messages state the pause in whole seconds.
+const _: () = assert!(BACKOFF_MS.is_multiple_of(1000));
 
 /// Coarse-clock time until which requests fail at once, or 0.
 static DOWN_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
@@ -126,7 +135,9 @@ impl fmt::Display for AgentError {
             AgentError::BackingOff(last) => {
                 write!(
                     f,
-                    "{last} (a recent request failed; retrying after a short pause)"
+                    "{last} (this request was not sent, because requests pause for {} s \
+                     after a failure)",
+                    BACKOFF_MS / 1000
                 )
             }
             AgentError::TrailingBytes(path) => {
@@ -140,10 +151,61 @@ impl fmt::Display for AgentError {
     }
 }
 
+/// A connection this module opened: its descriptor and the identity of its socket.
+#[derive(Clone, Copy, Debug)]
+struct Connection {
+    fd: c_int,
+    device: u64,
+    inode: u64,
+}
+
+impl Connection {
+    /// Records the identity of the socket that `fd` refers to right after it was opened.
+    fn identify(fd: c_int) -> io::Result<Connection> {
+        let status = socket_status(fd)?;
+        Ok(Connection {
+            fd,
+            device: status.st_dev,
+            inode: status.st_ino,
+        })
+    }
+
+    /// Returns whether the descriptor still refers to this connection's socket, and not to a
+    /// file or socket the program opened on the same number after closing ours.
+    fn is_still_ours(&self) -> bool {
+        match socket_status(self.fd) {
+            Ok(status) => status.st_dev == self.device && status.st_ino == self.inode,
+            Err(_) => false,
+        }
+    }
+
+    /// Closes the descriptor if it is still this connection's socket; otherwise the program
+    /// owns that number now, and the connection is only forgotten.
+    fn release(self) {
+        if self.is_still_ours() {
+            close(self.fd);
+        }
+    }
+}
+
+/// Returns the `fstat` of `fd`, or an error when `fd` is not open or is not a socket.
+fn socket_status(fd: c_int) -> io::Result<libc::stat> {
+    // SAFETY: all-zero is a valid `stat`, and fstat only writes into it.
+    let mut status: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` is a writable stat; fstat on any descriptor number is safe.
+    if unsafe { libc::fstat(fd, &mut status) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if status.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::from_raw_os_error(libc::ENOTSOCK));
+    }
+    Ok(status)
+}
+
 struct Pool {
     /// The process the idle connections belong to.
     owner_pid: libc::pid_t,
-    idle: Vec<c_int>,
+    idle: Vec<Connection>,
 }
 
 static POOL: SpinLock<Pool> = SpinLock::new(Pool {
@@ -178,14 +240,14 @@ fn send_request(request: &Request) -> Result<Response, AgentError> {
     let mut frame = Vec::with_capacity(64);
     request.encode(&mut frame).map_err(AgentError::Request)?;
 
-    if let Some(fd) = take_idle() {
-        match exchange(fd, &frame, deadline_ms, socket) {
+    if let Some(connection) = take_idle() {
+        match exchange(connection.fd, &frame, deadline_ms, socket) {
             Ok(response) => {
-                put_idle(fd);
+                put_idle(connection);
                 return Ok(response);
             }
             Err(err) => {
-                close(fd);
+                connection.release();
                 if !err.is_stale_connection() {
                     return Err(err);
                 }
@@ -193,14 +255,14 @@ fn send_request(request: &Request) -> Result<Response, AgentError> {
         }
     }
 
-    let fd = connect(socket, deadline_ms)?;
-    match exchange(fd, &frame, deadline_ms, socket) {
+    let connection = connect(socket, deadline_ms)?;
+    match exchange(connection.fd, &frame, deadline_ms, socket) {
         Ok(response) => {
-            put_idle(fd);
+            put_idle(connection);
             Ok(response)
         }
         Err(err) => {
-            close(fd);
+            connection.release();
             Err(err)
         }
     }
@@ -211,28 +273,40 @@ fn current_pid() -> libc::pid_t {
     unsafe { libc::getpid() }
 }
 
-fn take_idle() -> Option<c_int> {
+/// Takes an idle connection whose descriptor is still its socket. Connections whose number the
+/// program closed or reused are dropped from the pool without touching the descriptor.
+///
+/// NOTE: another thread of the program can still close and reuse the number between this check
+/// and the request. The request then fails at once or times out, because every send and
+/// receive is non-blocking, and the descriptor is left open.
+fn take_idle() -> Option<Connection> {
     let pid = current_pid();
     let mut pool = POOL.lock();
     if pool.owner_pid != pid {
         // Inherited through a fork that skipped the handlers (for example `clone`).
-        pool.idle.drain(..).for_each(close);
+        pool.idle.drain(..).for_each(Connection::release);
         pool.owner_pid = pid;
     }
-    pool.idle.pop()
+    while let Some(connection) = pool.idle.pop() {
+        if connection.is_still_ours() {
+            return Some(connection);
+        }
+    }
+    None
 }
 
-fn put_idle(fd: c_int) {
+fn put_idle(connection: Connection) {
     let pid = current_pid();
     let mut pool = POOL.lock();
     if pool.owner_pid == pid && pool.idle.len() < MAX_IDLE {
-        pool.idle.push(fd);
+        pool.idle.push(connection);
         return;
     }
     drop(pool);
-    close(fd);
+    connection.release();
 }
 
+/// Closes a descriptor this module opened moments ago and has not handed to the pool.
 fn close(fd: c_int) {
     // SAFETY: `fd` is a socket this module opened and no longer uses.
     unsafe { libc::close(fd) };
@@ -242,7 +316,7 @@ fn display(path: &Path) -> String {
     path.display().to_string()
 }
 
-fn connect(path: &Path, deadline_ms: u64) -> Result<c_int, AgentError> {
+fn connect(path: &Path, deadline_ms: u64) -> Result<Connection, AgentError> {
     let path_text = display(path);
     let bytes = path.as_os_str().as_bytes();
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
@@ -274,7 +348,11 @@ fn connect(path: &Path, deadline_ms: u64) -> Result<c_int, AgentError> {
             )
         };
         if rc == 0 {
-            return check_agent_owner(fd, path_text);
+            let fd = check_agent_owner(fd, path_text.clone())?;
+            return Connection::identify(fd).map_err(|err| {
+                close(fd);
+                AgentError::Connect(path_text, err)
+            });
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
@@ -394,9 +472,12 @@ fn exchange(
     let mut written = 0;
     while written < frame.len() {
         let rest = &frame[written..];
-        // SAFETY: `rest` is a valid buffer; MSG_NOSIGNAL turns a closed peer into EPIPE
-        // instead of a SIGPIPE that would kill the host program.
-        let n = unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) };
+        // MSG_NOSIGNAL turns a closed peer into EPIPE instead of a SIGPIPE that would kill the
+        // host program. MSG_DONTWAIT keeps the call from blocking even if the descriptor is no
+        // longer the non-blocking socket that this module opened.
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+        // SAFETY: `rest` is a valid buffer.
+        let n = unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), flags) };
         if n >= 0 {
             written += n as usize;
             continue;
@@ -420,8 +501,15 @@ fn exchange(
             Err(err) => return Err(AgentError::Protocol(display(socket), err)),
         }
         debug_assert!(received.len() <= MAX_RESPONSE_LEN);
-        // SAFETY: `chunk` is a valid writable buffer of its length.
-        let n = unsafe { libc::recv(fd, chunk.as_mut_ptr().cast(), chunk.len(), 0) };
+        // SAFETY: `chunk` is a valid writable buffer of its length. MSG_DONTWAIT: as for send.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                chunk.as_mut_ptr().cast(),
+                chunk.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n > 0 {
             received.extend_from_slice(&chunk[..n as usize]);
             continue;
@@ -453,7 +541,7 @@ extern "C" fn after_fork_child() {
     // in the child.
     let pool = unsafe { POOL.data_while_forking() };
     // Close the child's copies; the parent's connections stay open.
-    pool.idle.drain(..).for_each(close);
+    pool.idle.drain(..).for_each(Connection::release);
     pool.owner_pid = current_pid();
     // SAFETY: as above.
     unsafe { POOL.unlock_after_fork() };
@@ -469,4 +557,19 @@ pub fn register_fork_handlers() {
             Some(after_fork_child),
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backing_off_message_states_pause() {
+        let message = AgentError::BackingOff("no agent socket at /run/a.sock".into()).to_string();
+        assert_eq!(
+            message,
+            "no agent socket at /run/a.sock (this request was not sent, because requests \
+             pause for 1 s after a failure)"
+        );
+    }
 }

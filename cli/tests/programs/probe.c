@@ -19,14 +19,29 @@
  *                                  how many matched and how many hung
  *   probe serve                    for each name read from stdin, print NAME=VALUE and the
  *                                  milliseconds getenv took as "ms=N"
+ *   probe closefds-socketpair NAME resolve NAME, close descriptors 3 to 63 as a daemon does,
+ *                                  open a socketpair (which gets fd 3) and resolve NAME again.
+ *                                  Print the value, "ms=N" and the pair's first descriptor as
+ *                                  "fd=N". Print "untouched=1" when the pair carried no bytes
+ *                                  and still works, otherwise "untouched=0" and the reason.
+ *   probe closefds-file NAME PATH  the same with PATH created at fd 3 instead; print
+ *                                  "untouched=1" when fd 3 is still that file and writable
+ *   probe dup2 NAME                resolve NAME, dup2 one end of a socketpair over every other
+ *                                  socket descriptor from 3 to 63 (the library's connection),
+ *                                  print how many as "replaced=N", resolve NAME again and
+ *                                  print as closefds-socketpair does
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,6 +81,52 @@ static void *hammer_main(void *raw) {
 }
 
 static const char *show(const char *value) { return value ? value : "(null)"; }
+
+/* Calls getenv(NAME) and prints NAME=VALUE and the milliseconds it took as "ms=N". */
+static void timed_getenv(const char *name) {
+    struct timespec start, end;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    const char *value = getenv(name);
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    long ms = (end.tv_sec - start.tv_sec) * 1000 + (end.tv_nsec - start.tv_nsec) / 1000000;
+    printf("%s=%s\nms=%ld\n", name, show(value), ms);
+}
+
+static void close_descriptors_from_3(void) {
+    for (int fd = 3; fd < 64; fd++) close(fd);
+}
+
+static int is_socket(int fd) {
+    struct stat status;
+    return fstat(fd, &status) == 0 && S_ISSOCK(status.st_mode);
+}
+
+/* Prints "untouched=1" when no bytes wait on either end of the socketpair and a message sent
+ * on pair[1] arrives unchanged on every descriptor in ends (all of which refer to pair[0]),
+ * otherwise "untouched=0" and the reason. */
+static void check_socketpair(const int pair[2], const int *ends, int count) {
+    for (int i = 0; i < count + 1; i++) {
+        int fd = i < count ? ends[i] : pair[1];
+        struct pollfd waiting = {fd, POLLIN, 0};
+        if (fcntl(fd, F_GETFD) < 0) {
+            printf("untouched=0\nreason=fd %d was closed\n", fd);
+            return;
+        }
+        if (poll(&waiting, 1, 0) != 0) {
+            printf("untouched=0\nreason=bytes are waiting on fd %d\n", fd);
+            return;
+        }
+    }
+    for (int i = 0; i < count; i++) {
+        char buffer[16] = {0};
+        if (send(pair[1], "ping", 4, 0) != 4 || recv(ends[i], buffer, sizeof buffer, MSG_DONTWAIT) != 4 ||
+            memcmp(buffer, "ping", 4) != 0) {
+            printf("untouched=0\nreason=fd %d no longer carries the pair's messages\n", ends[i]);
+            return;
+        }
+    }
+    printf("untouched=1\n");
+}
 
 struct thread_args {
     const char *name;
@@ -163,6 +224,49 @@ int main(int argc, char **argv) {
         stop_threads = 1;
         for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
         printf("matched=%d\nhung=%d\n", matched, hung);
+        return 0;
+    }
+    if (strcmp(mode, "closefds-socketpair") == 0) {
+        getenv(name);
+        close_descriptors_from_3();
+        int pair[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) return 4;
+        printf("fd=%d\n", pair[0]);
+        timed_getenv(name);
+        check_socketpair(pair, &pair[0], 1);
+        return 0;
+    }
+    if (strcmp(mode, "closefds-file") == 0 && argc == 4) {
+        getenv(name);
+        close_descriptors_from_3();
+        int fd = open(argv[3], O_RDWR | O_CREAT | O_TRUNC, 0600);
+        if (fd < 0) return 4;
+        printf("fd=%d\n", fd);
+        timed_getenv(name);
+        struct stat status;
+        if (fstat(fd, &status) != 0 || !S_ISREG(status.st_mode)) {
+            printf("untouched=0\nreason=fd %d is no longer the file\n", fd);
+        } else if (write(fd, "kept\n", 5) != 5) {
+            printf("untouched=0\nreason=writing to fd %d failed\n", fd);
+        } else {
+            printf("untouched=1\n");
+        }
+        return 0;
+    }
+    if (strcmp(mode, "dup2") == 0) {
+        getenv(name);
+        int pair[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) return 4;
+        int replaced[64];
+        int count = 0;
+        for (int fd = 3; fd < 64; fd++) {
+            if (fd == pair[0] || fd == pair[1] || !is_socket(fd)) continue;
+            if (dup2(pair[0], fd) != fd) return 4;
+            replaced[count++] = fd;
+        }
+        printf("replaced=%d\n", count);
+        timed_getenv(name);
+        check_socketpair(pair, replaced, count);
         return 0;
     }
     if (strcmp(mode, "wait") == 0) {
