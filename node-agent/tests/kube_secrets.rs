@@ -574,8 +574,11 @@ async fn admin_lists_http_and_secret_reads() {
         let password = found_text(agent.get("P", "k8s:shop/db#password").await);
         assert_eq!(password, db_password);
     }
-    let gone = error_text(agent.get("G", "k8s:shop/gone#password").await);
-    assert!(gone.contains("Secret shop/gone not found"), "{gone}");
+    let missing_secret = error_text(agent.get("G", "k8s:shop/gone#password").await);
+    assert!(
+        missing_secret.contains("Secret shop/gone not found"),
+        "{missing_secret}"
+    );
 
     let mut client = admin_support::admin_client(&admin_socket).await;
     let listed = client
@@ -601,19 +604,19 @@ async fn admin_lists_http_and_secret_reads() {
         "{listed:?}"
     );
     for entry in &listed.entries {
-        let expected = if entry.path.starts_with("k8s:") {
+        let (backend, cache_ttl) = if entry.path.starts_with("k8s:") {
             (pb::CacheBackend::Kubernetes, kube_ttl)
         } else {
             (pb::CacheBackend::Http, http_ttl)
         };
-        assert_eq!(entry.backend(), expected.0, "{entry:?}");
+        assert_eq!(entry.backend(), backend, "{entry:?}");
         assert_eq!(entry.version, None, "{entry:?}");
         assert_eq!(entry.lease_end_unix_ms, None, "{entry:?}");
         assert!(!entry.stale, "{entry:?}");
         assert!(entry.age_seconds < 30, "{entry:?}");
         let ttl_left = Duration::from_secs(entry.ttl_left_seconds);
-        assert!(ttl_left <= expected.1, "{entry:?}");
-        assert!(ttl_left + Duration::from_secs(30) > expected.1, "{entry:?}");
+        assert!(ttl_left <= cache_ttl, "{entry:?}");
+        assert!(ttl_left + Duration::from_secs(30) > cache_ttl, "{entry:?}");
     }
     let text = format!("{listed:?}");
     assert!(
