@@ -72,7 +72,7 @@ enum AdminCommand {
     Status,
     /// List the containers of pods on this node that sent requests (node mode).
     Workloads,
-    /// List the cached Vault reads, without their values.
+    /// List the cached reads of Vault, the HTTP API and Kubernetes Secrets, without values.
     Cache,
     /// Drop cached reads of Vault, the HTTP API and Kubernetes Secrets, so the next request
     /// for them reads the backend, and list them.
@@ -168,7 +168,7 @@ async fn execute(args: AdminArgs) -> Result<i32, AdminError> {
             let entries: Vec<views::CacheEntry> =
                 response.entries.into_iter().map(Into::into).collect();
             if entries.is_empty() && format == Format::Table {
-                eprintln!("envproxy: the agent has no cached Vault reads");
+                eprintln!("envproxy: the agent has no cached reads");
             }
             render::cache(&entries, format)
         }

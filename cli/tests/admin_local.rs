@@ -1,7 +1,8 @@
 //! End-to-end tests of `envproxy admin` against the `envproxy-agent` binary in local mode, with
-//! a secrets file and the Vault test server. They cover every subcommand in table, JSON and
-//! YAML form, the audit stream, and flushes counted at Vault. They also check the errors for
-//! missing, stale, silent and forbidden admin sockets.
+//! a secrets file and the Vault test server, or with the HTTP secrets and kube API test
+//! servers. They cover every subcommand in table, JSON and YAML form, the audit stream, and
+//! flushes counted at Vault. They also check the errors for missing, stale, silent and
+//! forbidden admin sockets.
 //!
 //! `other_uid_is_told_who_may_connect` must run as root: it runs the command as uid 65534.
 
@@ -9,6 +10,7 @@ mod e2e_admin_support;
 mod e2e_support;
 mod e2e_vault_support;
 
+use std::collections::BTreeMap;
 use std::fs::{self, Permissions};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -19,6 +21,9 @@ use e2e_admin_support::*;
 use e2e_support::*;
 use e2e_vault_support::*;
 use envproxy_agent::admin::default_admin_socket;
+use envproxy_http_test_server::{HttpSecretsServer, TokenAccess};
+use envproxy_kube_test_server::{KubeTestServer, Rule, ServerOptions as KubeOptions};
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::{json, Value};
 
 const OTHER_UID: u32 = 65534;
@@ -171,6 +176,172 @@ fn cache_lists_reads_without_values() {
     assert_eq!(rows[0]["HITS"], "2");
     assert_eq!(rows[0]["STALE"], "no");
     local.assert_no_secret(&format!("{json}{yaml}{table}"));
+}
+
+/// The HTTP secrets test server and the kube API test server on a runtime owned by the test,
+/// with a random token for each.
+struct HttpAndKube {
+    // Declared before the runtime, so the listeners stop while their runtime still exists.
+    http: HttpSecretsServer,
+    kube: KubeTestServer,
+    _runtime: tokio::runtime::Runtime,
+    http_token: String,
+    kube_token: String,
+}
+
+impl HttpAndKube {
+    fn start() -> HttpAndKube {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("start a Tokio runtime for the test servers");
+        let http = runtime
+            .block_on(HttpSecretsServer::start())
+            .expect("start the HTTP secrets test server");
+        let http_token = random_secret();
+        http.add_token(&http_token, TokenAccess::All);
+        let kube = runtime
+            .block_on(KubeTestServer::start(KubeOptions::default()))
+            .expect("start the kube API test server");
+        let kube_token = random_secret();
+        let rule = Rule::new(&["get"], &["secrets"]).in_namespaces(&["shop"]);
+        kube.register_token(&kube_token, "alice", vec![rule]);
+        HttpAndKube {
+            http,
+            kube,
+            _runtime: runtime,
+            http_token,
+            kube_token,
+        }
+    }
+
+    /// Stores Secret `shop/<name>` with `key` set to `value`.
+    fn put_secret(&self, name: &str, key: &str, value: &str) {
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": "shop"},
+            "stringData": {key: value},
+        }))
+        .unwrap();
+        self.kube.apply_secret(secret).unwrap();
+    }
+
+    /// Starts an agent with the HTTP backend and the admin socket, which reads `k8s:`
+    /// references with the kubeconfig in the home directory of `world`. Returns the agent and
+    /// its admin socket.
+    fn start_agent(&self, world: &World) -> (VaultAgent, PathBuf) {
+        let kube_dir = world.path(".kube");
+        fs::create_dir_all(&kube_dir).unwrap();
+        fs::write(
+            kube_dir.join("config"),
+            self.kube.kubeconfig(&self.kube_token),
+        )
+        .unwrap();
+        let token_file = world.path("http-token");
+        fs::write(&token_file, &self.http_token).unwrap();
+        let config = world.path("agent.toml");
+        let text = format!(
+            "[backend]\ntype = \"http\"\nurl = {:?}\nauth_token_file = {:?}\n\n\
+             [admin]\nenabled = true\n",
+            self.http.url(),
+            token_file,
+        );
+        fs::write(&config, text).unwrap();
+        // The agent reads no Vault, so the token it is given is never used.
+        let agent = VaultAgent::start(world, &config, &random_secret());
+        let admin_socket = default_admin_socket(&agent.socket);
+        (agent, admin_socket)
+    }
+}
+
+#[test]
+fn cache_lists_http_and_secret_reads() {
+    let servers = HttpAndKube::start();
+    let api_key = random_secret();
+    servers.http.set_secret("API_KEY", &api_key);
+    let password = random_secret();
+    servers.put_secret("db", "password", &password);
+    let world = World::new();
+    let (agent, admin_socket) = servers.start_agent(&world);
+
+    let empty = admin(&admin_socket, &["cache"]);
+    assert!(empty.status.success(), "{empty:?}");
+    assert_eq!(
+        stderr_of(&empty),
+        "envproxy: the agent has no cached reads\n"
+    );
+    assert!(parse_table(&String::from_utf8_lossy(&empty.stdout)).is_empty());
+
+    let get = |reference: &str| envproxy_get(&world, &agent.socket, reference);
+    for _ in 0..2 {
+        let output = get("envproxy:API_KEY");
+        assert_eq!(output.stdout, format!("{api_key}\n").as_bytes());
+    }
+    for _ in 0..3 {
+        let output = get("k8s:shop/db#password");
+        assert_eq!(output.stdout, format!("{password}\n").as_bytes());
+    }
+    let missing_secret = get("k8s:shop/gone#password");
+    assert!(!missing_secret.status.success(), "{missing_secret:?}");
+
+    let http_identity = format!("HTTP API at {}", servers.http.url());
+    let kube_identity = "Kubernetes API as kubeconfig";
+    let table = admin_ok(&admin_socket, &["cache"]);
+    let rows = parse_table(&table);
+    let columns = |row: &BTreeMap<String, String>, names: &[&str]| -> Vec<String> {
+        names.iter().map(|name| row[*name].clone()).collect()
+    };
+    let listed: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| columns(row, &["IDENTITY", "PATH", "HITS", "NOT FOUND"]))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            [http_identity.as_str(), "envproxy:API_KEY", "1", "no"],
+            [kube_identity, "k8s:shop/db", "2", "no"],
+            [kube_identity, "k8s:shop/gone", "0", "yes"],
+        ],
+        "{table}"
+    );
+    for row in &rows {
+        let none = columns(row, &["VERSION", "LEASE END", "STALE"]);
+        assert_eq!(none, ["-", "-", "no"], "{table}");
+        assert!(row["AGE"].ends_with('s'), "{table}");
+        assert!(row["TTL LEFT"].ends_with('s'), "{table}");
+    }
+
+    let json = admin_json(&admin_socket, &["cache"]);
+    let yaml = admin_yaml(&admin_socket, &["cache"]);
+    for entries in [&json, &yaml] {
+        let backends: Vec<&str> = entries
+            .as_array()
+            .expect("a list of entries")
+            .iter()
+            .map(|entry| entry["backend"].as_str().unwrap())
+            .collect();
+        assert_eq!(backends, ["http", "kubernetes", "kubernetes"], "{entries}");
+        assert_eq!(entries[0]["identity"], http_identity.as_str());
+        assert_eq!(entries[0]["path"], "envproxy:API_KEY");
+        assert_eq!(entries[0]["hits"], 1);
+        assert_eq!(entries[2]["not_found"], true);
+        assert_eq!(entries[2]["version"], Value::Null);
+        // The defaults: `cache_ttl` 5m for the HTTP secrets API, 1m for Kubernetes Secrets.
+        let http_ttl_left = entries[0]["ttl_left_seconds"].as_u64().unwrap();
+        assert!((240..=300).contains(&http_ttl_left), "{entries}");
+        let kube_ttl_left = entries[1]["ttl_left_seconds"].as_u64().unwrap();
+        assert!((30..=60).contains(&kube_ttl_left), "{entries}");
+    }
+    let secrets = [
+        api_key.as_str(),
+        password.as_str(),
+        &servers.http_token,
+        &servers.kube_token,
+    ];
+    assert_free_of(&format!("{table}{json}{yaml}"), &secrets);
+    assert_free_of(&agent.log_text(), &secrets);
 }
 
 #[test]

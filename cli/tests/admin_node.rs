@@ -306,4 +306,18 @@ fn status_shows_kubernetes_secret_cache() {
     assert_eq!(status["http"], Value::Null);
     let text = admin_ok(&cluster.admin_socket(), &["status"]);
     assert!(text.contains("k8s credentials:"), "{text}");
+
+    let listed = admin_json(&cluster.admin_socket(), &["cache"]);
+    let secrets: Vec<&Value> = listed
+        .as_array()
+        .expect("a list of entries")
+        .iter()
+        .filter(|entry| entry["backend"] == "kubernetes")
+        .collect();
+    assert_eq!(secrets.len(), 1, "{listed}");
+    let identity = "Kubernetes API as system:serviceaccount:team-a:app-a";
+    assert_eq!(secrets[0]["identity"], identity, "{listed}");
+    assert_eq!(secrets[0]["path"], "k8s:team-a/db", "{listed}");
+    assert_eq!(secrets[0]["hits"], 1, "{listed}");
+    assert_eq!(secrets[0]["not_found"], false, "{listed}");
 }

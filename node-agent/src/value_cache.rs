@@ -50,6 +50,22 @@ pub(crate) struct CachedValue<V> {
     pub stale_until: Instant,
     /// Set on an entry that serves a last good value during an outage.
     pub stale: bool,
+    /// When the value was read from the source.
+    pub fetched_at: Instant,
+    /// Requests served from this entry without a read of the source.
+    pub hits: AtomicU64,
+}
+
+/// One fresh cache entry as the admin API lists it, without its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EntryInfo {
+    pub age: Duration,
+    /// Time until the entry expires from the cache.
+    pub ttl_left: Duration,
+    pub hits: u64,
+    pub stale: bool,
+    /// Set when the source returned "not found" and the entry caches that response.
+    pub not_found: bool,
 }
 
 /// Cache figures for the status report.
@@ -175,12 +191,15 @@ where
         let ttl = fetched
             .ttl
             .map_or(self.cache_ttl, |ttl| ttl.min(self.cache_ttl));
-        let fresh_until = Instant::now() + ttl;
+        let now = Instant::now();
+        let fresh_until = now + ttl;
         Arc::new(CachedValue {
             value: fetched.value.map(Arc::new),
             fresh_until,
             stale_until: fresh_until + self.max_stale,
             stale: false,
+            fetched_at: now,
+            hits: AtomicU64::new(0),
         })
     }
 
@@ -227,6 +246,8 @@ where
                     fresh_until: (now + retry).min(last.stale_until),
                     stale_until: last.stale_until,
                     stale: true,
+                    fetched_at: last.fetched_at,
+                    hits: AtomicU64::new(0),
                 }))
             }
             Err(err) => {
@@ -246,6 +267,25 @@ where
             misses: self.misses.load(Ordering::Relaxed),
             stale_served: self.stale_served.load(Ordering::Relaxed),
         }
+    }
+
+    /// Lists the fresh entries with their keys, without their values.
+    pub(crate) fn entries(&self) -> Vec<(K, EntryInfo)> {
+        let now = Instant::now();
+        self.fresh
+            .iter()
+            .filter(|(_, entry)| entry.fresh_until > now)
+            .map(|(key, entry)| {
+                let info = EntryInfo {
+                    age: now.saturating_duration_since(entry.fetched_at),
+                    ttl_left: entry.fresh_until.saturating_duration_since(now),
+                    hits: entry.hits.load(Ordering::Relaxed),
+                    stale: entry.stale,
+                    not_found: entry.value.is_none(),
+                };
+                (K::clone(&key), info)
+            })
+            .collect()
     }
 
     /// Returns the keys of the cached entries, including last good values kept for outages.
@@ -286,7 +326,12 @@ where
     }
 
     fn count_served(&self, entry: &CachedValue<V>, fetched: bool) {
-        let counter = if fetched { &self.misses } else { &self.hits };
+        let counter = if fetched {
+            &self.misses
+        } else {
+            entry.hits.fetch_add(1, Ordering::Relaxed);
+            &self.hits
+        };
         let outcome = if entry.stale {
             CacheOutcome::Stale
         } else if fetched {

@@ -536,3 +536,118 @@ async fn admin_flush_drops_http_and_secret_reads() {
     drop(client);
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn admin_lists_http_and_secret_reads() {
+    let cluster = cluster().await;
+    let db_password = random_secret();
+    let api_key = random_secret();
+    cluster
+        .server
+        .apply_secret(secret("shop", "db", &[("password", &db_password)]))
+        .unwrap();
+    let token = random_secret();
+    let api = http_support::start_server(&token).await;
+    api.set_secret("API_KEY", &api_key);
+    let admin_dir = tempfile::tempdir().unwrap();
+    let admin_socket = admin_dir.path().join("admin.sock");
+    let http = http_settings(&api, &token);
+    let http_ttl = http.cache_ttl;
+    let kube = settings(&cluster);
+    let kube_ttl = kube.cache_ttl;
+    let agent = TestAgent::start_with(Config {
+        http: Some(http),
+        kubernetes: Some(kube),
+        admin: AdminSettings {
+            enabled: Some(true),
+            socket: Some(admin_socket.clone()),
+            health_listen: None,
+        },
+        ..Config::default()
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(found_text(agent.get_key("API_KEY").await), api_key);
+    }
+    assert_eq!(agent.get_key("NOT_SET").await, Response::NotFound);
+    for _ in 0..3 {
+        let password = found_text(agent.get("P", "k8s:shop/db#password").await);
+        assert_eq!(password, db_password);
+    }
+    let missing_secret = error_text(agent.get("G", "k8s:shop/gone#password").await);
+    assert!(
+        missing_secret.contains("Secret shop/gone not found"),
+        "{missing_secret}"
+    );
+
+    let mut client = admin_support::admin_client(&admin_socket).await;
+    let listed = client
+        .list_cache_entries(pb::ListCacheEntriesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let http_identity = format!("HTTP API at {}", api.url());
+    let kube_identity = "Kubernetes API as kubeconfig";
+    let rows: Vec<(&str, &str, u64, bool)> = listed
+        .entries
+        .iter()
+        .map(|e| (e.identity.as_str(), e.path.as_str(), e.hits, e.not_found))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (http_identity.as_str(), "envproxy:API_KEY", 1, false),
+            (http_identity.as_str(), "envproxy:NOT_SET", 0, true),
+            (kube_identity, "k8s:shop/db", 2, false),
+            (kube_identity, "k8s:shop/gone", 0, true),
+        ],
+        "{listed:?}"
+    );
+    for entry in &listed.entries {
+        let (backend, cache_ttl) = if entry.path.starts_with("k8s:") {
+            (pb::CacheBackend::Kubernetes, kube_ttl)
+        } else {
+            (pb::CacheBackend::Http, http_ttl)
+        };
+        assert_eq!(entry.backend(), backend, "{entry:?}");
+        assert_eq!(entry.version, None, "{entry:?}");
+        assert_eq!(entry.lease_end_unix_ms, None, "{entry:?}");
+        assert!(!entry.stale, "{entry:?}");
+        assert!(entry.age_seconds < 30, "{entry:?}");
+        let ttl_left = Duration::from_secs(entry.ttl_left_seconds);
+        assert!(ttl_left <= cache_ttl, "{entry:?}");
+        assert!(ttl_left + Duration::from_secs(30) > cache_ttl, "{entry:?}");
+    }
+    let text = format!("{listed:?}");
+    assert!(
+        !text.contains(&api_key),
+        "the listing contains the HTTP value"
+    );
+    assert!(
+        !text.contains(&db_password),
+        "the listing contains the Secret value"
+    );
+
+    // Flush names entries as the listing does, so a listed path flushes that entry alone.
+    let flushed = client
+        .flush(pb::FlushRequest {
+            target: Some(pb::flush_request::Target::PathPrefix("k8s:shop/db".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(flushed.flushed.len(), 1, "{flushed:?}");
+    assert_eq!(flushed.flushed[0].identity, kube_identity);
+    let listed = client
+        .list_cache_entries(pb::ListCacheEntriesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let paths: Vec<&str> = listed.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["envproxy:API_KEY", "envproxy:NOT_SET", "k8s:shop/gone"]
+    );
+    drop(client);
+    agent.stop().await;
+}

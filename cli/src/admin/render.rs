@@ -272,6 +272,7 @@ pub fn cache(entries: &[CacheEntry], format: Format) -> String {
         "LEASE END",
         "HITS",
         "STALE",
+        "NOT FOUND",
     ]);
     for entry in entries {
         table.push(vec![
@@ -283,6 +284,7 @@ pub fn cache(entries: &[CacheEntry], format: Format) -> String {
             optional(entry.lease_end.as_ref()),
             entry.hits.to_string(),
             yes_no(entry.stale),
+            yes_no(entry.not_found),
         ]);
     }
     table.render()

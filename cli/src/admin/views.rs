@@ -176,6 +176,8 @@ impl From<pb::Workload> for Workload {
 
 #[derive(Debug, Serialize)]
 pub struct CacheEntry {
+    /// `vault`, `http` or `kubernetes`; `unspecified` from an agent that lists only Vault reads.
+    pub backend: &'static str,
     pub identity: String,
     pub path: String,
     pub version: Option<u64>,
@@ -184,11 +186,13 @@ pub struct CacheEntry {
     pub lease_end: Option<String>,
     pub hits: u64,
     pub stale: bool,
+    pub not_found: bool,
 }
 
 impl From<pb::CacheEntry> for CacheEntry {
     fn from(entry: pb::CacheEntry) -> CacheEntry {
         CacheEntry {
+            backend: cache_backend_name(entry.backend()),
             identity: entry.identity,
             path: entry.path,
             version: entry.version,
@@ -197,7 +201,17 @@ impl From<pb::CacheEntry> for CacheEntry {
             lease_end: entry.lease_end_unix_ms.map(rfc3339),
             hits: entry.hits,
             stale: entry.stale,
+            not_found: entry.not_found,
         }
+    }
+}
+
+fn cache_backend_name(backend: pb::CacheBackend) -> &'static str {
+    match backend {
+        pb::CacheBackend::Unspecified => "unspecified",
+        pb::CacheBackend::Vault => "vault",
+        pb::CacheBackend::Http => "http",
+        pb::CacheBackend::Kubernetes => "kubernetes",
     }
 }
 

@@ -40,7 +40,13 @@ pub(crate) fn kube_identity(credentials: &str) -> String {
     format!("{KUBE_IDENTITY_PREFIX}{credentials}")
 }
 
-fn kube_path(namespace: &str, name: &str) -> String {
+/// Returns the path of the HTTP secrets API's entry of `key`.
+pub(crate) fn http_path(key: &str) -> String {
+    format!("{HTTP_SCHEME}{key}")
+}
+
+/// Returns the path of the cached reads of Secret `namespace/name`.
+pub(crate) fn kube_path(namespace: &str, name: &str) -> String {
     format!("{KUBE_SCHEME}{namespace}/{name}")
 }
 
@@ -61,7 +67,7 @@ impl Flushed {
     fn http(&mut self, identity: &str, keys: Vec<String>) {
         self.0.extend(keys.into_iter().map(|key| pb::FlushedEntry {
             identity: identity.to_string(),
-            path: format!("{HTTP_SCHEME}{key}"),
+            path: http_path(&key),
             version: None,
         }));
     }
@@ -93,7 +99,7 @@ pub(super) async fn flush(
             }
             if let Some(http) = http {
                 let keys = http
-                    .flush(|key| format!("{HTTP_SCHEME}{key}").starts_with(prefix.as_str()))
+                    .flush(|key| http_path(key).starts_with(prefix.as_str()))
                     .await;
                 flushed.http(&http_identity(http), keys);
             }

@@ -26,6 +26,7 @@
 //! - `health`: the `grpc.health.v1` status, updated as the agent's state changes.
 
 pub mod audit;
+mod cache;
 mod flush;
 mod health;
 mod reload;

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use envproxy_admin_proto::v1 as pb;
 use envproxy_admin_proto::v1::admin_server::Admin;
@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::audit::{unix_millis, AuditEvent, RequestCounters};
-use super::{flush, reload, AdminState};
+use super::{cache, flush, reload, AdminState};
 use crate::handler::Decision;
 use crate::node::annotations;
 use crate::node::pods::PodEntry;
@@ -201,23 +201,7 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::ListCacheEntriesRequest>,
     ) -> Result<Response<pb::ListCacheEntriesResponse>, Status> {
-        let now = SystemTime::now();
-        let mut entries = Vec::new();
-        for (identity, backend, _) in self.vault_backends().await {
-            for entry in backend.cache_entries() {
-                entries.push(pb::CacheEntry {
-                    identity: identity.clone(),
-                    path: entry.path,
-                    version: entry.version,
-                    age_seconds: entry.age.as_secs(),
-                    ttl_left_seconds: entry.ttl_left.as_secs(),
-                    lease_end_unix_ms: entry.lease_left.map(|left| unix_millis(now + left)),
-                    hits: entry.hits,
-                    stale: entry.stale,
-                });
-            }
-        }
-        Ok(Response::new(pb::ListCacheEntriesResponse { entries }))
+        Ok(Response::new(cache::list(self).await))
     }
 
     async fn flush(

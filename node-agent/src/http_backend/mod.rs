@@ -33,7 +33,7 @@ pub(crate) use client::error_chain;
 use client::Client;
 
 use crate::metrics::{CacheBackend, Metrics};
-use crate::value_cache::ValueCache;
+use crate::value_cache::{EntryInfo, ValueCache};
 
 /// The HTTP backend's part of the agent status. Contains no token and no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +126,12 @@ impl HttpBackend {
             stale_served: cache.stale_served,
             last_error: inner.cache.last_error(),
         }
+    }
+
+    /// Lists the cached keys with their cache state, in no particular order, without their
+    /// values.
+    pub(crate) fn cache_entries(&self) -> Vec<(String, EntryInfo)> {
+        self.inner.cache.entries()
     }
 
     /// Drops the cached values of the keys that `matches` accepts, so the next request for

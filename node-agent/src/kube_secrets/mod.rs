@@ -39,7 +39,7 @@ pub use settings::KubeSettings;
 use client::Connection;
 
 use crate::metrics::{CacheBackend, Metrics};
-use crate::value_cache::ValueCache;
+use crate::value_cache::{EntryInfo, ValueCache};
 use crate::vault::SecretText;
 
 /// Cache key of one Secret read: who read it and which Secret.
@@ -66,6 +66,15 @@ pub struct FlushedSecret {
     pub identity: String,
     pub namespace: String,
     pub name: String,
+}
+
+/// One cached Secret read with its cache state, as the admin API lists it, without its data.
+pub(crate) struct SecretEntry {
+    /// As in [`CachedSecret::identity`].
+    pub identity: String,
+    pub namespace: String,
+    pub name: String,
+    pub info: EntryInfo,
 }
 
 /// The `data` of one Secret: key names and their decoded values.
@@ -346,6 +355,19 @@ impl KubeSecrets {
         identities.sort();
         identities.dedup();
         identities
+    }
+
+    /// Lists the cached Secret reads, in no particular order, without their data.
+    pub(crate) fn cache_entries(&self) -> Vec<SecretEntry> {
+        let entries = self.inner.cache.entries().into_iter();
+        entries
+            .map(|(key, info)| SecretEntry {
+                identity: key.identity.to_string(),
+                namespace: key.namespace,
+                name: key.name,
+                info,
+            })
+            .collect()
     }
 
     /// Drops the cached Secrets that `matches` accepts, so the next request for them reads
