@@ -98,19 +98,23 @@ pub enum ReferenceError {
     #[error("the Secret name is empty (expected `k8s:[<namespace>/]<secret>#<key>`)")]
     EmptySecretName,
     #[error(
-        "the namespace `{0}` is invalid: a namespace is at most 63 lowercase letters, digits          and `-`, starting and ending with a letter or digit"
+        "the namespace `{0}` is invalid: a namespace is at most 63 lowercase letters, digits \
+         and `-`, starting and ending with a letter or digit"
     )]
     InvalidNamespace(String),
     #[error(
-        "the Secret name `{0}` is invalid: a Secret name is at most 253 lowercase letters,          digits, `-` and `.`, starting and ending with a letter or digit"
+        "the Secret name `{0}` is invalid: a Secret name is at most 253 lowercase letters, \
+         digits, `-` and `.`, starting and ending with a letter or digit"
     )]
     InvalidSecretName(String),
     #[error(
-        "the Secret key `{0}` is invalid: a key is at most 253 letters, digits, `-`, `_` and          `.`, and not `.` or `..`"
+        "the Secret key `{0}` is invalid: a key is at most 253 letters, digits, `-`, `_` and \
+         `.`, and not `.` or `..`"
     )]
     InvalidSecretKey(String),
     #[error("too many `#` separators (expected `k8s:[<namespace>/]<secret>#<key>`)")]
     TooManySecretSeparators,
+
 }
 
 impl Reference {
@@ -531,6 +535,32 @@ mod tests {
         ];
         for (text, expected) in &cases {
             assert_eq!(Reference::parse(text).as_ref(), Err(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_errors_exact_text() {
+        let cases = [
+            (
+                "k8s:Shop/db#k",
+                "the namespace `Shop` is invalid: a namespace is at most 63 lowercase letters, \
+                 digits and `-`, starting and ending with a letter or digit",
+            ),
+            (
+                "k8s:DB#k",
+                "the Secret name `DB` is invalid: a Secret name is at most 253 lowercase \
+                 letters, digits, `-` and `.`, starting and ending with a letter or digit",
+            ),
+            (
+                "k8s:db#a/b",
+                "the Secret key `a/b` is invalid: a key is at most 253 letters, digits, `-`, \
+                 `_` and `.`, and not `.` or `..`",
+            ),
+        ];
+        for (text, message) in cases {
+            let error = Reference::parse(text).unwrap_err().to_string();
+            assert_eq!(error, message, "{text}");
+            assert!(!error.contains("  "), "{text}: {error}");
         }
     }
 
