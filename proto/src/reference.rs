@@ -114,7 +114,11 @@ pub enum ReferenceError {
     InvalidSecretKey(String),
     #[error("too many `#` separators (expected `k8s:[<namespace>/]<secret>#<key>`)")]
     TooManySecretSeparators,
-
+    #[error(
+        "the Secret `{0}` has an empty key after `#` (expected \
+         `k8s:[<namespace>/]<secret>#<key>`)"
+    )]
+    EmptySecretKey(String),
 }
 
 impl Reference {
@@ -246,7 +250,7 @@ fn parse_kubernetes(rest: &str) -> Result<Reference, ReferenceError> {
         return Err(ReferenceError::MissingSecretKey(location.to_string()));
     };
     if key.is_empty() {
-        return Err(ReferenceError::EmptyKey);
+        return Err(ReferenceError::EmptySecretKey(location.to_string()));
     }
     if !is_secret_key(key) {
         return Err(ReferenceError::InvalidSecretKey(key.to_string()));
@@ -511,7 +515,8 @@ mod tests {
             ("k8s:shop/#key".into(), EmptySecretName),
             ("k8s:db".into(), MissingSecretKey("db".into())),
             ("k8s:shop/db".into(), MissingSecretKey("shop/db".into())),
-            ("k8s:db#".into(), EmptyKey),
+            ("k8s:db#".into(), EmptySecretKey("db".into())),
+            ("k8s:shop/db#".into(), EmptySecretKey("shop/db".into())),
             ("k8s:db#a#b".into(), TooManySecretSeparators),
             ("k8s:/db#k".into(), InvalidNamespace("".into())),
             ("k8s:Shop/db#k".into(), InvalidNamespace("Shop".into())),
@@ -555,6 +560,11 @@ mod tests {
                 "k8s:db#a/b",
                 "the Secret key `a/b` is invalid: a key is at most 253 letters, digits, `-`, \
                  `_` and `.`, and not `.` or `..`",
+            ),
+            (
+                "k8s:shop/db#",
+                "the Secret `shop/db` has an empty key after `#` (expected \
+                 `k8s:[<namespace>/]<secret>#<key>`)",
             ),
         ];
         for (text, message) in cases {
