@@ -178,7 +178,12 @@ impl KubeSecrets {
             return Ok(());
         };
         let namespace = self.default_namespace(connection);
-        let task = watch::spawn(self.clone(), connection.client.clone(), namespace, name);
+        let target = watch::WatchTarget {
+            server: connection.server.clone(),
+            namespace,
+            name,
+        };
+        let task = watch::spawn(self.clone(), connection.client.clone(), target);
         *lock(&self.inner.watch) = Some(task);
         Ok(())
     }
