@@ -119,10 +119,11 @@ impl Client {
         match status {
             status if status.is_success() => {}
             StatusCode::NOT_FOUND => {
+                tracing::debug!(%url, "the HTTP secrets API returned 404; the key is not found");
                 return Ok(Fetched {
                     value: None,
                     ttl: None,
-                })
+                });
             }
             StatusCode::UNAUTHORIZED => return Err(HttpError::Unauthorized { url }),
             StatusCode::FORBIDDEN => {
