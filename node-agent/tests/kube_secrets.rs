@@ -177,7 +177,10 @@ async fn forbidden_read_names_identity_and_fix() {
 
     let error = error_text(agent.get("CARD", "k8s:billing/card#number").await);
     assert!(
-        error.starts_with("CARD: permission denied reading Secret billing/card as kubeconfig"),
+        error.starts_with(
+            "CARD: permission denied reading Secret billing/card as kubeconfig user \
+             `envproxy-test` (context `envproxy-test`)"
+        ),
         "{error}"
     );
     assert!(

@@ -263,8 +263,12 @@ impl KubeSecrets {
         let inner = &self.inner;
         let fetch = || async {
             let token = bearer.map(|bearer| &bearer.token);
+            let shown_identity = match bearer {
+                Some(bearer) => bearer.identity.as_str(),
+                None => connection.user.as_str(),
+            };
             let read = client::Read {
-                identity: &identity,
+                identity: shown_identity,
                 namespace,
                 name,
                 timeout: inner.settings.timeout,
