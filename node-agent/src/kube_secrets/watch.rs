@@ -178,7 +178,7 @@ fn retry_delay(failures: u32) -> Duration {
 }
 
 fn is_power_of_ten(mut number: u32) -> bool {
-    while number >= 10 && number % 10 == 0 {
+    while number >= 10 && number.is_multiple_of(10) {
         number /= 10;
     }
     number == 1
