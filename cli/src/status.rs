@@ -140,7 +140,7 @@ fn http_rows(http: &HttpInfo) -> Vec<(&'static str, String)> {
     vec![
         ("backend", format!("http {}", http.url)),
         ("http auth", http.auth.clone()),
-        ("http cache", format!("{} entries", http.cache_entries)),
+        ("http cache", count(http.cache_entries, "entry", "entries")),
         ("http hit ratio", ratio),
         (
             "http stale",
@@ -191,7 +191,7 @@ fn kube_rows(kube: &KubeInfo) -> Vec<(&'static str, String)> {
     }
     rows.extend([
         ("kubernetes", format!("{server} as {}", kube.credentials)),
-        ("k8s cache", format!("{} Secrets", kube.cache_entries)),
+        ("k8s cache", count(kube.cache_entries, "Secret", "Secrets")),
         ("k8s hit ratio", ratio),
         (
             "k8s stale",
@@ -243,7 +243,10 @@ fn vault_rows(vault: &VaultInfo) -> Vec<(&'static str, String)> {
         ("vault", address),
         ("vault auth", vault.auth_method.clone()),
         ("vault token", token),
-        ("vault cache", format!("{} entries", vault.cache_entries)),
+        (
+            "vault cache",
+            count(vault.cache_entries, "entry", "entries"),
+        ),
         ("vault hit ratio", ratio),
         (
             "vault stale",
@@ -280,8 +283,22 @@ fn unix_now() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
+/// Formats `number` with the singular or plural noun, such as "1 entry" or "2 entries".
+fn count(number: u64, singular: &str, plural: &str) -> String {
+    let noun = if number == 1 { singular } else { plural };
+    format!("{number} {noun}")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cache_counts_agree_in_number() {
+        assert_eq!(super::count(0, "entry", "entries"), "0 entries");
+        assert_eq!(super::count(1, "entry", "entries"), "1 entry");
+        assert_eq!(super::count(1, "Secret", "Secrets"), "1 Secret");
+        assert_eq!(super::count(2, "Secret", "Secrets"), "2 Secrets");
+    }
+
     use super::*;
     use envproxy_agent::status::BackendInfo;
 

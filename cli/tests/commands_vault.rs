@@ -230,7 +230,7 @@ fn status_shows_vault() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("vault cache:       1 entries\n"),
+        stdout.contains("vault cache:       1 entry\n"),
         "{stdout}"
     );
     assert!(

@@ -7,11 +7,18 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Directives added to every filter: rustify and vaultrs log each failed HTTP call as an error,
-/// and rustls_platform_verifier each failed certificate check, all of which the Vault backend
-/// already reports in its own words.
-const QUIET_DEPENDENCIES: [&str; 3] =
-    ["rustify=off", "vaultrs=off", "rustls_platform_verifier=off"];
+/// Directives added to every filter: rustify, vaultrs and kube_client log each failed HTTP call
+/// as an error, kube_runtime's watcher each failed watch as a warning with the raw status, and
+/// rustls_platform_verifier each failed certificate check. The Vault and Kubernetes backends
+/// and the pod watch already report all of these in their own words, naming the path, Secret or
+/// node.
+const QUIET_DEPENDENCIES: [&str; 5] = [
+    "rustify=off",
+    "vaultrs=off",
+    "kube_client=off",
+    "kube_runtime::watcher=off",
+    "rustls_platform_verifier=off",
+];
 
 /// Log levels a filter directive may name, from most to least verbose.
 pub const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
@@ -47,19 +54,13 @@ pub fn init(default_filter: &str) -> Result<(), tracing_subscriber::util::TryIni
     let from_env = std::env::var("RUST_LOG")
         .ok()
         .filter(|value| !value.is_empty());
-    let quiet = |filter: EnvFilter| {
-        QUIET_DEPENDENCIES
-            .iter()
-            .filter_map(|directive| directive.parse().ok())
-            .fold(filter, EnvFilter::add_directive)
-    };
     let filter = match from_env.map(|value| parse_filter(&value)) {
         Some(Ok(filter)) => filter,
         Some(Err(err)) => {
             eprintln!("ignoring invalid RUST_LOG ({err}); using log level {default_filter:?}");
-            quiet(EnvFilter::new(default_filter))
+            quiet_filter(default_filter)
         }
-        None => quiet(EnvFilter::new(default_filter)),
+        None => quiet_filter(default_filter),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -67,6 +68,14 @@ pub fn init(default_filter: &str) -> Result<(), tracing_subscriber::util::TryIni
         .with_ansi(std::io::stderr().is_terminal())
         .finish()
         .try_init()
+}
+
+/// Returns the filter of `level` with the [`QUIET_DEPENDENCIES`] directives added.
+fn quiet_filter(level: &str) -> EnvFilter {
+    QUIET_DEPENDENCIES
+        .iter()
+        .filter_map(|directive| directive.parse().ok())
+        .fold(EnvFilter::new(level), EnvFilter::add_directive)
 }
 
 /// Formats `error` and its causes as one line, `error: cause: cause`.
@@ -153,6 +162,47 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("target=level"), "{message}");
+    }
+
+    /// Runs `emit` under a subscriber with `filter` and returns what it logged.
+    fn logged_with(filter: EnvFilter, emit: impl FnOnce()) -> String {
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = std::sync::Arc::clone(&output);
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || WriteTo(std::sync::Arc::clone(&writer)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = output.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    struct WriteTo(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for WriteTo {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn quiet_filter_drops_client_errors() {
+        let logged = logged_with(quiet_filter("info"), || {
+            tracing::error!(target: "kube_client::client::builder", "failed with error client");
+            tracing::error!(target: "vaultrs::api", "vaultrs failure");
+            tracing::warn!(target: "kube_runtime::watcher", "watch list error with 403: Api(..)");
+            tracing::warn!(target: "envproxy_agent::kube_secrets", "agent warning");
+        });
+        assert!(!logged.contains("failed with error client"), "{logged}");
+        assert!(!logged.contains("vaultrs failure"), "{logged}");
+        assert!(!logged.contains("watch list error"), "{logged}");
+        assert!(logged.contains("agent warning"), "{logged}");
     }
 
     #[test]

@@ -352,12 +352,21 @@ where
 
     fn note_unavailable(&self, err: &E) {
         let mut since = lock(&self.outage_since);
-        if since.is_none() {
-            *since = Some(Instant::now());
+        if since.is_some() {
+            return;
+        }
+        *since = Some(Instant::now());
+        if self.last_good.iter().next().is_some() {
             tracing::warn!(
                 %err,
                 max_stale_secs = self.max_stale.as_secs(),
                 "{} is unavailable; serving cached values up to max_stale past their TTL",
+                self.source
+            );
+        } else {
+            tracing::warn!(
+                %err,
+                "{} is unavailable and no value is cached, so requests fail until it is back",
                 self.source
             );
         }

@@ -185,13 +185,52 @@ async fn token_file_is_read_per_request() {
 
     std::fs::remove_file(&token_file).unwrap();
     let error = error_text(agent.get_key("C").await);
-    assert!(error.contains("cannot read the auth token file"), "{error}");
+    assert!(error.contains("cannot use `auth_token_file`"), "{error}");
     assert!(error.contains(&token_file.display().to_string()), "{error}");
     let status = agent.status().await.http.unwrap();
     assert_eq!(
         status.auth,
         format!("auth_token_file {}", token_file.display())
     );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn multiline_token_file_is_config_error() {
+    let token = random_secret();
+    let server = start_server(&token).await;
+    server.set_secret("A", "a");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let second_line = random_secret();
+    std::fs::write(&token_file, format!("{token}\n{second_line}\n")).unwrap();
+    let mut http = settings(&server, "unused");
+    http.auth_token = AuthToken::File(token_file.clone());
+
+    let Err(error) = envproxy_agent::http_backend::HttpBackend::start(http.clone()) else {
+        panic!("a token file of two lines was accepted at start");
+    };
+    let error = error.to_string();
+    assert!(error.contains("`auth_token_file`"), "{error}");
+    assert!(error.contains("line break"), "{error}");
+    assert!(!error.contains(&token), "the token was printed: {error}");
+    assert!(
+        !error.contains(&second_line),
+        "the token was printed: {error}"
+    );
+
+    // A file rewritten while the agent runs is a config error, not an outage.
+    std::fs::write(&token_file, &token).unwrap();
+    let agent = TestAgent::start(http).await;
+    assert_eq!(found_text(agent.get_key("A").await), "a");
+    std::fs::write(&token_file, format!("{token}\u{7}\n")).unwrap();
+    let error = error_text(agent.get_key("B").await);
+    assert!(error.contains("`auth_token_file`"), "{error}");
+    assert!(error.contains("control character"), "{error}");
+    assert!(!error.contains("unavailable"), "{error}");
+    assert!(!error.contains(&token), "the token was printed: {error}");
+    let status = agent.status().await.http.unwrap();
+    assert_eq!(status.stale_served, 0, "{status:?}");
     agent.stop().await;
 }
 

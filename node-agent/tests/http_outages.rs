@@ -240,3 +240,44 @@ async fn secrets_never_in_log_or_errors() {
         }
     }
 }
+
+#[tokio::test]
+async fn outage_log_without_cached_values() {
+    let logs = capture_logs();
+    let token = random_secret();
+    let server = start_server(&token).await;
+    server.inject(Fault::Status(503));
+    let agent = TestAgent::start(settings(&server, &token)).await;
+    let error = error_text(agent.get_key("FIRST").await);
+    assert!(error.contains("HTTP 503"), "{error}");
+    server.clear_faults();
+    assert_eq!(agent.get_key("ABSENT").await, Response::NotFound);
+    agent.stop().await;
+
+    let log = logs.text();
+    let first_url = format!("{}/v1/env/FIRST", server.url());
+    let outage: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(&first_url))
+        .collect();
+    assert!(
+        outage
+            .iter()
+            .any(|line| line.contains("no value is cached")),
+        "{outage:#?}"
+    );
+    assert!(
+        !outage
+            .iter()
+            .any(|line| line.contains("serving cached values")),
+        "{outage:#?}"
+    );
+    let absent_url = format!("{}/v1/env/ABSENT", server.url());
+    let not_found = log
+        .lines()
+        .find(|line| line.contains(&absent_url) && line.contains("DEBUG"));
+    assert!(
+        not_found.is_some_and(|line| line.contains("returned 404")),
+        "no DEBUG line names {absent_url}"
+    );
+}

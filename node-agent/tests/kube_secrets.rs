@@ -178,7 +178,10 @@ async fn forbidden_read_names_identity_and_fix() {
 
     let error = error_text(agent.get("CARD", "k8s:billing/card#number").await);
     assert!(
-        error.starts_with("CARD: permission denied reading Secret billing/card as kubeconfig"),
+        error.starts_with(
+            "CARD: permission denied reading Secret billing/card as kubeconfig user \
+             `envproxy-test` (context `envproxy-test`)"
+        ),
         "{error}"
     );
     assert!(
@@ -649,5 +652,61 @@ async fn admin_lists_http_and_secret_reads() {
         ["envproxy:API_KEY", "envproxy:NOT_SET", "k8s:shop/gone"]
     );
     drop(client);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn refused_watch_backs_off_and_explains() {
+    let logs = http_support::capture_logs();
+    let cluster = cluster().await;
+    let api_key = random_secret();
+    let name = format!("app-env-{}", &random_secret()[..8].to_lowercase());
+    cluster
+        .server
+        .apply_secret(secret("default", &name, &[("API_KEY", &api_key)]))
+        .unwrap();
+    // alice may get Secrets in `default` but not list or watch them.
+    let kube = KubeSettings {
+        namespace: Some("default".to_string()),
+        secret_name: Some(name.clone()),
+        ..settings(&cluster)
+    };
+    let agent = TestAgent::start_with(Config {
+        kubernetes: Some(kube),
+        ..Config::default()
+    })
+    .await;
+    assert_eq!(
+        found_text(agent.get_key("API_KEY").await),
+        api_key,
+        "values are read with `get` while the watch is refused"
+    );
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+
+    // Backoff of 1, 2 and 4 s: attempts at about 0, 1, 3 and 7 s.
+    let lists = cluster.server.request_count("list", "secrets");
+    assert!(lists >= 2, "the watch was not retried: {lists} lists");
+    assert!(lists <= 4, "the watch was retried {lists} times in 6.5 s");
+    let text = logs.text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(&name) && line.contains("envproxy_agent"))
+        .collect();
+    let warnings: Vec<&&str> = lines.iter().filter(|line| line.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{lines:#?}");
+    assert!(
+        warnings[0].contains("needs `list` and `watch` on secrets in namespace default"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[0].contains(&cluster.server.url()),
+        "{}",
+        warnings[0]
+    );
+    for line in &lines {
+        assert!(!line.contains("Status {"), "{line}");
+    }
+    assert!(!text.contains(&api_key), "a value was logged");
     agent.stop().await;
 }

@@ -98,19 +98,27 @@ pub enum ReferenceError {
     #[error("the Secret name is empty (expected `k8s:[<namespace>/]<secret>#<key>`)")]
     EmptySecretName,
     #[error(
-        "the namespace `{0}` is invalid: a namespace is at most 63 lowercase letters, digits          and `-`, starting and ending with a letter or digit"
+        "the namespace `{0}` is invalid: a namespace is at most 63 lowercase letters, digits \
+         and `-`, starting and ending with a letter or digit"
     )]
     InvalidNamespace(String),
     #[error(
-        "the Secret name `{0}` is invalid: a Secret name is at most 253 lowercase letters,          digits, `-` and `.`, starting and ending with a letter or digit"
+        "the Secret name `{0}` is invalid: a Secret name is at most 253 lowercase letters, \
+         digits, `-` and `.`, starting and ending with a letter or digit"
     )]
     InvalidSecretName(String),
     #[error(
-        "the Secret key `{0}` is invalid: a key is at most 253 letters, digits, `-`, `_` and          `.`, and not `.` or `..`"
+        "the Secret key `{0}` is invalid: a key is at most 253 letters, digits, `-`, `_` and \
+         `.`, and not `.` or `..`"
     )]
     InvalidSecretKey(String),
     #[error("too many `#` separators (expected `k8s:[<namespace>/]<secret>#<key>`)")]
     TooManySecretSeparators,
+    #[error(
+        "the Secret `{0}` has an empty key after `#` (expected \
+         `k8s:[<namespace>/]<secret>#<key>`)"
+    )]
+    EmptySecretKey(String),
 }
 
 impl Reference {
@@ -242,7 +250,7 @@ fn parse_kubernetes(rest: &str) -> Result<Reference, ReferenceError> {
         return Err(ReferenceError::MissingSecretKey(location.to_string()));
     };
     if key.is_empty() {
-        return Err(ReferenceError::EmptyKey);
+        return Err(ReferenceError::EmptySecretKey(location.to_string()));
     }
     if !is_secret_key(key) {
         return Err(ReferenceError::InvalidSecretKey(key.to_string()));
@@ -507,7 +515,8 @@ mod tests {
             ("k8s:shop/#key".into(), EmptySecretName),
             ("k8s:db".into(), MissingSecretKey("db".into())),
             ("k8s:shop/db".into(), MissingSecretKey("shop/db".into())),
-            ("k8s:db#".into(), EmptyKey),
+            ("k8s:db#".into(), EmptySecretKey("db".into())),
+            ("k8s:shop/db#".into(), EmptySecretKey("shop/db".into())),
             ("k8s:db#a#b".into(), TooManySecretSeparators),
             ("k8s:/db#k".into(), InvalidNamespace("".into())),
             ("k8s:Shop/db#k".into(), InvalidNamespace("Shop".into())),
@@ -531,6 +540,37 @@ mod tests {
         ];
         for (text, expected) in &cases {
             assert_eq!(Reference::parse(text).as_ref(), Err(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_errors_exact_text() {
+        let cases = [
+            (
+                "k8s:Shop/db#k",
+                "the namespace `Shop` is invalid: a namespace is at most 63 lowercase letters, \
+                 digits and `-`, starting and ending with a letter or digit",
+            ),
+            (
+                "k8s:DB#k",
+                "the Secret name `DB` is invalid: a Secret name is at most 253 lowercase \
+                 letters, digits, `-` and `.`, starting and ending with a letter or digit",
+            ),
+            (
+                "k8s:db#a/b",
+                "the Secret key `a/b` is invalid: a key is at most 253 letters, digits, `-`, \
+                 `_` and `.`, and not `.` or `..`",
+            ),
+            (
+                "k8s:shop/db#",
+                "the Secret `shop/db` has an empty key after `#` (expected \
+                 `k8s:[<namespace>/]<secret>#<key>`)",
+            ),
+        ];
+        for (text, message) in cases {
+            let error = Reference::parse(text).unwrap_err().to_string();
+            assert_eq!(error, message, "{text}");
+            assert!(!error.contains("  "), "{text}: {error}");
         }
     }
 

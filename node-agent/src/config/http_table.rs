@@ -19,6 +19,7 @@ use std::time::Duration;
 use toml::Table;
 
 use super::{ConfigError, TableReader};
+use crate::http_backend::settings::check_token;
 use crate::http_backend::{AuthToken, HttpSettings};
 use crate::vault::SecretText;
 
@@ -37,6 +38,9 @@ impl TableReader<'_> {
         let auth_token = match (table.get("auth_token"), table.get("auth_token_file")) {
             (Some(token), None) => {
                 let token = self.non_empty_string(token, "[backend] auth_token")?;
+                if let Err(reason) = check_token(&token) {
+                    return Err(self.invalid("[backend] auth_token", reason.to_string()));
+                }
                 AuthToken::Value(Arc::new(SecretText::new(token)))
             }
             (None, Some(path)) => {
@@ -181,6 +185,16 @@ mod tests {
                 "url = \"http://h\"\nauth_token = 5\n",
                 "[backend] auth_token",
                 "an integer",
+            ),
+            (
+                "url = \"http://h\"\nauth_token = \"tok\\nen\"\n",
+                "[backend] auth_token",
+                "line break",
+            ),
+            (
+                "url = \"http://h\"\nauth_token = \"tok\\u0007en\"\n",
+                "[backend] auth_token",
+                "control character",
             ),
             (
                 "url = \"http://h\"\nauth_token = \"t\"\ntimeout_ms = 0\n",

@@ -11,7 +11,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::error::HttpError;
-use super::settings::{AuthToken, HttpSettings};
+use super::settings::{check_token, AuthToken, HttpSettings};
 use crate::vault::SecretText;
 
 /// Characters escaped in a key: all but RFC 3986's unreserved characters, so `/`, `?`, `#`, `%`
@@ -66,6 +66,12 @@ impl Client {
             // The file replaces the system's roots, as `ca_cert` does for Vault.
             builder = builder.tls_certs_only(certificates);
         }
+        if let AuthToken::File(path) = &settings.auth_token {
+            // A file that is missing now may be written later, so only its content is checked.
+            if let Ok(bytes) = std::fs::read(path).map(Zeroizing::new) {
+                token_from_file(path, &bytes)?;
+            }
+        }
         let http = builder.build().map_err(|err| HttpError::InvalidUrl {
             url: settings.url.clone(),
             reason: format!("cannot build the HTTP client: {err}"),
@@ -113,10 +119,11 @@ impl Client {
         match status {
             status if status.is_success() => {}
             StatusCode::NOT_FOUND => {
+                tracing::debug!(%url, "the HTTP secrets API returned 404; the key is not found");
                 return Ok(Fetched {
                     value: None,
                     ttl: None,
-                })
+                });
             }
             StatusCode::UNAUTHORIZED => return Err(HttpError::Unauthorized { url }),
             StatusCode::FORBIDDEN => {
@@ -160,22 +167,13 @@ impl Client {
         match &self.auth_token {
             AuthToken::Value(token) => Ok(std::sync::Arc::clone(token)),
             AuthToken::File(path) => {
-                let token_file_error = |reason: String| HttpError::TokenFile {
-                    path: path.clone(),
-                    reason,
-                };
-                let bytes = Zeroizing::new(
-                    tokio::fs::read(path)
-                        .await
-                        .map_err(|err| token_file_error(err.to_string()))?,
-                );
-                let text = std::str::from_utf8(&bytes)
-                    .map_err(|_| token_file_error("it is not UTF-8 text".to_string()))?
-                    .trim();
-                if text.is_empty() {
-                    return Err(token_file_error("it is empty".to_string()));
-                }
-                Ok(std::sync::Arc::new(SecretText::new(text.to_string())))
+                let bytes = Zeroizing::new(tokio::fs::read(path).await.map_err(|err| {
+                    HttpError::TokenFile {
+                        path: path.clone(),
+                        reason: err.to_string(),
+                    }
+                })?);
+                token_from_file(path, &bytes).map(std::sync::Arc::new)
             }
         }
     }
@@ -223,6 +221,26 @@ impl Client {
             reason: error_chain(err),
         }
     }
+}
+
+/// Reads a token from the bytes of `auth_token_file` at `path`, without its surrounding white
+/// space, and checks that it can be sent in a header.
+pub(crate) fn token_from_file(
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> Result<SecretText, HttpError> {
+    let token_file_error = |reason: &str| HttpError::TokenFile {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| token_file_error("it is not UTF-8 text"))?
+        .trim();
+    if text.is_empty() {
+        return Err(token_file_error("it is empty"));
+    }
+    check_token(text).map_err(token_file_error)?;
+    Ok(SecretText::new(text.to_string()))
 }
 
 /// Checks that `url` is an http or https URL without credentials, query or fragment, and

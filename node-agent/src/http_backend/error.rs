@@ -44,7 +44,7 @@ pub enum HttpError {
     InvalidResponse { url: String, reason: String },
     #[error("the key `{key}` cannot be requested: {reason}")]
     InvalidKey { key: String, reason: String },
-    #[error("cannot read the auth token file {}: {reason}", path.display())]
+    #[error("cannot use `auth_token_file` {} in [backend]: {reason}", path.display())]
     TokenFile { path: PathBuf, reason: String },
     #[error("invalid HTTP secrets API url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },

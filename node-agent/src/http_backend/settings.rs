@@ -29,6 +29,21 @@ pub enum AuthToken {
     File(PathBuf),
 }
 
+/// Checks that `token` can be sent in an `Authorization: Bearer` header, and returns why not
+/// otherwise. The reason never contains the token.
+pub fn check_token(token: &str) -> Result<(), &'static str> {
+    if token.contains(['\n', '\r']) {
+        return Err("it contains a line break, but a token is one line");
+    }
+    if token.chars().any(char::is_control) {
+        return Err("it contains a control character, which an HTTP header cannot carry");
+    }
+    if !token.is_ascii() {
+        return Err("it contains a non-ASCII character, which an HTTP header cannot carry");
+    }
+    Ok(())
+}
+
 impl AuthToken {
     /// Returns a description for the status report that never contains the token.
     pub fn describe(&self) -> String {
@@ -84,6 +99,22 @@ impl HttpSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_check_rejects_header_breakers() {
+        assert_eq!(check_token("tok-abc.DEF_123"), Ok(()));
+        let cases = [
+            ("first\nsecond", "line break"),
+            ("first\r\nsecond", "line break"),
+            ("tok\u{7}en", "control character"),
+            ("tok\ten", "control character"),
+            ("tök", "non-ASCII"),
+        ];
+        for (token, expected) in cases {
+            let reason = check_token(token).unwrap_err();
+            assert!(reason.contains(expected), "{token:?}: {reason}");
+        }
+    }
 
     #[test]
     fn debug_hides_token() {

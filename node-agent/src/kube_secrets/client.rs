@@ -24,6 +24,9 @@ pub(crate) struct Connection {
     pub default_namespace: String,
     /// The cache identity of reads without a bearer token: `kubeconfig`.
     pub identity: Arc<str>,
+    /// Whom reads without a bearer token are made as, for messages, such as
+    /// "kubeconfig user `alice` (context `dev`)".
+    pub user: String,
 }
 
 /// One read: the Secret and who reads it.
@@ -41,25 +44,54 @@ impl Connection {
         settings: &KubeSettings,
     ) -> Result<Connection, KubeSecretError> {
         let client_error = |reason: String| KubeSecretError::Client { reason };
-        let mut config = match &settings.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|err| client_error(format!("{}: {err}", path.display())))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                    .await
-                    .map_err(|err| client_error(format!("{}: {err}", path.display())))?
-            }
-            None => kube::Config::infer().await.map_err(|err| {
-                client_error(format!(
-                    "{err}; k8s: references need a kubeconfig (KUBECONFIG or ~/.kube/config) \
-                     or [backend] kubeconfig"
-                ))
-            })?,
+        let kubeconfig = match &settings.kubeconfig {
+            Some(path) => kube::config::Kubeconfig::read_from(path)
+                .map_err(|err| client_error(format!("{}: {err}", path.display())))?,
+            None => match kube::config::Kubeconfig::read() {
+                Ok(kubeconfig) => kubeconfig,
+                Err(kubeconfig_error) => return Connection::in_cluster(settings, kubeconfig_error),
+            },
         };
+        let user = describe_user(&kubeconfig);
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(|err| match &settings.kubeconfig {
+                Some(path) => client_error(format!("{}: {err}", path.display())),
+                None => client_error(err.to_string()),
+            })?;
         // A read is bounded by its own timeout; kube's retries of 429 and 5xx would hide an
         // outage behind minutes of retries.
         config.default_retry = false;
-        Connection::new(config, "kubeconfig")
+        Connection::new(config, "kubeconfig", user)
+    }
+
+    /// Builds a client from the in-cluster config, when no kubeconfig can be read.
+    fn in_cluster(
+        settings: &KubeSettings,
+        kubeconfig_error: kube::config::KubeconfigError,
+    ) -> Result<Connection, KubeSecretError> {
+        let Ok(mut config) = kube::Config::incluster() else {
+            // `kubeconfig` is a key of `[backend]` only with `type = "kubernetes"`, which is
+            // the only case where these settings name the default Secret.
+            let hint = if settings.secret_name.is_some() {
+                "set `kubeconfig` in [backend], set KUBECONFIG, or create ~/.kube/config"
+            } else {
+                "set KUBECONFIG to a kubeconfig file or create ~/.kube/config \
+                 (`kubeconfig` in [backend] is read only with type = \"kubernetes\")"
+            };
+            return Err(KubeSecretError::Client {
+                reason: format!(
+                    "k8s: references need a kubeconfig, but {kubeconfig_error}, and the agent \
+                     is not running in a cluster; {hint}"
+                ),
+            });
+        };
+        config.default_retry = false;
+        Connection::new(
+            config,
+            "kubeconfig",
+            "the in-cluster service account".to_string(),
+        )
     }
 
     /// Builds a client for the API server of `config` with its credentials removed, for
@@ -69,10 +101,14 @@ impl Connection {
     ) -> Result<Connection, KubeSecretError> {
         config.auth_info = Default::default();
         config.default_retry = false;
-        Connection::new(config, "calling pod")
+        Connection::new(config, "calling pod", "the calling pod".to_string())
     }
 
-    fn new(config: kube::Config, identity: &str) -> Result<Connection, KubeSecretError> {
+    fn new(
+        config: kube::Config,
+        identity: &str,
+        user: String,
+    ) -> Result<Connection, KubeSecretError> {
         let server = config
             .cluster_url
             .to_string()
@@ -87,6 +123,7 @@ impl Connection {
             server,
             default_namespace,
             identity: Arc::from(identity),
+            user,
         })
     }
 
@@ -187,6 +224,23 @@ impl Connection {
     }
 }
 
+/// Describes the user of the current context of `kubeconfig` for messages.
+fn describe_user(kubeconfig: &kube::config::Kubeconfig) -> String {
+    let Some(context_name) = kubeconfig.current_context.as_deref() else {
+        return "the kubeconfig's user (no current context)".to_string();
+    };
+    let user = kubeconfig
+        .contexts
+        .iter()
+        .find(|context| context.name == context_name)
+        .and_then(|context| context.context.as_ref())
+        .and_then(|context| context.user.as_deref());
+    match user {
+        Some(user) => format!("kubeconfig user `{user}` (context `{context_name}`)"),
+        None => format!("the kubeconfig context `{context_name}`"),
+    }
+}
+
 /// Takes the decoded `data` of `secret`. The API server merges `stringData` into `data` on
 /// write and never returns it, so `data` contains every key.
 pub(crate) fn secret_data(mut secret: Secret) -> SecretData {
@@ -196,4 +250,63 @@ pub(crate) fn secret_data(mut secret: Secret) -> SecretData {
         .map(|(key, bytes)| (key, SecretBytes::new(bytes.0)))
         .collect();
     SecretData(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn missing_kubeconfig_error(settings: &KubeSettings) -> String {
+        assert!(
+            std::env::var_os("KUBERNETES_SERVICE_HOST").is_none(),
+            "this test needs a host outside a Kubernetes pod, so that no in-cluster config exists"
+        );
+        let error = Connection::in_cluster(settings, kube::config::KubeconfigError::FindPath);
+        match error {
+            Err(err) => err.to_string(),
+            Ok(_) => panic!("an in-cluster config was found"),
+        }
+    }
+
+    #[test]
+    fn missing_kubeconfig_hint_without_default_secret() {
+        let message = missing_kubeconfig_error(&KubeSettings::default());
+        assert!(message.contains("set KUBECONFIG"), "{message}");
+        assert!(
+            message.contains("read only with type = \"kubernetes\""),
+            "{message}"
+        );
+        assert!(
+            !message.contains("set `kubeconfig` in [backend]"),
+            "{message}"
+        );
+        assert!(!message.contains("(("), "{message}");
+        assert!(!message.contains("in-cluster: ("), "{message}");
+    }
+
+    #[test]
+    fn missing_kubeconfig_hint_with_default_secret() {
+        let settings = KubeSettings {
+            secret_name: Some("app-env".to_string()),
+            ..KubeSettings::default()
+        };
+        let message = missing_kubeconfig_error(&settings);
+        assert!(
+            message.contains("set `kubeconfig` in [backend]"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn kubeconfig_user_described() {
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(
+            "apiVersion: v1\nkind: Config\ncurrent-context: dev\ncontexts:\n- name: dev\n  \
+             context:\n    cluster: c\n    user: alice\n",
+        )
+        .unwrap();
+        assert_eq!(
+            describe_user(&kubeconfig),
+            "kubeconfig user `alice` (context `dev`)"
+        );
+    }
 }

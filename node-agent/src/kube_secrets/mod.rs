@@ -204,7 +204,12 @@ impl KubeSecrets {
             return Ok(());
         };
         let namespace = self.default_namespace(connection);
-        let task = watch::spawn(self.clone(), connection.client.clone(), namespace, name);
+        let target = watch::WatchTarget {
+            server: connection.server.clone(),
+            namespace,
+            name,
+        };
+        let task = watch::spawn(self.clone(), connection.client.clone(), target);
         *lock(&self.inner.watch) = Some(task);
         Ok(())
     }
@@ -284,8 +289,12 @@ impl KubeSecrets {
         let inner = &self.inner;
         let fetch = || async {
             let token = bearer.map(|bearer| &bearer.token);
+            let shown_identity = match bearer {
+                Some(bearer) => bearer.identity.as_str(),
+                None => connection.user.as_str(),
+            };
             let read = client::Read {
-                identity: &identity,
+                identity: shown_identity,
                 namespace,
                 name,
                 timeout: inner.settings.timeout,
