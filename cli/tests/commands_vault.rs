@@ -229,10 +229,7 @@ fn status_shows_vault() {
         stdout.contains("vault token:       never expires\n"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("vault cache:       1 entry\n"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("vault cache:       1 entry\n"), "{stdout}");
     assert!(
         stdout.contains("vault hit ratio:   50.0% hits (1 hits, 1 Vault reads)\n"),
         "{stdout}"
