@@ -166,13 +166,23 @@ def check_self_signed_script(checker: Checker) -> None:
     """Run the certificate script of the no-cert-manager path and check what it writes."""
     script = MANIFESTS / "optional" / "self-signed-certificates.sh"
     with tempfile.TemporaryDirectory() as output:
+        secret_path = Path(output) / "webhook-tls-secret.yaml"
+        # A Secret file left world-readable by an earlier run must not stay so.
+        secret_path.write_text("")
+        secret_path.chmod(0o644)
         result = subprocess.run(
-            ["sh", str(script), output], capture_output=True, text=True, check=False
+            ["sh", "-c", 'umask 022; exec sh "$0" "$1"', str(script), output],
+            capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
             checker.fail(f"{script.name} failed: {result.stderr}")
             return
-        secret_path = Path(output) / "webhook-tls-secret.yaml"
+        mode = secret_path.stat().st_mode & 0o777
+        if mode & 0o077:
+            checker.fail(
+                f"{script.name}: the Secret with the private key has mode {mode:o}; "
+                "others can read it"
+            )
         (secret,) = load_documents(secret_path.read_text())
         checker.validate_object(f"{script.name} output", secret)
         files = {}

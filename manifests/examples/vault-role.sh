@@ -11,7 +11,7 @@ vault write auth/kubernetes/config kubernetes_host="https://kubernetes.default.s
 
 vault policy write shop-web "$(dirname "$0")/vault-policy.hcl"
 
-# The audience must match [node] token_audience (the chart's agent.tokenAudience), because the
+# The audience must match [node] token_audience (the chart's tokens.audience), because the
 # webhook requests the projected token with that audience.
 vault write auth/kubernetes/role/web \
     bound_service_account_names=web \

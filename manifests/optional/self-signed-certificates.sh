@@ -18,6 +18,8 @@ namespace=${2:-envproxy-system}
 service=${3:-envproxy-webhook}
 days=825
 
+# The Secret holds the private key, so every file written here is readable by its owner only.
+umask 077
 mkdir -p "$output"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -35,6 +37,8 @@ openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" \
 
 encode() { base64 <"$1" | tr -d '\n'; }
 
+# A file left by an earlier run keeps its mode when rewritten, so it is replaced instead.
+rm -f "$output/webhook-tls-secret.yaml"
 cat >"$output/webhook-tls-secret.yaml" <<YAML
 apiVersion: v1
 kind: Secret

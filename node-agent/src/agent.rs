@@ -277,6 +277,8 @@ fn spawn_sweeper(settings: InstallSettings) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(settings.sweep_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Foreign entries are reported once, and again only when they change.
+        let mut reported_foreign = Vec::new();
         loop {
             interval.tick().await;
             let target = settings.target.clone();
@@ -286,6 +288,15 @@ fn spawn_sweeper(settings: InstallSettings) -> tokio::task::JoinHandle<()> {
             .await;
             match result {
                 Ok(Ok(report)) => {
+                    if !report.foreign.is_empty() && report.foreign != reported_foreign {
+                        tracing::warn!(
+                            directory = %settings.target.join("versions").display(),
+                            entries = ?report.foreign,
+                            "entries that the agent did not install are in the versions \
+                             directory; they are left alone, move them elsewhere"
+                        );
+                    }
+                    reported_foreign = report.foreign;
                     for version in &report.removed {
                         tracing::info!(%version, "removed an installed version no process uses");
                     }

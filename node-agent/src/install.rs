@@ -16,9 +16,15 @@
 //! The version directory contains a copy of the source directory (one link per top-level entry of
 //! the source), and `<version>` is the first 16 hex digits of a SHA-256 over its file names,
 //! modes and contents. All links are relative, so they resolve wherever the directory is
-//! mounted. Pods use the stable names (`<mount>/lib/libenvproxy.so`). The library finds the
-//! hooks beside its own resolved path, so a process always uses the hooks of the version whose
-//! library it loaded.
+//! mounted. Pods use the stable names (`<mount>/lib/libenvproxy.so`), and the library names the hooks
+//! through the stable `hooks` link as well, so variables that children inherit keep working
+//! after the old version is removed.
+//!
+//! Each version directory contains a marker file, `.envproxy-version`, with the version's name.
+//! The agent creates every directory it installs with mode 0755, whatever its umask, so that
+//! processes of any user in a pod can load the library. It follows no symbolic link inside the
+//! target other than the ones it installed for pods: when `versions` is a link, install and
+//! sweep stop with an error naming it.
 //!
 //! # Never rewriting a mapped file
 //!
@@ -30,7 +36,13 @@
 //!
 //! # Removing old versions
 //!
-//! [`sweep`] removes each version that `current` no longer names once no process maps one of
+//! [`sweep`] considers only the entries of `versions` that the agent created: a directory with
+//! a 16-hex-digit name (or the temporary name of an install) and a marker file that holds that
+//! name. Anything else there is foreign: it is left alone and reported. Removal opens each
+//! directory relative to its parent without following links and unlinks links instead of
+//! following them, so nothing outside `versions` is ever removed.
+//!
+//! It removes each version that `current` no longer names once no process maps one of
 //! its files (`/proc/PID/maps`) or holds one open (`/proc/PID/fd`, as a JVM holds its agent
 //! jar). Files are compared by device and inode, because the paths in another process's maps
 //! are those of its own mount namespace. A version must also have been replaced at least
@@ -40,11 +52,16 @@
 //! only into pods.
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 /// Directory in the image with the library and hooks, when `[install] source` is not set.
 pub const DEFAULT_SOURCE: &str = "/usr/lib/envproxy";
@@ -64,6 +81,11 @@ const CURRENT: &str = "current";
 const TEMPORARY_PREFIX: &str = ".tmp-";
 /// Hex digits of the SHA-256 that name a version.
 const VERSION_DIGITS: usize = 16;
+/// The file in each version directory that contains the version's name, so that the sweep
+/// removes only directories the agent created.
+pub const VERSION_MARKER: &str = ".envproxy-version";
+/// Mode of every directory the agent creates in the target.
+const DIRECTORY_MODE: u32 = 0o755;
 
 /// The `[install]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +129,12 @@ pub enum InstallError {
         path.display()
     )]
     Occupied { path: PathBuf },
+    #[error(
+        "{} is a symbolic link; the agent follows no link inside the install target, so that \
+         it never writes or removes files elsewhere: replace it with a directory or remove it",
+        path.display()
+    )]
+    Symlink { path: PathBuf },
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -144,6 +172,9 @@ pub struct SweepReport {
     /// Processes in pods whose maps or file descriptors could not be read. When this is not
     /// zero, every old version was kept.
     pub unreadable_processes: usize,
+    /// Entries of `versions` that the agent did not create (no version name, no marker, or
+    /// not a directory), left alone.
+    pub foreign: Vec<String>,
 }
 
 /// Installs the contents of `settings.source` into `settings.target` as described in the
@@ -166,11 +197,30 @@ pub fn install(settings: &InstallSettings) -> Result<Installed, InstallError> {
         check_link_slot(&target.join(name))?;
     }
 
+    create_directories(target)?;
     let versions = target.join(VERSIONS);
-    fs::create_dir_all(&versions).map_err(|source| write_error(&versions, source))?;
+    match fs::symlink_metadata(&versions) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => create_directory(&versions)?,
+        Err(source) => return Err(read_error(&versions, source)),
+        Ok(_) => {}
+    }
+    let versions_dir = open_versions(target)?;
     let directory = versions.join(&version);
-    if !directory.is_dir() {
-        copy_version(source, &entries, &versions, &version)?;
+    match fs::symlink_metadata(&directory) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            copy_version(source, &entries, &versions, versions_dir.as_fd(), &version)?;
+        }
+        Err(source) => return Err(read_error(&directory, source)),
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            return Err(InstallError::Symlink { path: directory })
+        }
+        Ok(metadata) if !metadata.is_dir() => {
+            return Err(InstallError::Occupied { path: directory })
+        }
+        // A directory of this version without a marker was installed by an earlier agent
+        // release: its name is the hash of the same contents, so the agent adopts it.
+        Ok(_) if !has_marker(&directory, &version) => write_marker(&directory, &version)?,
+        Ok(_) => {}
     }
 
     let current_link = target.join(CURRENT);
@@ -180,7 +230,7 @@ pub fn install(settings: &InstallSettings) -> Result<Installed, InstallError> {
     if switched {
         replace_link(&current_link, &destination)?;
         if let Some(previous) = previous {
-            mark_retired(&target.join(previous));
+            mark_retired(versions_dir.as_fd(), &previous);
         }
     }
     for name in &top_level {
@@ -213,11 +263,13 @@ pub fn sweep(
         .and_then(Path::file_name)
         .map(|name| name.to_string_lossy().into_owned());
     let mut report = SweepReport::default();
-    let listing = match fs::read_dir(&versions) {
-        Ok(listing) => listing,
+    match fs::symlink_metadata(&versions) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(report),
         Err(source) => return Err(read_error(&versions, source)),
-    };
+        Ok(_) => {}
+    }
+    let versions_dir = open_versions(target)?;
+    let listing = fs::read_dir(&versions).map_err(|source| read_error(&versions, source))?;
 
     let mut candidates = Vec::new();
     for entry in listing {
@@ -227,16 +279,25 @@ pub fn sweep(
             continue;
         }
         let path = entry.path();
+        let temporary = is_temporary_name(&name);
+        let ours = (is_version_name(&name) || temporary)
+            && fs::symlink_metadata(&path).is_ok_and(|metadata| metadata.is_dir())
+            && has_marker(&path, marker_name(&name));
+        if !ours {
+            report.foreign.push(name);
+            continue;
+        }
         if !retired_before(&path, grace) {
             report.recent.push(name);
             continue;
         }
-        if name.starts_with(TEMPORARY_PREFIX) {
-            remove_version(&path)?;
+        if temporary {
+            remove_version(versions_dir.as_fd(), &versions, &name)?;
             continue;
         }
         candidates.push((name, path));
     }
+    report.foreign.sort();
     if candidates.is_empty() {
         return Ok(report);
     }
@@ -248,7 +309,7 @@ pub fn sweep(
         if report.unreadable_processes > 0 || files.iter().any(|id| open_files.ids.contains(id)) {
             report.in_use.push(name);
         } else {
-            remove_version(&path)?;
+            remove_version(versions_dir.as_fd(), &versions, &name)?;
             report.removed.push(name);
         }
     }
@@ -478,26 +539,27 @@ fn check_link_slot(path: &Path) -> Result<(), InstallError> {
 }
 
 /// Copies the source tree into `versions/.tmp-<version>-<pid>`, syncs it, and renames it to
-/// `versions/<version>`.
+/// `versions/<version>`. The marker is written first, so that the sweep recognises a temporary
+/// directory that a stopped install left.
 fn copy_version(
     source: &Path,
     entries: &[SourceEntry],
     versions: &Path,
+    versions_dir: BorrowedFd<'_>,
     version: &str,
 ) -> Result<(), InstallError> {
-    let temporary = versions.join(format!(
-        "{TEMPORARY_PREFIX}{version}-{}",
-        std::process::id()
-    ));
-    if temporary.exists() {
-        fs::remove_dir_all(&temporary).map_err(|source| write_error(&temporary, source))?;
+    let temporary_name = format!("{TEMPORARY_PREFIX}{version}-{}", std::process::id());
+    let temporary = versions.join(&temporary_name);
+    if fs::symlink_metadata(&temporary).is_ok() {
+        remove_version(versions_dir, versions, &temporary_name)?;
     }
-    create_directory(&temporary, 0o755)?;
+    create_directory(&temporary)?;
+    write_marker(&temporary, version)?;
     let mut directories = vec![temporary.clone()];
     for entry in entries {
         let to = temporary.join(&entry.relative);
         if entry.is_dir {
-            create_directory(&to, entry.mode)?;
+            create_directory(&to)?;
             directories.push(to);
         } else {
             copy_file(&source.join(&entry.relative), &to, entry.mode)?;
@@ -511,10 +573,127 @@ fn copy_version(
     sync_directory(versions)
 }
 
-fn create_directory(path: &Path, mode: u32) -> Result<(), InstallError> {
+/// Creates the directory `path` with [`DIRECTORY_MODE`]. The mode is set after creation, so the
+/// agent's umask does not narrow it.
+fn create_directory(path: &Path) -> Result<(), InstallError> {
     fs::create_dir(path).map_err(|source| write_error(path, source))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+    fs::set_permissions(path, fs::Permissions::from_mode(DIRECTORY_MODE))
         .map_err(|source| write_error(path, source))
+}
+
+/// Creates `path` and its missing ancestors with [`DIRECTORY_MODE`]; existing ones keep their
+/// mode.
+fn create_directories(path: &Path) -> Result<(), InstallError> {
+    let mut missing = Vec::new();
+    let mut current = Some(path);
+    while let Some(directory) = current {
+        match fs::metadata(directory) {
+            Ok(_) => break,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => missing.push(directory),
+            Err(source) => return Err(read_error(directory, source)),
+        }
+        current = directory
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty());
+    }
+    for directory in missing.into_iter().rev() {
+        match fs::create_dir(directory) {
+            Ok(()) => fs::set_permissions(directory, fs::Permissions::from_mode(DIRECTORY_MODE))
+                .map_err(|source| write_error(directory, source))?,
+            // Another agent created it meanwhile.
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(write_error(directory, source)),
+        }
+    }
+    Ok(())
+}
+
+/// Opens `<target>/versions` without following a link there.
+fn open_versions(target: &Path) -> Result<OwnedFd, InstallError> {
+    let versions = target.join(VERSIONS);
+    if fs::symlink_metadata(&versions).is_ok_and(|metadata| metadata.file_type().is_symlink()) {
+        return Err(InstallError::Symlink { path: versions });
+    }
+    let target_dir = rustix::fs::open(
+        target,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|err| read_error(target, err.into()))?;
+    open_directory_at(target_dir.as_fd(), OsStr::new(VERSIONS)).map_err(|err| {
+        if err.raw_os_error() == Some(libc::ELOOP) {
+            InstallError::Symlink {
+                path: versions.clone(),
+            }
+        } else {
+            read_error(&versions, err)
+        }
+    })
+}
+
+/// Opens the directory `name` in `parent`, failing with `ELOOP` when it is a symbolic link.
+fn open_directory_at(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Returns whether `name` has the form of a version: [`VERSION_DIGITS`] lowercase hex digits.
+fn is_version_name(name: &str) -> bool {
+    name.len() == VERSION_DIGITS
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+}
+
+/// Returns whether `name` has the form of an install's temporary directory,
+/// `.tmp-<version>-<pid>`.
+fn is_temporary_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(TEMPORARY_PREFIX) else {
+        return false;
+    };
+    let Some((version, pid)) = rest.split_once('-') else {
+        return false;
+    };
+    is_version_name(version) && !pid.is_empty() && pid.bytes().all(|byte| byte.is_ascii_digit())
+}
+
+/// The version that the marker in the directory `name` must hold: `name` itself, or the
+/// version part of a temporary name.
+fn marker_name(name: &str) -> &str {
+    name.strip_prefix(TEMPORARY_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .map_or(name, |(version, _)| version)
+}
+
+/// Returns whether `directory` contains a marker file (not a link) whose content is `version`.
+fn has_marker(directory: &Path, version: &str) -> bool {
+    let mut contents = String::new();
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(directory.join(VERSION_MARKER))
+        .and_then(|mut file| file.read_to_string(&mut contents))
+        .is_ok()
+        && contents.trim_end() == version
+}
+
+/// Writes the marker file with `version` into `directory`.
+fn write_marker(directory: &Path, version: &str) -> Result<(), InstallError> {
+    let path = directory.join(VERSION_MARKER);
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|source| write_error(&path, source))?;
+    file.write_all(format!("{version}\n").as_bytes())
+        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(0o644)))
+        .and_then(|()| file.sync_all())
+        .map_err(|source| write_error(&path, source))
 }
 
 /// Copies `from` to the new file `to` with `mode` and syncs it to disk.
@@ -549,10 +728,21 @@ fn replace_link(link: &Path, destination: &Path) -> Result<(), InstallError> {
 }
 
 /// Records when a version stopped being current by setting its directory's modification time,
-/// which [`sweep`] compares against the grace time.
-fn mark_retired(directory: &Path) {
+/// which [`sweep`] compares against the grace time. `previous` is the old target of `current`;
+/// anything but `versions/<version>` is left alone.
+fn mark_retired(versions_dir: BorrowedFd<'_>, previous: &Path) {
+    let mut components = previous.components();
+    let (Some(first), Some(name), None) = (components.next(), components.next(), components.next())
+    else {
+        return;
+    };
+    if first.as_os_str() != VERSIONS || !name.as_os_str().to_str().is_some_and(is_version_name) {
+        return;
+    }
+    let directory = previous;
     let now = SystemTime::now();
-    let result = File::open(directory).and_then(|file| file.set_modified(now));
+    let result = open_directory_at(versions_dir, name.as_os_str())
+        .and_then(|fd| File::from(fd).set_modified(now));
     if let Err(err) = result {
         tracing::warn!(
             directory = %directory.display(),
@@ -565,7 +755,7 @@ fn mark_retired(directory: &Path) {
 
 /// Returns whether the directory `path` was last modified at least `grace` ago.
 fn retired_before(path: &Path, grace: Duration) -> bool {
-    let modified = fs::metadata(path).and_then(|metadata| metadata.modified());
+    let modified = fs::symlink_metadata(path).and_then(|metadata| metadata.modified());
     match modified {
         Ok(modified) => modified
             .elapsed()
@@ -575,8 +765,37 @@ fn retired_before(path: &Path, grace: Duration) -> bool {
     }
 }
 
-fn remove_version(path: &Path) -> Result<(), InstallError> {
-    fs::remove_dir_all(path).map_err(|source| write_error(path, source))
+/// Removes the directory `name` in `versions` and everything under it. Each directory is opened
+/// relative to its parent without following links, and links are unlinked, never followed.
+fn remove_version(
+    versions_dir: BorrowedFd<'_>,
+    versions: &Path,
+    name: &str,
+) -> Result<(), InstallError> {
+    let path = versions.join(name);
+    remove_tree_at(versions_dir, OsStr::new(name)).map_err(|source| write_error(&path, source))
+}
+
+fn remove_tree_at(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let directory = open_directory_at(parent, name)?;
+    let mut children = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&directory)? {
+        let entry = entry?;
+        let child = entry.file_name().to_bytes();
+        if child != b"." && child != b".." {
+            children.push(OsStr::from_bytes(child).to_os_string());
+        }
+    }
+    for child in children {
+        let stat = rustix::fs::statat(&directory, child.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory {
+            remove_tree_at(directory.as_fd(), &child)?;
+        } else {
+            rustix::fs::unlinkat(&directory, child.as_os_str(), AtFlags::empty())?;
+        }
+    }
+    drop(directory);
+    Ok(rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?)
 }
 
 fn sync_directory(path: &Path) -> Result<(), InstallError> {
@@ -796,8 +1015,173 @@ mod tests {
         install(&settings(source_with("one").path(), target.path())).unwrap();
         let stale = target.path().join("versions/.tmp-0123456789abcdef-1");
         fs::create_dir(&stale).unwrap();
+        write_marker(&stale, "0123456789abcdef").unwrap();
+        fs::create_dir(stale.join("lib")).unwrap();
         sweep(target.path(), Path::new("/proc"), Duration::ZERO).unwrap();
         assert!(!stale.exists());
+    }
+
+    #[test]
+    fn install_writes_marker_in_version() {
+        let target = tempfile::tempdir().unwrap();
+        let installed = install(&settings(source_with("one").path(), target.path())).unwrap();
+        let marker = installed.directory.join(VERSION_MARKER);
+        assert_eq!(
+            fs::read_to_string(&marker).unwrap(),
+            format!("{}\n", installed.version)
+        );
+        let mode = fs::metadata(&marker).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
+
+    #[test]
+    fn sweep_leaves_foreign_entries_alone() {
+        let target = tempfile::tempdir().unwrap();
+        let old = install(&settings(source_with("one").path(), target.path())).unwrap();
+        install(&settings(source_with("two").path(), target.path())).unwrap();
+        let versions = target.path().join("versions");
+        // A directory someone else put there, one with a version's name but no marker, one
+        // whose marker names another version, a file, and an unmarked temporary directory.
+        write(&versions.join("backup/keep.txt"), "keep", 0o644);
+        write(&versions.join("fedcba9876543210/lib/x.so"), "keep", 0o644);
+        write(
+            &versions.join("0011223344556677").join(VERSION_MARKER),
+            "8899aabbccddeeff\n",
+            0o644,
+        );
+        write(&versions.join("notes"), "keep", 0o644);
+        fs::create_dir(versions.join(".tmp-0123456789abcdef-7")).unwrap();
+
+        let report = sweep(target.path(), Path::new("/proc"), Duration::ZERO).unwrap();
+        assert_eq!(report.removed, [old.version]);
+        assert_eq!(
+            report.foreign,
+            [
+                ".tmp-0123456789abcdef-7",
+                "0011223344556677",
+                "backup",
+                "fedcba9876543210",
+                "notes"
+            ]
+        );
+        assert_eq!(
+            fs::read_to_string(versions.join("backup/keep.txt")).unwrap(),
+            "keep"
+        );
+        assert!(versions.join("fedcba9876543210/lib/x.so").is_file());
+        assert!(versions
+            .join("0011223344556677")
+            .join(VERSION_MARKER)
+            .is_file());
+        assert!(versions.join("notes").is_file());
+        assert!(versions.join(".tmp-0123456789abcdef-7").is_dir());
+    }
+
+    #[test]
+    fn sweep_and_install_reject_linked_versions() {
+        let target = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        // What the link points at looks like an old version, so a sweep that followed the link
+        // would remove it.
+        let victim = elsewhere.path().join("0123456789abcdef");
+        write(&victim.join(VERSION_MARKER), "0123456789abcdef\n", 0o644);
+        std::os::unix::fs::symlink(elsewhere.path(), target.path().join("versions")).unwrap();
+
+        let error = sweep(target.path(), Path::new("/proc"), Duration::ZERO).unwrap_err();
+        assert!(
+            matches!(&error, InstallError::Symlink { path } if path.ends_with("versions")),
+            "{error}"
+        );
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        let error = install(&settings(source_with("one").path(), target.path())).unwrap_err();
+        assert!(
+            matches!(&error, InstallError::Symlink { path } if path.ends_with("versions")),
+            "{error}"
+        );
+        assert!(victim.join(VERSION_MARKER).is_file());
+        assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 1);
+        assert!(!target.path().join("current").exists());
+    }
+
+    #[test]
+    fn sweep_does_not_follow_links_in_versions() {
+        let target = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        write(
+            &elsewhere.path().join(VERSION_MARKER),
+            "0123456789abcdef\n",
+            0o644,
+        );
+        write(&elsewhere.path().join("data/keep.txt"), "keep", 0o644);
+        let old = install(&settings(source_with("one").path(), target.path())).unwrap();
+        install(&settings(source_with("two").path(), target.path())).unwrap();
+        let versions = target.path().join("versions");
+        // A link with a version's name to a directory with a valid marker, and links inside
+        // an old version to a directory and a file outside.
+        std::os::unix::fs::symlink(elsewhere.path(), versions.join("0123456789abcdef")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), old.directory.join("lib/outside")).unwrap();
+        std::os::unix::fs::symlink(
+            elsewhere.path().join("data/keep.txt"),
+            old.directory.join("hooks/keep.txt"),
+        )
+        .unwrap();
+
+        let report = sweep(target.path(), Path::new("/proc"), Duration::ZERO).unwrap();
+        assert_eq!(report.removed, [old.version]);
+        assert_eq!(report.foreign, ["0123456789abcdef"]);
+        assert!(!old.directory.exists());
+        assert!(fs::symlink_metadata(versions.join("0123456789abcdef")).is_ok());
+        assert_eq!(
+            fs::read_to_string(elsewhere.path().join("data/keep.txt")).unwrap(),
+            "keep"
+        );
+        assert!(elsewhere.path().join(VERSION_MARKER).is_file());
+    }
+
+    #[test]
+    fn install_adopts_unmarked_version_of_same_contents() {
+        let target = tempfile::tempdir().unwrap();
+        let source = source_with("one");
+        let first = install(&settings(source.path(), target.path())).unwrap();
+        // As an agent release before markers left it.
+        fs::remove_file(first.directory.join(VERSION_MARKER)).unwrap();
+        let again = install(&settings(source.path(), target.path())).unwrap();
+        assert_eq!(again.version, first.version);
+        assert!(has_marker(&again.directory, &again.version));
+        install(&settings(source_with("two").path(), target.path())).unwrap();
+        let report = sweep(target.path(), Path::new("/proc"), Duration::ZERO).unwrap();
+        assert_eq!(report.removed, [first.version]);
+    }
+
+    #[test]
+    fn install_rejects_link_as_version() {
+        let target = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let source = source_with("one");
+        let version = install(&settings(source.path(), target.path()))
+            .unwrap()
+            .version;
+        let directory = target.path().join("versions").join(&version);
+        fs::rename(&directory, elsewhere.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("moved"), &directory).unwrap();
+        let error = install(&settings(source.path(), target.path())).unwrap_err();
+        assert!(
+            matches!(&error, InstallError::Symlink { path } if *path == directory),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn version_and_temporary_names() {
+        assert!(is_version_name("0123456789abcdef"));
+        assert!(!is_version_name("0123456789ABCDEF"));
+        assert!(!is_version_name("0123456789abcde"));
+        assert!(!is_version_name("etc"));
+        assert!(is_temporary_name(".tmp-0123456789abcdef-42"));
+        assert!(!is_temporary_name(".tmp-0123456789abcdef-"));
+        assert!(!is_temporary_name(".tmp-current-42"));
+        assert_eq!(marker_name(".tmp-0123456789abcdef-42"), "0123456789abcdef");
+        assert_eq!(marker_name("0123456789abcdef"), "0123456789abcdef");
     }
 
     #[test]

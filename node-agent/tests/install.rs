@@ -5,8 +5,9 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -142,6 +143,16 @@ impl Preloaded {
 
 /// Runs the agent binary with an `[install]` table until it serves, then stops it.
 fn run_agent_install(work: &Path, source: &Path, target: &Path) -> String {
+    run_agent_install_with_umask(work, source, target, None)
+}
+
+/// Like [`run_agent_install`], with the agent's umask set to `umask` when given.
+fn run_agent_install_with_umask(
+    work: &Path,
+    source: &Path,
+    target: &Path,
+    umask: Option<u32>,
+) -> String {
     let secrets = work.join("secrets.json");
     fs::write(&secrets, "{}").unwrap();
     let socket = work.join("agent.sock");
@@ -154,7 +165,18 @@ fn run_agent_install(work: &Path, source: &Path, target: &Path) -> String {
         ),
     )
     .unwrap();
-    let mut agent = Command::new(AGENT)
+    let mut command = Command::new(AGENT);
+    if let Some(mask) = umask {
+        let mask = nix::sys::stat::Mode::from_bits_truncate(mask);
+        // SAFETY: umask is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::stat::umask(mask);
+                Ok(())
+            });
+        }
+    }
+    let mut agent = command
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "info")
@@ -317,4 +339,32 @@ fn agent_stops_when_install_fails() {
     assert!(stderr.contains("cannot install the library"), "{stderr}");
     assert!(stderr.contains("lib/libenvproxy.so"), "{stderr}");
     assert!(!work.join("agent.sock").exists());
+}
+
+#[test]
+fn install_under_umask_077_creates_0755_directories() {
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let target = work.join("node/opt/envproxy");
+    let source = source_directory(work, "first");
+    run_agent_install_with_umask(work, &source, &target, Some(0o077));
+
+    let version = fs::canonicalize(target.join("current")).unwrap();
+    let mut directories = vec![
+        work.join("node"),
+        work.join("node/opt"),
+        target.clone(),
+        target.join("versions"),
+        version.clone(),
+    ];
+    for relative in ["lib", "hooks", "hooks/python", "hooks/java"] {
+        directories.push(version.join(relative));
+    }
+    for directory in &directories {
+        let mode = fs::metadata(directory).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "{} has mode {mode:o}", directory.display());
+    }
+    let marker = version.join(install::VERSION_MARKER);
+    let mode = fs::metadata(&marker).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "{} has mode {mode:o}", marker.display());
 }

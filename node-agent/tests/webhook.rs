@@ -754,6 +754,91 @@ fn conflicting_mount_is_rejected() {
 }
 
 #[test]
+fn overlapping_mounts_are_rejected() {
+    let webhook = TestWebhook::start();
+    // Each path equals, contains or lies inside a directory EnvProxy mounts, written differently.
+    let cases = [
+        ("/opt/envproxy/", "at /opt/envproxy/, where"),
+        ("/run//envproxy", "at /run//envproxy, where"),
+        ("/opt/envproxy/lib", "at /opt/envproxy/lib, inside /opt/envproxy, where"),
+        ("/run", "at /run, around /run/envproxy, where"),
+        (
+            "/var/run/secrets/envproxy.dev/",
+            "at /var/run/secrets/envproxy.dev/, around /var/run/secrets/envproxy.dev/serviceaccount",
+        ),
+    ];
+    for (mount_path, expected) in cases {
+        let mut review = create_review(opted_in());
+        let app = &mut review["request"]["object"]["spec"]["containers"][0];
+        app["volumeMounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "cache", "mountPath": mount_path}));
+        let response = webhook.review(&review);
+        assert_eq!(response["allowed"], false, "{mount_path}: {response}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(message.contains("volume \"cache\""), "{message}");
+        assert!(message.contains(expected), "{mount_path}: {message}");
+    }
+
+    // A sibling whose name starts like a mounted directory does not overlap.
+    let mut review = create_review(opted_in());
+    let app = &mut review["request"]["object"]["spec"]["containers"][0];
+    app["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "cache", "mountPath": "/opt/envproxy-cache"}));
+    let response = webhook.review(&review);
+    assert_eq!(response["allowed"], true, "{response}");
+}
+
+#[test]
+fn pod_volume_with_envproxy_name_is_rejected() {
+    let webhook = TestWebhook::start();
+    for name in ["envproxy-socket", "envproxy-lib", "envproxy-token"] {
+        let mut review = create_review(opted_in());
+        let spec = &mut review["request"]["object"]["spec"];
+        spec["volumes"] = json!([{"name": name, "emptyDir": {}}]);
+        let response = webhook.review(&review);
+        assert_eq!(response["allowed"], false, "{name}: {response}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("volume named \"{name}\"")),
+            "{message}"
+        );
+        assert!(message.contains("rename that volume"), "{message}");
+    }
+
+    // A hostPath of the same name at another directory is not EnvProxy's either.
+    let mut review = create_review(opted_in());
+    review["request"]["object"]["spec"]["volumes"] =
+        json!([{"name": "envproxy-lib", "hostPath": {"path": "/srv/other"}}]);
+    let response = webhook.review(&review);
+    assert_eq!(response["allowed"], false, "{response}");
+}
+
+#[test]
+fn defaulted_envproxy_volumes_are_accepted() {
+    let webhook = TestWebhook::start();
+    let review = create_review(opted_in());
+    let response = webhook.review(&review);
+    let mut pod = patched_pod(&review, &response);
+    // The API server fills in defaults before a reinvocation, and paths may end in a slash.
+    for volume in pod["spec"]["volumes"].as_array_mut().unwrap() {
+        if let Some(projected) = volume.get_mut("projected") {
+            projected["defaultMode"] = json!(420);
+        }
+        if let Some(path) = volume.pointer_mut("/hostPath/path") {
+            *path = json!(format!("{}/", path.as_str().unwrap()));
+        }
+    }
+    let mut second = create_review(opted_in());
+    second["request"]["object"] = pod;
+    let response = webhook.review(&second);
+    assert_eq!(response["allowed"], true, "{response}");
+}
+
+#[test]
 fn pod_security_namespaces_reject_opted_in_pods() {
     let webhook = TestWebhook::start();
     for level in ["baseline", "restricted"] {

@@ -5,20 +5,35 @@
 //!   is installed, so a JVM loads this library as a JVMTI agent ([`crate::jvm_agent`]).
 //! - Perl: `-I<hooks>/perl -MEnvProxy::Hook` is appended to `PERL5OPT`.
 //!
-//! Values that an image or the user already set are kept, and an entry already present is
-//! not added twice. The hooks directory is `ENVPROXY_HOOKS_DIR`, else the first of `hooks`,
-//! `../hooks` and `../../hooks` next to this library that exists (the last covers
+//! Values that an image or the user already set are kept. An EnvProxy entry already in a
+//! variable (one that a parent process added, maybe for another installed version) is replaced,
+//! not added a second time. The hooks directory is `ENVPROXY_HOOKS_DIR`, else the first of
+//! `hooks`, `../hooks` and `../../hooks` next to this library that exists (the last covers
 //! `target/<profile>/` in a source checkout).
+//!
+//! The paths written into the variables are those the library was loaded by (`LD_PRELOAD`'s
+//! name as the loader reports it), with `..` removed by name and no link resolved. With the
+//! installed layout they go through the stable `lib` and `hooks` links. A process that inherits
+//! the variables without mapping the library (a supervisor started with `sh -c exec`) therefore
+//! still finds the hooks after the agent installs another version and removes the old one.
+//!
+//! NOTE: a JVM resolves `lib` and `hooks` separately, so a JVM that starts during an install may
+//! load the library of one version and the jar of the next.
 
 use std::ffi::{c_void, CStr, CString};
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::settings::{self, Settings};
 
 const JAVA_HOOK_JAR: &str = "java/envproxy-javaagent.jar";
 const PERL_HOOK_MODULE: &str = "perl/EnvProxy/Hook.pm";
 const PERL_LOAD_OPTION: &str = "-MEnvProxy::Hook";
+/// The file name of the library, as an `-agentpath:` option names it.
+const LIBRARY_FILE_NAME: &str = "libenvproxy.so";
+/// The last two components of the Python hook directory, as a `PYTHONPATH` entry names it.
+const PYTHON_HOOK_SUFFIX: &str = "/hooks/python";
 
 /// Extends `PYTHONPATH`, `JAVA_TOOL_OPTIONS` and `PERL5OPT` for the hooks that are installed.
 pub fn install(settings: &Settings) {
@@ -33,7 +48,10 @@ pub fn install(settings: &Settings) {
     if !settings.no_python {
         let python = hooks.join("python");
         if python.join("sitecustomize.py").is_file() {
-            prepend_path_entry(c"PYTHONPATH", &python);
+            let current = settings::read(c"PYTHONPATH").unwrap_or_default();
+            if let Some(value) = with_python_entry(&current, &python) {
+                set(c"PYTHONPATH", value);
+            }
         }
     }
     if !settings.no_java {
@@ -42,7 +60,10 @@ pub fn install(settings: &Settings) {
             match library_path() {
                 Some(library) => {
                     let option = format!("-agentpath:{}={}", library.display(), jar.display());
-                    append_option(c"JAVA_TOOL_OPTIONS", &option);
+                    let current = settings::read(c"JAVA_TOOL_OPTIONS").unwrap_or_default();
+                    if let Some(value) = with_java_option(&current, &option) {
+                        set(c"JAVA_TOOL_OPTIONS", value.into_bytes());
+                    }
                 }
                 None if settings.debug => crate::diag::line(
                     "the library cannot find its own path, so the Java hook is not loaded and \
@@ -57,7 +78,8 @@ pub fn install(settings: &Settings) {
     }
 }
 
-/// Appends `-I<dir> -MEnvProxy::Hook` to `PERL5OPT`, unless it already loads the hook.
+/// Appends `-I<dir> -MEnvProxy::Hook` to `PERL5OPT`, or puts it in place of the EnvProxy
+/// options already there.
 ///
 /// Perl splits `PERL5OPT` at whitespace, so a directory whose path contains whitespace cannot
 /// be named there; Perl programs then read references.
@@ -66,12 +88,6 @@ pub fn install(settings: &Settings) {
 /// namespace, a chroot) fails at start because it cannot locate `EnvProxy/Hook.pm`.
 fn install_perl(dir: &Path, debug: bool) {
     let current = settings::read(c"PERL5OPT").unwrap_or_default();
-    if current
-        .split_whitespace()
-        .any(|existing| existing == PERL_LOAD_OPTION)
-    {
-        return;
-    }
     let Some(dir) = dir.to_str().filter(|d| !d.contains(char::is_whitespace)) else {
         if debug {
             crate::diag::line(
@@ -81,13 +97,9 @@ fn install_perl(dir: &Path, debug: bool) {
         }
         return;
     };
-    let value = format!("-I{dir} {PERL_LOAD_OPTION}");
-    let value = if current.trim().is_empty() {
-        value
-    } else {
-        format!("{} {value}", current.trim_end())
-    };
-    set(c"PERL5OPT", value.into_bytes());
+    if let Some(value) = with_perl_options(&current, dir) {
+        set(c"PERL5OPT", value.into_bytes());
+    }
 }
 
 fn hooks_dir() -> Option<PathBuf> {
@@ -96,14 +108,35 @@ fn hooks_dir() -> Option<PathBuf> {
     }
     let library = library_path()?;
     let library_dir = library.parent()?;
+    // The name with `..` removed comes first, because it keeps a stable link such as
+    // `/opt/envproxy/hooks`. The joined name covers a build directory that is itself a link.
     ["hooks", "../hooks", "../../hooks"]
         .iter()
         .map(|relative| library_dir.join(relative))
+        .flat_map(|joined| [lexically_normal(&joined), joined])
         .find(|candidate| candidate.is_dir())
-        .map(|found| std::fs::canonicalize(&found).unwrap_or(found))
 }
 
-/// Returns the path this library was loaded from, as the loader reports it.
+/// Returns `path` with `.` removed and each `..` removing the name before it, without resolving
+/// links.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !normal.pop() {
+                    normal.push("..");
+                }
+            }
+            other => normal.push(other),
+        }
+    }
+    normal
+}
+
+/// Returns the path this library was loaded from, as the loader reports it, made absolute
+/// without resolving links (so it goes through the stable `lib` link of an install).
 fn library_path() -> Option<PathBuf> {
     // SAFETY: Dl_info is plain old data; all-zero is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
@@ -115,40 +148,144 @@ fn library_path() -> Option<PathBuf> {
     // SAFETY: dladdr returned a NUL-terminated file name owned by the loader.
     let name = unsafe { CStr::from_ptr(info.dli_fname) };
     let path = Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()));
-    Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
+    if path.as_os_str().is_empty() {
+        return None;
+    }
+    Some(lexically_normal(
+        &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+    ))
 }
 
-fn prepend_path_entry(variable: &CStr, entry: &Path) {
+/// Returns `PYTHONPATH` with `entry` first and without other EnvProxy hook entries (those ending
+/// in `hooks/python`), or `None` when `current` already starts with `entry` alone.
+fn with_python_entry(current: &str, entry: &Path) -> Option<Vec<u8>> {
     let entry = entry.as_os_str().as_bytes();
-    let current = settings::read(variable).unwrap_or_default();
-    if current
+    let is_hook = |existing: &str| {
+        existing.as_bytes() == entry || existing.trim_end_matches('/').ends_with(PYTHON_HOOK_SUFFIX)
+    };
+    let others: Vec<&str> = current
         .split(':')
-        .any(|existing| existing.as_bytes() == entry)
-    {
-        return;
+        .filter(|existing| !existing.is_empty() && !is_hook(existing))
+        .collect();
+    let hooks = current
+        .split(':')
+        .filter(|existing| is_hook(existing))
+        .count();
+    if hooks == 1 && current.as_bytes().starts_with(entry) {
+        let rest = &current.as_bytes()[entry.len()..];
+        if rest.is_empty() || rest[0] == b':' {
+            return None;
+        }
     }
     let mut value = entry.to_vec();
-    if !current.is_empty() {
+    for other in others {
         value.push(b':');
-        value.extend_from_slice(current.as_bytes());
+        value.extend_from_slice(other.as_bytes());
     }
-    set(variable, value);
+    Some(value)
 }
 
-fn append_option(variable: &CStr, option: &str) {
-    let current = settings::read(variable).unwrap_or_default();
-    if current
-        .split_whitespace()
-        .any(|existing| existing == option)
-    {
-        return;
+/// Returns `JAVA_TOOL_OPTIONS` with `option` in place of the EnvProxy `-agentpath:` options
+/// already there (or appended), or `None` when it is already the only one.
+fn with_java_option(current: &str, option: &str) -> Option<String> {
+    let ours: Vec<Range<usize>> = tokens(current)
+        .into_iter()
+        .filter(|range| is_java_hook_option(&current[range.clone()]))
+        .collect();
+    if let [only] = ours.as_slice() {
+        if &current[only.clone()] == option {
+            return None;
+        }
     }
-    let value = if current.trim().is_empty() {
-        option.to_string()
-    } else {
-        format!("{} {option}", current.trim_end())
+    Some(splice(current, &ours, option))
+}
+
+/// Returns whether `token` loads this library as a JVMTI agent with the Java hook's jar.
+fn is_java_hook_option(token: &str) -> bool {
+    let jar_name = Path::new(JAVA_HOOK_JAR)
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or_default();
+    token.strip_prefix("-agentpath:").is_some_and(|rest| {
+        rest.split_once('=').is_some_and(|(library, jar)| {
+            library.ends_with(LIBRARY_FILE_NAME) && jar.ends_with(jar_name)
+        })
+    })
+}
+
+/// Returns `PERL5OPT` with `-I<dir> -MEnvProxy::Hook` in place of the EnvProxy options already
+/// there (the load option and an `-I.../perl` just before it), or appended. Returns `None`
+/// when they are already the only ones.
+fn with_perl_options(current: &str, dir: &str) -> Option<String> {
+    let options = format!("-I{dir} {PERL_LOAD_OPTION}");
+    let all = tokens(current);
+    let mut ours = Vec::new();
+    for (index, range) in all.iter().enumerate() {
+        if &current[range.clone()] != PERL_LOAD_OPTION {
+            continue;
+        }
+        let include = index
+            .checked_sub(1)
+            .map(|before| all[before].clone())
+            .filter(|before| {
+                let token = &current[before.clone()];
+                token.starts_with("-I") && token.trim_end_matches('/').ends_with("/perl")
+            });
+        match include {
+            Some(include) => ours.push(include.start..range.end),
+            None => ours.push(range.clone()),
+        }
+    }
+    if let [only] = ours.as_slice() {
+        if current[only.clone()] == options {
+            return None;
+        }
+    }
+    Some(splice(current, &ours, &options))
+}
+
+/// Returns the byte ranges of the whitespace-separated words of `text`.
+fn tokens(text: &str) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = None;
+    for (index, character) in text.char_indices() {
+        match (character.is_whitespace(), start) {
+            (true, Some(begin)) => {
+                ranges.push(begin..index);
+                start = None;
+            }
+            (false, None) => start = Some(index),
+            _ => {}
+        }
+    }
+    if let Some(begin) = start {
+        ranges.push(begin..text.len());
+    }
+    ranges
+}
+
+/// Returns `text` with `replacement` in place of the first of `ranges` and the others removed
+/// with the whitespace before them, or with `replacement` appended when `ranges` is empty.
+/// The rest of `text` (quotes, spacing) is kept as it is.
+fn splice(text: &str, ranges: &[Range<usize>], replacement: &str) -> String {
+    let Some((first, rest)) = ranges.split_first() else {
+        return if text.trim().is_empty() {
+            replacement.to_string()
+        } else {
+            format!("{} {replacement}", text.trim_end())
+        };
     };
-    set(variable, value.into_bytes());
+    let mut value = String::with_capacity(text.len() + replacement.len());
+    value.push_str(&text[..first.start]);
+    value.push_str(replacement);
+    let mut position = first.end;
+    for range in rest {
+        let kept = text[position..range.start].trim_end();
+        value.push_str(kept);
+        position = range.end;
+    }
+    value.push_str(&text[position..]);
+    value
 }
 
 fn set(variable: &CStr, value: Vec<u8>) {
@@ -158,4 +295,126 @@ fn set(variable: &CStr, value: Vec<u8>) {
     // SAFETY: both strings are NUL-terminated. This runs from the library constructor, before
     // the program's `main` starts any thread that could read the environment concurrently.
     unsafe { libc::setenv(variable.as_ptr(), value.as_ptr(), 1) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD_AGENT: &str = "-agentpath:/opt/envproxy/versions/0123456789abcdef/lib/libenvproxy.so=\
+                             /opt/envproxy/versions/0123456789abcdef/hooks/java/envproxy-javaagent.jar";
+    const NEW_AGENT: &str = "-agentpath:/opt/envproxy/lib/libenvproxy.so=\
+                             /opt/envproxy/hooks/java/envproxy-javaagent.jar";
+
+    #[test]
+    fn java_option_appended_to_user_options() {
+        assert_eq!(with_java_option("", NEW_AGENT).unwrap(), NEW_AGENT);
+        assert_eq!(
+            with_java_option("-Xmx64m ", NEW_AGENT).unwrap(),
+            format!("-Xmx64m {NEW_AGENT}")
+        );
+    }
+
+    #[test]
+    fn java_option_replaces_earlier_agent() {
+        let current = format!("-Xmx64m {OLD_AGENT} -Dname=\"a b\"");
+        assert_eq!(
+            with_java_option(&current, NEW_AGENT).unwrap(),
+            format!("-Xmx64m {NEW_AGENT} -Dname=\"a b\"")
+        );
+    }
+
+    #[test]
+    fn java_option_keeps_one_of_several_agents() {
+        let current = format!("{OLD_AGENT} -Xss1m {OLD_AGENT}");
+        assert_eq!(
+            with_java_option(&current, NEW_AGENT).unwrap(),
+            format!("{NEW_AGENT} -Xss1m")
+        );
+    }
+
+    #[test]
+    fn java_option_present_is_unchanged() {
+        assert_eq!(
+            with_java_option(&format!("-Xmx1g {NEW_AGENT}"), NEW_AGENT),
+            None
+        );
+    }
+
+    #[test]
+    fn java_option_keeps_other_agents() {
+        let other = "-agentpath:/usr/lib/libyjpagent.so=port=10001";
+        assert_eq!(
+            with_java_option(other, NEW_AGENT).unwrap(),
+            format!("{other} {NEW_AGENT}")
+        );
+    }
+
+    #[test]
+    fn python_entry_replaces_earlier_hook_entry() {
+        let entry = Path::new("/opt/envproxy/hooks/python");
+        let current = "/app:/opt/envproxy/versions/0123456789abcdef/hooks/python:/lib/py";
+        assert_eq!(
+            with_python_entry(current, entry).unwrap(),
+            b"/opt/envproxy/hooks/python:/app:/lib/py"
+        );
+    }
+
+    #[test]
+    fn python_entry_prepended_once() {
+        let entry = Path::new("/opt/envproxy/hooks/python");
+        assert_eq!(
+            with_python_entry("", entry).unwrap(),
+            b"/opt/envproxy/hooks/python"
+        );
+        assert_eq!(
+            with_python_entry("/app", entry).unwrap(),
+            b"/opt/envproxy/hooks/python:/app"
+        );
+        assert_eq!(
+            with_python_entry("/opt/envproxy/hooks/python:/app", entry),
+            None
+        );
+        assert_eq!(
+            with_python_entry("/app:/opt/envproxy/hooks/python", entry).unwrap(),
+            b"/opt/envproxy/hooks/python:/app"
+        );
+    }
+
+    #[test]
+    fn perl_options_replace_earlier_hook() {
+        let current =
+            "-Mstrict -I/opt/envproxy/versions/0123456789abcdef/hooks/perl -MEnvProxy::Hook -w";
+        assert_eq!(
+            with_perl_options(current, "/opt/envproxy/hooks/perl").unwrap(),
+            "-Mstrict -I/opt/envproxy/hooks/perl -MEnvProxy::Hook -w"
+        );
+    }
+
+    #[test]
+    fn perl_options_appended_or_unchanged() {
+        let dir = "/opt/envproxy/hooks/perl";
+        let options = "-I/opt/envproxy/hooks/perl -MEnvProxy::Hook";
+        assert_eq!(with_perl_options("", dir).unwrap(), options);
+        assert_eq!(
+            with_perl_options("-Mstrict", dir).unwrap(),
+            format!("-Mstrict {options}")
+        );
+        assert_eq!(with_perl_options(&format!("-w {options}"), dir), None);
+        // The load option without its include directory gets one.
+        assert_eq!(with_perl_options("-MEnvProxy::Hook", dir).unwrap(), options);
+    }
+
+    #[test]
+    fn lexical_normal_form_keeps_links() {
+        assert_eq!(
+            lexically_normal(Path::new("/opt/envproxy/lib/../hooks")),
+            Path::new("/opt/envproxy/hooks")
+        );
+        assert_eq!(
+            lexically_normal(Path::new("/src/target/debug/./../../hooks")),
+            Path::new("/src/hooks")
+        );
+        assert_eq!(lexically_normal(Path::new("../a")), Path::new("../a"));
+    }
 }

@@ -277,11 +277,12 @@ fn inject_on_create(pod: &mut Value, injection: &Injection) -> Result<Vec<String
     let spec = object_field(object(pod), "spec");
     let volumes = array_field(spec, "volumes");
     for volume in injection.volumes() {
-        let exists = volumes
+        let existing = volumes
             .iter()
-            .any(|existing| existing.get("name") == volume.get("name"));
-        if !exists {
-            volumes.push(volume);
+            .find(|existing| existing.get("name") == volume.get("name"));
+        match existing {
+            Some(existing) => check_own_volume(existing, &volume)?,
+            None => volumes.push(volume),
         }
     }
 
@@ -311,6 +312,15 @@ fn inject_ephemeral(pod: &mut Value, injection: &Injection) -> Result<Vec<String
             })
         })
         .collect();
+    for volume in injection.volumes() {
+        let existing = volumes
+            .into_iter()
+            .flatten()
+            .find(|existing| existing.get("name") == volume.get("name"));
+        if let Some(existing) = existing {
+            check_own_volume(existing, &volume)?;
+        }
+    }
     if !missing.is_empty() {
         // The volumes of a running pod cannot change, so the ephemeral container runs without
         // EnvProxy.
@@ -340,8 +350,52 @@ fn inject_list(
     Ok(warnings)
 }
 
+/// Checks that the pod's volume `existing`, named like one of EnvProxy's, is the one EnvProxy
+/// adds (from an earlier admission): the same hostPath, or a projected token with the same
+/// audience and path. Any other volume of that name would be mounted in EnvProxy's place.
+fn check_own_volume(existing: &Value, ours: &Value) -> Result<(), String> {
+    let name = ours.get("name").and_then(Value::as_str).unwrap_or_default();
+    let same = if ours.get("hostPath").is_some() {
+        host_path_of(existing).is_some() && host_path_of(existing) == host_path_of(ours)
+    } else {
+        token_source_of(existing).is_some() && token_source_of(existing) == token_source_of(ours)
+    };
+    if same {
+        return Ok(());
+    }
+    Err(format!(
+        "the pod already has a volume named {name:?} that differs from the one EnvProxy adds \
+         under that name, so the containers would mount it in EnvProxy's place; rename that \
+         volume"
+    ))
+}
+
+/// Returns the components of a hostPath volume's path.
+fn host_path_of(volume: &Value) -> Option<Vec<&str>> {
+    volume
+        .pointer("/hostPath/path")
+        .and_then(Value::as_str)
+        .map(path_components)
+}
+
+/// Returns the audience and path of a projected volume's first service account token source.
+fn token_source_of(volume: &Value) -> Option<(Option<&Value>, Option<&Value>)> {
+    volume
+        .pointer("/projected/sources/0/serviceAccountToken")
+        .map(|token| (token.get("audience"), token.get("path")))
+}
+
+/// Returns the components of a mount path, without empty and `.` components, so that
+/// `/run/envproxy/`, `/run//envproxy` and `/run/envproxy` compare equal.
+fn path_components(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter(|component| !component.is_empty() && *component != ".")
+        .collect()
+}
+
 /// Adds a read-only mount of `volume` at `mount_path` unless the container has it. Another
-/// volume at the same path is an error, because the API server rejects duplicate mount paths.
+/// volume at the same path is an error, because the API server rejects duplicate mount paths,
+/// and so is one inside or around it, which would hide EnvProxy's files or be hidden by them.
 fn add_mount(
     container: &mut Value,
     container_name: &str,
@@ -349,21 +403,39 @@ fn add_mount(
     mount_path: &str,
 ) -> Result<(), String> {
     let mounts = array_field(object(container), "volumeMounts");
+    if mounts
+        .iter()
+        .any(|mount| mount.get("name").and_then(Value::as_str) == Some(volume))
+    {
+        return Ok(());
+    }
+    let ours = path_components(mount_path);
     for mount in mounts.iter() {
-        let same_volume = mount.get("name").and_then(Value::as_str) == Some(volume);
-        let same_path = mount.get("mountPath").and_then(Value::as_str) == Some(mount_path);
-        if same_volume {
-            return Ok(());
+        let other = mount.get("name").and_then(Value::as_str).unwrap_or("");
+        if [SOCKET_VOLUME, LIBRARY_VOLUME, TOKEN_VOLUME].contains(&other) {
+            continue;
         }
-        if same_path {
-            let other = mount.get("name").and_then(Value::as_str).unwrap_or("");
-            return Err(format!(
-                "container {container_name:?} already mounts volume {other:?} at {mount_path}, \
-                 where EnvProxy mounts {volume}; move that mount or leave the container out of \
-                 {}",
-                annotations::CONTAINERS
-            ));
-        }
+        let other_path = mount.get("mountPath").and_then(Value::as_str).unwrap_or("");
+        let theirs = path_components(other_path);
+        let relation = if theirs == ours {
+            "at"
+        } else if theirs.starts_with(&ours) {
+            "inside"
+        } else if ours.starts_with(&theirs) {
+            "around"
+        } else {
+            continue;
+        };
+        let place = if relation == "at" {
+            format!("at {other_path}, where")
+        } else {
+            format!("at {other_path}, {relation} {mount_path}, where")
+        };
+        return Err(format!(
+            "container {container_name:?} already mounts volume {other:?} {place} EnvProxy \
+             mounts {volume}; move that mount or leave the container out of {}",
+            annotations::CONTAINERS
+        ));
     }
     mounts.push(json!({"name": volume, "mountPath": mount_path, "readOnly": true}));
     Ok(())
