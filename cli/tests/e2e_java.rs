@@ -320,6 +320,29 @@ fn java_hook_disabled_leaves_reference() {
 }
 
 #[test]
+fn hooks_path_with_space_leaves_java_starting() {
+    for jdk in jdks() {
+        let world = World::new();
+        let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+        let hooks = world.path("hooks dir");
+        std::fs::create_dir(&hooks).unwrap();
+        std::os::unix::fs::symlink(source_hooks_dir().join("java"), hooks.join("java")).unwrap();
+        // The JVM would split an -agentpath naming this directory at the space and refuse to
+        // start, so the library leaves JAVA_TOOL_OPTIONS alone.
+        let output = run_java(
+            java_command(&secrets, &jdk, &["read", "API_TOKEN"]).env("ENVPROXY_HOOKS_DIR", &hooks),
+            &jdk,
+        );
+        assert_eq!(
+            value_of(&output.stdout, "getenv").as_deref(),
+            Some("envproxy:API_TOKEN"),
+            "{}",
+            jdk.label
+        );
+    }
+}
+
+#[test]
 fn java_keeps_own_tool_options() {
     for jdk in jdks() {
         let world = World::new();

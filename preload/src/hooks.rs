@@ -58,6 +58,11 @@ pub fn install(settings: &Settings) {
         let jar = hooks.join(JAVA_HOOK_JAR);
         if jar.is_file() {
             match library_path() {
+                // The JVM splits JAVA_TOOL_OPTIONS at whitespace and has no quoting for
+                // -agentpath, so such a path would stop every JVM from starting.
+                Some(library) if has_whitespace(&library) || has_whitespace(&jar) => {
+                    java_hook_skipped(settings.debug)
+                }
                 Some(library) => {
                     let option = format!("-agentpath:{}={}", library.display(), jar.display());
                     let current = settings::read(c"JAVA_TOOL_OPTIONS").unwrap_or_default();
@@ -81,6 +86,22 @@ pub fn install(settings: &Settings) {
 /// Appends `-I<dir> -MEnvProxy::Hook` to `PERL5OPT`, or puts it in place of the EnvProxy
 /// options already there.
 ///
+fn java_hook_skipped(debug: bool) {
+    if debug {
+        crate::diag::line(
+            "the library's or the Java hook's path contains whitespace, which \
+             JAVA_TOOL_OPTIONS cannot hold; Java programs see references",
+        );
+    }
+}
+
+fn has_whitespace(path: &Path) -> bool {
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .any(|byte| byte.is_ascii_whitespace())
+}
+
 /// Perl splits `PERL5OPT` at whitespace, so a directory whose path contains whitespace cannot
 /// be named there; Perl programs then read references.
 ///
