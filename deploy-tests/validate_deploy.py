@@ -322,6 +322,33 @@ def check_webhook_probes(checker: Checker, origin: str, objects: list[dict]) -> 
                 )
 
 
+def check_webhook_network_policy(
+    checker: Checker, origin: str, objects: list[dict], sources: list[dict] | None
+) -> None:
+    """Check that one NetworkPolicy selects the webhook pods and admits ingress to their HTTPS
+    port only, from ``sources`` (None: from any source)."""
+    policies = [
+        obj for obj in objects
+        if obj.get("kind") == "NetworkPolicy"
+        and obj["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+        == "envproxy-webhook"
+    ]
+    if len(policies) != 1:
+        checker.fail(f"{origin}: expected one webhook NetworkPolicy, found {len(policies)}")
+        return
+    spec = policies[0]["spec"]
+    if spec.get("policyTypes") != ["Ingress"]:
+        checker.fail(f"{origin}: webhook NetworkPolicy policyTypes is {spec.get('policyTypes')}")
+    expected_rule = {"ports": [{"port": "https", "protocol": "TCP"}]}
+    if sources is not None:
+        expected_rule["from"] = sources
+    if spec.get("ingress") != [expected_rule]:
+        checker.fail(
+            f"{origin}: webhook NetworkPolicy ingress is {spec.get('ingress')}, "
+            f"expected [{expected_rule}]"
+        )
+
+
 def check_admin_socket(checker: Checker, origin: str, objects: list[dict]) -> None:
     """Check that the agent's admin socket lies on a hostPath of its own that the agent's
     container mounts at the same path, outside the directories that mutated pods mount."""
@@ -536,6 +563,16 @@ def main() -> int:
     ]:
         check_webhook_probes(checker, origin, objects)
         check_admin_socket(checker, origin, objects)
+    check_webhook_network_policy(checker, "manifests", manifests, None)
+    check_webhook_network_policy(checker, "chart (default values)", defaults, None)
+    check_webhook_network_policy(
+        checker, "chart (custom values)", custom, custom_values["webhook"]["networkPolicy"]["from"]
+    )
+    without_policy = render_chart(
+        checker, "chart (no NetworkPolicy)", {"webhook": {"networkPolicy": {"enabled": False}}}
+    )
+    if any(obj.get("kind") == "NetworkPolicy" for obj in without_policy):
+        checker.fail("chart (no NetworkPolicy): webhook.networkPolicy.enabled false still renders one")
     check_dockerfile(checker)
 
     if args.config_dir:
