@@ -245,7 +245,16 @@ def check_chart_failures(checker: Checker) -> None:
     cases = [
         ({"webhook": {"certificates": {"source": "secret"}}}, "webhook.certificates.secretName"),
         ({"webhook": {"replicas": 2, "minAvailable": 2}}, "webhook.minAvailable"),
+        ({"webhook": {"replicas": 2, "minAvailable": "100%"}}, "webhook.minAvailable"),
+        # 60 % of 2 replicas rounds up to 2, which blocks drains like the integer 2.
+        ({"webhook": {"replicas": 2, "minAvailable": "60%"}}, "webhook.minAvailable"),
+        ({"metrics": {"port": 9465}, "agent": {"healthPort": 9465}}, "metrics.port"),
+        ({"metrics": {"port": 9465}, "agent": {"healthPort": 9465}}, "agent.healthPort"),
         ({"node": {"socketDir": "/run/x", "libraryDir": "/run/x"}}, "node.socketDir"),
+        ({"node": {"socketDir": "/run/x/", "libraryDir": "/run/x"}}, "node.socketDir"),
+        ({"node": {"socketDir": "/opt/envproxy/run"}}, "node.socketDir"),
+        ({"node": {"socketDir": "/opt/envproxy/run"}}, "node.libraryDir"),
+        ({"node": {"libraryDir": "/run/envproxy/lib"}}, "node.libraryDir"),
         ({"node": {"adminSocketDir": "/run/envproxy/admin"}}, "node.adminSocketDir"),
         ({"node": {"adminSocketDir": "/run/envproxy"}}, "node.adminSocketDir"),
         ({"node": {"adminSocketDir": "/opt/envproxy/admin"}}, "node.adminSocketDir"),
@@ -259,10 +268,24 @@ def check_chart_failures(checker: Checker) -> None:
                 checker.fail(f"values {values}: error does not name {expected}: {error}")
             continue
         checker.fail(f"values {values} rendered, expected an error naming {expected}")
+    for values in [
+        {"webhook": {"replicas": 3, "minAvailable": "50%"}},
+        {"webhook": {"replicas": 2, "minAvailable": "0%"}},
+        {"metrics": {"enabled": False, "port": 9465}},
+        {"node": {"socketDir": "/run/envproxy", "libraryDir": "/run/envproxy-lib"}},
+    ]:
+        try:
+            chart.validate_schema(values)
+            chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        except helm.HelmError as error:
+            checker.fail(f"values {values} failed, expected them to render: {error}")
     for values, expected in [
         ({"webhook": {"failurePolicy": "Sometimes"}}, "failurePolicy"),
         ({"tokens": {"expirationSeconds": 60}}, "expirationSeconds"),
         ({"agent": {"unknownKey": 1}}, "unknownKey"),
+        ({"webhook": {"minAvailable": "abc"}}, "minAvailable"),
+        ({"webhook": {"minAvailable": "101%"}}, "minAvailable"),
+        ({"webhook": {"minAvailable": -1}}, "minAvailable"),
     ]:
         try:
             chart.validate_schema(values)
