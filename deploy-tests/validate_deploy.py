@@ -245,7 +245,16 @@ def check_chart_failures(checker: Checker) -> None:
     cases = [
         ({"webhook": {"certificates": {"source": "secret"}}}, "webhook.certificates.secretName"),
         ({"webhook": {"replicas": 2, "minAvailable": 2}}, "webhook.minAvailable"),
+        ({"webhook": {"replicas": 2, "minAvailable": "100%"}}, "webhook.minAvailable"),
+        # 60 % of 2 replicas rounds up to 2, which blocks drains like the integer 2.
+        ({"webhook": {"replicas": 2, "minAvailable": "60%"}}, "webhook.minAvailable"),
+        ({"metrics": {"port": 9465}, "agent": {"healthPort": 9465}}, "metrics.port"),
+        ({"metrics": {"port": 9465}, "agent": {"healthPort": 9465}}, "agent.healthPort"),
         ({"node": {"socketDir": "/run/x", "libraryDir": "/run/x"}}, "node.socketDir"),
+        ({"node": {"socketDir": "/run/x/", "libraryDir": "/run/x"}}, "node.socketDir"),
+        ({"node": {"socketDir": "/opt/envproxy/run"}}, "node.socketDir"),
+        ({"node": {"socketDir": "/opt/envproxy/run"}}, "node.libraryDir"),
+        ({"node": {"libraryDir": "/run/envproxy/lib"}}, "node.libraryDir"),
         ({"node": {"adminSocketDir": "/run/envproxy/admin"}}, "node.adminSocketDir"),
         ({"node": {"adminSocketDir": "/run/envproxy"}}, "node.adminSocketDir"),
         ({"node": {"adminSocketDir": "/opt/envproxy/admin"}}, "node.adminSocketDir"),
@@ -259,10 +268,24 @@ def check_chart_failures(checker: Checker) -> None:
                 checker.fail(f"values {values}: error does not name {expected}: {error}")
             continue
         checker.fail(f"values {values} rendered, expected an error naming {expected}")
+    for values in [
+        {"webhook": {"replicas": 3, "minAvailable": "50%"}},
+        {"webhook": {"replicas": 2, "minAvailable": "0%"}},
+        {"metrics": {"enabled": False, "port": 9465}},
+        {"node": {"socketDir": "/run/envproxy", "libraryDir": "/run/envproxy-lib"}},
+    ]:
+        try:
+            chart.validate_schema(values)
+            chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        except helm.HelmError as error:
+            checker.fail(f"values {values} failed, expected them to render: {error}")
     for values, expected in [
         ({"webhook": {"failurePolicy": "Sometimes"}}, "failurePolicy"),
         ({"tokens": {"expirationSeconds": 60}}, "expirationSeconds"),
         ({"agent": {"unknownKey": 1}}, "unknownKey"),
+        ({"webhook": {"minAvailable": "abc"}}, "minAvailable"),
+        ({"webhook": {"minAvailable": "101%"}}, "minAvailable"),
+        ({"webhook": {"minAvailable": -1}}, "minAvailable"),
     ]:
         try:
             chart.validate_schema(values)
@@ -320,6 +343,33 @@ def check_webhook_probes(checker: Checker, origin: str, objects: list[dict]) -> 
                     f"{origin}: webhook container {container['name']}: {probe_name} is "
                     f"{probe}, expected httpGet {expected}"
                 )
+
+
+def check_webhook_network_policy(
+    checker: Checker, origin: str, objects: list[dict], sources: list[dict] | None
+) -> None:
+    """Check that one NetworkPolicy selects the webhook pods and admits ingress to their HTTPS
+    port only, from ``sources`` (None: from any source)."""
+    policies = [
+        obj for obj in objects
+        if obj.get("kind") == "NetworkPolicy"
+        and obj["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+        == "envproxy-webhook"
+    ]
+    if len(policies) != 1:
+        checker.fail(f"{origin}: expected one webhook NetworkPolicy, found {len(policies)}")
+        return
+    spec = policies[0]["spec"]
+    if spec.get("policyTypes") != ["Ingress"]:
+        checker.fail(f"{origin}: webhook NetworkPolicy policyTypes is {spec.get('policyTypes')}")
+    expected_rule = {"ports": [{"port": "https", "protocol": "TCP"}]}
+    if sources is not None:
+        expected_rule["from"] = sources
+    if spec.get("ingress") != [expected_rule]:
+        checker.fail(
+            f"{origin}: webhook NetworkPolicy ingress is {spec.get('ingress')}, "
+            f"expected [{expected_rule}]"
+        )
 
 
 def check_admin_socket(checker: Checker, origin: str, objects: list[dict]) -> None:
@@ -536,6 +586,16 @@ def main() -> int:
     ]:
         check_webhook_probes(checker, origin, objects)
         check_admin_socket(checker, origin, objects)
+    check_webhook_network_policy(checker, "manifests", manifests, None)
+    check_webhook_network_policy(checker, "chart (default values)", defaults, None)
+    check_webhook_network_policy(
+        checker, "chart (custom values)", custom, custom_values["webhook"]["networkPolicy"]["from"]
+    )
+    without_policy = render_chart(
+        checker, "chart (no NetworkPolicy)", {"webhook": {"networkPolicy": {"enabled": False}}}
+    )
+    if any(obj.get("kind") == "NetworkPolicy" for obj in without_policy):
+        checker.fail("chart (no NetworkPolicy): webhook.networkPolicy.enabled false still renders one")
     check_dockerfile(checker)
 
     if args.config_dir:

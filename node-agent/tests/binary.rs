@@ -375,6 +375,44 @@ fn webhook_without_certificate_fails() {
 }
 
 #[test]
+fn webhook_port_in_use_fails_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let certificate = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_path = dir.path().join("tls.crt");
+    let key_path = dir.path().join("tls.key");
+    std::fs::write(&cert_path, certificate.cert.pem()).unwrap();
+    std::fs::write(&key_path, certificate.signing_key.serialize_pem()).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+
+    let output = Command::new(AGENT)
+        .arg("webhook")
+        .arg("--listen")
+        .arg(address.to_string())
+        .arg("--tls-cert")
+        .arg(&cert_path)
+        .arg("--tls-key")
+        .arg(&key_path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {address}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("os error 98").count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
 fn webhook_rejects_invalid_config() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");

@@ -113,8 +113,11 @@ impl TestWebhook {
     }
 
     fn post(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        self.post_with(&self.client(), path, body)
+    }
+
+    fn post_with(&self, client: &reqwest::Client, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let url = format!("https://localhost:{}{path}", self.address.port());
-        let client = self.client();
         self.runtime.block_on(async {
             let response = client
                 .post(url)
@@ -977,4 +980,98 @@ fn certificate_is_reloaded_when_files_change() {
     assert_eq!(serial(&webhook), second);
     let response = webhook.review(&create_review(json!({})));
     assert_eq!(response["allowed"], true);
+}
+
+/// Connection limit of the flood tests, small so the tests open few sockets.
+const FLOOD_LIMIT: usize = 32;
+
+/// Opens `count` TCP connections to the webhook that send nothing, and waits until the webhook
+/// has had time to accept them.
+fn open_idle_connections(webhook: &TestWebhook, count: usize) -> Vec<std::net::TcpStream> {
+    let connections: Vec<_> = (0..count)
+        .map(|_| std::net::TcpStream::connect(webhook.address).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    connections
+}
+
+/// Returns whether the webhook has closed `connection`, waiting at most `wait` for the close.
+fn is_closed_by_peer(connection: &mut std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    connection.set_read_timeout(Some(wait)).unwrap();
+    let mut buffer = [0u8; 1];
+    match connection.read(&mut buffer) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+    }
+}
+
+#[test]
+fn admission_succeeds_under_idle_flood() {
+    let webhook = TestWebhook::start_with(|settings| settings.max_connections = FLOOD_LIMIT);
+    let mut flood = open_idle_connections(&webhook, FLOOD_LIMIT);
+
+    // The clients stay open, so each admission needs a new place in the full table.
+    let mut clients = Vec::new();
+    let body = serde_json::to_vec(&create_review(opted_in())).unwrap();
+    for attempt in 0..3 {
+        let client = webhook.client();
+        let started = std::time::Instant::now();
+        let (status, response) = webhook.post_with(&client, "/mutate", &body);
+        let elapsed = started.elapsed();
+        assert_eq!(
+            status,
+            200,
+            "attempt {attempt}: {}",
+            String::from_utf8_lossy(&response)
+        );
+        assert!(
+            elapsed < Duration::from_secs(1),
+            "attempt {attempt}: the admission took {elapsed:?} with {FLOOD_LIMIT} idle \
+             connections open"
+        );
+        clients.push(client);
+    }
+
+    // Each admission's connection closed the oldest idle connection to make room.
+    for (index, connection) in flood.iter_mut().take(3).enumerate() {
+        assert!(
+            is_closed_by_peer(connection, Duration::from_secs(2)),
+            "idle connection {index} is still open"
+        );
+    }
+    assert!(
+        !is_closed_by_peer(&mut flood[FLOOD_LIMIT - 1], Duration::from_millis(200)),
+        "the newest idle connection was closed although older ones were open"
+    );
+}
+
+#[test]
+fn keep_alive_connection_survives_idle_flood() {
+    let webhook = TestWebhook::start_with(|settings| settings.max_connections = FLOOD_LIMIT);
+    // One client, so its second request reuses the pooled connection as the API server does.
+    let client = webhook.client();
+    let body = serde_json::to_vec(&create_review(opted_in())).unwrap();
+    let (status, _) = webhook.post_with(&client, "/mutate", &body);
+    assert_eq!(status, 200);
+
+    let mut flood = open_idle_connections(&webhook, FLOOD_LIMIT);
+    let started = std::time::Instant::now();
+    let (status, _) = webhook.post_with(&client, "/mutate", &body);
+    let elapsed = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    // The flood's first connection made no request, so it was closed before the keep-alive one.
+    assert!(
+        is_closed_by_peer(&mut flood[0], Duration::from_secs(2)),
+        "the oldest idle connection that never sent a request is still open"
+    );
+    assert!(
+        !is_closed_by_peer(&mut flood[1], Duration::from_millis(200)),
+        "a second idle connection was closed although one place was enough"
+    );
 }

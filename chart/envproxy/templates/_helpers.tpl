@@ -47,13 +47,31 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if and (eq $source "secret") (or (not .Values.webhook.certificates.secretName) (not .Values.webhook.certificates.caBundle)) -}}
 {{- fail "webhook.certificates.source \"secret\" needs webhook.certificates.secretName (a kubernetes.io/tls Secret) and webhook.certificates.caBundle (the base64 PEM of its CA)" -}}
 {{- end -}}
-{{- if and (gt (int .Values.webhook.replicas) 1) (ge (int .Values.webhook.minAvailable) (int .Values.webhook.replicas)) -}}
-{{- fail (printf "webhook.minAvailable (%d) must be lower than webhook.replicas (%d), or no node could ever be drained" (int .Values.webhook.minAvailable) (int .Values.webhook.replicas)) -}}
+{{- $replicas := int .Values.webhook.replicas -}}
+{{- $minAvailable := .Values.webhook.minAvailable -}}
+{{- if gt $replicas 1 -}}
+{{- /* The disruption controller rounds a percentage up to whole pods. */ -}}
+{{- $required := 0 -}}
+{{- if kindIs "string" $minAvailable -}}
+{{- $required = div (add (mul $replicas (int (trimSuffix "%" $minAvailable))) 99) 100 -}}
+{{- else -}}
+{{- $required = int $minAvailable -}}
 {{- end -}}
-{{- if eq .Values.node.socketDir .Values.node.libraryDir -}}
-{{- fail "node.socketDir and node.libraryDir must be different directories" -}}
+{{- if ge (int $required) $replicas -}}
+{{- fail (printf "webhook.minAvailable (%v, %d of %d replicas) must leave at least one replica that may be evicted, or no node could ever be drained; lower it or raise webhook.replicas" $minAvailable (int $required) $replicas) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.agent.healthPort)) -}}
+{{- fail (printf "metrics.port and agent.healthPort are both %d: the agent serves metrics and health checks on separate listeners, so choose two different ports" (int .Values.agent.healthPort)) -}}
 {{- end -}}
 {{- $socketDir := trimSuffix "/" .Values.node.socketDir -}}
+{{- $libraryDir := trimSuffix "/" .Values.node.libraryDir -}}
+{{- if eq $socketDir $libraryDir -}}
+{{- fail "node.socketDir and node.libraryDir must be different directories" -}}
+{{- end -}}
+{{- if or (hasPrefix (printf "%s/" $libraryDir) $socketDir) (hasPrefix (printf "%s/" $socketDir) $libraryDir) -}}
+{{- fail (printf "node.socketDir (%s) and node.libraryDir (%s) must not contain one another: pods mount both read-only, and the agent writes into each" .Values.node.socketDir .Values.node.libraryDir) -}}
+{{- end -}}
 {{- $adminDir := trimSuffix "/" .Values.node.adminSocketDir -}}
 {{- if or (eq $adminDir $socketDir) (hasPrefix (printf "%s/" $socketDir) $adminDir) -}}
 {{- fail (printf "node.adminSocketDir (%s) must lie outside node.socketDir (%s), which every mutated pod mounts" .Values.node.adminSocketDir .Values.node.socketDir) -}}

@@ -142,6 +142,15 @@ impl TableReader<'_> {
                     }
                     settings.token_expiration = expiration;
                 }
+                "max_connections" => {
+                    let count = self.positive_integer(value, &name)?;
+                    settings.max_connections = usize::try_from(count).map_err(|_| {
+                        self.invalid(
+                            &name,
+                            format!("expected at most {}, found {count}", usize::MAX),
+                        )
+                    })?;
+                }
                 _ => self.warn_unknown(&format!("key `{key}` in [webhook]")),
             }
         }
@@ -235,7 +244,7 @@ mod tests {
              [vault]\naddress = \"https://vault.example:8200\"\n\
              [webhook]\nlisten = \"127.0.0.1:9443\"\ntls_cert = \"tls/cert.pem\"\n\
              tls_key = \"/keys/key.pem\"\nlibrary_dir = \"/var/lib/envproxy/\"\n\
-             token_expiration_secs = 600\ncolour = \"blue\"\n",
+             token_expiration_secs = 600\nmax_connections = 64\ncolour = \"blue\"\n",
         )
         .unwrap();
         assert_eq!(settings.listen.to_string(), "127.0.0.1:9443");
@@ -254,6 +263,7 @@ mod tests {
             ["https://vault.example:8200"]
         );
         assert_eq!(settings.token_expiration, Duration::from_secs(600));
+        assert_eq!(settings.max_connections, 64);
         assert_eq!(settings.log_level, "debug");
         assert_eq!(settings.warnings.len(), 1, "{:?}", settings.warnings);
         assert!(settings.warnings[0].contains("`colour` in [webhook]"));
@@ -277,6 +287,10 @@ mod tests {
                 "[webhook] token_expiration_secs",
             ),
             ("[webhook]\ntls_cert = \"\"", "[webhook] tls_cert"),
+            (
+                "[webhook]\nmax_connections = 0",
+                "[webhook] max_connections",
+            ),
             ("[node]\ntoken_path = \"/token\"", "[node] token_path"),
             ("[node]\ntoken_path = \"token\"", "[node] token_path"),
             ("[agent]\nsocket = \"/agent.sock\"", "[agent] socket"),

@@ -6,7 +6,9 @@
 //! - [`review`]: AdmissionReview v1 requests and responses, and the Pod Security route.
 //! - [`tls`]: the server certificate, reloaded when its files change.
 //! - [`server`]: the HTTPS listener.
+//! - [`connections`]: the table that keeps open connections under a limit.
 
+mod connections;
 pub mod mutate;
 pub mod review;
 pub mod server;

@@ -22,11 +22,11 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::connections::{Admission, ConnectionState, ConnectionTable, LimitWarnings};
 use super::review::{review, PodSecurityLevel, Route};
 use super::settings::WebhookSettings;
 use super::tls::{server_config, ReloadingCertificate, TlsError};
@@ -34,12 +34,12 @@ use super::tls::{server_config, ReloadingCertificate, TlsError};
 /// Largest request body read. The API server sends the pod, and for updates the old pod too;
 /// etcd limits an object to 1.5 MiB by default.
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
-/// Connections served at once; further ones are closed at accept.
-const MAX_CONNECTIONS: usize = 1024;
 /// A TLS handshake or request header that takes longer than this ends the connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a request body may take to arrive. The API server waits at most 30 s for a webhook.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a connection closed to make room gets to finish writing a response it just produced.
+const EVICTION_GRACE: Duration = Duration::from_secs(1);
 /// Time open connections get to finish their requests at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept`, so a persistent error such as `EMFILE` does not spin.
@@ -108,12 +108,14 @@ impl Webhook {
     /// [`SHUTDOWN_GRACE`] to finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let stop = CancellationToken::new();
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let table = ConnectionTable::new(self.settings.max_connections);
+        let mut limit_warnings = LimitWarnings::new(self.settings.max_connections);
         let mut connections = JoinSet::new();
         tracing::info!(
             address = %self.address,
             socket = %self.settings.socket.display(),
             library_dir = %self.settings.library_dir.display(),
+            max_connections = self.settings.max_connections,
             token_path = %self.settings.token_path.display(),
             "webhook listening"
         );
@@ -132,16 +134,21 @@ impl Webhook {
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                tracing::warn!(%peer, MAX_CONNECTIONS, "too many webhook connections; closed one");
+            let Some((slot, admission)) = table.admit() else {
+                tracing::debug!(%peer, "webhook connection refused: all connections are busy");
+                limit_warnings.refused();
                 continue;
             };
+            if admission == Admission::Evicted {
+                limit_warnings.evicted();
+            }
             let acceptor = self.acceptor.clone();
             let settings = Arc::clone(&self.settings);
             let stop = stop.clone();
             connections.spawn(async move {
-                serve_connection(stream, peer, acceptor, settings, stop).await;
-                drop(permit);
+                let connection = Arc::clone(&slot.state);
+                serve_connection(stream, peer, acceptor, settings, connection, stop).await;
+                drop(slot);
             });
         }
 
@@ -165,9 +172,18 @@ async fn serve_connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     settings: Arc<WebhookSettings>,
+    connection_state: Arc<ConnectionState>,
     stop: CancellationToken,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let tls = tokio::select! {
+        handshake = handshake => handshake,
+        () = connection_state.evicted() => {
+            tracing::debug!(%peer, "webhook connection closed during the TLS handshake to make room");
+            return;
+        }
+    };
+    let tls = match tls {
         Ok(Ok(tls)) => tls,
         Ok(Err(err)) => {
             tracing::debug!(%peer, %err, "webhook TLS handshake failed");
@@ -178,9 +194,15 @@ async fn serve_connection(
             return;
         }
     };
+    let requests = Arc::clone(&connection_state);
     let service = service_fn(move |request| {
         let settings = Arc::clone(&settings);
-        async move { Ok::<_, Infallible>(respond(request, &settings).await) }
+        let in_flight = requests.start_request();
+        async move {
+            let response = respond(request, &settings).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -192,6 +214,23 @@ async fn serve_connection(
         () = stop.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = connection_state.evicted() => {
+            // The connection is polled only by this task, so no request can start between the
+            // check and the close. One that started before the table picked this connection
+            // finishes; a response produced just before gets a short time to be written.
+            if connection_state.is_busy() {
+                tracing::debug!(%peer, "webhook connection closes after its request to make room");
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            } else if connection_state.has_requested() {
+                tracing::debug!(%peer, "idle webhook connection closed to make room");
+                connection.as_mut().graceful_shutdown();
+                tokio::time::timeout(EVICTION_GRACE, connection).await.unwrap_or(Ok(()))
+            } else {
+                tracing::debug!(%peer, "webhook connection closed before its first request to make room");
+                return;
+            }
         }
     };
     if let Err(err) = served {

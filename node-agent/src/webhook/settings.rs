@@ -11,6 +11,7 @@
 //! | `[webhook] tls_key` | `/etc/envproxy/webhook/tls.key` | PEM private key, reloaded when it changes |
 //! | `[webhook] library_dir` | `/opt/envproxy` | node directory with `lib/libenvproxy.so` and `hooks/` |
 //! | `[webhook] token_expiration_secs` | `3600` | lifetime of the projected token, 600 to 86400 |
+//! | `[webhook] max_connections` | `1024` | connections served at once; idle ones are closed to make room |
 //! | `[agent] socket` | `/run/envproxy/agent.sock` | the agent socket; its directory is mounted |
 //! | `[agent] log_level` | `info` | a `tracing` filter |
 //! | `[node] token_path` | `/var/run/secrets/envproxy.dev/serviceaccount/token` | where the token is mounted |
@@ -36,6 +37,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_TLS_CERT: &str = "/etc/envproxy/webhook/tls.crt";
 /// Private key path when `[webhook] tls_key` is not set.
 pub const DEFAULT_TLS_KEY: &str = "/etc/envproxy/webhook/tls.key";
+/// Connections served at once when `[webhook] max_connections` is not set.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Node directory of the library and the hooks when `[webhook] library_dir` is not set.
 pub const DEFAULT_LIBRARY_DIR: &str = "/opt/envproxy";
 /// Path of the glibc build of the library inside the library directory.
@@ -69,6 +72,8 @@ pub struct WebhookSettings {
     pub token_expiration: Duration,
     /// Vault addresses that the `envproxy.dev/vault-addr` annotation may name.
     pub vault_addr_allowlist: Vec<String>,
+    /// Connections served at once. At the limit a new connection closes an idle one.
+    pub max_connections: usize,
     /// A `tracing` filter.
     pub log_level: String,
     /// The config file these settings were read from, if any.
@@ -91,6 +96,7 @@ impl Default for WebhookSettings {
             token_audience: DEFAULT_TOKEN_AUDIENCE.to_string(),
             token_expiration: DEFAULT_TOKEN_EXPIRATION,
             vault_addr_allowlist: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             log_level: DEFAULT_LOG_LEVEL.to_string(),
             source: None,
             warnings: Vec::new(),
