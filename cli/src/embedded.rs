@@ -25,7 +25,7 @@ pub struct EmbeddedAgent {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
     socket: PathBuf,
-    keys: Vec<String>,
+    keys: Option<Vec<String>>,
     /// The private directory that contains the socket, when the agent created one.
     directory: Option<tempfile::TempDir>,
 }
@@ -59,7 +59,7 @@ impl EmbeddedAgent {
             .build()
             .context("cannot start the Tokio runtime for the agent")?;
         let agent = runtime.block_on(Agent::bind(config))?;
-        let keys = agent.key_names();
+        let keys = runtime.block_on(agent.default_key_names());
         let socket = agent.socket_path().to_path_buf();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = runtime.spawn(agent.serve(async {
@@ -79,9 +79,10 @@ impl EmbeddedAgent {
         &self.socket
     }
 
-    /// Returns the key names of the secrets file as loaded at start.
-    pub fn keys(&self) -> &[String] {
-        &self.keys
+    /// Returns the key names of the default backend as listed at start, or `None` when it
+    /// cannot list them (the HTTP API, an unreadable Kubernetes Secret).
+    pub fn keys(&self) -> Option<&[String]> {
+        self.keys.as_deref()
     }
 
     /// Shuts the agent down, waiting up to 5 s for it to remove its socket, then removes the

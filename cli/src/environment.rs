@@ -10,6 +10,8 @@ use envproxy_proto::reference::LOCAL_SCHEME;
 /// Variable that contains the agent socket path, read by the library and the CLI.
 pub const SOCKET_VARIABLE: &str = "ENVPROXY_SOCKET";
 const PRELOAD_VARIABLE: &str = "LD_PRELOAD";
+/// Variable that makes the library ask the agent for names absent from the environment.
+const LOOKUP_UNSET_VARIABLE: &str = "ENVPROXY_LOOKUP_UNSET";
 /// Prefix of the variables that configure EnvProxy itself; the library never resolves them.
 const OWN_PREFIX: &str = "ENVPROXY_";
 
@@ -84,6 +86,15 @@ pub fn build(
 }
 
 impl ChildEnvironment {
+    /// Sets `ENVPROXY_LOOKUP_UNSET=1`, so that the library asks the agent for names absent
+    /// from the environment (each answer cached for the library's TTL, "not found" too). A
+    /// value the caller set, `0` included, is kept.
+    pub fn look_up_unset_names(&mut self) {
+        if self.get(OsStr::new(LOOKUP_UNSET_VARIABLE)).is_none() {
+            self.set(LOOKUP_UNSET_VARIABLE, OsString::from("1"));
+        }
+    }
+
     fn get(&self, name: &OsStr) -> Option<&OsStr> {
         self.variables
             .iter()
@@ -242,6 +253,28 @@ mod tests {
         assert_eq!(value(&environment, "OK"), Some("envproxy:OK"));
         assert_eq!(value(&environment, "ENVPROXY_SOCKET"), Some("/s"));
         assert_eq!(value(&environment, "LD_PRELOAD"), Some("/l.so"));
+    }
+
+    #[test]
+    fn look_up_unset_is_added_unless_set() {
+        let mut environment = build(pairs(&[("PATH", "/bin")]), &[], Path::new("/s"), None);
+        environment.look_up_unset_names();
+        assert_eq!(value(&environment, "ENVPROXY_LOOKUP_UNSET"), Some("1"));
+
+        let mut environment = build(
+            pairs(&[("ENVPROXY_LOOKUP_UNSET", "0")]),
+            &[],
+            Path::new("/s"),
+            None,
+        );
+        environment.look_up_unset_names();
+        assert_eq!(value(&environment, "ENVPROXY_LOOKUP_UNSET"), Some("0"));
+        let count = environment
+            .variables
+            .iter()
+            .filter(|(k, _)| k == "ENVPROXY_LOOKUP_UNSET")
+            .count();
+        assert_eq!(count, 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use clap::Args;
 use envproxy_agent::vault::VaultEnvironment;
-use envproxy_agent::{default_socket_path, limits, secrets, Config};
+use envproxy_agent::{default_socket_path, limits, secrets, AgentStatus, Config};
 
 use crate::child::{self, ChildSpec};
 use crate::client::{self, ClientError};
@@ -30,6 +30,11 @@ pub struct RunArgs {
     secrets: Option<PathBuf>,
     /// Agent config file whose [backend] (and [vault]) name the backends; its [agent] socket
     /// is not used.
+    ///
+    /// Each key of the default backend (a secrets file or a Kubernetes Secret) that the
+    /// environment does not set is passed as KEY=envproxy:KEY, as with --secrets. The HTTP API
+    /// cannot list its keys, so the command gets ENVPROXY_LOOKUP_UNSET=1 instead (unless that
+    /// variable is set): names absent from its environment are asked of the agent.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Agent socket. Without a file, the agent that listens there is used (default:
@@ -109,7 +114,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                             }
                             None => EmbeddedAgent::start_private(config)?,
                         };
-                        (AgentChoice::Embedded(agent), Vec::new())
+                        (AgentChoice::Embedded(agent), Some(Vec::new()))
                     }
                     None => return Err(no_agent_error(&err, &socket)),
                 },
@@ -120,7 +125,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                 Some(socket) => {
                     let socket = absolute(socket, "--socket")?;
                     match client::fetch_status(&socket, AGENT_PROBE_TIMEOUT) {
-                        Ok(_) => Some(socket),
+                        Ok(status) => Some((socket, status)),
                         Err(err @ ClientError::ForeignAgent { .. }) => return Err(err.into()),
                         Err(err) if err.is_socket_in_use() => {
                             return Err(socket_in_use_error(&err, &socket))
@@ -134,10 +139,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                 None => None,
             };
             match running {
-                Some(socket) => {
+                Some((socket, status)) => {
+                    // The HTTP API or a Kubernetes Secret, when configured, is the default
+                    // backend rather than the secrets file.
                     let keys = match &config.secrets_file {
-                        Some(path) => secrets::load(path)?.into_keys().collect(),
-                        None => Vec::new(),
+                        Some(path) if config.http.is_none() && config.kubernetes.is_none() => {
+                            Some(secrets::load(path)?.into_keys().collect())
+                        }
+                        _ => listed_keys(status),
                     };
                     (AgentChoice::Running { socket }, keys)
                 }
@@ -149,7 +158,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                         }
                         None => EmbeddedAgent::start_private(config)?,
                     };
-                    let keys = agent.keys().to_vec();
+                    let keys = agent.keys().map(<[String]>::to_vec);
                     (AgentChoice::Embedded(agent), keys)
                 }
             }
@@ -160,8 +169,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         AgentChoice::Running { socket } => socket.clone(),
         AgentChoice::Embedded(agent) => agent.socket().to_path_buf(),
     };
-    let mut environment =
-        environment::build(std::env::vars_os(), &keys, &socket, library.as_deref());
+    let mut environment = environment::build(
+        std::env::vars_os(),
+        keys.as_deref().unwrap_or_default(),
+        &socket,
+        library.as_deref(),
+    );
+    // A default backend that cannot list its keys (the HTTP API) gets no `KEY=envproxy:KEY`
+    // variables, so the library asks the agent for every name the environment lacks.
+    if keys.is_none() && library.is_some() {
+        environment.look_up_unset_names();
+    }
     for (key, reason) in &environment.skipped {
         eprintln!("envproxy: not adding secret key {key:?} to the environment: {reason}");
     }
@@ -265,8 +283,23 @@ fn socket_in_use_error(err: &ClientError, socket: &Path) -> anyhow::Error {
     )
 }
 
-fn keys_from_running_agent(socket: &Path) -> Result<Vec<String>, ClientError> {
+/// Returns the key names of a running agent's default backend, or `None` when it cannot list
+/// them.
+fn keys_from_running_agent(socket: &Path) -> Result<Option<Vec<String>>, ClientError> {
     let status = client::fetch_status(socket, AGENT_PROBE_TIMEOUT)?;
+    Ok(listed_keys(status))
+}
+
+/// Returns the key names that `status` lists, or `None` when its default backend cannot list
+/// them. Warns when the list was cut short to fit the response.
+fn listed_keys(status: AgentStatus) -> Option<Vec<String>> {
+    if status
+        .backend
+        .as_ref()
+        .is_some_and(|backend| !backend.keys_listed)
+    {
+        return None;
+    }
     if status.keys_truncated {
         eprintln!(
             "envproxy: the agent listed only {} of its {} keys; set the others in the \
@@ -278,7 +311,7 @@ fn keys_from_running_agent(socket: &Path) -> Result<Vec<String>, ClientError> {
                 .map_or(0, |backend| backend.keys_loaded)
         );
     }
-    Ok(status.keys)
+    Some(status.keys)
 }
 
 /// Raises this process's open-files limit for the embedded agent and returns the previous soft

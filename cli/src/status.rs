@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
@@ -79,14 +79,13 @@ fn render(status: &AgentStatus, now_unix: u64) -> String {
         ("pid", status.pid.to_string()),
         ("uptime", format_duration(status.uptime_secs)),
     ];
+    // The HTTP and Kubernetes default backends are shown with their own rows below.
     match &status.backend {
-        Some(backend) => {
-            let reload_age = now_unix.saturating_sub(backend.last_reload_unix);
+        Some(backend) if backend.kind == "file" => {
+            let path = backend.path.as_deref().unwrap_or(Path::new("?"));
+            let reload_age = now_unix.saturating_sub(backend.last_reload_unix.unwrap_or(0));
             rows.extend([
-                (
-                    "backend",
-                    format!("{} {}", backend.kind, backend.path.display()),
-                ),
+                ("backend", format!("{} {}", backend.kind, path.display())),
                 ("keys loaded", backend.keys_loaded.to_string()),
                 (
                     "last reload",
@@ -101,6 +100,7 @@ fn render(status: &AgentStatus, now_unix: u64) -> String {
                 ),
             ]);
         }
+        Some(_) => {}
         None if status.http.is_some() => {}
         None if status
             .kubernetes
@@ -312,10 +312,14 @@ mod tests {
             socket: "/run/user/1000/envproxy/agent.sock".into(),
             backend: Some(BackendInfo {
                 kind: "file".into(),
-                path: "/home/u/secrets.json".into(),
+                path: Some("/home/u/secrets.json".into()),
+                url: None,
+                namespace: None,
+                secret: None,
                 keys_loaded: 3,
+                keys_listed: true,
                 last_reload_error: Some("invalid JSON secrets file".into()),
-                last_reload_unix: 1000,
+                last_reload_unix: Some(1000),
             }),
             http: None,
             vault: None,
@@ -395,7 +399,17 @@ vault last error:  Vault at https://vault.internal:8200 is sealed
             pid: 42,
             uptime_secs: 5,
             socket: "/run/agent.sock".into(),
-            backend: None,
+            backend: Some(BackendInfo {
+                kind: "http".into(),
+                path: None,
+                url: Some("https://secrets.internal".into()),
+                namespace: None,
+                secret: None,
+                keys_loaded: 0,
+                keys_listed: false,
+                last_reload_error: None,
+                last_reload_unix: None,
+            }),
             http: Some(HttpInfo {
                 url: "https://secrets.internal".into(),
                 auth: "auth_token_file /run/token".into(),
@@ -435,7 +449,17 @@ http last error:   none
             pid: 42,
             uptime_secs: 5,
             socket: "/run/agent.sock".into(),
-            backend: None,
+            backend: Some(BackendInfo {
+                kind: "kubernetes".into(),
+                path: None,
+                url: None,
+                namespace: Some("shop".into()),
+                secret: Some("app-env".into()),
+                keys_loaded: 2,
+                keys_listed: true,
+                last_reload_error: None,
+                last_reload_unix: None,
+            }),
             http: None,
             vault: None,
             kubernetes: Some(KubeInfo {

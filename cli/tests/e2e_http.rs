@@ -270,3 +270,86 @@ fn status_shows_http_backend() {
     assert!(stdout.contains("http last error:   none"), "{stdout}");
     assert_no_secrets("status", &stdout, &[&api.token]);
 }
+
+#[test]
+fn bare_names_looked_up_without_key_list() {
+    let api = Api::start();
+    let world = World::new();
+    let db_url = random_secret();
+    api.server.set_secret("DB_URL", &db_url);
+    let config = api.write_config(&world, "");
+
+    // The program's environment does not name DB_URL; the API cannot list its keys, so
+    // envproxy run has the library ask the agent for names the environment lacks.
+    let mut command = run_with_config(&world, &config, probe());
+    command
+        .env_remove("DB_URL")
+        .env_remove("ENVPROXY_LOOKUP_UNSET")
+        .args(["wait", "DB_URL"]);
+    let probe_run = run_waiting_probe(&mut command, LIMIT);
+    assert!(probe_run.status.success(), "{}", probe_run.stderr);
+    assert_eq!(
+        value_of(probe_run.printed.as_bytes(), "DB_URL").as_deref(),
+        Some(&*db_url),
+        "{}",
+        probe_run.stderr
+    );
+    assert!(contains(&probe_run.environ, "ENVPROXY_LOOKUP_UNSET=1"));
+    assert!(!contains(&probe_run.environ, "DB_URL="));
+    assert!(
+        !contains(&probe_run.environ, &db_url),
+        "the value is in the environ"
+    );
+    assert_no_secrets("stderr", &probe_run.stderr, &[&db_url, &api.token]);
+
+    // A name the API lacks is requested once, because the "not found" response is cached.
+    let mut command = run_with_config(&world, &config, probe());
+    command.env_remove("ENVPROXY_LOOKUP_UNSET").args([
+        "get",
+        "NOT_THERE",
+        "NOT_THERE",
+        "NOT_THERE",
+    ]);
+    let output = run_with_limit(&mut command, LIMIT);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        value_of(&output.stdout, "NOT_THERE").as_deref(),
+        Some("(null)")
+    );
+    assert_eq!(api.server.request_count("NOT_THERE"), 1);
+
+    // A value the user set is kept: with 0, bare names are not looked up.
+    let mut command = run_with_config(&world, &config, probe());
+    command
+        .env("ENVPROXY_LOOKUP_UNSET", "0")
+        .args(["get", "DB_URL", "ENVPROXY_LOOKUP_UNSET"]);
+    let output = run_with_limit(&mut command, LIMIT);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        value_of(&output.stdout, "DB_URL").as_deref(),
+        Some("(null)")
+    );
+    assert_eq!(
+        value_of(&output.stdout, "ENVPROXY_LOOKUP_UNSET").as_deref(),
+        Some("0")
+    );
+    assert_eq!(api.server.request_count("DB_URL"), 1);
+}
+
+#[test]
+fn status_json_names_http_backend() {
+    let api = Api::start();
+    let world = World::new();
+    let config = api.write_config(&world, "");
+    let mut command = run_with_config(&world, &config, envproxy());
+    command.args(["status", "-o", "json"]);
+    let output = run_with_limit(&mut command, LIMIT);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["backend"]["type"], "http", "{stdout}");
+    assert_eq!(status["backend"]["url"], api.server.url(), "{stdout}");
+    assert_eq!(status["backend"]["keys_listed"], false, "{stdout}");
+    assert_eq!(status["keys"], serde_json::json!([]), "{stdout}");
+    assert_no_secrets("status", &stdout, &[&api.token]);
+}

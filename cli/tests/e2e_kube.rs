@@ -278,3 +278,86 @@ fn python_reads_k8s_reference_through_os_environ() {
     assert_eq!(value("environ").as_deref(), Some("clean"));
     assert_no_secrets("stderr", &stderr, &[&password, &cluster.token]);
 }
+
+/// Writes `kubeconfig` and an agent config whose default backend is Secret `shop/app-env`,
+/// and returns the config's path.
+fn write_default_secret_config(cluster: &Cluster, world: &World) -> PathBuf {
+    std::fs::write(
+        world.path("kubeconfig"),
+        cluster.server.kubeconfig(&cluster.token),
+    )
+    .unwrap();
+    let config = world.path("agent.toml");
+    std::fs::write(
+        &config,
+        "[backend]\ntype = \"kubernetes\"\nnamespace = \"shop\"\nsecret_name = \"app-env\"\n\
+         kubeconfig = \"kubeconfig\"\n",
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn default_secret_keys_are_exported_as_references() {
+    let cluster = Cluster::start();
+    let world = World::new();
+    let config = write_default_secret_config(&cluster, &world);
+    let (db_url, api_key) = (random_secret(), random_secret());
+    cluster.put(
+        "shop",
+        "app-env",
+        &[("DB_URL", &db_url), ("API_KEY", &api_key)],
+    );
+
+    // The program's environment does not name DB_URL: envproxy run adds it from the Secret.
+    let mut command = run_probe(&world, &[OsStr::new("--config"), config.as_os_str()]);
+    command.env_remove("DB_URL").args(["wait", "DB_URL"]);
+    let probe = run_waiting_probe(&mut command, LIMIT);
+    assert!(probe.status.success(), "{}", probe.stderr);
+    assert_eq!(
+        value_of(probe.printed.as_bytes(), "DB_URL").as_deref(),
+        Some(&*db_url),
+        "{}",
+        probe.stderr
+    );
+    assert!(contains(&probe.environ, "DB_URL=envproxy:DB_URL"));
+    assert!(contains(&probe.environ, "API_KEY=envproxy:API_KEY"));
+    // The keys are listed, so no name absent from the environment is looked up.
+    assert!(!contains(&probe.environ, "ENVPROXY_LOOKUP_UNSET"));
+    for secret in [&db_url, &api_key] {
+        assert!(
+            !contains(&probe.environ, secret),
+            "a value is in the environ"
+        );
+    }
+    assert_no_secrets(
+        "stderr",
+        &probe.stderr,
+        &[&db_url, &api_key, &cluster.token],
+    );
+
+    // `envproxy status` under `envproxy run`, served by the same embedded agent.
+    let mut command = envproxy_run(
+        &world,
+        &[OsStr::new("--config"), config.as_os_str()],
+        envproxy(),
+    );
+    command
+        .env_remove("KUBECONFIG")
+        .args(["status", "-o", "json"]);
+    let output = run_with_limit(&mut command, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["keys"], json!(["API_KEY", "DB_URL"]), "{status}");
+    assert_eq!(status["backend"]["type"], "kubernetes", "{status}");
+    assert_eq!(status["backend"]["namespace"], "shop");
+    assert_eq!(status["backend"]["secret"], "app-env");
+    assert_eq!(status["backend"]["keys_loaded"], 2);
+    assert_eq!(status["backend"]["keys_listed"], true);
+    assert_no_secrets(
+        "status",
+        &String::from_utf8_lossy(&output.stdout),
+        &[&db_url, &api_key, &cluster.token],
+    );
+}

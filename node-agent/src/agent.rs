@@ -413,13 +413,37 @@ impl BoundAgent {
         self.metrics_listener.as_ref().map(MetricsListener::address)
     }
 
-    /// Returns the key names of the secrets file, sorted; empty without a secrets file.
-    pub fn key_names(&self) -> Vec<String> {
-        self.backends
-            .file
+    /// Returns the key names of the default backend, sorted, or `None` when it cannot list
+    /// them: the HTTP API has no listing, and a Kubernetes Secret that cannot be read now is
+    /// logged as a warning. Empty without a default backend.
+    ///
+    /// A Kubernetes Secret that its watch has not delivered yet is read once through the
+    /// cache, so this may wait for the API server up to the backend's `timeout_ms`.
+    pub async fn default_key_names(&self) -> Option<Vec<String>> {
+        if self.backends.http.is_some() {
+            return None;
+        }
+        if let Some(kube) = self
+            .backends
+            .kube
             .as_ref()
-            .map(FileBackend::key_names)
-            .unwrap_or_default()
+            .filter(|kube| kube.has_default_secret())
+        {
+            return match kube.default_key_names().await {
+                Ok(keys) => Some(keys),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot list the keys of the default Secret");
+                    None
+                }
+            };
+        }
+        Some(
+            self.backends
+                .file
+                .as_ref()
+                .map(FileBackend::key_names)
+                .unwrap_or_default(),
+        )
     }
 
     /// Returns the Vault backend, when configured.

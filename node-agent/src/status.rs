@@ -6,7 +6,6 @@ use std::time::Instant;
 use envproxy_proto::frame::MAX_PAYLOAD_LEN;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::FileBackend;
 use crate::handler::Backends;
 use crate::http_backend::HttpStatus;
 use crate::kube_secrets::KubeStatus;
@@ -20,7 +19,8 @@ pub struct AgentStatus {
     pub pid: u32,
     pub uptime_secs: u64,
     pub socket: PathBuf,
-    /// The secrets file, or `None` when the agent has none (it serves Vault or the HTTP API).
+    /// The default backend, which serves `envproxy:` references and bare names, or `None` when
+    /// the agent has none (it serves Vault only).
     #[serde(default)]
     pub backend: Option<BackendInfo>,
     /// The HTTP secrets backend, when configured.
@@ -39,18 +39,65 @@ pub struct AgentStatus {
     pub keys_truncated: bool,
 }
 
-/// The `backend` object of [`AgentStatus`].
+/// The `backend` object of [`AgentStatus`]: the default backend's kind, the fields that name
+/// its source, and its keys.
+///
+/// `type` is `file`, `http` or `kubernetes`. A secrets file has `path` and the reload fields;
+/// the HTTP API has `url`; a Kubernetes Secret has `namespace` and `secret`. The fields of the
+/// other kinds are left out. An `envproxy` built before the `http` and `kubernetes` kinds
+/// existed requires `path` and cannot read their status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendInfo {
     #[serde(rename = "type")]
     pub kind: String,
-    pub path: PathBuf,
+    /// The secrets file (`file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Base URL of the API (`http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Namespace of the Secret (`kubernetes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the Secret (`kubernetes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Number of keys the backend holds; 0 when it cannot list them.
     pub keys_loaded: usize,
+    /// Whether [`AgentStatus::keys`] lists the backend's keys. `false` for the HTTP API, which
+    /// has no listing, and for a Kubernetes Secret not read yet or absent; a program under
+    /// `envproxy run` then asks the agent for names absent from its environment
+    /// (`ENVPROXY_LOOKUP_UNSET=1`).
+    #[serde(default = "keys_listed_default")]
+    pub keys_listed: bool,
     /// Reason the latest change of the secrets file could not be loaded, or `None` once a load
-    /// succeeds.
+    /// succeeds (always `None` for the other kinds).
     pub last_reload_error: Option<String>,
-    /// Unix time in seconds of the last successful load.
-    pub last_reload_unix: u64,
+    /// Unix time in seconds of the last successful load of the secrets file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload_unix: Option<u64>,
+}
+
+/// Agents that send no `keys_listed` serve a secrets file, whose keys they list.
+fn keys_listed_default() -> bool {
+    true
+}
+
+impl BackendInfo {
+    /// A backend of kind `kind` without any source field set.
+    fn of_kind(kind: &str) -> BackendInfo {
+        BackendInfo {
+            kind: kind.to_string(),
+            path: None,
+            url: None,
+            namespace: None,
+            secret: None,
+            keys_loaded: 0,
+            keys_listed: false,
+            last_reload_error: None,
+            last_reload_unix: None,
+        }
+    }
 }
 
 /// The `vault` object of [`AgentStatus`]. Contains no token and no value.
@@ -188,16 +235,7 @@ impl StatusReporter {
     }
 
     pub(crate) fn status(&self) -> AgentStatus {
-        let backend = self.backends.file.as_ref().map(|file| {
-            let status = file.status();
-            BackendInfo {
-                kind: "file".to_string(),
-                path: status.path,
-                keys_loaded: status.keys_loaded,
-                last_reload_error: status.last_reload_error,
-                last_reload_unix: status.last_reload_unix,
-            }
-        });
+        let (backend, keys) = self.default_backend();
         AgentStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             mode: self.mode.to_string(),
@@ -220,13 +258,59 @@ impl StatusReporter {
                 .kube
                 .as_ref()
                 .map(|kube| KubeInfo::from(kube.status())),
-            keys: self
-                .backends
-                .file
-                .as_ref()
-                .map(FileBackend::key_names)
-                .unwrap_or_default(),
+            keys,
             keys_truncated: false,
+        }
+    }
+
+    /// Describes the backend that serves `envproxy:` references and bare names, in the order
+    /// the handler picks it (the HTTP API, a Kubernetes Secret, the secrets file), with its
+    /// key names, sorted.
+    fn default_backend(&self) -> (Option<BackendInfo>, Vec<String>) {
+        if let Some(http) = &self.backends.http {
+            let backend = BackendInfo {
+                url: Some(http.status().url),
+                ..BackendInfo::of_kind("http")
+            };
+            return (Some(backend), Vec::new());
+        }
+        if let Some(kube) = self
+            .backends
+            .kube
+            .as_ref()
+            .filter(|kube| kube.has_default_secret())
+        {
+            let status = kube.status();
+            let (namespace, secret) = status
+                .default_secret
+                .as_deref()
+                .and_then(|secret| secret.split_once('/'))
+                .map(|(namespace, secret)| (namespace.to_string(), secret.to_string()))
+                .unzip();
+            let keys = kube.cached_default_key_names();
+            let backend = BackendInfo {
+                namespace,
+                secret,
+                keys_loaded: keys.as_ref().map_or(0, Vec::len),
+                keys_listed: keys.is_some(),
+                ..BackendInfo::of_kind("kubernetes")
+            };
+            return (Some(backend), keys.unwrap_or_default());
+        }
+        match &self.backends.file {
+            Some(file) => {
+                let status = file.status();
+                let backend = BackendInfo {
+                    path: Some(status.path),
+                    keys_loaded: status.keys_loaded,
+                    keys_listed: true,
+                    last_reload_error: status.last_reload_error,
+                    last_reload_unix: Some(status.last_reload_unix),
+                    ..BackendInfo::of_kind("file")
+                };
+                (Some(backend), file.key_names())
+            }
+            None => (None, Vec::new()),
         }
     }
 
@@ -267,11 +351,11 @@ mod tests {
             uptime_secs: 2,
             socket: "/run/agent.sock".into(),
             backend: Some(BackendInfo {
-                kind: "file".into(),
-                path: "/etc/secrets.json".into(),
+                path: Some("/etc/secrets.json".into()),
                 keys_loaded: keys.len(),
-                last_reload_error: None,
-                last_reload_unix: 3,
+                keys_listed: true,
+                last_reload_unix: Some(3),
+                ..BackendInfo::of_kind("file")
             }),
             http: None,
             vault: None,
@@ -325,6 +409,72 @@ mod tests {
             .contains("HTTP 503"));
         let decoded: AgentStatus = serde_json::from_value(json).unwrap();
         assert_eq!(decoded, status);
+    }
+
+    #[test]
+    fn default_backend_objects_name_their_source() {
+        let mut status = status_with_keys(Vec::new());
+        status.backend = Some(BackendInfo {
+            url: Some("https://secrets.internal".into()),
+            ..BackendInfo::of_kind("http")
+        });
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode_within_frame(status.clone())).unwrap();
+        assert_eq!(
+            json["backend"],
+            serde_json::json!({
+                "type": "http",
+                "url": "https://secrets.internal",
+                "keys_loaded": 0,
+                "keys_listed": false,
+                "last_reload_error": null,
+            })
+        );
+        assert_eq!(serde_json::from_value::<AgentStatus>(json).unwrap(), status);
+
+        let mut status = status_with_keys(vec!["API_KEY".into(), "DB_URL".into()]);
+        status.backend = Some(BackendInfo {
+            namespace: Some("shop".into()),
+            secret: Some("app-env".into()),
+            keys_loaded: 2,
+            keys_listed: true,
+            ..BackendInfo::of_kind("kubernetes")
+        });
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode_within_frame(status.clone())).unwrap();
+        assert_eq!(json["backend"]["type"], "kubernetes");
+        assert_eq!(json["backend"]["namespace"], "shop");
+        assert_eq!(json["backend"]["secret"], "app-env");
+        assert_eq!(json["backend"]["keys_loaded"], 2);
+        assert!(json["backend"].get("path").is_none());
+        assert_eq!(json["keys"], serde_json::json!(["API_KEY", "DB_URL"]));
+        assert_eq!(serde_json::from_value::<AgentStatus>(json).unwrap(), status);
+    }
+
+    #[test]
+    fn file_backend_keeps_its_fields() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode_within_frame(status_with_keys(vec!["A".into()])))
+                .unwrap();
+        assert_eq!(
+            json["backend"],
+            serde_json::json!({
+                "type": "file",
+                "path": "/etc/secrets.json",
+                "keys_loaded": 1,
+                "keys_listed": true,
+                "last_reload_error": null,
+                "last_reload_unix": 3,
+            })
+        );
+        // An agent that predates `keys_listed` serves a secrets file, whose keys it lists.
+        let mut older = json;
+        older["backend"]
+            .as_object_mut()
+            .unwrap()
+            .remove("keys_listed");
+        let decoded: AgentStatus = serde_json::from_value(older).unwrap();
+        assert!(decoded.backend.unwrap().keys_listed);
     }
 
     #[test]

@@ -288,6 +288,19 @@ where
             .collect()
     }
 
+    /// Returns the cached entry of `key` without counting a hit, or else the last good value
+    /// kept for outages, for reports that must not wait. Walks the entries, so it suits a
+    /// status request, not every read.
+    pub(crate) fn peek(&self, key: &K) -> Option<Arc<CachedValue<V>>> {
+        let find = |cache: &Cache<K, Arc<CachedValue<V>>>| {
+            cache
+                .iter()
+                .find(|(cached, _)| **cached == *key)
+                .map(|(_, entry)| entry)
+        };
+        find(&self.fresh).or_else(|| find(&self.last_good))
+    }
+
     /// Returns the keys of the cached entries, including last good values kept for outages.
     pub(crate) fn keys(&self) -> Vec<K> {
         let mut keys: Vec<K> = self.fresh.iter().map(|(key, _)| K::clone(&key)).collect();

@@ -273,7 +273,12 @@ async fn status_reports_url_and_cache_without_token() {
     agent.get_key("A").await;
 
     let status = agent.status().await;
-    assert_eq!(status.backend, None);
+    let backend = status.backend.clone().expect("a backend object");
+    assert_eq!(backend.kind, "http");
+    assert_eq!(backend.url.as_deref(), Some(&*server.url()));
+    assert_eq!(backend.path, None);
+    assert!(!backend.keys_listed);
+    assert!(status.keys.is_empty());
     let http = status.http.clone().expect("an http object");
     assert_eq!(http.url, server.url());
     assert_eq!(http.auth, "auth_token");

@@ -479,7 +479,9 @@ async fn status_lists_key_names_without_values() {
     assert_eq!(backend.kind, "file");
     assert_eq!(backend.keys_loaded, 2);
     assert_eq!(backend.last_reload_error, None);
-    assert!(backend.path.ends_with("secrets.json"));
+    let path = backend.path.expect("the secrets file's path");
+    assert!(path.ends_with("secrets.json"), "{}", path.display());
+    assert!(backend.keys_listed);
     assert_eq!(status.vault, None);
 
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -390,3 +390,68 @@ pub fn assert_rotation_seen(
         "{name}: the new value was printed {delay:?} after the edit (TTL 1 s)"
     );
 }
+
+/// What a probe in `wait NAME` mode printed, and its `/proc/PID/environ` read while it ran.
+pub struct WaitingProbe {
+    /// The probe's stdout: `NAME=value` and `pid=PID`.
+    pub printed: String,
+    pub environ: Vec<u8>,
+    pub stderr: String,
+    pub status: std::process::ExitStatus,
+}
+
+/// Runs `command`, which starts `probe wait NAME` (directly or under `envproxy run`): reads the
+/// value and pid the probe prints, reads its `/proc/PID/environ` while it waits on stdin, then
+/// closes stdin so that it ends. Kills the command when the probe prints nothing within `limit`.
+pub fn run_waiting_probe(command: &mut Command, limit: Duration) -> WaitingProbe {
+    use std::io::BufRead;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the probe");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + limit;
+    let mut printed = String::new();
+    while !printed.contains("pid=") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                printed.push_str(&line);
+                printed.push('\n');
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("collect output");
+                panic!(
+                    "the probe printed no pid within {limit:?}: {printed} stderr: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
+    let pid: u32 = value_of(printed.as_bytes(), "pid")
+        .and_then(|pid| pid.parse().ok())
+        .expect("the probe prints its pid");
+    let environ = environ_of(pid);
+    drop(child.stdin.take());
+    let output = child.wait_with_output().expect("wait for the command");
+    WaitingProbe {
+        printed,
+        environ,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        status: output.status,
+    }
+}

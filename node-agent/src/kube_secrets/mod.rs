@@ -268,6 +268,36 @@ impl KubeSecrets {
             .await
     }
 
+    /// Returns the key names of the default Secret, sorted, reading it through the cache when
+    /// its watch has not delivered it yet.
+    pub async fn default_key_names(&self) -> Result<Vec<String>, KubeSecretError> {
+        let connection = self.connection().await?;
+        let Some(name) = self.inner.settings.secret_name.as_deref() else {
+            return Err(KubeSecretError::Client {
+                reason: "no default Secret is configured ([backend] secret_name)".to_string(),
+            });
+        };
+        let namespace = self.default_namespace(connection);
+        let data = self.read_secret(connection, None, &namespace, name).await?;
+        Ok(data.0.keys().cloned().collect())
+    }
+
+    /// Returns the key names of the default Secret, sorted, when its data is cached; `None`
+    /// before the first read or watch event, or while the Secret does not exist. Sends no
+    /// request, so a status request never waits for the API server.
+    pub fn cached_default_key_names(&self) -> Option<Vec<String>> {
+        let connection = self.inner.connection.get()?;
+        let name = self.inner.settings.secret_name.as_ref()?;
+        let key = SecretKey {
+            identity: Arc::clone(&connection.identity),
+            namespace: self.default_namespace(connection),
+            name: name.clone(),
+        };
+        let entry = self.inner.cache.peek(&key)?;
+        let data = entry.value.as_ref()?;
+        Some(data.0.keys().cloned().collect())
+    }
+
     /// Reads one key through the cache.
     async fn read(
         &self,
@@ -277,6 +307,27 @@ impl KubeSecrets {
         name: &str,
         key: &str,
     ) -> Result<SecretBytes, KubeSecretError> {
+        let data = self
+            .read_secret(connection, bearer, namespace, name)
+            .await?;
+        match data.0.get(key) {
+            Some(value) => Ok(SecretBytes::new(value.expose_secret().to_vec())),
+            None => Err(KubeSecretError::KeyNotFound {
+                namespace: namespace.to_string(),
+                secret: name.to_string(),
+                key: key.to_string(),
+            }),
+        }
+    }
+
+    /// Reads Secret `namespace/name` through the cache.
+    async fn read_secret(
+        &self,
+        connection: &Connection,
+        bearer: Option<&PodBearer>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Arc<SecretData>, KubeSecretError> {
         let identity: Arc<str> = match bearer {
             Some(bearer) => Arc::from(bearer.identity.as_str()),
             None => Arc::clone(&connection.identity),
@@ -307,20 +358,13 @@ impl KubeSecrets {
             fetched
         };
         let entry = inner.cache.get_or_fetch(&cache_key, fetch).await?;
-        let Some(data) = entry.value.as_ref() else {
-            return Err(KubeSecretError::SecretNotFound {
+        entry
+            .value
+            .clone()
+            .ok_or_else(|| KubeSecretError::SecretNotFound {
                 namespace: namespace.to_string(),
                 secret: name.to_string(),
-            });
-        };
-        match data.0.get(key) {
-            Some(value) => Ok(SecretBytes::new(value.expose_secret().to_vec())),
-            None => Err(KubeSecretError::KeyNotFound {
-                namespace: namespace.to_string(),
-                secret: name.to_string(),
-                key: key.to_string(),
-            }),
-        }
+            })
     }
 
     pub fn status(&self) -> KubeStatus {
