@@ -275,6 +275,10 @@ impl Checker<'_> {
         }
         let name = file_name(&command[0]);
         let arguments = &command[1..];
+        // NOTE: the NAME=VALUE settings and `-u NAME` of `env` are skipped, not applied, so
+        // `env ENVPROXY_ENABLED=0 prog` or `env -u LD_PRELOAD prog` is judged as if they were
+        // absent and can be called resolved while the program reads references; `-C DIR`
+        // makes `env` itself the judged program.
         if name == "env" {
             if let Some(inner) = program::parse_env_arguments(arguments) {
                 if !inner.command.is_empty() {
@@ -343,6 +347,8 @@ impl Checker<'_> {
             return self.command(&interpreter, &next, depth + 1);
         }
 
+        // NOTE: the whole file is read into memory, though only its headers and a few sections
+        // are needed; a file of several GB costs as much memory.
         let data = std::fs::read(path)
             .map_err(|err| CheckError::new(format!("{}: cannot read: {err}", path.display())))?;
         let facts = elf::read(&data).map_err(|reason| {
