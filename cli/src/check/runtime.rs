@@ -9,7 +9,7 @@ use super::{Settings, Verdict};
 
 /// Hook file that makes the library prepend `hooks/python` to `PYTHONPATH`.
 const PYTHON_HOOK: &str = "python/sitecustomize.py";
-/// Hook file that makes the library add `-javaagent:` to `JAVA_TOOL_OPTIONS`.
+/// Hook file that makes the library add `-agentpath:` to `JAVA_TOOL_OPTIONS`.
 const JAVA_HOOK: &str = "java/envproxy-javaagent.jar";
 /// Hook file that makes the library add `-I<hooks>/perl -MEnvProxy::Hook` to `PERL5OPT`.
 const PERL_HOOK: &str = "perl/EnvProxy/Hook.pm";
@@ -165,6 +165,9 @@ fn java(
 /// Oldest Java release the Java hook runs on: it is compiled with `javac --release 17`.
 const JAVA_HOOK_MIN_RELEASE: u32 = 17;
 
+/// NOTE: the library now loads the Java hook as a JVMTI agent (`-agentpath`), which needs no
+/// `java.instrument`, so a runtime without it does resolve; this check still calls it
+/// references only.
 /// Returns why the Java runtime of the launcher `java` (`<java.home>/bin/java`) cannot load
 /// the Java hook. A `jlink` image without `java.instrument` has no `lib/libinstrument.so` and
 /// loads no javaagent. The `release` file names the Java version.
