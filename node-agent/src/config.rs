@@ -188,14 +188,7 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let path = std::path::absolute(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let text = fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let (path, text) = read_config_file(path)?;
         let mut config = Config::parse(&text, &path)?;
         config.source = Some(path);
         Ok(config)
@@ -233,20 +226,7 @@ impl Config {
         environment: &VaultEnvironment,
         node_name: Option<String>,
     ) -> Result<Config, ConfigError> {
-        let table: Table = text.parse().map_err(|err: toml::de::Error| {
-            // The Display form of a TOML error quotes the offending source line, so only the
-            // message and the position are kept.
-            let (line, column) = err
-                .span()
-                .map(|span| line_and_column(text, span.start))
-                .unwrap_or((1, 1));
-            ConfigError::Syntax {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: err.message().to_string(),
-            }
-        })?;
+        let table = parse_table(text, path)?;
         let base = path.parent().unwrap_or(Path::new("/"));
         let mut reader = TableReader {
             path,
@@ -751,6 +731,37 @@ fn describe_type(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Table(_) => "a table",
     }
+}
+
+/// Reads the config file at `path` and returns its absolute path with its text.
+pub(crate) fn read_config_file(path: &Path) -> Result<(PathBuf, String), ConfigError> {
+    let path = std::path::absolute(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let text = fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((path, text))
+}
+
+/// Parses config text read from `path` as a TOML table.
+pub(crate) fn parse_table(text: &str, path: &Path) -> Result<Table, ConfigError> {
+    text.parse().map_err(|err: toml::de::Error| {
+        // The Display form of a TOML error quotes the offending source line, so only the
+        // message and the position are kept.
+        let (line, column) = err
+            .span()
+            .map(|span| line_and_column(text, span.start))
+            .unwrap_or((1, 1));
+        ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: err.message().to_string(),
+        }
+    })
 }
 
 /// Converts a byte offset into `text` to a 1-based line and column (counted in characters).

@@ -3,13 +3,12 @@
 //! `token_audience` and `vault_addr_allowlist`). The keys are listed in
 //! [`crate::webhook::settings`].
 
-use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
 use toml::Table;
 
-use super::{line_and_column, ConfigError, TableReader};
+use super::{parse_table, read_config_file, ConfigError, TableReader};
 use crate::node::settings::NodeSettings;
 use crate::vault::VaultEnvironment;
 use crate::webhook::settings::{WebhookSettings, MAX_TOKEN_EXPIRATION, MIN_TOKEN_EXPIRATION};
@@ -17,14 +16,7 @@ use crate::webhook::settings::{WebhookSettings, MAX_TOKEN_EXPIRATION, MIN_TOKEN_
 impl WebhookSettings {
     /// Reads and validates the webhook's keys of the config file at `path`.
     pub fn load(path: &Path) -> Result<WebhookSettings, ConfigError> {
-        let path = std::path::absolute(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let text = fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let (path, text) = read_config_file(path)?;
         let mut settings = WebhookSettings::parse(&text, &path)?;
         settings.source = Some(path);
         Ok(settings)
@@ -33,18 +25,7 @@ impl WebhookSettings {
     /// Validates the webhook's keys of config text read from `path`. Relative paths are
     /// resolved against the directory of `path`.
     pub fn parse(text: &str, path: &Path) -> Result<WebhookSettings, ConfigError> {
-        let table: Table = text.parse().map_err(|err: toml::de::Error| {
-            let (line, column) = err
-                .span()
-                .map(|span| line_and_column(text, span.start))
-                .unwrap_or((1, 1));
-            ConfigError::Syntax {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: err.message().to_string(),
-            }
-        })?;
+        let table = parse_table(text, path)?;
         let environment = VaultEnvironment::default();
         let mut reader = TableReader {
             path,
