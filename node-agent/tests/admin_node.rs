@@ -763,8 +763,6 @@ async fn metrics_count_pod_requests_and_relists() {
     add_pod(&node, &mut cgroups, "metrics-b");
     node.kube.compact();
     node.kube.set_unavailable(false);
-    // NOTE: in one full run of scripts/test.sh this wait timed out (the relist had not come
-    // after 20 s), while the file alone passed in every run; the cause is not known.
     // The watch retries with a backoff that doubles through the outage. The relist may then
     // come up to about twice the outage after it ends, and a slow machine stretches the outage.
     let wait = WAIT + outage.elapsed() * 2;

@@ -147,9 +147,12 @@ impl WatchStream {
         let period = self.bookmark_interval.unwrap_or(Duration::MAX / 4);
         let mut bookmarks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
+            // `closed` is polled first, so a change made after the close (while the server is
+            // unavailable) reaches clients only through a later list or a resumed watch.
             let line = tokio::select! {
-                _ = &mut deadline => break,
+                biased;
                 _ = self.closed.changed() => break,
+                _ = &mut deadline => break,
                 _ = self.sender.closed() => break,
                 _ = bookmarks.tick(), if self.bookmark_interval.is_some() => {
                     Some(bookmark_line(self.filter.kind.name(), self.progress))

@@ -341,7 +341,10 @@ async fn unavailable_server_returns_503_and_closes_watches() {
     let mut events = WatchReader::new(api.watch(&format!("{NODE_A_PODS}&watch=true")).await);
 
     server.set_unavailable(true);
-    assert!(events.next().await.is_none(), "open watch ends");
+    // A change made while the server is unavailable must not reach a watch it closed.
+    server.apply_pod(pod("prod", "web-0", "node-a")).unwrap();
+    let after_close = events.next().await;
+    assert!(after_close.is_none(), "open watch ends: {after_close:?}");
     let reply = api.get(NODE_A_PODS).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.body["reason"], "ServiceUnavailable");
