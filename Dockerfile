@@ -29,18 +29,21 @@ RUN cargo build --release --locked -p envproxy-agent -p envproxy-cli -p envproxy
         -p envproxy-java-hook \
     && test -f hooks/java/envproxy-javaagent.jar
 
-# The musl build of the library is made on Alpine, a musl host. Rust's musl target links
-# statically by default, but a preloaded library must use the process's own dynamic musl libc,
-# so static linking is turned off. The library then needs libgcc_s.so.1 (for unwinding, which
-# catches panics before they cross into the host program): musl images need `apk add libgcc`.
-FROM docker.io/library/rust:${RUST_VERSION}-alpine AS build-musl
-RUN apk add --no-cache musl-dev
+# The musl build of the library, for Alpine and other musl images. A preloaded library must use
+# the process's own dynamic musl libc, so scripts/build-musl.sh turns static linking off, links
+# with musl-gcc, and takes the unwinder (which catches panics before they cross into the host
+# program) from Rust's static libunwind: the library needs nothing but musl's libc.
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build-musl
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends musl-tools \
+    && rm -rf /var/lib/apt/lists/* \
+    && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
 ENV CARGO_INCREMENTAL=0 \
     SOURCE_DATE_EPOCH=0 \
-    RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo -C target-feature=-crt-static"
-RUN cargo build --release --locked -p envproxy-preload
+    RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo"
+RUN scripts/build-musl.sh --release
 
 # distroless/cc has glibc and libgcc, which envproxy-agent needs, and no shell. Its default user
 # is nonroot (65532), which the webhook runs as; the agent's DaemonSet sets runAsUser 0 because
@@ -49,7 +52,7 @@ FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /src/target/release/envproxy-agent /usr/bin/envproxy-agent
 COPY --from=build /src/target/release/envproxy /usr/bin/envproxy
 COPY --from=build /src/target/release/libenvproxy.so /usr/lib/envproxy/lib/libenvproxy.so
-COPY --from=build-musl /src/target/release/libenvproxy.so /usr/lib/envproxy/lib/musl/libenvproxy.so
+COPY --from=build-musl /src/target/x86_64-unknown-linux-musl/release/libenvproxy.so /usr/lib/envproxy/lib/musl/libenvproxy.so
 # NOTE: one COPY per runtime hook under hooks/. A hook added to the repository needs its own line
 # here, or the agent does not install it on the nodes (the deployment test checks this). hooks/go
 # is a Go module that programs build in, so nothing of it is installed.

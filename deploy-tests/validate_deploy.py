@@ -480,9 +480,14 @@ def dockerfile_stages(dockerfile: str) -> list[dict]:
 
 
 def built_packages(run: str, workspace: dict[str, set[str]]) -> set[str]:
-    """Return the packages that the `cargo build` commands of one RUN build."""
+    """Return the packages that the `cargo build` commands of one RUN build, including those of
+    the repository's scripts that it runs."""
+    commands = [run]
+    for script in re.findall(r"(?<![\w/])(?:\./)?(scripts/[\w.-]+\.sh)\b", run):
+        if (ROOT / script).is_file():
+            commands.append(re.sub(r"\\\n", " ", (ROOT / script).read_text()))
     packages = set()
-    for command in re.findall(r"cargo build\b[^&;|]*", run):
+    for command in re.findall(r"cargo build\b[^&;|\n]*", "\n".join(commands)):
         named = re.findall(r"(?:-p|--package)[ =]([A-Za-z0-9_-]+)", command)
         if named:
             packages.update(named)

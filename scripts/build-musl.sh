@@ -45,8 +45,11 @@ echo "INPUT($unwind)" >"$shim/libgcc_s.so"
 
 release=()
 [[ "$profile" == release ]] && release=(--release)
-CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=musl-gcc \
-    CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=-crt-static -C link-arg=-L$shim" \
+# Cargo ignores the target's flags when RUSTFLAGS is set, so the caller's RUSTFLAGS (such as
+# --remap-path-prefix) are moved into them.
+env -u RUSTFLAGS \
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=musl-gcc \
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=-crt-static -C link-arg=-L$shim" \
     cargo build -p envproxy-preload --target "$target" ${release[@]+"${release[@]}"} >&2
 
 echo "$target_dir/$target/$profile/libenvproxy.so"
