@@ -14,9 +14,8 @@ ARG RUST_VERSION=1.95
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 # javac and jar for the Java hook: the build script of envproxy-java-hook (hooks/java/build.rs)
 # compiles it with `javac --release 17` and writes hooks/java/envproxy-javaagent.jar. Without a
-# JDK that script only warns, so the build checks that the jar exists.
-# NOTE: hooks/java/build.rs does not pass `jar --date`, so the jar's entries carry the times at
-# which the classes were compiled and the jar is not byte-for-byte reproducible.
+# JDK that script only warns, so the build checks that the jar exists. SOURCE_DATE_EPOCH below
+# also fixes the times of the jar's entries.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jdk-headless \
     && rm -rf /var/lib/apt/lists/*

@@ -22,6 +22,7 @@ fn main() {
     // NOTE: the installed jar is not watched, because the copy written below would make every
     // build run this script again. After deleting it, `touch hooks/java/MANIFEST.MF` rebuilds it.
     println!("cargo:rerun-if-env-changed=JAVA_HOME");
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
 
     let (Some(javac), Some(jar)) = (jdk_tool("javac"), jdk_tool("jar")) else {
         let problem = "no JDK found (javac and jar in JAVA_HOME/bin or on PATH), so the Java \
@@ -48,15 +49,29 @@ fn main() {
 
     let built = out_dir.join(JAR_FILE_NAME);
     let _ = fs::remove_file(&built);
-    run(Command::new(&jar)
-        .arg("--create")
+    let mut pack = Command::new(&jar);
+    pack.arg("--create")
         .arg("--file")
         .arg(&built)
         .arg("--manifest")
-        .arg(&manifest)
-        .arg("-C")
-        .arg(&classes)
-        .arg("."));
+        .arg(&manifest);
+    // With SOURCE_DATE_EPOCH, every entry carries that time instead of the time of this build,
+    // so the same commit gives the same jar.
+    if let Some(epoch) = env::var_os("SOURCE_DATE_EPOCH") {
+        match epoch
+            .to_str()
+            .and_then(|text| text.trim().parse::<i64>().ok())
+        {
+            Some(seconds) => {
+                pack.arg(format!("--date={}", zip_timestamp(seconds)));
+            }
+            None => println!(
+                "cargo:warning=SOURCE_DATE_EPOCH={epoch:?} is not a number of seconds, so the \
+                 Java hook jar carries the build time"
+            ),
+        }
+    }
+    run(pack.arg("-C").arg(&classes).arg("."));
 
     // Written under another name and renamed, so a JVM starting meanwhile never opens half a jar.
     let staging = crate_dir.join(format!(".{JAR_FILE_NAME}.{}", std::process::id()));
@@ -66,6 +81,38 @@ fn main() {
         "cargo:rustc-env=ENVPROXY_JAVA_HOOK_JAR={}",
         installed.display()
     );
+}
+
+/// Formats `seconds` since 1970 as the UTC time `jar --date` takes, such as
+/// `2023-11-14T22:13:20Z`. Zip entries cannot hold times outside 1980 to 2099, which `jar`
+/// rejects, so earlier and later times are moved to the nearest end (`SOURCE_DATE_EPOCH=0` gives
+/// 1980-01-01T00:00:02Z).
+fn zip_timestamp(seconds: i64) -> String {
+    const EARLIEST: i64 = 315_532_802; // 1980-01-01T00:00:02Z
+    const LATEST: i64 = 4_102_444_799; // 2099-12-31T23:59:59Z
+    let seconds = seconds.clamp(EARLIEST, LATEST);
+    let (days, time) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Days since 1970-01-01 to a Gregorian date, counted in 400-year eras from 0000-03-01.
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        time / 3600,
+        time / 60 % 60,
+        time % 60
+    )
 }
 
 /// Returns `JAVA_HOME/bin/<tool>` when it exists, else `<tool>` when it runs from `PATH`.
