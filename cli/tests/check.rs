@@ -581,7 +581,7 @@ fn java_program_needs_java_hook() {
     assert_eq!(checked.verdict, "resolved");
     assert!(checked.mentions("JAVA_TOOL_OPTIONS"), "{}", checked.text());
 
-    // The library accepts 1, true and yes in any case; anything else leaves the hook on.
+    // The library accepts 1, true and yes in any case. Anything else leaves the hook on.
     for value in ["1", "true", "YES"] {
         let mut command = check_command(&hooks);
         command.env("ENVPROXY_NO_JAVA", value);
@@ -993,6 +993,8 @@ fn env_split_string_is_followed_or_rejected() {
 
 /// Runs `command` and returns its exit status and maximum resident set size in KiB, read with
 /// `wait4` for that child alone.
+// wait4 reaps the child, which `Child::wait` cannot do while returning its rusage.
+#[allow(clippy::zombie_processes)]
 fn run_measuring_rss(command: &mut Command) -> (i32, i64, String) {
     let child = command
         .stdout(Stdio::piped())

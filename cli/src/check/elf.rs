@@ -10,9 +10,9 @@ use std::io::Read;
 use std::path::Path;
 
 use object::elf;
-use object::read::elf::{Dyn, FileHeader, ProgramHeader, SectionHeader, SectionTable, Sym};
+use object::read::elf::{Dyn, FileHeader, ProgramHeader, SectionHeader, SectionTable};
 use object::read::ReadCache;
-use object::{Endianness, FileKind, ReadRef};
+use object::{Endianness, FileKind, ReadRef, SectionIndex};
 
 /// Largest section or segment read whole (the `PT_INTERP` path, the dynamic section, the symbol
 /// table). A larger one is treated as absent for the optional facts, because reading it would
@@ -231,8 +231,8 @@ where
     let mut needed = Vec::new();
     let mut is_pie = false;
     for entry in entries {
-        match entry.d_tag(endian).into() as i64 {
-            tag if tag == i64::from(elf::DT_NEEDED) => {
+        match entry.d_tag(endian).into() {
+            tag if tag == elf::DT_NEEDED => {
                 let name = entry.string(endian, strings)?;
                 needed.push(String::from_utf8_lossy(name).into_owned());
             }
@@ -245,7 +245,9 @@ where
     Ok((needed, is_pie))
 }
 
-/// Returns whether the symbol table (`SHT_SYMTAB`, absent from stripped files) defines `name`.
+/// Returns whether the string table of the symbol table (`SHT_SYMTAB`, absent from stripped
+/// files) contains `name`. The table is read in one range, which costs less memory than
+/// looking up the name of each symbol.
 fn defines_symbol<'data, Elf, R>(
     sections: &SectionTable<'data, Elf, R>,
     endian: Endianness,
@@ -256,20 +258,27 @@ where
     Elf: FileHeader<Endian = Endianness>,
     R: ReadRef<'data>,
 {
-    let too_large = sections.iter().any(|section| {
-        section.sh_type(endian) == elf::SHT_SYMTAB
-            && section.sh_size(endian).into() > MAX_TABLE_SIZE
-    });
-    if too_large {
-        return false;
-    }
-    let Ok(symbols) = sections.symbols(endian, data, elf::SHT_SYMTAB) else {
+    let Some(symbols) = sections
+        .iter()
+        .find(|section| section.sh_type(endian) == elf::SHT_SYMTAB)
+    else {
         return false;
     };
-    let strings = symbols.strings();
-    symbols
-        .iter()
-        .any(|symbol| symbol.name(endian, strings) == Ok(name))
+    let Ok(strings) = sections.section(SectionIndex(symbols.sh_link(endian) as usize)) else {
+        return false;
+    };
+    let size: u64 = strings.sh_size(endian).into();
+    if size > MAX_TABLE_SIZE {
+        return false;
+    }
+    let Ok(table) = data.read_bytes_at(strings.sh_offset(endian).into(), size) else {
+        return false;
+    };
+    let mut entry = Vec::with_capacity(name.len() + 2);
+    entry.push(0);
+    entry.extend_from_slice(name);
+    entry.push(0);
+    find(table, &entry).is_some()
 }
 
 /// Import path of the EnvProxy Go module.
@@ -394,6 +403,23 @@ mod tests {
     fn truncated_elf_is_invalid() {
         let error = read(&b"\x7fELF\x02\x01\x01\0\0\0"[..]).unwrap_err();
         assert!(error.contains("not a valid ELF file"), "{error}");
+    }
+
+    #[test]
+    fn symbol_names_found_in_string_table() {
+        let file = File::open(std::env::current_exe().unwrap()).unwrap();
+        let cache = ReadCache::new(file);
+        let header = elf::FileHeader64::<Endianness>::parse(&cache).unwrap();
+        let endian = header.endian().unwrap();
+        let sections = header.sections(endian, &cache).unwrap();
+
+        assert!(defines_symbol(&sections, endian, &cache, b"main"));
+        assert!(!defines_symbol(
+            &sections,
+            endian,
+            &cache,
+            b"envproxy.no.such.symbol"
+        ));
     }
 
     #[test]

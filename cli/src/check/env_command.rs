@@ -7,8 +7,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use super::CheckError;
 
-/// What `env [OPTION]... [-] [NAME=VALUE]... [COMMAND [ARG]...]` does before it starts COMMAND,
-/// in the order `env` applies it: clear, unset, assign, change directory.
+/// The changes that `env [OPTION]... [-] [NAME=VALUE]... [COMMAND [ARG]...]` makes before it
+/// starts COMMAND, in the order `env` applies them: clear, unset, assign, change directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnvCommand {
     /// `-i`, `--ignore-environment` or a lone `-`: start from an empty environment.
@@ -17,9 +17,9 @@ pub struct EnvCommand {
     pub unset: Vec<OsString>,
     /// The `NAME=VALUE` words.
     pub assignments: Vec<(OsString, OsString)>,
-    /// The directory of `-C DIR` or `--chdir=DIR`; the last one given counts.
+    /// The directory of `-C DIR` or `--chdir=DIR`. The last one given counts.
     pub directory: Option<OsString>,
-    /// The program and its arguments; empty when `env` only prints the environment.
+    /// The program and its arguments, empty when `env` only prints the environment.
     pub command: Vec<OsString>,
 }
 

@@ -373,7 +373,7 @@ impl Checker {
         self.command(&next, &inner.command, depth + 1)
     }
 
-    /// Returns `path` as the program judged next sees it: relative paths start at the
+    /// Returns `path` as the program judged next opens it: relative paths start at the
     /// directory of `env -C`.
     fn in_directory(&self, path: &Path) -> PathBuf {
         program::in_directory(path, self.directory.as_deref())
