@@ -9,7 +9,7 @@ use envproxy_proto::reference::LOCAL_SCHEME;
 
 /// Variable that contains the agent socket path, read by the library and the CLI.
 pub const SOCKET_VARIABLE: &str = "ENVPROXY_SOCKET";
-const PRELOAD_VARIABLE: &str = "LD_PRELOAD";
+pub const PRELOAD_VARIABLE: &str = "LD_PRELOAD";
 /// Variable that makes the library ask the agent for names absent from the environment.
 const LOOKUP_UNSET_VARIABLE: &str = "ENVPROXY_LOOKUP_UNSET";
 /// Prefix of the variables that configure EnvProxy itself; the library never resolves them.
@@ -113,7 +113,7 @@ impl ChildEnvironment {
 /// Returns `existing` with `library` appended, separated by a space. The dynamic loader splits
 /// `LD_PRELOAD` at spaces and colons, so an entry equal to `library` in either form counts as
 /// present.
-fn append_preload(existing: Option<&OsStr>, library: &Path) -> OsString {
+pub fn append_preload(existing: Option<&OsStr>, library: &Path) -> OsString {
     let library = library.as_os_str().as_bytes();
     let Some(existing) = existing.filter(|value| !value.is_empty()) else {
         return OsString::from_vec(library.to_vec());

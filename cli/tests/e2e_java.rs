@@ -306,16 +306,19 @@ fn java_hook_disabled_leaves_reference() {
     for jdk in jdks() {
         let world = World::new();
         let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
-        let output = run_java(
-            java_command(&secrets, &jdk, &["read", "API_TOKEN"]).env("ENVPROXY_NO_JAVA", "1"),
-            &jdk,
-        );
-        assert_eq!(
-            value_of(&output.stdout, "getenv").as_deref(),
-            Some("envproxy:API_TOKEN"),
-            "{}",
-            jdk.label
-        );
+        // The values that turn a hook switch on, as envproxy check reads them too.
+        for value in ["1", "true", "YES"] {
+            let output = run_java(
+                java_command(&secrets, &jdk, &["read", "API_TOKEN"]).env("ENVPROXY_NO_JAVA", value),
+                &jdk,
+            );
+            assert_eq!(
+                value_of(&output.stdout, "getenv").as_deref(),
+                Some("envproxy:API_TOKEN"),
+                "{} with ENVPROXY_NO_JAVA={value}",
+                jdk.label
+            );
+        }
     }
 }
 

@@ -112,16 +112,18 @@ fn perl_hook_disabled_leaves_reference() {
     require_program("perl", "perl");
     let world = World::new();
     let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
-    let output = run_with_limit(
-        perl_command(&secrets, "API_TOKEN").env("ENVPROXY_NO_PERL", "1"),
-        LIMIT,
-    );
-    assert_eq!(
-        value_of(&output.stdout, "parent.API_TOKEN").as_deref(),
-        Some("envproxy:API_TOKEN"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    for value in ["1", "true", "YES"] {
+        let output = run_with_limit(
+            perl_command(&secrets, "API_TOKEN").env("ENVPROXY_NO_PERL", value),
+            LIMIT,
+        );
+        assert_eq!(
+            value_of(&output.stdout, "parent.API_TOKEN").as_deref(),
+            Some("envproxy:API_TOKEN"),
+            "ENVPROXY_NO_PERL={value}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 #[test]

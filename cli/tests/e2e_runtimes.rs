@@ -162,16 +162,19 @@ fn python_hook_disabled_leaves_reference() {
     require("python3");
     let world = World::new();
     let secrets = world.write_secrets(&[("API_TOKEN", "value")]);
-    let output = run_with_limit(
-        run_command(&secrets, "python3")
-            .env("ENVPROXY_NO_PYTHON", "1")
-            .args(["-c", PYTHON_SELF_CHECK, "API_TOKEN"]),
-        LIMIT,
-    );
-    assert_eq!(
-        value_of(&output.stdout, "API_TOKEN").as_deref(),
-        Some("envproxy:API_TOKEN")
-    );
+    for value in ["1", "true", "Yes"] {
+        let output = run_with_limit(
+            run_command(&secrets, "python3")
+                .env("ENVPROXY_NO_PYTHON", value)
+                .args(["-c", PYTHON_SELF_CHECK, "API_TOKEN"]),
+            LIMIT,
+        );
+        assert_eq!(
+            value_of(&output.stdout, "API_TOKEN").as_deref(),
+            Some("envproxy:API_TOKEN"),
+            "ENVPROXY_NO_PYTHON={value}"
+        );
+    }
 }
 
 /// Node.js code that prints the value, checks its own environ, then spawns a child with a

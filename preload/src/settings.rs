@@ -37,11 +37,11 @@ pub struct Settings {
     pub lookup_unset: bool,
     /// `ENVPROXY_SOCKET`, else the per-user default of the local agent.
     pub socket: PathBuf,
-    /// `ENVPROXY_NO_PYTHON=1` skips the Python hook.
+    /// `ENVPROXY_NO_PYTHON` set to `1`, `true` or `yes` (any case) skips the Python hook.
     pub no_python: bool,
-    /// `ENVPROXY_NO_JAVA=1` skips the Java hook.
+    /// `ENVPROXY_NO_JAVA` set to `1`, `true` or `yes` (any case) skips the Java hook.
     pub no_java: bool,
-    /// `ENVPROXY_NO_PERL=1` skips the Perl hook.
+    /// `ENVPROXY_NO_PERL` set to `1`, `true` or `yes` (any case) skips the Perl hook.
     pub no_perl: bool,
 }
 
@@ -64,9 +64,9 @@ impl Settings {
             on_error: on_error(),
             lookup_unset: flag(c"ENVPROXY_LOOKUP_UNSET"),
             socket: socket_path(),
-            no_python: flag(c"ENVPROXY_NO_PYTHON"),
-            no_java: flag(c"ENVPROXY_NO_JAVA"),
-            no_perl: flag(c"ENVPROXY_NO_PERL"),
+            no_python: switch(c"ENVPROXY_NO_PYTHON"),
+            no_java: switch(c"ENVPROXY_NO_JAVA"),
+            no_perl: switch(c"ENVPROXY_NO_PERL"),
         }
     }
 }
@@ -83,6 +83,13 @@ pub fn read(name: &CStr) -> Option<String> {
 
 fn flag(name: &CStr) -> bool {
     read(name).as_deref() == Some("1")
+}
+
+/// Reads a hook switch, which `envproxy check` reads with the same [`is_switch_on`].
+///
+/// [`is_switch_on`]: envproxy_proto::is_switch_on
+fn switch(name: &CStr) -> bool {
+    read(name).is_some_and(|value| envproxy_proto::is_switch_on(&value))
 }
 
 fn number(name: &str, default: u64) -> u64 {

@@ -1,8 +1,25 @@
 //! The facts about an ELF file that decide whether `LD_PRELOAD` reaches the program.
+//!
+//! The file is read in ranges, through [`ReadCache`]: the ELF header, the program and section
+//! headers, the dynamic section and the few sections and strings named below. A file of
+//! several GB costs no more memory than a small one, except for a Go program, whose bytes are
+//! searched in chunks of [`SEARCH_CHUNK`].
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
 
 use object::elf;
-use object::read::elf::{Dyn, ElfFile, FileHeader, ProgramHeader};
-use object::{Endianness, Object, ObjectSymbol};
+use object::read::elf::{Dyn, FileHeader, ProgramHeader, SectionHeader, SectionTable};
+use object::read::ReadCache;
+use object::{Endianness, FileKind, ReadRef, SectionIndex};
+
+/// Largest section or segment read whole (the `PT_INTERP` path, the dynamic section, the symbol
+/// table). A larger one is treated as absent for the optional facts, because reading it would
+/// cost its size in memory.
+const MAX_TABLE_SIZE: u64 = 64 << 20;
+/// Size of each read when the whole file is searched for bytes.
+const SEARCH_CHUNK: usize = 1 << 20;
 
 /// The C library a dynamically linked file was built for, from its loader or its `DT_NEEDED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +46,10 @@ pub struct ElfFacts {
     pub is_64: bool,
     /// `e_machine`, such as `EM_X86_64`.
     pub machine: u16,
+    /// `e_type`, such as `ET_EXEC` or `ET_DYN`.
+    pub file_type: u16,
+    /// `DF_1_PIE` is set in `DT_FLAGS_1`: a position-independent executable, not a library.
+    pub is_pie: bool,
     /// The dynamic loader named by `PT_INTERP`; `None` for a static executable.
     pub interpreter: Option<String>,
     /// The libraries of `DT_NEEDED`.
@@ -65,6 +86,32 @@ impl ElfFacts {
         Libc::Unknown
     }
 
+    /// Returns whether the file is a static-pie executable: `ET_DYN` without `PT_INTERP`, marked
+    /// `DF_1_PIE`, which the kernel runs and which relocates itself.
+    pub fn is_static_pie(&self) -> bool {
+        self.file_type == elf::ET_DYN && self.interpreter.is_none() && self.is_pie
+    }
+
+    /// Returns why the kernel does not run the file as a program, or `None` for an executable.
+    pub fn not_a_program(&self) -> Option<String> {
+        match self.file_type {
+            elf::ET_EXEC => None,
+            elf::ET_DYN if self.interpreter.is_some() || self.is_pie => None,
+            elf::ET_DYN => Some(
+                "is a shared library (ELF type ET_DYN without PT_INTERP or DF_1_PIE), not a \
+                 program the kernel runs directly; check the program that loads it"
+                    .to_string(),
+            ),
+            elf::ET_REL => Some(
+                "is an object file (ELF type ET_REL), not a program; check the program linked \
+                 from it"
+                    .to_string(),
+            ),
+            elf::ET_CORE => Some("is a core dump (ELF type ET_CORE), not a program".to_string()),
+            other => Some(format!("is an ELF file of type {other}, not a program")),
+        }
+    }
+
     /// Returns a short name of the architecture, such as `x86-64`.
     pub fn architecture(&self) -> String {
         let name = match self.machine {
@@ -82,28 +129,53 @@ impl ElfFacts {
     }
 }
 
-/// Reads the facts of an ELF file, or returns why `data` is not one.
-pub fn read(data: &[u8]) -> Result<ElfFacts, String> {
-    if !data.starts_with(&elf::ELFMAG) {
+/// Reads the facts of the ELF file `path`, or returns why it is not one.
+pub fn read_file(path: &Path) -> Result<ElfFacts, String> {
+    let file = File::open(path).map_err(|err| format!("it cannot be opened: {err}"))?;
+    let cache = ReadCache::new(file);
+    let mut facts = read(&cache)?;
+    if facts.is_go {
+        facts.has_envproxy_go_module = file_calls_envproxy_go_module(path)
+            .map_err(|err| format!("it cannot be read: {err}"))?;
+    }
+    Ok(facts)
+}
+
+/// Reads the facts of an ELF file, or returns why `data` is not one. The facts need no more of
+/// the file than its headers and a few small sections, except `has_envproxy_go_module`, which
+/// [`read_file`] fills in and this leaves false.
+pub fn read<'data, R: ReadRef<'data>>(data: R) -> Result<ElfFacts, String> {
+    if data.read_bytes_at(0, elf::ELFMAG.len() as u64) != Ok(&elf::ELFMAG[..]) {
         return Err("it does not start with the ELF magic bytes".to_string());
     }
-    match object::File::parse(data) {
-        Ok(object::File::Elf32(file)) => facts_of(&file, data),
-        Ok(object::File::Elf64(file)) => facts_of(&file, data),
+    match FileKind::parse(data) {
+        Ok(FileKind::Elf32) => facts_of::<elf::FileHeader32<Endianness>, R>(data),
+        Ok(FileKind::Elf64) => facts_of::<elf::FileHeader64<Endianness>, R>(data),
         Ok(_) => Err("it is not an ELF file".to_string()),
         Err(err) => Err(format!("it is not a valid ELF file: {err}")),
     }
 }
 
-fn facts_of<Elf: FileHeader<Endian = Endianness>>(
-    file: &ElfFile<'_, Elf>,
-    data: &[u8],
-) -> Result<ElfFacts, String> {
-    let endian = file.endian();
-    let header = file.elf_header();
+fn facts_of<'data, Elf, R>(data: R) -> Result<ElfFacts, String>
+where
+    Elf: FileHeader<Endian = Endianness>,
+    R: ReadRef<'data>,
+{
+    let invalid = |err: object::read::Error| format!("it is not a valid ELF file: {err}");
+    let header = Elf::parse(data).map_err(invalid)?;
+    let endian = header.endian().map_err(invalid)?;
 
     let mut interpreter = None;
-    for segment in file.elf_program_headers() {
+    for segment in header.program_headers(endian, data).map_err(invalid)? {
+        if segment.p_type(endian) != elf::PT_INTERP {
+            continue;
+        }
+        let size: u64 = segment.p_filesz(endian).into();
+        if size > MAX_TABLE_SIZE {
+            return Err(format!(
+                "its PT_INTERP segment is invalid: {size} bytes long"
+            ));
+        }
         let found = segment
             .interpreter(endian, data)
             .map_err(|err| format!("its PT_INTERP segment is invalid: {err}"))?;
@@ -112,48 +184,133 @@ fn facts_of<Elf: FileHeader<Endian = Endianness>>(
         }
     }
 
-    let needed = needed_libraries(file, data).unwrap_or_default();
-
-    let is_go = file.section_by_name(".go.buildinfo").is_some()
-        || file.section_by_name(".note.go.buildid").is_some()
-        || file
-            .symbols()
-            .any(|symbol| symbol.name() == Ok("runtime.main"));
-    let has_envproxy_go_module = is_go && calls_envproxy_go_module(data);
+    // The section headers are optional for running a program, so a file without valid ones
+    // is judged by its program headers alone.
+    let sections = header.sections(endian, data).unwrap_or_default();
+    let (needed, is_pie) = dynamic_facts(&sections, endian, data).unwrap_or_default();
+    let is_go = sections.section_by_name(endian, b".go.buildinfo").is_some()
+        || sections
+            .section_by_name(endian, b".note.go.buildid")
+            .is_some()
+        || defines_symbol(&sections, endian, data, b"runtime.main");
 
     Ok(ElfFacts {
         is_64: header.is_type_64(),
         machine: header.e_machine(endian),
+        file_type: header.e_type(endian),
+        is_pie,
         interpreter,
         needed,
         is_go,
-        has_envproxy_go_module,
+        has_envproxy_go_module: false,
     })
 }
 
-/// Returns the `DT_NEEDED` entries of the dynamic section.
-fn needed_libraries<Elf: FileHeader<Endian = Endianness>>(
-    file: &ElfFile<'_, Elf>,
-    data: &[u8],
-) -> object::read::Result<Vec<String>> {
-    let endian = file.endian();
-    let sections = file.elf_section_table();
+/// Returns the `DT_NEEDED` entries of the dynamic section and whether `DT_FLAGS_1` contains
+/// `DF_1_PIE`.
+fn dynamic_facts<'data, Elf, R>(
+    sections: &SectionTable<'data, Elf, R>,
+    endian: Endianness,
+    data: R,
+) -> object::read::Result<(Vec<String>, bool)>
+where
+    Elf: FileHeader<Endian = Endianness>,
+    R: ReadRef<'data>,
+{
+    let too_large = sections.iter().any(|section| {
+        section.sh_type(endian) == elf::SHT_DYNAMIC
+            && section.sh_size(endian).into() > MAX_TABLE_SIZE
+    });
+    if too_large {
+        return Ok((Vec::new(), false));
+    }
     let Some((entries, string_index)) = sections.dynamic(endian, data)? else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     };
     let strings = sections.strings(endian, data, string_index)?;
     let mut needed = Vec::new();
+    let mut is_pie = false;
     for entry in entries {
-        if entry.tag32(endian) == Some(elf::DT_NEEDED as i32) {
-            let name = entry.string(endian, strings)?;
-            needed.push(String::from_utf8_lossy(name).into_owned());
+        match entry.d_tag(endian).into() {
+            tag if tag == elf::DT_NEEDED => {
+                let name = entry.string(endian, strings)?;
+                needed.push(String::from_utf8_lossy(name).into_owned());
+            }
+            tag if tag == elf::DT_FLAGS_1 => {
+                is_pie |= entry.d_val(endian).into() & u64::from(elf::DF_1_PIE) != 0;
+            }
+            _ => {}
         }
     }
-    Ok(needed)
+    Ok((needed, is_pie))
+}
+
+/// Returns whether the string table of the symbol table (`SHT_SYMTAB`, absent from stripped
+/// files) contains `name`. The table is read in one range, which costs less memory than
+/// looking up the name of each symbol.
+fn defines_symbol<'data, Elf, R>(
+    sections: &SectionTable<'data, Elf, R>,
+    endian: Endianness,
+    data: R,
+    name: &[u8],
+) -> bool
+where
+    Elf: FileHeader<Endian = Endianness>,
+    R: ReadRef<'data>,
+{
+    let Some(symbols) = sections
+        .iter()
+        .find(|section| section.sh_type(endian) == elf::SHT_SYMTAB)
+    else {
+        return false;
+    };
+    let Ok(strings) = sections.section(SectionIndex(symbols.sh_link(endian) as usize)) else {
+        return false;
+    };
+    let size: u64 = strings.sh_size(endian).into();
+    if size > MAX_TABLE_SIZE {
+        return false;
+    }
+    let Ok(table) = data.read_bytes_at(strings.sh_offset(endian).into(), size) else {
+        return false;
+    };
+    let mut entry = Vec::with_capacity(name.len() + 2);
+    entry.push(0);
+    entry.extend_from_slice(name);
+    entry.push(0);
+    find(table, &entry).is_some()
 }
 
 /// Import path of the EnvProxy Go module.
 pub const GO_MODULE_PATH: &[u8] = b"envproxy.dev/go";
+
+/// Returns whether the file `path` names `Getenv` or `LookupEnv` of a package of the EnvProxy
+/// Go module, searching it in chunks that overlap by the longest name searched.
+fn file_calls_envproxy_go_module(path: &Path) -> std::io::Result<bool> {
+    // A function name is at most 256 bytes long in `calls_envproxy_go_module`.
+    let overlap = GO_MODULE_PATH.len() + 256;
+    let mut file = File::open(path)?;
+    let mut buffer = vec![0u8; SEARCH_CHUNK + overlap];
+    let mut kept = 0;
+    loop {
+        let read = match file.read(&mut buffer[kept..]) {
+            Ok(0) => return Ok(calls_envproxy_go_module(&buffer[..kept])),
+            Ok(read) => read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        let filled = kept + read;
+        if filled < buffer.len() {
+            kept = filled;
+            continue;
+        }
+        if calls_envproxy_go_module(&buffer[..filled]) {
+            return Ok(true);
+        }
+        buffer.copy_within(filled - overlap..filled, 0);
+        kept = overlap;
+    }
+}
 
 /// Returns whether `data` names `Getenv` or `LookupEnv` of a package of the EnvProxy Go module.
 ///
@@ -192,6 +349,8 @@ mod tests {
         ElfFacts {
             is_64: true,
             machine: elf::EM_X86_64,
+            file_type: elf::ET_DYN,
+            is_pie: true,
             interpreter: interpreter.map(str::to_string),
             needed: needed.iter().map(|n| n.to_string()).collect(),
             is_go: false,
@@ -236,21 +395,37 @@ mod tests {
 
     #[test]
     fn text_is_not_elf() {
-        let error = read(b"#!/bin/sh\necho hi\n").unwrap_err();
+        let error = read(&b"#!/bin/sh\necho hi\n"[..]).unwrap_err();
         assert!(error.contains("ELF magic"), "{error}");
     }
 
     #[test]
     fn truncated_elf_is_invalid() {
-        let error = read(b"\x7fELF\x02\x01\x01\0\0\0").unwrap_err();
+        let error = read(&b"\x7fELF\x02\x01\x01\0\0\0"[..]).unwrap_err();
         assert!(error.contains("not a valid ELF file"), "{error}");
+    }
+
+    #[test]
+    fn symbol_names_found_in_string_table() {
+        let file = File::open(std::env::current_exe().unwrap()).unwrap();
+        let cache = ReadCache::new(file);
+        let header = elf::FileHeader64::<Endianness>::parse(&cache).unwrap();
+        let endian = header.endian().unwrap();
+        let sections = header.sections(endian, &cache).unwrap();
+
+        assert!(defines_symbol(&sections, endian, &cache, b"main"));
+        assert!(!defines_symbol(
+            &sections,
+            endian,
+            &cache,
+            b"envproxy.no.such.symbol"
+        ));
     }
 
     #[test]
     fn own_test_binary_is_dynamic() {
         let path = std::env::current_exe().unwrap();
-        let data = std::fs::read(path).unwrap();
-        let facts = read(&data).unwrap();
+        let facts = read_file(&path).unwrap();
         assert!(facts.interpreter.is_some(), "{facts:?}");
         assert!(!facts.is_go);
         assert_eq!(facts.libc(), Libc::Glibc);

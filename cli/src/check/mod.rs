@@ -2,15 +2,17 @@
 //! `libenvproxy.so` preloaded) will see resolved values, and why.
 //!
 //! The check reads files only and starts nothing. It follows the command line as the kernel
-//! and `execvp` would: a `PATH` search, `env` and `#!` lines up to their interpreter. It
-//! then judges the ELF file that runs (static, Go, setuid, its C library) and the runtime
-//! that the file name identifies, with the hooks that the library would load from the hooks
-//! directory.
+//! and `execvp` would: a `PATH` search, `env` (with the variables, `-u` and `-C` it applies)
+//! and `#!` lines up to their interpreter. It then judges the ELF file that runs (static, Go,
+//! setuid, its C library) and the runtime that the file name identifies, with the hooks that
+//! the library would load from the hooks directory.
 
 mod elf;
+mod env_command;
 mod program;
 mod runtime;
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
@@ -20,8 +22,11 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use crate::environment::{append_preload, PRELOAD_VARIABLE};
 use crate::library::{self, LIBRARY_VARIABLE};
 use elf::{ElfFacts, Libc};
+use env_command::EnvCommand;
+use program::Shebang;
 use runtime::Runtime;
 
 /// Exit status when the program will see resolved values, with or without a caveat.
@@ -108,42 +113,51 @@ pub struct Report {
     pub reasons: Vec<String>,
 }
 
-/// The settings a check reads from its own environment, which `envproxy run` passes on to
-/// the command.
+/// The environment variables of the program being judged, by name.
+pub type Variables = BTreeMap<OsString, OsString>;
+
+/// The settings of the library and of `execvp` that the environment of the judged program
+/// contains. The check starts from its own environment, which `envproxy run` passes on to the
+/// command, and applies the changes of each `env` on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     /// `ENVPROXY_ENABLED` is not `0`.
     pub enabled: bool,
-    /// `ENVPROXY_NO_PYTHON=1`.
-    pub no_python: bool,
-    /// `ENVPROXY_NO_JAVA=1`.
-    pub no_java: bool,
-    /// `ENVPROXY_NO_PERL=1`.
-    pub no_perl: bool,
+    /// The value of `ENVPROXY_NO_PYTHON` when it turns the Python hook off.
+    pub no_python: Option<String>,
+    /// The value of `ENVPROXY_NO_JAVA` when it turns the Java hook off.
+    pub no_java: Option<String>,
+    /// The value of `ENVPROXY_NO_PERL` when it turns the Perl hook off.
+    pub no_perl: Option<String>,
     /// `ENVPROXY_HOOKS_DIR`.
     pub hooks_dir: Option<PathBuf>,
-    /// `ENVPROXY_LIB`.
-    pub library: Option<OsString>,
     /// `PATH`.
     pub search_path: Option<OsString>,
-    /// The `envproxy` executable, beside which the library is searched.
-    pub executable: PathBuf,
+    /// `LD_PRELOAD`.
+    pub preload: Option<OsString>,
+    /// `PERL5OPT`, to which the library appends the Perl hook.
+    pub perl_options: Option<OsString>,
 }
 
 impl Settings {
-    pub fn from_process() -> Settings {
-        let flag = |name: &str| std::env::var_os(name).is_some_and(|value| value == "1");
+    pub fn from_variables(variables: &Variables) -> Settings {
+        let get = |name: &str| variables.get(OsStr::new(name));
+        let switch = |name: &str| {
+            get(name)
+                .map(|value| value.to_string_lossy().into_owned())
+                .filter(|value| envproxy_proto::is_switch_on(value))
+        };
         Settings {
-            enabled: std::env::var_os("ENVPROXY_ENABLED").is_none_or(|value| value != "0"),
-            no_python: flag("ENVPROXY_NO_PYTHON"),
-            no_java: flag("ENVPROXY_NO_JAVA"),
-            no_perl: flag("ENVPROXY_NO_PERL"),
-            hooks_dir: std::env::var_os("ENVPROXY_HOOKS_DIR")
+            enabled: get("ENVPROXY_ENABLED").is_none_or(|value| value != "0"),
+            no_python: switch("ENVPROXY_NO_PYTHON"),
+            no_java: switch("ENVPROXY_NO_JAVA"),
+            no_perl: switch("ENVPROXY_NO_PERL"),
+            hooks_dir: get("ENVPROXY_HOOKS_DIR")
                 .filter(|value| !value.is_empty())
                 .map(PathBuf::from),
-            library: std::env::var_os(LIBRARY_VARIABLE),
-            search_path: std::env::var_os("PATH"),
-            executable: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("envproxy")),
+            search_path: get("PATH").cloned(),
+            preload: get(PRELOAD_VARIABLE).cloned(),
+            perl_options: get("PERL5OPT").cloned(),
         }
     }
 }
@@ -151,7 +165,8 @@ impl Settings {
 /// Runs the check and prints the report. Returns [`EXIT_RESOLVED`], [`EXIT_REFERENCES`] or
 /// [`EXIT_ERROR`].
 pub fn run(args: CheckArgs) -> i32 {
-    let report = match check(&args.command, &Settings::from_process()) {
+    let executable = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("envproxy"));
+    let report = match check(&args.command, std::env::vars_os().collect(), &executable) {
         Ok(report) => report,
         Err(err) => {
             eprintln!("envproxy check: {err}");
@@ -193,29 +208,46 @@ struct Library {
 }
 
 /// The state of one check: what it found so far.
-struct Checker<'s> {
-    settings: &'s Settings,
+struct Checker {
     library: Result<Library, String>,
-    hooks_dir: Option<PathBuf>,
+    /// The environment of the program judged next.
+    variables: Variables,
+    /// The working directory of the program judged next, when an `env -C` changed it.
+    directory: Option<PathBuf>,
     verdict: Verdict,
     reasons: Vec<String>,
 }
 
-/// Checks the command line `command` (a path, or a program and its arguments).
-pub fn check(command: &[OsString], settings: &Settings) -> Result<Report, CheckError> {
+/// Checks the command line `command` (a path, or a program and its arguments) as
+/// `envproxy run` would start it with the environment `variables`. `executable` is the
+/// `envproxy` binary, beside which the library is searched.
+pub fn check(
+    command: &[OsString],
+    mut variables: Variables,
+    executable: &Path,
+) -> Result<Report, CheckError> {
     let Some(first) = command.first() else {
         return Err(CheckError::new("no program given"));
     };
-    let library = find_library(settings);
-    let hooks_dir = find_hooks_dir(settings, library.as_ref().ok());
+    let library = find_library(variables.get(OsStr::new(LIBRARY_VARIABLE)), executable);
+    if let Ok(library) = &library {
+        // As `envproxy run` does for the command.
+        let preload = append_preload(
+            variables
+                .get(OsStr::new(PRELOAD_VARIABLE))
+                .map(OsString::as_os_str),
+            &library.path,
+        );
+        variables.insert(OsString::from(PRELOAD_VARIABLE), preload);
+    }
     let mut checker = Checker {
-        settings,
         library,
-        hooks_dir,
+        variables,
+        directory: None,
         verdict: Verdict::Resolved,
         reasons: Vec::new(),
     };
-    let program = program::locate(first, settings.search_path.as_deref())?;
+    let program = checker.locate(first)?;
     checker.command(&program, command, 0)?;
     Ok(Report {
         command: command
@@ -229,13 +261,10 @@ pub fn check(command: &[OsString], settings: &Settings) -> Result<Report, CheckE
     })
 }
 
-fn find_library(settings: &Settings) -> Result<Library, String> {
-    let path = library::find(settings.library.clone(), &settings.executable)
-        .map_err(|err| err.to_string())?;
-    let data =
-        std::fs::read(&path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-    let facts =
-        elf::read(&data).map_err(|reason| format!("{} is not usable: {reason}", path.display()))?;
+fn find_library(explicit: Option<&OsString>, executable: &Path) -> Result<Library, String> {
+    let path = library::find(explicit.cloned(), executable).map_err(|err| err.to_string())?;
+    let facts = elf::read_file(&path)
+        .map_err(|reason| format!("{} is not usable: {reason}", path.display()))?;
     Ok(Library { path, facts })
 }
 
@@ -253,10 +282,24 @@ fn find_hooks_dir(settings: &Settings, library: Option<&Library>) -> Option<Path
         .map(|found| std::fs::canonicalize(&found).unwrap_or(found))
 }
 
-impl Checker<'_> {
+impl Checker {
     fn note(&mut self, verdict: Verdict, reason: impl Into<String>) {
         self.verdict = self.verdict.max(verdict);
         self.reasons.push(reason.into());
+    }
+
+    fn settings(&self) -> Settings {
+        Settings::from_variables(&self.variables)
+    }
+
+    /// Finds the file that `program` names, as `execvp` would in the current environment and
+    /// working directory.
+    fn locate(&self, program: &OsStr) -> Result<PathBuf, CheckError> {
+        program::locate(
+            program,
+            self.settings().search_path.as_deref(),
+            self.directory.as_deref(),
+        )
     }
 
     /// Judges `command`, whose first word names the file `path`.
@@ -275,32 +318,65 @@ impl Checker<'_> {
         }
         let name = file_name(&command[0]);
         let arguments = &command[1..];
-        // NOTE: the NAME=VALUE settings and `-u NAME` of `env` are skipped, not applied, so
-        // `env ENVPROXY_ENABLED=0 prog` or `env -u LD_PRELOAD prog` is judged as if they were
-        // absent and can be called resolved while the program reads references; `-C DIR`
-        // makes `env` itself the judged program.
         if name == "env" {
-            if let Some(inner) = program::parse_env_arguments(arguments) {
-                if !inner.command.is_empty() {
-                    let next =
-                        program::locate(&inner.command[0], self.settings.search_path.as_deref())?;
-                    if inner.clears_environment {
-                        // Nothing of EnvProxy reaches the program, whatever it is.
-                        self.note(
-                            Verdict::ReferencesOnly,
-                            format!(
-                                "`env -i` starts {} with an empty environment, so it gets \
-                                 neither references nor LD_PRELOAD",
-                                next.display()
-                            ),
-                        );
-                        return Ok(());
-                    }
-                    return self.command(&next, &inner.command, depth + 1);
-                }
+            let inner = env_command::parse(arguments, &self.variables)?;
+            if !inner.command.is_empty() {
+                return self.env_command(path, &inner, depth);
             }
         }
         self.file(path, &name, arguments, depth)
+    }
+
+    /// Judges the program that `env` at `path` starts, in the environment and working
+    /// directory that `env` gives it.
+    fn env_command(
+        &mut self,
+        path: &Path,
+        inner: &EnvCommand,
+        depth: usize,
+    ) -> Result<(), CheckError> {
+        inner.apply(&mut self.variables);
+        if let Some(directory) = &inner.directory {
+            let directory = self.in_directory(Path::new(directory));
+            if !directory.is_dir() {
+                return Err(CheckError::new(format!(
+                    "{}: `env -C {}`: no such directory",
+                    path.display(),
+                    directory.display()
+                )));
+            }
+            self.directory = Some(directory);
+        }
+        let next = self.locate(&inner.command[0])?;
+        if inner.clears_environment {
+            let given: Vec<String> = inner
+                .assignments
+                .iter()
+                .map(|(name, _)| name.to_string_lossy().into_owned())
+                .collect();
+            let given = if given.is_empty() {
+                "no variables".to_string()
+            } else {
+                format!("only {}", given.join(", "))
+            };
+            // The references of the environment are gone, whatever the program is.
+            self.note(
+                Verdict::ReferencesOnly,
+                format!(
+                    "`env -i` starts {} with {given} in its environment, so the references \
+                     of the environment do not reach it",
+                    next.display()
+                ),
+            );
+            return Ok(());
+        }
+        self.command(&next, &inner.command, depth + 1)
+    }
+
+    /// Returns `path` as the program judged next opens it: relative paths start at the
+    /// directory of `env -C`.
+    fn in_directory(&self, path: &Path) -> PathBuf {
+        program::in_directory(path, self.directory.as_deref())
     }
 
     /// Judges the file `path`, started under the name `name` with `arguments`.
@@ -331,36 +407,91 @@ impl Checker<'_> {
                 }
                 return Ok(());
             }
+            let interpreter = self.locate_interpreter(path, &shebang)?;
             self.reasons.push(format!(
                 "{} is a script that the kernel runs with {} (its `#!` line)",
                 path.display(),
-                shebang.interpreter.display()
+                program::shown(shebang.interpreter.as_os_str())
             ));
+            if let Some(argument) = shebang
+                .argument
+                .as_ref()
+                .filter(|a| a.as_bytes().ends_with(b"\r"))
+            {
+                self.reasons.push(format!(
+                    "its `#!` line ends with a carriage return (the file has Windows line \
+                     endings), so the interpreter gets the argument {}",
+                    program::shown(argument)
+                ));
+            }
             let mut next = vec![shebang.interpreter.clone().into_os_string()];
             next.extend(shebang.argument);
             next.push(path.as_os_str().to_os_string());
             next.extend_from_slice(arguments);
-            let interpreter =
-                program::locate(shebang.interpreter.as_os_str(), None).map_err(|err| {
-                    CheckError::new(format!("the interpreter of {}: {err}", path.display()))
-                })?;
             return self.command(&interpreter, &next, depth + 1);
         }
 
-        // NOTE: the whole file is read into memory, though only its headers and a few sections
-        // are needed; a file of several GB costs as much memory.
-        let data = std::fs::read(path)
-            .map_err(|err| CheckError::new(format!("{}: cannot read: {err}", path.display())))?;
-        let facts = elf::read(&data).map_err(|reason| {
+        let facts = elf::read_file(path).map_err(|reason| {
             CheckError::new(format!(
                 "{}: the kernel cannot run it: {reason}, and it has no `#!` line",
                 path.display()
             ))
         })?;
+        if let Some(problem) = facts.not_a_program() {
+            return Err(CheckError::new(format!("{}: {problem}", path.display())));
+        }
         if self.executable(path, &facts)? {
             self.runtime(runtime.unwrap_or(Runtime::Native), arguments, Some(path))?;
         }
         Ok(())
+    }
+
+    /// Finds the interpreter of the `#!` line of `script`, which the kernel opens by its path
+    /// as written: a relative path starts at the working directory, never at `PATH`.
+    fn locate_interpreter(&self, script: &Path, shebang: &Shebang) -> Result<PathBuf, CheckError> {
+        let written = &shebang.interpreter;
+        let mut path = self.in_directory(written);
+        if path.is_relative() {
+            path = Path::new(".").join(path);
+        }
+        if path.exists() || path.symlink_metadata().is_ok() {
+            return program::locate(path.as_os_str(), None, None).map_err(|err| {
+                CheckError::new(format!("the interpreter of {}: {err}", script.display()))
+            });
+        }
+        let shown = program::shown(written.as_os_str());
+        if written.as_os_str().as_bytes().ends_with(b"\r") {
+            return Err(CheckError::new(format!(
+                "{}: the interpreter {shown} of its `#!` line ends with a carriage return, \
+                 because the file has Windows line endings, and no such file exists; convert \
+                 the file to Unix line endings, for example with `sed -i 's/\\r$//' {}`",
+                script.display(),
+                script.display()
+            )));
+        }
+        if written.is_relative() {
+            let directory = match &self.directory {
+                Some(directory) => directory.display().to_string(),
+                None => "the current directory".to_string(),
+            };
+            let name = file_name(written.as_os_str());
+            let absolute = self.locate(OsStr::new(&name)).map_or_else(
+                |_| format!("/usr/bin/{name}"),
+                |found| found.display().to_string(),
+            );
+            return Err(CheckError::new(format!(
+                "{}: the interpreter {shown} of its `#!` line is a relative path, which the \
+                 kernel resolves against the working directory ({directory}), not through \
+                 PATH, and {} does not exist; write `#!/usr/bin/env {name}` to search PATH, or \
+                 an absolute path such as `#!{absolute}`",
+                script.display(),
+                path.display()
+            )));
+        }
+        Err(CheckError::new(format!(
+            "{}: the interpreter {shown} of its `#!` line does not exist",
+            script.display()
+        )))
     }
 
     /// Judges how the dynamic loader treats the ELF executable `path`. Returns whether the
@@ -368,6 +499,7 @@ impl Checker<'_> {
     fn executable(&mut self, path: &Path, facts: &ElfFacts) -> Result<bool, CheckError> {
         let linking = match &facts.interpreter {
             Some(_) => format!("dynamically linked ({})", facts.libc().name()),
+            None if facts.is_static_pie() => "statically linked (static-pie)".to_string(),
             None => "statically linked".to_string(),
         };
         self.reasons.push(format!(
@@ -402,12 +534,7 @@ impl Checker<'_> {
             );
             return Ok(false);
         }
-        if !self.settings.enabled {
-            self.note(
-                Verdict::ReferencesOnly,
-                "ENVPROXY_ENABLED=0 turns libenvproxy.so off, and with it the runtime hooks it \
-                 loads",
-            );
+        if !self.environment_loads_library() {
             return Ok(false);
         }
         let secure = self.secure_execution(path)?;
@@ -415,15 +542,52 @@ impl Checker<'_> {
         Ok(secure && library)
     }
 
-    /// Judges what can be known about a wrapper script's runtime without its ELF file.
-    /// Returns whether the library loads.
-    fn wrapper_loads_library(&mut self) -> bool {
-        if !self.settings.enabled {
+    /// Judges the variables of the program's environment that keep the library out:
+    /// `LD_PRELOAD` without the library, which an `env` on the command line can cause, and
+    /// `ENVPROXY_ENABLED=0`. Returns whether the library loads, as far as they decide.
+    fn environment_loads_library(&mut self) -> bool {
+        let settings = self.settings();
+        if let Ok(library) = &self.library {
+            let library_path = library.path.clone();
+            match &settings.preload {
+                None => {
+                    self.note(
+                        Verdict::ReferencesOnly,
+                        "LD_PRELOAD is not set in the program's environment (`env -u LD_PRELOAD` \
+                         removes it), so the dynamic loader does not load libenvproxy.so",
+                    );
+                    return false;
+                }
+                Some(preload) if !preload_names(preload, &library_path) => {
+                    self.note(
+                        Verdict::ReferencesOnly,
+                        format!(
+                            "LD_PRELOAD in the program's environment is {}, which does not \
+                             name {}, so the dynamic loader does not load libenvproxy.so",
+                            program::shown(preload),
+                            library_path.display()
+                        ),
+                    );
+                    return false;
+                }
+                Some(_) => {}
+            }
+        }
+        if !settings.enabled {
             self.note(
                 Verdict::ReferencesOnly,
                 "ENVPROXY_ENABLED=0 turns libenvproxy.so off, and with it the runtime hooks it \
                  loads",
             );
+            return false;
+        }
+        true
+    }
+
+    /// Judges what can be known about a wrapper script's runtime without its ELF file.
+    /// Returns whether the library loads.
+    fn wrapper_loads_library(&mut self) -> bool {
+        if !self.environment_loads_library() {
             return false;
         }
         if let Err(reason) = &self.library {
@@ -580,18 +744,29 @@ impl Checker<'_> {
         arguments: &[OsString],
         program: Option<&Path>,
     ) -> Result<(), CheckError> {
-        let outcome = runtime::judge(
-            runtime,
-            arguments,
-            program,
-            self.settings,
-            self.hooks_dir.as_deref(),
-        );
+        let settings = self.settings();
+        let hooks_dir = find_hooks_dir(&settings, self.library.as_ref().ok());
+        let outcome = runtime::judge(runtime, arguments, program, &settings, hooks_dir.as_deref());
         for (verdict, reason) in outcome {
             self.note(verdict, reason);
         }
         Ok(())
     }
+}
+
+/// Returns whether `preload`, split at spaces and colons as the dynamic loader splits
+/// `LD_PRELOAD`, names the file `library`.
+fn preload_names(preload: &OsStr, library: &Path) -> bool {
+    let canonical = std::fs::canonicalize(library).ok();
+    preload
+        .as_bytes()
+        .split(|&b| b == b' ' || b == b':')
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| Path::new(OsStr::from_bytes(entry)))
+        .any(|entry| {
+            entry == library
+                || (canonical.is_some() && std::fs::canonicalize(entry).ok() == canonical)
+        })
 }
 
 /// Returns whether `path` has a `security.capability` extended attribute.

@@ -4,7 +4,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use nix::unistd::{access, AccessFlags};
 
@@ -13,41 +13,81 @@ use super::CheckError;
 /// Maximum length of a `#!` line that Linux reads (`BINPRM_BUF_SIZE` since Linux 5.1).
 const SHEBANG_MAX: usize = 256;
 
+/// The search path of glibc's `execvp` when `PATH` is not set (`_CS_PATH`, glibc 2.36).
+const DEFAULT_SEARCH_PATH: &str = "/bin:/usr/bin";
+
 /// Returns the file that `program` names, as `execvp` finds it: the path itself when it
-/// contains a `/`, else the first executable match in `search_path`.
-pub fn locate(program: &OsStr, search_path: Option<&OsStr>) -> Result<PathBuf, CheckError> {
-    let display_name = program.to_string_lossy();
+/// contains a `/`, else the first executable match in `search_path` (glibc's default when it
+/// is not set). Relative paths start at `directory`, or at the current directory.
+pub fn locate(
+    program: &OsStr,
+    search_path: Option<&OsStr>,
+    directory: Option<&Path>,
+) -> Result<PathBuf, CheckError> {
+    let display_name = shown(program);
     if program.is_empty() {
         return Err(CheckError::new("the program name is empty"));
     }
+    let in_directory = |path: PathBuf| in_directory(&path, directory);
     if program.as_bytes().contains(&b'/') {
-        let path = PathBuf::from(program);
+        let path = in_directory(PathBuf::from(program));
         check_executable(&path)?;
         return Ok(path);
     }
-    let directories = search_path
-        .filter(|value| !value.is_empty())
-        .ok_or_else(|| {
-            CheckError::new(format!(
-                "{display_name}: command not found: PATH is not set; give the program's path instead"
-            ))
-        })?;
-    for directory in std::env::split_paths(directories) {
-        let candidate = directory.join(program);
+    let directories = search_path.unwrap_or(OsStr::new(DEFAULT_SEARCH_PATH));
+    for entry in directories.as_bytes().split(|&b| b == b':') {
+        // An empty entry is the working directory, as in execvp.
+        let entry = if entry.is_empty() { b"." } else { entry };
+        let candidate = in_directory(Path::new(OsStr::from_bytes(entry)).join(program));
         if candidate.is_file() && access(&candidate, AccessFlags::X_OK).is_ok() {
             return Ok(candidate);
         }
     }
-    let mut message = format!(
-        "{display_name}: command not found in PATH ({})",
-        directories.to_string_lossy()
-    );
-    if Path::new(program).is_file() {
+    let mut message = match search_path {
+        Some(value) => format!(
+            "{display_name}: command not found in PATH ({})",
+            value.to_string_lossy()
+        ),
+        None => format!(
+            "{display_name}: command not found in {DEFAULT_SEARCH_PATH}, which execvp \
+             searches when PATH is not set"
+        ),
+    };
+    if program.as_bytes().ends_with(b"\r") {
+        message.push_str(
+            "; the name ends with a carriage return, as a `#!` line of a file with Windows \
+             line endings does; convert that file to Unix line endings",
+        );
+    } else if in_directory(PathBuf::from(program)).is_file() {
         message.push_str(&format!(
             "; to check the file {display_name} in the current directory, give its path: ./{display_name}"
         ));
     }
     Err(CheckError::new(message))
+}
+
+/// Returns `path` as a program started in `directory` opens it: a relative path starts there,
+/// and `.` components are dropped.
+pub fn in_directory(path: &Path, directory: Option<&Path>) -> PathBuf {
+    match directory {
+        Some(directory) if path.is_relative() => directory.join(
+            path.components()
+                .filter(|component| *component != Component::CurDir)
+                .collect::<PathBuf>(),
+        ),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Returns `text` for a message: as it is, or quoted with escapes when it contains a control
+/// character such as the `\r` of a Windows line ending, which a terminal would not show.
+pub fn shown(text: &OsStr) -> String {
+    let lossy = text.to_string_lossy();
+    if lossy.chars().any(char::is_control) {
+        format!("{lossy:?}")
+    } else {
+        lossy.into_owned()
+    }
 }
 
 /// Checks that `path` is a regular file that this user may execute.
@@ -56,6 +96,7 @@ fn check_executable(path: &Path) -> Result<(), CheckError> {
     let metadata = std::fs::metadata(path).map_err(|err| {
         let reason = match err.kind() {
             std::io::ErrorKind::NotFound => "no such file".to_string(),
+            _ if err.raw_os_error() == Some(libc::ELOOP) => symlink_loop(path),
             _ => err.to_string(),
         };
         CheckError::new(format!("{display_name}: {reason}"))
@@ -79,6 +120,18 @@ fn check_executable(path: &Path) -> Result<(), CheckError> {
         )));
     }
     Ok(())
+}
+
+/// Describes the `ELOOP` of `path`: a symbolic link loop, or a chain of more than 40 links.
+fn symlink_loop(path: &Path) -> String {
+    let target = match std::fs::read_link(path) {
+        Ok(target) => format!(" (it points to {})", target.display()),
+        Err(_) => String::new(),
+    };
+    format!(
+        "is a symbolic link loop{target}: following its links leads back to a link already \
+         followed, or through more than 40 links; point the link at the real program"
+    )
 }
 
 /// The interpreter of a `#!` line and its optional argument, which Linux passes as one word.
@@ -111,7 +164,8 @@ pub fn read_shebang(path: &Path) -> Result<Option<Shebang>, CheckError> {
 }
 
 /// Parses a `#!` line as Linux does: the interpreter ends at the first blank, and the rest of
-/// the line, without surrounding blanks, is one argument.
+/// the line, without surrounding blanks, is one argument. Blanks are spaces and tabs only, so
+/// the `\r` of a Windows line ending stays in the last word.
 pub fn parse_shebang(head: &[u8]) -> Option<Shebang> {
     let line = head.strip_prefix(b"#!")?;
     let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
@@ -129,7 +183,7 @@ pub fn parse_shebang(head: &[u8]) -> Option<Shebang> {
 }
 
 fn trim_blanks(bytes: &[u8]) -> &[u8] {
-    let is_blank = |b: &u8| matches!(*b, b' ' | b'\t' | b'\r');
+    let is_blank = |b: &u8| matches!(*b, b' ' | b'\t');
     let start = bytes
         .iter()
         .position(|b| !is_blank(b))
@@ -141,80 +195,16 @@ fn trim_blanks(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-/// The program that `env [OPTION]... [NAME=VALUE]... PROGRAM [ARG]...` runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnvCommand {
-    /// `-i`: the program starts with only the given variables.
-    pub clears_environment: bool,
-    /// The program and its arguments; empty when `env` only prints the environment.
-    pub command: Vec<OsString>,
-}
-
-/// Parses the arguments of `env`, or returns `None` for an option it does not know, in which
-/// case `env` itself is judged.
-pub fn parse_env_arguments(arguments: &[OsString]) -> Option<EnvCommand> {
-    let mut clears_environment = false;
-    let mut index = 0;
-    while index < arguments.len() {
-        let word = arguments[index].as_bytes();
-        match word {
-            b"-i" | b"--ignore-environment" | b"-" => clears_environment = true,
-            b"-u" | b"--unset" => index += 1,
-            b"--" => {
-                index += 1;
-                break;
-            }
-            b"-S" | b"--split-string" => {
-                let split = arguments.get(index + 1)?;
-                let mut rest = split_words(split);
-                rest.extend_from_slice(&arguments[index + 2..]);
-                let mut inner = parse_env_arguments(&rest)?;
-                inner.clears_environment |= clears_environment;
-                return Some(inner);
-            }
-            _ if word.starts_with(b"-S") => {
-                let mut rest = split_words(OsStr::from_bytes(&word[2..]));
-                rest.extend_from_slice(&arguments[index + 1..]);
-                let mut inner = parse_env_arguments(&rest)?;
-                inner.clears_environment |= clears_environment;
-                return Some(inner);
-            }
-            _ if word.starts_with(b"--unset=") || word.starts_with(b"-u") => {}
-            _ if word.starts_with(b"-") => return None,
-            _ if word.contains(&b'=') => {}
-            _ => break,
-        }
-        index += 1;
-    }
-    Some(EnvCommand {
-        clears_environment,
-        command: arguments.get(index..).unwrap_or_default().to_vec(),
-    })
-}
-
-/// Splits at blanks, as `env -S` does for a string without quotes or escapes.
-pub fn split_words(text: &OsStr) -> Vec<OsString> {
-    text.as_bytes()
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|word| !word.is_empty())
-        .map(|word| OsStr::from_bytes(word).to_os_string())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn words(list: &[&str]) -> Vec<OsString> {
-        list.iter().map(OsString::from).collect()
-    }
 
     /// The expected interpreter and argument of a `#!` line.
     type Expected = Option<(&'static str, Option<&'static str>)>;
 
     #[test]
     fn shebang_interpreter_and_argument() {
-        let cases: [(&[u8], Expected); 6] = [
+        let cases: [(&[u8], Expected); 7] = [
             (b"#!/bin/sh\necho", Some(("/bin/sh", None))),
             (
                 b"#! /usr/bin/python3 -I \nx",
@@ -225,6 +215,10 @@ mod tests {
                 Some(("/usr/bin/env", Some("-S python3 -E"))),
             ),
             (b"#!/bin/bash\r\n", Some(("/bin/bash\r", None))),
+            (
+                b"#!/usr/bin/env python3\r\n",
+                Some(("/usr/bin/env", Some("python3\r"))),
+            ),
             (b"#!\n", None),
             (b"echo hi\n", None),
         ];
@@ -239,39 +233,16 @@ mod tests {
     }
 
     #[test]
-    fn env_arguments_name_the_program() {
-        let parsed =
-            parse_env_arguments(&words(&["A=1", "-u", "B", "python3", "-I", "x.py"])).unwrap();
-        assert!(!parsed.clears_environment);
-        assert_eq!(parsed.command, words(&["python3", "-I", "x.py"]));
-
-        let parsed = parse_env_arguments(&words(&["-i", "PATH=/bin", "node", "app.js"])).unwrap();
-        assert!(parsed.clears_environment);
-        assert_eq!(parsed.command, words(&["node", "app.js"]));
-
-        let parsed = parse_env_arguments(&words(&["-S", "perl -w", "script.pl"])).unwrap();
-        assert_eq!(parsed.command, words(&["perl", "-w", "script.pl"]));
-
-        let parsed = parse_env_arguments(&words(&["-Spython3 -E"])).unwrap();
-        assert_eq!(parsed.command, words(&["python3", "-E"]));
-
-        let parsed = parse_env_arguments(&words(&["A=1"])).unwrap();
-        assert!(parsed.command.is_empty());
-
-        assert_eq!(parse_env_arguments(&words(&["--chdir=/", "ls"])), None);
-    }
-
-    #[test]
     fn missing_and_directory_paths_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
-        let error = locate(missing.as_os_str(), None).unwrap_err();
+        let error = locate(missing.as_os_str(), None, None).unwrap_err();
         assert!(
             error.to_string().ends_with("missing: no such file"),
             "{error}"
         );
 
-        let error = locate(dir.path().as_os_str(), None).unwrap_err();
+        let error = locate(dir.path().as_os_str(), None, None).unwrap_err();
         assert!(error.to_string().contains("is a directory"), "{error}");
     }
 
@@ -288,10 +259,10 @@ mod tests {
             .unwrap();
         let search = std::env::join_paths([&first, &second]).unwrap();
 
-        let found = locate(OsStr::new("tool"), Some(&search)).unwrap();
+        let found = locate(OsStr::new("tool"), Some(&search), None).unwrap();
         assert_eq!(found, second.join("tool"));
 
-        let error = locate(OsStr::new("no-such-tool"), Some(&search)).unwrap_err();
+        let error = locate(OsStr::new("no-such-tool"), Some(&search), None).unwrap_err();
         assert!(
             error.to_string().contains("command not found in PATH"),
             "{error}"

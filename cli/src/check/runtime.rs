@@ -124,7 +124,7 @@ fn python(
     hooked(
         "Python",
         "ENVPROXY_NO_PYTHON",
-        settings.no_python,
+        settings.no_python.as_deref(),
         PYTHON_HOOK,
         hooks_dir,
         "os.environ returns references, from the copy of the environment Python made at start",
@@ -143,7 +143,7 @@ fn java(
     let outcome = hooked(
         "Java",
         "ENVPROXY_NO_JAVA",
-        settings.no_java,
+        settings.no_java.as_deref(),
         JAVA_HOOK,
         hooks_dir,
         copied,
@@ -165,22 +165,13 @@ fn java(
 /// Oldest Java release the Java hook runs on: it is compiled with `javac --release 17`.
 const JAVA_HOOK_MIN_RELEASE: u32 = 17;
 
-/// NOTE: the library now loads the Java hook as a JVMTI agent (`-agentpath`), which needs no
-/// `java.instrument`, so a runtime without it does resolve; this check still calls it
-/// references only.
 /// Returns why the Java runtime of the launcher `java` (`<java.home>/bin/java`) cannot load
-/// the Java hook. A `jlink` image without `java.instrument` has no `lib/libinstrument.so` and
-/// loads no javaagent. The `release` file names the Java version.
+/// the Java hook: a Java version, read from the runtime's `release` file, older than
+/// [`JAVA_HOOK_MIN_RELEASE`]. The library loads the hook as a JVMTI agent (`-agentpath`), so a
+/// `jlink` image without the `java.instrument` module loads it too.
 fn java_runtime_problem(java: &Path) -> Option<String> {
     let java = std::fs::canonicalize(java).ok()?;
     let home = java.parent()?.parent()?;
-    let lib = home.join("lib");
-    if lib.join("libjli.so").is_file() && !lib.join("libinstrument.so").exists() {
-        return Some(format!(
-            "the Java runtime {} has no java.instrument module (no lib/libinstrument.so)",
-            home.display()
-        ));
-    }
     let release = std::fs::read_to_string(home.join("release")).ok()?;
     let version = release.lines().find_map(|line| {
         let value = line.strip_prefix("JAVA_VERSION=")?;
@@ -211,11 +202,31 @@ fn perl(
     settings: &Settings,
     hooks_dir: Option<&Path>,
 ) -> Vec<(Verdict, String)> {
-    if perl_taint_mode(arguments) {
+    if let Some(flag) = perl_taint_flag(arguments) {
+        let mode = if flag == 'T' {
+            "taint mode"
+        } else {
+            "taint mode with warnings"
+        };
         return vec![(
             Verdict::ReferencesOnly,
-            "perl -T (taint mode) ignores PERL5OPT, so the Perl hook does not load and %ENV \
-             holds references"
+            format!(
+                "perl -{flag} ({mode}) ignores PERL5OPT, so the Perl hook does not load and \
+                 %ENV holds the references"
+            ),
+        )];
+    }
+    let options = settings
+        .perl_options
+        .as_deref()
+        .unwrap_or_default()
+        .as_bytes();
+    if options.trim_ascii_start().starts_with(b"-T") {
+        // Checked with Perl 5.36: `PERL5OPT="-T -MModule"` loads no Module.
+        return vec![(
+            Verdict::ReferencesOnly,
+            "PERL5OPT starts with -T, which turns on taint mode and makes Perl ignore the rest \
+             of PERL5OPT, where the library adds the Perl hook, so %ENV holds the references"
                 .to_string(),
         )];
     }
@@ -230,7 +241,7 @@ fn perl(
                 Verdict::ReferencesOnly,
                 format!(
                     "the hooks directory {} contains whitespace, which PERL5OPT cannot hold, \
-                     so the Perl hook does not load and %ENV holds references",
+                     so the Perl hook does not load and %ENV holds the references",
                     dir.display()
                 ),
             )];
@@ -239,29 +250,30 @@ fn perl(
     hooked(
         "Perl",
         "ENVPROXY_NO_PERL",
-        settings.no_perl,
+        settings.no_perl.as_deref(),
         PERL_HOOK,
         hooks_dir,
-        "%ENV returns references, from the copy of the environment Perl made at start",
+        "%ENV holds the references, because Perl copies the environment into it at start",
         "the Perl hook {hook}, which the library adds to PERL5OPT, makes %ENV resolve",
     )
 }
 
-/// Judges a runtime whose values resolve only through a hook file. `resolved` contains
-/// `{hook}`, replaced by the hook's path.
+/// Judges a runtime whose values resolve only through a hook file. `switched_off` is the
+/// value of the variable `switch` when it turns the hook off. `resolved` contains `{hook}`,
+/// replaced by the hook's path.
 fn hooked(
     language: &str,
     switch: &str,
-    switched_off: bool,
+    switched_off: Option<&str>,
     hook: &str,
     hooks_dir: Option<&Path>,
     copied: &str,
     resolved: &str,
 ) -> Vec<(Verdict, String)> {
-    if switched_off {
+    if let Some(value) = switched_off {
         return vec![(
             Verdict::ReferencesOnly,
-            format!("{switch}=1 turns the {language} hook off, so {copied}"),
+            format!("{switch}={value} turns the {language} hook off, so {copied}"),
         )];
     }
     let Some(dir) = hooks_dir else {
@@ -319,24 +331,25 @@ fn python_isolating_flag(arguments: &[OsString]) -> Option<char> {
     None
 }
 
-/// Returns whether `-T` or `-t` is among Perl's options, which end at the script or `-e`.
-fn perl_taint_mode(arguments: &[OsString]) -> bool {
+/// Returns the first of the taint flags `-T` and `-t` among Perl's options, which end at the
+/// script or `-e`.
+fn perl_taint_flag(arguments: &[OsString]) -> Option<char> {
     for word in arguments {
         let word = word.as_bytes();
         if word == b"-" || word == b"--" || !word.starts_with(b"-") {
-            return false;
+            return None;
         }
         for &letter in &word[1..] {
             match letter {
-                b'T' | b't' => return true,
-                b'e' | b'E' => return false,
+                b'T' | b't' => return Some(letter as char),
+                b'e' | b'E' => return None,
                 // The rest of the word is the option's value.
                 b'I' | b'M' | b'm' | b'x' | b'd' | b'D' | b'l' | b'0' | b'C' | b'i' => break,
                 _ => {}
             }
         }
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -390,17 +403,18 @@ mod tests {
 
     #[test]
     fn perl_taint_flags() {
-        let cases: [(&[&str], bool); 6] = [
-            (&["-T", "app.pl"], true),
-            (&["-wT", "app.pl"], true),
-            (&["-w", "app.pl"], false),
-            (&["-e", "print 1", "-T"], false),
-            (&["-ITest", "app.pl"], false),
-            (&["app.pl", "-T"], false),
+        let cases: [(&[&str], Option<char>); 7] = [
+            (&["-T", "app.pl"], Some('T')),
+            (&["-wT", "app.pl"], Some('T')),
+            (&["-t", "app.pl"], Some('t')),
+            (&["-w", "app.pl"], None),
+            (&["-e", "print 1", "-T"], None),
+            (&["-ITest", "app.pl"], None),
+            (&["app.pl", "-T"], None),
         ];
         for (arguments, expected) in cases {
             assert_eq!(
-                perl_taint_mode(&words(arguments)),
+                perl_taint_flag(&words(arguments)),
                 expected,
                 "{arguments:?}"
             );
@@ -439,13 +453,13 @@ mod tests {
         assert_eq!(outcome[0].0, Verdict::Resolved);
 
         let off = Settings {
-            no_java: true,
+            no_java: Some("yes".to_string()),
             ..settings.clone()
         };
         let outcome = judge(Runtime::Java, &[], None, &off, Some(dir.path()));
         assert_eq!(outcome[0].0, Verdict::ReferencesOnly);
         assert!(
-            outcome[0].1.starts_with("ENVPROXY_NO_JAVA=1"),
+            outcome[0].1.starts_with("ENVPROXY_NO_JAVA=yes"),
             "{}",
             outcome[0].1
         );

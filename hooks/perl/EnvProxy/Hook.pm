@@ -21,7 +21,7 @@ sub is_reference {
 sub hook_needed {
     my ($environment) = @_;
     return 0 if ($environment->{ENVPROXY_ENABLED} // '') eq '0';
-    return 0 if ($environment->{ENVPROXY_NO_PERL} // '') eq '1';
+    return 0 if ($environment->{ENVPROXY_NO_PERL} // '') =~ /\A(?:1|true|yes)\z/i;
     return 1 if ($environment->{ENVPROXY_LOOKUP_UNSET} // '') eq '1';
     for my $name (keys %$environment) {
         return 1 if $name !~ /\AENVPROXY_/ && is_reference($environment->{$name});

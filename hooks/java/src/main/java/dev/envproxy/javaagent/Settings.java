@@ -24,7 +24,7 @@ final class Settings {
         EXIT
     }
 
-    /** ENVPROXY_ENABLED is not 0 and ENVPROXY_NO_JAVA is not 1. */
+    /** ENVPROXY_ENABLED is not 0 and ENVPROXY_NO_JAVA is not 1, true or yes (any case). */
     final boolean enabled;
     /** ENVPROXY_DEBUG=1: one stderr line per reference lookup and its outcome. */
     final boolean debug;
@@ -43,7 +43,7 @@ final class Settings {
 
     private Settings(Map<String, String> raw, boolean report) {
         enabled = !"0".equals(raw.get("ENVPROXY_ENABLED"))
-                && !"1".equals(raw.get("ENVPROXY_NO_JAVA"));
+                && !isSwitchOn(raw.get("ENVPROXY_NO_JAVA"));
         debug = "1".equals(raw.get("ENVPROXY_DEBUG"));
         long ttlSeconds = number(raw, "ENVPROXY_CACHE_TTL", DEFAULT_TTL_SECONDS, report);
         ttlMillis = ttlSeconds > Long.MAX_VALUE / 1000 ? Long.MAX_VALUE : ttlSeconds * 1000;
@@ -53,6 +53,11 @@ final class Settings {
         explicitSocket = raw.get("ENVPROXY_SOCKET");
         runtimeDir = raw.get("XDG_RUNTIME_DIR");
         charset = environmentCharset();
+    }
+
+    /** Returns whether a hook switch is on: 1, true or yes in any case, as the library reads it. */
+    static boolean isSwitchOn(String value) {
+        return "1".equals(value) || "true".equalsIgnoreCase(value) || "yes".equalsIgnoreCase(value);
     }
 
     /**
