@@ -1,14 +1,16 @@
-//! The value cache of the HTTP and Kubernetes Secret backends: one entry per key, with the
-//! rules of the Vault backend's cache.
+//! The value cache of the Vault, HTTP and Kubernetes Secret backends: one entry per key.
 //!
 //! Two bounded `moka` caches work together. `fresh` keeps an entry until its TTL (the
-//! configured `cache_ttl`, shortened by a TTL the source returns) and provides single flight:
+//! configured `cache_ttl`, shortened by a TTL the source returns, or the whole duration of a
+//! lease the source granted with the value) and provides single flight:
 //! concurrent callers of a missing entry share one request through `try_get_with`. `last_good`
 //! keeps each value for `max_stale` beyond its TTL. When a request fails because the source is
 //! unavailable ([`SourceError::is_unavailable`]: unreachable, timed out, 429 or 5xx), that
 //! value is served again, marked stale, and the source is retried after a short interval. A
 //! "not found" is cached for the TTL and drops the `last_good` value, as does any other
 //! failure (401, 403, an unusable body), which is returned to the caller and not cached.
+//! A value under a lease is never kept in `last_good`, so it is never served past its lease
+//! end.
 
 use std::fmt;
 use std::future::Future;
@@ -33,6 +35,16 @@ pub(crate) trait SourceError: Clone + fmt::Display + Send + Sync + 'static {
 pub(crate) struct Fetched<V> {
     pub value: Option<V>,
     pub ttl: Option<Duration>,
+    /// A lease granted with the value. The entry then stays fresh for the whole `ttl` (the
+    /// lease's duration), even beyond `cache_ttl`, and ends with it.
+    pub lease: Option<CachedLease>,
+}
+
+/// The lease of a cached value, such as that of a Vault dynamic secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CachedLease {
+    pub id: String,
+    pub renewable: bool,
 }
 
 /// Minimum and maximum pause between requests for one key while its stale value is served.
@@ -48,6 +60,8 @@ pub(crate) struct CachedValue<V> {
     pub fresh_until: Instant,
     /// Served while the source is unavailable until then.
     pub stale_until: Instant,
+    /// The lease the value is valid under; the entry ends with it.
+    pub lease: Option<CachedLease>,
     /// Set on an entry that serves a last good value during an outage.
     pub stale: bool,
     /// When the value was read from the source.
@@ -62,6 +76,8 @@ pub(crate) struct EntryInfo {
     pub age: Duration,
     /// Time until the entry expires from the cache.
     pub ttl_left: Duration,
+    /// Time until the lease of the value ends; `None` without a lease.
+    pub lease_left: Option<Duration>,
     pub hits: u64,
     pub stale: bool,
     /// Set when the source returned "not found" and the entry caches that response.
@@ -188,15 +204,21 @@ where
     }
 
     fn fresh_entry(&self, fetched: Fetched<V>) -> Arc<CachedValue<V>> {
-        let ttl = fetched
-            .ttl
-            .map_or(self.cache_ttl, |ttl| ttl.min(self.cache_ttl));
         let now = Instant::now();
-        let fresh_until = now + ttl;
+        let (fresh_until, stale_until) = match (&fetched.lease, fetched.ttl) {
+            (Some(_), Some(duration)) => (now + duration, now + duration),
+            _ => {
+                let ttl = fetched
+                    .ttl
+                    .map_or(self.cache_ttl, |ttl| ttl.min(self.cache_ttl));
+                (now + ttl, now + ttl + self.max_stale)
+            }
+        };
         Arc::new(CachedValue {
             value: fetched.value.map(Arc::new),
             fresh_until,
-            stale_until: fresh_until + self.max_stale,
+            stale_until,
+            lease: fetched.lease,
             stale: false,
             fetched_at: now,
             hits: AtomicU64::new(0),
@@ -204,7 +226,7 @@ where
     }
 
     async fn remember_last_good(&self, key: &K, entry: &Arc<CachedValue<V>>) {
-        if entry.value.is_some() {
+        if entry.value.is_some() && entry.lease.is_none() {
             self.last_good.insert(key.clone(), Arc::clone(entry)).await;
         } else {
             self.last_good.invalidate(key).await;
@@ -245,6 +267,7 @@ where
                     value: last.value.clone(),
                     fresh_until: (now + retry).min(last.stale_until),
                     stale_until: last.stale_until,
+                    lease: None,
                     stale: true,
                     fetched_at: last.fetched_at,
                     hits: AtomicU64::new(0),
@@ -279,6 +302,10 @@ where
                 let info = EntryInfo {
                     age: now.saturating_duration_since(entry.fetched_at),
                     ttl_left: entry.fresh_until.saturating_duration_since(now),
+                    lease_left: entry
+                        .lease
+                        .as_ref()
+                        .map(|_| entry.stale_until.saturating_duration_since(now)),
                     hits: entry.hits.load(Ordering::Relaxed),
                     stale: entry.stale,
                     not_found: entry.value.is_none(),
@@ -286,6 +313,43 @@ where
                 (K::clone(&key), info)
             })
             .collect()
+    }
+
+    /// Extends the entry of `key` to `new_end` while it still holds lease `lease_id`. Returns
+    /// whether it did.
+    pub(crate) async fn extend_lease(&self, key: &K, lease_id: &str, new_end: Instant) -> bool {
+        use moka::ops::compute::{CompResult, Op};
+        let result = self
+            .fresh
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(entry) if holds(entry.value(), lease_id) => {
+                        let old = entry.value();
+                        Op::Put(Arc::new(CachedValue {
+                            value: old.value.clone(),
+                            fresh_until: new_end,
+                            stale_until: new_end,
+                            lease: old.lease.clone(),
+                            stale: false,
+                            fetched_at: old.fetched_at,
+                            hits: AtomicU64::new(old.hits.load(Ordering::Relaxed)),
+                        }))
+                    }
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        matches!(result, CompResult::ReplacedWith(_))
+    }
+
+    /// Returns whether the entry of `key` still holds lease `lease_id`.
+    pub(crate) async fn holds_lease(&self, key: &K, lease_id: &str) -> bool {
+        self.fresh
+            .get(key)
+            .await
+            .is_some_and(|entry| holds(&entry, lease_id))
     }
 
     /// Returns the cached entry of `key` without counting a hit, or else the last good value
@@ -394,6 +458,13 @@ where
             );
         }
     }
+}
+
+fn holds<V>(entry: &CachedValue<V>, lease_id: &str) -> bool {
+    entry
+        .lease
+        .as_ref()
+        .is_some_and(|lease| lease.id == lease_id)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -123,6 +123,7 @@ impl Client {
                 return Ok(Fetched {
                     value: None,
                     ttl: None,
+                    lease: None,
                 });
             }
             StatusCode::UNAUTHORIZED => return Err(HttpError::Unauthorized { url }),
@@ -348,6 +349,7 @@ fn decode_body(url: &str, key: &str, body: &[u8]) -> Result<Fetched, HttpError> 
     Ok(Fetched {
         value: Some(value),
         ttl,
+        lease: None,
     })
 }
 

@@ -176,6 +176,7 @@ impl Connection {
                 return Ok(Fetched {
                     value: Some(secret_data(secret)),
                     ttl: None,
+                    lease: None,
                 })
             }
             Err(kube::Error::Api(status)) => status,
@@ -195,6 +196,7 @@ impl Connection {
             404 => Ok(Fetched {
                 value: None,
                 ttl: None,
+                lease: None,
             }),
             401 => Err(KubeSecretError::Unauthorized {
                 server: self.server.clone(),

@@ -76,7 +76,14 @@ pub(super) fn spawn(
                     let value = Some(secret_data(secret));
                     inner
                         .cache
-                        .insert(key.clone(), Fetched { value, ttl: None })
+                        .insert(
+                            key.clone(),
+                            Fetched {
+                                value,
+                                ttl: None,
+                                lease: None,
+                            },
+                        )
                         .await;
                     tracing::debug!(%namespace, %name, "default Secret updated from its watch");
                 }
@@ -84,6 +91,7 @@ pub(super) fn spawn(
                     let absent = Fetched {
                         value: None,
                         ttl: None,
+                        lease: None,
                     };
                     inner.cache.insert(key.clone(), absent).await;
                     tracing::info!(%namespace, %name, "default Secret deleted");
@@ -93,6 +101,7 @@ pub(super) fn spawn(
                         let absent = Fetched {
                             value: None,
                             ttl: None,
+                            lease: None,
                         };
                         inner.cache.insert(key.clone(), absent).await;
                         tracing::warn!(%namespace, %name, "default Secret does not exist");

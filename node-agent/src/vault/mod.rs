@@ -44,7 +44,8 @@ use lease::LeaseKeeper;
 use read::{ReadResult, ReadTarget};
 use session::Session;
 
-use crate::metrics::{Metrics, VaultOperation};
+use crate::metrics::{CacheBackend, Metrics, VaultOperation};
+use crate::value_cache::Fetched;
 
 /// The Vault part of the agent status. Contains no token and no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +122,8 @@ impl VaultBackend {
                 // NOTE: each backend has its own cache. The key already names the identity, so
                 // node mode can share one cache among per-pod identities of the same role.
                 cache: SecretCache::new(
+                    CacheBackend::Vault,
+                    "Vault",
                     settings.max_entries,
                     settings.cache_ttl,
                     settings.max_stale,
@@ -193,9 +196,12 @@ impl VaultBackend {
         let entry = self
             .inner
             .cache
-            .get_or_fetch(&cache_key, || self.fetch(&cache_key))
+            .get_or_fetch(&cache_key, || async {
+                self.fetch(&cache_key).await.map(Fetched::from)
+            })
             .await?;
-        match entry.data.get(key) {
+        // A Vault read always has data: only the other backends cache "not found".
+        match entry.value.as_ref().and_then(|data| data.get(key)) {
             Some(value) => Ok(SecretBytes::new(value.expose_secret().to_vec())),
             None => Err(VaultError::KeyNotFound {
                 path: cache_key.target.path.clone(),
@@ -264,7 +270,7 @@ impl VaultBackend {
             .cache
             .entries()
             .into_iter()
-            .map(|(_, info)| info)
+            .map(|(key, info)| CacheEntryInfo::new(&key, info))
             .collect();
         entries.sort_by(|a, b| (&a.path, a.version).cmp(&(&b.path, b.version)));
         entries
