@@ -84,6 +84,15 @@ pub(crate) struct EntryInfo {
     pub not_found: bool,
 }
 
+/// An outage of a backend's source: how long the source has been unavailable and the latest
+/// error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outage {
+    pub duration: Duration,
+    /// The message of the latest failed request, which names the source's address.
+    pub error: String,
+}
+
 /// Cache figures for the status report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CacheStats {
@@ -389,6 +398,21 @@ where
         }
         self.run_pending_tasks().await;
         keys
+    }
+
+    /// Returns the current outage of the source, or `None` while the latest request reached it.
+    pub(crate) fn outage(&self) -> Option<Outage> {
+        let since = (*lock(&self.outage_since))?;
+        Some(Outage {
+            duration: since.elapsed(),
+            error: self.last_error().unwrap_or_default(),
+        })
+    }
+
+    /// Ends the current outage after a check outside the cache, such as a health probe,
+    /// found the source available again.
+    pub(crate) fn end_outage(&self) {
+        self.note_available();
     }
 
     /// Returns the message of the last failed request, or `None` when none failed.

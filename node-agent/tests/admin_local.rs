@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use admin_support::*;
 use envproxy_admin_proto::v1 as pb;
@@ -522,6 +523,146 @@ async fn health_not_serving_without_vault_login() {
         .into_inner();
     assert!(!status.serving);
     assert!(!status.vault[0].logged_in);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn status_shows_failed_vault_login() {
+    let server = start_server(ServerOptions::default()).await;
+    let wrong_token = format!("hvs.{}", random_hex(24));
+    let agent = TestAgent::start(&server, &wrong_token).await;
+    let mut client = admin_client(&agent.admin_socket).await;
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let last_error = &status.vault[0].last_error;
+    assert!(
+        last_error.contains("auth/token/lookup-self"),
+        "{last_error}"
+    );
+    assert!(last_error.contains("rejected"), "{last_error}");
+    assert!(!last_error.contains(&wrong_token), "{last_error}");
+    let reason = &status.not_serving_reason;
+    assert!(reason.contains("not logged in to Vault"), "{reason}");
+    assert!(!reason.contains(&wrong_token), "{reason}");
+    agent.stop().await;
+}
+
+/// Returns the agent's `grpc.health.v1` status and the reason the admin API gives.
+async fn health_and_reason(admin_socket: &Path) -> (ServingStatus, String) {
+    let channel = channel(admin_socket).await.unwrap();
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = admin_client(admin_socket)
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (response.status(), status.not_serving_reason)
+}
+
+/// Waits until the health status is `expected`, within `wait`, and returns the reason.
+async fn wait_for_health(admin_socket: &Path, expected: ServingStatus, wait: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (status, reason) = health_and_reason(admin_socket).await;
+        if status == expected {
+            return reason;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health stayed {status:?} for {wait:?}, expected {expected:?}; reason: {reason}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Health bound: the updater runs every 0.5 s, and during an outage probes Vault every 5 s.
+const HEALTH_FLIP: Duration = Duration::from_secs(2);
+const HEALTH_RECOVERY: Duration = Duration::from_secs(8);
+
+#[tokio::test]
+async fn health_follows_stopped_vault() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
+
+    server.stop_listening().await;
+    let response = agent
+        .get("OTHER", "vault:secret/data/app/other#password")
+        .await;
+    assert!(matches!(response, Response::Error(_)), "{response:?}");
+    let reason = wait_for_health(&agent.admin_socket, ServingStatus::NotServing, HEALTH_FLIP).await;
+    assert!(reason.contains("Vault has been unavailable"), "{reason}");
+    assert!(reason.contains(&server.url()), "{reason}");
+
+    // No request comes while Vault is back: the probe alone restores the status.
+    server.start_listening().await.unwrap();
+    let reason =
+        wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_RECOVERY).await;
+    assert_eq!(reason, "");
+    assert_eq!(
+        agent.get("DB", DB_REFERENCE).await,
+        found(&agent.vault_secret)
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn health_follows_sealed_vault() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
+
+    server.seal();
+    let response = agent
+        .get("OTHER", "vault:secret/data/app/other#password")
+        .await;
+    assert!(matches!(response, Response::Error(_)), "{response:?}");
+    let reason = wait_for_health(&agent.admin_socket, ServingStatus::NotServing, HEALTH_FLIP).await;
+    assert!(reason.contains("sealed"), "{reason}");
+    // The probe finds Vault still sealed, so the status stays NOT_SERVING past a probe.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (status, _) = health_and_reason(&agent.admin_socket).await;
+    assert_eq!(status, ServingStatus::NotServing);
+
+    server.unseal();
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_RECOVERY).await;
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn health_follows_vault_server_errors() {
+    let server = start_server(ServerOptions::default()).await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
+
+    server.inject_failures("secret/data/app/other", 1, 500);
+    let response = agent
+        .get("OTHER", "vault:secret/data/app/other#password")
+        .await;
+    assert!(matches!(response, Response::Error(_)), "{response:?}");
+    let reason = wait_for_health(&agent.admin_socket, ServingStatus::NotServing, HEALTH_FLIP).await;
+    assert!(reason.contains("500"), "{reason}");
+
+    // The next request that reaches Vault ends the outage, even before a probe.
+    server
+        .root()
+        .kv2_put("secret", "app/other", json!({ "password": "x" }))
+        .unwrap();
+    let response = agent
+        .get("OTHER", "vault:secret/data/app/other#password")
+        .await;
+    assert_eq!(response, found("x"));
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
     agent.stop().await;
 }
 

@@ -122,6 +122,9 @@ pub fn status(status: &Status, format: Format) -> String {
         ("uptime", format_duration(status.uptime_seconds)),
         ("serving", yes_no(status.serving)),
     ];
+    if let Some(reason) = &status.not_serving_reason {
+        rows.push(("not serving because", reason.clone()));
+    }
     if status.mode == "node" {
         rows.extend([
             ("node", optional(status.node.as_ref())),

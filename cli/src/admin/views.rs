@@ -29,6 +29,8 @@ pub struct Status {
     pub kube_watch_synced: bool,
     pub kube_watch_connected: bool,
     pub serving: bool,
+    /// Why the agent is not serving; `None` while it is.
+    pub not_serving_reason: Option<String>,
     pub pods_watched: u64,
     pub counters: Counters,
     pub secrets_file: Option<SecretsFile>,
@@ -107,6 +109,7 @@ impl From<pb::StatusResponse> for Status {
             kube_watch_synced: status.kube_watch_synced,
             kube_watch_connected: status.kube_watch_connected,
             serving: status.serving,
+            not_serving_reason: non_empty(status.not_serving_reason),
             pods_watched: status.pods_watched,
             counters: Counters {
                 requests: counters.requests,

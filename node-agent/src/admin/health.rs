@@ -1,20 +1,36 @@
 //! The `grpc.health.v1` status: SERVING while the agent can serve requests, NOT_SERVING
-//! otherwise, for the whole server (service `""`) and for `envproxy.admin.v1.Admin`.
+//! otherwise, for the whole server (service `""`) and for `envproxy.admin.v1.Admin`. The admin
+//! API's `Status` gives the reason when it is NOT_SERVING.
 //!
 //! The agent can serve requests when, in node mode, the pod watch has delivered its first full
-//! list and the API server is reachable, and, with a local-mode Vault backend, Vault has
-//! accepted the agent's token. The API server counts as reachable while the watch's latest
-//! request succeeded. After a watch error the watch lists again after a backoff of up to 30 s,
-//! so meanwhile the API server is probed with a one-item list of the node's pods, at most every
-//! [`PROBE_INTERVAL`]. After [`MAX_WATCH_FAILURES`] failed watch requests in a row the agent is
-//! not serving whatever the probe finds. A secrets file is always usable once the agent has
+//! list and the API server is reachable, and, in local mode, each configured backend is usable.
+//! The API server counts as reachable while the watch's latest request succeeded. After a watch
+//! error the watch lists again after a backoff of up to 30 s, so meanwhile the API server is
+//! probed with a one-item list of the node's pods, at most every [`PROBE_INTERVAL`]. After
+//! [`MAX_WATCH_FAILURES`] failed watch requests in a row the agent is not serving whatever the
+//! probe finds.
+//!
+//! A local-mode Vault backend is usable once Vault has accepted the agent's token and while
+//! Vault is available: a request that found Vault unreachable, sealed, rate-limiting or
+//! answering 5xx starts an outage, and the next request that reaches Vault ends it. From
+//! [`PROBE_INTERVAL`] into an outage Vault's `sys/health` is also probed, at most every
+//! [`PROBE_INTERVAL`], so the status returns to SERVING once Vault is back even when no request
+//! comes. The HTTP secrets API and
+//! Kubernetes Secrets (local mode) are unusable from a request that found them unavailable
+//! until the next request that reaches them. A secrets file is always usable once the agent has
 //! started, because a failed reload keeps the last good contents.
+//!
+//! NOTE: the HTTP secrets API and Kubernetes Secrets are not probed, so after an outage their
+//! backend stays NOT_SERVING until a request reaches them again.
+//!
+//! NOTE: `sys/health` can succeed while reads still fail (for example a 5xx on one mount), so
+//! the status can then alternate between a failed read and the next probe.
 //!
 //! NOTE: in node mode each pod identity logs in to Vault at its first request, so Vault's state
 //! does not enter the health status there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -26,13 +42,15 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use super::{AdminState, NodeView};
+use crate::vault::{Outage, VaultBackend};
 
 /// Interval between evaluations of the agent's state. Each reads only in-memory flags.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Minimum time between API server probes while the pod watch reports an error.
+/// Minimum time between API server probes while the pod watch reports an error, and between
+/// Vault probes during a Vault outage.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
-/// Maximum wait for one API server probe.
+/// Maximum wait for one API server or Vault probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Consecutive failed list and watch requests of the pod watch after which the agent is not
@@ -46,11 +64,21 @@ const ADMIN_SERVICE: &str = "envproxy.admin.v1.Admin";
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     serving: AtomicBool,
+    /// Why the agent is not serving; `None` while it is.
+    reason: Mutex<Option<String>>,
 }
 
 impl Health {
     pub(crate) fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Returns why the agent is not serving, or `None` while it is.
+    pub(crate) fn not_serving_reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -58,6 +86,8 @@ impl Health {
 #[derive(Debug, Default)]
 struct Probe {
     latest: Option<(Instant, bool)>,
+    /// When Vault was last probed during the current outage.
+    vault_latest: Option<Instant>,
 }
 
 impl Probe {
@@ -91,29 +121,92 @@ impl Probe {
     }
 }
 
-/// Evaluates whether the agent can serve requests now.
-async fn evaluate(state: &AdminState, probe: &mut Probe) -> bool {
+/// Evaluates whether the agent can serve requests now. Returns why not when it cannot.
+async fn evaluate(state: &AdminState, probe: &mut Probe) -> Result<(), String> {
     if let Some(node) = &state.node {
         if !node.pods.is_synced() {
-            return false;
+            return Err(format!(
+                "the pod watch of node {} has not received its first full list of pods",
+                node.node_name
+            ));
         }
         // The API server may respond to the probe's list while refusing every watch, so a run of
         // failures counts even when the probe succeeds.
-        if node.pods.consecutive_failures() >= MAX_WATCH_FAILURES {
-            return false;
+        let failures = node.pods.consecutive_failures();
+        if failures >= MAX_WATCH_FAILURES {
+            return Err(format!(
+                "the pod watch failed {failures} times in a row (the agent's log names the error)"
+            ));
         }
         if node.pods.is_connected() {
             probe.latest = None;
         } else if !probe.reachable(node).await {
-            return false;
+            return Err(
+                "the pod watch lost the API server, which does not respond to a list of pods"
+                    .to_string(),
+            );
         }
+        return Ok(());
     }
     if let Some(vault) = &state.backends.vault {
-        if !vault.status().logged_in {
-            return false;
+        vault_usable(vault, probe).await?;
+    }
+    if let Some(http) = &state.backends.http {
+        if let Some(outage) = http.outage() {
+            return Err(outage_reason("the HTTP secrets API", &outage));
         }
     }
-    true
+    if let Some(kube) = &state.backends.kube {
+        if let Some(outage) = kube.outage() {
+            return Err(outage_reason("the Kubernetes API server", &outage));
+        }
+    }
+    Ok(())
+}
+
+/// Returns why the local-mode Vault backend is unusable, probing `sys/health` during an outage
+/// at most every [`PROBE_INTERVAL`].
+async fn vault_usable(vault: &VaultBackend, probe: &mut Probe) -> Result<(), String> {
+    let status = vault.status();
+    if !status.logged_in {
+        let error = status
+            .last_error
+            .unwrap_or_else(|| "no login has completed yet".to_string());
+        return Err(format!("the agent is not logged in to Vault: {error}"));
+    }
+    let Some(outage) = vault.outage() else {
+        probe.vault_latest = None;
+        return Ok(());
+    };
+    // The first probe waits a whole interval, so that a failed read shows in the status even
+    // when `sys/health` succeeds at once.
+    let due = outage.duration >= PROBE_INTERVAL
+        && probe
+            .vault_latest
+            .is_none_or(|at| at.elapsed() >= PROBE_INTERVAL);
+    if due {
+        probe.vault_latest = Some(Instant::now());
+        match tokio::time::timeout(PROBE_TIMEOUT, vault.probe()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => tracing::debug!(%err, "Vault probe failed"),
+            Err(_) => tracing::debug!(
+                timeout_ms = PROBE_TIMEOUT.as_millis(),
+                "Vault probe timed out"
+            ),
+        }
+    }
+    match vault.outage() {
+        Some(outage) => Err(outage_reason("Vault", &outage)),
+        None => Ok(()),
+    }
+}
+
+fn outage_reason(source: &str, outage: &Outage) -> String {
+    format!(
+        "{source} has been unavailable for {} s: {}",
+        outage.duration.as_secs(),
+        outage.error
+    )
 }
 
 /// Reports the current status, then starts a task that re-evaluates it every
@@ -143,8 +236,15 @@ async fn report(
     reported: &mut Option<bool>,
     probe: &mut Probe,
 ) {
-    let serving = evaluate(state, probe).await;
+    let result = evaluate(state, probe).await;
+    let serving = result.is_ok();
     state.health.serving.store(serving, Ordering::Relaxed);
+    let reason = result.err();
+    *state
+        .health
+        .reason
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = reason.clone();
     if *reported == Some(serving) {
         return;
     }
@@ -156,7 +256,10 @@ async fn report(
     reporter.set_service_status("", status).await;
     reporter.set_service_status(ADMIN_SERVICE, status).await;
     if reported.is_some() {
-        tracing::info!(serving, "agent health changed");
+        match &reason {
+            Some(reason) => tracing::warn!(serving, %reason, "agent health changed"),
+            None => tracing::info!(serving, "agent health changed"),
+        }
     }
     *reported = Some(serving);
 }

@@ -128,6 +128,7 @@ impl Admin for AdminService {
             kube_watch_synced: node.is_some_and(|node| node.pods.is_synced()),
             kube_watch_connected: node.is_some_and(|node| node.pods.is_connected()),
             serving: state.health.is_serving(),
+            not_serving_reason: state.health.not_serving_reason().unwrap_or_default(),
             vault,
             counters: Some(pb::Counters {
                 requests: metrics.requests_total(),

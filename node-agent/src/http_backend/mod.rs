@@ -33,7 +33,7 @@ pub(crate) use client::error_chain;
 use client::Client;
 
 use crate::metrics::{CacheBackend, Metrics};
-use crate::value_cache::{EntryInfo, ValueCache};
+use crate::value_cache::{EntryInfo, Outage, ValueCache};
 
 /// The HTTP backend's part of the agent status. Contains no token and no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +126,12 @@ impl HttpBackend {
             stale_served: cache.stale_served,
             last_error: inner.cache.last_error(),
         }
+    }
+
+    /// Returns the current outage of the source, or `None` while the latest request reached
+    /// it.
+    pub fn outage(&self) -> Option<Outage> {
+        self.inner.cache.outage()
     }
 
     /// Lists the cached keys with their cache state, in no particular order, without their

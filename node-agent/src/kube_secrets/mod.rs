@@ -39,7 +39,7 @@ pub use settings::KubeSettings;
 use client::Connection;
 
 use crate::metrics::{CacheBackend, Metrics};
-use crate::value_cache::{EntryInfo, ValueCache};
+use crate::value_cache::{EntryInfo, Outage, ValueCache};
 use crate::vault::SecretText;
 
 /// Cache key of one Secret read: who read it and which Secret.
@@ -394,6 +394,12 @@ impl KubeSecrets {
             stale_served: cache.stale_served,
             last_error,
         }
+    }
+
+    /// Returns the current outage of the source, or `None` while the latest request reached
+    /// it.
+    pub fn outage(&self) -> Option<Outage> {
+        self.inner.cache.outage()
     }
 
     /// Returns the identities that cached Secret reads belong to, sorted.

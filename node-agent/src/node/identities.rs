@@ -141,7 +141,8 @@ impl Identities {
             role: identity.role.clone(),
             jwt: Arc::clone(&jwt) as Arc<dyn JwtSource>,
         });
-        let backend = VaultBackend::start_observed(settings, auth, Arc::clone(&self.metrics))
+        let metrics = Arc::clone(&self.metrics);
+        let backend = VaultBackend::start_named(settings, auth, metrics, identity.describe())
             .await
             .map_err(|err| format!("cannot set up Vault for {}: {err}", identity.describe()))?;
         tracing::info!(identity = %identity.describe(), "new Vault identity");

@@ -46,6 +46,7 @@ use session::Session;
 
 use crate::metrics::{CacheBackend, Metrics, VaultOperation};
 use crate::value_cache::Fetched;
+pub use crate::value_cache::Outage;
 
 /// The Vault part of the agent status. Contains no token and no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,14 +102,27 @@ impl VaultBackend {
         VaultBackend::start_observed(settings, auth, Arc::default()).await
     }
 
-    /// Like [`VaultBackend::start_with_auth`], counting Vault requests in `metrics`.
+    /// Like [`VaultBackend::start_with_auth`], counting Vault requests in `metrics`. Log lines
+    /// name the identity as the auth method and Vault address.
     pub(crate) async fn start_observed(
         settings: VaultSettings,
         auth: Arc<dyn Auth>,
         metrics: Arc<Metrics>,
     ) -> Result<VaultBackend, VaultError> {
+        let identity = format!("{} auth at {}", auth.method(), settings.address);
+        VaultBackend::start_named(settings, auth, metrics, identity).await
+    }
+
+    /// Like [`VaultBackend::start_observed`], with `identity` naming the login in log lines,
+    /// such as node mode's service account, role, auth mount and address.
+    pub(crate) async fn start_named(
+        settings: VaultSettings,
+        auth: Arc<dyn Auth>,
+        metrics: Arc<Metrics>,
+        identity: String,
+    ) -> Result<VaultBackend, VaultError> {
         let transport = Arc::new(Transport::new(&settings, metrics)?);
-        let identity: Arc<str> = format!(
+        let cache_identity: Arc<str> = format!(
             "{}|{}|{}|{}",
             transport.address(),
             settings.namespace().unwrap_or_default(),
@@ -116,7 +130,7 @@ impl VaultBackend {
             auth.describe()
         )
         .into();
-        let session = Session::new(auth, Arc::clone(&transport));
+        let session = Session::new(auth, Arc::clone(&transport), identity.into());
         let backend = VaultBackend {
             inner: Arc::new(Inner {
                 // NOTE: each backend has its own cache. The key already names the identity, so
@@ -131,7 +145,7 @@ impl VaultBackend {
                 settings,
                 transport,
                 session,
-                identity,
+                identity: cache_identity,
                 leases: LeaseKeeper::default(),
             }),
         };
@@ -139,15 +153,17 @@ impl VaultBackend {
         match inner.session.login().await {
             Ok(()) => {}
             Err(err) if err.is_unavailable() => tracing::warn!(
-                address = %inner.settings.address,
+                identity = inner.session.identity(),
                 %err,
-                "Vault is unavailable at start; logging in at the first request"
+                "Vault is unavailable at the first login of this identity; logging in again at \
+                 its next request"
             ),
             Err(err) => tracing::error!(
-                address = %inner.settings.address,
+                identity = inner.session.identity(),
                 method = inner.session.auth().method(),
                 %err,
-                "Vault login failed; vault: references fail until it succeeds"
+                "Vault login failed; vault: references of this identity fail until a login \
+                 succeeds at one of its later requests"
             ),
         }
         Ok(backend)
@@ -259,7 +275,41 @@ impl VaultBackend {
             cache_misses: cache.misses,
             stale_served: cache.stale_served,
             live_leases: inner.leases.live_count(),
-            last_error: inner.cache.last_error(),
+            // A failed login explains every later failure until a login succeeds.
+            last_error: inner
+                .session
+                .login_error()
+                .or_else(|| inner.cache.last_error()),
+        }
+    }
+
+    /// Returns the start of the current Vault outage and the error that began it, or `None`
+    /// while the latest request reached Vault. Requests and [`VaultBackend::probe`] update it.
+    pub fn outage(&self) -> Option<Outage> {
+        self.inner.cache.outage()
+    }
+
+    /// Asks Vault's `sys/health` whether it is up, unsealed and able to serve (standbys
+    /// count as able), and ends the current outage when it is. The request needs no token.
+    pub async fn probe(&self) -> Result<(), VaultError> {
+        let reply = self
+            .inner
+            .transport
+            .send(
+                reqwest::Method::GET,
+                "sys/health",
+                Some("standbyok=true&perfstandbyok=true"),
+                None,
+                None,
+                false,
+            )
+            .await;
+        match reply {
+            Ok(_) => {
+                self.inner.cache.end_outage();
+                Ok(())
+            }
+            Err(err) => Err(err),
         }
     }
 

@@ -1,6 +1,11 @@
 //! A logged-in identity: its current Vault token, renewed at 2/3 of its TTL while renewable,
 //! and replaced by a new login when it expires or Vault rejects it (for auth methods that can
 //! log in again).
+//!
+//! Every log line about a login, renewal, rejection or expiry carries the `identity` field
+//! (service account, role, auth mount and Vault address in node mode; auth method and address
+//! in local mode). A login that a request caused runs inside the caller's span, which in node
+//! mode names the pod.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -35,7 +40,11 @@ struct ActiveToken {
 pub(crate) struct Session {
     auth: Arc<dyn Auth>,
     transport: Arc<Transport>,
+    /// The identity in words for log lines, without any token.
+    identity: Arc<str>,
     current: Mutex<Option<ActiveToken>>,
+    /// The message of the latest failed login, cleared by a successful one.
+    login_error: Mutex<Option<String>>,
     /// Serializes logins, so concurrent requests wait for one login.
     login_lock: tokio::sync::Mutex<()>,
     renewer: Mutex<Option<JoinHandle<()>>>,
@@ -49,11 +58,17 @@ pub(crate) struct TokenStatus {
 }
 
 impl Session {
-    pub(crate) fn new(auth: Arc<dyn Auth>, transport: Arc<Transport>) -> Arc<Session> {
+    pub(crate) fn new(
+        auth: Arc<dyn Auth>,
+        transport: Arc<Transport>,
+        identity: Arc<str>,
+    ) -> Arc<Session> {
         Arc::new(Session {
             auth,
             transport,
+            identity,
             current: Mutex::new(None),
+            login_error: Mutex::new(None),
             login_lock: tokio::sync::Mutex::new(()),
             renewer: Mutex::new(None),
         })
@@ -61,6 +76,17 @@ impl Session {
 
     pub(crate) fn auth(&self) -> &dyn Auth {
         &*self.auth
+    }
+
+    /// Returns the identity in words, as log lines name it.
+    pub(crate) fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Returns the message of the latest login when it failed, or `None` after a successful
+    /// login. The message names the call and Vault's reason, never a token.
+    pub(crate) fn login_error(&self) -> Option<String> {
+        lock(&self.login_error).clone()
     }
 
     /// Returns the current token, logging in first when there is none or it has expired.
@@ -102,8 +128,10 @@ impl Session {
             return Ok(None);
         }
         tracing::info!(
+            identity = %self.identity,
             method = self.auth.method(),
-            "Vault rejected the token; logging in again"
+            %error,
+            "Vault rejected the token of this identity; logging in again"
         );
         self.login_locked().await.map(Some)
     }
@@ -160,12 +188,14 @@ impl Session {
         Box::pin(async move {
             let login = self.auth.login(&self.transport).await;
             self.transport.count(VaultOperation::Login, &login);
+            *lock(&self.login_error) = login.as_ref().err().map(ToString::to_string);
             let Login {
                 token,
                 expires_at,
                 renewable,
             } = login?;
             tracing::info!(
+                identity = %self.identity,
                 method = self.auth.method(),
                 ttl_secs = expires_at.map(seconds_until),
                 renewable,
@@ -212,17 +242,19 @@ impl Session {
     }
 
     fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<ActiveToken>> {
-        // Writers only replace whole values, so a poisoned lock still holds a usable state.
-        self.current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.current)
     }
 
     fn lock_renewer(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
-        self.renewer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.renewer)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Writers only replace whole values, so a poisoned lock still holds a usable state.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Keeps `token` alive: renews it at 2/3 of its TTL while Vault allows, logs in again before
@@ -244,10 +276,12 @@ async fn keep_alive(session: std::sync::Weak<Session>, token: Arc<SecretText>) {
             .unwrap_or_default();
         let can_login_again = strong.auth.can_login_again();
         let method = strong.auth.method();
+        let identity = Arc::clone(&strong.identity);
         drop(strong);
 
         if !renewable && !can_login_again {
             tracing::warn!(
+                identity = %identity,
                 method,
                 expires_at = %format_time(expires_at),
                 "the Vault token cannot be renewed and will expire; vault: references \
@@ -255,6 +289,7 @@ async fn keep_alive(session: std::sync::Weak<Session>, token: Arc<SecretText>) {
             );
             tokio::time::sleep(remaining).await;
             tracing::error!(
+                identity = %identity,
                 method,
                 expired_at = %format_time(expires_at),
                 "the Vault token has expired; log in again (for example `vault login`) and \
@@ -274,7 +309,12 @@ async fn keep_alive(session: std::sync::Weak<Session>, token: Arc<SecretText>) {
             strong.forget(&token);
             let _guard = strong.login_lock.lock().await;
             if let Err(err) = strong.login_locked().await {
-                tracing::warn!(method, %err, "Vault login before token expiry failed");
+                tracing::warn!(
+                    identity = %identity,
+                    method,
+                    %err,
+                    "Vault login of this identity before its token expiry failed"
+                );
             }
             return;
         }
@@ -293,12 +333,14 @@ async fn keep_alive(session: std::sync::Weak<Session>, token: Arc<SecretText>) {
                 strong.update_lifetime(&token, new_expiry, auth.renewable && extended);
                 if extended {
                     tracing::info!(
+                        identity = %identity,
                         method,
                         ttl_secs = auth.lease_duration,
                         "renewed the Vault token"
                     );
                 } else {
                     tracing::warn!(
+                        identity = %identity,
                         method,
                         expires_at = %format_time(new_expiry),
                         "the Vault token reached its maximum TTL and cannot be renewed further"
@@ -307,7 +349,12 @@ async fn keep_alive(session: std::sync::Weak<Session>, token: Arc<SecretText>) {
             }
             Err(err) => {
                 if err.is_auth_rejection() {
-                    tracing::warn!(method, %err, "Vault rejected the token renewal");
+                    tracing::warn!(
+                        identity = %identity,
+                        method,
+                        %err,
+                        "Vault rejected the token renewal of this identity"
+                    );
                     if can_login_again {
                         strong.forget(&token);
                     }
@@ -315,6 +362,7 @@ async fn keep_alive(session: std::sync::Weak<Session>, token: Arc<SecretText>) {
                 }
                 let retry = (remaining / 6).clamp(MIN_RENEW_RETRY, MAX_RENEW_RETRY);
                 tracing::warn!(
+                    identity = %identity,
                     method,
                     %err,
                     retry_secs = retry.as_secs(),
