@@ -45,8 +45,14 @@ struct Local {
 
 impl Local {
     fn start() -> Local {
-        let world = World::new();
         let vault = Vault::start();
+        let token = vault.root_token();
+        Local::start_with_token(vault, &token)
+    }
+
+    /// Starts the agent with `VAULT_TOKEN` set to `token`.
+    fn start_with_token(vault: Vault, token: &str) -> Local {
+        let world = World::new();
         let path = unique_path("admin");
         let vault_secret = random_secret();
         vault.put_kv2(&path, json!({ "password": vault_secret }));
@@ -60,7 +66,7 @@ impl Local {
                 "[agent]\nsocket = {agent_socket:?}\n\n[admin]\nenabled = true\n"
             ))
             .write(&world, "agent.toml");
-        let agent = VaultAgent::start(&world, &config, &vault.root_token());
+        let agent = VaultAgent::start(&world, &config, token);
         assert_eq!(agent.socket, agent_socket);
         let admin_socket = default_admin_socket(&agent.socket);
         Local {
@@ -142,6 +148,42 @@ fn status_in_three_formats() {
     assert_eq!(sessions[0]["HITS"], "1");
     assert_eq!(sessions[0]["MISSES"], "1");
     local.assert_no_secret(&format!("{json}{yaml}{table}"));
+}
+
+#[test]
+fn status_shows_failed_vault_login() {
+    let wrong_token = format!("hvs.{}", random_secret());
+    let local = Local::start_with_token(Vault::start(), &wrong_token);
+
+    let json = admin_json(&local.admin_socket, &["status"]);
+    assert_eq!(json["serving"], false);
+    let reason = json["not_serving_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("not logged in to Vault"), "{json}");
+    let vault = &json["vault"][0];
+    assert_eq!(vault["logged_in"], false);
+    let last_error = vault["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("the Vault token was rejected"),
+        "{json}"
+    );
+    assert!(last_error.contains("log in again"), "{json}");
+
+    let table = admin_ok(&local.admin_socket, &["status"]);
+    let fields = parse_fields(&table);
+    assert_eq!(fields["serving"], "no");
+    assert!(
+        fields["not serving because"].contains("not logged in to Vault"),
+        "{table}"
+    );
+    let sessions = parse_table(after_blank_line(&table));
+    assert_eq!(sessions.len(), 1, "{table}");
+    assert_eq!(sessions[0]["LOGGED IN"], "no");
+    assert!(
+        sessions[0]["LAST ERROR"].contains("the Vault token was rejected"),
+        "{table}"
+    );
+    let outputs = format!("{json}{table}{}", local.agent.log_text());
+    assert_free_of(&outputs, &[&wrong_token]);
 }
 
 #[test]
