@@ -165,6 +165,7 @@ impl Agent {
             None => None,
         };
         let kube_config = kube_config(&node).await?;
+        let server = kube_config.cluster_url.to_string();
         let client = kube::Client::try_from(kube_config.clone())
             .map_err(|err| AgentError::Kube(err.to_string()))?;
         let metrics = Arc::new(Metrics::new());
@@ -174,7 +175,12 @@ impl Agent {
         };
         let kube_secrets = KubeSecrets::for_pods(kube_config, kube_settings, Arc::clone(&metrics))?;
         let metrics_listener = bind_metrics(&config).await?;
-        let pods = PodWatch::start_observed(client.clone(), &node.node_name, Arc::clone(&metrics));
+        let pods = PodWatch::start_observed(
+            client.clone(),
+            &node.node_name,
+            server,
+            Arc::clone(&metrics),
+        );
         let agent_uid = nix::unistd::geteuid().as_raw();
         let (listener, socket) =
             listener::bind_with_access(&socket_path, agent_uid, Access::Shared)?;
@@ -357,11 +363,18 @@ pub fn admin_socket_path(config: &Config) -> Option<PathBuf> {
 async fn kube_config(node: &NodeSettings) -> Result<kube::Config, AgentError> {
     let mut config = match &node.kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|err| AgentError::Kube(format!("{}: {err}", path.display())))?;
+            let setting = format!("[node] kubeconfig {}", path.display());
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                AgentError::Kube(format!(
+                    "cannot read {setting}: {err}; set it to a readable kubeconfig file, or \
+                     remove it to use the in-cluster config"
+                ))
+            })?;
+            let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)
+                .map_err(|err| AgentError::Kube(format!("invalid {setting}: {err}")))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                 .await
-                .map_err(|err| AgentError::Kube(format!("{}: {err}", path.display())))?
+                .map_err(|err| AgentError::Kube(format!("unusable {setting}: {err}")))?
         }
         None => kube::Config::infer()
             .await

@@ -1,6 +1,8 @@
 //! The node's pod watch against the in-repo Kubernetes API test server: initial list, changes,
 //! container IDs, bounded waits for late pods, relists after compaction, outages, and the
-//! node filter.
+//! node filter, and the log lines of failed requests.
+
+mod vault_support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use envproxy_agent::node::pods::{DeletedPod, PodWatch};
 use envproxy_kube_test_server::{KubeTestServer, Rule, ServerOptions};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use vault_support::LogCapture;
 
 const NODE: &str = "node-a";
 const AGENT_TOKEN: &str = "agent-token";
@@ -40,7 +43,7 @@ async fn client(server: &KubeTestServer, token: &str) -> kube::Client {
 }
 
 async fn start_watch(server: &KubeTestServer) -> PodWatch {
-    let watch = PodWatch::start(client(server, AGENT_TOKEN).await, NODE);
+    let watch = PodWatch::start(client(server, AGENT_TOKEN).await, NODE, &server.url());
     assert!(watch.wait_synced(CONVERGE).await, "pod watch synced");
     watch
 }
@@ -353,7 +356,7 @@ async fn server_down_then_up_recovers() {
 async fn unsynced_until_server_available() {
     let server = start_server().await;
     server.set_unavailable(true);
-    let watch = PodWatch::start(client(&server, AGENT_TOKEN).await, NODE);
+    let watch = PodWatch::start(client(&server, AGENT_TOKEN).await, NODE, &server.url());
     assert!(!watch.wait_synced(Duration::from_millis(300)).await);
     assert!(!watch.is_synced());
 
@@ -365,8 +368,78 @@ async fn unsynced_until_server_available() {
 async fn forbidden_token_never_syncs() {
     let server = start_server().await;
     server.register_token("no-pods", "nobody", vec![Rule::new(&["get"], &["secrets"])]);
-    let watch = PodWatch::start(client(&server, "no-pods").await, NODE);
+    let watch = PodWatch::start(client(&server, "no-pods").await, NODE, &server.url());
     assert!(!watch.wait_synced(Duration::from_millis(500)).await);
     let denied = server.requests().iter().filter(|r| r.status == 403).count();
     assert!(denied >= 1, "the list was rejected with 403");
+}
+
+/// Starts a watch with `token` against `url` and waits until the captured log contains
+/// `expected`. Returns the log.
+async fn watch_log_until(
+    server: &KubeTestServer,
+    token: &str,
+    url: &str,
+    expected: &str,
+) -> String {
+    let (capture, _guard) = LogCapture::install();
+    let yaml = server.kubeconfig(token).replace(&server.url(), url);
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).unwrap();
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .unwrap();
+    let watch = PodWatch::start(kube::Client::try_from(config).unwrap(), NODE, url);
+    let deadline = Instant::now() + CONVERGE;
+    while !capture.text().contains(expected) {
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {expected:?}; log:\n{}",
+            capture.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(watch);
+    capture.text()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn watch_log_explains_unauthorized() {
+    let server = start_server().await;
+    let log = watch_log_until(&server, "unknown-token", &server.url(), "HTTP 401").await;
+    let line = log.lines().find(|line| line.contains("HTTP 401")).unwrap();
+    assert!(line.contains("the first list of pods failed"), "{line}");
+    assert!(line.contains(&server.url()), "{line}");
+    assert!(line.contains("credentials of the kubeconfig"), "{line}");
+    assert!(!line.contains("Status {"), "{line}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn watch_log_explains_forbidden() {
+    let server = start_server().await;
+    server.register_token("no-pods", "nobody", vec![Rule::new(&["get"], &["secrets"])]);
+    let log = watch_log_until(&server, "no-pods", &server.url(), "HTTP 403").await;
+    let line = log.lines().find(|line| line.contains("HTTP 403")).unwrap();
+    assert!(line.contains(&server.url()), "{line}");
+    assert!(line.contains("list and watch pods"), "{line}");
+    assert!(!line.contains("Status {"), "{line}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn watch_log_explains_refused_connection() {
+    let server = start_server().await;
+    // A port that was bound and released has no listener, so connecting is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let scheme = server.url().split("://").next().unwrap().to_string();
+    let url = format!("{scheme}://127.0.0.1:{port}");
+    let log = watch_log_until(&server, AGENT_TOKEN, &url, "connection refused").await;
+    let line = log
+        .lines()
+        .find(|line| line.contains("connection refused"))
+        .unwrap();
+    assert!(line.contains(&url), "{line}");
+    assert!(line.contains("the address is wrong"), "{line}");
+    assert!(!line.contains("ServiceError"), "{line}");
 }

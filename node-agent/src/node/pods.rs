@@ -120,6 +120,8 @@ impl From<&PodEntry> for DeletedPod {
 /// The pods the watch has delivered, shared by the watch task and every [`PodWatch`].
 struct Store {
     node_name: String,
+    /// The API server's address for log lines.
+    server: String,
     pods: RwLock<HashMap<String, PodEntry>>,
     /// Bumped after every change to `pods`; waiters wake on it.
     changes: watch::Sender<u64>,
@@ -156,18 +158,21 @@ impl PodWatch {
     /// # Panics
     ///
     /// Panics when called outside a Tokio runtime.
-    pub fn start(client: kube::Client, node_name: &str) -> PodWatch {
-        PodWatch::start_observed(client, node_name, Arc::default())
+    /// Log lines name the API server as `server`, its URL.
+    pub fn start(client: kube::Client, node_name: &str, server: &str) -> PodWatch {
+        PodWatch::start_observed(client, node_name, server.to_string(), Arc::default())
     }
 
     /// Like [`PodWatch::start`], counting relists and watch errors in `metrics`.
     pub(crate) fn start_observed(
         client: kube::Client,
         node_name: &str,
+        server: String,
         metrics: Arc<Metrics>,
     ) -> PodWatch {
         let store = Arc::new(Store {
             node_name: node_name.to_owned(),
+            server,
             pods: RwLock::new(HashMap::new()),
             changes: watch::channel(0).0,
             synced: watch::channel(false).0,
@@ -322,7 +327,7 @@ async fn watch_until_failure(
                 let failures = store.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 store.connected.store(false, Ordering::Relaxed);
                 store.metrics.pod_watch_failed();
-                log_watch_error(&err, failures, &store.node_name);
+                log_watch_error(&err, failures, &store.node_name, &store.server);
                 if matches!(err, watcher::Error::InitialListFailed(_)) {
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue;
@@ -409,29 +414,101 @@ fn rand_below(bound: u64) -> u64 {
     u64::from(nanos) % bound
 }
 
-/// Logs a watch error. A 403 is a warning because an operator must fix RBAC. Other errors are
-/// routine, so only the first of a run and every 10th after it is a warning.
-fn log_watch_error(err: &watcher::Error, failures: u64, node: &str) {
-    let forbidden = match err {
-        watcher::Error::InitialListFailed(kube::Error::Api(status))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
-        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.is_forbidden(),
+/// Logs a watch error, naming the API server and what to fix. A 401 or 403 is always a
+/// warning because an operator must fix credentials or RBAC. Other errors are routine, so only
+/// the first of a run and every 10th after it is a warning.
+fn log_watch_error(err: &watcher::Error, failures: u64, node: &str, server: &str) {
+    let (request, failure) = match err {
+        watcher::Error::InitialListFailed(err) => ("the first list of pods", Failure::Client(err)),
+        watcher::Error::WatchStartFailed(err) | watcher::Error::WatchFailed(err) => {
+            ("the pod watch", Failure::Client(err))
+        }
         watcher::Error::WatchError(status) => {
             if status.code == 410 {
                 debug!(%node, "pod watch history expired; relisting");
                 return;
             }
-            status.is_forbidden()
+            ("the pod watch", Failure::Status(status))
         }
-        _ => false,
+        other => ("the pod watch", Failure::Other(other)),
     };
-    if forbidden {
-        warn!(%node, %err, "pod watch forbidden: grant this agent list and watch on pods");
+    let status = match failure {
+        Failure::Client(kube::Error::Api(status)) => Some(status.as_ref()),
+        Failure::Status(status) => Some(status),
+        _ => None,
+    };
+    let message = describe_failure(&failure, server);
+    if status.is_some_and(|status| status.code == 401 || status.code == 403) {
+        warn!(%node, failures, "{request} failed: {message}");
     } else if failures == 1 || failures.is_multiple_of(10) {
-        warn!(%node, %err, failures, "pod watch failed; retrying with backoff");
+        warn!(%node, failures, "{request} failed, retrying with backoff: {message}");
     } else {
-        debug!(%node, %err, failures, "pod watch failed; retrying with backoff");
+        debug!(%node, failures, "{request} failed, retrying with backoff: {message}");
     }
+}
+
+/// The cause of a failed list or watch request.
+enum Failure<'a> {
+    Client(&'a kube::Error),
+    Status(&'a kube::core::Status),
+    Other(&'a watcher::Error),
+}
+
+/// Describes a failed request to the API server at `server` in words: the HTTP status and
+/// what to fix, or the connection error.
+fn describe_failure(failure: &Failure<'_>, server: &str) -> String {
+    let status = match failure {
+        Failure::Client(kube::Error::Api(status)) => status.as_ref(),
+        Failure::Status(status) => status,
+        Failure::Client(err) => return describe_connection_error(err, server),
+        Failure::Other(err) => return format!("the API server at {server}: {err}"),
+    };
+    let detail = if status.message.is_empty() {
+        status.reason.clone()
+    } else {
+        status.message.clone()
+    };
+    match status.code {
+        401 => format!(
+            "the API server at {server} returned HTTP 401 Unauthorized ({detail}): the \
+             credentials of the kubeconfig ([node] kubeconfig) or of the agent's service account \
+             are wrong or expired"
+        ),
+        403 => format!(
+            "the API server at {server} returned HTTP 403 Forbidden ({detail}): RBAC must allow \
+             the agent's user or service account to list and watch pods"
+        ),
+        code => format!("the API server at {server} returned HTTP {code} ({detail})"),
+    }
+}
+
+/// Describes an error without an HTTP status, such as a refused connection, from the innermost
+/// I/O error of its chain.
+fn describe_connection_error(err: &kube::Error, server: &str) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut innermost = err.to_string();
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return format!(
+                        "cannot connect to the API server at {server}: connection refused; the \
+                         address is wrong or the API server is down"
+                    )
+                }
+                std::io::ErrorKind::TimedOut => {
+                    return format!(
+                        "cannot connect to the API server at {server}: timed out; the address \
+                         is wrong or unreachable"
+                    )
+                }
+                _ => {}
+            }
+        }
+        innermost = current.to_string();
+        source = current.source();
+    }
+    format!("request to the API server at {server} failed: {innermost}")
 }
 
 impl Store {
