@@ -11,6 +11,7 @@ use envproxy_vault_test_server::{
     service_account_jwt, Capability, KubernetesRole, Policy, ServerOptions, VaultTestServer,
 };
 use serde_json::json;
+use tracing::Instrument;
 use vault_support::*;
 
 const LOGIN: &str = "auth/kubernetes/login";
@@ -121,4 +122,48 @@ async fn failed_preparation_creates_no_session() {
     assert_eq!(result.err(), Some("the pod's token is missing".to_string()));
     assert!(identities.is_empty().await);
     assert_eq!(server.request_count("POST", LOGIN), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn session_logs_name_identity_and_pod() {
+    let server = server_with_role().await;
+    let jwt = service_account_jwt("shop", "checkout", server.now() + Duration::from_secs(3600));
+    let base = settings(&server, "unused");
+    let identities = Identities::default();
+    let (capture, _guard) = LogCapture::install();
+    let good = identity(&server);
+    let mut wrong_role = identity(&server);
+    wrong_role.role = "no-such-role".to_string();
+
+    let span = tracing::error_span!("vault_request", pod = %"shop/checkout-1");
+    let session = identities
+        .session(&good, "pod-1", &base, store_token(&jwt))
+        .instrument(span)
+        .await
+        .unwrap();
+    let failed = identities
+        .session(&wrong_role, "pod-2", &base, store_token(&jwt))
+        .await
+        .unwrap();
+    assert!(failed.backend.status().last_error.is_some());
+
+    let log = capture.text();
+    let succeeded = log
+        .lines()
+        .find(|line| line.contains("Vault login succeeded"))
+        .unwrap_or_else(|| panic!("no login line; log:\n{log}"));
+    assert!(succeeded.contains(&good.describe()), "{succeeded}");
+    assert!(succeeded.contains("pod=shop/checkout-1"), "{succeeded}");
+    let failed_line = log
+        .lines()
+        .find(|line| line.contains("Vault login failed"))
+        .unwrap_or_else(|| panic!("no failed login line; log:\n{log}"));
+    assert!(
+        failed_line.contains(&wrong_role.describe()),
+        "{failed_line}"
+    );
+    assert!(failed_line.contains("of this identity"), "{failed_line}");
+    assert!(!failed_line.contains(&good.describe()), "{failed_line}");
+    capture.assert_free_of(&[jwt.as_str()]);
+    drop(session);
 }

@@ -12,6 +12,7 @@ mod kube_reads;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use tracing::Instrument;
 
 use envproxy_proto::{has_known_scheme, Reference, Request, Response, SecretBytes};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -659,12 +660,19 @@ async fn vault_lookup(
                 .expect("checked above")
         }
         None => {
-            let session = open_session(context, connection, attested, name, base).await?;
+            let session = open_session(context, connection, attested, name, base)
+                .instrument(vault_span(attested))
+                .await?;
             connection.memo(attested).session = Some(session.clone());
             session
         }
     };
-    Ok(match session.backend.resolve(reference).await {
+    let result = session
+        .backend
+        .resolve(reference)
+        .instrument(vault_span(attested))
+        .await;
+    Ok(match result {
         Ok(value) => found(name, reference.key(), value),
         Err(err @ VaultError::LoginFailed { .. }) => {
             let identity = identity_of(attested, base);
@@ -694,6 +702,13 @@ async fn vault_lookup(
             Outcome::error(format!("{name}: {err}"))
         }
     })
+}
+
+/// Returns the span of a Vault request that `attested`'s pod caused, so that log lines of the
+/// logins it triggers name the pod. The span is at error level so that it shows at every log
+/// level that shows those lines.
+fn vault_span(attested: &Attested) -> tracing::Span {
+    tracing::error_span!("vault_request", pod = %pod_name(&attested.pod))
 }
 
 /// Says which identity a failed Vault login used and which setting chooses each part, for a
