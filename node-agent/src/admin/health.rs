@@ -12,7 +12,7 @@
 //!
 //! A local-mode Vault backend is usable once Vault has accepted the agent's token and while
 //! Vault is available: a request that found Vault unreachable, sealed, rate-limiting or
-//! answering 5xx starts an outage, and the next request that reaches Vault ends it. From
+//! returning 5xx starts an outage, and the next request that reaches Vault ends it. From
 //! [`PROBE_INTERVAL`] into an outage Vault's `sys/health` is also probed, at most every
 //! [`PROBE_INTERVAL`], so the status returns to SERVING once Vault is back even when no request
 //! comes. The HTTP secrets API and
@@ -64,7 +64,7 @@ const ADMIN_SERVICE: &str = "envproxy.admin.v1.Admin";
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     serving: AtomicBool,
-    /// Why the agent is not serving; `None` while it is.
+    /// The reason the agent is not serving; `None` while it is.
     reason: Mutex<Option<String>>,
 }
 
