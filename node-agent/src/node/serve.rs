@@ -669,8 +669,7 @@ async fn vault_lookup(
     };
     let result = session
         .backend
-        .resolve(reference)
-        .instrument(vault_span(attested))
+        .resolve_in(reference, || vault_span(attested))
         .await;
     Ok(match result {
         Ok(value) => found(name, reference.key(), value),

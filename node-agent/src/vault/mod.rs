@@ -31,6 +31,7 @@ mod transport;
 use std::sync::Arc;
 
 use envproxy_proto::{Reference, SecretBytes};
+use tracing::Instrument;
 
 pub use auth::{Auth, JwtFile, JwtSource, KubernetesAuth, TokenAuth};
 pub use cache::{CacheEntryInfo, FlushedRead};
@@ -175,6 +176,17 @@ impl VaultBackend {
 
     /// Returns the value of a `vault:` reference. Fails for a reference of another scheme.
     pub async fn resolve(&self, reference: &Reference) -> Result<SecretBytes, VaultError> {
+        self.resolve_in(reference, tracing::Span::none).await
+    }
+
+    /// Resolves `reference` as [`resolve`](Self::resolve) does. A read from Vault (not a cache
+    /// hit) runs in the span that `read_span` returns, so the log lines of a login it triggers
+    /// name its cause; a cache hit creates no span.
+    pub async fn resolve_in(
+        &self,
+        reference: &Reference,
+        read_span: impl FnOnce() -> tracing::Span,
+    ) -> Result<SecretBytes, VaultError> {
         let (target, key) = match reference {
             Reference::VaultKv2 { version, key, .. } => (
                 ReadTarget {
@@ -212,8 +224,8 @@ impl VaultBackend {
         let entry = self
             .inner
             .cache
-            .get_or_fetch(&cache_key, || async {
-                self.fetch(&cache_key).await.map(Fetched::from)
+            .get_or_fetch(&cache_key, || {
+                async { self.fetch(&cache_key).await.map(Fetched::from) }.instrument(read_span())
             })
             .await?;
         // A Vault read always has data: only the other backends cache "not found".
