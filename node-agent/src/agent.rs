@@ -200,6 +200,7 @@ impl Agent {
             kube_secrets: kube_secrets.clone(),
             checked_kube_tokens: CheckedTokens::default(),
             refusals: Refusals::new(RefusingSocket::Agent, Arc::clone(&metrics)),
+            denials: Refusals::for_denied_requests(),
         };
         Ok(BoundAgent {
             listener,
@@ -490,9 +491,12 @@ impl BoundAgent {
             })
         });
         let identities = node.as_ref().map(|node| node.identities.clone());
-        let refusal_summaries = node
-            .as_ref()
-            .map(|node| Refusals::spawn_summaries(&node.refusals));
+        let refusal_summaries = node.as_ref().map(|node| {
+            [
+                Refusals::spawn_summaries(&node.refusals),
+                Refusals::spawn_summaries(&node.denials),
+            ]
+        });
         let reloader = backends
             .file
             .as_ref()
@@ -543,7 +547,7 @@ impl BoundAgent {
         if let Some(task) = sweeper {
             task.abort();
         }
-        if let Some(task) = refusal_summaries {
+        for task in refusal_summaries.into_iter().flatten() {
             task.abort();
         }
         if let Some(identities) = identities {
