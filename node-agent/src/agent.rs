@@ -62,6 +62,13 @@ pub enum AgentError {
          [admin] (the health status is computed by the admin API)"
     )]
     HealthWithoutAdmin,
+    #[error(
+        "[admin] socket and [agent] socket (or --socket) both name {}: the two must differ, \
+         because the admin API listens on its own socket (remove [admin] socket to use \
+         admin/admin.sock beside the agent socket)",
+        path.display()
+    )]
+    SameSockets { path: PathBuf },
     #[error("cannot install the library ([install]): {0}")]
     Install(#[from] InstallError),
 }
@@ -81,6 +88,7 @@ impl Agent {
     /// The socket accepts connections from here on, but requests wait until
     /// [`BoundAgent::serve`] runs. Must be called from within a Tokio runtime.
     pub async fn bind(config: Config) -> Result<BoundAgent, AgentError> {
+        check_distinct_sockets(&config)?;
         if let Some(settings) = &config.install {
             install_library(settings.clone()).await?;
         }
@@ -236,6 +244,42 @@ fn warn_unset_node_backends(config: &Config) {
              are refused; set it to serve them"
         ),
         _ => {}
+    }
+}
+
+/// Rejects an admin socket that resolves to the agent socket. Binding both would fail with a
+/// misleading "already listening" error from the second bind.
+fn check_distinct_sockets(config: &Config) -> Result<(), AgentError> {
+    let Some(admin) = admin_socket_path(config) else {
+        return Ok(());
+    };
+    let agent = resolve_socket_path(&agent_socket_path(config));
+    if resolve_socket_path(&admin) == agent {
+        return Err(AgentError::SameSockets { path: agent });
+    }
+    Ok(())
+}
+
+/// Returns `path` made absolute, without `.` and `..` components, and with its directory's
+/// symbolic links resolved when that directory exists.
+fn resolve_socket_path(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut normal = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    let (Some(directory), Some(name)) = (normal.parent(), normal.file_name()) else {
+        return normal;
+    };
+    match std::fs::canonicalize(directory) {
+        Ok(directory) => directory.join(name),
+        Err(_) => normal,
     }
 }
 

@@ -579,6 +579,41 @@ async fn health_listen_needs_admin_api() {
     assert!(error.contains("enabled = false"), "{error}");
 }
 
+#[tokio::test]
+async fn admin_socket_equal_to_agent_socket_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secrets.json"), "{}").unwrap();
+    let socket = dir.path().join("agent.sock");
+    let same_paths = [socket.clone(), dir.path().join("./sub/../agent.sock")];
+    for admin_socket in same_paths {
+        let config = Config {
+            socket: Some(socket.clone()),
+            secrets_file: Some(dir.path().join("secrets.json")),
+            admin: AdminSettings {
+                enabled: Some(true),
+                socket: Some(admin_socket.clone()),
+                health_listen: None,
+            },
+            ..Config::default()
+        };
+        let error = Agent::bind(config).await.err().unwrap().to_string();
+        assert!(
+            error.contains("[admin] socket"),
+            "{admin_socket:?}: {error}"
+        );
+        assert!(
+            error.contains("[agent] socket"),
+            "{admin_socket:?}: {error}"
+        );
+        assert!(error.contains("must differ"), "{admin_socket:?}: {error}");
+        assert!(
+            error.contains(&socket.display().to_string()),
+            "{admin_socket:?}: {error}"
+        );
+        assert!(!socket.exists(), "no socket is left behind");
+    }
+}
+
 /// Runs a Python client as uid 65534 that connects to `socket` and sends the HTTP/2 preface.
 /// Returns the errno name when connecting fails, `closed` when the server closes the
 /// connection without sending anything, else how many bytes it read.
