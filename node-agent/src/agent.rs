@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use envproxy_proto::socket_path::local_socket_path;
+use tokio::sync::Notify;
 
 use crate::admin::audit::AuditLog;
 use crate::admin::{self, AdminListener, AdminState, NodeView, RunningConfig};
@@ -161,6 +162,7 @@ impl Agent {
             metrics,
             metrics_listener,
             config,
+            reload_requests: Arc::default(),
         })
     }
 
@@ -225,6 +227,7 @@ impl Agent {
             metrics,
             metrics_listener,
             config,
+            reload_requests: Arc::default(),
         })
     }
 }
@@ -434,9 +437,29 @@ pub struct BoundAgent {
     /// The metrics listener, when `[metrics] listen` is set.
     metrics_listener: Option<MetricsListener>,
     config: Config,
+    /// Notified by [`ConfigReloader::request`].
+    reload_requests: Arc<Notify>,
+}
+
+/// A handle that requests a config reload from a serving agent, as `envproxy admin reload`
+/// does, such as on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct ConfigReloader(Arc<Notify>);
+
+impl ConfigReloader {
+    /// Requests a config reload. Requests made before [`BoundAgent::serve`] runs, or during a
+    /// reload, are merged into one later reload.
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
 }
 
 impl BoundAgent {
+    /// Returns a handle that requests config reloads from this agent while it serves.
+    pub fn config_reloader(&self) -> ConfigReloader {
+        ConfigReloader(Arc::clone(&self.reload_requests))
+    }
+
     pub fn socket_path(&self) -> &Path {
         self.socket.path()
     }
@@ -510,6 +533,7 @@ impl BoundAgent {
             metrics,
             metrics_listener,
             config,
+            reload_requests,
         } = self;
         let mode = if node.is_some() { "node" } else { "local" };
         let forget_deleted_pods = node.as_ref().map(|node| {
@@ -550,11 +574,12 @@ impl BoundAgent {
         let audit = AuditLog::start(&config.audit, Arc::clone(&metrics));
         let metrics_task = metrics_listener.map(|listener| listener.serve(Arc::clone(&metrics)));
         let sweeper = config.install.clone().map(spawn_sweeper);
+        // The admin API and SIGHUP reload through the same state, so both compare the config
+        // file with the same running settings.
+        let state = Arc::new(admin_state(&config, mode, &backends, node.as_ref(), &audit));
+        let reloads = spawn_reloads(Arc::clone(&state), reload_requests);
         let admin_task = match admin {
-            Some(admin) => {
-                let state = admin_state(&config, mode, &backends, node.as_ref(), &audit);
-                Some(admin::serve(admin, Arc::new(state)).await)
-            }
+            Some(admin) => Some(admin::serve(admin, state).await),
             None => None,
         };
         let context = Arc::new(Context {
@@ -591,6 +616,7 @@ impl BoundAgent {
         if let Some(task) = sweeper {
             task.abort();
         }
+        reloads.abort();
         for task in refusal_summaries.into_iter().flatten() {
             task.abort();
         }
@@ -601,6 +627,22 @@ impl BoundAgent {
         drop(socket);
         tracing::info!(socket = %socket_path, "agent stopped");
     }
+}
+
+/// Reloads the config each time `requests` is notified, and logs the result.
+fn spawn_reloads(state: Arc<AdminState>, requests: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            requests.notified().await;
+            // A successful reload and a config file that cannot be read are logged by
+            // `reload_config` itself.
+            if let Err(status) = admin::reload_config(&state) {
+                if status.code() == tonic::Code::FailedPrecondition {
+                    tracing::info!("config not reloaded: {}", status.message());
+                }
+            }
+        }
+    })
 }
 
 /// Builds the state that the admin API reads.

@@ -816,6 +816,110 @@ async fn audit_log_and_reload_in_agent_binary() {
     assert!(!stderr.contains(&plain_secret), "{stderr}");
 }
 
+/// A child process that is killed when a failed check ends the test early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_usr_signals_ignored() {
+    use nix::sys::signal::{kill, Signal};
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = format!("file-{}", random_hex(24));
+    std::fs::write(
+        dir.path().join("secrets.json"),
+        json!({ "API_KEY": secret }).to_string(),
+    )
+    .unwrap();
+    let socket = dir.path().join("agent.sock");
+    let admin_socket = dir.path().join("admin/admin.sock");
+    let config = dir.path().join("agent.toml");
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nsocket = \"agent.sock\"\n[backend]\npath = \"secrets.json\"\n\
+                 [admin]\nenabled = true\n{extra}"
+            ),
+        )
+        .unwrap();
+    };
+    write_config("");
+    // The agent's log goes to a file, so the test can read it while the agent runs.
+    let log_path = dir.path().join("agent.log");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_envproxy-agent"))
+            .arg("--config")
+            .arg(&config)
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    let log = || std::fs::read_to_string(&log_path).unwrap();
+    eventually("the agent listens", || async {
+        socket.exists() && admin_socket.exists()
+    })
+    .await;
+
+    write_config("[audit]\nlog = true\n");
+    kill(pid, Signal::SIGHUP).unwrap();
+    eventually("the reload is logged", || async {
+        log().contains("config reloaded")
+    })
+    .await;
+    kill(pid, Signal::SIGUSR1).unwrap();
+    kill(pid, Signal::SIGUSR2).unwrap();
+    eventually("both ignored signals are logged", || async {
+        let log = log();
+        log.contains("received SIGUSR1; ignored") && log.contains("received SIGUSR2; ignored")
+    })
+    .await;
+
+    // The agent still serves, with the reloaded audit setting.
+    let after = agent_request(&socket, &v2("AFTER", "envproxy:API_KEY")).await;
+    assert_eq!(after, found(&secret));
+    eventually("the audit line of the request is logged", || async {
+        log().contains("\"variable\":\"AFTER\"")
+    })
+    .await;
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the agent still runs"
+    );
+
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = log();
+    assert!(
+        log.contains("received SIGHUP; reloading the config file"),
+        "{log}"
+    );
+    let reloaded = log
+        .lines()
+        .find(|line| line.contains("config reloaded"))
+        .unwrap();
+    assert!(reloaded.contains("INFO"), "{reloaded}");
+    assert!(reloaded.contains("[audit] log"), "{reloaded}");
+    assert!(!log.contains(&secret), "{log}");
+    assert!(!socket.exists(), "the agent removed its socket");
+    assert!(!admin_socket.exists(), "the agent removed its admin socket");
+}
+
 #[tokio::test]
 async fn reload_compares_with_running_settings() {
     let dir = tempfile::tempdir().unwrap();
