@@ -413,6 +413,7 @@ fn enter_pod(procs: &CString, source: &CString, target: &CString) -> std::io::Re
 
 const FOUND: u8 = 0;
 const ERROR: u8 = 2;
+const PASSTHROUGH: u8 = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_kube_watch() {
@@ -602,15 +603,17 @@ async fn pod_requests_audited_listed_and_flushed() {
             &[
                 ("DB_PASSWORD", REFERENCE),
                 ("UNDECLARED", UNDECLARED_REFERENCE),
+                ("PLAIN", "plain-value"),
+                ("BROKEN", "vault:"),
             ],
         )
     });
-    assert_eq!(statuses, [FOUND, ERROR]);
+    assert_eq!(statuses, [FOUND, ERROR, PASSTHROUGH, ERROR]);
     let reads = || node.vault.request_count("GET", SECRET_PATH);
     assert_eq!(reads(), 1);
 
     let mut events = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..4 {
         let event = tokio::time::timeout(WAIT, stream.message())
             .await
             .unwrap()
@@ -633,6 +636,16 @@ async fn pod_requests_audited_listed_and_flushed() {
     assert_eq!(events[1].reference, UNDECLARED_REFERENCE);
     assert_eq!(events[1].decision, "denied");
     assert_eq!(events[1].reason, "reference_not_declared");
+    assert_eq!(events[2].variable, "PLAIN");
+    assert_eq!(events[2].decision, "passthrough");
+    assert_eq!(events[2].reference, "");
+    assert_eq!(events[3].variable, "BROKEN");
+    assert_eq!(events[3].decision, "error");
+    assert!(
+        events[3].reason.starts_with("invalid reference"),
+        "the variable name is only in its own field: {:?}",
+        events[3].reason
+    );
     assert!(!format!("{events:?}").contains(&secret));
 
     let workloads = client
@@ -648,10 +661,10 @@ async fn pod_requests_audited_listed_and_flushed() {
     assert_eq!(workload.container, "app");
     assert_eq!(workload.service_account, "app-a");
     assert_eq!(workload.vault_role, "app-a");
-    assert_eq!(workload.requests, 2);
+    assert_eq!(workload.requests, 4);
     assert_eq!(workload.denials, 1);
     assert!(workload.pod_present);
-    assert!(workload.last_request_unix_ms >= events[1].time_unix_ms);
+    assert!(workload.last_request_unix_ms >= events[3].time_unix_ms);
 
     let entries = client
         .list_cache_entries(pb::ListCacheEntriesRequest {})

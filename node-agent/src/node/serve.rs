@@ -350,6 +350,11 @@ pub(crate) async fn handle(
     };
     if let Some(value) = value {
         if !has_known_scheme(value) {
+            // The pod and container are known only when an earlier request attested the
+            // connection, because a passthrough alone does not attest it.
+            if let Some(attested) = &connection.attested {
+                audit::note_workload(&attested.pod, &attested.pod_uid, &attested.container);
+            }
             return Outcome {
                 response: Response::Passthrough,
                 decision: Decision::Passthrough,
