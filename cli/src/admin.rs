@@ -157,8 +157,8 @@ async fn execute(args: AdminArgs) -> Result<i32, AdminError> {
                 response.workloads.into_iter().map(Into::into).collect();
             if workloads.is_empty() && format == Format::Table {
                 eprintln!(
-                    "envproxy: no workloads yet: only node mode lists them, once a pod on the \
-                     node has sent a request"
+                    "envproxy: no workloads: a local-mode agent has none, and a node-mode agent \
+                     lists each pod container that has sent it a request"
                 );
             }
             render::workloads(&workloads, format)

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use envproxy_proto::socket_path::local_socket_path;
+use tokio::sync::Notify;
 
 use crate::admin::audit::AuditLog;
 use crate::admin::{self, AdminListener, AdminState, NodeView, RunningConfig};
@@ -62,6 +63,13 @@ pub enum AgentError {
          [admin] (the health status is computed by the admin API)"
     )]
     HealthWithoutAdmin,
+    #[error(
+        "[admin] socket and [agent] socket (or --socket) both name {}: the two must differ, \
+         because the admin API listens on its own socket (remove [admin] socket to use \
+         admin/admin.sock beside the agent socket)",
+        path.display()
+    )]
+    SameSockets { path: PathBuf },
     #[error("cannot install the library ([install]): {0}")]
     Install(#[from] InstallError),
 }
@@ -81,6 +89,7 @@ impl Agent {
     /// The socket accepts connections from here on, but requests wait until
     /// [`BoundAgent::serve`] runs. Must be called from within a Tokio runtime.
     pub async fn bind(config: Config) -> Result<BoundAgent, AgentError> {
+        check_distinct_sockets(&config)?;
         if let Some(settings) = &config.install {
             install_library(settings.clone()).await?;
         }
@@ -153,6 +162,7 @@ impl Agent {
             metrics,
             metrics_listener,
             config,
+            reload_requests: Arc::default(),
         })
     }
 
@@ -206,6 +216,7 @@ impl Agent {
             kube_secrets: kube_secrets.clone(),
             checked_kube_tokens: CheckedTokens::default(),
             refusals: Refusals::new(RefusingSocket::Agent, Arc::clone(&metrics)),
+            denials: Refusals::for_denied_requests(),
         };
         Ok(BoundAgent {
             listener,
@@ -222,6 +233,7 @@ impl Agent {
             metrics,
             metrics_listener,
             config,
+            reload_requests: Arc::default(),
         })
     }
 }
@@ -241,6 +253,42 @@ fn warn_unset_node_backends(config: &Config) {
              are refused; set it to serve them"
         ),
         _ => {}
+    }
+}
+
+/// Rejects an admin socket that resolves to the agent socket. Binding both would fail with a
+/// misleading "already listening" error from the second bind.
+fn check_distinct_sockets(config: &Config) -> Result<(), AgentError> {
+    let Some(admin) = admin_socket_path(config) else {
+        return Ok(());
+    };
+    let agent = resolve_socket_path(&agent_socket_path(config));
+    if resolve_socket_path(&admin) == agent {
+        return Err(AgentError::SameSockets { path: agent });
+    }
+    Ok(())
+}
+
+/// Returns `path` made absolute, without `.` and `..` components, and with its directory's
+/// symbolic links resolved when that directory exists.
+fn resolve_socket_path(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut normal = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    let (Some(directory), Some(name)) = (normal.parent(), normal.file_name()) else {
+        return normal;
+    };
+    match std::fs::canonicalize(directory) {
+        Ok(directory) => directory.join(name),
+        Err(_) => normal,
     }
 }
 
@@ -402,9 +450,29 @@ pub struct BoundAgent {
     /// The metrics listener, when `[metrics] listen` is set.
     metrics_listener: Option<MetricsListener>,
     config: Config,
+    /// Notified by [`ConfigReloader::request`].
+    reload_requests: Arc<Notify>,
+}
+
+/// A handle that requests a config reload from a serving agent, as `envproxy admin reload`
+/// does, such as on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct ConfigReloader(Arc<Notify>);
+
+impl ConfigReloader {
+    /// Requests a config reload. Requests made before [`BoundAgent::serve`] runs, or during a
+    /// reload, are merged into one later reload.
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
 }
 
 impl BoundAgent {
+    /// Returns a handle that requests config reloads from this agent while it serves.
+    pub fn config_reloader(&self) -> ConfigReloader {
+        ConfigReloader(Arc::clone(&self.reload_requests))
+    }
+
     pub fn socket_path(&self) -> &Path {
         self.socket.path()
     }
@@ -478,6 +546,7 @@ impl BoundAgent {
             metrics,
             metrics_listener,
             config,
+            reload_requests,
         } = self;
         let mode = if node.is_some() { "node" } else { "local" };
         let forget_deleted_pods = node.as_ref().map(|node| {
@@ -503,9 +572,12 @@ impl BoundAgent {
             })
         });
         let identities = node.as_ref().map(|node| node.identities.clone());
-        let refusal_summaries = node
-            .as_ref()
-            .map(|node| Refusals::spawn_summaries(&node.refusals));
+        let refusal_summaries = node.as_ref().map(|node| {
+            [
+                Refusals::spawn_summaries(&node.refusals),
+                Refusals::spawn_summaries(&node.denials),
+            ]
+        });
         let reloader = backends
             .file
             .as_ref()
@@ -515,11 +587,12 @@ impl BoundAgent {
         let audit = AuditLog::start(&config.audit, Arc::clone(&metrics));
         let metrics_task = metrics_listener.map(|listener| listener.serve(Arc::clone(&metrics)));
         let sweeper = config.install.clone().map(spawn_sweeper);
+        // The admin API and SIGHUP reload through the same state, so both compare the config
+        // file with the same running settings.
+        let state = Arc::new(admin_state(&config, mode, &backends, node.as_ref(), &audit));
+        let reloads = spawn_reloads(Arc::clone(&state), reload_requests);
         let admin_task = match admin {
-            Some(admin) => {
-                let state = admin_state(&config, mode, &backends, node.as_ref(), &audit);
-                Some(admin::serve(admin, Arc::new(state)).await)
-            }
+            Some(admin) => Some(admin::serve(admin, state).await),
             None => None,
         };
         let context = Arc::new(Context {
@@ -556,7 +629,8 @@ impl BoundAgent {
         if let Some(task) = sweeper {
             task.abort();
         }
-        if let Some(task) = refusal_summaries {
+        reloads.abort();
+        for task in refusal_summaries.into_iter().flatten() {
             task.abort();
         }
         if let Some(identities) = identities {
@@ -566,6 +640,22 @@ impl BoundAgent {
         drop(socket);
         tracing::info!(socket = %socket_path, "agent stopped");
     }
+}
+
+/// Reloads the config each time `requests` is notified, and logs the result.
+fn spawn_reloads(state: Arc<AdminState>, requests: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            requests.notified().await;
+            // A successful reload and a config file that cannot be read are logged by
+            // `reload_config` itself.
+            if let Err(status) = admin::reload_config(&state) {
+                if status.code() == tonic::Code::FailedPrecondition {
+                    tracing::info!("config not reloaded: {}", status.message());
+                }
+            }
+        }
+    })
 }
 
 /// Builds the state that the admin API reads.

@@ -67,7 +67,7 @@ pub mod webhook;
 
 pub use agent::{
     admin_socket_path, agent_socket_path, default_socket_path, Agent, AgentError, BoundAgent,
-    DEFAULT_NODE_SOCKET,
+    ConfigReloader, DEFAULT_NODE_SOCKET,
 };
 pub use config::{Config, ConfigError};
 pub use status::AgentStatus;

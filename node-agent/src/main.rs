@@ -114,17 +114,44 @@ fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        let mut user1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+        let mut user2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
         let agent = Agent::bind(config).await?;
+        let reloader = agent.config_reloader();
         agent
             .serve(async move {
-                tokio::select! {
-                    _ = terminate.recv() => tracing::info!("received SIGTERM; shutting down"),
-                    _ = interrupt.recv() => tracing::info!("received SIGINT; shutting down"),
+                loop {
+                    tokio::select! {
+                        _ = terminate.recv() => {
+                            tracing::info!("received SIGTERM; shutting down");
+                            return;
+                        }
+                        _ = interrupt.recv() => {
+                            tracing::info!("received SIGINT; shutting down");
+                            return;
+                        }
+                        _ = hangup.recv() => {
+                            tracing::info!("received SIGHUP; reloading the config file");
+                            reloader.request();
+                        }
+                        _ = user1.recv() => ignore_signal("SIGUSR1"),
+                        _ = user2.recv() => ignore_signal("SIGUSR2"),
+                    }
                 }
             })
             .await;
         Ok(())
     })
+}
+
+/// Logs a signal that the agent catches only so that it does not end the agent.
+fn ignore_signal(name: &str) {
+    tracing::info!(
+        signal = name,
+        "received {name}; ignored (SIGHUP reloads the config file, SIGTERM and SIGINT stop \
+         the agent)"
+    );
 }
 
 fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {

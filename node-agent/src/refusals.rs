@@ -1,11 +1,13 @@
-//! Rate-limited warnings about refused connections.
+//! Rate-limited warnings about refused connections and denied requests.
 //!
 //! Any process of any pod can connect to the agent socket, and to the admin socket where its
-//! directory is reachable, as fast as it likes. One warning per refused connection would let it
-//! fill the agent's log, so each (source, reason) pair logs its first refusal, and later ones
-//! within [`SUMMARY_INTERVAL`] are only counted. A summary line with that count follows at the
-//! pair's next refusal after the interval, or from the summary task when no refusal comes.
-//! Every refusal is counted in `envproxy_refused_connections_total`.
+//! directory is reachable, as fast as it likes. It can also send denied requests on one
+//! connection as fast as it likes. One warning per refusal would let it fill the agent's log, so each
+//! (source, reason) pair logs its first refusal, and later ones within [`SUMMARY_INTERVAL`] are
+//! only counted. A summary line with that count follows at the pair's next refusal after the
+//! interval, or from the summary task when no refusal comes. Every refused connection is
+//! counted in `envproxy_refused_connections_total`. Denied requests are counted per request by
+//! the caller, in `envproxy_requests_total` and `envproxy_denials_total`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -37,6 +39,17 @@ impl RefusingSocket {
     }
 }
 
+/// The kind of refusal a [`Refusals`] counts, which selects its metric and its summary line.
+enum Subject {
+    /// Connections refused on `socket`, each counted in `metrics`.
+    Connections {
+        socket: RefusingSocket,
+        metrics: Arc<Metrics>,
+    },
+    /// Requests that node mode's policy denied.
+    DeniedRequests,
+}
+
 /// Whether a refusal gets its own log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -53,10 +66,9 @@ struct Window {
     unlogged: u64,
 }
 
-/// Refusal counts of one socket.
+/// Refusal counts of one socket, or of the denied requests of the agent socket.
 pub(crate) struct Refusals {
-    socket: RefusingSocket,
-    metrics: Arc<Metrics>,
+    subject: Subject,
     windows: Mutex<HashMap<(String, &'static str), Window>>,
 }
 
@@ -71,17 +83,25 @@ pub(crate) struct Summary {
 impl Refusals {
     pub(crate) fn new(socket: RefusingSocket, metrics: Arc<Metrics>) -> Arc<Refusals> {
         Arc::new(Refusals {
-            socket,
-            metrics,
+            subject: Subject::Connections { socket, metrics },
             windows: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Counts one refusal of a connection from `source` (a pod UID, or a uid outside pods) for
-    /// `reason`, at `now`, and says whether to log it.
+    /// Returns counts for denied requests, which the caller counts in the metrics itself.
+    pub(crate) fn for_denied_requests() -> Arc<Refusals> {
+        Arc::new(Refusals {
+            subject: Subject::DeniedRequests,
+            windows: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts one refusal of a connection or request from `source` (a pod, or a uid outside
+    /// pods) for `reason`, at `now`, and returns whether to log it.
     pub(crate) fn refuse(&self, source: &str, reason: &'static str, now: Instant) -> Verdict {
-        self.metrics
-            .refused_connection(self.socket.as_str(), reason);
+        if let Subject::Connections { socket, metrics } = &self.subject {
+            metrics.refused_connection(socket.as_str(), reason);
+        }
         let mut windows = self.lock();
         let mut key = (source.to_string(), reason);
         if !windows.contains_key(&key) && windows.len() >= MAX_TRACKED {
@@ -145,18 +165,31 @@ impl Refusals {
                     return;
                 };
                 for summary in refusals.due_summaries(Instant::now()) {
-                    tracing::warn!(
-                        socket = refusals.socket.as_str(),
-                        source = %summary.source,
-                        reason = summary.reason,
-                        unlogged = summary.unlogged,
-                        interval_s = SUMMARY_INTERVAL.as_secs(),
-                        "refused more connections than were logged; see \
-                         envproxy_refused_connections_total"
-                    );
+                    refusals.log_summary(&summary);
                 }
             }
         })
+    }
+
+    fn log_summary(&self, summary: &Summary) {
+        match &self.subject {
+            Subject::Connections { socket, .. } => tracing::warn!(
+                socket = socket.as_str(),
+                source = %summary.source,
+                reason = summary.reason,
+                unlogged = summary.unlogged,
+                interval_s = SUMMARY_INTERVAL.as_secs(),
+                "refused more connections than were logged; see \
+                 envproxy_refused_connections_total"
+            ),
+            Subject::DeniedRequests => tracing::warn!(
+                source = %summary.source,
+                reason = summary.reason,
+                unlogged = summary.unlogged,
+                interval_s = SUMMARY_INTERVAL.as_secs(),
+                "denied more requests than were logged; see envproxy_denials_total"
+            ),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, &'static str), Window>> {

@@ -318,6 +318,10 @@ async fn flush_rejects_bad_targets() {
     let unknown = client.flush(unknown).await.unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     assert!(unknown.message().contains("token auth at"), "{unknown:?}");
+    assert!(
+        unknown.message().contains("(cached reads: 0)"),
+        "an identity without reads is listed with its count: {unknown:?}"
+    );
 
     let by_pod = pb::FlushRequest {
         target: Some(pb::flush_request::Target::Pod("shop/web-0".into())),
@@ -395,7 +399,11 @@ async fn watch_audit_streams_requests_without_values() {
     assert_eq!(events[3].reference, "", "a plain value is never recorded");
     assert_eq!(events[3].decision, "passthrough");
     assert_eq!(events[4].decision, "error");
-    assert_eq!(events[4].reason, invalid);
+    assert_eq!(
+        Some(events[4].reason.as_str()),
+        invalid.strip_prefix("BROKEN: "),
+        "the reason leaves out the variable name, which has its own field"
+    );
 
     let output = format!("{events:?}");
     for secret in [&agent.vault_secret, &agent.file_secret, &plain_secret] {
@@ -720,6 +728,41 @@ async fn health_listen_needs_admin_api() {
     assert!(error.contains("enabled = false"), "{error}");
 }
 
+#[tokio::test]
+async fn admin_socket_equal_to_agent_socket_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secrets.json"), "{}").unwrap();
+    let socket = dir.path().join("agent.sock");
+    let same_paths = [socket.clone(), dir.path().join("./sub/../agent.sock")];
+    for admin_socket in same_paths {
+        let config = Config {
+            socket: Some(socket.clone()),
+            secrets_file: Some(dir.path().join("secrets.json")),
+            admin: AdminSettings {
+                enabled: Some(true),
+                socket: Some(admin_socket.clone()),
+                health_listen: None,
+            },
+            ..Config::default()
+        };
+        let error = Agent::bind(config).await.err().unwrap().to_string();
+        assert!(
+            error.contains("[admin] socket"),
+            "{admin_socket:?}: {error}"
+        );
+        assert!(
+            error.contains("[agent] socket"),
+            "{admin_socket:?}: {error}"
+        );
+        assert!(error.contains("must differ"), "{admin_socket:?}: {error}");
+        assert!(
+            error.contains(&socket.display().to_string()),
+            "{admin_socket:?}: {error}"
+        );
+        assert!(!socket.exists(), "no socket is left behind");
+    }
+}
+
 /// Runs a Python client as uid 65534 that connects to `socket` and sends the HTTP/2 preface.
 /// Returns the errno name when connecting fails, `closed` when the server closes the
 /// connection without sending anything, else how many bytes it read.
@@ -920,6 +963,110 @@ async fn audit_log_and_reload_in_agent_binary() {
     assert_eq!(events[1]["decision"], "passthrough");
     assert!(!stderr.contains(&secret), "{stderr}");
     assert!(!stderr.contains(&plain_secret), "{stderr}");
+}
+
+/// A child process that is killed when a failed check ends the test early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_usr_signals_ignored() {
+    use nix::sys::signal::{kill, Signal};
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = format!("file-{}", random_hex(24));
+    std::fs::write(
+        dir.path().join("secrets.json"),
+        json!({ "API_KEY": secret }).to_string(),
+    )
+    .unwrap();
+    let socket = dir.path().join("agent.sock");
+    let admin_socket = dir.path().join("admin/admin.sock");
+    let config = dir.path().join("agent.toml");
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nsocket = \"agent.sock\"\n[backend]\npath = \"secrets.json\"\n\
+                 [admin]\nenabled = true\n{extra}"
+            ),
+        )
+        .unwrap();
+    };
+    write_config("");
+    // The agent's log goes to a file, so the test can read it while the agent runs.
+    let log_path = dir.path().join("agent.log");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_envproxy-agent"))
+            .arg("--config")
+            .arg(&config)
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    let log = || std::fs::read_to_string(&log_path).unwrap();
+    eventually("the agent listens", || async {
+        socket.exists() && admin_socket.exists()
+    })
+    .await;
+
+    write_config("[audit]\nlog = true\n");
+    kill(pid, Signal::SIGHUP).unwrap();
+    eventually("the reload is logged", || async {
+        log().contains("config reloaded")
+    })
+    .await;
+    kill(pid, Signal::SIGUSR1).unwrap();
+    kill(pid, Signal::SIGUSR2).unwrap();
+    eventually("both ignored signals are logged", || async {
+        let log = log();
+        log.contains("received SIGUSR1; ignored") && log.contains("received SIGUSR2; ignored")
+    })
+    .await;
+
+    // The agent still serves, with the reloaded audit setting.
+    let after = agent_request(&socket, &v2("AFTER", "envproxy:API_KEY")).await;
+    assert_eq!(after, found(&secret));
+    eventually("the audit line of the request is logged", || async {
+        log().contains("\"variable\":\"AFTER\"")
+    })
+    .await;
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the agent still runs"
+    );
+
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = log();
+    assert!(
+        log.contains("received SIGHUP; reloading the config file"),
+        "{log}"
+    );
+    let reloaded = log
+        .lines()
+        .find(|line| line.contains("config reloaded"))
+        .unwrap();
+    assert!(reloaded.contains("INFO"), "{reloaded}");
+    assert!(reloaded.contains("[audit] log"), "{reloaded}");
+    assert!(!log.contains(&secret), "{log}");
+    assert!(!socket.exists(), "the agent removed its socket");
+    assert!(!admin_socket.exists(), "the agent removed its admin socket");
 }
 
 #[tokio::test]

@@ -413,6 +413,7 @@ fn enter_pod(procs: &CString, source: &CString, target: &CString) -> std::io::Re
 
 const FOUND: u8 = 0;
 const ERROR: u8 = 2;
+const PASSTHROUGH: u8 = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_kube_watch() {
@@ -602,15 +603,17 @@ async fn pod_requests_audited_listed_and_flushed() {
             &[
                 ("DB_PASSWORD", REFERENCE),
                 ("UNDECLARED", UNDECLARED_REFERENCE),
+                ("PLAIN", "plain-value"),
+                ("BROKEN", "vault:"),
             ],
         )
     });
-    assert_eq!(statuses, [FOUND, ERROR]);
+    assert_eq!(statuses, [FOUND, ERROR, PASSTHROUGH, ERROR]);
     let reads = || node.vault.request_count("GET", SECRET_PATH);
     assert_eq!(reads(), 1);
 
     let mut events = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..4 {
         let event = tokio::time::timeout(WAIT, stream.message())
             .await
             .unwrap()
@@ -633,6 +636,16 @@ async fn pod_requests_audited_listed_and_flushed() {
     assert_eq!(events[1].reference, UNDECLARED_REFERENCE);
     assert_eq!(events[1].decision, "denied");
     assert_eq!(events[1].reason, "reference_not_declared");
+    assert_eq!(events[2].variable, "PLAIN");
+    assert_eq!(events[2].decision, "passthrough");
+    assert_eq!(events[2].reference, "");
+    assert_eq!(events[3].variable, "BROKEN");
+    assert_eq!(events[3].decision, "error");
+    assert!(
+        events[3].reason.starts_with("invalid reference"),
+        "the variable name is only in its own field: {:?}",
+        events[3].reason
+    );
     assert!(!format!("{events:?}").contains(&secret));
 
     let workloads = client
@@ -648,10 +661,10 @@ async fn pod_requests_audited_listed_and_flushed() {
     assert_eq!(workload.container, "app");
     assert_eq!(workload.service_account, "app-a");
     assert_eq!(workload.vault_role, "app-a");
-    assert_eq!(workload.requests, 2);
+    assert_eq!(workload.requests, 4);
     assert_eq!(workload.denials, 1);
     assert!(workload.pod_present);
-    assert!(workload.last_request_unix_ms >= events[1].time_unix_ms);
+    assert!(workload.last_request_unix_ms >= events[3].time_unix_ms);
 
     let entries = client
         .list_cache_entries(pb::ListCacheEntriesRequest {})
@@ -949,5 +962,75 @@ async fn denials_before_attestation_name_pod_container_and_annotation() {
         assert_eq!(workload.container, "app");
         assert_eq!(workload.denials, 1, "{workload:?}");
     }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_requests_logged_once_then_summarised() {
+    require_root();
+    capture_log();
+    let node = Node::start(false).await;
+    let mut cgroups = Cgroups::new();
+    let pod = add_pod(&node, &mut cgroups, "deny-flood-a");
+    const FLOOD: usize = 500;
+    let pairs = vec![("UNDECLARED", UNDECLARED_REFERENCE); FLOOD];
+    let started = Instant::now();
+    let statuses = tokio::task::block_in_place(|| request_in_pod(&node, &pod, &pairs));
+    assert_eq!(statuses, vec![ERROR; FLOOD]);
+
+    // Metrics and the workload's denial count stay one per request.
+    let counts = scrape(node.metrics).await;
+    assert_eq!(
+        counts.value(
+            "envproxy_denials_total",
+            &[("reason", "reference_not_declared")]
+        ),
+        FLOOD as f64
+    );
+    assert_eq!(
+        counts.value("envproxy_requests_total", &[("decision", "denied")]),
+        FLOOD as f64
+    );
+    let mut client = admin_client(&node.admin_socket).await;
+    let workloads = client
+        .list_workloads(pb::ListWorkloadsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workloads;
+    let workload = workloads
+        .iter()
+        .find(|workload| workload.pod == "deny-flood-a")
+        .unwrap_or_else(|| panic!("pod deny-flood-a is not listed: {workloads:#?}"));
+    assert_eq!(workload.denials, FLOOD as u64, "{workload:?}");
+
+    // The log gets the first denial, then one summary with the count of the others once the
+    // 10 s interval has passed.
+    let pod_field = "pod=\"team-a/deny-flood-a\"";
+    let summary_text = "denied more requests than were logged";
+    eventually_within("the summary line is logged", WAIT, || async {
+        !log_lines_with(summary_text).is_empty()
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    let denied: Vec<String> = log_lines_with("request denied")
+        .into_iter()
+        .filter(|line| line.contains(pod_field))
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:#?}");
+    assert!(denied[0].contains("reference_not_declared"), "{denied:#?}");
+    let summaries: Vec<String> = log_lines_with(summary_text)
+        .into_iter()
+        .filter(|line| line.contains("source=team-a/deny-flood-a"))
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:#?}");
+    assert!(
+        summaries[0].contains(&format!("unlogged={}", FLOOD - 1)),
+        "{summaries:#?}"
+    );
+    assert!(
+        summaries[0].contains("reason=\"reference_not_declared\""),
+        "{summaries:#?}"
+    );
     node.stop().await;
 }

@@ -262,8 +262,14 @@ impl AuditLog {
                 Some(annotation) => format!("{code}: {annotation}"),
                 None => code.to_string(),
             },
-            // Error payloads carry reasons, never secret material.
-            (None, Response::Error(message)) => message.clone(),
+            // Error payloads carry reasons, never secret material. Most start with the
+            // variable name, which the event has in its own field.
+            (None, Response::Error(message)) => message
+                .strip_prefix(variable.as_str())
+                .and_then(|rest| rest.strip_prefix(": "))
+                .filter(|_| !variable.is_empty())
+                .unwrap_or(message)
+                .to_string(),
             (None, _) => String::new(),
         };
         let pod = if note.pod.is_empty() {

@@ -174,8 +174,19 @@ async fn flush_identity(
             }
         }
     }
-    let mut known: Vec<String> = backends.iter().map(|(name, ..)| name.clone()).collect();
-    known.extend(http.map(http_identity));
+    // Each identity is listed with its count, because a Vault or HTTP identity stays listed
+    // after its entries expire or are flushed.
+    let mut known = Vec::new();
+    for (name, backend, _) in backends {
+        backend.sync_cache().await;
+        let reads = backend.status().cache_entries;
+        known.push(format!("{name} (cached reads: {reads})"));
+    }
+    if let Some(http) = http {
+        http.sync_cache().await;
+        let reads = http.status().cache_entries;
+        known.push(format!("{} (cached reads: {reads})", http_identity(http)));
+    }
     if let Some(kube) = kube {
         known.extend(kube.cached_identities().iter().map(|id| kube_identity(id)));
     }

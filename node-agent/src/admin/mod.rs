@@ -55,7 +55,7 @@ use crate::node::pods::PodWatch;
 use crate::peer;
 use crate::refusals::{Refusals, RefusingSocket, Verdict};
 use audit::AuditLog;
-pub(crate) use reload::RunningConfig;
+pub(crate) use reload::{reload as reload_config, RunningConfig};
 
 /// Name of the admin socket's directory beside the agent socket.
 const DEFAULT_DIRECTORY: &str = "admin";

@@ -71,6 +71,8 @@ pub(crate) struct NodeContext {
     pub checked_kube_tokens: CheckedTokens,
     /// Counts and rate-limits the warnings about refused connections.
     pub refusals: Arc<Refusals>,
+    /// Counts and rate-limits the warnings about denied requests, per pod and reason.
+    pub denials: Arc<Refusals>,
 }
 
 /// The pod and container of a connection's process, with the pod's settings.
@@ -349,6 +351,11 @@ pub(crate) async fn handle(
     };
     if let Some(value) = value {
         if !has_known_scheme(value) {
+            // The pod and container are known only when an earlier request attested the
+            // connection, because a passthrough alone does not attest it.
+            if let Some(attested) = &connection.attested {
+                audit::note_workload(&attested.pod, &attested.pod_uid, &attested.container);
+            }
             return Outcome {
                 response: Response::Passthrough,
                 decision: Decision::Passthrough,
@@ -357,7 +364,15 @@ pub(crate) async fn handle(
     }
     let attested = match attest(context, connection).await {
         Ok(attested) => attested,
-        Err(denied) => return deny(connection, connection.attested.as_deref(), name, denied),
+        Err(denied) => {
+            return deny(
+                context,
+                connection,
+                connection.attested.as_deref(),
+                name,
+                denied,
+            )
+        }
     };
     audit::note_workload(&attested.pod, &attested.pod_uid, &attested.container);
     let Some(value) = value else {
@@ -380,6 +395,7 @@ pub(crate) async fn handle(
             &attested.settings,
         ) {
             return deny(
+                context,
                 connection,
                 Some(&attested),
                 name,
@@ -401,12 +417,12 @@ pub(crate) async fn handle(
             let target = (namespace.as_deref(), secret.as_str(), key.as_str());
             match kube_reads::kube_lookup(context, connection, &attested, name, target).await {
                 Ok(outcome) => outcome,
-                Err(denied) => deny(connection, Some(&attested), name, denied),
+                Err(denied) => deny(context, connection, Some(&attested), name, denied),
             }
         }
         reference => match vault_lookup(context, connection, &attested, name, &reference).await {
             Ok(outcome) => outcome,
-            Err(denied) => deny(connection, Some(&attested), name, denied),
+            Err(denied) => deny(context, connection, Some(&attested), name, denied),
         },
     }
 }
@@ -604,6 +620,7 @@ fn v1_lookup(
                 .unwrap_or_default(),
         };
         return deny(
+            context,
             connection,
             Some(attested),
             name,
@@ -993,7 +1010,12 @@ fn pod_name(pod: &Pod) -> String {
 /// Logs a denial with the pod, container, variable name and reason, notes them for the audit
 /// event and the workloads, and builds its response. The pod and container come from `denied`
 /// when set, else from `attested`.
+///
+/// The warning is rate-limited per pod and reason through `context.denials`, so a pod that
+/// sends denied requests in a loop cannot flood the log. The metrics and the audit event stay
+/// one per request.
 fn deny(
+    context: &NodeContext,
     connection: &NodeConnection,
     attested: Option<&Attested>,
     name: &str,
@@ -1011,15 +1033,28 @@ fn deny(
     if let Some((pod, pod_uid)) = &pod {
         audit::note_workload(pod, pod_uid, container.as_deref().unwrap_or_default());
     }
-    tracing::warn!(
-        pid = connection.pid(),
-        pod = pod.as_ref().map(|(pod, _)| pod_name(pod)),
-        container,
-        variable = name,
-        reason = denied.reason,
-        annotation = denied.annotation,
-        "request denied"
-    );
+    let pod_name = pod.as_ref().map(|(pod, _)| pod_name(pod));
+    let source = match (&pod_name, connection.pod_container.pod_uid.as_str()) {
+        (Some(pod_name), _) => pod_name.clone(),
+        (None, "") => format!("uid {}", connection.caller.uid()),
+        (None, pod_uid) => format!("pod UID {pod_uid}"),
+    };
+    let verdict = context
+        .denials
+        .refuse(&source, denied.reason, Instant::now());
+    if let Verdict::Log { unlogged } = verdict {
+        tracing::warn!(
+            pid = connection.pid(),
+            pod = pod_name,
+            container,
+            variable = name,
+            reason = denied.reason,
+            annotation = denied.annotation,
+            unlogged,
+            "request denied (later denials of this pod for this reason are counted in \
+             envproxy_denials_total and logged as a summary every 10 s)"
+        );
+    }
     audit::note_denial(denied.reason, denied.annotation);
     Outcome {
         response: Response::error(denied.message),

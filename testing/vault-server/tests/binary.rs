@@ -137,3 +137,33 @@ fn binary_rejects_unknown_seed_fields() {
     assert!(stderr.contains("invalid seed file"), "{stderr}");
     assert!(stderr.contains("secrets"), "{stderr}");
 }
+
+#[test]
+fn help_shows_valid_seed_example() {
+    let output = Command::new(env!("CARGO_BIN_EXE_envproxy-vault-test-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(help.contains("Seed file (--config)"), "{help}");
+    // The example runs from the first line that is only `{` to the next `}` at the same
+    // indentation.
+    let lines: Vec<&str> = help.lines().collect();
+    let start = lines
+        .iter()
+        .position(|line| line.trim() == "{")
+        .unwrap_or_else(|| panic!("no seed example in the help: {help}"));
+    let closing = lines[start].replace('{', "}");
+    let end = start
+        + lines[start..]
+            .iter()
+            .position(|line| *line == closing)
+            .unwrap_or_else(|| panic!("the seed example does not end: {help}"));
+    let example = lines[start..=end].join("\n");
+    let seed: envproxy_vault_test_server::SeedFile = serde_json::from_str(&example)
+        .unwrap_or_else(|err| panic!("the seed example is invalid: {err}\n{example}"));
+    assert!(seed.options.tls);
+    assert_eq!(seed.tokens.len(), 1);
+    assert!(seed.namespaces[""].kv2.contains_key("secret"));
+}

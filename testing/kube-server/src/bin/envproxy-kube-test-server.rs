@@ -21,7 +21,10 @@ struct Args {
     /// Bearer token with every permission instead of a random one.
     #[arg(long)]
     admin_token: Option<String>,
-    /// JSON file with an array of Pod objects to create at start.
+    /// JSON file with an array of Pod objects (Kubernetes `v1` Pod JSON, as `kubectl get pod
+    /// -o json` prints one) to create at start. The binary cannot add or delete pods after
+    /// start; tests that change pods use the library's `KubeTestServer::apply_pod` and
+    /// `delete_pod`.
     #[arg(long)]
     pods: Option<PathBuf>,
     /// Seconds between BOOKMARK events on watches that allow them.

@@ -11,10 +11,39 @@ use clap::Parser;
 use envproxy_vault_test_server::{SeedFile, VaultTestServer};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// The seed file format, shown by `--help`. `SeedFile` in `src/seed.rs` defines it.
+const SEED_FORMAT: &str = r#"Seed file (--config), JSON; every key is optional and unknown keys are rejected:
+  {
+    "options": { "tls": true, "port": 8200, "root_token": "root" },
+    "namespaces": {
+      "": {
+        "kv2": { "secret": { "myapp/config": { "db_url": "postgres://..." } } },
+        "kv1": { "kv": { "legacy": { "password": "...", "ttl": "1h" } } },
+        "database_roles": { "database": { "readonly": { "default_ttl": 60, "max_ttl": 300 } } },
+        "kubernetes_roles": {
+          "kubernetes": { "app": { "bound_service_account_names": ["app"],
+                                   "bound_service_account_namespaces": ["prod"],
+                                   "token_policies": ["app"] } }
+        },
+        "policies": { "app": { "paths": { "secret/data/myapp/*": ["read"] } } }
+      }
+    },
+    "tokens": [ { "policies": ["app"], "ttl": 3600 } ]
+  }
+"namespaces" is keyed by namespace path ("" is the root namespace; others are created). Under
+it, kv2, kv1, database_roles and kubernetes_roles are keyed by mount, which is mounted when
+missing. "tokens" are issued after the namespaces are seeded; a token takes "id", "policies",
+"no_default_policy", "ttl" (seconds; 0 never expires), "explicit_max_ttl", "renewable",
+"display_name" and "meta"."#;
+
 #[derive(Parser)]
-#[command(about = "A Vault stand-in that follows Vault's HTTP API, for tests")]
+#[command(
+    about = "A Vault stand-in that follows Vault's HTTP API, for tests",
+    after_long_help = SEED_FORMAT
+)]
 struct Args {
-    /// JSON seed file: server options, secrets, roles, policies and tokens.
+    /// JSON seed file: server options, secrets, roles, policies and tokens (format under
+    /// --help).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Serve HTTPS with a freshly generated CA (overrides the seed file).
