@@ -270,8 +270,8 @@ pub unsafe extern "C" fn posix_spawnp(
 // The descriptor functions below let the connection pool notice that the program closed or
 // replaced one of its sockets (see `descriptors`). Their own code only reads and writes
 // atomics, so it cannot panic and stays async-signal-safe, as `close` and `dup2` must be.
-// libc always defines them; where it does not, they make the system call themselves, except
-// `dup2`, which then fails with ENOSYS as the exec functions do.
+// Where libc lacks one (glibc before 2.34 has no `close_range` or `closefrom`), they make the
+// system call themselves, except `dup2`, which then fails with ENOSYS as the exec functions do.
 
 /// Interposed `close(2)`.
 ///
@@ -347,10 +347,34 @@ pub unsafe extern "C" fn closefrom(lowest: c_int) {
     match real::closefrom() {
         // SAFETY: same contract.
         Some(next) => unsafe { next(lowest) },
-        None => {
-            // SAFETY: close_range(2) takes any range; closefrom has no error result.
-            unsafe { libc::syscall(libc::SYS_close_range, lowest.max(0), c_uint::MAX, 0) };
-        }
+        // SAFETY: the caller gives up every descriptor from `lowest` on.
+        None => unsafe { close_from_without_libc(lowest.max(0)) },
+    }
+}
+
+/// Closes every descriptor from `lowest` on with `close_range(2)`, or, on kernels before 5.9
+/// that lack it, one `close` per number below the descriptor limit.
+///
+/// # Safety
+/// The caller must own every descriptor from `lowest` on.
+unsafe fn close_from_without_libc(lowest: c_int) {
+    // SAFETY: close_range(2) takes any range.
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, lowest, c_uint::MAX, 0) } == 0;
+    if closed {
+        return;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let end = c_int::try_from(limit.rlim_cur).unwrap_or(c_int::MAX);
+    for fd in lowest..end {
+        // SAFETY: the caller owns these descriptors; close(2) accepts numbers not open.
+        unsafe { libc::syscall(libc::SYS_close, fd) };
     }
 }
 
