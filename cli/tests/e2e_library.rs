@@ -727,6 +727,64 @@ fn dup2_over_library_fd_stays_untouched() {
     );
 }
 
+#[test]
+fn dup3_over_library_fd_stays_untouched() {
+    let stdout = run_descriptor_probe("dup3", &[]);
+    let replaced: u32 = value_of(&stdout, "replaced").unwrap().parse().unwrap();
+    assert!(
+        replaced >= 1,
+        "the probe found no socket of the library to replace"
+    );
+    assert_eq!(
+        value_of(&stdout, "untouched").as_deref(),
+        Some("1"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
+}
+
+#[test]
+fn close_range_then_socketpair_untouched() {
+    let stdout = run_descriptor_probe("close_range", &[]);
+    assert_eq!(value_of(&stdout, "fd").as_deref(), Some("3"));
+    assert_eq!(
+        value_of(&stdout, "untouched").as_deref(),
+        Some("1"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
+}
+
+#[test]
+fn closefrom_then_socketpair_untouched() {
+    let stdout = run_descriptor_probe("closefrom", &[]);
+    assert_eq!(value_of(&stdout, "fd").as_deref(), Some("3"));
+    assert_eq!(
+        value_of(&stdout, "untouched").as_deref(),
+        Some("1"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
+}
+
+/// A raw close system call bypasses the interposed `close`. Unless the connection was idle
+/// long enough for the library's periodic `fstat`, the request goes to the file: the send
+/// fails with ENOTSOCK and writes nothing, and the library retries on a new connection.
+#[test]
+fn raw_close_then_file_stays_untouched() {
+    let world = World::new();
+    let file = world.path("program-file");
+    let stdout = run_descriptor_probe("rawclose-file", &[&file]);
+    assert_eq!(value_of(&stdout, "fd").as_deref(), Some("3"));
+    assert_eq!(
+        value_of(&stdout, "untouched").as_deref(),
+        Some("1"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept\n");
+}
+
 /// Rewrites the secrets file in place 40 times, as `printf ... > file` does: truncate, then
 /// write after a pause of 20 ms. A program reads the key every 5 ms without a cache, and must
 /// see one of the written values every time, never the unresolved reference.

@@ -10,6 +10,7 @@ use envproxy_proto::{Request, Response};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
 use crate::admin::audit::{self, AuditLog};
@@ -78,23 +79,38 @@ pub(crate) async fn serve(
         return;
     }
 
+    // One timer serves the whole connection. A timer made per request would be inserted
+    // into and removed from Tokio's timer wheel around every request. This one fires at most
+    // once per idle timeout, and then closes the connection or moves on to the end of the
+    // current idle period.
+    let mut last_response = Instant::now();
+    let idle = tokio::time::sleep(context.idle_timeout);
+    tokio::pin!(idle);
     loop {
-        let next = tokio::time::timeout(context.idle_timeout, framed.next()).await;
-        let request = match next {
-            Err(_) => {
+        let next = tokio::select! {
+            biased;
+            next = framed.next() => next,
+            () = &mut idle => {
+                let idle_until = last_response + context.idle_timeout;
+                if Instant::now() < idle_until {
+                    idle.as_mut().reset(idle_until);
+                    continue;
+                }
                 tracing::debug!(pid = peer.pid, "closing idle connection");
                 return;
             }
-            Ok(None) => return,
-            Ok(Some(Ok(request))) => request,
-            Ok(Some(Err(CodecError::Frame(err)))) => {
+        };
+        let request = match next {
+            None => return,
+            Some(Ok(request)) => request,
+            Some(Err(CodecError::Frame(err))) => {
                 tracing::debug!(pid = peer.pid, %err, "malformed frame; closing connection");
                 let reply = Response::error(format!("malformed frame: {err}"));
                 send_best_effort(&mut framed, &reply, context.idle_timeout).await;
                 close_after_error(framed.into_inner()).await;
                 return;
             }
-            Ok(Some(Err(CodecError::Io(err)))) => {
+            Some(Err(CodecError::Io(err))) => {
                 // `Framed` reports a stream that ends inside a frame as an I/O error. The client
                 // may still read after closing its write side, so it gets a reason.
                 tracing::debug!(pid = peer.pid, %err, "connection ended inside a frame");
@@ -104,7 +120,7 @@ pub(crate) async fn serve(
             }
         };
 
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let (outcome, note) = audit::scope(async {
             match (&context.node, node_connection.as_mut()) {
                 (Some(node), Some(connection)) => {
@@ -127,10 +143,14 @@ pub(crate) async fn serve(
             tracing::debug!(pid = peer.pid, %err, "cannot send response; closing connection");
             return;
         }
+        last_response = Instant::now();
     }
 }
 
 fn log_request(peer: &Peer, request: &Request, decision: handler::Decision) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     match request {
         Request::V1 { key } | Request::V2 { key, .. } => {
             let variable = String::from_utf8_lossy(key);

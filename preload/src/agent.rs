@@ -12,9 +12,22 @@
 //!
 //! The program may close or replace a pooled descriptor behind the library's back: daemons
 //! close every descriptor above 2, and `dup2` can put another file on the same number. So each
-//! connection remembers the device and inode of its socket, a pooled descriptor is reused only
-//! while `fstat` still shows that socket, and the library closes only descriptors it has just
-//! proven to be its own. One whose identity changed is forgotten, never closed.
+//! connection remembers the device and inode of its socket, and the library closes only
+//! descriptors that `fstat` has just shown to be its own. One whose identity changed is
+//! forgotten, never closed. A pooled connection is reused without `fstat` only while nothing
+//! can have changed its descriptor: no interposed `close`, `dup2`, `dup3`, `close_range` or
+//! `closefrom` covered it since its last check (see `descriptors`), and it was last used less
+//! than [`RECHECK_AFTER_MS`] ago. After a failed request the descriptor is checked again
+//! before it is closed or reused.
+//!
+//! NOTE: a descriptor closed with a raw system call (`syscall(SYS_close, fd)`) is not noticed
+//! until the connection has been unused for [`RECHECK_AFTER_MS`]. If the program reopens that
+//! number within that time and a request follows, the request goes to whatever the number now
+//! refers to. A file, a pipe or a free number makes the send fail at once with ENOTSOCK or
+//! EBADF, without writing anything, and the library then drops the connection without closing
+//! the descriptor and retries on a new connection. A socket of the program would receive the request frame (the variable name and
+//! its reference, never a value), and the library could read bytes meant for the program
+//! before the response check or the deadline fails the request.
 
 use std::ffi::c_int;
 use std::fmt;
@@ -27,12 +40,25 @@ use envproxy_proto::frame::MAX_RESPONSE_LEN;
 use envproxy_proto::{FrameError, Request, Response};
 
 use crate::clock;
+use crate::descriptors;
+use crate::forked;
 use crate::lock::SpinLock;
+use crate::real;
 use crate::settings;
 
 /// Maximum idle connections kept per process. More are opened only while several threads
 /// miss the cache at the same moment, and closed after use.
 const MAX_IDLE: usize = 4;
+
+/// A pooled connection unused for this long is checked with `fstat` before its next request,
+/// which bounds how long a close that bypassed the interposed functions goes unnoticed. A
+/// program that sends requests in a loop pays no `fstat`, and one that sends them less often
+/// pays one `fstat` per request.
+const RECHECK_AFTER_MS: u64 = 10;
+
+/// Size of the stack buffer that each `recv` of a response reads into. A response whose value
+/// is shorter than this by the 3-byte header or more arrives in one call.
+const RECEIVE_BUFFER_LEN: usize = 4096;
 
 /// After a failure to reach the agent, requests fail at once for this long, so a program that
 /// reads many references pays the timeout once per pause instead of once per variable.
@@ -157,17 +183,48 @@ struct Connection {
     fd: c_int,
     device: u64,
     inode: u64,
+    /// Whether `fd` is registered with `descriptors::watch`. An unregistered descriptor is
+    /// checked before every request.
+    watched: bool,
+    /// The value of `descriptors::changes()` read before the last `fstat` that showed `fd` to
+    /// be this socket.
+    checked_at_change: u64,
+    /// Coarse-clock milliseconds of the last `fstat` or complete response.
+    last_used_ms: u64,
 }
 
 impl Connection {
-    /// Records the identity of the socket that `fd` refers to right after it was opened.
+    /// Registers `fd`, a socket this module has just connected, and records the identity of
+    /// its socket. Closes `fd` when `fstat` fails.
     fn identify(fd: c_int) -> io::Result<Connection> {
-        let status = socket_status(fd)?;
-        Ok(Connection {
-            fd,
-            device: status.st_dev,
-            inode: status.st_ino,
-        })
+        let watched = descriptors::watch(fd);
+        let checked_at_change = descriptors::changes();
+        match socket_status(fd) {
+            Ok(status) => Ok(Connection {
+                fd,
+                device: status.st_dev,
+                inode: status.st_ino,
+                watched,
+                checked_at_change,
+                last_used_ms: clock::coarse_ms(),
+            }),
+            Err(err) => {
+                if watched {
+                    descriptors::unwatch(fd);
+                }
+                close(fd);
+                Err(err)
+            }
+        }
+    }
+
+    /// Returns whether the descriptor may be used without `fstat`: no interposed close or
+    /// `dup2` has covered it since its last check, and it was used within
+    /// [`RECHECK_AFTER_MS`].
+    fn is_unchanged(&self, changes: u64, now_ms: u64) -> bool {
+        self.watched
+            && self.checked_at_change == changes
+            && now_ms.saturating_sub(self.last_used_ms) < RECHECK_AFTER_MS
     }
 
     /// Returns whether the descriptor still refers to this connection's socket, and not to a
@@ -179,12 +236,29 @@ impl Connection {
         }
     }
 
+    /// Checks the descriptor with `fstat` and records the check. `changes` must have been
+    /// read before the call.
+    fn recheck(&mut self, changes: u64, now_ms: u64) -> bool {
+        if !self.is_still_ours() {
+            return false;
+        }
+        self.checked_at_change = changes;
+        self.last_used_ms = now_ms;
+        true
+    }
+
     /// Closes the descriptor if it is still this connection's socket; otherwise the program
-    /// owns that number now, and the connection is only forgotten.
-    fn release(self) {
-        if self.is_still_ours() {
+    /// owns that number now, and the connection is only forgotten. Returns whether it was
+    /// still this connection's socket.
+    fn release(self) -> bool {
+        let ours = self.is_still_ours();
+        if self.watched {
+            descriptors::unwatch(self.fd);
+        }
+        if ours {
             close(self.fd);
         }
+        ours
     }
 }
 
@@ -203,15 +277,10 @@ fn socket_status(fd: c_int) -> io::Result<libc::stat> {
 }
 
 struct Pool {
-    /// The process the idle connections belong to.
-    owner_pid: libc::pid_t,
     idle: Vec<Connection>,
 }
 
-static POOL: SpinLock<Pool> = SpinLock::new(Pool {
-    owner_pid: 0,
-    idle: Vec::new(),
-});
+static POOL: SpinLock<Pool> = SpinLock::new(Pool { idle: Vec::new() });
 
 /// Sends one request and returns the agent's response, within `ENVPROXY_TIMEOUT_MS`.
 ///
@@ -247,8 +316,10 @@ fn send_request(request: &Request) -> Result<Response, AgentError> {
                 return Ok(response);
             }
             Err(err) => {
-                connection.release();
-                if !err.is_stale_connection() {
+                // A descriptor that is no longer ours was closed behind the interposed
+                // functions; a new connection may succeed, as after an agent restart.
+                let ours = connection.release();
+                if ours && !err.is_stale_connection() {
                     return Err(err);
                 }
             }
@@ -268,11 +339,6 @@ fn send_request(request: &Request) -> Result<Response, AgentError> {
     }
 }
 
-fn current_pid() -> libc::pid_t {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() }
-}
-
 /// Takes an idle connection whose descriptor is still its socket. Connections whose number the
 /// program closed or reused are dropped from the pool without touching the descriptor.
 ///
@@ -280,25 +346,32 @@ fn current_pid() -> libc::pid_t {
 /// and the request. The request then fails at once or times out, because every send and
 /// receive is non-blocking, and the descriptor is left open.
 fn take_idle() -> Option<Connection> {
-    let pid = current_pid();
+    // Read before any fstat below, so a close that overlaps the check moves the count past it.
+    let changes = descriptors::changes();
+    let now_ms = clock::coarse_ms();
     let mut pool = POOL.lock();
-    if pool.owner_pid != pid {
+    if forked::is_new_process() {
         // Inherited through a fork that skipped the handlers (for example `clone`).
-        pool.idle.drain(..).for_each(Connection::release);
-        pool.owner_pid = pid;
+        pool.idle.drain(..).for_each(|connection| {
+            connection.release();
+        });
+        forked::claim();
     }
-    while let Some(connection) = pool.idle.pop() {
-        if connection.is_still_ours() {
+    while let Some(mut connection) = pool.idle.pop() {
+        if connection.is_unchanged(changes, now_ms) || connection.recheck(changes, now_ms) {
             return Some(connection);
+        }
+        if connection.watched {
+            descriptors::unwatch(connection.fd);
         }
     }
     None
 }
 
-fn put_idle(connection: Connection) {
-    let pid = current_pid();
+fn put_idle(mut connection: Connection) {
+    connection.last_used_ms = clock::coarse_ms();
     let mut pool = POOL.lock();
-    if pool.owner_pid == pid && pool.idle.len() < MAX_IDLE {
+    if !forked::is_new_process() && pool.idle.len() < MAX_IDLE {
         pool.idle.push(connection);
         return;
     }
@@ -306,10 +379,16 @@ fn put_idle(connection: Connection) {
     connection.release();
 }
 
-/// Closes a descriptor this module opened moments ago and has not handed to the pool.
+/// Closes a socket this module opened and has just proven to be its own.
 fn close(fd: c_int) {
-    // SAFETY: `fd` is a socket this module opened and no longer uses.
-    unsafe { libc::close(fd) };
+    // The next `close` is called directly: the interposed one would only look for `fd` among
+    // the registered descriptors, which no longer include it.
+    match real::close() {
+        // SAFETY: `fd` is a socket this module opened and no longer uses.
+        Some(next) => unsafe { next(fd) },
+        // SAFETY: as above.
+        None => unsafe { libc::close(fd) },
+    };
 }
 
 fn display(path: &Path) -> String {
@@ -469,6 +548,11 @@ fn exchange(
     deadline_ms: u64,
     socket: &Path,
 ) -> Result<Response, AgentError> {
+    send_frame(fd, frame, deadline_ms, socket)?;
+    receive_response(fd, deadline_ms, socket)
+}
+
+fn send_frame(fd: c_int, frame: &[u8], deadline_ms: u64, socket: &Path) -> Result<(), AgentError> {
     let mut written = 0;
     while written < frame.len() {
         let rest = &frame[written..];
@@ -489,18 +573,18 @@ fn exchange(
             _ => return Err(AgentError::Io(display(socket), err)),
         }
     }
+    Ok(())
+}
 
-    let mut received: Vec<u8> = Vec::with_capacity(256);
-    let mut chunk = [0u8; 4096];
+/// Reads one response. It waits in `poll` before each read, because the agent rarely
+/// responds before the request's sender blocks: on a shared CPU it runs only then. A response
+/// that fits [`RECEIVE_BUFFER_LEN`] is decoded straight from the stack buffer.
+fn receive_response(fd: c_int, deadline_ms: u64, socket: &Path) -> Result<Response, AgentError> {
+    let mut chunk = [0u8; RECEIVE_BUFFER_LEN];
+    // Bytes of a response that needed more than one read.
+    let mut received: Vec<u8> = Vec::new();
     loop {
-        match Response::decode(&received) {
-            Ok(Some((response, used))) if used == received.len() => return Ok(response),
-            // Bytes after the response mean the stream is out of step: drop the connection.
-            Ok(Some(_)) => return Err(AgentError::TrailingBytes(display(socket))),
-            Ok(None) => {}
-            Err(err) => return Err(AgentError::Protocol(display(socket), err)),
-        }
-        debug_assert!(received.len() <= MAX_RESPONSE_LEN);
+        wait(fd, libc::POLLIN, deadline_ms, socket)?;
         // SAFETY: `chunk` is a valid writable buffer of its length. MSG_DONTWAIT: as for send.
         let n = unsafe {
             libc::recv(
@@ -510,19 +594,43 @@ fn exchange(
                 libc::MSG_DONTWAIT,
             )
         };
-        if n > 0 {
-            received.extend_from_slice(&chunk[..n as usize]);
-            continue;
-        }
         if n == 0 {
             return Err(AgentError::Closed(display(socket)));
         }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => {}
-            Some(libc::EAGAIN) => wait(fd, libc::POLLIN, deadline_ms, socket)?,
-            _ => return Err(AgentError::Io(display(socket), err)),
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                // A readiness that another reader consumed, or a signal: wait again.
+                Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                _ => return Err(AgentError::Io(display(socket), err)),
+            }
         }
+        let bytes = &chunk[..n as usize];
+        let complete = if received.is_empty() {
+            let complete = decode_whole(bytes, socket)?;
+            if complete.is_none() {
+                received.extend_from_slice(bytes);
+            }
+            complete
+        } else {
+            received.extend_from_slice(bytes);
+            decode_whole(&received, socket)?
+        };
+        if let Some(response) = complete {
+            return Ok(response);
+        }
+        debug_assert!(received.len() <= MAX_RESPONSE_LEN);
+    }
+}
+
+/// Decodes `bytes` as exactly one response, or returns `None` while it is incomplete.
+fn decode_whole(bytes: &[u8], socket: &Path) -> Result<Option<Response>, AgentError> {
+    match Response::decode(bytes) {
+        Ok(Some((response, used))) if used == bytes.len() => Ok(Some(response)),
+        // Bytes after the response mean the stream is out of step: drop the connection.
+        Ok(Some(_)) => Err(AgentError::TrailingBytes(display(socket))),
+        Ok(None) => Ok(None),
+        Err(err) => Err(AgentError::Protocol(display(socket), err)),
     }
 }
 
@@ -541,8 +649,10 @@ extern "C" fn after_fork_child() {
     // in the child.
     let pool = unsafe { POOL.data_while_forking() };
     // Close the child's copies; the parent's connections stay open.
-    pool.idle.drain(..).for_each(Connection::release);
-    pool.owner_pid = current_pid();
+    pool.idle.drain(..).for_each(|connection| {
+        connection.release();
+    });
+    forked::claim();
     // SAFETY: as above.
     unsafe { POOL.unlock_after_fork() };
 }

@@ -3,11 +3,12 @@
 //! Each runs its Rust code behind [`guard`], whose fallback is what libc alone would return,
 //! so no panic crosses into the host program.
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_uint};
 
 use libc::pid_t;
 
 use crate::child_env::{self, ChildEnv};
+use crate::descriptors;
 use crate::ffi::guard;
 use crate::real;
 use crate::resolve;
@@ -264,4 +265,120 @@ pub unsafe extern "C" fn posix_spawnp(
     let envp = child.as_ref().map_or(envp, |c| c.as_ptr().cast());
     // SAFETY: same contract; `child` outlives the call.
     unsafe { next(pid, file, file_actions, attrp, argv, envp) }
+}
+
+// The descriptor functions below let the connection pool notice that the program closed or
+// replaced one of its sockets (see `descriptors`). Their own code only reads and writes
+// atomics, so it cannot panic and stays async-signal-safe, as `close` and `dup2` must be.
+// Where libc lacks one (glibc before 2.34 has no `close_range` or `closefrom`), they make the
+// system call themselves, except `dup2`, which then fails with ENOSYS as the exec functions do.
+
+/// Interposed `close(2)`.
+///
+/// # Safety
+/// As for libc's `close`.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    descriptors::note_closing(fd, fd);
+    match real::close() {
+        // SAFETY: same contract.
+        Some(next) => unsafe { next(fd) },
+        // SAFETY: close(2) takes any descriptor number.
+        None => unsafe { libc::syscall(libc::SYS_close, fd) as c_int },
+    }
+}
+
+/// Interposed `dup2(2)`: `new_fd` is closed and replaced unless it equals `old_fd`.
+///
+/// # Safety
+/// As for libc's `dup2`.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old_fd: c_int, new_fd: c_int) -> c_int {
+    if old_fd != new_fd {
+        descriptors::note_closing(new_fd, new_fd);
+    }
+    match real::dup2() {
+        // SAFETY: same contract.
+        Some(next) => unsafe { next(old_fd, new_fd) },
+        None => no_symbol(),
+    }
+}
+
+/// Interposed `dup3(2)`.
+///
+/// # Safety
+/// As for libc's `dup3`.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old_fd: c_int, new_fd: c_int, flags: c_int) -> c_int {
+    if old_fd != new_fd {
+        descriptors::note_closing(new_fd, new_fd);
+    }
+    match real::dup3() {
+        // SAFETY: same contract.
+        Some(next) => unsafe { next(old_fd, new_fd, flags) },
+        // SAFETY: dup3(2) takes any descriptor numbers and flags.
+        None => unsafe { libc::syscall(libc::SYS_dup3, old_fd, new_fd, flags) as c_int },
+    }
+}
+
+/// Interposed `close_range(2)`. With `CLOSE_RANGE_CLOEXEC` nothing is closed, but the range
+/// is noted all the same: an extra `fstat` costs less than a missed close.
+///
+/// # Safety
+/// As for libc's `close_range`.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    descriptors::note_closing(descriptor_at_most(first), descriptor_at_most(last));
+    match real::close_range() {
+        // SAFETY: same contract.
+        Some(next) => unsafe { next(first, last, flags) },
+        // SAFETY: close_range(2) takes any range and flags.
+        None => unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as c_int },
+    }
+}
+
+/// Interposed `closefrom(3)`.
+///
+/// # Safety
+/// As for libc's `closefrom`.
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(lowest: c_int) {
+    descriptors::note_closing(lowest.max(0), c_int::MAX);
+    match real::closefrom() {
+        // SAFETY: same contract.
+        Some(next) => unsafe { next(lowest) },
+        // SAFETY: the caller gives up every descriptor from `lowest` on.
+        None => unsafe { close_from_without_libc(lowest.max(0)) },
+    }
+}
+
+/// Closes every descriptor from `lowest` on with `close_range(2)`, or, on kernels before 5.9
+/// that lack it, one `close` per number below the descriptor limit.
+///
+/// # Safety
+/// The caller must own every descriptor from `lowest` on.
+unsafe fn close_from_without_libc(lowest: c_int) {
+    // SAFETY: close_range(2) takes any range.
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, lowest, c_uint::MAX, 0) } == 0;
+    if closed {
+        return;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let end = c_int::try_from(limit.rlim_cur).unwrap_or(c_int::MAX);
+    for fd in lowest..end {
+        // SAFETY: the caller owns these descriptors; close(2) accepts numbers not open.
+        unsafe { libc::syscall(libc::SYS_close, fd) };
+    }
+}
+
+/// Converts a `close_range` bound to a descriptor number, which never exceeds `c_int::MAX`.
+fn descriptor_at_most(bound: c_uint) -> c_int {
+    c_int::try_from(bound).unwrap_or(c_int::MAX)
 }

@@ -1,7 +1,7 @@
-//! The next definitions of the exec functions this library interposes, found with
-//! `dlsym(RTLD_NEXT, ...)` on first use, and the library's own lookup in `environ`.
+//! The next definitions of the exec and descriptor functions this library interposes, found
+//! with `dlsym(RTLD_NEXT, ...)` on first use, and the library's own lookup in `environ`.
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -12,6 +12,11 @@ pub type ExecveFn =
 pub type FexecveFn =
     unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
 pub type ExecvFn = unsafe extern "C" fn(*const c_char, *const *const c_char) -> c_int;
+pub type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
+pub type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
+pub type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
+pub type CloseRangeFn = unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int;
+pub type CloseFromFn = unsafe extern "C" fn(c_int);
 pub type PosixSpawnFn = unsafe extern "C" fn(
     *mut pid_t,
     *const c_char,
@@ -57,6 +62,11 @@ static EXECV: NextSymbol = NextSymbol::new(c"execv");
 static EXECVP: NextSymbol = NextSymbol::new(c"execvp");
 static POSIX_SPAWN: NextSymbol = NextSymbol::new(c"posix_spawn");
 static POSIX_SPAWNP: NextSymbol = NextSymbol::new(c"posix_spawnp");
+static CLOSE: NextSymbol = NextSymbol::new(c"close");
+static DUP2: NextSymbol = NextSymbol::new(c"dup2");
+static DUP3: NextSymbol = NextSymbol::new(c"dup3");
+static CLOSE_RANGE: NextSymbol = NextSymbol::new(c"close_range");
+static CLOSEFROM: NextSymbol = NextSymbol::new(c"closefrom");
 
 macro_rules! next_fn {
     ($vis:vis fn $name:ident -> $ty:ty = $symbol:ident) => {
@@ -80,6 +90,20 @@ next_fn!(pub fn execv -> ExecvFn = EXECV);
 next_fn!(pub fn execvp -> ExecvFn = EXECVP);
 next_fn!(pub fn posix_spawn -> PosixSpawnFn = POSIX_SPAWN);
 next_fn!(pub fn posix_spawnp -> PosixSpawnFn = POSIX_SPAWNP);
+next_fn!(pub fn close -> CloseFn = CLOSE);
+next_fn!(pub fn dup2 -> Dup2Fn = DUP2);
+next_fn!(pub fn dup3 -> Dup3Fn = DUP3);
+next_fn!(pub fn close_range -> CloseRangeFn = CLOSE_RANGE);
+next_fn!(pub fn closefrom -> CloseFromFn = CLOSEFROM);
+
+/// Resolves the next descriptor functions now. `close` may run in a signal handler or in a
+/// child between `vfork` and `exec`, where `dlsym` is not safe, so the library resolves them
+/// while it loads instead of on first use.
+pub fn resolve_descriptor_functions() {
+    for symbol in [&CLOSE, &DUP2, &DUP3, &CLOSE_RANGE, &CLOSEFROM] {
+        symbol.address();
+    }
+}
 
 extern "C" {
     static environ: *const *const c_char;

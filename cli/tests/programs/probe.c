@@ -30,6 +30,11 @@
  *                                  socket descriptor from 3 to 63 (the library's connection),
  *                                  print how many as "replaced=N", resolve NAME again and
  *                                  print as closefds-socketpair does
+ *   probe dup3 NAME                the same through dup3 with O_CLOEXEC
+ *   probe close_range NAME         as closefds-socketpair, closing with close_range(3, ~0U, 0)
+ *   probe closefrom NAME           as closefds-socketpair, closing with closefrom(3)
+ *   probe rawclose-file NAME PATH  as closefds-file, closing every socket from 3 to 63 with a
+ *                                  raw close system call, which the library cannot intercept
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -41,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -94,6 +100,16 @@ static void timed_getenv(const char *name) {
 
 static void close_descriptors_from_3(void) {
     for (int fd = 3; fd < 64; fd++) close(fd);
+}
+
+static int is_socket(int fd);
+
+/* Closes every socket from 3 to 63 with the close system call itself, bypassing libc's close
+ * and so any interposed one. */
+static void raw_close_sockets_from_3(void) {
+    for (int fd = 3; fd < 64; fd++) {
+        if (is_socket(fd)) syscall(SYS_close, fd);
+    }
 }
 
 static int is_socket(int fd) {
@@ -236,9 +252,27 @@ int main(int argc, char **argv) {
         check_socketpair(pair, &pair[0], 1);
         return 0;
     }
-    if (strcmp(mode, "closefds-file") == 0 && argc == 4) {
+    if (strcmp(mode, "close_range") == 0 || strcmp(mode, "closefrom") == 0) {
         getenv(name);
-        close_descriptors_from_3();
+        if (strcmp(mode, "close_range") == 0) {
+            if (close_range(3, ~0U, 0) != 0) return 4;
+        } else {
+            closefrom(3);
+        }
+        int pair[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) return 4;
+        printf("fd=%d\n", pair[0]);
+        timed_getenv(name);
+        check_socketpair(pair, &pair[0], 1);
+        return 0;
+    }
+    if ((strcmp(mode, "closefds-file") == 0 || strcmp(mode, "rawclose-file") == 0) && argc == 4) {
+        getenv(name);
+        if (strcmp(mode, "closefds-file") == 0) {
+            close_descriptors_from_3();
+        } else {
+            raw_close_sockets_from_3();
+        }
         int fd = open(argv[3], O_RDWR | O_CREAT | O_TRUNC, 0600);
         if (fd < 0) return 4;
         printf("fd=%d\n", fd);
@@ -253,7 +287,7 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
-    if (strcmp(mode, "dup2") == 0) {
+    if (strcmp(mode, "dup2") == 0 || strcmp(mode, "dup3") == 0) {
         getenv(name);
         int pair[2];
         if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) return 4;
@@ -261,7 +295,8 @@ int main(int argc, char **argv) {
         int count = 0;
         for (int fd = 3; fd < 64; fd++) {
             if (fd == pair[0] || fd == pair[1] || !is_socket(fd)) continue;
-            if (dup2(pair[0], fd) != fd) return 4;
+            int copy = strcmp(mode, "dup2") == 0 ? dup2(pair[0], fd) : dup3(pair[0], fd, O_CLOEXEC);
+            if (copy != fd) return 4;
             replaced[count++] = fd;
         }
         printf("replaced=%d\n", count);

@@ -236,11 +236,20 @@ impl AuditLog {
         note: AuditNote,
         latency: Duration,
     ) {
-        let now = SystemTime::now();
         self.metrics.observe_request(decision, &note, latency);
-        if !note.pod_uid.is_empty() {
+        let has_workload = !note.pod_uid.is_empty();
+        // Without a watcher or the JSON log the event would be dropped at once, so it is not
+        // built. A watcher that subscribes during this call may miss this one event.
+        if !has_workload && self.sender.receiver_count() == 0 {
+            return;
+        }
+        let now = SystemTime::now();
+        if has_workload {
             self.workloads
                 .record(&note, decision == Decision::Denied, now);
+        }
+        if self.sender.receiver_count() == 0 {
+            return;
         }
 
         let (variable, reference) = match request {
