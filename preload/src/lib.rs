@@ -11,6 +11,7 @@
 //! - [`resolve`]: what one `getenv` of a reference returns (cache, agent, stale, errors).
 //! - [`cache`]: the per-thread and per-process caches and the interned values.
 //! - [`agent`]: the connection pool and the deadline-bounded request to the agent.
+//! - [`exec_list`]: `execl`, `execlp` and `execle`, whose variadic lists a C file collects.
 //! - [`child_env`]: the rewrite of a child's environment from values back to references.
 //! - [`settings`]: the `ENVPROXY_*` variables, read once.
 //! - [`hooks`]: makes the runtime hooks findable (`PYTHONPATH`, `JAVA_TOOL_OPTIONS`) at load.
@@ -25,6 +26,7 @@ mod cache;
 mod child_env;
 mod clock;
 mod diag;
+mod exec_list;
 mod ffi;
 mod hooks;
 mod interpose;
