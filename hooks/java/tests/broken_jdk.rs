@@ -1,5 +1,5 @@
 //! A JDK that cannot build the hook (a failing `javac`, one older than 17) leaves the build
-//! successful with one warning that says why and what to do, and leaves the jar in
+//! successful with one warning that gives the reason and the fix, and leaves the jar in
 //! `hooks/java` as it was.
 
 use std::os::unix::fs::PermissionsExt;
