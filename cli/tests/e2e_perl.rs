@@ -265,7 +265,7 @@ while (my $command = <STDIN>) {
 fn perl_timeout_message_gives_milliseconds() {
     require_program("perl", "perl");
     let world = World::new();
-    // An agent socket that accepts connections into its backlog and never answers.
+    // An agent socket that accepts connections into its backlog and never responds.
     let socket = world.path("silent.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the socket");
     let output = run_with_limit(
