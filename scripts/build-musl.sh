@@ -9,7 +9,7 @@
 # libc.so. The unwinder that catches panics at the library's C boundary would then come from
 # libgcc_s, which Alpine images often lack. A `libgcc_s.so` linker script in the target
 # directory points the linker at Rust's static LLVM libunwind instead, so the library needs
-# nothing but musl's libc.
+# nothing but musl's libc. musl-gcc also compiles the library's C file (execl and its kin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +49,7 @@ release=()
 # --remap-path-prefix) are moved into them.
 env -u RUSTFLAGS \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=musl-gcc \
+    CC_x86_64_unknown_linux_musl=musl-gcc \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=-crt-static -C link-arg=-L$shim" \
     cargo build -p envproxy-preload --target "$target" ${release[@]+"${release[@]}"} >&2
 

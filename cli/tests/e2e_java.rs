@@ -98,6 +98,30 @@ fn probe_classes() -> PathBuf {
         .clone()
 }
 
+/// Packs the probe's classes into a jar whose manifest names `EnvProbe` as `Premain-Class`,
+/// once per test binary, and returns its path.
+fn probe_agent_jar() -> PathBuf {
+    static JAR: OnceLock<PathBuf> = OnceLock::new();
+    JAR.get_or_init(|| {
+        let classes = probe_classes();
+        let jar = classes.with_extension("agent.jar");
+        let manifest = classes.with_extension("agent.mf");
+        std::fs::write(&manifest, "Premain-Class: EnvProbe\n").expect("write the manifest");
+        let status = Command::new("jar")
+            .arg("cfm")
+            .arg(&jar)
+            .arg(&manifest)
+            .arg("-C")
+            .arg(&classes)
+            .arg(".")
+            .status()
+            .expect("run jar (.ci/run installs default-jdk-headless)");
+        assert!(status.success(), "packing {} failed", jar.display());
+        jar
+    })
+    .clone()
+}
+
 /// `envproxy run --secrets SECRETS -- JAVA -cp PROBE EnvProbe ARGS`.
 fn java_command(secrets: &Path, jdk: &Jdk, args: &[&str]) -> Command {
     hook_jar();
@@ -457,4 +481,62 @@ fn java_runtime_without_instrument_resolves() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn java_agent_in_tool_options_resolves_in_premain() {
+    for jdk in jdks() {
+        let world = World::new();
+        let secret = random_secret();
+        let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+        // APM agents are deployed this way and read their keys from the environment in
+        // premain, which runs in the agent's VMInit: EnvProxy's agent must have run before.
+        let user_agent = format!("-javaagent:{}=API_TOKEN", probe_agent_jar().display());
+        let output = run_java(
+            java_command(&secrets, &jdk, &["read", "API_TOKEN"])
+                .env("JAVA_TOOL_OPTIONS", format!("-Xss2m {user_agent}")),
+            &jdk,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            value_of(&output.stdout, "premain.getenv").as_deref(),
+            Some(&*secret),
+            "{}: {stderr}",
+            jdk.label
+        );
+        assert_eq!(
+            value_of(&output.stdout, "getenv").as_deref(),
+            Some(&*secret),
+            "{}: {stderr}",
+            jdk.label
+        );
+    }
+}
+
+#[test]
+fn java_agent_on_command_line_resolves_in_premain() {
+    for jdk in jdks() {
+        let world = World::new();
+        let secret = random_secret();
+        let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+        let user_agent = format!("-javaagent:{}=API_TOKEN", probe_agent_jar().display());
+        let mut command = run_command(&secrets, &jdk.java);
+        command
+            .env_remove("JAVA_TOOL_OPTIONS")
+            .env_remove("_JAVA_OPTIONS")
+            .env_remove("JDK_JAVA_OPTIONS")
+            .arg(user_agent)
+            .arg("-cp")
+            .arg(probe_classes())
+            .args(["EnvProbe", "read", "API_TOKEN"]);
+        hook_jar();
+        let output = run_java(&mut command, &jdk);
+        assert_eq!(
+            value_of(&output.stdout, "premain.getenv").as_deref(),
+            Some(&*secret),
+            "{}: {}",
+            jdk.label,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

@@ -412,6 +412,69 @@ fn children_get_references_for_copied_values() {
 }
 
 #[test]
+fn exec_list_children_get_references() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("COPIED", &secret)]);
+    for mode in ["execl", "execlp", "execle"] {
+        let output = run_with_limit(run_command(&secrets, probe()).args([mode, "COPIED"]), LIMIT);
+        assert!(output.status.success(), "{mode}: {output:?}");
+        let environment = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !environment.contains(&secret),
+            "{mode}: the child saw the value"
+        );
+        assert!(
+            environment.lines().any(|l| l == "COPIED=envproxy:COPIED"),
+            "{mode}: {environment}"
+        );
+        assert!(
+            environment.lines().any(|l| l == "RENAMED=envproxy:COPIED"),
+            "{mode}: {environment}"
+        );
+    }
+}
+
+#[test]
+fn exec_list_child_under_library_resolves() {
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("COPIED", &secret)]);
+    let probe = probe();
+    let probe = probe.to_str().expect("the probe's path is UTF-8");
+    for mode in ["execl", "execlp", "execle"] {
+        // env runs `probe get COPIED RENAMED`, which inherits LD_PRELOAD.
+        let output = run_with_limit(
+            run_command(&secrets, probe).args([mode, "COPIED", probe, "get", "COPIED", "RENAMED"]),
+            LIMIT,
+        );
+        assert!(output.status.success(), "{mode}: {output:?}");
+        assert_eq!(
+            value_of(&output.stdout, "COPIED").as_deref(),
+            Some(&*secret),
+            "{mode}"
+        );
+        assert_eq!(
+            value_of(&output.stdout, "RENAMED").as_deref(),
+            Some(&*secret),
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn execl_beyond_argument_limit_fails() {
+    let world = World::new();
+    let secrets = world.write_secrets(&[("COPIED", "unused")]);
+    let output = run_with_limit(
+        run_command(&secrets, probe()).args(["execl-many", "COPIED"]),
+        LIMIT,
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(value_of(&output.stdout, "execl").as_deref(), Some("E2BIG"));
+}
+
+#[test]
 fn forked_children_never_hang_while_threads_resolve() {
     let world = World::new();
     let secret = random_secret();

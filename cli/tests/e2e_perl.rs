@@ -260,3 +260,29 @@ while (my $command = <STDIN>) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn perl_timeout_message_gives_milliseconds() {
+    require_program("perl", "perl");
+    let world = World::new();
+    // An agent socket that accepts connections into its backlog and never responds.
+    let socket = world.path("silent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the socket");
+    let output = run_with_limit(
+        preload_command(Path::new("perl"), &socket)
+            .env("ENVPROXY_TIMEOUT_MS", "300")
+            .env("SILENT", "envproxy:SILENT")
+            .args(["-e", "print qq(SILENT=$ENV{SILENT}\\n)"]),
+        LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        value_of(&output.stdout, "SILENT").as_deref(),
+        Some("envproxy:SILENT"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("did not answer within 300 ms (ENVPROXY_TIMEOUT_MS)"),
+        "{stderr}"
+    );
+}

@@ -79,11 +79,12 @@ func appendField(frame []byte, field string) []byte {
 	return append(frame, field...)
 }
 
-// readResponse reads one response frame from conn.
-func readResponse(conn net.Conn, path string) (response, error) {
+// readResponse reads one response frame from conn. timeout is the request's timeout, for
+// the messages.
+func readResponse(conn net.Conn, path string, timeout time.Duration) (response, error) {
 	var header [3]byte
 	if _, err := io.ReadFull(conn, header[:]); err != nil {
-		return response{}, ioError(path, err)
+		return response{}, ioError(path, err, timeout)
 	}
 	status := header[0]
 	if status > statusPassthrough {
@@ -91,8 +92,8 @@ func readResponse(conn net.Conn, path string) (response, error) {
 			"response status byte %d (expected 0, 1, 2 or 3)", path, status)
 	}
 	payload := make([]byte, binary.BigEndian.Uint16(header[1:]))
-	if _, err := io.ReadFull(conn, payload); err != nil {
-		return response{}, ioError(path, err)
+	if read, err := io.ReadFull(conn, payload); err != nil {
+		return response{}, incompleteError(path, err, timeout, read, len(payload))
 	}
 	if (status == statusNotFound || status == statusPassthrough) && len(payload) != 0 {
 		return response{}, fmt.Errorf("the agent at %s sent a malformed response: a status %d "+
@@ -104,18 +105,36 @@ func readResponse(conn net.Conn, path string) (response, error) {
 // errClosed marks a connection the agent closed, which a fresh connection may replace.
 var errClosed = errors.New("closed the connection without answering")
 
-func ioError(path string, err error) error {
-	var timeout net.Error
+func ioError(path string, err error, timeout time.Duration) error {
+	var netError net.Error
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return fmt.Errorf("the agent at %s %w", path, errClosed)
-	case errors.As(err, &timeout) && timeout.Timeout():
-		return fmt.Errorf("the agent at %s did not answer within the timeout "+
-			"(ENVPROXY_TIMEOUT_MS)", path)
+	case errors.As(err, &netError) && netError.Timeout():
+		return fmt.Errorf("the agent at %s did not answer within %d ms "+
+			"(ENVPROXY_TIMEOUT_MS)", path, timeout.Milliseconds())
 	case errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNRESET):
 		return fmt.Errorf("the agent at %s %w (%v)", path, errClosed, err)
 	}
 	return fmt.Errorf("I/O error talking to the agent at %s: %v", path, err)
+}
+
+// incompleteError describes a response whose header arrived but whose payload of expected
+// bytes stopped after read bytes, because the agent closed the connection or the timeout
+// passed.
+func incompleteError(path string, err error, timeout time.Duration, read, expected int) error {
+	var netError net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET):
+		return fmt.Errorf("the agent at %s sent an incomplete response: the header promised "+
+			"%d bytes, and the connection closed after %d", path, expected, read)
+	case errors.As(err, &netError) && netError.Timeout():
+		return fmt.Errorf("the agent at %s sent an incomplete response: %d of the %d bytes "+
+			"its header promised arrived within %d ms (ENVPROXY_TIMEOUT_MS)", path, read,
+			expected, timeout.Milliseconds())
+	}
+	return ioError(path, err, timeout)
 }
 
 // agentClient sends requests over a small pool of connections. A connection is used by one
@@ -187,12 +206,12 @@ func (a *agentClient) exchange(frame []byte) (response, error) {
 func (a *agentClient) roundTrip(conn net.Conn, frame []byte, deadline time.Time) (response,
 	error) {
 	if err := conn.SetDeadline(deadline); err != nil {
-		return response{}, ioError(a.path, err)
+		return response{}, ioError(a.path, err, a.timeout)
 	}
 	if _, err := conn.Write(frame); err != nil {
-		return response{}, ioError(a.path, err)
+		return response{}, ioError(a.path, err, a.timeout)
 	}
-	return readResponse(conn, a.path)
+	return readResponse(conn, a.path, a.timeout)
 }
 
 const hint = "start envproxy-agent, run the program under `envproxy run`, or point " +

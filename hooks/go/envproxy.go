@@ -50,7 +50,7 @@ const (
 // Getenv returns the value of the environment variable name, with a reference resolved by
 // the EnvProxy agent. It returns "" when the variable is unset, as os.Getenv does.
 func Getenv(name string) string {
-	value, _ := LookupEnv(name)
+	value, _ := defaultResolver().lookupAs(name, "Getenv")
 	return value
 }
 
@@ -111,6 +111,11 @@ func newResolver(s settings, lookupEnv func(string) (string, bool)) *resolver {
 }
 
 func (r *resolver) lookup(name string) (string, bool) {
+	return r.lookupAs(name, "LookupEnv")
+}
+
+// lookupAs is lookup for the exported function api, which the error message names.
+func (r *resolver) lookupAs(name, api string) (string, bool) {
 	raw, present := r.lookupEnv(name)
 	if !r.settings.enabled || strings.HasPrefix(name, ownPrefix) {
 		return raw, present
@@ -119,17 +124,19 @@ func (r *resolver) lookup(name string) (string, bool) {
 		if !r.settings.lookupUnset || name == "" || strings.ContainsAny(name, "=\x00") {
 			return "", false
 		}
-		return r.resolve(name, raw, false)
+		return r.resolve(name, raw, false, api)
 	}
 	if !IsReference(raw) {
 		return raw, true
 	}
-	return r.resolve(name, raw, true)
+	return r.resolve(name, raw, true, api)
 }
 
 // resolve returns what a read of name yields. reference is its value in the environment, and
-// isReference is false for a name absent from the environment.
-func (r *resolver) resolve(name, reference string, isReference bool) (string, bool) {
+// isReference is false for a name absent from the environment. api is the exported function
+// called, for the error message.
+func (r *resolver) resolve(name, reference string, isReference bool, api string) (string,
+	bool) {
 	r.mu.Lock()
 	e := r.cache[name]
 	if e == nil || e.reference != reference {
@@ -177,7 +184,7 @@ func (r *resolver) resolve(name, reference string, isReference bool) (string, bo
 	defer r.mu.Unlock()
 	switch {
 	case err != nil:
-		return r.failure(name, e, isReference, err.Error(), false)
+		return r.failure(name, e, api, isReference, err.Error(), false)
 	case resp.status == statusFound:
 		e.value, e.hasValue, e.answered = string(resp.payload), true, true
 		e.freshUntil, e.retryAfter, e.reported = freshUntil, time.Time{}, false
@@ -188,10 +195,10 @@ func (r *resolver) resolve(name, reference string, isReference bool) (string, bo
 		r.debug(name, "not set, and the agent does not have it")
 		return "", false
 	case resp.status == statusNotFound:
-		return r.failure(name, e, isReference, "the agent's backend has no such key", true)
+		return r.failure(name, e, api, isReference, "the agent's backend has no such key", true)
 	case resp.status == statusError:
 		reason := "the agent answered: " + string(resp.payload)
-		return r.failure(name, e, isReference, reason, true)
+		return r.failure(name, e, api, isReference, reason, true)
 	default:
 		r.debug(name, "the agent says the value is not a reference")
 		return reference, true
@@ -201,8 +208,8 @@ func (r *resolver) resolve(name, reference string, isReference bool) (string, bo
 // failure records a failed request for e and returns what the read yields. Called with r.mu
 // held. An authoritative failure (a response from the agent) drops the stale value, so an
 // older value never masks the agent's own response.
-func (r *resolver) failure(name string, e *entry, isReference bool, reason string,
-	authoritative bool) (string, bool) {
+func (r *resolver) failure(name string, e *entry, api string, isReference bool,
+	reason string, authoritative bool) (string, bool) {
 	if authoritative {
 		e.value, e.hasValue, e.answered = "", false, false
 	}
@@ -221,12 +228,15 @@ func (r *resolver) failure(name string, e *entry, isReference bool, reason strin
 		var consequence string
 		switch onError {
 		case onErrorUnset:
-			consequence = "LookupEnv reports the variable unset (ENVPROXY_ON_ERROR=unset)"
+			consequence = api + " reports the variable unset (ENVPROXY_ON_ERROR=unset)"
+			if api == "Getenv" {
+				consequence = `Getenv returns "" (ENVPROXY_ON_ERROR=unset)`
+			}
 		case onErrorExit:
 			consequence = fmt.Sprintf("exiting with status %d (ENVPROXY_ON_ERROR=exit)",
 				exitConfig)
 		default:
-			consequence = "LookupEnv returns the reference unchanged (ENVPROXY_ON_ERROR=reference)"
+			consequence = api + " returns the reference unchanged (ENVPROXY_ON_ERROR=reference)"
 		}
 		diag(fmt.Sprintf("%s: cannot resolve %s: %s; %s",
 			printable(name), printable(e.reference), reason, consequence))

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -345,5 +347,58 @@ func TestSettingsFromEnvironment(t *testing.T) {
 func TestPrintableEscapesControlCharacters(t *testing.T) {
 	if got := printable("A\nB\x1b\xff"); got != `A\x0aB\x1b\xff` {
 		t.Fatalf("printable = %q", got)
+	}
+}
+
+func TestTimeoutMessageGivesMilliseconds(t *testing.T) {
+	agent := startFakeAgent(t, func([]byte) []byte { return nil })
+	r := testResolver(nil, agent.path, func(s *settings) { s.timeout = 200 * time.Millisecond })
+	request, _ := encodeV2("A", "envproxy:A")
+	_, err := r.agent.call(request)
+	if err == nil || !strings.Contains(err.Error(), "did not answer within 200 ms (ENVPROXY_TIMEOUT_MS)") {
+		t.Fatalf("error = %v, want the timeout in ms", err)
+	}
+}
+
+func TestTruncatedResponseIsIncomplete(t *testing.T) {
+	// The header promises 65535 bytes, 10 arrive, and the agent waits for the next request.
+	truncated := append([]byte{statusFound, 0xff, 0xff}, "0123456789"...)
+	agent := startFakeAgent(t, func([]byte) []byte { return truncated })
+	r := testResolver(nil, agent.path, nil)
+	request, _ := encodeV2("A", "envproxy:A")
+	_, err := r.agent.call(request)
+	want := "sent an incomplete response: 10 of the 65535 bytes its header promised arrived " +
+		"within 500 ms (ENVPROXY_TIMEOUT_MS)"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error = %v, want %q", err, want)
+	}
+}
+
+// captureStderr returns what run writes to os.Stderr.
+func captureStderr(t *testing.T, run func()) string {
+	t.Helper()
+	reader, writer, err := os.Pipe()
+	if err != nil {
+		t.Fatalf("create a pipe: %v", err)
+	}
+	saved := os.Stderr
+	os.Stderr = writer
+	run()
+	os.Stderr = saved
+	writer.Close()
+	output, _ := io.ReadAll(reader)
+	reader.Close()
+	return string(output)
+}
+
+func TestFailureMessageNamesCalledFunction(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "absent.sock")
+	for _, api := range []string{"Getenv", "LookupEnv"} {
+		r := testResolver(map[string]string{"K": "envproxy:K"}, socket, nil)
+		stderr := captureStderr(t, func() { r.lookupAs("K", api) })
+		want := api + " returns the reference unchanged"
+		if !strings.Contains(stderr, want) {
+			t.Fatalf("stderr = %q, want %q", stderr, want)
+		}
 	}
 }

@@ -3,35 +3,56 @@
 //!
 //! The jar goes to `OUT_DIR`, then is copied to `hooks/java/envproxy-javaagent.jar` (ignored
 //! by git), where `libenvproxy.so` looks for it in a source checkout.
+//!
+//! Without a JDK, with a `javac` older than 17, or when `javac` or `jar` fails, the build still
+//! succeeds: it prints one warning with the reason and what to do, sets
+//! `ENVPROXY_JAVA_HOOK_PROBLEM`, and leaves an earlier jar in `hooks/java` as it is.
 
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 const JAR_FILE_NAME: &str = "envproxy-javaagent.jar";
 
 fn main() {
     let crate_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
-    let sources_dir = crate_dir.join("src/main/java");
-    let manifest = crate_dir.join("MANIFEST.MF");
-    let installed = crate_dir.join(JAR_FILE_NAME);
-    println!("cargo:rerun-if-changed={}", sources_dir.display());
-    println!("cargo:rerun-if-changed={}", manifest.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        crate_dir.join("src/main/java").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        crate_dir.join("MANIFEST.MF").display()
+    );
     // NOTE: the installed jar is not watched, because the copy written below would make every
     // build run this script again. After deleting it, `touch hooks/java/MANIFEST.MF` rebuilds it.
     println!("cargo:rerun-if-env-changed=JAVA_HOME");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
 
-    let (Some(javac), Some(jar)) = (jdk_tool("javac"), jdk_tool("jar")) else {
-        let problem = "no JDK found (javac and jar in JAVA_HOME/bin or on PATH), so the Java \
-                       hook jar was not built and Java programs read references; install one, \
-                       for example `apt-get install default-jdk-headless`";
+    if let Err(problem) = build_jar(&crate_dir, &out_dir) {
+        let problem = format!(
+            "the Java hook jar was not built, so Java programs read references: {problem}. \
+             Install JDK 17 or later (for example `apt-get install openjdk-17-jdk-headless`) \
+             or set JAVA_HOME to one, then `touch hooks/java/MANIFEST.MF` and build again"
+        )
+        .replace(['\n', '\r'], " ");
         println!("cargo:warning={problem}");
         println!("cargo:rustc-env=ENVPROXY_JAVA_HOOK_PROBLEM={problem}");
-        return;
+    }
+}
+
+/// Compiles and packs the jar and copies it into `hooks/java`, or returns why it could not.
+/// The copy in `hooks/java` is replaced only when every step succeeded.
+fn build_jar(crate_dir: &Path, out_dir: &Path) -> Result<(), String> {
+    let sources_dir = crate_dir.join("src/main/java");
+    let manifest = crate_dir.join("MANIFEST.MF");
+    let installed = crate_dir.join(JAR_FILE_NAME);
+    let (Some(javac), Some(jar)) = (jdk_tool("javac"), jdk_tool("jar")) else {
+        return Err("no JDK found (javac and jar in JAVA_HOME/bin or on PATH)".to_string());
     };
+    check_javac_version(&javac)?;
 
     let classes = out_dir.join("classes");
     let _ = fs::remove_dir_all(&classes);
@@ -45,7 +66,7 @@ fn main() {
         .args(["--release", "17", "-Xlint:all", "-XDstringConcat=inline"])
         .args(["-encoding", "UTF-8", "-d"])
         .arg(&classes)
-        .args(&sources));
+        .args(&sources))?;
 
     let built = out_dir.join(JAR_FILE_NAME);
     let _ = fs::remove_file(&built);
@@ -71,7 +92,7 @@ fn main() {
             ),
         }
     }
-    run(pack.arg("-C").arg(&classes).arg("."));
+    run(pack.arg("-C").arg(&classes).arg("."))?;
 
     // Written under another name and renamed, so a JVM starting meanwhile never opens half a jar.
     let staging = crate_dir.join(format!(".{JAR_FILE_NAME}.{}", std::process::id()));
@@ -81,6 +102,39 @@ fn main() {
         "cargo:rustc-env=ENVPROXY_JAVA_HOOK_JAR={}",
         installed.display()
     );
+    Ok(())
+}
+
+/// Fails unless `javac --version` runs and reports version 17 or later, which `--release 17`
+/// needs.
+fn check_javac_version(javac: &Path) -> Result<(), String> {
+    let mut command = Command::new(javac);
+    command.arg("--version");
+    let output = command
+        .output()
+        .map_err(|err| format!("cannot run {}: {err}", javac.display()))?;
+    if !output.status.success() {
+        return Err(failure(&command, &output));
+    }
+    // javac 9 and later print `javac 17.0.15`. javac 8 rejects `--version`.
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text.split_whitespace().nth(1).unwrap_or_default();
+    let major = version
+        .split(['.', '-', '+'])
+        .next()
+        .and_then(|major| major.parse::<u32>().ok());
+    match major {
+        Some(major) if major >= 17 => Ok(()),
+        Some(_) => Err(format!(
+            "{} is version {version}, and the hook needs 17 or later",
+            javac.display()
+        )),
+        None => Err(format!(
+            "`{} --version` printed {:?}, not a javac version",
+            javac.display(),
+            text.trim()
+        )),
+    }
 }
 
 /// Formats `seconds` since 1970 as the UTC time `jar --date` takes, such as
@@ -115,13 +169,19 @@ fn zip_timestamp(seconds: i64) -> String {
     )
 }
 
-/// Returns `JAVA_HOME/bin/<tool>` when it exists, else `<tool>` when it runs from `PATH`.
+/// Returns `JAVA_HOME/bin/<tool>` when it exists, else `<tool>` when it runs from `PATH`. A
+/// `JAVA_HOME` without the tool gets a warning, because the JDK on `PATH` may be another one.
 fn jdk_tool(tool: &str) -> Option<PathBuf> {
     if let Some(home) = env::var_os("JAVA_HOME").filter(|home| !home.is_empty()) {
         let path = Path::new(&home).join("bin").join(tool);
         if path.is_file() {
             return Some(path);
         }
+        println!(
+            "cargo:warning=JAVA_HOME is set to {}, which has no bin/{tool}, so {tool} is \
+             looked up on PATH",
+            Path::new(&home).display()
+        );
     }
     let runs = Command::new(tool)
         .arg("--version")
@@ -143,9 +203,39 @@ fn collect_java_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn run(command: &mut Command) {
-    let status = command
-        .status()
-        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
-    assert!(status.success(), "{command:?} failed with {status}");
+/// Runs `command`, and describes its failure with [`failure`] when it exits with an error.
+fn run(command: &mut Command) -> Result<(), String> {
+    let output = command
+        .output()
+        .map_err(|err| format!("cannot run {}: {err}", program_name(command)))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(failure(command, &output))
+}
+
+/// Describes a failed run: the program, its exit status and the first lines of its stderr.
+fn failure(command: &Command, output: &Output) -> String {
+    const STDERR_LINES: usize = 3;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let first_lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .take(STDERR_LINES)
+        .collect();
+    let mut message = format!("{} failed with {}", program_name(command), output.status);
+    if first_lines.is_empty() {
+        message.push_str(" and printed nothing on stderr");
+    } else {
+        message.push_str(&format!(
+            ", and its stderr begins: {}",
+            first_lines.join(" / ")
+        ));
+    }
+    message
+}
+
+fn program_name(command: &Command) -> String {
+    Path::new(command.get_program()).display().to_string()
 }

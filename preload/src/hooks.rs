@@ -1,8 +1,9 @@
 //! Makes the runtime hooks findable at load, for runtimes that copy the environment at start.
 //!
 //! - Python: the hook directory (with `sitecustomize.py`) is prepended to `PYTHONPATH`.
-//! - Java: `-agentpath:<this library>=<jar>` is appended to `JAVA_TOOL_OPTIONS` when the jar
-//!   is installed, so a JVM loads this library as a JVMTI agent ([`crate::jvm_agent`]).
+//! - Java: `-agentpath:<this library>=<jar>` is put first in `JAVA_TOOL_OPTIONS` when the jar
+//!   is installed, so a JVM loads this library as a JVMTI agent ([`crate::jvm_agent`]) before
+//!   the user's agents.
 //! - Perl: `-I<hooks>/perl -MEnvProxy::Hook` is appended to `PERL5OPT`.
 //!
 //! Values that an image or the user already set are kept. An EnvProxy entry already in a
@@ -206,19 +207,46 @@ fn with_python_entry(current: &str, entry: &Path) -> Option<Vec<u8>> {
     Some(value)
 }
 
-/// Returns `JAVA_TOOL_OPTIONS` with `option` in place of the EnvProxy `-agentpath:` options
-/// already there (or appended), or `None` when it is already the only one.
+/// Returns `JAVA_TOOL_OPTIONS` with `option` ahead of every other agent option, or `None`
+/// when it is already there and the only EnvProxy option.
+///
+/// The JVM loads agents and sends them `VMInit` in the order of the options, and a
+/// `-javaagent` runs its `premain` in its `VMInit`. EnvProxy's agent therefore comes first, so
+/// that the user's agents read resolved values in `premain`. An EnvProxy option that already
+/// precedes every agent (one a parent process added) is replaced in place. Otherwise all
+/// EnvProxy options are removed and `option` is put first.
 fn with_java_option(current: &str, option: &str) -> Option<String> {
-    let ours: Vec<Range<usize>> = tokens(current)
-        .into_iter()
-        .filter(|range| is_java_hook_option(&current[range.clone()]))
+    let all = tokens(current);
+    let ours: Vec<Range<usize>> = all
+        .iter()
+        .filter(|range| is_java_hook_option(&current[(*range).clone()]))
+        .cloned()
         .collect();
-    if let [only] = ours.as_slice() {
-        if &current[only.clone()] == option {
-            return None;
+    let first_agent = all
+        .iter()
+        .position(|range| is_agent_option(&current[range.clone()]));
+    let ours_first = first_agent.is_some_and(|index| ours.first() == Some(&all[index]));
+    if ours_first {
+        if let [only] = ours.as_slice() {
+            if &current[only.clone()] == option {
+                return None;
+            }
         }
+        return Some(splice(current, &ours, option));
     }
-    Some(splice(current, &ours, option))
+    let rest = without(current, &ours);
+    let rest = rest.trim();
+    if rest.is_empty() {
+        return Some(option.to_string());
+    }
+    Some(format!("{option} {rest}"))
+}
+
+/// Returns whether `token` loads an agent: `-javaagent:`, `-agentpath:` or `-agentlib:`.
+fn is_agent_option(token: &str) -> bool {
+    ["-javaagent:", "-agentpath:", "-agentlib:"]
+        .iter()
+        .any(|prefix| token.starts_with(prefix))
 }
 
 /// Returns whether `token` loads this library as a JVMTI agent with the Java hook's jar.
@@ -309,6 +337,18 @@ fn splice(text: &str, ranges: &[Range<usize>], replacement: &str) -> String {
     value
 }
 
+/// Returns `text` without `ranges` and the whitespace before each of them.
+fn without(text: &str, ranges: &[Range<usize>]) -> String {
+    let mut value = String::with_capacity(text.len());
+    let mut position = 0;
+    for range in ranges {
+        value.push_str(text[position..range.start].trim_end());
+        position = range.end;
+    }
+    value.push_str(&text[position..]);
+    value
+}
+
 fn set(variable: &CStr, value: Vec<u8>) {
     let Ok(value) = CString::new(value) else {
         return;
@@ -328,11 +368,11 @@ mod tests {
                              /opt/envproxy/hooks/java/envproxy-javaagent.jar";
 
     #[test]
-    fn java_option_appended_to_user_options() {
+    fn java_option_put_before_user_options() {
         assert_eq!(with_java_option("", NEW_AGENT).unwrap(), NEW_AGENT);
         assert_eq!(
             with_java_option("-Xmx64m ", NEW_AGENT).unwrap(),
-            format!("-Xmx64m {NEW_AGENT}")
+            format!("{NEW_AGENT} -Xmx64m")
         );
     }
 
@@ -360,14 +400,37 @@ mod tests {
             with_java_option(&format!("-Xmx1g {NEW_AGENT}"), NEW_AGENT),
             None
         );
+        assert_eq!(
+            with_java_option(&format!("{NEW_AGENT} -javaagent:/app/apm.jar"), NEW_AGENT),
+            None
+        );
     }
 
     #[test]
-    fn java_option_keeps_other_agents() {
+    fn java_option_goes_before_other_agents() {
         let other = "-agentpath:/usr/lib/libyjpagent.so=port=10001";
         assert_eq!(
             with_java_option(other, NEW_AGENT).unwrap(),
-            format!("{other} {NEW_AGENT}")
+            format!("{NEW_AGENT} {other}")
+        );
+        let javaagent = "-Xmx1g -javaagent:/app/apm.jar=service=shop -agentlib:jdwp=server=y";
+        assert_eq!(
+            with_java_option(javaagent, NEW_AGENT).unwrap(),
+            format!("{NEW_AGENT} {javaagent}")
+        );
+    }
+
+    #[test]
+    fn java_option_after_user_agent_moves_first() {
+        let current = format!("-Xmx1g -javaagent:/app/apm.jar {OLD_AGENT} -Xss1m");
+        assert_eq!(
+            with_java_option(&current, NEW_AGENT).unwrap(),
+            format!("{NEW_AGENT} -Xmx1g -javaagent:/app/apm.jar -Xss1m")
+        );
+        let current = format!("-javaagent:/app/apm.jar {NEW_AGENT}");
+        assert_eq!(
+            with_java_option(&current, NEW_AGENT).unwrap(),
+            format!("{NEW_AGENT} -javaagent:/app/apm.jar")
         );
     }
 

@@ -382,3 +382,41 @@ unsafe fn close_from_without_libc(lowest: c_int) {
 fn descriptor_at_most(bound: c_uint) -> c_int {
     c_int::try_from(bound).unwrap_or(c_int::MAX)
 }
+
+// The wrappers that `src/c/exec_list.c` calls from `execl`, `execlp` and `execle` once it has
+// collected their variadic arguments into an array. The C file declares these names hidden, so
+// the linker binds its calls here directly and does not export the names.
+
+/// [`execv`] for `execl`.
+///
+/// # Safety
+/// As for libc's `execv`.
+#[no_mangle]
+pub unsafe extern "C" fn envproxy_execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: same contract.
+    unsafe { execv(path, argv) }
+}
+
+/// [`execvp`] for `execlp`.
+///
+/// # Safety
+/// As for libc's `execvp`.
+#[no_mangle]
+pub unsafe extern "C" fn envproxy_execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: same contract.
+    unsafe { execvp(file, argv) }
+}
+
+/// [`execve`] for `execle`.
+///
+/// # Safety
+/// As for libc's `execve`.
+#[no_mangle]
+pub unsafe extern "C" fn envproxy_execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: same contract.
+    unsafe { execve(path, argv, envp) }
+}

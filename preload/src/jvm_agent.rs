@@ -1,5 +1,5 @@
-//! The JVMTI agent that installs the Java hook. [`crate::hooks`] appends
-//! `-agentpath:<this library>=<hook jar>` to `JAVA_TOOL_OPTIONS`, so a starting JVM loads this
+//! The JVMTI agent that installs the Java hook. [`crate::hooks`] puts
+//! `-agentpath:<this library>=<hook jar>` first in `JAVA_TOOL_OPTIONS`, so a starting JVM loads this
 //! library as a native agent and calls [`Agent_OnLoad`].
 //!
 //! A native agent, unlike `-javaagent`, does not add the `java.instrument` module, so the JVM

@@ -15,6 +15,7 @@
 //! - [`agent`]: the connection pool and the deadline-bounded request to the agent.
 //! - [`descriptors`]: notices when the program closes or replaces the pool's descriptors.
 //! - [`forked`]: tells a forked child from its parent without a system call.
+//! - [`exec_list`]: `execl`, `execlp` and `execle`, whose variadic lists a C file collects.
 //! - [`child_env`]: the rewrite of a child's environment from values back to references.
 //! - [`settings`]: the `ENVPROXY_*` variables, read once.
 //! - [`hooks`]: makes the runtime hooks findable (`PYTHONPATH`, `JAVA_TOOL_OPTIONS`) at load.
@@ -30,6 +31,7 @@ mod child_env;
 mod clock;
 mod descriptors;
 mod diag;
+mod exec_list;
 mod ffi;
 mod forked;
 mod hooks;

@@ -24,8 +24,15 @@ import java.util.concurrent.CountDownLatch;
  * EnvProbe loop NAME       System.getenv(NAME) every 50 ms, for the rotation test
  * EnvProbe property KEY    the system property KEY, set through JAVA_TOOL_OPTIONS by the test
  * </pre>
+ *
+ * As a Java agent ({@code -javaagent:probe.jar=NAME}, with {@code Premain-Class: EnvProbe}),
+ * it prints {@code premain.getenv=} and NAME's value as {@code premain} reads it.
  */
 public final class EnvProbe {
+    public static void premain(String name) {
+        System.out.println("premain.getenv=" + System.getenv(name));
+    }
+
     public static void main(String[] args) throws Exception {
         String mode = args[0];
         String name = args[1];

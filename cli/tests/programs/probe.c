@@ -11,6 +11,14 @@
  *   probe execve NAME              resolve NAME, then execve /usr/bin/env with a copy of the
  *                                  environment holding the value under NAME and RENAMED
  *   probe spawn NAME               the same through posix_spawn
+ *   probe execl NAME [ARG...]      resolve NAME, copy the value into the environment under NAME
+ *                                  and RENAMED with setenv, then execl /usr/bin/env with up to
+ *                                  four ARGs (no ARG: env prints the environment)
+ *   probe execlp NAME [ARG...]     the same through execlp("env", ...)
+ *   probe execle NAME [ARG...]     the same through execle with a copy of the environment
+ *                                  holding the value under NAME and RENAMED
+ *   probe execl-many NAME          call execl with 4097 arguments; print "execl=E2BIG" when it
+ *                                  fails with E2BIG
  *   probe minimal NAME             resolve NAME, then execve /usr/bin/env with only
  *                                  COPY=VALUE as its environment
  *   probe forkthreads NAME EXPECTED N
@@ -37,6 +45,7 @@
  *                                  raw close system call, which the library cannot intercept
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -208,6 +217,54 @@ int main(int argc, char **argv) {
         int status = 0;
         waitpid(child, &status, 0);
         return WIFEXITED(status) ? WEXITSTATUS(status) : 5;
+    }
+    if (strcmp(mode, "execl") == 0 || strcmp(mode, "execlp") == 0 ||
+        strcmp(mode, "execle") == 0) {
+        const char *value = getenv(name);
+        if (value == NULL) return 3;
+        /* The ARGs in fixed positions, because a variadic call lists them in the source. The
+         * first NULL ends the list. */
+        const char *extra[4] = {NULL, NULL, NULL, NULL};
+        for (int i = 3; i < argc && i < 7; i++) extra[i - 3] = argv[i];
+        if (strcmp(mode, "execle") == 0) {
+            /* The environment follows the first NULL, so each count of ARGs has its own call. */
+            char **child_env = copied_environment(name, value);
+            if (extra[0] == NULL) {
+                execle("/usr/bin/env", "env", (char *)NULL, child_env);
+            } else if (extra[1] == NULL) {
+                execle("/usr/bin/env", "env", extra[0], (char *)NULL, child_env);
+            } else if (extra[2] == NULL) {
+                execle("/usr/bin/env", "env", extra[0], extra[1], (char *)NULL, child_env);
+            } else if (extra[3] == NULL) {
+                execle("/usr/bin/env", "env", extra[0], extra[1], extra[2], (char *)NULL,
+                       child_env);
+            } else {
+                execle("/usr/bin/env", "env", extra[0], extra[1], extra[2], extra[3],
+                       (char *)NULL, child_env);
+            }
+        } else {
+            char *copy = strdup(value);
+            setenv(name, copy, 1);
+            setenv("RENAMED", copy, 1);
+            if (strcmp(mode, "execl") == 0) {
+                execl("/usr/bin/env", "env", extra[0], extra[1], extra[2], extra[3], (char *)NULL);
+            } else {
+                execlp("env", "env", extra[0], extra[1], extra[2], extra[3], (char *)NULL);
+            }
+        }
+        perror(mode);
+        return 4;
+    }
+    if (strcmp(mode, "execl-many") == 0) {
+#define X1 "x"
+#define X8 X1, X1, X1, X1, X1, X1, X1, X1
+#define X64 X8, X8, X8, X8, X8, X8, X8, X8
+#define X512 X64, X64, X64, X64, X64, X64, X64, X64
+#define X4096 X512, X512, X512, X512, X512, X512, X512, X512
+        /* /bin/true with 4097 arguments: the kernel accepts that many, the library does not. */
+        execl("/bin/true", X4096, X1, (char *)NULL);
+        printf("execl=%s\n", errno == E2BIG ? "E2BIG" : strerror(errno));
+        return 0;
     }
     if (strcmp(mode, "minimal") == 0) {
         const char *value = getenv(name);

@@ -26,6 +26,8 @@ package EnvProxy::Hook::Env;
 use strict;
 
 my $RETRY_AFTER = 1.0;
+# The timeout of the request in progress in milliseconds, for the timeout messages.
+our $REQUEST_TIMEOUT_MS = 0;
 my $EXIT_CONFIG = 78;
 my $MAX_KEY_LEN = 4096;
 my $MAX_VALUE_LEN = 16 * 1024;
@@ -315,6 +317,7 @@ sub request {
       ? pack('C n/a* n/a*', 2, $name, $reference)
       : pack('C n/a*', 1, $name);
     my $deadline = now() + $self->{settings}{timeout};
+    local $REQUEST_TIMEOUT_MS = sprintf('%.0f', $self->{settings}{timeout} * 1000);
     my @answer;
     for my $attempt (1, 2) {
         my $reused = defined $self->{connection} && $self->{connection_pid} == $$;
@@ -365,7 +368,7 @@ sub open_connection {
         die "cannot connect to the agent at $path: $error ($hint)\n"
           unless errno_is($errno, 'EAGAIN');
         my $left = $deadline - now();
-        die "the agent at $path did not answer within the timeout (ENVPROXY_TIMEOUT_MS)\n"
+        die "the agent at $path did not answer within $REQUEST_TIMEOUT_MS ms (ENVPROXY_TIMEOUT_MS)\n"
           if $left <= 0;
         select(undef, undef, undef, $left < 0.01 ? $left : 0.01);
     }
@@ -443,7 +446,7 @@ sub wait_for {
     my $ready = $left > 0
       ? ($writing ? select(undef, my $w = $bits, undef, $left) : select(my $r = $bits, undef, undef, $left))
       : 0;
-    die "the agent at $path did not answer within the timeout (ENVPROXY_TIMEOUT_MS)\n"
+    die "the agent at $path did not answer within $REQUEST_TIMEOUT_MS ms (ENVPROXY_TIMEOUT_MS)\n"
       if $ready == 0;
     return;
 }

@@ -1,0 +1,122 @@
+//! A JDK that cannot build the hook (a failing `javac`, one older than 17) leaves the build
+//! successful with one warning that gives the reason and the fix, and leaves the jar in
+//! `hooks/java` as it was.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Builds this crate into `target_dir` with `JAVA_HOME` set to `java_home`.
+fn build_with_java_home(target_dir: &Path, java_home: &Path) -> Output {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    Command::new(cargo)
+        .args(["build", "--offline", "-p", "envproxy-java-hook"])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("JAVA_HOME", java_home)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("run cargo build")
+}
+
+/// Creates `JAVA_HOME/bin/javac` and `JAVA_HOME/bin/jar` as shell scripts with `body`.
+fn fake_jdk(java_home: &Path, body: &str) {
+    let bin = java_home.join("bin");
+    std::fs::create_dir_all(&bin).expect("create the fake JDK's bin");
+    for tool in ["javac", "jar"] {
+        let path = bin.join(tool);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write a fake JDK tool");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("make a fake JDK tool executable");
+    }
+}
+
+fn installed_jar() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(envproxy_java_hook::JAR_FILE_NAME)
+}
+
+/// Returns the `warning: envproxy-java-hook@...: ` lines of cargo's stderr.
+fn warnings(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| line.starts_with("warning: envproxy-java-hook"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn failing_javac_warns_and_build_succeeds() {
+    let jar_before = std::fs::read(installed_jar()).ok();
+    let java_home = tempfile::tempdir().unwrap();
+    fake_jdk(
+        java_home.path(),
+        "echo 'error: broken compiler' >&2\nexit 3",
+    );
+    let target_dir = tempfile::tempdir().unwrap();
+
+    let output = build_with_java_home(target_dir.path(), java_home.path());
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the build failed: {stderr}");
+    let warnings = warnings(&output);
+    assert_eq!(warnings.len(), 1, "one warning expected: {stderr}");
+    let warning = &warnings[0];
+    assert!(
+        warning.contains("the Java hook jar was not built"),
+        "{warning}"
+    );
+    assert!(warning.contains("exit status: 3"), "{warning}");
+    assert!(warning.contains("error: broken compiler"), "{warning}");
+    assert!(warning.contains("JDK 17 or later"), "{warning}");
+    assert!(warning.contains("JAVA_HOME"), "{warning}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        std::fs::read(installed_jar()).ok(),
+        jar_before,
+        "the failed build changed {}",
+        installed_jar().display()
+    );
+}
+
+#[test]
+fn javac_older_than_17_warns() {
+    let jar_before = std::fs::read(installed_jar()).ok();
+    let java_home = tempfile::tempdir().unwrap();
+    fake_jdk(java_home.path(), "echo 'javac 11.0.22'");
+    let target_dir = tempfile::tempdir().unwrap();
+
+    let output = build_with_java_home(target_dir.path(), java_home.path());
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the build failed: {stderr}");
+    let warnings = warnings(&output);
+    assert_eq!(warnings.len(), 1, "one warning expected: {stderr}");
+    assert!(
+        warnings[0].contains("is version 11.0.22, and the hook needs 17 or later"),
+        "{}",
+        warnings[0]
+    );
+    assert_eq!(std::fs::read(installed_jar()).ok(), jar_before);
+}
+
+#[test]
+fn java_home_without_javac_is_named() {
+    let java_home = tempfile::tempdir().unwrap();
+    let missing = java_home.path().join("no-such-jdk");
+    let target_dir = tempfile::tempdir().unwrap();
+
+    let output = build_with_java_home(target_dir.path(), &missing);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the build failed: {stderr}");
+    let expected = format!(
+        "JAVA_HOME is set to {}, which has no bin/javac",
+        missing.display()
+    );
+    assert!(
+        warnings(&output)
+            .iter()
+            .any(|line| line.contains(&expected)),
+        "{stderr}"
+    );
+}
