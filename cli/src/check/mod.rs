@@ -700,7 +700,7 @@ impl Checker {
             self.note(
                 Verdict::ReferencesOnly,
                 format!(
-                    "the library {path} is built for {}, so the loader skips it in a {} \
+                    "the library {path} is built for {}, so the loader skips it for this {} \
                      program; set {LIBRARY_VARIABLE} to a build for {}",
                     library_facts.architecture(),
                     facts.architecture(),
