@@ -267,6 +267,90 @@ fn go_program_with_envproxy_module_is_caveat() {
     );
 }
 
+/// Builds `tests/programs/go-reader`, which reads through the EnvProxy Go module in
+/// `hooks/go`, into `dir`, offline and without cgo.
+fn go_reader_in(dir: &Path) -> PathBuf {
+    require("go", "golang-go");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/go-reader");
+    let home = build_dir().join("e2e-programs/go");
+    let program = dir.join("go-reader");
+    let mut command = Command::new("go");
+    command
+        .args(["build", "-o"])
+        .arg(&program)
+        .arg(".")
+        .current_dir(&source)
+        .env("GOCACHE", home.join("cache"))
+        .env("GOPATH", home.join("path"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOTELEMETRY", "off")
+        .env("CGO_ENABLED", "0");
+    let output = run_with_limit(&mut command, Duration::from_secs(300));
+    assert!(
+        output.status.success(),
+        "go build in {} failed: {}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    program
+}
+
+#[test]
+fn go_module_disabled_references_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = go_reader_in(dir.path());
+
+    let checked = check(&[program.as_os_str()]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved with a caveat");
+
+    let mut command = check_command(&source_hooks_dir());
+    command.env("ENVPROXY_ENABLED", "0");
+    let checked = run_json(&mut command, &[program.as_os_str()]);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert_eq!(checked.verdict, "references only");
+    assert!(
+        checked.mentions("ENVPROXY_ENABLED=0 turns the module off"),
+        "{}",
+        checked.text()
+    );
+
+    let words = [os("env"), os("ENVPROXY_ENABLED=0"), program.as_os_str()];
+    let checked = check(&words);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("ENVPROXY_ENABLED=0 turns the module off"),
+        "{}",
+        checked.text()
+    );
+
+    // The module, like the library, is off only for the value "0".
+    let words = [os("env"), os("ENVPROXY_ENABLED=false"), program.as_os_str()];
+    let checked = check(&words);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+
+    // The verdicts match what the program reads under `envproxy run`.
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+    for (setting, expected) in [
+        ("ENVPROXY_ENABLED=0", "envproxy:API_TOKEN"),
+        ("ENVPROXY_ENABLED=false", secret.as_str()),
+    ] {
+        let mut command = run_command(&secrets, "env");
+        command.arg(setting).arg(&program).arg("API_TOKEN");
+        let output = run_with_limit(&mut command, LIMIT);
+        assert_eq!(
+            value_of(&output.stdout, "API_TOKEN").as_deref(),
+            Some(expected),
+            "{setting}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 /// Returns a copy of the dynamic probe with `mode`, owned by `uid` and `gid`.
 fn probe_copy(dir: &Path, name: &str, uid: u32, gid: u32, mode: u32) -> PathBuf {
     let copy = dir.join(name);

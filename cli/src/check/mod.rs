@@ -509,7 +509,16 @@ impl Checker {
         ));
 
         if facts.is_go {
-            if facts.has_envproxy_go_module {
+            if facts.has_envproxy_go_module && !self.settings().enabled {
+                // The module reads the switch from the Go program's own copy of the
+                // environment and compares it with "0" exactly, as the library does.
+                self.note(
+                    Verdict::ReferencesOnly,
+                    "a Go program that uses the EnvProxy Go module, but ENVPROXY_ENABLED=0 \
+                     turns the module off: its Getenv and LookupEnv return the references, as \
+                     os.LookupEnv does",
+                );
+            } else if facts.has_envproxy_go_module {
                 self.note(
                     Verdict::ResolvedWithCaveat,
                     "a Go program that uses the EnvProxy Go module: values read through its \
