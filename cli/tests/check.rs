@@ -817,6 +817,69 @@ fn perl_script_needs_perl_hook() {
 }
 
 #[test]
+fn perl5opt_taint_switches_judged() {
+    require("perl", "perl");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.pl");
+    write_executable(
+        &script,
+        "#!/usr/bin/perl\nprint \"API_TOKEN=$ENV{API_TOKEN}\\n\";\n",
+    );
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+    let run_perl = |options: &str| {
+        let mut command = run_command(&secrets, &script);
+        command.env("PERL5OPT", options);
+        run_with_limit(&mut command, LIMIT)
+    };
+
+    // -t: the hook resolves, and Perl warns about the tainted socket path.
+    let mut command = check_command(&source_hooks_dir());
+    command.env("PERL5OPT", "-t");
+    let checked = run_json(&mut command, &[script.as_os_str()]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved with a caveat");
+    assert!(
+        checked.mentions("Insecure dependency in connect while running with -t switch"),
+        "{}",
+        checked.text()
+    );
+    let output = run_perl("-t");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        value_of(&output.stdout, "API_TOKEN").as_deref(),
+        Some(secret.as_str()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Insecure dependency in connect while running with -t switch"),
+        "{stderr}"
+    );
+
+    // -T after another switch: Perl does not start at all.
+    let mut command = check_command(&source_hooks_dir());
+    command.env("PERL5OPT", "-w -T").arg("--").arg(&script);
+    let output = run_with_limit(&mut command, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty(), "{stderr}");
+    assert!(stderr.contains("perl will not start"), "{stderr}");
+    assert!(
+        stderr.contains("Illegal switch in PERL5OPT: -T"),
+        "{stderr}"
+    );
+    let output = run_perl("-w -T");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(output.stdout.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains("Illegal switch in PERL5OPT: -T"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn ruby_and_php_are_caveats() {
     require("ruby", "ruby");
     require("php", "php-cli");

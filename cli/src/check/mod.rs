@@ -755,7 +755,7 @@ impl Checker {
     ) -> Result<(), CheckError> {
         let settings = self.settings();
         let hooks_dir = find_hooks_dir(&settings, self.library.as_ref().ok());
-        let outcome = runtime::judge(runtime, arguments, program, &settings, hooks_dir.as_deref());
+        let outcome = runtime::judge(runtime, arguments, program, &settings, hooks_dir.as_deref())?;
         for (verdict, reason) in outcome {
             self.note(verdict, reason);
         }
