@@ -267,6 +267,90 @@ fn go_program_with_envproxy_module_is_caveat() {
     );
 }
 
+/// Builds `tests/programs/go-reader`, which reads through the EnvProxy Go module in
+/// `hooks/go`, into `dir`, offline and without cgo.
+fn go_reader_in(dir: &Path) -> PathBuf {
+    require("go", "golang-go");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/go-reader");
+    let home = build_dir().join("e2e-programs/go");
+    let program = dir.join("go-reader");
+    let mut command = Command::new("go");
+    command
+        .args(["build", "-o"])
+        .arg(&program)
+        .arg(".")
+        .current_dir(&source)
+        .env("GOCACHE", home.join("cache"))
+        .env("GOPATH", home.join("path"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOTELEMETRY", "off")
+        .env("CGO_ENABLED", "0");
+    let output = run_with_limit(&mut command, Duration::from_secs(300));
+    assert!(
+        output.status.success(),
+        "go build in {} failed: {}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    program
+}
+
+#[test]
+fn go_module_disabled_references_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = go_reader_in(dir.path());
+
+    let checked = check(&[program.as_os_str()]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved with a caveat");
+
+    let mut command = check_command(&source_hooks_dir());
+    command.env("ENVPROXY_ENABLED", "0");
+    let checked = run_json(&mut command, &[program.as_os_str()]);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert_eq!(checked.verdict, "references only");
+    assert!(
+        checked.mentions("ENVPROXY_ENABLED=0 turns the module off"),
+        "{}",
+        checked.text()
+    );
+
+    let words = [os("env"), os("ENVPROXY_ENABLED=0"), program.as_os_str()];
+    let checked = check(&words);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("ENVPROXY_ENABLED=0 turns the module off"),
+        "{}",
+        checked.text()
+    );
+
+    // The module, like the library, is off only for the value "0".
+    let words = [os("env"), os("ENVPROXY_ENABLED=false"), program.as_os_str()];
+    let checked = check(&words);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+
+    // The verdicts match what the program reads under `envproxy run`.
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+    for (setting, expected) in [
+        ("ENVPROXY_ENABLED=0", "envproxy:API_TOKEN"),
+        ("ENVPROXY_ENABLED=false", secret.as_str()),
+    ] {
+        let mut command = run_command(&secrets, "env");
+        command.arg(setting).arg(&program).arg("API_TOKEN");
+        let output = run_with_limit(&mut command, LIMIT);
+        assert_eq!(
+            value_of(&output.stdout, "API_TOKEN").as_deref(),
+            Some(expected),
+            "{setting}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 /// Returns a copy of the dynamic probe with `mode`, owned by `uid` and `gid`.
 fn probe_copy(dir: &Path, name: &str, uid: u32, gid: u32, mode: u32) -> PathBuf {
     let copy = dir.join(name);
@@ -733,6 +817,69 @@ fn perl_script_needs_perl_hook() {
 }
 
 #[test]
+fn perl5opt_taint_switches_judged() {
+    require("perl", "perl");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.pl");
+    write_executable(
+        &script,
+        "#!/usr/bin/perl\nprint \"API_TOKEN=$ENV{API_TOKEN}\\n\";\n",
+    );
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+    let run_perl = |options: &str| {
+        let mut command = run_command(&secrets, &script);
+        command.env("PERL5OPT", options);
+        run_with_limit(&mut command, LIMIT)
+    };
+
+    // -t: the hook resolves, and Perl warns about the tainted socket path.
+    let mut command = check_command(&source_hooks_dir());
+    command.env("PERL5OPT", "-t");
+    let checked = run_json(&mut command, &[script.as_os_str()]);
+    assert_eq!(checked.status, 0, "{}", checked.text());
+    assert_eq!(checked.verdict, "resolved with a caveat");
+    assert!(
+        checked.mentions("Insecure dependency in connect while running with -t switch"),
+        "{}",
+        checked.text()
+    );
+    let output = run_perl("-t");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        value_of(&output.stdout, "API_TOKEN").as_deref(),
+        Some(secret.as_str()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Insecure dependency in connect while running with -t switch"),
+        "{stderr}"
+    );
+
+    // -T after another switch: Perl does not start at all.
+    let mut command = check_command(&source_hooks_dir());
+    command.env("PERL5OPT", "-w -T").arg("--").arg(&script);
+    let output = run_with_limit(&mut command, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty(), "{stderr}");
+    assert!(stderr.contains("perl will not start"), "{stderr}");
+    assert!(
+        stderr.contains("Illegal switch in PERL5OPT: -T"),
+        "{stderr}"
+    );
+    let output = run_perl("-w -T");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(output.stdout.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains("Illegal switch in PERL5OPT: -T"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn ruby_and_php_are_caveats() {
     require("ruby", "ruby");
     require("php", "php-cli");
@@ -825,15 +972,176 @@ fn non_executable_file_is_error() {
 }
 
 #[test]
-fn executable_text_without_shebang_is_error() {
+fn file_without_shebang_runs_with_sh() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("notes");
-    write_executable(&file, "just text\n");
-    let output = check_text(&source_hooks_dir(), &[file.as_os_str()]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let world = World::new();
+    let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+    let cases: [(&str, &[u8]); 4] = [
+        ("text", b"echo \"API_TOKEN=$API_TOKEN\"\n"),
+        ("empty-shebang", b"#!\necho \"API_TOKEN=$API_TOKEN\"\n"),
+        ("empty", b""),
+        ("binary", b"echo \"API_TOKEN=$API_TOKEN\"\n\0\x01\x02\n"),
+    ];
+    for (name, content) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, content).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
 
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("has no `#!` line"), "{stderr}");
+        for words in [
+            vec![file.as_os_str()],
+            vec![os("env"), os("A=1"), file.as_os_str()],
+        ] {
+            let checked = check(&words);
+            assert_eq!(checked.status, 1, "{name}: {}", checked.text());
+            assert_eq!(checked.verdict, "references only", "{name}");
+            assert!(
+                checked.mentions("so the kernel rejects it (Exec format error) and execvp"),
+                "{name}: {}",
+                checked.text()
+            );
+            assert!(
+                checked.mentions("runs it with /bin/sh"),
+                "{name}: {}",
+                checked.text()
+            );
+            assert!(
+                checked.mentions("shells copy the environment at start"),
+                "{name}: {}",
+                checked.text()
+            );
+            assert_eq!(
+                checked.mentions("NUL bytes"),
+                name == "binary",
+                "{name}: {}",
+                checked.text()
+            );
+        }
+
+        // envproxy run starts the file with /bin/sh, which sees the reference.
+        let output = run_with_limit(&mut run_command(&secrets, &file), LIMIT);
+        if !content.is_empty() {
+            assert_eq!(
+                value_of(&output.stdout, "API_TOKEN").as_deref(),
+                Some("envproxy:API_TOKEN"),
+                "{name}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+/// Reads a little-endian `u64` of `data` at `offset`.
+fn u64_at(data: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(data[offset..offset + 8].try_into().unwrap())
+}
+
+/// Returns the offset of the `PT_INTERP` program header of the 64-bit little-endian ELF
+/// file `data`.
+fn interpreter_header(data: &[u8]) -> usize {
+    let table = u64_at(data, 32) as usize;
+    let count = u16::from_le_bytes([data[56], data[57]]) as usize;
+    (0..count)
+        .map(|index| table + 56 * index)
+        .find(|&entry| data[entry..entry + 4] == 3u32.to_le_bytes())
+        .expect("/bin/true has a PT_INTERP program header")
+}
+
+#[test]
+fn kernel_rejected_elf_is_error() {
+    let original = std::fs::read("/bin/true").expect("read /bin/true");
+    assert_eq!(
+        &original[..6],
+        b"\x7fELF\x02\x01",
+        "this test patches a 64-bit little-endian /bin/true"
+    );
+    let length = original.len() as u64;
+    let interp = interpreter_header(&original);
+    let interp_offset = u64_at(&original, interp + 8) as usize;
+    let interp_size = u64_at(&original, interp + 32) as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new();
+    let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+
+    // Each case: a name, a patch (offset and new bytes), and the words the error contains.
+    let cases: Vec<(&str, usize, Vec<u8>, &str)> = vec![
+        (
+            "phnum",
+            56,
+            0xffffu16.to_le_bytes().to_vec(),
+            "65535 entries (e_phnum)",
+        ),
+        (
+            "phentsize",
+            54,
+            32u16.to_le_bytes().to_vec(),
+            "entries are 32 bytes long (e_phentsize)",
+        ),
+        (
+            "phoff",
+            32,
+            (length - 10).to_le_bytes().to_vec(),
+            "ends beyond the end of the file",
+        ),
+        (
+            "machine",
+            18,
+            0x5555u16.to_le_bytes().to_vec(),
+            "a program for machine 21845",
+        ),
+        (
+            "interp-nul",
+            interp_offset + interp_size - 1,
+            b"x".to_vec(),
+            "does not end with a NUL byte",
+        ),
+        (
+            "interp-offset",
+            interp + 8,
+            (length + 100).to_le_bytes().to_vec(),
+            "(Input/output error): its PT_INTERP segment",
+        ),
+        ("type", 16, 1u16.to_le_bytes().to_vec(), "is an object file"),
+    ];
+    for (name, offset, bytes, expected) in cases {
+        let mut data = original.clone();
+        data[offset..offset + bytes.len()].copy_from_slice(&bytes);
+        let file = dir.path().join(name);
+        std::fs::write(&file, &data).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let output = check_text(&source_hooks_dir(), &[file.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(output.stdout.is_empty(), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+
+        // The program does not start: execvp's /bin/sh fails on the binary file.
+        let output = run_with_limit(&mut run_command(&secrets, &file), LIMIT);
+        assert!(
+            !output.status.success(),
+            "{name}: envproxy run succeeded: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    // Linux ignores EI_CLASS and EI_DATA and runs these; check says it cannot judge them.
+    for (name, offset) in [("class", 4), ("data", 5)] {
+        let mut data = original.clone();
+        data[offset] = if offset == 4 { 1 } else { 2 };
+        let file = dir.path().join(name);
+        std::fs::write(&file, &data).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let output = check_text(&source_hooks_dir(), &[file.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains("its ELF header is inconsistent"),
+            "{name}: {stderr}"
+        );
+        let output = run_with_limit(&mut Command::new(&file), LIMIT);
+        assert!(output.status.success(), "{name}: the kernel did not run it");
+    }
 }
 
 #[test]

@@ -112,21 +112,26 @@ impl ElfFacts {
         }
     }
 
-    /// Returns a short name of the architecture, such as `x86-64`.
+    /// Returns a short name of the architecture, such as `x86-64 (64-bit)`.
     pub fn architecture(&self) -> String {
-        let name = match self.machine {
-            elf::EM_X86_64 => "x86-64",
-            elf::EM_386 => "i386",
-            elf::EM_AARCH64 => "aarch64",
-            elf::EM_ARM => "arm",
-            elf::EM_RISCV => "riscv",
-            elf::EM_PPC64 => "ppc64",
-            elf::EM_S390 => "s390x",
-            other => return format!("machine {other}"),
-        };
         let bits = if self.is_64 { 64 } else { 32 };
-        format!("{name} ({bits}-bit)")
+        format!("{} ({bits}-bit)", machine_name(self.machine))
     }
+}
+
+/// Returns a short name of the ELF machine `machine` (`e_machine`), such as `x86-64`.
+pub fn machine_name(machine: u16) -> String {
+    let name = match machine {
+        elf::EM_X86_64 => "x86-64",
+        elf::EM_386 => "i386",
+        elf::EM_AARCH64 => "aarch64",
+        elf::EM_ARM => "arm",
+        elf::EM_RISCV => "riscv",
+        elf::EM_PPC64 => "ppc64",
+        elf::EM_S390 => "s390x",
+        other => return format!("machine {other}"),
+    };
+    name.to_string()
 }
 
 /// Reads the facts of the ELF file `path`, or returns why it is not one.

@@ -2,13 +2,15 @@
 //! `libenvproxy.so` preloaded) will see resolved values, and why.
 //!
 //! The check reads files only and starts nothing. It follows the command line as the kernel
-//! and `execvp` would: a `PATH` search, `env` (with the variables, `-u` and `-C` it applies)
-//! and `#!` lines up to their interpreter. It then judges the ELF file that runs (static, Go,
+//! and `execvp` would: a `PATH` search, `env` (with the variables, `-u` and `-C` it applies),
+//! `#!` lines up to their interpreter, and `/bin/sh` for a file that the kernel rejects with
+//! `ENOEXEC` but `execvp` runs with the shell. It then judges the ELF file that runs (static, Go,
 //! setuid, its C library) and the runtime that the file name identifies, with the hooks that
 //! the library would load from the hooks directory.
 
 mod elf;
 mod env_command;
+mod kernel;
 mod program;
 mod runtime;
 
@@ -39,6 +41,10 @@ pub const EXIT_ERROR: i32 = 2;
 /// Maximum nesting of `#!` interpreters and `env` commands that is followed. Linux itself
 /// fails a deeper chain of interpreters with `ELOOP`.
 const MAX_DEPTH: usize = 5;
+
+/// The shell that glibc's `execvp` runs a file with when the kernel rejects it with
+/// `ENOEXEC` (`_PATH_BSHELL`).
+const SHELL: &str = "/bin/sh";
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -248,7 +254,7 @@ pub fn check(
         reasons: Vec::new(),
     };
     let program = checker.locate(first)?;
-    checker.command(&program, command, 0)?;
+    checker.command(&program, command, 0, true)?;
     Ok(Report {
         command: command
             .iter()
@@ -302,12 +308,15 @@ impl Checker {
         )
     }
 
-    /// Judges `command`, whose first word names the file `path`.
+    /// Judges `command`, whose first word names the file `path`. `by_execvp` is true when
+    /// `execvp` starts it, which runs a file that the kernel rejects as a program with
+    /// `/bin/sh`, and false when the kernel does, as for a `#!` interpreter.
     fn command(
         &mut self,
         path: &Path,
         command: &[OsString],
         depth: usize,
+        by_execvp: bool,
     ) -> Result<(), CheckError> {
         if depth >= MAX_DEPTH {
             return Err(CheckError::new(format!(
@@ -324,7 +333,7 @@ impl Checker {
                 return self.env_command(path, &inner, depth);
             }
         }
-        self.file(path, &name, arguments, depth)
+        self.file(path, &name, arguments, depth, by_execvp)
     }
 
     /// Judges the program that `env` at `path` starts, in the environment and working
@@ -370,7 +379,8 @@ impl Checker {
             );
             return Ok(());
         }
-        self.command(&next, &inner.command, depth + 1)
+        // GNU env starts its command with execvp.
+        self.command(&next, &inner.command, depth + 1, true)
     }
 
     /// Returns `path` as the program judged next opens it: relative paths start at the
@@ -386,13 +396,15 @@ impl Checker {
         name: &str,
         arguments: &[OsString],
         depth: usize,
+        by_execvp: bool,
     ) -> Result<(), CheckError> {
         let runtime = Runtime::from_name(name).or_else(|| {
             let canonical = std::fs::canonicalize(path).ok()?;
             Runtime::from_name(&file_name(canonical.as_os_str()))
         });
 
-        if let Some(shebang) = program::read_shebang(path)? {
+        let head = program::read_head(path)?;
+        if let Some(shebang) = program::parse_shebang(&head) {
             if let Some(runtime) = runtime {
                 // A script named like a runtime starts that runtime in some way of its own,
                 // as pyenv and asdf shims do, so the name is all that can be judged.
@@ -428,12 +440,23 @@ impl Checker {
             next.extend(shebang.argument);
             next.push(path.as_os_str().to_os_string());
             next.extend_from_slice(arguments);
-            return self.command(&interpreter, &next, depth + 1);
+            return self.command(&interpreter, &next, depth + 1, false);
         }
 
+        if !head.starts_with(&object::elf::ELFMAG) {
+            if by_execvp {
+                return self.shell_fallback(path, &head, arguments, depth);
+            }
+            return Err(CheckError::new(format!(
+                "{}: the kernel cannot run it: it is neither an ELF file nor a script with a \
+                 `#!` line",
+                path.display()
+            )));
+        }
+        self.kernel_accepts(path, by_execvp)?;
         let facts = elf::read_file(path).map_err(|reason| {
             CheckError::new(format!(
-                "{}: the kernel cannot run it: {reason}, and it has no `#!` line",
+                "{}: envproxy check cannot read it: {reason}",
                 path.display()
             ))
         })?;
@@ -444,6 +467,59 @@ impl Checker {
             self.runtime(runtime.unwrap_or(Runtime::Native), arguments, Some(path))?;
         }
         Ok(())
+    }
+
+    /// Judges a file that is neither an ELF file nor a script with a `#!` line, so the kernel
+    /// rejects it with `ENOEXEC`. glibc's `execvp` (and `execlp`) then runs it with `/bin/sh`,
+    /// whatever its content: an empty file, text, or binary data.
+    fn shell_fallback(
+        &mut self,
+        path: &Path,
+        head: &[u8],
+        arguments: &[OsString],
+        depth: usize,
+    ) -> Result<(), CheckError> {
+        let line = if head.starts_with(b"#!") {
+            "its `#!` line names no interpreter"
+        } else {
+            "it has no `#!` line"
+        };
+        self.reasons.push(format!(
+            "{} is not an ELF file and {line}, so the kernel rejects it (Exec format error) \
+             and execvp, as envproxy run uses it, runs it with {SHELL}",
+            path.display()
+        ));
+        if head.contains(&0) {
+            self.reasons.push(format!(
+                "it contains NUL bytes, so it looks like a binary file rather than a shell \
+                 script; glibc's execvp runs it with {SHELL} all the same, which most likely \
+                 fails on it"
+            ));
+        }
+        let shell = program::locate(OsStr::new(SHELL), None, None)?;
+        let mut next = vec![OsString::from(SHELL), path.as_os_str().to_os_string()];
+        next.extend_from_slice(arguments);
+        self.command(&shell, &next, depth + 1, false)
+    }
+
+    /// Checks the ELF file `path` as `execve` does, and returns an error that says why when
+    /// the kernel rejects it.
+    fn kernel_accepts(&self, path: &Path, by_execvp: bool) -> Result<(), CheckError> {
+        let message = match kernel::check(path) {
+            Ok(()) => return Ok(()),
+            Err(kernel::Rejection::ExecFormat(reason)) if by_execvp => format!(
+                "the kernel rejects it (Exec format error): {reason}. execvp then runs it with \
+                 {SHELL}, which fails on a binary file, so the program does not start"
+            ),
+            Err(kernel::Rejection::ExecFormat(reason)) => {
+                format!("the kernel rejects it (Exec format error): {reason}")
+            }
+            Err(kernel::Rejection::InputOutput(reason)) => {
+                format!("the kernel fails to start it (Input/output error): {reason}")
+            }
+            Err(kernel::Rejection::Inconsistent(reason)) => reason,
+        };
+        Err(CheckError::new(format!("{}: {message}", path.display())))
     }
 
     /// Finds the interpreter of the `#!` line of `script`, which the kernel opens by its path
@@ -509,7 +585,16 @@ impl Checker {
         ));
 
         if facts.is_go {
-            if facts.has_envproxy_go_module {
+            if facts.has_envproxy_go_module && !self.settings().enabled {
+                // The module reads the switch from the Go program's own copy of the
+                // environment and compares it with "0" exactly, as the library does.
+                self.note(
+                    Verdict::ReferencesOnly,
+                    "a Go program that uses the EnvProxy Go module, but ENVPROXY_ENABLED=0 \
+                     turns the module off: its Getenv and LookupEnv return the references, as \
+                     os.LookupEnv does",
+                );
+            } else if facts.has_envproxy_go_module {
                 self.note(
                     Verdict::ResolvedWithCaveat,
                     "a Go program that uses the EnvProxy Go module: values read through its \
@@ -700,7 +785,7 @@ impl Checker {
             self.note(
                 Verdict::ReferencesOnly,
                 format!(
-                    "the library {path} is built for {}, so the loader skips it in a {} \
+                    "the library {path} is built for {}, so the loader skips it for this {} \
                      program; set {LIBRARY_VARIABLE} to a build for {}",
                     library_facts.architecture(),
                     facts.architecture(),
@@ -746,7 +831,7 @@ impl Checker {
     ) -> Result<(), CheckError> {
         let settings = self.settings();
         let hooks_dir = find_hooks_dir(&settings, self.library.as_ref().ok());
-        let outcome = runtime::judge(runtime, arguments, program, &settings, hooks_dir.as_deref());
+        let outcome = runtime::judge(runtime, arguments, program, &settings, hooks_dir.as_deref())?;
         for (verdict, reason) in outcome {
             self.note(verdict, reason);
         }

@@ -141,8 +141,8 @@ pub struct Shebang {
     pub argument: Option<OsString>,
 }
 
-/// Reads the `#!` line of `path`, or returns `None` when the file does not start with one.
-pub fn read_shebang(path: &Path) -> Result<Option<Shebang>, CheckError> {
+/// Reads the first bytes of `path`: the longest `#!` line that Linux reads.
+pub fn read_head(path: &Path) -> Result<Vec<u8>, CheckError> {
     let mut head = [0u8; SHEBANG_MAX];
     let mut file = std::fs::File::open(path)
         .map_err(|err| CheckError::new(format!("{}: cannot open: {err}", path.display())))?;
@@ -160,7 +160,7 @@ pub fn read_shebang(path: &Path) -> Result<Option<Shebang>, CheckError> {
             }
         }
     }
-    Ok(parse_shebang(&head[..read]))
+    Ok(head[..read].to_vec())
 }
 
 /// Parses a `#!` line as Linux does: the interpreter ends at the first blank, and the rest of

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::{Settings, Verdict};
+use super::{CheckError, Settings, Verdict};
 
 /// Hook file that makes the library prepend `hooks/python` to `PYTHONPATH`.
 const PYTHON_HOOK: &str = "python/sitecustomize.py";
@@ -62,15 +62,16 @@ impl Runtime {
 }
 
 /// Returns the verdicts and reasons for `runtime` started with `arguments`, given that the
-/// library loads into it. `program` is the runtime's ELF file, when known.
+/// library loads into it, or an error when the runtime will not start. `program` is the
+/// runtime's ELF file, when known.
 pub fn judge(
     runtime: Runtime,
     arguments: &[OsString],
     program: Option<&Path>,
     settings: &Settings,
     hooks_dir: Option<&Path>,
-) -> Vec<(Verdict, String)> {
-    match runtime {
+) -> Result<Vec<(Verdict, String)>, CheckError> {
+    let outcome = match runtime {
         Runtime::Native => vec![(
             Verdict::Resolved,
             "libenvproxy.so resolves each libc getenv call; code that reads `environ` itself \
@@ -103,8 +104,9 @@ pub fn judge(
         )],
         Runtime::Python => python(arguments, settings, hooks_dir),
         Runtime::Java => java(program, settings, hooks_dir),
-        Runtime::Perl => perl(arguments, settings, hooks_dir),
-    }
+        Runtime::Perl => return perl(arguments, settings, hooks_dir),
+    };
+    Ok(outcome)
 }
 
 fn python(
@@ -201,35 +203,49 @@ fn perl(
     arguments: &[OsString],
     settings: &Settings,
     hooks_dir: Option<&Path>,
-) -> Vec<(Verdict, String)> {
+) -> Result<Vec<(Verdict, String)>, CheckError> {
     if let Some(flag) = perl_taint_flag(arguments) {
         let mode = if flag == 'T' {
             "taint mode"
         } else {
             "taint mode with warnings"
         };
-        return vec![(
+        return Ok(vec![(
             Verdict::ReferencesOnly,
             format!(
                 "perl -{flag} ({mode}) ignores PERL5OPT, so the Perl hook does not load and \
                  %ENV holds the references"
             ),
-        )];
+        )]);
     }
     let options = settings
         .perl_options
         .as_deref()
         .unwrap_or_default()
         .as_bytes();
-    if options.trim_ascii_start().starts_with(b"-T") {
+    let taint_warnings = match perl_options(options) {
+        PerlOptions::Illegal(switch) => {
+            return Err(CheckError::new(format!(
+                "perl will not start: PERL5OPT contains -{switch}, so Perl exits with \
+                 \"Illegal switch in PERL5OPT: -{switch}\". Perl accepts only -C, -D, -I, -M, \
+                 -U, -d, -m, -t, -w and -W there, and -T only as the first switch (which makes \
+                 it ignore the rest of PERL5OPT, the Perl hook included); remove -{switch} \
+                 from PERL5OPT or give it on perl's command line"
+            )));
+        }
         // Checked with Perl 5.36: `PERL5OPT="-T -MModule"` loads no Module.
-        return vec![(
-            Verdict::ReferencesOnly,
-            "PERL5OPT starts with -T, which turns on taint mode and makes Perl ignore the rest \
-             of PERL5OPT, where the library adds the Perl hook, so %ENV holds the references"
-                .to_string(),
-        )];
-    }
+        PerlOptions::TaintFirst => {
+            return Ok(vec![(
+                Verdict::ReferencesOnly,
+                "PERL5OPT starts with -T, which turns on taint mode and makes Perl ignore the \
+                 rest of PERL5OPT, where the library adds the Perl hook, so %ENV holds the \
+                 references"
+                    .to_string(),
+            )]);
+        }
+        PerlOptions::TaintWarnings => true,
+        PerlOptions::Accepted => false,
+    };
     if let Some(dir) = hooks_dir {
         if dir
             .as_os_str()
@@ -237,17 +253,17 @@ fn perl(
             .iter()
             .any(u8::is_ascii_whitespace)
         {
-            return vec![(
+            return Ok(vec![(
                 Verdict::ReferencesOnly,
                 format!(
                     "the hooks directory {} contains whitespace, which PERL5OPT cannot hold, \
                      so the Perl hook does not load and %ENV holds the references",
                     dir.display()
                 ),
-            )];
+            )]);
         }
     }
-    hooked(
+    let mut outcome = hooked(
         "Perl",
         "ENVPROXY_NO_PERL",
         settings.no_perl.as_deref(),
@@ -255,7 +271,63 @@ fn perl(
         hooks_dir,
         "%ENV holds the references, because Perl copies the environment into it at start",
         "the Perl hook {hook}, which the library adds to PERL5OPT, makes %ENV resolve",
-    )
+    );
+    if taint_warnings && outcome[0].0 == Verdict::Resolved {
+        // Checked with Perl 5.36: the value resolves and the warning goes to stderr.
+        outcome.push((
+            Verdict::ResolvedWithCaveat,
+            "PERL5OPT contains -t, which turns on taint checks with warnings: the Perl hook \
+             still resolves %ENV, but Perl prints \"Insecure dependency in connect while \
+             running with -t switch\" on stderr when the hook connects to the agent"
+                .to_string(),
+        ));
+    }
+    Ok(outcome)
+}
+
+/// How Perl 5.36 (`perl.c`) treats the switches of `PERL5OPT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PerlOptions {
+    /// Every switch is one Perl accepts there, and none is `-t`.
+    Accepted,
+    /// `-T` is the first switch: taint mode, and Perl ignores the rest of `PERL5OPT`.
+    TaintFirst,
+    /// A word starts with `-t`: taint checks that warn instead of failing.
+    TaintWarnings,
+    /// A word starts with a switch other than `CDIMUdmtwW`, such as a `-T` after the first
+    /// word: Perl exits with "Illegal switch in PERL5OPT".
+    Illegal(char),
+}
+
+/// Reads `PERL5OPT` as Perl does: words split at whitespace, each with an optional `-`, whose
+/// first letter only is checked. Later letters of a word, as in `-wT`, are bundled switches
+/// that Perl accepts.
+fn perl_options(options: &[u8]) -> PerlOptions {
+    // Perl's isSPACE: space, \t, \n, \v, \f and \r.
+    let is_space = |b: &u8| matches!(*b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let start = options
+        .iter()
+        .position(|b| !is_space(b))
+        .unwrap_or(options.len());
+    if options[start..].starts_with(b"-T") {
+        return PerlOptions::TaintFirst;
+    }
+    let mut taint_warnings = false;
+    for word in options.split(is_space).filter(|word| !word.is_empty()) {
+        let word = word.strip_prefix(b"-").unwrap_or(word);
+        let Some(&switch) = word.first() else {
+            continue;
+        };
+        if !b"CDIMUdmtwW".contains(&switch) {
+            return PerlOptions::Illegal(char::from(switch));
+        }
+        taint_warnings |= switch == b't';
+    }
+    if taint_warnings {
+        PerlOptions::TaintWarnings
+    } else {
+        PerlOptions::Accepted
+    }
 }
 
 /// Judges a runtime whose values resolve only through a hook file. `switched_off` is the
@@ -422,6 +494,24 @@ mod tests {
     }
 
     #[test]
+    fn perl5opt_switches() {
+        let cases: [(&str, PerlOptions); 9] = [
+            ("", PerlOptions::Accepted),
+            ("-MStrict -I/opt/lib", PerlOptions::Accepted),
+            ("-wT", PerlOptions::Accepted),
+            ("-t", PerlOptions::TaintWarnings),
+            ("-w - -tw", PerlOptions::TaintWarnings),
+            ("  -T -w", PerlOptions::TaintFirst),
+            ("-w -T", PerlOptions::Illegal('T')),
+            ("-t -T", PerlOptions::Illegal('T')),
+            ("-x", PerlOptions::Illegal('x')),
+        ];
+        for (options, expected) in cases {
+            assert_eq!(perl_options(options.as_bytes()), expected, "{options:?}");
+        }
+    }
+
+    #[test]
     fn java_major_versions() {
         let cases = [
             ("17.0.15", Some(17)),
@@ -443,20 +533,20 @@ mod tests {
             enabled: true,
             ..Settings::default()
         };
-        let outcome = judge(Runtime::Java, &[], None, &settings, Some(dir.path()));
+        let outcome = judge(Runtime::Java, &[], None, &settings, Some(dir.path())).unwrap();
         assert_eq!(outcome[0].0, Verdict::ReferencesOnly);
         assert!(outcome[0].1.contains("not installed"), "{}", outcome[0].1);
 
         std::fs::create_dir_all(dir.path().join("java")).unwrap();
         std::fs::write(dir.path().join(JAVA_HOOK), b"").unwrap();
-        let outcome = judge(Runtime::Java, &[], None, &settings, Some(dir.path()));
+        let outcome = judge(Runtime::Java, &[], None, &settings, Some(dir.path())).unwrap();
         assert_eq!(outcome[0].0, Verdict::Resolved);
 
         let off = Settings {
             no_java: Some("yes".to_string()),
             ..settings.clone()
         };
-        let outcome = judge(Runtime::Java, &[], None, &off, Some(dir.path()));
+        let outcome = judge(Runtime::Java, &[], None, &off, Some(dir.path())).unwrap();
         assert_eq!(outcome[0].0, Verdict::ReferencesOnly);
         assert!(
             outcome[0].1.starts_with("ENVPROXY_NO_JAVA=yes"),
