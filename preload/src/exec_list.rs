@@ -6,9 +6,10 @@
 //! each exported name here is a naked function that jumps to the C definition. The jump leaves
 //! every argument register, the stack arguments and `%al` (the vector register count of a
 //! variadic call on x86-64) as the caller set them.
-
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-compile_error!("exec_list.rs has the jump to the C definitions for x86_64 and aarch64 only");
+//!
+//! NOTE: the jump is written for x86-64 and aarch64 only. On other architectures the module is
+//! left out, so `execl`, `execlp` and `execle` there pass a value the program copied into its
+//! environment on to the child.
 
 extern "C" {
     fn envproxy_execl();

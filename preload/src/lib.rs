@@ -31,6 +31,7 @@ mod child_env;
 mod clock;
 mod descriptors;
 mod diag;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod exec_list;
 mod ffi;
 mod forked;
