@@ -366,7 +366,8 @@ async fn agent_starts_while_vault_is_down() {
         .unwrap();
     assert!(!backend.status().logged_in);
     assert!(
-        logs.text().contains("Vault is unavailable at the first login"),
+        logs.text()
+            .contains("Vault is unavailable at the first login"),
         "{}",
         logs.text()
     );

@@ -25,9 +25,10 @@
 //! number within that time and a request follows, the request goes to whatever the number now
 //! refers to. A file, a pipe or a free number makes the send fail at once with ENOTSOCK or
 //! EBADF, without writing anything, and the library then drops the connection without closing
-//! the descriptor and retries on a new connection. A socket of the program would receive the request frame (the variable name and
-//! its reference, never a value), and the library could read bytes meant for the program
-//! before the response check or the deadline fails the request.
+//! the descriptor and retries on a new connection. A socket of the program would receive the
+//! request frame (the variable name and its reference, never a value), and the library could
+//! read bytes meant for the program before the response check or the deadline fails the
+//! request.
 
 use std::ffi::c_int;
 use std::fmt;
