@@ -1452,3 +1452,130 @@ fn shared_library_and_static_pie_told_apart() {
         checked.text()
     );
 }
+
+/// Writes a copy of the ELF file `original` to `file` with its `PT_INTERP` path, which must
+/// have the same length as `interpreter`, replaced by `interpreter`.
+fn write_with_interpreter(original: &[u8], file: &Path, interpreter: &str) {
+    let interp = interpreter_header(original);
+    let offset = u64_at(original, interp + 8) as usize;
+    let size = u64_at(original, interp + 32) as usize;
+    assert_eq!(
+        size,
+        interpreter.len() + 1,
+        "the new interpreter path must have the length of the old one"
+    );
+    let mut data = original.to_vec();
+    data[offset..offset + interpreter.len()].copy_from_slice(interpreter.as_bytes());
+    std::fs::write(file, &data).unwrap();
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn missing_elf_interpreter_is_error() {
+    require("musl-gcc", "musl-tools");
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("main.c");
+    std::fs::write(&source, "int main(void) { return 0; }\n").unwrap();
+    let musl = dir.path().join("musl-built");
+    let status = Command::new("musl-gcc")
+        .arg("-o")
+        .arg(&musl)
+        .arg(&source)
+        .status()
+        .expect("run musl-gcc");
+    assert!(status.success(), "musl-gcc failed");
+    let world = World::new();
+    let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+
+    // Each case: a name, the original program, a missing loader of the same path length, and
+    // the hint the error gives.
+    let glibc = std::fs::read("/bin/true").expect("read /bin/true");
+    let musl = std::fs::read(&musl).unwrap();
+    let cases = [
+        (
+            "nix",
+            &glibc,
+            "/nix/st/ld-linux-x86-64.so2",
+            "built for another distribution",
+        ),
+        (
+            "alpine",
+            &musl,
+            "/lib/ld-musl-x86_65.so.1",
+            "apt-get install musl",
+        ),
+    ];
+    for (name, original, interpreter, hint) in cases {
+        let file = dir.path().join(name);
+        write_with_interpreter(original, &file, interpreter);
+
+        let output = check_text(&source_hooks_dir(), &[file.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(output.stdout.is_empty(), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("its ELF interpreter (the dynamic loader named by PT_INTERP) {interpreter} does not exist")),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.contains("No such file or directory"),
+            "{name}: {stderr}"
+        );
+        assert!(stderr.contains(hint), "{name}: {stderr}");
+
+        // Through `env`, which starts it with execvp, the error is the same: execvp runs
+        // /bin/sh only after Exec format error.
+        let output = check_text(&source_hooks_dir(), &[os("env"), file.as_os_str()]);
+        assert_eq!(output.status.code(), Some(2), "{name} through env");
+
+        // What the check states: the program never starts.
+        let output = run_with_limit(&mut run_command(&secrets, &file), LIMIT);
+        assert_eq!(
+            output.status.code(),
+            Some(127),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let error = Command::new(&file).status().unwrap_err();
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::NotFound,
+            "{name}: {error}"
+        );
+    }
+}
+
+#[test]
+fn elf_version_byte_is_ignored() {
+    let original = std::fs::read("/bin/true").expect("read /bin/true");
+    let dir = tempfile::tempdir().unwrap();
+    for version in [0u8, 7] {
+        let mut data = original.clone();
+        data[6] = version;
+        let file = dir.path().join(format!("version-{version}"));
+        std::fs::write(&file, &data).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        // Linux runs the file, so the check judges it.
+        let output = run_with_limit(&mut Command::new(&file), LIMIT);
+        assert!(
+            output.status.success(),
+            "EI_VERSION {version}: the kernel did not run it"
+        );
+        let checked = check(&[file.as_os_str()]);
+        assert_eq!(
+            checked.status,
+            0,
+            "EI_VERSION {version}: {}",
+            checked.text()
+        );
+        assert_eq!(checked.verdict, "resolved", "EI_VERSION {version}");
+        assert!(
+            checked.mentions(&format!(
+                "its EI_VERSION byte (offset 6 of the ELF header) is {version}"
+            )),
+            "{}",
+            checked.text()
+        );
+    }
+}

@@ -48,6 +48,10 @@ pub struct ElfFacts {
     pub machine: u16,
     /// `e_type`, such as `ET_EXEC` or `ET_DYN`.
     pub file_type: u16,
+    /// `EI_VERSION`, byte 6 of the header, which should be `EV_CURRENT` (1). Linux does not
+    /// check it (`load_elf_binary` in `fs/binfmt_elf.c`), and a copy of `/bin/true` with
+    /// any other value runs on Linux 6.18.
+    pub ident_version: u8,
     /// `DF_1_PIE` is set in `DT_FLAGS_1`: a position-independent executable, not a library.
     pub is_pie: bool,
     /// The dynamic loader named by `PT_INTERP`; `None` for a static executable.
@@ -167,7 +171,11 @@ where
     R: ReadRef<'data>,
 {
     let invalid = |err: object::read::Error| format!("it is not a valid ELF file: {err}");
-    let header = Elf::parse(data).map_err(invalid)?;
+    // Read without `Elf::parse`, which rejects an `EI_VERSION` other than `EV_CURRENT`
+    // that the kernel accepts. `read` has checked the magic bytes and `FileKind` the class.
+    let header: &Elf = data
+        .read_at(0)
+        .map_err(|()| "it is not a valid ELF file: its header is truncated".to_string())?;
     let endian = header.endian().map_err(invalid)?;
 
     let mut interpreter = None;
@@ -203,6 +211,7 @@ where
         is_64: header.is_type_64(),
         machine: header.e_machine(endian),
         file_type: header.e_type(endian),
+        ident_version: header.e_ident().version,
         is_pie,
         interpreter,
         needed,
@@ -355,6 +364,7 @@ mod tests {
             is_64: true,
             machine: elf::EM_X86_64,
             file_type: elf::ET_DYN,
+            ident_version: elf::EV_CURRENT,
             is_pie: true,
             interpreter: interpreter.map(str::to_string),
             needed: needed.iter().map(|n| n.to_string()).collect(),

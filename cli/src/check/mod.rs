@@ -463,6 +463,7 @@ impl Checker {
         if let Some(problem) = facts.not_a_program() {
             return Err(CheckError::new(format!("{}: {problem}", path.display())));
         }
+        self.interpreter_exists(path, &facts)?;
         if self.executable(path, &facts)? {
             self.runtime(runtime.unwrap_or(Runtime::Native), arguments, Some(path))?;
         }
@@ -520,6 +521,46 @@ impl Checker {
             Err(kernel::Rejection::Inconsistent(reason)) => reason,
         };
         Err(CheckError::new(format!("{}: {message}", path.display())))
+    }
+
+    /// Checks that the ELF interpreter (the dynamic loader named by `PT_INTERP`) of the
+    /// program `path` exists. The kernel opens it by its path as written, so a relative path
+    /// starts at the working directory, and fails `execve` with `ENOENT` when it is missing.
+    // NOTE: for a command found through PATH, glibc's execvp tries the next directory of PATH
+    // after ENOENT, so a program of the same name later in PATH would run instead; the check
+    // reports the first one as an error.
+    fn interpreter_exists(&self, path: &Path, facts: &ElfFacts) -> Result<(), CheckError> {
+        let Some(written) = &facts.interpreter else {
+            return Ok(());
+        };
+        let interpreter = self.in_directory(Path::new(written));
+        let err = match std::fs::metadata(&interpreter) {
+            Ok(_) => return Ok(()),
+            Err(err) => err,
+        };
+        let shown = program::shown(OsStr::new(written));
+        if err.kind() != std::io::ErrorKind::NotFound {
+            return Err(CheckError::new(format!(
+                "{}: its ELF interpreter (PT_INTERP) {shown} cannot be opened: {err}, so the \
+                 kernel fails to start it",
+                path.display()
+            )));
+        }
+        let hint = if facts.libc() == Libc::Musl {
+            "it is a musl program, such as one built on Alpine Linux: install musl on this \
+             host (on Debian, `apt-get install musl`) or run it in an image that has musl"
+        } else {
+            "it was built for another distribution, such as NixOS, whose loaders live under \
+             /nix/store: run it on that system or in its image, or set this host's loader \
+             with `patchelf --set-interpreter`"
+        };
+        // glibc's execvp runs a file with /bin/sh only after ENOEXEC, never after ENOENT.
+        Err(CheckError::new(format!(
+            "{}: its ELF interpreter (the dynamic loader named by PT_INTERP) {shown} does not \
+             exist, so the kernel fails to start it (No such file or directory) and the \
+             program never runs; {hint}",
+            path.display()
+        )))
     }
 
     /// Finds the interpreter of the `#!` line of `script`, which the kernel opens by its path
@@ -583,6 +624,13 @@ impl Checker {
             path.display(),
             facts.architecture()
         ));
+        if facts.ident_version != object::elf::EV_CURRENT {
+            self.reasons.push(format!(
+                "its EI_VERSION byte (offset 6 of the ELF header) is {}, not 1 (EV_CURRENT), \
+                 but Linux does not check that byte and runs the file",
+                facts.ident_version
+            ));
+        }
 
         if facts.is_go {
             if facts.has_envproxy_go_module && !self.settings().enabled {
