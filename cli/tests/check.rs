@@ -641,6 +641,12 @@ fn java_program(dir: &Path) -> PathBuf {
     jar
 }
 
+/// Copies the built Java agent jar into the hooks directory `hooks`.
+fn install_java_hook(hooks: &Path) {
+    let jar = "java/envproxy-javaagent.jar";
+    std::fs::copy(source_hooks_dir().join(jar), hooks.join(jar)).expect("copy the Java hook");
+}
+
 #[test]
 fn java_program_needs_java_hook() {
     let dir = tempfile::tempdir().unwrap();
@@ -658,8 +664,7 @@ fn java_program_needs_java_hook() {
     );
     assert!(checked.mentions("System.getenv"), "{}", checked.text());
 
-    // The check looks for the file the library adds to JAVA_TOOL_OPTIONS, nothing more.
-    std::fs::write(hooks.join("java/envproxy-javaagent.jar"), b"").unwrap();
+    install_java_hook(&hooks);
     let checked = run_json(&mut check_command(&hooks), &words);
     assert_eq!(checked.status, 0, "{}", checked.text());
     assert_eq!(checked.verdict, "resolved");
@@ -691,7 +696,7 @@ fn java_runtime_version_and_modules() {
     let dir = tempfile::tempdir().unwrap();
     let hooks = dir.path().join("hooks");
     std::fs::create_dir_all(hooks.join("java")).unwrap();
-    std::fs::write(hooks.join("java/envproxy-javaagent.jar"), b"").unwrap();
+    install_java_hook(&hooks);
     // A runtime image with the real launcher: the check reads only bin/java, lib/ and release.
     let home = dir.path().join("jdk");
     std::fs::create_dir_all(home.join("bin")).unwrap();
@@ -1578,4 +1583,124 @@ fn elf_version_byte_is_ignored() {
             checked.text()
         );
     }
+}
+
+/// Copies the source tree's hooks directory to `target`, without the build files of the Java
+/// hook.
+fn copy_hooks(target: &Path) {
+    for hook in [
+        "java/envproxy-javaagent.jar",
+        "python/sitecustomize.py",
+        "python/envproxy_hook.py",
+        "perl/EnvProxy/Hook.pm",
+    ] {
+        let to = target.join(hook);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(source_hooks_dir().join(hook), &to).expect("copy a hook file");
+    }
+}
+
+#[test]
+fn unusable_hook_files_judged() {
+    require("perl", "perl");
+    require("python3", "python3");
+    let dir = tempfile::tempdir().unwrap();
+    let jar = java_program(dir.path());
+    let world = World::new();
+    let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+    let python = [
+        os("python3"),
+        os("-c"),
+        os("import os; print(os.environ['API_TOKEN'])"),
+    ];
+    let java = [os("java"), os("-jar"), jar.as_os_str()];
+    let perl = [os("perl"), os("-e"), os("print \"$ENV{API_TOKEN}\\n\"")];
+
+    // Each case: the hook file, its broken content, the command, and the words of the reason.
+    let cases: [(&str, &[u8], &[&OsStr], &str); 4] = [
+        (
+            "java/envproxy-javaagent.jar",
+            b"",
+            &java,
+            "because it is empty",
+        ),
+        (
+            "java/envproxy-javaagent.jar",
+            b"garbage\n",
+            &java,
+            "because it is not a zip file",
+        ),
+        (
+            "python/sitecustomize.py",
+            b"",
+            &python,
+            "because it is empty",
+        ),
+        (
+            "python/sitecustomize.py",
+            b"\n\n",
+            &python,
+            "because it is empty",
+        ),
+    ];
+    for (index, (hook, content, words, expected)) in cases.into_iter().enumerate() {
+        let hooks = dir.path().join(format!("hooks-{index}"));
+        copy_hooks(&hooks);
+        let mut command = check_command(&hooks);
+        let checked = run_json(&mut command, words);
+        assert_eq!(checked.status, 0, "{hook} intact: {}", checked.text());
+
+        std::fs::write(hooks.join(hook), content).unwrap();
+        let checked = run_json(&mut check_command(&hooks), words);
+        assert_eq!(checked.status, 1, "{hook}: {}", checked.text());
+        assert!(checked.mentions(expected), "{hook}: {}", checked.text());
+        assert!(
+            checked.mentions(&hooks.join(hook).display().to_string()),
+            "{hook}: {}",
+            checked.text()
+        );
+
+        // What the check states: the program runs and reads the reference.
+        let mut command = run_command(&secrets, words[0]);
+        command.args(&words[1..]).env("ENVPROXY_HOOKS_DIR", &hooks);
+        let output = run_with_limit(&mut command, LIMIT);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{hook}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(stdout.trim_end(), "envproxy:API_TOKEN", "{hook}");
+    }
+
+    // An empty Perl hook stops every Perl program, so the check reports an error.
+    let hooks = dir.path().join("hooks-perl");
+    copy_hooks(&hooks);
+    let hook = hooks.join("perl/EnvProxy/Hook.pm");
+    std::fs::write(&hook, b"").unwrap();
+    let output = check_text(&hooks, &perl);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("perl will not start"), "{stderr}");
+    assert!(stderr.contains(&hook.display().to_string()), "{stderr}");
+    assert!(stderr.contains("did not return a true value"), "{stderr}");
+
+    let mut command = run_command(&secrets, "perl");
+    command.args(&perl[1..]).env("ENVPROXY_HOOKS_DIR", &hooks);
+    let output = run_with_limit(&mut command, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(255), "{stderr}");
+    assert!(stderr.contains("did not return a true value"), "{stderr}");
+    assert!(output.stdout.is_empty());
+
+    // ENVPROXY_NO_PERL=1 keeps the hook out, and Perl starts.
+    let mut command = check_command(&hooks);
+    command.env("ENVPROXY_NO_PERL", "1");
+    let checked = run_json(&mut command, &perl);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    assert!(
+        checked.mentions("ENVPROXY_NO_PERL=1 turns the Perl hook off"),
+        "{}",
+        checked.text()
+    );
 }

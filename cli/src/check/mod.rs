@@ -10,6 +10,7 @@
 
 mod elf;
 mod env_command;
+mod hook_files;
 mod kernel;
 mod program;
 mod runtime;

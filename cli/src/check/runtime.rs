@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::{CheckError, Settings, Verdict};
+use super::{hook_files, CheckError, Settings, Verdict};
 
 /// Hook file that makes the library prepend `hooks/python` to `PYTHONPATH`.
 const PYTHON_HOOK: &str = "python/sitecustomize.py";
@@ -263,6 +263,20 @@ fn perl(
             )]);
         }
     }
+    if let (None, Some(dir)) = (&settings.no_perl, hooks_dir) {
+        let hook = dir.join(PERL_HOOK);
+        // Checked with Perl 5.36: `-MEnvProxy::Hook` with an empty Hook.pm stops perl with
+        // status 255 before the program runs.
+        if hook.is_file() && hook_files::source_problem(&hook).is_some() {
+            return Err(CheckError::new(format!(
+                "perl will not start: the Perl hook {} is empty, and the library adds it to \
+                 PERL5OPT, so Perl exits with \"EnvProxy/Hook.pm did not return a true \
+                 value\" before the program runs; reinstall the hook from an EnvProxy build, \
+                 or set ENVPROXY_NO_PERL=1 to start Perl without it",
+                hook.display()
+            )));
+        }
+    }
     let mut outcome = hooked(
         "Perl",
         "ENVPROXY_NO_PERL",
@@ -363,6 +377,21 @@ fn hooked(
             Verdict::ReferencesOnly,
             format!(
                 "the {language} hook is not installed ({} does not exist), so {copied}",
+                path.display()
+            ),
+        )];
+    }
+    let problem = if hook == JAVA_HOOK {
+        hook_files::java_agent_problem(&path)
+    } else {
+        hook_files::source_problem(&path)
+    };
+    if let Some(problem) = problem {
+        return vec![(
+            Verdict::ReferencesOnly,
+            format!(
+                "the {language} hook {} is not usable because {problem}, so {copied}; \
+                 reinstall it from an EnvProxy build",
                 path.display()
             ),
         )];
@@ -539,6 +568,21 @@ mod tests {
 
         std::fs::create_dir_all(dir.path().join("java")).unwrap();
         std::fs::write(dir.path().join(JAVA_HOOK), b"").unwrap();
+        let outcome = judge(Runtime::Java, &[], None, &settings, Some(dir.path())).unwrap();
+        assert_eq!(outcome[0].0, Verdict::ReferencesOnly);
+        assert!(
+            outcome[0].1.contains("because it is empty"),
+            "{}",
+            outcome[0].1
+        );
+
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../hooks")
+                .join(JAVA_HOOK),
+            dir.path().join(JAVA_HOOK),
+        )
+        .unwrap();
         let outcome = judge(Runtime::Java, &[], None, &settings, Some(dir.path())).unwrap();
         assert_eq!(outcome[0].0, Verdict::Resolved);
 
