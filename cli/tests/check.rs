@@ -1704,3 +1704,57 @@ fn unusable_hook_files_judged() {
         checked.text()
     );
 }
+
+#[test]
+fn library_path_with_separator_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new();
+    let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+    for (name, separator) in [("with space", "space"), ("with:colon", "colon")] {
+        let library_dir = dir.path().join(name);
+        std::fs::create_dir_all(&library_dir).unwrap();
+        let copy = library_dir.join("libenvproxy.so");
+        std::fs::copy(library(), &copy).unwrap();
+
+        let mut command = check_command(&source_hooks_dir());
+        command.env("ENVPROXY_LIB", &copy);
+        let checked = run_json(&mut command, &[probe().as_os_str()]);
+        assert_eq!(checked.status, 1, "{name}: {}", checked.text());
+        assert!(
+            checked.mentions(&format!(
+                "the library path {} contains a {separator}",
+                copy.display()
+            )),
+            "{name}: {}",
+            checked.text()
+        );
+        assert!(
+            checked.mentions("splits LD_PRELOAD at spaces and colons"),
+            "{name}: {}",
+            checked.text()
+        );
+        assert!(
+            checked.mentions("move the library to a path without spaces or colons"),
+            "{name}: {}",
+            checked.text()
+        );
+        assert!(
+            !checked.mentions("which does not name"),
+            "{name}: {}",
+            checked.text()
+        );
+
+        // What the check states: the loader does not preload the library at that path.
+        let mut command = run_command(&secrets, probe());
+        command
+            .env("ENVPROXY_LIB", &copy)
+            .args(["get", "API_TOKEN"]);
+        let output = run_with_limit(&mut command, LIMIT);
+        assert_eq!(
+            value_of(&output.stdout, "API_TOKEN").as_deref(),
+            Some("envproxy:API_TOKEN"),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

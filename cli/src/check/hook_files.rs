@@ -20,7 +20,7 @@ const END_RECORD_SIZE: u64 = 22;
 const MAX_COMMENT_SIZE: u64 = 65535;
 /// Size of a central directory file header without its name, extra field and comment.
 const CENTRAL_HEADER_SIZE: usize = 46;
-/// Largest central directory read. The hook jar's is about 2 KiB.
+/// Largest central directory read, which bounds the memory a damaged jar can cost.
 const MAX_CENTRAL_DIRECTORY_SIZE: u64 = 16 << 20;
 
 /// Returns why the Java agent jar `path` cannot load, or `None` when it is a zip file whose

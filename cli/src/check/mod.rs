@@ -683,6 +683,19 @@ impl Checker {
         let settings = self.settings();
         if let Ok(library) = &self.library {
             let library_path = library.path.clone();
+            if let Some(separator) = preload_separator(&library_path) {
+                self.note(
+                    Verdict::ReferencesOnly,
+                    format!(
+                        "the library path {} contains a {separator}, and the dynamic loader \
+                         splits LD_PRELOAD at spaces and colons, so that path cannot be \
+                         preloaded and libenvproxy.so does not load; move the library to a path \
+                         without spaces or colons and set {LIBRARY_VARIABLE} to it",
+                        program::shown(library_path.as_os_str())
+                    ),
+                );
+                return false;
+            }
             match &settings.preload {
                 None => {
                     self.note(
@@ -900,6 +913,20 @@ fn preload_names(preload: &OsStr, library: &Path) -> bool {
         .any(|entry| {
             entry == library
                 || (canonical.is_some() && std::fs::canonicalize(entry).ok() == canonical)
+        })
+}
+
+/// Returns the name of the first character of `library` at which the dynamic loader splits
+/// `LD_PRELOAD` (glibc 2.36 splits it at spaces and colons), or `None`.
+fn preload_separator(library: &Path) -> Option<&'static str> {
+    library
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .find_map(|&byte| match byte {
+            b' ' => Some("space"),
+            b':' => Some("colon"),
+            _ => None,
         })
 }
 
