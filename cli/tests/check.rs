@@ -1760,3 +1760,31 @@ fn library_path_with_separator_rejected() {
         );
     }
 }
+
+#[test]
+fn json_error_written_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-program");
+    let mut command = check_command(&source_hooks_dir());
+    command
+        .args(["-o", "json", "--"])
+        .arg(&missing)
+        .arg("--flag");
+    let output = run_with_limit(&mut command, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!("{}: no such file", missing.display());
+
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end(), format!("envproxy check: {expected}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|err| panic!("invalid JSON ({err}): {stdout:?}"));
+    assert_eq!(report["verdict"], "error", "{report}");
+    assert_eq!(report["resolved"], false, "{report}");
+    assert_eq!(report["error"], expected.as_str(), "{report}");
+    assert_eq!(
+        report["command"],
+        serde_json::json!([missing.display().to_string(), "--flag"]),
+        "{report}"
+    );
+}

@@ -67,7 +67,9 @@ pub struct CheckArgs {
 enum Output {
     /// The verdict on the first line, then one reason per line.
     Text,
-    /// One JSON object with `command`, `program`, `verdict`, `resolved` and `reasons`.
+    /// One JSON object with `command`, `program`, `verdict`, `resolved` and `reasons`, or,
+    /// when the file cannot be checked, with `command`, `verdict` (`error`), `resolved` and
+    /// `error`.
     Json,
 }
 
@@ -177,6 +179,17 @@ pub fn run(args: CheckArgs) -> i32 {
         Ok(report) => report,
         Err(err) => {
             eprintln!("envproxy check: {err}");
+            if args.output == Output::Json {
+                let report = ErrorReport {
+                    command: words_of(&args.command),
+                    verdict: "error",
+                    resolved: false,
+                    error: err.to_string(),
+                };
+                if let Ok(json) = serde_json::to_string_pretty(&report) {
+                    print_ignoring_closed_pipe(&(json + "\n"));
+                }
+            }
             return EXIT_ERROR;
         }
     };
@@ -196,16 +209,40 @@ pub fn run(args: CheckArgs) -> i32 {
             }
         },
     };
-    let mut stdout = std::io::stdout().lock();
-    // A closed pipe (`envproxy check ... | head -1`) still gets the verdict's exit status.
-    let _ = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush());
+    print_ignoring_closed_pipe(&text);
     if report.resolved {
         EXIT_RESOLVED
     } else {
         EXIT_REFERENCES
     }
+}
+
+/// Writes `text` to stdout. A closed pipe (`envproxy check ... | head -1`) still gets the
+/// verdict's exit status, so a failed write is ignored.
+fn print_ignoring_closed_pipe(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
+fn words_of(command: &[OsString]) -> Vec<String> {
+    command
+        .iter()
+        .map(|word| word.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The JSON output of `check -o json` for a file that cannot be checked.
+#[derive(Debug, Serialize)]
+struct ErrorReport {
+    command: Vec<String>,
+    /// Always `error`.
+    verdict: &'static str,
+    /// Always false.
+    resolved: bool,
+    /// The message also written to stderr.
+    error: String,
 }
 
 /// The library `envproxy run` would preload, with its ELF facts.
@@ -257,10 +294,7 @@ pub fn check(
     let program = checker.locate(first)?;
     checker.command(&program, command, 0, true)?;
     Ok(Report {
-        command: command
-            .iter()
-            .map(|word| word.to_string_lossy().into_owned())
-            .collect(),
+        command: words_of(command),
         program: program.display().to_string(),
         verdict: checker.verdict,
         resolved: checker.verdict != Verdict::ReferencesOnly,
