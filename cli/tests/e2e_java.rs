@@ -540,3 +540,34 @@ fn java_agent_on_command_line_resolves_in_premain() {
         );
     }
 }
+
+#[test]
+fn broken_hook_jar_names_jar_and_exception() {
+    for jdk in jdks() {
+        let world = World::new();
+        let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+        let hooks = world.path("hooks");
+        std::fs::create_dir_all(hooks.join("java")).unwrap();
+        let jar = hooks.join("java").join(envproxy_java_hook::JAR_FILE_NAME);
+        std::fs::write(&jar, "garbage\n").unwrap();
+        let output = run_java(
+            java_command(&secrets, &jdk, &["read", "API_TOKEN"]).env("ENVPROXY_HOOKS_DIR", &hooks),
+            &jdk,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let label = jdk.label;
+        assert_eq!(
+            value_of(&output.stdout, "getenv").as_deref(),
+            Some("envproxy:API_TOKEN"),
+            "{label}"
+        );
+        assert!(
+            stderr.contains(&format!("the Java hook from {}", jar.display())),
+            "{label}: {stderr}"
+        );
+        assert!(
+            stderr.contains("threw java.lang.NoClassDefFoundError: dev/envproxy/javaagent/Hook"),
+            "{label}: {stderr}"
+        );
+    }
+}
