@@ -83,6 +83,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         (None, Some(OnUnresolved::from_setting(setting.as_deref())?))
     } else {
         let library = library::find(std::env::var_os(LIBRARY_VARIABLE), &executable)?;
+        library::check_preload_path(&library)?;
         (Some(library), None)
     };
 
