@@ -307,45 +307,9 @@ fn hung_agent_costs_at_most_the_timeout() {
     drop(silent_agent);
 }
 
-/// Starts a fake agent on `socket` that reads one request per connection and responds with
-/// a header promising 65535 bytes followed by 10 bytes, then closes the connection or, with
-/// `hold_open`, keeps it open for 5 s.
-fn start_truncating_agent(socket: &Path, hold_open: bool) -> std::thread::JoinHandle<()> {
-    let listener = UnixListener::bind(socket).unwrap();
-    std::thread::spawn(move || {
-        let mut open = Vec::new();
-        for stream in listener.incoming().take(2) {
-            let mut stream = stream.unwrap();
-            let mut request = [0u8; 512];
-            let _ = std::io::Read::read(&mut stream, &mut request);
-            let mut truncated = vec![0u8, 0xff, 0xff];
-            truncated.extend_from_slice(b"0123456789");
-            stream.write_all(&truncated).unwrap();
-            if hold_open {
-                open.push(stream);
-            }
-        }
-        if hold_open {
-            std::thread::sleep(Duration::from_secs(5));
-        }
-    })
-}
-
 #[test]
 fn truncated_response_is_incomplete() {
-    let cases = [
-        (
-            false,
-            "sent an incomplete response: the header promised 65535 bytes, and the \
-             connection closed after 10",
-        ),
-        (
-            true,
-            "sent an incomplete response: 10 of the 65535 bytes its header promised arrived \
-             within 300 ms (ENVPROXY_TIMEOUT_MS)",
-        ),
-    ];
-    for (hold_open, expected) in cases {
+    for (hold_open, expected) in TRUNCATED_RESPONSE_MESSAGES {
         let world = World::new();
         let socket = world.socket();
         let _agent = start_truncating_agent(&socket, hold_open);
