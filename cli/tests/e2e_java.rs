@@ -606,3 +606,42 @@ fn java_truncated_response_is_incomplete() {
         }
     }
 }
+
+#[test]
+fn java_too_large_setting_gives_maximum() {
+    // The hook reports settings itself only when libenvproxy.so is not in LD_PRELOAD, so the
+    // JVM loads the library through -agentpath alone.
+    for jdk in jdks() {
+        let world = World::new();
+        let socket = world.path("no-agent.sock");
+        let mut command = preload_command(&jdk.java, &socket);
+        command
+            .env_remove("LD_PRELOAD")
+            .env_remove("_JAVA_OPTIONS")
+            .env_remove("JDK_JAVA_OPTIONS")
+            .env(
+                "JAVA_TOOL_OPTIONS",
+                format!(
+                    "-agentpath:{}={}",
+                    library().display(),
+                    hook_jar().display()
+                ),
+            )
+            .env("ENVPROXY_CACHE_TTL", "99999999999999999999")
+            .env("GONE", "envproxy:GONE")
+            .arg("-cp")
+            .arg(probe_classes())
+            .args(["EnvProbe", "read", "GONE"]);
+        let output = run_java(&mut command, &jdk);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let label = jdk.label;
+        assert!(
+            stderr.contains(
+                "ENVPROXY_CACHE_TTL=\"99999999999999999999\" is too large (the maximum is \
+                 9223372036854775807)"
+            ),
+            "{label}: {stderr}"
+        );
+        assert!(!stderr.contains("not a whole number"), "{label}: {stderr}");
+    }
+}

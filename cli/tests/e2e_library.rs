@@ -966,3 +966,24 @@ fn truncating_rewrite_of_dotenv_loses_no_key() {
 fn truncating_rewrite_of_toml_loses_no_key() {
     check_truncating_rewrites("secrets.toml", |value| format!("KEY = \"{value}\"\n"));
 }
+
+#[test]
+fn too_large_setting_gives_maximum() {
+    let world = World::new();
+    let socket = world.path("no-agent.sock");
+    let mut command = preload_command(&probe(), &socket);
+    command
+        .env("ENVPROXY_CACHE_TTL", "99999999999999999999")
+        .env("GONE", "envproxy:GONE")
+        .args(["get", "GONE"]);
+    let output = run_with_limit(&mut command, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "ENVPROXY_CACHE_TTL=\"99999999999999999999\" is too large (the maximum is \
+             18446744073709551615); using the default 30"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not a whole number"), "{stderr}");
+}

@@ -311,3 +311,26 @@ fn perl_truncated_response_is_incomplete() {
         assert!(!stderr.contains("did not answer"), "{stderr}");
     }
 }
+
+#[test]
+fn perl_too_large_setting_gives_maximum() {
+    require_program("perl", "perl");
+    let world = World::new();
+    let socket = world.path("no-agent.sock");
+    let output = run_with_limit(
+        preload_command(Path::new("perl"), &socket)
+            .env("ENVPROXY_CACHE_TTL", "99999999999999999999")
+            .env("GONE", "envproxy:GONE")
+            .args(["-e", "print qq(GONE=$ENV{GONE}\\n)"]),
+        LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "ENVPROXY_CACHE_TTL=\"99999999999999999999\" is too large (the maximum is \
+             18446744073709551615)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not a whole number"), "{stderr}");
+}

@@ -1,7 +1,9 @@
 package envproxy
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -62,6 +64,11 @@ func number(lookupEnv func(string) (string, bool), name string, fallback uint64)
 		return fallback
 	}
 	n, err := strconv.ParseUint(strings.TrimSpace(text), 10, 64)
+	if errors.Is(err, strconv.ErrRange) {
+		diag(fmt.Sprintf("%s=%q is too large (the maximum is %d); using the default %d",
+			name, text, uint64(math.MaxUint64), fallback))
+		return fallback
+	}
 	if err != nil {
 		diag(fmt.Sprintf("%s=%q is not a whole number; using the default %d", name, text, fallback))
 		return fallback

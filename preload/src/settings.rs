@@ -99,6 +99,13 @@ fn number(name: &str, default: u64) -> u64 {
     };
     match text.trim().parse::<u64>() {
         Ok(n) => n,
+        Err(err) if *err.kind() == std::num::IntErrorKind::PosOverflow => {
+            crate::diag::line(&format!(
+                "{name}={text:?} is too large (the maximum is {}); using the default {default}",
+                u64::MAX
+            ));
+            default
+        }
         Err(_) => {
             crate::diag::line(&format!(
                 "{name}={text:?} is not a whole number; using the default {default}"

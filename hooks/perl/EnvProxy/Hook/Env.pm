@@ -41,7 +41,15 @@ sub settings_from {
         my ($name, $default) = @_;
         my $text = $environment->{$name};
         return $default unless defined $text;
-        return $1 + 0 if $text =~ /\A\s*(\d+)\s*\z/;
+        if ($text =~ /\A\s*0*(\d+)\s*\z/) {
+            my ($digits, $max) = ($1, ~0);
+            # Larger numbers would silently become floating point.
+            return $digits + 0
+              if length($digits) < length($max)
+              || (length($digits) == length($max) && $digits le $max);
+            diag("$name=\"$text\" is too large (the maximum is $max); using the default $default");
+            return $default;
+        }
         diag("$name=\"$text\" is not a whole number; using the default $default");
         return $default;
     };

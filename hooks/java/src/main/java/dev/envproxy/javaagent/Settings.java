@@ -81,6 +81,13 @@ final class Settings {
                 return value;
             }
         } catch (NumberFormatException invalid) {
+            if (text.trim().matches("[0-9]+")) {
+                if (report) {
+                    Diag.line(name + "=\"" + Diag.printable(text) + "\" is too large (the maximum"
+                            + " is " + Long.MAX_VALUE + "); using the default " + fallback);
+                }
+                return fallback;
+            }
             // Reported below, as a negative number is.
         }
         if (report) {
