@@ -311,3 +311,81 @@ fn python_truncated_response_is_incomplete() {
         assert!(!stderr.contains("did not answer"), "{stderr}");
     }
 }
+
+#[test]
+fn missing_hooks_directory_is_reported() {
+    require("python3");
+    require("perl");
+    let world = World::new();
+    // Two levels down, so that none of hooks, ../hooks and ../../hooks beside the copy exists.
+    let library_dir = world.path("a/b/nohooks");
+    std::fs::create_dir_all(&library_dir).unwrap();
+    let library_copy = library_dir.join("libenvproxy.so");
+    std::fs::copy(library(), &library_copy).unwrap();
+    let socket = world.path("no-agent.sock");
+
+    let runtimes: [(&str, &[&str], &str); 3] = [
+        (
+            "python3",
+            &["-c", "pass"],
+            "the Python hook is missing, so os.environ",
+        ),
+        ("perl", &["-e", "1"], "the Perl hook is missing, so %ENV"),
+        (
+            "java",
+            &["-version"],
+            "the Java hook is missing, so System.getenv",
+        ),
+    ];
+    for (program, args, expected) in runtimes {
+        let command = || {
+            let mut command = preload_command(Path::new(program), &socket);
+            command
+                .env("LD_PRELOAD", &library_copy)
+                .env_remove("ENVPROXY_HOOKS_DIR")
+                .env_remove("JAVA_TOOL_OPTIONS")
+                .env_remove("PERL5OPT")
+                .args(args);
+            command
+        };
+        let mut with_reference = command();
+        with_reference.env("API_TOKEN", "envproxy:API_TOKEN");
+        let output = run_with_limit(&mut with_reference, LIMIT);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{program}: {stderr}");
+        assert!(stderr.contains(expected), "{program}: {stderr}");
+        assert!(
+            stderr.contains(&format!("beside {}", library_copy.display())),
+            "{program}: {stderr}"
+        );
+        assert_eq!(stderr.matches("hook is missing").count(), 1, "{stderr}");
+
+        // Without references in the environment the program needs no hook.
+        let output = run_with_limit(&mut command(), LIMIT);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("hook is missing"), "{program}: {stderr}");
+    }
+
+    // The switch that turns the hook off also turns the message off.
+    let mut switched_off = preload_command(Path::new("python3"), &socket);
+    switched_off
+        .env("LD_PRELOAD", &library_copy)
+        .env_remove("ENVPROXY_HOOKS_DIR")
+        .env("ENVPROXY_NO_PYTHON", "1")
+        .env("API_TOKEN", "envproxy:API_TOKEN")
+        .args(["-c", "pass"]);
+    let output = run_with_limit(&mut switched_off, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("hook is missing"), "{stderr}");
+
+    // A program that is no such runtime gets no message.
+    let mut c_program = preload_command(&probe(), &socket);
+    c_program
+        .env("LD_PRELOAD", &library_copy)
+        .env_remove("ENVPROXY_HOOKS_DIR")
+        .env("API_TOKEN", "envproxy:API_TOKEN")
+        .args(["get", "OTHER"]);
+    let output = run_with_limit(&mut c_program, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("hook is missing"), "{stderr}");
+}
