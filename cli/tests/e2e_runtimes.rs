@@ -389,3 +389,58 @@ fn missing_hooks_directory_is_reported() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("hook is missing"), "{stderr}");
 }
+
+#[test]
+fn enabled_off_values_leave_references() {
+    require("python3");
+    require("perl");
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+    let probe_path = probe();
+    let programs: [(&str, Vec<&std::ffi::OsStr>); 3] = [
+        (
+            "C",
+            vec![probe_path.as_os_str(), "get".as_ref(), "API_TOKEN".as_ref()],
+        ),
+        (
+            "Perl",
+            vec![
+                "perl".as_ref(),
+                "-e".as_ref(),
+                "print qq(API_TOKEN=$ENV{API_TOKEN}\\n)".as_ref(),
+            ],
+        ),
+        (
+            "Python",
+            vec![
+                "python3".as_ref(),
+                "-c".as_ref(),
+                "import os; print('API_TOKEN=' + os.environ['API_TOKEN'])".as_ref(),
+            ],
+        ),
+    ];
+    let cases = [
+        ("ENVPROXY_ENABLED=0", "envproxy:API_TOKEN"),
+        ("ENVPROXY_ENABLED=false", "envproxy:API_TOKEN"),
+        ("ENVPROXY_ENABLED=No", "envproxy:API_TOKEN"),
+        ("ENVPROXY_ENABLED=OFF", "envproxy:API_TOKEN"),
+        ("ENVPROXY_ENABLED=1", secret.as_str()),
+        ("ENVPROXY_ENABLED=", secret.as_str()),
+    ];
+    for (label, program) in &programs {
+        for (setting, expected) in cases {
+            // `env` starts under the library, which sets the runtime variables such as
+            // PERL5OPT, and then the program starts with the setting.
+            let mut command = run_command(&secrets, "env");
+            command.arg(setting).args(program);
+            let output = run_with_limit(&mut command, LIMIT);
+            assert_eq!(
+                value_of(&output.stdout, "API_TOKEN").as_deref(),
+                Some(expected),
+                "{label} with {setting}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}

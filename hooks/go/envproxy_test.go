@@ -421,3 +421,19 @@ func TestTooLargeNumberGivesMaximum(t *testing.T) {
 		t.Fatalf("stderr = %q, want %q", stderr, want)
 	}
 }
+
+func TestEnabledOffValues(t *testing.T) {
+	for value, off := range map[string]bool{
+		"0": true, "false": true, "No": true, "OFF": true, "1": false, "": false, "true": false,
+	} {
+		s := settingsFromEnvironment(func(name string) (string, bool) {
+			if name == "ENVPROXY_ENABLED" {
+				return value, true
+			}
+			return "", false
+		})
+		if s.enabled == off {
+			t.Errorf("ENVPROXY_ENABLED=%q: enabled = %v", value, s.enabled)
+		}
+	}
+}

@@ -48,7 +48,7 @@ func settingsFromEnvironment(lookupEnv func(string) (string, bool)) settings {
 		timeoutMS = uint64(defaultTimeout / time.Millisecond)
 	}
 	return settings{
-		enabled:     get("ENVPROXY_ENABLED") != "0",
+		enabled:     !isDisabled(get("ENVPROXY_ENABLED")),
 		debug:       get("ENVPROXY_DEBUG") == "1",
 		ttl:         time.Duration(ttl) * time.Second,
 		timeout:     time.Duration(timeoutMS) * time.Millisecond,
@@ -101,4 +101,15 @@ func socketPath(lookupEnv func(string) (string, bool)) string {
 		return filepath.Join(runtimeDir, "envproxy", "agent.sock")
 	}
 	return fmt.Sprintf("/tmp/envproxy-%d/agent.sock", os.Getuid())
+}
+
+// isDisabled returns whether an ENVPROXY_ENABLED value turns EnvProxy off: 0, false, no or off
+// in any case, as the library reads it.
+func isDisabled(value string) bool {
+	for _, off := range []string{"0", "false", "no", "off"} {
+		if strings.EqualFold(value, off) {
+			return true
+		}
+	}
+	return false
 }

@@ -57,7 +57,8 @@ impl Settings {
     fn from_environment() -> Settings {
         let ttl_secs = number("ENVPROXY_CACHE_TTL", DEFAULT_TTL_SECS);
         Settings {
-            enabled: read(c"ENVPROXY_ENABLED").as_deref() != Some("0"),
+            enabled: !read(c"ENVPROXY_ENABLED")
+                .is_some_and(|value| envproxy_proto::is_disabled(&value)),
             debug: flag(c"ENVPROXY_DEBUG"),
             ttl_ms: ttl_secs.saturating_mul(1000),
             timeout_ms: timeout_ms(),
