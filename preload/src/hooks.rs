@@ -119,7 +119,7 @@ impl Runtime {
         }
     }
 
-    /// The hook's file, relative to the hooks directory.
+    /// Returns the hook's file, relative to the hooks directory.
     fn hook_file(self) -> &'static str {
         match self {
             Runtime::Python => "python/sitecustomize.py",
@@ -128,7 +128,7 @@ impl Runtime {
         }
     }
 
-    /// The runtime's interface that returns references without the hook.
+    /// Returns the runtime's interface that returns references without the hook.
     fn environment_interface(self) -> &'static str {
         match self {
             Runtime::Python => "os.environ",
@@ -137,7 +137,7 @@ impl Runtime {
         }
     }
 
-    /// The `ENVPROXY_NO_*` switch that turns the hook off.
+    /// Returns the `ENVPROXY_NO_*` switch that turns the hook off.
     fn switch_name(self) -> &'static str {
         match self {
             Runtime::Python => "ENVPROXY_NO_PYTHON",

@@ -20,7 +20,7 @@
 
 /*
  * The kernel's largest limit for the arguments and environment, whatever the stack size limit:
- * three quarters of its 8 MiB _STK_LIM (fs/exec.c, Linux 4.13 and later).
+ * three quarters of its 8 MiB _STK_LIM (Linux 4.13 and later).
  */
 #define ENVPROXY_KERNEL_ARG_MAX (6L * 1024 * 1024)
 
@@ -33,7 +33,7 @@ ENVPROXY_INTERNAL int envproxy_execv(const char *path, char *const argv[]);
 ENVPROXY_INTERNAL int envproxy_execvp(const char *file, char *const argv[]);
 ENVPROXY_INTERNAL int envproxy_execve(const char *path, char *const argv[], char *const envp[]);
 
-/* Returns the most arguments that execve could accept: ARG_MAX / sizeof(char *). sysconf reads
+/* Returns the maximum number of arguments that execve could accept: ARG_MAX / sizeof(char *). sysconf reads
  * the stack size limit with one system call and allocates nothing. */
 static long max_list_args(void)
 {
