@@ -157,6 +157,26 @@ pub fn run(spec: ChildSpec) -> Result<i32, SpawnError> {
     }
 }
 
+/// Returns the "command not found" error that starting `program` with `environment` would
+/// give, or `None` when the program exists. Callers use it before work that only makes sense
+/// for a command that will start.
+pub fn check_command_exists(
+    program: &OsStr,
+    environment: &[(OsString, OsString)],
+) -> Option<SpawnError> {
+    let exists = if program.as_bytes().contains(&b'/') {
+        // A directory or a file without execute permission fails later with status 126.
+        Path::new(program).exists()
+    } else {
+        find_program(program, environment).is_some()
+    };
+    (!exists).then(|| SpawnError {
+        program: program.to_string_lossy().into_owned(),
+        reason: "command not found".to_string(),
+        exit_code: EXIT_NOT_FOUND,
+    })
+}
+
 /// Returns the file that `program` names: the path itself when it contains a `/`, else the
 /// first match in the `PATH` of `environment`, as `execvp` searches.
 fn find_program(program: &OsStr, environment: &[(OsString, OsString)]) -> Option<PathBuf> {
@@ -164,10 +184,14 @@ fn find_program(program: &OsStr, environment: &[(OsString, OsString)]) -> Option
         let path = PathBuf::from(program);
         return path.is_file().then_some(path);
     }
+    // Without PATH, glibc's execvp searches its default path.
     let search_path = environment
         .iter()
         .find(|(name, _)| name == "PATH")
-        .map(|(_, value)| value.clone())?;
+        .map_or_else(
+            || OsString::from("/bin:/usr/bin"),
+            |(_, value)| value.clone(),
+        );
     std::env::split_paths(&search_path)
         .map(|directory| directory.join(program))
         .find(|candidate| candidate.is_file())

@@ -30,6 +30,16 @@ pub enum LibraryError {
         path.display()
     )]
     NotSharedObject { path: PathBuf, reason: String },
+    #[error(
+        "the library path {} contains a {separator}, and the dynamic loader splits LD_PRELOAD \
+         at spaces and colons, so no program could load it; move {LIBRARY_FILE_NAME} to a \
+         directory whose path has neither and set {LIBRARY_VARIABLE} to it",
+        path.display()
+    )]
+    SplitByLoader {
+        path: PathBuf,
+        separator: &'static str,
+    },
 }
 
 fn list(paths: &[PathBuf]) -> String {
@@ -75,6 +85,23 @@ pub fn find(explicit: Option<OsString>, executable: &Path) -> Result<PathBuf, Li
         Some(path) => Ok(canonical(path)),
         None => Err(LibraryError::NotFound { looked_at: paths }),
     }
+}
+
+/// Fails when `path` contains a byte at which the dynamic loader splits `LD_PRELOAD` (a space
+/// or a colon, as ld.so(8) documents), because the loader would then look for two other files.
+pub fn check_preload_path(path: &Path) -> Result<(), LibraryError> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let separator = if bytes.contains(&b' ') {
+        "space"
+    } else if bytes.contains(&b':') {
+        "colon"
+    } else {
+        return Ok(());
+    };
+    Err(LibraryError::SplitByLoader {
+        path: path.to_path_buf(),
+        separator,
+    })
 }
 
 fn canonical(path: &Path) -> PathBuf {

@@ -83,6 +83,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         (None, Some(OnUnresolved::from_setting(setting.as_deref())?))
     } else {
         let library = library::find(std::env::var_os(LIBRARY_VARIABLE), &executable)?;
+        library::check_preload_path(&library)?;
         (Some(library), None)
     };
 
@@ -184,6 +185,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         eprintln!("envproxy: not adding secret key {key:?} to the environment: {reason}");
     }
     if let Some(policy) = on_unresolved {
+        // Values are fetched, and the warning about them printed, only for a command that
+        // will start.
+        if let Some(err) = child::check_command_exists(&args.command[0], &environment.variables) {
+            if let AgentChoice::Embedded(agent) = agent {
+                agent.stop();
+            }
+            eprintln!("envproxy: {err}");
+            return Ok(err.exit_code);
+        }
         let resolution = values_in_environ::resolve(&mut environment.variables, &socket, policy);
         let resolution = match resolution {
             Ok(resolution) => resolution,

@@ -369,6 +369,48 @@ fn run_rejects_unusable_explicit_library() {
 }
 
 #[test]
+fn run_rejects_library_path_loader_splits() {
+    let secrets = Secrets::new();
+    for (directory, separator) in [("lib dir", "space"), ("lib:dir", "colon")] {
+        // ENVPROXY_LIB and the copy beside the binary are both checked.
+        let bin_dir = secrets.dir.path().join(directory);
+        std::fs::create_dir(&bin_dir).unwrap();
+        let copy = bin_dir.join("envproxy");
+        std::fs::copy(ENVPROXY, &copy).unwrap();
+        let library = bin_dir.join("libenvproxy.so");
+        std::fs::copy(harmless_library(), &library).unwrap();
+
+        for explicit in [true, false] {
+            let marker = secrets.dir.path().join("started");
+            let mut command = Command::new(&copy);
+            command
+                .args(["run", "--secrets", secrets.path(), "--", "touch"])
+                .arg(&marker)
+                .env_remove("ENVPROXY_SOCKET");
+            if explicit {
+                command.env("ENVPROXY_LIB", &library);
+            } else {
+                command.env_remove("ENVPROXY_LIB");
+            }
+            let output = output_of(command);
+            let stderr = text(&output.stderr);
+            let case = format!("{directory}, ENVPROXY_LIB set: {explicit}");
+            assert_eq!(output.status.code(), Some(125), "{case}: {stderr}");
+            assert!(
+                stderr.contains(&format!("contains a {separator}")),
+                "{case}: {stderr}"
+            );
+            assert!(
+                stderr.contains(library.to_str().unwrap()),
+                "{case}: {stderr}"
+            );
+            assert!(stderr.contains("move libenvproxy.so"), "{case}: {stderr}");
+            assert!(!marker.exists(), "{case}: the command started");
+        }
+    }
+}
+
+#[test]
 fn get_prints_value_or_reason() {
     let secrets = Secrets::new();
     let agent = RunningAgent::start(&secrets.path, &secrets.dir.path().join("run/agent.sock"));

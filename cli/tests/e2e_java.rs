@@ -540,3 +540,108 @@ fn java_agent_on_command_line_resolves_in_premain() {
         );
     }
 }
+
+#[test]
+fn broken_hook_jar_names_jar_and_exception() {
+    for jdk in jdks() {
+        let world = World::new();
+        let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+        let hooks = world.path("hooks");
+        std::fs::create_dir_all(hooks.join("java")).unwrap();
+        let jar = hooks.join("java").join(envproxy_java_hook::JAR_FILE_NAME);
+        std::fs::write(&jar, "garbage\n").unwrap();
+        let output = run_java(
+            java_command(&secrets, &jdk, &["read", "API_TOKEN"]).env("ENVPROXY_HOOKS_DIR", &hooks),
+            &jdk,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let label = jdk.label;
+        assert_eq!(
+            value_of(&output.stdout, "getenv").as_deref(),
+            Some("envproxy:API_TOKEN"),
+            "{label}"
+        );
+        assert!(
+            stderr.contains(&format!("the Java hook from {}", jar.display())),
+            "{label}: {stderr}"
+        );
+        assert!(
+            stderr.contains("threw java.lang.NoClassDefFoundError: dev/envproxy/javaagent/Hook"),
+            "{label}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn java_truncated_response_is_incomplete() {
+    hook_jar();
+    for jdk in jdks() {
+        for (hold_open, expected) in TRUNCATED_RESPONSE_MESSAGES {
+            let world = World::new();
+            let socket = world.socket();
+            let _agent = start_truncating_agent(&socket, hold_open);
+            let mut command = preload_command(&jdk.java, &socket);
+            command
+                .env_remove("JAVA_TOOL_OPTIONS")
+                .env_remove("_JAVA_OPTIONS")
+                .env_remove("JDK_JAVA_OPTIONS")
+                .env("ENVPROXY_TIMEOUT_MS", "300")
+                .env("CUT", "envproxy:CUT")
+                .arg("-cp")
+                .arg(probe_classes())
+                .args(["EnvProbe", "read", "CUT"]);
+            let output = run_java(&mut command, &jdk);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let label = jdk.label;
+            assert_eq!(
+                value_of(&output.stdout, "getenv").as_deref(),
+                Some("envproxy:CUT"),
+                "{label}: {stderr}"
+            );
+            assert!(
+                stderr.contains(expected),
+                "{label}, hold_open={hold_open}: {stderr}"
+            );
+            assert!(!stderr.contains("did not answer"), "{label}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn java_too_large_setting_gives_maximum() {
+    // The hook reports settings itself only when libenvproxy.so is not in LD_PRELOAD, so the
+    // JVM loads the library through -agentpath alone.
+    for jdk in jdks() {
+        let world = World::new();
+        let socket = world.path("no-agent.sock");
+        let mut command = preload_command(&jdk.java, &socket);
+        command
+            .env_remove("LD_PRELOAD")
+            .env_remove("_JAVA_OPTIONS")
+            .env_remove("JDK_JAVA_OPTIONS")
+            .env(
+                "JAVA_TOOL_OPTIONS",
+                format!(
+                    "-agentpath:{}={}",
+                    library().display(),
+                    hook_jar().display()
+                ),
+            )
+            .env("ENVPROXY_CACHE_TTL", "99999999999999999999")
+            .env("GONE", "envproxy:GONE")
+            .arg("-cp")
+            .arg(probe_classes())
+            .args(["EnvProbe", "read", "GONE"]);
+        let output = run_java(&mut command, &jdk);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let label = jdk.label;
+        assert!(
+            stderr.contains(
+                "ENVPROXY_CACHE_TTL=\"99999999999999999999\" is too large (the maximum is \
+                 9223372036854775807)"
+            ),
+            "{label}: {stderr}"
+        );
+        assert!(!stderr.contains("not a whole number"), "{label}: {stderr}");
+    }
+}

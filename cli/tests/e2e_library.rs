@@ -308,6 +308,28 @@ fn hung_agent_costs_at_most_the_timeout() {
 }
 
 #[test]
+fn truncated_response_is_incomplete() {
+    for (hold_open, expected) in TRUNCATED_RESPONSE_MESSAGES {
+        let world = World::new();
+        let socket = world.socket();
+        let _agent = start_truncating_agent(&socket, hold_open);
+        let mut command = preload_command(&probe(), &socket);
+        command
+            .env("ENVPROXY_TIMEOUT_MS", "300")
+            .env("CUT", "envproxy:CUT")
+            .args(["get", "CUT"]);
+        let output = run_with_limit(&mut command, LIMIT);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            value_of(&output.stdout, "CUT").as_deref(),
+            Some("envproxy:CUT")
+        );
+        assert!(stderr.contains(expected), "hold_open={hold_open}: {stderr}");
+        assert!(!stderr.contains("did not answer"), "{stderr}");
+    }
+}
+
+#[test]
 fn on_error_unset_and_exit() {
     let world = World::new();
     let socket = world.path("no-agent.sock");
@@ -462,14 +484,36 @@ fn exec_list_child_under_library_resolves() {
     }
 }
 
+/// Compiles `tests/programs/execl_many.c`, whose one call has 65537 arguments, so that only
+/// this test pays its compile time.
+fn execl_many_program(world: &World) -> std::path::PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/execl_many.c");
+    let program = world.path("execl_many");
+    let status = Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .status()
+        .expect("run cc (install gcc)");
+    assert!(status.success(), "compiling {} failed", source.display());
+    program
+}
+
 #[test]
-fn execl_beyond_argument_limit_fails() {
+fn execl_many_arguments_work() {
     let world = World::new();
     let secrets = world.write_secrets(&[("COPIED", "unused")]);
-    let output = run_with_limit(
-        run_command(&secrets, probe()).args(["execl-many", "COPIED"]),
-        LIMIT,
-    );
+    let program = execl_many_program(&world);
+
+    // 65537 arguments run /bin/true, which prints nothing.
+    let output = run_with_limit(&mut run_command(&secrets, &program), LIMIT);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout, "", "execl failed");
+
+    // With a 1 MiB stack size limit, ARG_MAX is 256 KiB, and the argument pointers alone
+    // exceed it, so execl fails as execve would.
+    let output = run_with_limit(run_command(&secrets, &program).arg("small-stack"), LIMIT);
     assert!(output.status.success(), "{output:?}");
     assert_eq!(value_of(&output.stdout, "execl").as_deref(), Some("E2BIG"));
 }
@@ -943,4 +987,25 @@ fn truncating_rewrite_of_dotenv_loses_no_key() {
 #[test]
 fn truncating_rewrite_of_toml_loses_no_key() {
     check_truncating_rewrites("secrets.toml", |value| format!("KEY = \"{value}\"\n"));
+}
+
+#[test]
+fn too_large_setting_gives_maximum() {
+    let world = World::new();
+    let socket = world.path("no-agent.sock");
+    let mut command = preload_command(&probe(), &socket);
+    command
+        .env("ENVPROXY_CACHE_TTL", "99999999999999999999")
+        .env("GONE", "envproxy:GONE")
+        .args(["get", "GONE"]);
+    let output = run_with_limit(&mut command, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "ENVPROXY_CACHE_TTL=\"99999999999999999999\" is too large (the maximum is \
+             18446744073709551615); using the default 30"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not a whole number"), "{stderr}");
 }

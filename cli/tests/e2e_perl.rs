@@ -286,3 +286,51 @@ fn perl_timeout_message_gives_milliseconds() {
         "{stderr}"
     );
 }
+
+#[test]
+fn perl_truncated_response_is_incomplete() {
+    require_program("perl", "perl");
+    for (hold_open, expected) in TRUNCATED_RESPONSE_MESSAGES {
+        let world = World::new();
+        let socket = world.socket();
+        let _agent = start_truncating_agent(&socket, hold_open);
+        let output = run_with_limit(
+            preload_command(Path::new("perl"), &socket)
+                .env("ENVPROXY_TIMEOUT_MS", "300")
+                .env("CUT", "envproxy:CUT")
+                .args(["-e", "print qq(CUT=$ENV{CUT}\\n)"]),
+            LIMIT,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            value_of(&output.stdout, "CUT").as_deref(),
+            Some("envproxy:CUT"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(expected), "hold_open={hold_open}: {stderr}");
+        assert!(!stderr.contains("did not answer"), "{stderr}");
+    }
+}
+
+#[test]
+fn perl_too_large_setting_gives_maximum() {
+    require_program("perl", "perl");
+    let world = World::new();
+    let socket = world.path("no-agent.sock");
+    let output = run_with_limit(
+        preload_command(Path::new("perl"), &socket)
+            .env("ENVPROXY_CACHE_TTL", "99999999999999999999")
+            .env("GONE", "envproxy:GONE")
+            .args(["-e", "print qq(GONE=$ENV{GONE}\\n)"]),
+        LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "ENVPROXY_CACHE_TTL=\"99999999999999999999\" is too large (the maximum is \
+             18446744073709551615)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not a whole number"), "{stderr}");
+}

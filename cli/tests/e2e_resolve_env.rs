@@ -329,3 +329,20 @@ fn running_agent_serves_values() {
         Some(&*secret)
     );
 }
+
+#[test]
+fn missing_command_gets_no_values_warning() {
+    let world = World::new();
+    let secrets = world.write_secrets(&[("API_TOKEN", &random_secret())]);
+    let missing_path = world.path("no-such-dir/no-such-program");
+    for program in [
+        missing_path.as_path(),
+        Path::new("envproxy-no-such-command"),
+    ] {
+        let output = run_with_limit(&mut values_command(&secrets, program, &[]), LIMIT);
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(127), "{program:?}: {stderr}");
+        assert!(stderr.contains("command not found"), "{stderr}");
+        assert!(!stderr.contains(WARNING), "{stderr}");
+    }
+}

@@ -5,6 +5,7 @@
 mod e2e_support;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -284,4 +285,162 @@ process.stdout.write(result.stdout);
             .any(|l| l == "RENAMED=envproxy:SESSION_KEY"),
         "{environment}"
     );
+}
+
+#[test]
+fn python_truncated_response_is_incomplete() {
+    require("python3");
+    for (hold_open, expected) in TRUNCATED_RESPONSE_MESSAGES {
+        let world = World::new();
+        let socket = world.socket();
+        let _agent = start_truncating_agent(&socket, hold_open);
+        let output = run_with_limit(
+            preload_command(Path::new("python3"), &socket)
+                .env("ENVPROXY_TIMEOUT_MS", "300")
+                .env("CUT", "envproxy:CUT")
+                .args(["-c", "import os; print('CUT=' + os.environ['CUT'])"]),
+            LIMIT,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            value_of(&output.stdout, "CUT").as_deref(),
+            Some("envproxy:CUT"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(expected), "hold_open={hold_open}: {stderr}");
+        assert!(!stderr.contains("did not answer"), "{stderr}");
+    }
+}
+
+#[test]
+fn missing_hooks_directory_is_reported() {
+    require("python3");
+    require("perl");
+    let world = World::new();
+    // Two levels down, so that none of hooks, ../hooks and ../../hooks beside the copy exists.
+    let library_dir = world.path("a/b/nohooks");
+    std::fs::create_dir_all(&library_dir).unwrap();
+    let library_copy = library_dir.join("libenvproxy.so");
+    std::fs::copy(library(), &library_copy).unwrap();
+    let socket = world.path("no-agent.sock");
+
+    let runtimes: [(&str, &[&str], &str); 3] = [
+        (
+            "python3",
+            &["-c", "pass"],
+            "the Python hook is missing, so os.environ",
+        ),
+        ("perl", &["-e", "1"], "the Perl hook is missing, so %ENV"),
+        (
+            "java",
+            &["-version"],
+            "the Java hook is missing, so System.getenv",
+        ),
+    ];
+    for (program, args, expected) in runtimes {
+        let command = || {
+            let mut command = preload_command(Path::new(program), &socket);
+            command
+                .env("LD_PRELOAD", &library_copy)
+                .env_remove("ENVPROXY_HOOKS_DIR")
+                .env_remove("JAVA_TOOL_OPTIONS")
+                .env_remove("PERL5OPT")
+                .args(args);
+            command
+        };
+        let mut with_reference = command();
+        with_reference.env("API_TOKEN", "envproxy:API_TOKEN");
+        let output = run_with_limit(&mut with_reference, LIMIT);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{program}: {stderr}");
+        assert!(stderr.contains(expected), "{program}: {stderr}");
+        assert!(
+            stderr.contains(&format!("beside {}", library_copy.display())),
+            "{program}: {stderr}"
+        );
+        assert_eq!(stderr.matches("hook is missing").count(), 1, "{stderr}");
+
+        // Without references in the environment the program needs no hook.
+        let output = run_with_limit(&mut command(), LIMIT);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("hook is missing"), "{program}: {stderr}");
+    }
+
+    // The switch that turns the hook off also turns the message off.
+    let mut switched_off = preload_command(Path::new("python3"), &socket);
+    switched_off
+        .env("LD_PRELOAD", &library_copy)
+        .env_remove("ENVPROXY_HOOKS_DIR")
+        .env("ENVPROXY_NO_PYTHON", "1")
+        .env("API_TOKEN", "envproxy:API_TOKEN")
+        .args(["-c", "pass"]);
+    let output = run_with_limit(&mut switched_off, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("hook is missing"), "{stderr}");
+
+    // A program that is no such runtime gets no message.
+    let mut c_program = preload_command(&probe(), &socket);
+    c_program
+        .env("LD_PRELOAD", &library_copy)
+        .env_remove("ENVPROXY_HOOKS_DIR")
+        .env("API_TOKEN", "envproxy:API_TOKEN")
+        .args(["get", "OTHER"]);
+    let output = run_with_limit(&mut c_program, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("hook is missing"), "{stderr}");
+}
+
+#[test]
+fn enabled_off_values_leave_references() {
+    require("python3");
+    require("perl");
+    let world = World::new();
+    let secret = random_secret();
+    let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
+    let probe_path = probe();
+    let programs: [(&str, Vec<&std::ffi::OsStr>); 3] = [
+        (
+            "C",
+            vec![probe_path.as_os_str(), "get".as_ref(), "API_TOKEN".as_ref()],
+        ),
+        (
+            "Perl",
+            vec![
+                "perl".as_ref(),
+                "-e".as_ref(),
+                "print qq(API_TOKEN=$ENV{API_TOKEN}\\n)".as_ref(),
+            ],
+        ),
+        (
+            "Python",
+            vec![
+                "python3".as_ref(),
+                "-c".as_ref(),
+                "import os; print('API_TOKEN=' + os.environ['API_TOKEN'])".as_ref(),
+            ],
+        ),
+    ];
+    let cases = [
+        ("ENVPROXY_ENABLED=0", "envproxy:API_TOKEN"),
+        ("ENVPROXY_ENABLED=false", "envproxy:API_TOKEN"),
+        ("ENVPROXY_ENABLED=No", "envproxy:API_TOKEN"),
+        ("ENVPROXY_ENABLED=OFF", "envproxy:API_TOKEN"),
+        ("ENVPROXY_ENABLED=1", secret.as_str()),
+        ("ENVPROXY_ENABLED=", secret.as_str()),
+    ];
+    for (label, program) in &programs {
+        for (setting, expected) in cases {
+            // `env` starts under the library, which sets the runtime variables such as
+            // PERL5OPT, and then the program starts with the setting.
+            let mut command = run_command(&secrets, "env");
+            command.arg(setting).args(program);
+            let output = run_with_limit(&mut command, LIMIT);
+            assert_eq!(
+                value_of(&output.stdout, "API_TOKEN").as_deref(),
+                Some(expected),
+                "{label} with {setting}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
 }

@@ -15,7 +15,7 @@
 //   - ENVPROXY_ON_ERROR (reference, unset, exit) decides what an unresolvable reference yields,
 //     with one line on stderr per variable;
 //   - ENVPROXY_LOOKUP_UNSET=1 also asks the agent for names absent from the environment;
-//   - ENVPROXY_ENABLED=0 makes both functions plain os.LookupEnv;
+//   - ENVPROXY_ENABLED=0 (or false, no, off in any case) makes both functions plain os.LookupEnv;
 //   - only an agent that runs as the same user or as root is asked (SO_PEERCRED).
 //
 // The agent socket is ENVPROXY_SOCKET, else the local agent's per-user socket. Settings are

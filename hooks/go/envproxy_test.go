@@ -402,3 +402,38 @@ func TestFailureMessageNamesCalledFunction(t *testing.T) {
 		}
 	}
 }
+
+func TestTooLargeNumberGivesMaximum(t *testing.T) {
+	lookup := func(name string) (string, bool) {
+		if name == "ENVPROXY_CACHE_TTL" {
+			return "99999999999999999999", true
+		}
+		return "", false
+	}
+	var ttl uint64
+	stderr := captureStderr(t, func() { ttl = number(lookup, "ENVPROXY_CACHE_TTL", 30) })
+	if ttl != 30 {
+		t.Fatalf("ttl = %d, want the default 30", ttl)
+	}
+	want := `ENVPROXY_CACHE_TTL="99999999999999999999" is too large (the maximum is ` +
+		`18446744073709551615); using the default 30`
+	if !strings.Contains(stderr, want) {
+		t.Fatalf("stderr = %q, want %q", stderr, want)
+	}
+}
+
+func TestEnabledOffValues(t *testing.T) {
+	for value, off := range map[string]bool{
+		"0": true, "false": true, "No": true, "OFF": true, "1": false, "": false, "true": false,
+	} {
+		s := settingsFromEnvironment(func(name string) (string, bool) {
+			if name == "ENVPROXY_ENABLED" {
+				return value, true
+			}
+			return "", false
+		})
+		if s.enabled == off {
+			t.Errorf("ENVPROXY_ENABLED=%q: enabled = %v", value, s.enabled)
+		}
+	}
+}

@@ -1,7 +1,9 @@
 package envproxy
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -46,7 +48,7 @@ func settingsFromEnvironment(lookupEnv func(string) (string, bool)) settings {
 		timeoutMS = uint64(defaultTimeout / time.Millisecond)
 	}
 	return settings{
-		enabled:     get("ENVPROXY_ENABLED") != "0",
+		enabled:     !isDisabled(get("ENVPROXY_ENABLED")),
 		debug:       get("ENVPROXY_DEBUG") == "1",
 		ttl:         time.Duration(ttl) * time.Second,
 		timeout:     time.Duration(timeoutMS) * time.Millisecond,
@@ -62,6 +64,11 @@ func number(lookupEnv func(string) (string, bool), name string, fallback uint64)
 		return fallback
 	}
 	n, err := strconv.ParseUint(strings.TrimSpace(text), 10, 64)
+	if errors.Is(err, strconv.ErrRange) {
+		diag(fmt.Sprintf("%s=%q is too large (the maximum is %d); using the default %d",
+			name, text, uint64(math.MaxUint64), fallback))
+		return fallback
+	}
 	if err != nil {
 		diag(fmt.Sprintf("%s=%q is not a whole number; using the default %d", name, text, fallback))
 		return fallback
@@ -94,4 +101,15 @@ func socketPath(lookupEnv func(string) (string, bool)) string {
 		return filepath.Join(runtimeDir, "envproxy", "agent.sock")
 	}
 	return fmt.Sprintf("/tmp/envproxy-%d/agent.sock", os.Getuid())
+}
+
+// isDisabled returns whether an ENVPROXY_ENABLED value turns EnvProxy off: 0, false, no or off
+// in any case, as the library reads it.
+func isDisabled(value string) bool {
+	for _, off := range []string{"0", "false", "no", "off"} {
+		if strings.EqualFold(value, off) {
+			return true
+		}
+	}
+	return false
 }

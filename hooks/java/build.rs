@@ -4,12 +4,14 @@
 //! The jar goes to `OUT_DIR`, then is copied to `hooks/java/envproxy-javaagent.jar` (ignored
 //! by git), where `libenvproxy.so` looks for it in a source checkout.
 //!
-//! Without a JDK, with a `javac` older than 17, or when `javac` or `jar` fails, the build still
-//! succeeds: it prints one warning with the reason and what to do, sets
-//! `ENVPROXY_JAVA_HOOK_PROBLEM`, and leaves an earlier jar in `hooks/java` as it is.
+//! Without a JDK, with a `javac` older than 17, when `javac` or `jar` fails, or when the new jar
+//! lacks the hook class, the build still succeeds: it prints one warning with the reason and
+//! what to do, sets `ENVPROXY_JAVA_HOOK_PROBLEM`, and leaves an earlier jar in `hooks/java` as
+//! it is.
 
 use std::env;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -32,10 +34,26 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
 
     if let Err(problem) = build_jar(&crate_dir, &out_dir) {
+        let installed = crate_dir.join(JAR_FILE_NAME);
+        let effect = if installed.is_file() {
+            format!(
+                "the jar from an earlier build is kept at {}",
+                installed.display()
+            )
+        } else {
+            "Java programs read references".to_string()
+        };
+        let fix = match problem {
+            BuildProblem::Jdk(_) => {
+                "Install JDK 17 or later (for example `apt-get install openjdk-17-jdk-headless`) \
+                 or set JAVA_HOME to one"
+            }
+            BuildProblem::Tool(_) => "Fix that failure or set JAVA_HOME to another JDK",
+        };
         let problem = format!(
-            "the Java hook jar was not built, so Java programs read references: {problem}. \
-             Install JDK 17 or later (for example `apt-get install openjdk-17-jdk-headless`) \
-             or set JAVA_HOME to one, then `touch hooks/java/MANIFEST.MF` and build again"
+            "the Java hook jar was not built, so {effect}: {}. {fix}, then \
+             `touch hooks/java/MANIFEST.MF` and build again",
+            problem.text()
         )
         .replace(['\n', '\r'], " ");
         println!("cargo:warning={problem}");
@@ -43,14 +61,33 @@ fn main() {
     }
 }
 
+/// Why the jar was not built.
+enum BuildProblem {
+    /// No JDK, or one older than 17: installing JDK 17 or later fixes it.
+    Jdk(String),
+    /// A JDK tool failed or wrote an invalid jar, for a reason other than its version.
+    Tool(String),
+}
+
+impl BuildProblem {
+    fn text(&self) -> &str {
+        match self {
+            BuildProblem::Jdk(text) | BuildProblem::Tool(text) => text,
+        }
+    }
+}
+
 /// Compiles and packs the jar and copies it into `hooks/java`, or returns why it could not.
-/// The copy in `hooks/java` is replaced only when every step succeeded.
-fn build_jar(crate_dir: &Path, out_dir: &Path) -> Result<(), String> {
+/// The copy in `hooks/java` is replaced only when every step succeeded and the new jar
+/// contains the hook class.
+fn build_jar(crate_dir: &Path, out_dir: &Path) -> Result<(), BuildProblem> {
     let sources_dir = crate_dir.join("src/main/java");
     let manifest = crate_dir.join("MANIFEST.MF");
     let installed = crate_dir.join(JAR_FILE_NAME);
     let (Some(javac), Some(jar)) = (jdk_tool("javac"), jdk_tool("jar")) else {
-        return Err("no JDK found (javac and jar in JAVA_HOME/bin or on PATH)".to_string());
+        return Err(BuildProblem::Jdk(
+            "no JDK found (javac and jar in JAVA_HOME/bin or on PATH)".to_string(),
+        ));
     };
     check_javac_version(&javac)?;
 
@@ -66,7 +103,8 @@ fn build_jar(crate_dir: &Path, out_dir: &Path) -> Result<(), String> {
         .args(["--release", "17", "-Xlint:all", "-XDstringConcat=inline"])
         .args(["-encoding", "UTF-8", "-d"])
         .arg(&classes)
-        .args(&sources))?;
+        .args(&sources))
+    .map_err(BuildProblem::Tool)?;
 
     let built = out_dir.join(JAR_FILE_NAME);
     let _ = fs::remove_file(&built);
@@ -92,7 +130,8 @@ fn build_jar(crate_dir: &Path, out_dir: &Path) -> Result<(), String> {
             ),
         }
     }
-    run(pack.arg("-C").arg(&classes).arg("."))?;
+    run(pack.arg("-C").arg(&classes).arg(".")).map_err(BuildProblem::Tool)?;
+    check_jar(&built, &jar).map_err(BuildProblem::Tool)?;
 
     // Written under another name and renamed, so a JVM starting meanwhile never opens half a jar.
     let staging = crate_dir.join(format!(".{JAR_FILE_NAME}.{}", std::process::id()));
@@ -107,14 +146,14 @@ fn build_jar(crate_dir: &Path, out_dir: &Path) -> Result<(), String> {
 
 /// Fails unless `javac --version` runs and reports version 17 or later, which `--release 17`
 /// needs.
-fn check_javac_version(javac: &Path) -> Result<(), String> {
+fn check_javac_version(javac: &Path) -> Result<(), BuildProblem> {
     let mut command = Command::new(javac);
     command.arg("--version");
     let output = command
         .output()
-        .map_err(|err| format!("cannot run {}: {err}", javac.display()))?;
+        .map_err(|err| BuildProblem::Tool(format!("cannot run {}: {err}", javac.display())))?;
     if !output.status.success() {
-        return Err(failure(&command, &output));
+        return Err(BuildProblem::Tool(failure(&command, &output)));
     }
     // javac 9 and later print `javac 17.0.15`. javac 8 rejects `--version`.
     let text = String::from_utf8_lossy(&output.stdout);
@@ -125,16 +164,63 @@ fn check_javac_version(javac: &Path) -> Result<(), String> {
         .and_then(|major| major.parse::<u32>().ok());
     match major {
         Some(major) if major >= 17 => Ok(()),
-        Some(_) => Err(format!(
+        Some(_) => Err(BuildProblem::Jdk(format!(
             "{} is version {version}, and the hook needs 17 or later",
             javac.display()
-        )),
-        None => Err(format!(
+        ))),
+        None => Err(BuildProblem::Jdk(format!(
             "`{} --version` printed {:?}, not a javac version",
             javac.display(),
             text.trim()
-        )),
+        ))),
     }
+}
+
+/// Class that `libenvproxy.so` loads from the jar.
+const HOOK_CLASS_ENTRY: &str = "dev/envproxy/javaagent/Hook.class";
+
+/// Fails unless `built` starts with a zip local file header and the JDK's `jar --list` shows
+/// [`HOOK_CLASS_ENTRY`] in it, so a `jar` tool that exits 0 after writing a bad file never
+/// replaces a working jar.
+fn check_jar(built: &Path, jar: &Path) -> Result<(), String> {
+    let mut magic = [0u8; 4];
+    let read = fs::File::open(built).and_then(|mut file| file.read_exact(&mut magic));
+    if let Err(err) = read {
+        return Err(format!(
+            "{} exited 0 but {} cannot be read: {err}",
+            jar.display(),
+            built.display()
+        ));
+    }
+    if magic != *b"PK\x03\x04" {
+        return Err(format!(
+            "{} exited 0 but wrote {}, which is not a jar (it does not start with a zip \
+             local file header)",
+            jar.display(),
+            built.display()
+        ));
+    }
+    let mut list = Command::new(jar);
+    list.arg("--list").arg("--file").arg(built);
+    let output = list
+        .output()
+        .map_err(|err| format!("cannot run {}: {err}", jar.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "the new jar {} cannot be listed: {}",
+            built.display(),
+            failure(&list, &output)
+        ));
+    }
+    let listed = String::from_utf8_lossy(&output.stdout);
+    if !listed.lines().any(|line| line.trim() == HOOK_CLASS_ENTRY) {
+        return Err(format!(
+            "{} exited 0 but wrote {}, which does not contain {HOOK_CLASS_ENTRY}",
+            jar.display(),
+            built.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Formats `seconds` since 1970 as the UTC time `jar --date` takes, such as

@@ -24,7 +24,8 @@ _RESERVED_PREFIX = b"ENVPROXY_"
 def _hook_needed(environ):
     """Return whether any value read through os.environ can differ under the library."""
     no_python = environ.get("ENVPROXY_NO_PYTHON", "").lower() in ("1", "true", "yes")
-    if environ.get("ENVPROXY_ENABLED") == "0" or no_python:
+    disabled = environ.get("ENVPROXY_ENABLED", "").lower() in ("0", "false", "no", "off")
+    if disabled or no_python:
         return False
     # Without the library loaded, libc getenv returns the references unchanged.
     if "libenvproxy" not in environ.get("LD_PRELOAD", ""):

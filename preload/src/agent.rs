@@ -85,6 +85,14 @@ pub enum AgentError {
     TimedOut(String, u64),
     /// The agent closed the connection before a whole response.
     Closed(String),
+    /// A response header arrived, but its payload stopped short because the agent closed
+    /// the connection (`timeout_ms` is `None`) or the deadline passed.
+    Incomplete {
+        path: String,
+        received: usize,
+        expected: usize,
+        timeout_ms: Option<u64>,
+    },
     /// Reading or writing failed.
     Io(String, io::Error),
     /// The agent sent bytes that are not a valid response.
@@ -143,6 +151,27 @@ impl fmt::Display for AgentError {
                     "the agent at {path} closed the connection without answering"
                 )
             }
+            AgentError::Incomplete {
+                path,
+                received,
+                expected,
+                timeout_ms: None,
+            } => write!(
+                f,
+                "the agent at {path} sent an incomplete response: the header promised \
+                 {expected} bytes, and the connection closed after {received}"
+            ),
+            AgentError::Incomplete {
+                path,
+                received,
+                expected,
+                timeout_ms: Some(ms),
+            } => write!(
+                f,
+                "the agent at {path} sent an incomplete response: {received} of the \
+                 {expected} bytes its header promised arrived within {ms} ms \
+                 (ENVPROXY_TIMEOUT_MS)"
+            ),
             AgentError::Io(path, err) => {
                 write!(f, "I/O error talking to the agent at {path}: {err}")
             }
@@ -585,7 +614,10 @@ fn receive_response(fd: c_int, deadline_ms: u64, socket: &Path) -> Result<Respon
     // Bytes of a response that needed more than one read.
     let mut received: Vec<u8> = Vec::new();
     loop {
-        wait(fd, libc::POLLIN, deadline_ms, socket)?;
+        if let Err(err) = wait(fd, libc::POLLIN, deadline_ms, socket) {
+            let timeout_ms = settings::get().timeout_ms;
+            return Err(incomplete(&received, socket, Some(timeout_ms)).unwrap_or(err));
+        }
         // SAFETY: `chunk` is a valid writable buffer of its length. MSG_DONTWAIT: as for send.
         let n = unsafe {
             libc::recv(
@@ -596,13 +628,21 @@ fn receive_response(fd: c_int, deadline_ms: u64, socket: &Path) -> Result<Respon
             )
         };
         if n == 0 {
-            return Err(AgentError::Closed(display(socket)));
+            return Err(incomplete(&received, socket, None)
+                .unwrap_or_else(|| AgentError::Closed(display(socket))));
         }
         if n < 0 {
             let err = io::Error::last_os_error();
             match err.raw_os_error() {
                 // A readiness that another reader consumed, or a signal: wait again.
                 Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                // A peer that closes with our request still unread resets the connection.
+                Some(libc::ECONNRESET) => {
+                    if let Some(incomplete) = incomplete(&received, socket, None) {
+                        return Err(incomplete);
+                    }
+                    return Err(AgentError::Io(display(socket), err));
+                }
                 _ => return Err(AgentError::Io(display(socket), err)),
             }
         }
@@ -622,6 +662,20 @@ fn receive_response(fd: c_int, deadline_ms: u64, socket: &Path) -> Result<Respon
         }
         debug_assert!(received.len() <= MAX_RESPONSE_LEN);
     }
+}
+
+/// Returns the error for a response cut short after `received` bytes, or `None` when not
+/// even its 3-byte header (status byte and big-endian payload length) arrived.
+fn incomplete(received: &[u8], socket: &Path, timeout_ms: Option<u64>) -> Option<AgentError> {
+    let [_, high, low, payload @ ..] = received else {
+        return None;
+    };
+    Some(AgentError::Incomplete {
+        path: display(socket),
+        received: payload.len(),
+        expected: usize::from(u16::from_be_bytes([*high, *low])),
+        timeout_ms,
+    })
 }
 
 /// Decodes `bytes` as exactly one response, or returns `None` while it is incomplete.

@@ -38,7 +38,9 @@ const PYTHON_HOOK_SUFFIX: &str = "/hooks/python";
 
 /// Extends `PYTHONPATH`, `JAVA_TOOL_OPTIONS` and `PERL5OPT` for the hooks that are installed.
 pub fn install(settings: &Settings) {
-    let Some(hooks) = hooks_dir() else {
+    let hooks = hooks_dir();
+    report_missing_hook(settings, hooks.as_deref());
+    let Some(hooks) = hooks else {
         if settings.debug {
             crate::diag::line(
                 "no hooks directory found; Python, Java and Perl programs see references",
@@ -82,6 +84,121 @@ pub fn install(settings: &Settings) {
     if !settings.no_perl && hooks.join(PERL_HOOK_MODULE).is_file() {
         install_perl(&hooks.join("perl"), settings.debug);
     }
+}
+
+/// A runtime that copies the environment at start and so needs its hook to read values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Runtime {
+    Python,
+    Java,
+    Perl,
+}
+
+impl Runtime {
+    /// Returns the runtime whose interpreter or launcher has the file name `name`: `java`,
+    /// `perl` or `perl5.36.0`, `python`, `python3` or `python3.11`.
+    fn from_executable_name(name: &str) -> Option<Runtime> {
+        let is_version = |rest: &str| rest.chars().all(|c| c.is_ascii_digit() || c == '.');
+        if name == "java" {
+            return Some(Runtime::Java);
+        }
+        if name.strip_prefix("perl").is_some_and(is_version) {
+            return Some(Runtime::Perl);
+        }
+        if name.strip_prefix("python").is_some_and(is_version) {
+            return Some(Runtime::Python);
+        }
+        None
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Runtime::Python => "Python",
+            Runtime::Java => "Java",
+            Runtime::Perl => "Perl",
+        }
+    }
+
+    /// Returns the hook's file, relative to the hooks directory.
+    fn hook_file(self) -> &'static str {
+        match self {
+            Runtime::Python => "python/sitecustomize.py",
+            Runtime::Java => JAVA_HOOK_JAR,
+            Runtime::Perl => PERL_HOOK_MODULE,
+        }
+    }
+
+    /// Returns the runtime's interface that returns references without the hook.
+    fn environment_interface(self) -> &'static str {
+        match self {
+            Runtime::Python => "os.environ",
+            Runtime::Java => "System.getenv",
+            Runtime::Perl => "%ENV",
+        }
+    }
+
+    /// Returns the `ENVPROXY_NO_*` switch that turns the hook off.
+    fn switch_name(self) -> &'static str {
+        match self {
+            Runtime::Python => "ENVPROXY_NO_PYTHON",
+            Runtime::Java => "ENVPROXY_NO_JAVA",
+            Runtime::Perl => "ENVPROXY_NO_PERL",
+        }
+    }
+
+    fn is_switched_off(self, settings: &Settings) -> bool {
+        match self {
+            Runtime::Python => settings.no_python,
+            Runtime::Java => settings.no_java,
+            Runtime::Perl => settings.no_perl,
+        }
+    }
+}
+
+/// Prints one line when this process is a Python, Java or Perl runtime whose hook is missing
+/// while its environment contains references, because the program would otherwise read the
+/// references without any message. Setting the runtime's `ENVPROXY_NO_*` switch silences it.
+fn report_missing_hook(settings: &Settings, hooks: Option<&Path>) {
+    let Ok(executable) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Some(runtime) = executable
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(Runtime::from_executable_name)
+    else {
+        return;
+    };
+    if runtime.is_switched_off(settings) || !environment_has_reference() {
+        return;
+    }
+    let cause = match hooks {
+        Some(hooks) if hooks.join(runtime.hook_file()).is_file() => return,
+        Some(hooks) => format!(
+            "{} does not exist",
+            hooks.join(runtime.hook_file()).display()
+        ),
+        None => match library_path() {
+            Some(library) => format!(
+                "no hooks directory was found beside {} and ENVPROXY_HOOKS_DIR is not set",
+                library.display()
+            ),
+            None => "no hooks directory was found and ENVPROXY_HOOKS_DIR is not set".to_string(),
+        },
+    };
+    crate::diag::line(&format!(
+        "the {name} hook is missing, so {interface} returns references: {cause}. Install the \
+         hooks directory beside the library or set ENVPROXY_HOOKS_DIR to it, or set {switch}=1 \
+         to turn this message off",
+        name = runtime.name(),
+        interface = runtime.environment_interface(),
+        switch = runtime.switch_name(),
+    ));
+}
+
+/// Returns whether any environment value starts with a scheme the agent resolves.
+fn environment_has_reference() -> bool {
+    std::env::vars_os().any(|(_, value)| envproxy_proto::has_known_scheme(value.as_bytes()))
 }
 
 /// Appends `-I<dir> -MEnvProxy::Hook` to `PERL5OPT`, or puts it in place of the EnvProxy
@@ -366,6 +483,25 @@ mod tests {
                              /opt/envproxy/versions/0123456789abcdef/hooks/java/envproxy-javaagent.jar";
     const NEW_AGENT: &str = "-agentpath:/opt/envproxy/lib/libenvproxy.so=\
                              /opt/envproxy/hooks/java/envproxy-javaagent.jar";
+
+    #[test]
+    fn runtime_from_executable_name() {
+        let cases = [
+            ("java", Some(Runtime::Java)),
+            ("perl", Some(Runtime::Perl)),
+            ("perl5.36.0", Some(Runtime::Perl)),
+            ("python3", Some(Runtime::Python)),
+            ("python3.11", Some(Runtime::Python)),
+            ("python", Some(Runtime::Python)),
+            ("javac", None),
+            ("perldoc", None),
+            ("python3-config", None),
+            ("bash", None),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(Runtime::from_executable_name(name), expected, "{name}");
+        }
+    }
 
     #[test]
     fn java_option_put_before_user_options() {

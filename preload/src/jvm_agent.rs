@@ -32,7 +32,7 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// `JNIEnv *`: a pointer to the pointer to the JNI function table.
 type JniEnv = *mut *const *const c_void;
@@ -68,7 +68,14 @@ const VM_GET_ENV: usize = 6;
 
 /// Slots of the JNI function table (`JNINativeInterface_`).
 const JNI_FIND_CLASS: usize = 6;
+const JNI_EXCEPTION_OCCURRED: usize = 15;
 const JNI_EXCEPTION_CLEAR: usize = 17;
+const JNI_DELETE_LOCAL_REF: usize = 23;
+const JNI_GET_OBJECT_CLASS: usize = 31;
+const JNI_GET_METHOD_ID: usize = 33;
+const JNI_CALL_OBJECT_METHOD_A: usize = 36;
+const JNI_GET_STRING_UTF_CHARS: usize = 169;
+const JNI_RELEASE_STRING_UTF_CHARS: usize = 170;
 const JNI_NEW_GLOBAL_REF: usize = 21;
 const JNI_GET_STATIC_METHOD_ID: usize = 113;
 const JNI_CALL_STATIC_OBJECT_METHOD_A: usize = 116;
@@ -109,6 +116,8 @@ const INSTALL_HOOK_MODULE: JInt = 3;
 type EventCallback = *const c_void;
 
 /// Global references that `Hook.install()` returned, kept for the `ProcessImpl` patch.
+/// The hook jar's path from `-agentpath`, for the messages of the `VMInit` event.
+static JAR_PATH: OnceLock<String> = OnceLock::new();
 static HOOK_CLASS: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
 static JAVA_BASE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
 static HOOK_MODULE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
@@ -183,6 +192,7 @@ unsafe fn on_load(vm: JavaVm, jar: &CStr) -> Result<(), String> {
     type SetCallbacks =
         unsafe extern "system" fn(JvmtiEnv, *const [EventCallback; CALLBACK_SLOTS], JInt) -> JInt;
 
+    let _ = JAR_PATH.set(crate::diag::printable(jar.to_bytes()));
     let mut jvmti: JvmtiEnv = ptr::null_mut();
     // SAFETY: for this block, `vm` and then `jvmti` are live environments, and each slot has the
     // type given above, as jni.h and jvmti.h declare it.
@@ -252,9 +262,10 @@ unsafe extern "system" fn vm_init(jvmti: JvmtiEnv, jni: JniEnv, _thread: JObject
     crate::ffi::guard((), || {
         // SAFETY: the JVM passes live environments of the current thread to the event.
         if let Err(problem) = unsafe { install(jvmti, jni) } {
+            let jar = JAR_PATH.get().map_or("(unknown)", String::as_str);
             crate::diag::line(&format!(
-                "the Java hook could not be installed, so System.getenv returns references: \
-                 {problem}"
+                "the Java hook from {jar} could not be installed, so System.getenv returns \
+                 references: {problem}"
             ));
         }
     });
@@ -264,21 +275,103 @@ unsafe extern "system" fn vm_init(jvmti: JvmtiEnv, jni: JniEnv, _thread: JObject
 struct Jni(JniEnv);
 
 impl Jni {
-    /// Returns an error naming `what` when a Java exception is pending, and clears it.
+    /// Returns an error naming `what` and the exception when a Java exception is pending, and
+    /// clears it.
     ///
     /// # Safety
     /// The environment must be live for the current thread.
     unsafe fn thrown(&self, what: &str) -> Result<(), String> {
-        type ExceptionCheck = unsafe extern "system" fn(JniEnv) -> u8;
+        type ExceptionOccurred = unsafe extern "system" fn(JniEnv) -> JObject;
         type ExceptionClear = unsafe extern "system" fn(JniEnv);
         // SAFETY: the caller guarantees the environment; the slots have these types.
         unsafe {
-            if slot::<ExceptionCheck>(self.0, JNI_EXCEPTION_CHECK)(self.0) != 0 {
-                slot::<ExceptionClear>(self.0, JNI_EXCEPTION_CLEAR)(self.0);
-                return Err(format!("{what} threw an exception"));
+            let exception = slot::<ExceptionOccurred>(self.0, JNI_EXCEPTION_OCCURRED)(self.0);
+            if exception.is_null() {
+                return Ok(());
             }
+            slot::<ExceptionClear>(self.0, JNI_EXCEPTION_CLEAR)(self.0);
+            let description = self.describe(exception);
+            self.delete_local(exception);
+            Err(format!("{what} threw {description}"))
         }
-        Ok(())
+    }
+
+    /// Returns `throwable.toString()`, which is the exception's class name followed by its
+    /// message, or a placeholder when that call fails.
+    ///
+    /// # Safety
+    /// The environment must be live for the current thread, with no exception pending, and
+    /// `throwable` a live reference to a `Throwable`.
+    unsafe fn describe(&self, throwable: JObject) -> String {
+        type ExceptionCheck = unsafe extern "system" fn(JniEnv) -> u8;
+        type ExceptionClear = unsafe extern "system" fn(JniEnv);
+        type GetObjectClass = unsafe extern "system" fn(JniEnv, JObject) -> JObject;
+        type GetMethodId =
+            unsafe extern "system" fn(JniEnv, JObject, *const c_char, *const c_char) -> JObject;
+        type CallObject =
+            unsafe extern "system" fn(JniEnv, JObject, JObject, *const c_void) -> JObject;
+        type GetUtfChars = unsafe extern "system" fn(JniEnv, JObject, *mut u8) -> *const c_char;
+        type ReleaseUtfChars = unsafe extern "system" fn(JniEnv, JObject, *const c_char);
+        const UNKNOWN: &str = "an exception whose description could not be read";
+        // SAFETY: the caller guarantees the environment and the reference; the slots have
+        // these types, and a method without arguments reads no argument array.
+        unsafe {
+            let failed = || {
+                if slot::<ExceptionCheck>(self.0, JNI_EXCEPTION_CHECK)(self.0) != 0 {
+                    slot::<ExceptionClear>(self.0, JNI_EXCEPTION_CLEAR)(self.0);
+                    return true;
+                }
+                false
+            };
+            let class = slot::<GetObjectClass>(self.0, JNI_GET_OBJECT_CLASS)(self.0, throwable);
+            if class.is_null() {
+                return UNKNOWN.to_string();
+            }
+            let method = slot::<GetMethodId>(self.0, JNI_GET_METHOD_ID)(
+                self.0,
+                class,
+                c"toString".as_ptr(),
+                c"()Ljava/lang/String;".as_ptr(),
+            );
+            self.delete_local(class);
+            if failed() || method.is_null() {
+                return UNKNOWN.to_string();
+            }
+            let text = slot::<CallObject>(self.0, JNI_CALL_OBJECT_METHOD_A)(
+                self.0,
+                throwable,
+                method,
+                ptr::null(),
+            );
+            if failed() || text.is_null() {
+                return UNKNOWN.to_string();
+            }
+            let chars = slot::<GetUtfChars>(self.0, JNI_GET_STRING_UTF_CHARS)(
+                self.0,
+                text,
+                ptr::null_mut(),
+            );
+            let description = if chars.is_null() {
+                failed();
+                UNKNOWN.to_string()
+            } else {
+                let description = crate::diag::printable(CStr::from_ptr(chars).to_bytes());
+                slot::<ReleaseUtfChars>(self.0, JNI_RELEASE_STRING_UTF_CHARS)(self.0, text, chars);
+                description
+            };
+            self.delete_local(text);
+            description
+        }
+    }
+
+    /// Deletes a local reference that is no longer needed.
+    ///
+    /// # Safety
+    /// The environment must be live for the current thread and `object` a local reference.
+    unsafe fn delete_local(&self, object: JObject) {
+        type DeleteLocalRef = unsafe extern "system" fn(JniEnv, JObject);
+        // SAFETY: the caller guarantees the environment and the reference.
+        unsafe { slot::<DeleteLocalRef>(self.0, JNI_DELETE_LOCAL_REF)(self.0, object) }
     }
 
     /// Calls the static method `name` with `descriptor` and no arguments on `class`.

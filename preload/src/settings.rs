@@ -57,7 +57,8 @@ impl Settings {
     fn from_environment() -> Settings {
         let ttl_secs = number("ENVPROXY_CACHE_TTL", DEFAULT_TTL_SECS);
         Settings {
-            enabled: read(c"ENVPROXY_ENABLED").as_deref() != Some("0"),
+            enabled: !read(c"ENVPROXY_ENABLED")
+                .is_some_and(|value| envproxy_proto::is_disabled(&value)),
             debug: flag(c"ENVPROXY_DEBUG"),
             ttl_ms: ttl_secs.saturating_mul(1000),
             timeout_ms: timeout_ms(),
@@ -99,6 +100,13 @@ fn number(name: &str, default: u64) -> u64 {
     };
     match text.trim().parse::<u64>() {
         Ok(n) => n,
+        Err(err) if *err.kind() == std::num::IntErrorKind::PosOverflow => {
+            crate::diag::line(&format!(
+                "{name}={text:?} is too large (the maximum is {}); using the default {default}",
+                u64::MAX
+            ));
+            default
+        }
         Err(_) => {
             crate::diag::line(&format!(
                 "{name}={text:?} is not a whole number; using the default {default}"

@@ -21,4 +21,4 @@ pub mod socket_path;
 pub use frame::{FrameError, Request, Response};
 pub use reference::{has_known_scheme, Reference, ReferenceError};
 pub use secret::SecretBytes;
-pub use settings::is_switch_on;
+pub use settings::{is_disabled, is_switch_on};

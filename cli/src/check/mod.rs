@@ -157,7 +157,8 @@ impl Settings {
                 .filter(|value| envproxy_proto::is_switch_on(value))
         };
         Settings {
-            enabled: get("ENVPROXY_ENABLED").is_none_or(|value| value != "0"),
+            enabled: get("ENVPROXY_ENABLED")
+                .is_none_or(|value| !envproxy_proto::is_disabled(&value.to_string_lossy())),
             no_python: switch("ENVPROXY_NO_PYTHON"),
             no_java: switch("ENVPROXY_NO_JAVA"),
             no_perl: switch("ENVPROXY_NO_PERL"),

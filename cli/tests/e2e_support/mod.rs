@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -455,3 +455,38 @@ pub fn run_waiting_probe(command: &mut Command, limit: Duration) -> WaitingProbe
         status: output.status,
     }
 }
+
+/// Starts a fake agent on `socket` that accepts one connection, reads one request and responds
+/// with a header promising 65535 bytes followed by 10 bytes, then closes the connection or,
+/// with `hold_open`, keeps it open for 5 s.
+pub fn start_truncating_agent(socket: &Path, hold_open: bool) -> std::thread::JoinHandle<()> {
+    let listener = UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut request = [0u8; 512];
+        let _ = Read::read(&mut stream, &mut request);
+        let mut truncated = vec![0u8, 0xff, 0xff];
+        truncated.extend_from_slice(b"0123456789");
+        let _ = std::io::Write::write_all(&mut stream, &truncated);
+        if hold_open {
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    })
+}
+
+/// The messages for the responses [`start_truncating_agent`] sends, with a 300 ms timeout:
+/// `(hold_open, expected message part)`.
+pub const TRUNCATED_RESPONSE_MESSAGES: [(bool, &str); 2] = [
+    (
+        false,
+        "sent an incomplete response: the header promised 65535 bytes, and the connection \
+         closed after 10",
+    ),
+    (
+        true,
+        "sent an incomplete response: 10 of the 65535 bytes its header promised arrived within \
+         300 ms (ENVPROXY_TIMEOUT_MS)",
+    ),
+];

@@ -17,8 +17,6 @@
  *   probe execlp NAME [ARG...]     the same through execlp("env", ...)
  *   probe execle NAME [ARG...]     the same through execle with a copy of the environment
  *                                  holding the value under NAME and RENAMED
- *   probe execl-many NAME          call execl with 4097 arguments; print "execl=E2BIG" when it
- *                                  fails with E2BIG
  *   probe minimal NAME             resolve NAME, then execve /usr/bin/env with only
  *                                  COPY=VALUE as its environment
  *   probe forkthreads NAME EXPECTED N
@@ -254,17 +252,6 @@ int main(int argc, char **argv) {
         }
         perror(mode);
         return 4;
-    }
-    if (strcmp(mode, "execl-many") == 0) {
-#define X1 "x"
-#define X8 X1, X1, X1, X1, X1, X1, X1, X1
-#define X64 X8, X8, X8, X8, X8, X8, X8, X8
-#define X512 X64, X64, X64, X64, X64, X64, X64, X64
-#define X4096 X512, X512, X512, X512, X512, X512, X512, X512
-        /* /bin/true with 4097 arguments: the kernel accepts that many, the library does not. */
-        execl("/bin/true", X4096, X1, (char *)NULL);
-        printf("execl=%s\n", errno == E2BIG ? "E2BIG" : strerror(errno));
-        return 0;
     }
     if (strcmp(mode, "minimal") == 0) {
         const char *value = getenv(name);

@@ -20,7 +20,7 @@ sub is_reference {
 
 sub hook_needed {
     my ($environment) = @_;
-    return 0 if ($environment->{ENVPROXY_ENABLED} // '') eq '0';
+    return 0 if ($environment->{ENVPROXY_ENABLED} // '') =~ /\A(?:0|false|no|off)\z/i;
     return 0 if ($environment->{ENVPROXY_NO_PERL} // '') =~ /\A(?:1|true|yes)\z/i;
     return 1 if ($environment->{ENVPROXY_LOOKUP_UNSET} // '') eq '1';
     for my $name (keys %$environment) {

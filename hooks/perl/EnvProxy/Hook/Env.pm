@@ -41,7 +41,15 @@ sub settings_from {
         my ($name, $default) = @_;
         my $text = $environment->{$name};
         return $default unless defined $text;
-        return $1 + 0 if $text =~ /\A\s*(\d+)\s*\z/;
+        if ($text =~ /\A\s*0*(\d+)\s*\z/) {
+            my ($digits, $max) = ($1, ~0);
+            # Larger numbers would silently become floating point.
+            return $digits + 0
+              if length($digits) < length($max)
+              || (length($digits) == length($max) && $digits le $max);
+            diag("$name=\"$text\" is too large (the maximum is $max); using the default $default");
+            return $default;
+        }
         diag("$name=\"$text\" is not a whole number; using the default $default");
         return $default;
     };
@@ -403,25 +411,41 @@ sub exchange {
     die "the agent at $path sent a malformed response: unknown response status byte $status "
       . "(expected 0, 1, 2 or 3)\n"
       if $status > 3;
-    my $payload = $length ? read_exactly($socket, $length, $deadline, $path) : '';
+    my $payload = $length ? read_exactly($socket, $length, $deadline, $path, 1) : '';
     return ('found', $payload) if $status == 0;
     return ('not_found', '') if $status == 1;
     return ('error', $payload) if $status == 2;
     return ('passthrough', '');
 }
 
+# Reads `$wanted` bytes. With `$is_payload` set, the bytes are the payload that a received
+# header promised, so a closed connection or the deadline is reported as an incomplete response
+# with how many of those bytes arrived.
 sub read_exactly {
-    my ($socket, $wanted, $deadline, $path) = @_;
+    my ($socket, $wanted, $deadline, $path, $is_payload) = @_;
     my $buffer = '';
+    my $incomplete = "the agent at $path sent an incomplete response:";
     while (length($buffer) < $wanted) {
-        wait_for($socket, 0, $deadline, $path);
-        my $n = sysread($socket, $buffer, $wanted - length($buffer), length $buffer);
+        my $received = length $buffer;
+        if (!eval { wait_for($socket, 0, $deadline, $path); 1 }) {
+            die $@ unless $is_payload;
+            die "$incomplete $received of the $wanted bytes its header promised arrived within "
+              . "$REQUEST_TIMEOUT_MS ms (ENVPROXY_TIMEOUT_MS)\n";
+        }
+        my $n = sysread($socket, $buffer, $wanted - $received, $received);
+        my $closed = "$incomplete the header promised $wanted bytes, and the connection closed "
+          . "after $received\n";
         if (!defined $n) {
             my ($error, $errno) = ("$!", $! + 0);
             next if errno_is($errno, 'EAGAIN', 'EINTR');
+            # A peer that closes with the request still unread resets the connection.
+            die $closed if $is_payload && errno_is($errno, 'ECONNRESET');
             die "I/O error talking to the agent at $path: $error\n";
         }
-        die "the agent at $path closed the connection without answering\n" if $n == 0;
+        if ($n == 0) {
+            die $closed if $is_payload;
+            die "the agent at $path closed the connection without answering\n";
+        }
     }
     return $buffer;
 }

@@ -247,7 +247,7 @@ final class AgentClient {
                             + " response: unknown response status byte " + status);
                 }
                 ByteBuffer payload = ByteBuffer.allocate(length);
-                readFully(payload, deadline);
+                readPayload(payload, deadline);
                 checkNoTrailingBytes();
                 return new Response(status, payload.array());
             } catch (EOFException closed) {
@@ -256,6 +256,29 @@ final class AgentClient {
             } catch (IOException failure) {
                 throw new AgentException("I/O error talking to the agent at " + socket + ": "
                         + failure.getMessage(), true);
+            }
+        }
+
+        /**
+         * Reads the payload that a received header promised. A payload cut short by a closed
+         * connection or by the deadline is reported as an incomplete response, with how many of
+         * its bytes arrived.
+         */
+        private void readPayload(ByteBuffer payload, long deadline) throws AgentException {
+            String incomplete = "the agent at " + socket + " sent an incomplete response: ";
+            try {
+                readFully(payload, deadline);
+            } catch (EOFException closed) {
+                throw new AgentException(incomplete + "the header promised " + payload.capacity()
+                        + " bytes, and the connection closed after " + payload.position());
+            } catch (IOException failure) {
+                throw new AgentException(incomplete + "the header promised " + payload.capacity()
+                        + " bytes, and the connection failed after " + payload.position() + ": "
+                        + failure.getMessage());
+            } catch (AgentException timedOut) {
+                throw new AgentException(incomplete + payload.position() + " of the "
+                        + payload.capacity() + " bytes its header promised arrived within "
+                        + timeoutNanos / 1_000_000 + " ms (ENVPROXY_TIMEOUT_MS)");
             }
         }
 

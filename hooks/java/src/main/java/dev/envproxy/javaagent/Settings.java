@@ -24,7 +24,10 @@ final class Settings {
         EXIT
     }
 
-    /** ENVPROXY_ENABLED is not 0 and ENVPROXY_NO_JAVA is not 1, true or yes (any case). */
+    /**
+     * ENVPROXY_ENABLED is not 0, false, no or off, and ENVPROXY_NO_JAVA is not 1, true or yes
+     * (any case).
+     */
     final boolean enabled;
     /** ENVPROXY_DEBUG=1: one stderr line per reference lookup and its outcome. */
     final boolean debug;
@@ -42,7 +45,7 @@ final class Settings {
     final Charset charset;
 
     private Settings(Map<String, String> raw, boolean report) {
-        enabled = !"0".equals(raw.get("ENVPROXY_ENABLED"))
+        enabled = !isDisabled(raw.get("ENVPROXY_ENABLED"))
                 && !isSwitchOn(raw.get("ENVPROXY_NO_JAVA"));
         debug = "1".equals(raw.get("ENVPROXY_DEBUG"));
         long ttlSeconds = number(raw, "ENVPROXY_CACHE_TTL", DEFAULT_TTL_SECONDS, report);
@@ -58,6 +61,12 @@ final class Settings {
     /** Returns whether a hook switch is on: 1, true or yes in any case, as the library reads it. */
     static boolean isSwitchOn(String value) {
         return "1".equals(value) || "true".equalsIgnoreCase(value) || "yes".equalsIgnoreCase(value);
+    }
+
+    /** Returns whether an ENVPROXY_ENABLED value turns EnvProxy off, as the library reads it. */
+    static boolean isDisabled(String value) {
+        return value != null && (value.equals("0") || value.equalsIgnoreCase("false")
+                || value.equalsIgnoreCase("no") || value.equalsIgnoreCase("off"));
     }
 
     /**
@@ -81,6 +90,13 @@ final class Settings {
                 return value;
             }
         } catch (NumberFormatException invalid) {
+            if (text.trim().matches("[0-9]+")) {
+                if (report) {
+                    Diag.line(name + "=\"" + Diag.printable(text) + "\" is too large (the maximum"
+                            + " is " + Long.MAX_VALUE + "); using the default " + fallback);
+                }
+                return fallback;
+            }
             // Reported below, as a negative number is.
         }
         if (report) {
