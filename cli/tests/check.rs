@@ -326,8 +326,11 @@ fn go_module_disabled_references_only() {
         checked.text()
     );
 
-    // The module, like the library, is off only for the value "0".
+    // The module, like the library, is off for 0, false, no and off, and on for other values.
     let words = [os("env"), os("ENVPROXY_ENABLED=false"), program.as_os_str()];
+    let checked = check(&words);
+    assert_eq!(checked.status, 1, "{}", checked.text());
+    let words = [os("env"), os("ENVPROXY_ENABLED=1"), program.as_os_str()];
     let checked = check(&words);
     assert_eq!(checked.status, 0, "{}", checked.text());
 
@@ -337,7 +340,8 @@ fn go_module_disabled_references_only() {
     let secrets = world.write_secrets(&[("API_TOKEN", &secret)]);
     for (setting, expected) in [
         ("ENVPROXY_ENABLED=0", "envproxy:API_TOKEN"),
-        ("ENVPROXY_ENABLED=false", secret.as_str()),
+        ("ENVPROXY_ENABLED=false", "envproxy:API_TOKEN"),
+        ("ENVPROXY_ENABLED=1", secret.as_str()),
     ] {
         let mut command = run_command(&secrets, "env");
         command.arg(setting).arg(&program).arg("API_TOKEN");

@@ -130,8 +130,9 @@ pub type Variables = BTreeMap<OsString, OsString>;
 /// command, and applies the changes of each `env` on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
-    /// `ENVPROXY_ENABLED` is not `0`.
-    pub enabled: bool,
+    /// The value of `ENVPROXY_ENABLED` when it turns EnvProxy off (`0`, `false`, `no` or
+    /// `off`).
+    pub disabled: Option<String>,
     /// The value of `ENVPROXY_NO_PYTHON` when it turns the Python hook off.
     pub no_python: Option<String>,
     /// The value of `ENVPROXY_NO_JAVA` when it turns the Java hook off.
@@ -157,8 +158,9 @@ impl Settings {
                 .filter(|value| envproxy_proto::is_switch_on(value))
         };
         Settings {
-            enabled: get("ENVPROXY_ENABLED")
-                .is_none_or(|value| !envproxy_proto::is_disabled(&value.to_string_lossy())),
+            disabled: get("ENVPROXY_ENABLED")
+                .map(|value| value.to_string_lossy().into_owned())
+                .filter(|value| envproxy_proto::is_disabled(value)),
             no_python: switch("ENVPROXY_NO_PYTHON"),
             no_java: switch("ENVPROXY_NO_JAVA"),
             no_perl: switch("ENVPROXY_NO_PERL"),
@@ -669,15 +671,15 @@ impl Checker {
         }
 
         if facts.is_go {
-            if facts.has_envproxy_go_module && !self.settings().enabled {
+            if let (true, Some(value)) = (facts.has_envproxy_go_module, &self.settings().disabled) {
                 // The module reads the switch from the Go program's own copy of the
-                // environment and compares it with "0" exactly, as the library does.
-                self.note(
-                    Verdict::ReferencesOnly,
-                    "a Go program that uses the EnvProxy Go module, but ENVPROXY_ENABLED=0 \
+                // environment and accepts the same values as the library.
+                let reason = format!(
+                    "a Go program that uses the EnvProxy Go module, but ENVPROXY_ENABLED={value} \
                      turns the module off: its Getenv and LookupEnv return the references, as \
-                     os.LookupEnv does",
+                     os.LookupEnv does"
                 );
+                self.note(Verdict::ReferencesOnly, reason);
             } else if facts.has_envproxy_go_module {
                 self.note(
                     Verdict::ResolvedWithCaveat,
@@ -713,7 +715,7 @@ impl Checker {
 
     /// Judges the variables of the program's environment that keep the library out:
     /// `LD_PRELOAD` without the library, which an `env` on the command line can cause, and
-    /// `ENVPROXY_ENABLED=0`. Returns whether the library loads, as far as they decide.
+    /// an `ENVPROXY_ENABLED` that turns EnvProxy off. Returns whether the library loads, as far as they decide.
     fn environment_loads_library(&mut self) -> bool {
         let settings = self.settings();
         if let Ok(library) = &self.library {
@@ -755,11 +757,13 @@ impl Checker {
                 Some(_) => {}
             }
         }
-        if !settings.enabled {
+        if let Some(value) = &settings.disabled {
             self.note(
                 Verdict::ReferencesOnly,
-                "ENVPROXY_ENABLED=0 turns libenvproxy.so off, and with it the runtime hooks it \
-                 loads",
+                format!(
+                    "ENVPROXY_ENABLED={value} turns libenvproxy.so off, and with it the runtime \
+                     hooks it loads"
+                ),
             );
             return false;
         }

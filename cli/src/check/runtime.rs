@@ -559,7 +559,7 @@ mod tests {
     fn hook_verdicts() {
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings {
-            enabled: true,
+            disabled: None,
             ..Settings::default()
         };
         let outcome = judge(Runtime::Java, &[], None, &settings, Some(dir.path())).unwrap();
