@@ -344,4 +344,32 @@ mod tests {
         assert!(fixed, "the repaired file was not picked up");
         assert_eq!(backend.status().last_reload_error, None);
     }
+
+    #[tokio::test]
+    async fn fifo_replacement_keeps_last_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.json");
+        fs::write(&path, r#"{"A": "good"}"#).unwrap();
+        let backend = FileBackend::open(&path).unwrap();
+        let reloader = backend.spawn_reloader(POLL);
+
+        fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let rejected = wait_for(|| {
+            backend
+                .status()
+                .last_reload_error
+                .is_some_and(|reason| reason.contains("is not a regular file"))
+        })
+        .await;
+        assert!(rejected, "the FIFO was not rejected");
+        assert_eq!(value(&backend, "A").as_deref(), Some(&b"good"[..]));
+
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, r#"{"A": "fixed"}"#).unwrap();
+        let fixed = wait_for(|| value(&backend, "A").as_deref() == Some(&b"fixed"[..])).await;
+        reloader.abort();
+        assert!(fixed, "the regular file after the FIFO was not picked up");
+        assert_eq!(backend.status().last_reload_error, None);
+    }
 }

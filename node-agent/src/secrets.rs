@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use envproxy_proto::SecretBytes;
@@ -79,6 +80,11 @@ pub enum SecretsError {
         max = MAX_FILE_SIZE
     )]
     TooLarge { path: PathBuf, size: u64 },
+    #[error(
+        "secrets file {} is not a regular file (it is {kind}); point to a regular file",
+        path.display()
+    )]
+    NotRegularFile { path: PathBuf, kind: &'static str },
     #[error("invalid {format} secrets file {}: {source}", path.display())]
     Parse {
         path: PathBuf,
@@ -111,12 +117,37 @@ pub enum ParseError {
 }
 
 /// Reads and parses the secrets file at `path`, in the format its name selects.
+///
+/// A path that is not a regular file (a FIFO, device, directory or socket) is rejected without
+/// reading it: the file is opened with `O_NONBLOCK`, so opening a FIFO with no writer does not
+/// block, and the opened descriptor's type is checked with `fstat`.
 pub fn load(path: &Path) -> Result<SecretMap, SecretsError> {
     let read_error = |source| SecretsError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let file = fs::File::open(path).map_err(read_error)?;
+    let not_regular = |file_type: fs::FileType| SecretsError::NotRegularFile {
+        path: path.to_path_buf(),
+        kind: file_type_name(file_type),
+    };
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        // Opening a Unix socket fails with ENXIO, which says nothing about the cause.
+        Err(err) => {
+            return Err(match fs::metadata(path) {
+                Ok(metadata) if !metadata.is_file() => not_regular(metadata.file_type()),
+                _ => read_error(err),
+            })
+        }
+    };
+    let file_type = file.metadata().map_err(read_error)?.file_type();
+    if !file_type.is_file() {
+        return Err(not_regular(file_type));
+    }
     // One byte more than the maximum is read, so a file that grew after `open` is caught too.
     let mut bytes = Zeroizing::new(Vec::new());
     file.take(MAX_FILE_SIZE + 1)
@@ -135,6 +166,25 @@ pub fn load(path: &Path) -> Result<SecretMap, SecretsError> {
         format,
         source,
     })
+}
+
+/// Describes a file type that is not a regular file, for error messages.
+fn file_type_name(file_type: fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_file() {
+        "a regular file"
+    } else {
+        "of an unknown type"
+    }
 }
 
 /// UTF-8 byte order mark, which some editors write at the start of a file.
@@ -631,5 +681,40 @@ DUP=new
         let message = load(&missing).unwrap_err().to_string();
         assert!(message.contains("cannot read secrets file"), "{message}");
         assert!(message.contains("missing.json"), "{message}");
+    }
+
+    fn assert_not_regular(path: &Path, kind: &str) {
+        let started = std::time::Instant::now();
+        let error = load(path).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "load of {kind} took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(error, SecretsError::NotRegularFile { .. }),
+            "{message}"
+        );
+        assert!(message.contains("is not a regular file"), "{message}");
+        assert!(message.contains(kind), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn non_regular_files_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_not_regular(&fifo, "a FIFO");
+
+        assert_not_regular(dir.path(), "a directory");
+
+        let socket_path = dir.path().join("socket.json");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+        assert_not_regular(&socket_path, "a socket");
+
+        assert_not_regular(Path::new("/dev/zero"), "a character device");
+        assert_not_regular(Path::new("/dev/null"), "a character device");
     }
 }
