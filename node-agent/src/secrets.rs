@@ -119,8 +119,8 @@ pub enum ParseError {
 /// Reads and parses the secrets file at `path`, in the format its name selects.
 ///
 /// A path that is not a regular file (a FIFO, device, directory or socket) is rejected without
-/// reading it: the file is opened with `O_NONBLOCK`, so opening a FIFO with no writer does not
-/// block, and the opened descriptor's type is checked with `fstat`.
+/// reading it. The file is opened with `O_NONBLOCK`, so opening a FIFO with no writer does not
+/// block, and then `fstat` checks the type of the opened descriptor.
 pub fn load(path: &Path) -> Result<SecretMap, SecretsError> {
     let read_error = |source| SecretsError::Read {
         path: path.to_path_buf(),
@@ -136,7 +136,7 @@ pub fn load(path: &Path) -> Result<SecretMap, SecretsError> {
         .open(path);
     let file = match opened {
         Ok(file) => file,
-        // Opening a Unix socket fails with ENXIO, which says nothing about the cause.
+        // Opening a Unix socket fails with ENXIO, so `stat` finds the actual cause.
         Err(err) => {
             return Err(match fs::metadata(path) {
                 Ok(metadata) if !metadata.is_file() => not_regular(metadata.file_type()),
