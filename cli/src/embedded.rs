@@ -43,6 +43,7 @@ impl EmbeddedAgent {
             .permissions(Permissions::from_mode(PRIVATE_DIRECTORY_MODE))
             .tempdir_in(&base)
             .with_context(|| format!("cannot create a private directory in {}", base.display()))?;
+        crate::run_startup::note_directory(directory.path());
         let socket = directory.path().join(SOCKET_FILE_NAME);
         let mut agent = EmbeddedAgent::start(config, &socket)?;
         agent.directory = Some(directory);

@@ -17,6 +17,7 @@ mod environment;
 mod get;
 mod library;
 mod run;
+mod run_startup;
 mod status;
 mod values_in_environ;
 

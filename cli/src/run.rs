@@ -15,6 +15,7 @@ use crate::client::{self, ClientError};
 use crate::embedded::EmbeddedAgent;
 use crate::environment::{self, SOCKET_VARIABLE};
 use crate::library::{self, LIBRARY_VARIABLE};
+use crate::run_startup::StartupWatcher;
 use crate::values_in_environ::{self, OnUnresolved, ON_ERROR_VARIABLE};
 
 /// Maximum wait for a running agent to respond before `run` gives up on it.
@@ -76,6 +77,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     // Caught before any temporary directory exists: a signal during a slow start then ends the
     // run through the normal path, which removes the directory.
     let signals = child::catch_signals().context("cannot install signal handlers")?;
+    let startup_watcher =
+        StartupWatcher::start().context("cannot install the start-up signal handlers")?;
     let executable = std::env::current_exe().context("cannot locate the envproxy executable")?;
     // With values in the environment the command needs no library, so a missing one is no error.
     let (library, on_unresolved) = if args.values_in_environ {
@@ -216,6 +219,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
     }
 
+    startup_watcher.finish();
     let outcome = child::run(ChildSpec {
         command: args.command,
         environment: environment.variables,

@@ -935,3 +935,99 @@ fn completions_for_each_shell() {
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("possible values"));
 }
+
+#[test]
+fn run_rejects_fifo_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("secrets.json");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let runtime_dir = dir.path().join("runtime");
+    std::fs::create_dir(&runtime_dir).unwrap();
+
+    let started = Instant::now();
+    let mut command = envproxy(&["run", "--secrets", fifo.to_str().unwrap(), "--", "true"]);
+    command.env("XDG_RUNTIME_DIR", &runtime_dir);
+    let output = output_of(command);
+    let stderr = text(&output.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("is not a regular file"), "{stderr}");
+    assert!(stderr.contains("a FIFO"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&runtime_dir).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Returns the entries of `dir` whose names start with `envproxy-run-`.
+fn run_directories(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("envproxy-run-")
+        })
+        .collect()
+}
+
+#[test]
+fn run_ends_on_signal_during_startup() {
+    // A Kubernetes API server that accepts connections and never responds keeps the embedded
+    // agent's start-up waiting for the default Secret's keys for the 20 s read timeout.
+    let silent_server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent_server.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "t", "cluster": { "server": format!("http://127.0.0.1:{port}") } }],
+        "users": [{ "name": "t", "user": { "token": "unused" } }],
+        "contexts": [{ "name": "t", "context": { "cluster": "t", "user": "t" } }],
+        "current-context": "t",
+    });
+    std::fs::write(dir.path().join("kubeconfig"), kubeconfig.to_string()).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[backend]\ntype = \"kubernetes\"\nnamespace = \"shop\"\nsecret_name = \"app-env\"\n\
+         kubeconfig = \"kubeconfig\"\ntimeout_ms = 20000\n",
+    )
+    .unwrap();
+    let runtime_dir = dir.path().join("runtime");
+    std::fs::create_dir(&runtime_dir).unwrap();
+
+    for (signal, expected) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let mut child = envproxy(&["run", "--config", config.to_str().unwrap(), "--", "true"])
+            .env("XDG_RUNTIME_DIR", &runtime_dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while run_directories(&runtime_dir).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !run_directories(&runtime_dir).is_empty(),
+            "the private directory was not created"
+        );
+        // Start-up is now waiting for the API server.
+        std::thread::sleep(Duration::from_millis(300));
+
+        let signalled = Instant::now();
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let status = wait_or_kill(&mut child);
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "{signal} took {:?} to end start-up",
+            signalled.elapsed()
+        );
+        assert_eq!(status.code(), Some(expected), "{signal}");
+        let left = run_directories(&runtime_dir);
+        assert!(left.is_empty(), "{signal} left behind: {left:?}");
+    }
+}
