@@ -11,7 +11,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use envproxy_proto::{has_known_scheme, Request, Response};
+use envproxy_proto::{has_known_scheme, Reference, Request, Response};
 
 use crate::client::{self, IO_TIMEOUT};
 
@@ -204,7 +204,15 @@ fn request_value(
             }
             Ok(Some(OsString::from_vec(bytes.to_vec())))
         }
-        Response::NotFound => Err("the agent's backend has no such key".to_string()),
+        Response::NotFound => {
+            let parsed = value
+                .to_str()
+                .and_then(|value| Reference::parse(value).ok());
+            Err(match parsed {
+                Some(parsed) => format!("the agent's backend has no key {:?}", parsed.key()),
+                None => "the agent's backend has no such key".to_string(),
+            })
+        }
         Response::Error(reason) => Err(format!(
             "the agent returned an error: {}",
             Response::reason_without_name(&reason, name.as_bytes())

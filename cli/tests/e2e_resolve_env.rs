@@ -184,7 +184,7 @@ fn unresolvable_reference_fails_start() {
     let output = run_with_limit(
         values_command(&secrets, Path::new("/bin/sh"), &["-c", &script])
             .env("MISSING_ONE", "envproxy:NO_SUCH_KEY")
-            .env("MISSING_TWO", "envproxy:ALSO_ABSENT"),
+            .env("MISSING_TWO", "envproxy: ALSO_ABSENT"),
         LIMIT,
     );
     let stderr = stderr_of(&output);
@@ -193,11 +193,14 @@ fn unresolvable_reference_fails_start() {
     assert!(!marker.exists(), "the command started: {stderr}");
     assert!(stderr.contains("cannot resolve 2 reference(s)"), "{stderr}");
     assert!(
-        stderr.contains("MISSING_ONE=envproxy:NO_SUCH_KEY: the agent's backend has no such key"),
+        stderr.contains(
+            "MISSING_ONE=envproxy:NO_SUCH_KEY: the agent's backend has no key \"NO_SUCH_KEY\""
+        ),
         "{stderr}"
     );
+    // The quotes show the space that is part of the key.
     assert!(
-        stderr.contains("MISSING_TWO=envproxy:ALSO_ABSENT"),
+        stderr.contains("the agent's backend has no key \" ALSO_ABSENT\""),
         "{stderr}"
     );
     assert!(stderr.contains("ENVPROXY_ON_ERROR=reference"), "{stderr}");

@@ -85,7 +85,11 @@ pub enum SecretsError {
         path.display()
     )]
     NotRegularFile { path: PathBuf, kind: &'static str },
-    #[error("invalid {format} secrets file {}: {source}", path.display())]
+    #[error(
+        "invalid {format} secrets file {}: {source}{}",
+        path.display(),
+        format_hint(path, *format)
+    )]
     Parse {
         path: PathBuf,
         format: Format,
@@ -166,6 +170,18 @@ pub fn load(path: &Path) -> Result<SecretMap, SecretsError> {
         format,
         source,
     })
+}
+
+/// Explains how the format was chosen when the file name does not show it: a name without a
+/// `.json`, `.env` or `.toml` extension is read as JSON.
+fn format_hint(path: &Path, format: Format) -> &'static str {
+    let named_json = path.extension().is_some_and(|ext| ext == "json");
+    if format == Format::Json && !named_json {
+        "; the file name chooses the format (.json, .env, .toml), and other names are read as \
+         JSON, so this file is not valid JSON"
+    } else {
+        ""
+    }
 }
 
 /// Describes a file type that is not a regular file, for error messages.
@@ -716,5 +732,25 @@ DUP=new
 
         assert_not_regular(Path::new("/dev/zero"), "a character device");
         assert_not_regular(Path::new("/dev/null"), "a character device");
+    }
+
+    #[test]
+    fn unknown_extension_names_format_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.yaml");
+        fs::write(&path, "A: b\n").unwrap();
+        let message = load(&path).unwrap_err().to_string();
+        assert!(message.contains("invalid JSON secrets file"), "{message}");
+        assert!(message.contains("s.yaml"), "{message}");
+        assert!(message.contains(".json, .env, .toml"), "{message}");
+        assert!(
+            message.contains("other names are read as JSON"),
+            "{message}"
+        );
+
+        let json_path = dir.path().join("s.json");
+        fs::write(&json_path, "A: b\n").unwrap();
+        let message = load(&json_path).unwrap_err().to_string();
+        assert!(!message.contains("other names"), "{message}");
     }
 }

@@ -3,7 +3,7 @@
 use std::cell::Cell;
 use std::ffi::{c_char, CStr};
 
-use envproxy_proto::{Request, Response};
+use envproxy_proto::{Reference, Request, Response};
 
 use crate::agent::{self, AgentError};
 use crate::cache::{self, Lookup};
@@ -155,6 +155,17 @@ fn slow_path(name: &CStr, reference: Option<&CStr>, fallback: *mut c_char) -> *m
     }
 }
 
+/// Names the missing key, quoted so that spaces and control characters show.
+fn not_found_reason(reference: &[u8]) -> String {
+    let parsed = std::str::from_utf8(reference)
+        .ok()
+        .and_then(|value| Reference::parse(value).ok());
+    match parsed {
+        Some(parsed) => format!("the agent's backend has no key {:?}", parsed.key()),
+        None => "the agent's backend has no such key".to_string(),
+    }
+}
+
 enum Cause {
     NotFound,
     Agent(String),
@@ -173,7 +184,7 @@ fn failure(
     let recorded = cache::put_failure(name, reference_bytes, retry_after, authoritative);
 
     let reason = match &cause {
-        Cause::NotFound => "the agent's backend has no such key".to_string(),
+        Cause::NotFound => not_found_reason(reference_bytes),
         Cause::Agent(reason) => format!(
             "the agent answered: {}",
             Response::reason_without_name(reason, name.to_bytes())
