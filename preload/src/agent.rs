@@ -110,6 +110,9 @@ pub enum AgentError {
     TrailingBytes(String),
     /// The request itself exceeds a frame bound (a huge name or reference).
     Request(FrameError),
+    /// Another thread of the program closed or replaced the connection's descriptor during the
+    /// request, twice in a row. This is no agent outage, so no pause follows.
+    DescriptorReplaced(String),
 }
 
 impl AgentError {
@@ -125,6 +128,17 @@ impl AgentError {
             _ => false,
         }
     }
+
+    /// Returns whether the failure means the descriptor was not an open socket (EBADF or
+    /// ENOTSOCK), which happens when the program closed or reused its number.
+    fn is_descriptor_error(&self) -> bool {
+        match self {
+            AgentError::Io(_, err) => {
+                matches!(err.raw_os_error(), Some(libc::EBADF) | Some(libc::ENOTSOCK))
+            }
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for AgentError {
@@ -133,9 +147,23 @@ impl fmt::Display for AgentError {
                             or point ENVPROXY_SOCKET at a running agent";
         match self {
             AgentError::NoSocket(path) => write!(f, "no agent socket at {path} ({HINT})"),
+            AgentError::Connect(path, err)
+                if matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) =>
+            {
+                write!(
+                    f,
+                    "cannot connect to the agent at {path}: {err}; this process has no free \
+                     file descriptors (raise `ulimit -n` or close unused descriptors)"
+                )
+            }
             AgentError::Connect(path, err) => {
                 write!(f, "cannot connect to the agent at {path}: {err} ({HINT})")
             }
+            AgentError::DescriptorReplaced(path) => write!(
+                f,
+                "the program closed or replaced the descriptor of the connection to the agent \
+                 at {path} during the request, twice in a row"
+            ),
             AgentError::PathTooLong(path) => write!(
                 f,
                 "the socket path {path} is longer than a Unix socket address allows \
@@ -323,7 +351,7 @@ pub fn request(request: &Request) -> Result<Response, AgentError> {
     let outcome = send_request(request);
     match &outcome {
         Ok(_) => DOWN_UNTIL_MS.store(0, Ordering::Relaxed),
-        Err(AgentError::Request(_)) => {}
+        Err(AgentError::Request(_)) | Err(AgentError::DescriptorReplaced(_)) => {}
         Err(err) => {
             *LAST_FAILURE.lock() = err.to_string();
             DOWN_UNTIL_MS.store(clock::coarse_ms() + BACKOFF_MS, Ordering::Relaxed);
@@ -356,15 +384,27 @@ fn send_request(request: &Request) -> Result<Response, AgentError> {
         }
     }
 
-    let connection = connect(socket, deadline_ms)?;
-    match exchange(connection.fd, &frame, deadline_ms, socket) {
-        Ok(response) => {
-            put_idle(connection);
-            Ok(response)
-        }
-        Err(err) => {
-            connection.release();
-            Err(err)
+    // EBADF or ENOTSOCK on a number that is no longer ours means another thread closed or
+    // reused it during the request, which is no agent failure. The connection is then dropped
+    // without closing the number, and the request is sent once more at once.
+    let mut replaced_before = false;
+    loop {
+        let connection = connect(socket, deadline_ms)?;
+        match exchange(connection.fd, &frame, deadline_ms, socket) {
+            Ok(response) => {
+                put_idle(connection);
+                return Ok(response);
+            }
+            Err(err) => {
+                let ours = connection.release();
+                if ours || !err.is_descriptor_error() {
+                    return Err(err);
+                }
+                if replaced_before {
+                    return Err(AgentError::DescriptorReplaced(display(socket)));
+                }
+                replaced_before = true;
+            }
         }
     }
 }
@@ -458,10 +498,8 @@ fn connect(path: &Path, deadline_ms: u64) -> Result<Connection, AgentError> {
         };
         if rc == 0 {
             let fd = check_agent_owner(fd, path_text.clone())?;
-            return Connection::identify(fd).map_err(|err| {
-                close(fd);
-                AgentError::Connect(path_text, err)
-            });
+            // `identify` closes `fd` itself when it fails.
+            return Connection::identify(fd).map_err(|err| AgentError::Connect(path_text, err));
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
@@ -736,5 +774,35 @@ mod tests {
             "no agent socket at /run/a.sock (this request was not sent, because requests \
              pause for 1 s after a failure)"
         );
+    }
+
+    #[test]
+    fn descriptor_limit_message_names_process() {
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            let err = io::Error::from_raw_os_error(errno);
+            let message = AgentError::Connect("/run/a.sock".into(), err).to_string();
+            assert!(message.contains("no free file descriptors"), "{message}");
+            assert!(!message.contains("start envproxy-agent"), "{message}");
+        }
+    }
+
+    #[test]
+    fn closed_descriptor_is_no_outage() {
+        for errno in [libc::EBADF, libc::ENOTSOCK] {
+            let err = AgentError::Io("/run/a.sock".into(), io::Error::from_raw_os_error(errno));
+            assert!(err.is_descriptor_error(), "{err}");
+        }
+        let reset = AgentError::Io(
+            "/run/a.sock".into(),
+            io::Error::from_raw_os_error(libc::ECONNRESET),
+        );
+        assert!(!reset.is_descriptor_error());
+
+        let message = AgentError::DescriptorReplaced("/run/a.sock".into()).to_string();
+        assert!(
+            message.contains("the program closed or replaced"),
+            "{message}"
+        );
+        assert!(!message.contains("start envproxy-agent"), "{message}");
     }
 }
