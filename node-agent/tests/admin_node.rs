@@ -826,46 +826,6 @@ async fn metrics_count_pod_watch_errors() {
     node.stop().await;
 }
 
-/// The agent's log lines, captured by a subscriber that every test of this file shares.
-static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-/// Writes log output into [`LOG`].
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        LOG.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Sends the agent's warnings to [`LOG`] from now on, for every test of this file.
-fn capture_log() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(|| LogWriter)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-    });
-}
-
-/// Returns the captured log lines that contain `text`.
-fn log_lines_with(text: &str) -> Vec<String> {
-    let log = LOG.lock().unwrap();
-    String::from_utf8_lossy(&log)
-        .lines()
-        .filter(|line| line.contains(text))
-        .map(str::to_string)
-        .collect()
-}
-
 /// Connects to the Unix socket `argv[1]` `argv[2]` times in a row. Each time it waits for the
 /// agent to close the connection, so one refusal ends before the next connect.
 const CONNECT_LOOP: &str = "import socket, sys\n\

@@ -91,6 +91,17 @@ struct Probe {
 }
 
 impl Probe {
+    /// Returns whether a Vault probe is due, and if so records that one starts now.
+    fn vault_due(&mut self) -> bool {
+        let due = self
+            .vault_latest
+            .is_none_or(|at| at.elapsed() >= PROBE_INTERVAL);
+        if due {
+            self.vault_latest = Some(Instant::now());
+        }
+        due
+    }
+
     /// Returns whether the API server responded to a list of the node's pods, probing again
     /// when the latest probe is older than [`PROBE_INTERVAL`].
     async fn reachable(&mut self, node: &NodeView) -> bool {
@@ -167,7 +178,18 @@ async fn evaluate(state: &AdminState, probe: &mut Probe) -> Result<(), String> {
 /// Returns why the local-mode Vault backend is unusable, probing `sys/health` during an outage
 /// at most every [`PROBE_INTERVAL`].
 async fn vault_usable(vault: &VaultBackend, probe: &mut Probe) -> Result<(), String> {
-    let status = vault.status();
+    let mut status = vault.status();
+    if !status.logged_in && vault.login_found_unavailable() && probe.vault_due() {
+        // The login failed because Vault was down (for example when the agent started), so no
+        // request may come to log in again: log in once `sys/health` finds Vault back.
+        match probe_vault(vault).await {
+            Ok(()) => match vault.login().await {
+                Ok(()) => status = vault.status(),
+                Err(err) => tracing::debug!(%err, "Vault login after a successful probe failed"),
+            },
+            Err(err) => tracing::debug!(%err, "Vault probe failed"),
+        }
+    }
     if !status.logged_in {
         let error = status
             .last_error
@@ -180,24 +202,26 @@ async fn vault_usable(vault: &VaultBackend, probe: &mut Probe) -> Result<(), Str
     };
     // The first probe waits a whole interval, so that a failed read shows in the status even
     // when `sys/health` succeeds at once.
-    let due = outage.duration >= PROBE_INTERVAL
-        && probe
-            .vault_latest
-            .is_none_or(|at| at.elapsed() >= PROBE_INTERVAL);
-    if due {
-        probe.vault_latest = Some(Instant::now());
-        match tokio::time::timeout(PROBE_TIMEOUT, vault.probe()).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(err)) => tracing::debug!(%err, "Vault probe failed"),
-            Err(_) => tracing::debug!(
-                timeout_ms = PROBE_TIMEOUT.as_millis(),
-                "Vault probe timed out"
-            ),
+    if outage.duration >= PROBE_INTERVAL && probe.vault_due() {
+        match probe_vault(vault).await {
+            Ok(()) => return Ok(()),
+            Err(err) => tracing::debug!(%err, "Vault probe failed"),
         }
     }
     match vault.outage() {
         Some(outage) => Err(outage_reason("Vault", &outage)),
         None => Ok(()),
+    }
+}
+
+/// Probes Vault's `sys/health` within [`PROBE_TIMEOUT`].
+async fn probe_vault(vault: &VaultBackend) -> Result<(), String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, vault.probe()).await {
+        Ok(result) => result.map_err(|err| err.to_string()),
+        Err(_) => Err(format!(
+            "the probe timed out after {} ms",
+            PROBE_TIMEOUT.as_millis()
+        )),
     }
 }
 
