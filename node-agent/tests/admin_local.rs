@@ -9,13 +9,16 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use admin_support::*;
 use envproxy_admin_proto::v1 as pb;
 use envproxy_agent::admin::AdminSettings;
-use envproxy_agent::vault::{AuthSettings, TokenSource};
+use envproxy_agent::http_backend::{AuthToken, HttpSettings};
+use envproxy_agent::vault::{AuthSettings, SecretText, TokenSource};
 use envproxy_agent::{Agent, Config};
+use envproxy_http_test_server::{HttpSecretsServer, TokenAccess};
 use envproxy_proto::{Response, SecretBytes};
 use envproxy_vault_test_server::{ServerOptions, VaultTestServer};
 use serde_json::json;
@@ -759,6 +762,62 @@ async fn rewritten_token_file_restores_login() {
     );
     wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
     assert!(vault_status(&agent.admin_socket).await.logged_in);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn rejected_http_token_not_serving() {
+    capture_log();
+    let vault = start_server(ServerOptions::default()).await;
+    let http = HttpSecretsServer::start().await.unwrap();
+    let good_token = format!("good-{}", random_hex(16));
+    let bad_token = format!("bad-{}", random_hex(16));
+    let api_secret = random_hex(24);
+    http.add_token(&good_token, TokenAccess::All);
+    http.set_secret("API", &api_secret);
+    let token = bad_token.clone();
+    let http_url = http.url();
+    let agent = TestAgent::start_with(&vault, vault.root_token(), move |config| {
+        config.secrets_file = None;
+        config.http = Some(HttpSettings::new(
+            http_url,
+            AuthToken::Value(Arc::new(SecretText::new(token))),
+        ));
+    })
+    .await;
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
+
+    for _ in 0..3 {
+        let response = agent.get("API", "envproxy:API").await;
+        let Response::Error(message) = &response else {
+            panic!("expected an error, got {response:?}");
+        };
+        assert!(message.contains("HTTP 401"), "{message}");
+    }
+    let reason = wait_for_health(&agent.admin_socket, ServingStatus::NotServing, HEALTH_FLIP).await;
+    assert!(
+        reason.contains("HTTP secrets backend is unusable"),
+        "{reason}"
+    );
+    assert!(reason.contains("HTTP 401"), "{reason}");
+    assert!(!reason.contains(&bad_token), "{reason}");
+    let warnings: Vec<String> = log_lines_with("rejected the agent's credentials")
+        .into_iter()
+        .filter(|line| line.contains(&http.url()))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning for three requests: {warnings:#?}"
+    );
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(!warnings[0].contains(&bad_token), "{}", warnings[0]);
+
+    // The API starts accepting the token: the next request makes the backend usable again.
+    http.add_token(&bad_token, TokenAccess::All);
+    let response = agent.get("API", "envproxy:API").await;
+    assert_eq!(response, found(&api_secret));
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
     agent.stop().await;
 }
 

@@ -166,10 +166,18 @@ async fn evaluate(state: &AdminState, probe: &mut Probe) -> Result<(), String> {
         if let Some(outage) = http.outage() {
             return Err(outage_reason("the HTTP secrets API", &outage));
         }
+        if let Some(error) = http.credential_rejection() {
+            return Err(format!("the HTTP secrets backend is unusable: {error}"));
+        }
     }
     if let Some(kube) = &state.backends.kube {
         if let Some(outage) = kube.outage() {
             return Err(outage_reason("the Kubernetes API server", &outage));
+        }
+        if let Some(error) = kube.credential_rejection() {
+            return Err(format!(
+                "the Kubernetes Secrets backend is unusable: {error}"
+            ));
         }
     }
     Ok(())

@@ -402,6 +402,12 @@ impl KubeSecrets {
         self.inner.cache.outage()
     }
 
+    /// Returns the error of the latest request whose credentials the source rejected (a 401),
+    /// or `None` when a later request found them accepted.
+    pub fn credential_rejection(&self) -> Option<String> {
+        self.inner.cache.credential_rejection()
+    }
+
     /// Returns the identities that cached Secret reads belong to, sorted.
     pub fn cached_identities(&self) -> Vec<String> {
         let mut identities: Vec<String> = self
