@@ -135,9 +135,15 @@ impl Probe {
 /// Evaluates whether the agent can serve requests now. Returns why not when it cannot.
 async fn evaluate(state: &AdminState, probe: &mut Probe) -> Result<(), String> {
     if let Some(node) = &state.node {
+        // The watch's latest error, such as a 403 or a refused connection, names the cause.
+        let cause = node
+            .pods
+            .last_error()
+            .map(|error| format!(": {error}"))
+            .unwrap_or_default();
         if !node.pods.is_synced() {
             return Err(format!(
-                "the pod watch of node {} has not received its first full list of pods",
+                "the pod watch of node {} has not received its first full list of pods{cause}",
                 node.node_name
             ));
         }
@@ -146,16 +152,15 @@ async fn evaluate(state: &AdminState, probe: &mut Probe) -> Result<(), String> {
         let failures = node.pods.consecutive_failures();
         if failures >= MAX_WATCH_FAILURES {
             return Err(format!(
-                "the pod watch failed {failures} times in a row (the agent's log names the error)"
+                "the pod watch failed {failures} times in a row{cause}"
             ));
         }
         if node.pods.is_connected() {
             probe.latest = None;
         } else if !probe.reachable(node).await {
-            return Err(
-                "the pod watch lost the API server, which does not respond to a list of pods"
-                    .to_string(),
-            );
+            return Err(format!(
+                "the pod watch lost the API server, which does not respond to a list of pods{cause}"
+            ));
         }
         return Ok(());
     }
