@@ -15,9 +15,11 @@
 //! returning 5xx starts an outage, and the next request that reaches Vault ends it. From
 //! [`PROBE_INTERVAL`] into an outage Vault's `sys/health` is also probed, at most every
 //! [`PROBE_INTERVAL`], so the status returns to SERVING once Vault is back even when no request
-//! comes. The HTTP secrets API and
+//! comes. When the latest login found Vault unavailable (such as at start), the probe runs too
+//! and a successful one is followed by a login. The HTTP secrets API and
 //! Kubernetes Secrets (local mode) are unusable from a request that found them unavailable
-//! until the next request that reaches them. A secrets file is always usable once the agent has
+//! until the next request that reaches them, and from a request whose credentials they
+//! rejected with a 401 until a request whose credentials they accept. A secrets file is always usable once the agent has
 //! started, because a failed reload keeps the last good contents.
 //!
 //! NOTE: the HTTP secrets API and Kubernetes Secrets are not probed, so after an outage their
@@ -86,7 +88,7 @@ impl Health {
 #[derive(Debug, Default)]
 struct Probe {
     latest: Option<(Instant, bool)>,
-    /// When Vault was last probed during the current outage.
+    /// When Vault was last probed during the current outage or while no login has succeeded.
     vault_latest: Option<Instant>,
 }
 
@@ -193,8 +195,8 @@ async fn evaluate(state: &AdminState, probe: &mut Probe) -> Result<(), String> {
 async fn vault_usable(vault: &VaultBackend, probe: &mut Probe) -> Result<(), String> {
     let mut status = vault.status();
     if !status.logged_in && vault.login_found_unavailable() && probe.vault_due() {
-        // The login failed because Vault was down (for example when the agent started), so no
-        // request may come to log in again: log in once `sys/health` finds Vault back.
+        // The login failed because Vault was down (for example when the agent started). No
+        // request may come to log in again, so log in once `sys/health` finds Vault back.
         match probe_vault(vault).await {
             Ok(()) => match vault.login().await {
                 Ok(()) => status = vault.status(),

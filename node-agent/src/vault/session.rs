@@ -247,7 +247,7 @@ impl Session {
                 Ordering::Relaxed,
             );
             if login.as_ref().is_err_and(VaultError::is_auth_rejection) {
-                // A rejected login leaves no usable token: the old one was rejected or is expiring.
+                // A rejected login leaves no usable token, because the old one was rejected or expires soon.
                 *self.lock_current() = None;
             }
             let Login {
