@@ -127,6 +127,8 @@ pub(crate) struct ValueCache<K, V, E> {
     /// The message of the latest request whose credentials the source rejected, until a
     /// request with accepted credentials; logged once when it starts.
     credential_rejection: Mutex<Option<String>>,
+    /// Whether requests use the agent's own credentials, so that their rejection is tracked.
+    tracks_credentials: bool,
     _errors: std::marker::PhantomData<fn() -> E>,
 }
 
@@ -172,8 +174,16 @@ where
             outage_since: Mutex::new(None),
             last_error: Mutex::new(None),
             credential_rejection: Mutex::new(None),
+            tracks_credentials: true,
             _errors: std::marker::PhantomData,
         }
+    }
+
+    /// Stops tracking rejected credentials, for a source read with each caller's own
+    /// credentials (node mode's pod tokens), where one caller's 401 says nothing of the others.
+    pub(crate) fn without_credential_tracking(mut self) -> ValueCache<K, V, E> {
+        self.tracks_credentials = false;
+        self
     }
 
     /// Returns the cached entry for `key`, or calls `fetch` once for all concurrent callers of
@@ -298,10 +308,12 @@ where
                 // The source responded, so it is available, and its response reaches the caller.
                 self.note_available();
                 self.record_error(&err);
-                if err.is_credential_rejection() {
-                    self.note_credential_rejection(&err);
-                } else {
-                    self.note_credentials_accepted();
+                if self.tracks_credentials {
+                    if err.is_credential_rejection() {
+                        self.note_credential_rejection(&err);
+                    } else {
+                        self.note_credentials_accepted();
+                    }
                 }
                 self.last_good.invalidate(key).await;
                 Err(err)

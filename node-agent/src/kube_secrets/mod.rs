@@ -173,6 +173,10 @@ impl KubeSecrets {
             settings.cache_ttl,
             settings.max_stale,
         );
+        let cache = match credentials {
+            Credentials::Kubeconfig => cache,
+            Credentials::PodTokens => cache.without_credential_tracking(),
+        };
         KubeSecrets {
             inner: Arc::new(Inner {
                 settings,
