@@ -29,6 +29,12 @@ use crate::metrics::CacheBackend;
 pub(crate) trait SourceError: Clone + fmt::Display + Send + Sync + 'static {
     /// Returns whether the source is unavailable for now, so a last good value may be served.
     fn is_unavailable(&self) -> bool;
+
+    /// Returns whether the source rejected the agent's credentials as a whole (such as an
+    /// HTTP 401), so that every request fails until they change.
+    fn is_credential_rejection(&self) -> bool {
+        false
+    }
 }
 
 /// A successful read: the value, or `None` for "not found", and a TTL the source returned.
@@ -118,6 +124,11 @@ pub(crate) struct ValueCache<K, V, E> {
     /// Start of the current outage, so that it is logged once and its end once.
     outage_since: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
+    /// The message of the latest request whose credentials the source rejected, until a
+    /// request with accepted credentials; logged once when it starts.
+    credential_rejection: Mutex<Option<String>>,
+    /// Whether requests use the agent's own credentials, so that their rejection is tracked.
+    tracks_credentials: bool,
     _errors: std::marker::PhantomData<fn() -> E>,
 }
 
@@ -162,8 +173,17 @@ where
             stale_served: AtomicU64::new(0),
             outage_since: Mutex::new(None),
             last_error: Mutex::new(None),
+            credential_rejection: Mutex::new(None),
+            tracks_credentials: true,
             _errors: std::marker::PhantomData,
         }
+    }
+
+    /// Stops tracking rejected credentials, for a source read with each caller's own
+    /// credentials (node mode's pod tokens), where one caller's 401 says nothing of the others.
+    pub(crate) fn without_credential_tracking(mut self) -> ValueCache<K, V, E> {
+        self.tracks_credentials = false;
+        self
     }
 
     /// Returns the cached entry for `key`, or calls `fetch` once for all concurrent callers of
@@ -207,6 +227,7 @@ where
     /// Stores a value the source pushed, such as a watch event, as a fresh entry of `key`.
     pub(crate) async fn insert(&self, key: K, fetched: Fetched<V>) {
         self.note_available();
+        self.note_credentials_accepted();
         let entry = self.fresh_entry(fetched);
         self.remember_last_good(&key, &entry).await;
         self.fresh.insert(key, entry).await;
@@ -252,6 +273,7 @@ where
         match result {
             Ok(fetched) => {
                 self.note_available();
+                self.note_credentials_accepted();
                 let entry = self.fresh_entry(fetched);
                 self.remember_last_good(key, &entry).await;
                 Ok(entry)
@@ -286,6 +308,13 @@ where
                 // The source responded, so it is available, and its response reaches the caller.
                 self.note_available();
                 self.record_error(&err);
+                if self.tracks_credentials {
+                    if err.is_credential_rejection() {
+                        self.note_credential_rejection(&err);
+                    } else {
+                        self.note_credentials_accepted();
+                    }
+                }
                 self.last_good.invalidate(key).await;
                 Err(err)
             }
@@ -415,6 +444,12 @@ where
         self.note_available();
     }
 
+    /// Returns the message of the latest request whose credentials the source rejected, or
+    /// `None` when a later request (or none) found them accepted.
+    pub(crate) fn credential_rejection(&self) -> Option<String> {
+        lock(&self.credential_rejection).clone()
+    }
+
     /// Returns the message of the last failed request, or `None` when none failed.
     pub(crate) fn last_error(&self) -> Option<String> {
         lock(&self.last_error).clone()
@@ -470,6 +505,23 @@ where
                 "{} is unavailable and no value is cached, so requests fail until it is back",
                 self.source
             );
+        }
+    }
+
+    fn note_credential_rejection(&self, err: &E) {
+        let previous = lock(&self.credential_rejection).replace(err.to_string());
+        if previous.is_none() {
+            tracing::warn!(
+                %err,
+                "{} rejected the agent's credentials; its requests fail until they are fixed",
+                self.source
+            );
+        }
+    }
+
+    fn note_credentials_accepted(&self) {
+        if lock(&self.credential_rejection).take().is_some() {
+            tracing::info!("{} accepts the agent's credentials again", self.source);
         }
     }
 

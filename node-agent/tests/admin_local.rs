@@ -9,12 +9,16 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use admin_support::*;
 use envproxy_admin_proto::v1 as pb;
 use envproxy_agent::admin::AdminSettings;
+use envproxy_agent::http_backend::{AuthToken, HttpSettings};
+use envproxy_agent::vault::{AuthSettings, SecretText, TokenSource};
 use envproxy_agent::{Agent, Config};
+use envproxy_http_test_server::{HttpSecretsServer, TokenAccess};
 use envproxy_proto::{Response, SecretBytes};
 use envproxy_vault_test_server::{ServerOptions, VaultTestServer};
 use serde_json::json;
@@ -23,7 +27,7 @@ use tokio::task::JoinHandle;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use vault_support::{settings, start_server};
+use vault_support::{settings, start_server, token_reading};
 
 const DB_PATH: &str = "secret/data/app/config";
 const DB_REFERENCE: &str = "vault:secret/data/app/config#password";
@@ -621,6 +625,199 @@ async fn health_follows_stopped_vault() {
         agent.get("DB", DB_REFERENCE).await,
         found(&agent.vault_secret)
     );
+    agent.stop().await;
+}
+
+/// Bound for health to recover after Vault was down when the agent started: the updater
+/// probes `sys/health` every 5 s and logs in once the probe succeeds.
+const HEALTH_RECOVERY_AFTER_START: Duration = Duration::from_secs(12);
+
+#[tokio::test]
+async fn health_recovers_vault_down_at_start() {
+    let server = start_server(ServerOptions::default()).await;
+    server.stop_listening().await;
+    let agent = TestAgent::start(&server, server.root_token()).await;
+    let reason = wait_for_health(&agent.admin_socket, ServingStatus::NotServing, HEALTH_FLIP).await;
+    assert!(reason.contains("not logged in to Vault"), "{reason}");
+    assert!(reason.contains(&server.url()), "{reason}");
+
+    // No request comes while Vault is back: the probe and the login it triggers restore it.
+    server.start_listening().await.unwrap();
+    let reason = wait_for_health(
+        &agent.admin_socket,
+        ServingStatus::Serving,
+        HEALTH_RECOVERY_AFTER_START,
+    )
+    .await;
+    assert_eq!(reason, "");
+    let status = admin_client(&agent.admin_socket)
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.vault[0].logged_in);
+    assert_eq!(
+        agent.get("DB", DB_REFERENCE).await,
+        found(&agent.vault_secret)
+    );
+    agent.stop().await;
+}
+
+/// Reads a reference not yet cached, so the request reaches Vault.
+async fn read_uncached(agent: &TestAgent, server: &VaultTestServer, path: &str) -> Response {
+    server
+        .root()
+        .kv2_put("secret", path, json!({ "password": "p" }))
+        .unwrap();
+    agent
+        .get("OTHER", &format!("vault:secret/data/{path}#password"))
+        .await
+}
+
+/// Returns the Vault status of the agent's only Vault backend.
+async fn vault_status(admin_socket: &Path) -> pb::VaultSession {
+    let status = admin_client(admin_socket)
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    status.vault[0].clone()
+}
+
+#[tokio::test]
+async fn revoked_token_counts_as_logged_out() {
+    capture_log();
+    let server = start_server(ServerOptions::default()).await;
+    let token = token_reading(&server, &["secret/data/app/*"]);
+    let agent = TestAgent::start(&server, &token).await;
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
+    assert_eq!(read_uncached(&agent, &server, "app/one").await, found("p"));
+
+    assert!(server.revoke_token(&token));
+    for path in ["app/two", "app/three", "app/four"] {
+        let response = read_uncached(&agent, &server, path).await;
+        let Response::Error(message) = &response else {
+            panic!("expected an error, got {response:?}");
+        };
+        assert!(message.contains("rejected"), "{message}");
+    }
+    let reason = wait_for_health(&agent.admin_socket, ServingStatus::NotServing, HEALTH_FLIP).await;
+    assert!(reason.contains("not logged in to Vault"), "{reason}");
+    assert!(reason.contains("rejected"), "{reason}");
+    let vault = vault_status(&agent.admin_socket).await;
+    assert!(!vault.logged_in);
+    assert!(
+        vault.last_error.contains("rejected"),
+        "{}",
+        vault.last_error
+    );
+    assert!(!vault.last_error.contains(&token), "{}", vault.last_error);
+
+    let warnings: Vec<String> = log_lines_with("Vault rejected the token of this identity")
+        .into_iter()
+        .filter(|line| line.contains(&server.url()))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(!warnings[0].contains(&token), "{}", warnings[0]);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn rewritten_token_file_restores_login() {
+    capture_log();
+    let server = start_server(ServerOptions::default()).await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join(".vault-token");
+    let first = token_reading(&server, &["secret/data/app/*"]);
+    std::fs::write(&token_file, &first).unwrap();
+    let file = token_file.clone();
+    let agent = TestAgent::start_with(&server, "unused", move |config| {
+        let vault = config.vault.as_mut().unwrap();
+        vault.auth = AuthSettings::Token(TokenSource::File(file));
+    })
+    .await;
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
+
+    assert!(server.revoke_token(&first));
+    let response = read_uncached(&agent, &server, "app/two").await;
+    assert!(matches!(response, Response::Error(_)), "{response:?}");
+    let reason = wait_for_health(&agent.admin_socket, ServingStatus::NotServing, HEALTH_FLIP).await;
+    assert!(reason.contains("not logged in to Vault"), "{reason}");
+    assert!(!vault_status(&agent.admin_socket).await.logged_in);
+    let warnings: Vec<String> = log_lines_with("Vault login after a rejected token failed")
+        .into_iter()
+        .filter(|line| line.contains(&server.url()))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+
+    // A new token in the file, as `vault login` writes it, is used at the next request.
+    let second = token_reading(&server, &["secret/data/app/*"]);
+    std::fs::write(&token_file, &second).unwrap();
+    assert_eq!(
+        read_uncached(&agent, &server, "app/three").await,
+        found("p")
+    );
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
+    assert!(vault_status(&agent.admin_socket).await.logged_in);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn rejected_http_token_not_serving() {
+    capture_log();
+    let vault = start_server(ServerOptions::default()).await;
+    let http = HttpSecretsServer::start().await.unwrap();
+    let good_token = format!("good-{}", random_hex(16));
+    let bad_token = format!("bad-{}", random_hex(16));
+    let api_secret = random_hex(24);
+    http.add_token(&good_token, TokenAccess::All);
+    http.set_secret("API", &api_secret);
+    let token = bad_token.clone();
+    let http_url = http.url();
+    let agent = TestAgent::start_with(&vault, vault.root_token(), move |config| {
+        config.secrets_file = None;
+        config.http = Some(HttpSettings::new(
+            http_url,
+            AuthToken::Value(Arc::new(SecretText::new(token))),
+        ));
+    })
+    .await;
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
+
+    for _ in 0..3 {
+        let response = agent.get("API", "envproxy:API").await;
+        let Response::Error(message) = &response else {
+            panic!("expected an error, got {response:?}");
+        };
+        assert!(message.contains("HTTP 401"), "{message}");
+    }
+    let reason = wait_for_health(&agent.admin_socket, ServingStatus::NotServing, HEALTH_FLIP).await;
+    assert!(
+        reason.contains("HTTP secrets backend is unusable"),
+        "{reason}"
+    );
+    assert!(reason.contains("HTTP 401"), "{reason}");
+    assert!(!reason.contains(&bad_token), "{reason}");
+    let warnings: Vec<String> = log_lines_with("rejected the agent's credentials")
+        .into_iter()
+        .filter(|line| line.contains(&http.url()))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning for three requests: {warnings:#?}"
+    );
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(!warnings[0].contains(&bad_token), "{}", warnings[0]);
+
+    // The API starts accepting the token: the next request makes the backend usable again.
+    http.add_token(&bad_token, TokenAccess::All);
+    let response = agent.get("API", "envproxy:API").await;
+    assert_eq!(response, found(&api_secret));
+    wait_for_health(&agent.admin_socket, ServingStatus::Serving, HEALTH_FLIP).await;
     agent.stop().await;
 }
 

@@ -467,6 +467,81 @@ async fn health_follows_kube_watch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_serving_reason_names_watch_error() {
+    require_root();
+    capture_log();
+    let node = Node::start(true).await;
+    // RBAC lets the agent get pods but not list or watch them.
+    node.kube.register_token(
+        &node.agent_token,
+        "system:serviceaccount:envproxy:agent",
+        vec![Rule::new(&["get"], &["pods"])],
+    );
+    node.kube.set_unavailable(false);
+    eventually("the reason names the 403", || async {
+        node.status().await.not_serving_reason.contains("403")
+    })
+    .await;
+    let status = node.status().await;
+    let reason = &status.not_serving_reason;
+    assert!(
+        reason.contains("has not received its first full list of pods: "),
+        "{reason}"
+    );
+    assert!(reason.contains("list and watch pods"), "{reason}");
+    let last_error = status.kubernetes.expect("kubernetes status").last_error;
+    assert!(last_error.contains("403"), "{last_error}");
+    let warnings: Vec<String> = log_lines_with("403 Forbidden")
+        .into_iter()
+        .filter(|line| line.contains(&node.kube.url()))
+        .collect();
+    assert!(!warnings.is_empty(), "the 403 is logged");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+
+    // RBAC is fixed: the watch lists, and the error is gone from the status.
+    node.kube.register_token(
+        &node.agent_token,
+        "system:serviceaccount:envproxy:agent",
+        vec![Rule::new(&["list", "watch", "get"], &["pods"])],
+    );
+    eventually_within(
+        "health is SERVING after RBAC is fixed",
+        WAIT * 2,
+        || async { node.health().await == ServingStatus::Serving },
+    )
+    .await;
+    let status = node.status().await;
+    assert_eq!(status.kubernetes.expect("kubernetes status").last_error, "");
+
+    // The API server stops: the status and the log name the refused connection.
+    node.kube.stop_listening().await;
+    eventually("the reason names the refused connection", || async {
+        node.status()
+            .await
+            .not_serving_reason
+            .contains("connection refused")
+    })
+    .await;
+    let status = node.status().await;
+    let last_error = status.kubernetes.expect("kubernetes status").last_error;
+    assert!(last_error.contains("connection refused"), "{last_error}");
+    // Wait for several failures of the same kind: they give one warning until the 10th.
+    eventually_within("three failed requests", WAIT * 2, || async {
+        node.status()
+            .await
+            .not_serving_reason
+            .contains("3 times in a row")
+    })
+    .await;
+    let refused: Vec<String> = log_lines_with("connection refused")
+        .into_iter()
+        .filter(|line| line.contains(&node.kube.url()) && line.contains("WARN"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_status_after_kube_restart() {
     require_root();
     let mut node = Node::start(false).await;
@@ -824,46 +899,6 @@ async fn metrics_count_pod_watch_errors() {
         "the first full list is no relist"
     );
     node.stop().await;
-}
-
-/// The agent's log lines, captured by a subscriber that every test of this file shares.
-static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-/// Writes log output into [`LOG`].
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        LOG.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Sends the agent's warnings to [`LOG`] from now on, for every test of this file.
-fn capture_log() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(|| LogWriter)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-    });
-}
-
-/// Returns the captured log lines that contain `text`.
-fn log_lines_with(text: &str) -> Vec<String> {
-    let log = LOG.lock().unwrap();
-    String::from_utf8_lossy(&log)
-        .lines()
-        .filter(|line| line.contains(text))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Connects to the Unix socket `argv[1]` `argv[2]` times in a row. Each time it waits for the

@@ -710,3 +710,53 @@ async fn refused_watch_backs_off_and_explains() {
     assert!(!text.contains(&api_key), "a value was logged");
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn rejected_credentials_not_serving() {
+    let cluster = cluster().await;
+    cluster
+        .server
+        .apply_secret(secret("shop", "db", &[("password", &random_secret())]))
+        .unwrap();
+    let admin_dir = tempfile::tempdir().unwrap();
+    let admin_socket = admin_dir.path().join("admin.sock");
+    let agent = TestAgent::start_with(Config {
+        kubernetes: Some(settings(&cluster)),
+        admin: AdminSettings {
+            enabled: Some(true),
+            socket: Some(admin_socket.clone()),
+            health_listen: None,
+        },
+        ..Config::default()
+    })
+    .await;
+    found_text(agent.get("P", "k8s:shop/db#password").await);
+    let not_serving_reason = async || {
+        admin_support::admin_client(&admin_socket)
+            .await
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .not_serving_reason
+    };
+    assert!(eventually(async || not_serving_reason().await.is_empty()).await);
+
+    // The API server no longer accepts the kubeconfig's token: every read gets a 401.
+    assert!(cluster.server.revoke_token(USER_TOKEN));
+    let error = error_text(agent.get("Q", "k8s:default/other#password").await);
+    assert!(error.contains("401"), "{error}");
+    let mut reason = String::new();
+    let flipped = eventually(async || {
+        reason = not_serving_reason().await;
+        !reason.is_empty()
+    })
+    .await;
+    assert!(flipped, "health stayed serving after a 401");
+    assert!(
+        reason.contains("Kubernetes Secrets backend is unusable"),
+        "{reason}"
+    );
+    assert!(reason.contains("rejected the credentials"), "{reason}");
+    assert!(!reason.contains(USER_TOKEN), "{reason}");
+}

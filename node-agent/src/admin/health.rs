@@ -15,9 +15,11 @@
 //! returning 5xx starts an outage, and the next request that reaches Vault ends it. From
 //! [`PROBE_INTERVAL`] into an outage Vault's `sys/health` is also probed, at most every
 //! [`PROBE_INTERVAL`], so the status returns to SERVING once Vault is back even when no request
-//! comes. The HTTP secrets API and
+//! comes. When the latest login found Vault unavailable (such as at start), the probe runs too
+//! and a successful one is followed by a login. The HTTP secrets API and
 //! Kubernetes Secrets (local mode) are unusable from a request that found them unavailable
-//! until the next request that reaches them. A secrets file is always usable once the agent has
+//! until the next request that reaches them, and from a request whose credentials they
+//! rejected with a 401 until a request whose credentials they accept. A secrets file is always usable once the agent has
 //! started, because a failed reload keeps the last good contents.
 //!
 //! NOTE: the HTTP secrets API and Kubernetes Secrets are not probed, so after an outage their
@@ -86,11 +88,22 @@ impl Health {
 #[derive(Debug, Default)]
 struct Probe {
     latest: Option<(Instant, bool)>,
-    /// When Vault was last probed during the current outage.
+    /// When Vault was last probed during the current outage or while no login has succeeded.
     vault_latest: Option<Instant>,
 }
 
 impl Probe {
+    /// Returns whether a Vault probe is due, and if so records that one starts now.
+    fn vault_due(&mut self) -> bool {
+        let due = self
+            .vault_latest
+            .is_none_or(|at| at.elapsed() >= PROBE_INTERVAL);
+        if due {
+            self.vault_latest = Some(Instant::now());
+        }
+        due
+    }
+
     /// Returns whether the API server responded to a list of the node's pods, probing again
     /// when the latest probe is older than [`PROBE_INTERVAL`].
     async fn reachable(&mut self, node: &NodeView) -> bool {
@@ -124,9 +137,15 @@ impl Probe {
 /// Evaluates whether the agent can serve requests now. Returns why not when it cannot.
 async fn evaluate(state: &AdminState, probe: &mut Probe) -> Result<(), String> {
     if let Some(node) = &state.node {
+        // The watch's latest error, such as a 403 or a refused connection, names the cause.
+        let cause = node
+            .pods
+            .last_error()
+            .map(|error| format!(": {error}"))
+            .unwrap_or_default();
         if !node.pods.is_synced() {
             return Err(format!(
-                "the pod watch of node {} has not received its first full list of pods",
+                "the pod watch of node {} has not received its first full list of pods{cause}",
                 node.node_name
             ));
         }
@@ -135,16 +154,15 @@ async fn evaluate(state: &AdminState, probe: &mut Probe) -> Result<(), String> {
         let failures = node.pods.consecutive_failures();
         if failures >= MAX_WATCH_FAILURES {
             return Err(format!(
-                "the pod watch failed {failures} times in a row (the agent's log names the error)"
+                "the pod watch failed {failures} times in a row{cause}"
             ));
         }
         if node.pods.is_connected() {
             probe.latest = None;
         } else if !probe.reachable(node).await {
-            return Err(
-                "the pod watch lost the API server, which does not respond to a list of pods"
-                    .to_string(),
-            );
+            return Err(format!(
+                "the pod watch lost the API server, which does not respond to a list of pods{cause}"
+            ));
         }
         return Ok(());
     }
@@ -155,10 +173,18 @@ async fn evaluate(state: &AdminState, probe: &mut Probe) -> Result<(), String> {
         if let Some(outage) = http.outage() {
             return Err(outage_reason("the HTTP secrets API", &outage));
         }
+        if let Some(error) = http.credential_rejection() {
+            return Err(format!("the HTTP secrets backend is unusable: {error}"));
+        }
     }
     if let Some(kube) = &state.backends.kube {
         if let Some(outage) = kube.outage() {
             return Err(outage_reason("the Kubernetes API server", &outage));
+        }
+        if let Some(error) = kube.credential_rejection() {
+            return Err(format!(
+                "the Kubernetes Secrets backend is unusable: {error}"
+            ));
         }
     }
     Ok(())
@@ -167,7 +193,18 @@ async fn evaluate(state: &AdminState, probe: &mut Probe) -> Result<(), String> {
 /// Returns why the local-mode Vault backend is unusable, probing `sys/health` during an outage
 /// at most every [`PROBE_INTERVAL`].
 async fn vault_usable(vault: &VaultBackend, probe: &mut Probe) -> Result<(), String> {
-    let status = vault.status();
+    let mut status = vault.status();
+    if !status.logged_in && vault.login_found_unavailable() && probe.vault_due() {
+        // The login failed because Vault was down (for example when the agent started). No
+        // request may come to log in again, so log in once `sys/health` finds Vault back.
+        match probe_vault(vault).await {
+            Ok(()) => match vault.login().await {
+                Ok(()) => status = vault.status(),
+                Err(err) => tracing::debug!(%err, "Vault login after a successful probe failed"),
+            },
+            Err(err) => tracing::debug!(%err, "Vault probe failed"),
+        }
+    }
     if !status.logged_in {
         let error = status
             .last_error
@@ -180,24 +217,26 @@ async fn vault_usable(vault: &VaultBackend, probe: &mut Probe) -> Result<(), Str
     };
     // The first probe waits a whole interval, so that a failed read shows in the status even
     // when `sys/health` succeeds at once.
-    let due = outage.duration >= PROBE_INTERVAL
-        && probe
-            .vault_latest
-            .is_none_or(|at| at.elapsed() >= PROBE_INTERVAL);
-    if due {
-        probe.vault_latest = Some(Instant::now());
-        match tokio::time::timeout(PROBE_TIMEOUT, vault.probe()).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(err)) => tracing::debug!(%err, "Vault probe failed"),
-            Err(_) => tracing::debug!(
-                timeout_ms = PROBE_TIMEOUT.as_millis(),
-                "Vault probe timed out"
-            ),
+    if outage.duration >= PROBE_INTERVAL && probe.vault_due() {
+        match probe_vault(vault).await {
+            Ok(()) => return Ok(()),
+            Err(err) => tracing::debug!(%err, "Vault probe failed"),
         }
     }
     match vault.outage() {
         Some(outage) => Err(outage_reason("Vault", &outage)),
         None => Ok(()),
+    }
+}
+
+/// Probes Vault's `sys/health` within [`PROBE_TIMEOUT`].
+async fn probe_vault(vault: &VaultBackend) -> Result<(), String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, vault.probe()).await {
+        Ok(result) => result.map_err(|err| err.to_string()),
+        Err(_) => Err(format!(
+            "the probe timed out after {} ms",
+            PROBE_TIMEOUT.as_millis()
+        )),
     }
 }
 

@@ -114,7 +114,13 @@ impl Admin for AdminService {
                     cache_hits: status.cache_hits,
                     cache_misses: status.cache_misses,
                     stale_served: status.stale_served,
-                    last_error: status.last_error.unwrap_or_default(),
+                    // In node mode a failing pod watch explains the failures of Secret reads too.
+                    last_error: state
+                        .node
+                        .as_ref()
+                        .and_then(|node| node.pods.last_error())
+                        .or(status.last_error)
+                        .unwrap_or_default(),
                 })
             }
             None => None,

@@ -90,4 +90,9 @@ impl crate::value_cache::SourceError for HttpError {
     fn is_unavailable(&self) -> bool {
         HttpError::is_unavailable(self)
     }
+
+    /// A 401 rejects the token for every key. A 403 denies one key only, so it does not count.
+    fn is_credential_rejection(&self) -> bool {
+        matches!(self, HttpError::Unauthorized { .. })
+    }
 }

@@ -134,6 +134,12 @@ impl HttpBackend {
         self.inner.cache.outage()
     }
 
+    /// Returns the error of the latest request whose credentials the source rejected (a 401),
+    /// or `None` when a later request found them accepted.
+    pub fn credential_rejection(&self) -> Option<String> {
+        self.inner.cache.credential_rejection()
+    }
+
     /// Lists the cached keys with their cache state, in no particular order, without their
     /// values.
     pub(crate) fn cache_entries(&self) -> Vec<(String, EntryInfo)> {

@@ -81,4 +81,10 @@ impl crate::value_cache::SourceError for KubeSecretError {
     fn is_unavailable(&self) -> bool {
         matches!(self, KubeSecretError::Unavailable { .. })
     }
+
+    /// A 401 rejects the credentials for every Secret. A 403 denies one Secret or namespace
+    /// only, so it does not count.
+    fn is_credential_rejection(&self) -> bool {
+        matches!(self, KubeSecretError::Unauthorized { .. })
+    }
 }

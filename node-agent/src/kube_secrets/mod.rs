@@ -173,6 +173,10 @@ impl KubeSecrets {
             settings.cache_ttl,
             settings.max_stale,
         );
+        let cache = match credentials {
+            Credentials::Kubeconfig => cache,
+            Credentials::PodTokens => cache.without_credential_tracking(),
+        };
         KubeSecrets {
             inner: Arc::new(Inner {
                 settings,
@@ -400,6 +404,12 @@ impl KubeSecrets {
     /// it.
     pub fn outage(&self) -> Option<Outage> {
         self.inner.cache.outage()
+    }
+
+    /// Returns the error of the latest request whose credentials the source rejected (a 401),
+    /// or `None` when a later request found them accepted.
+    pub fn credential_rejection(&self) -> Option<String> {
+        self.inner.cache.credential_rejection()
     }
 
     /// Returns the identities that cached Secret reads belong to, sorted.

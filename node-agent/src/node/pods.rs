@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -130,6 +130,8 @@ struct Store {
     connected: AtomicBool,
     /// Failed list and watch requests since the API server last delivered data.
     failures: AtomicU64,
+    /// The latest failed list or watch request in words, until the API server delivers data.
+    last_error: Mutex<Option<String>>,
     deletions: broadcast::Sender<DeletedPod>,
     /// The agent's metrics, which count relists and watch errors.
     metrics: Arc<Metrics>,
@@ -178,6 +180,7 @@ impl PodWatch {
             synced: watch::channel(false).0,
             connected: AtomicBool::new(false),
             failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
             deletions: broadcast::channel(DELETIONS_BUFFER).0,
             metrics,
         });
@@ -208,6 +211,12 @@ impl PodWatch {
     /// delivered data; 0 while the watch works.
     pub fn consecutive_failures(&self) -> u64 {
         self.store.failures.load(Ordering::Relaxed)
+    }
+
+    /// Returns the latest failed list or watch request in words, naming the API server and
+    /// what to fix, or `None` once the API server delivered data after it.
+    pub fn last_error(&self) -> Option<String> {
+        self.store.lock_last_error().clone()
     }
 
     /// Waits up to `wait` for the first full list; returns whether it arrived.
@@ -320,6 +329,9 @@ async fn watch_until_failure(
                 if !matches!(event, Event::Init) {
                     store.failures.store(0, Ordering::Relaxed);
                     store.connected.store(true, Ordering::Relaxed);
+                    if store.lock_last_error().take().is_some() {
+                        info!(node = %store.node_name, "the pod watch receives data again");
+                    }
                 }
                 event
             }
@@ -327,7 +339,10 @@ async fn watch_until_failure(
                 let failures = store.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 store.connected.store(false, Ordering::Relaxed);
                 store.metrics.pod_watch_failed();
-                log_watch_error(&err, failures, &store.node_name, &store.server);
+                if let Some(message) = describe_watch_error(&err, &store.server) {
+                    let previous = store.lock_last_error().replace(message.clone());
+                    log_watch_error(&message, previous.as_deref(), failures, &store.node_name);
+                }
                 if matches!(err, watcher::Error::InitialListFailed(_)) {
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue;
@@ -414,10 +429,9 @@ fn rand_below(bound: u64) -> u64 {
     u64::from(nanos) % bound
 }
 
-/// Logs a watch error, naming the API server and what to fix. A 401 or 403 is always a
-/// warning because an operator must fix credentials or RBAC. Other errors are routine, so only
-/// the first of a run and every 10th after it is a warning.
-fn log_watch_error(err: &watcher::Error, failures: u64, node: &str, server: &str) {
+/// Describes a watch error in words: the request, the API server and what to fix. Returns
+/// `None` for an expired watch history (410 Gone), which is routine and only leads to a relist.
+fn describe_watch_error(err: &watcher::Error, server: &str) -> Option<String> {
     let (request, failure) = match err {
         watcher::Error::InitialListFailed(err) => ("the first list of pods", Failure::Client(err)),
         watcher::Error::WatchStartFailed(err) | watcher::Error::WatchFailed(err) => {
@@ -425,25 +439,27 @@ fn log_watch_error(err: &watcher::Error, failures: u64, node: &str, server: &str
         }
         watcher::Error::WatchError(status) => {
             if status.code == 410 {
-                debug!(%node, "pod watch history expired; relisting");
-                return;
+                debug!("pod watch history expired; relisting");
+                return None;
             }
             ("the pod watch", Failure::Status(status))
         }
         other => ("the pod watch", Failure::Other(other)),
     };
-    let status = match failure {
-        Failure::Client(kube::Error::Api(status)) => Some(status.as_ref()),
-        Failure::Status(status) => Some(status),
-        _ => None,
-    };
-    let message = describe_failure(&failure, server);
-    if status.is_some_and(|status| status.code == 401 || status.code == 403) {
-        warn!(%node, failures, "{request} failed: {message}");
-    } else if failures == 1 || failures.is_multiple_of(10) {
-        warn!(%node, failures, "{request} failed, retrying with backoff: {message}");
+    Some(format!(
+        "{request} failed: {}",
+        describe_failure(&failure, server)
+    ))
+}
+
+/// Logs a watch error `message`. A message that differs from the `previous` error is a
+/// warning, so the log always names the current cause. A run of the same error is a warning
+/// at its 10th, 20th, ... failure and otherwise logged at debug level.
+fn log_watch_error(message: &str, previous: Option<&str>, failures: u64, node: &str) {
+    if previous != Some(message) || failures.is_multiple_of(10) {
+        warn!(%node, failures, "{message}; retrying with backoff");
     } else {
-        debug!(%node, failures, "{request} failed, retrying with backoff: {message}");
+        debug!(%node, failures, "{message}; retrying with backoff");
     }
 }
 
@@ -512,6 +528,13 @@ fn describe_connection_error(err: &kube::Error, server: &str) -> String {
 }
 
 impl Store {
+    fn lock_last_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // Writers only replace the whole value, so a poisoned lock still holds a usable one.
+        self.last_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn is_synced(&self) -> bool {
         *self.synced.borrow()
     }

@@ -325,6 +325,17 @@ impl VaultBackend {
         }
     }
 
+    /// Returns whether no token is in use because the latest login found Vault unavailable,
+    /// as when Vault was down when the agent started.
+    pub(crate) fn login_found_unavailable(&self) -> bool {
+        self.inner.session.login_found_unavailable()
+    }
+
+    /// Logs in now, as a health probe does once Vault is back after a failed login.
+    pub(crate) async fn login(&self) -> Result<(), VaultError> {
+        self.inner.session.login().await
+    }
+
     /// Lists the cached reads of this identity, without their data.
     pub fn cache_entries(&self) -> Vec<CacheEntryInfo> {
         let mut entries: Vec<CacheEntryInfo> = self

@@ -7,6 +7,7 @@
 //! in local mode). A login that a request caused runs inside the caller's span, which in node
 //! mode names the pod.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,6 +46,8 @@ pub(crate) struct Session {
     current: Mutex<Option<ActiveToken>>,
     /// The message of the latest failed login, cleared by a successful one.
     login_error: Mutex<Option<String>>,
+    /// Whether the latest login failed because Vault was unavailable.
+    login_unavailable: AtomicBool,
     /// Serializes logins, so concurrent requests wait for one login.
     login_lock: tokio::sync::Mutex<()>,
     renewer: Mutex<Option<JoinHandle<()>>>,
@@ -69,6 +72,7 @@ impl Session {
             identity,
             current: Mutex::new(None),
             login_error: Mutex::new(None),
+            login_unavailable: AtomicBool::new(false),
             login_lock: tokio::sync::Mutex::new(()),
             renewer: Mutex::new(None),
         })
@@ -89,6 +93,11 @@ impl Session {
         lock(&self.login_error).clone()
     }
 
+    /// Returns whether no token is in use because the latest login found Vault unavailable.
+    pub(crate) fn login_found_unavailable(&self) -> bool {
+        self.login_unavailable.load(Ordering::Relaxed) && self.lock_current().is_none()
+    }
+
     /// Returns the current token, logging in first when there is none or it has expired.
     pub(crate) async fn token(self: &Arc<Self>) -> Result<Arc<SecretText>, VaultError> {
         if let Some(token) = self.usable_token() {
@@ -104,14 +113,15 @@ impl Session {
     /// Replaces `rejected`, which Vault refused with `error`, by a new login when the auth
     /// method can log in again. Returns the new token, or `None` when a new login cannot help:
     /// the method cannot log in again, or the token is fresh and Vault only denied the path.
+    ///
+    /// When the method cannot log in again (a `VAULT_TOKEN` token), a token that Vault no
+    /// longer accepts is dropped, so the identity counts as not logged in until a login at a
+    /// later request succeeds.
     pub(crate) async fn login_after_rejection(
         self: &Arc<Self>,
         rejected: &Arc<SecretText>,
         error: &VaultError,
     ) -> Result<Option<Arc<SecretText>>, VaultError> {
-        if !self.auth.can_login_again() {
-            return Ok(None);
-        }
         let _guard = self.login_lock.lock().await;
         let (replaced, fresh) = match self.lock_current().as_ref() {
             Some(active) => (
@@ -127,13 +137,56 @@ impl Session {
         if fresh && matches!(error, VaultError::PermissionDenied { .. }) {
             return Ok(None);
         }
+        if !self.auth.can_login_again() {
+            self.check_static_token(rejected, error).await;
+            return Ok(None);
+        }
         tracing::info!(
             identity = %self.identity,
             method = self.auth.method(),
             %error,
             "Vault rejected the token of this identity; logging in again"
         );
-        self.login_locked().await.map(Some)
+        let login = self.login_locked().await;
+        if let Err(err) = &login {
+            tracing::warn!(
+                identity = %self.identity,
+                method = self.auth.method(),
+                %err,
+                "Vault login after a rejected token failed; vault: references of this identity \
+                 fail until a login succeeds"
+            );
+        }
+        login.map(Some)
+    }
+
+    /// Drops `rejected`, a token that cannot be replaced, when Vault no longer accepts it. A
+    /// plain "permission denied" may mean only that the policy denies the path, so the token
+    /// is then looked up first. The caller must hold `login_lock`.
+    async fn check_static_token(&self, rejected: &Arc<SecretText>, error: &VaultError) {
+        let rejection = match error {
+            VaultError::InvalidToken { .. } => error.to_string(),
+            _ => match self.auth.login(&self.transport).await {
+                Ok(_) => {
+                    // The token is valid; wait before the next lookup of a denied path.
+                    if let Some(active) = self.lock_current().as_mut() {
+                        active.obtained_at = Instant::now();
+                    }
+                    return;
+                }
+                Err(err) if err.is_auth_rejection() => err.to_string(),
+                Err(_) => return,
+            },
+        };
+        self.forget(rejected);
+        *lock(&self.login_error) = Some(rejection.clone());
+        tracing::warn!(
+            identity = %self.identity,
+            method = self.auth.method(),
+            error = %rejection,
+            "Vault rejected the token of this identity; vault: references fail until Vault \
+             accepts a new token (set VAULT_TOKEN and restart the agent)"
+        );
     }
 
     /// Logs in now. Used at start so that a bad token shows up before the first request.
@@ -189,6 +242,14 @@ impl Session {
             let login = self.auth.login(&self.transport).await;
             self.transport.count(VaultOperation::Login, &login);
             *lock(&self.login_error) = login.as_ref().err().map(ToString::to_string);
+            self.login_unavailable.store(
+                login.as_ref().is_err_and(VaultError::is_unavailable),
+                Ordering::Relaxed,
+            );
+            if login.as_ref().is_err_and(VaultError::is_auth_rejection) {
+                // A rejected login leaves no usable token, because the old one was rejected or expires soon.
+                *self.lock_current() = None;
+            }
             let Login {
                 token,
                 expires_at,

@@ -246,3 +246,43 @@ pub async fn scrape(address: SocketAddr) -> Scrape {
     let samples = prometheus_parse::Scrape::parse(lines).unwrap().samples;
     Scrape { text, samples }
 }
+
+/// The agent's log lines, captured by a subscriber that every test of a file shares.
+pub static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Writes log output into [`LOG`].
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the agent's warnings to [`LOG`] from now on, for every test of this file.
+pub fn capture_log() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+}
+
+/// Returns the captured log lines that contain `text`.
+pub fn log_lines_with(text: &str) -> Vec<String> {
+    let log = LOG.lock().unwrap();
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter(|line| line.contains(text))
+        .map(str::to_string)
+        .collect()
+}
