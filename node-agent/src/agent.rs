@@ -217,6 +217,7 @@ impl Agent {
             checked_kube_tokens: CheckedTokens::default(),
             refusals: Refusals::new(RefusingSocket::Agent, Arc::clone(&metrics)),
             denials: Refusals::for_denied_requests(),
+            failures: Refusals::for_failed_requests(),
         };
         Ok(BoundAgent {
             listener,
@@ -576,6 +577,7 @@ impl BoundAgent {
             [
                 Refusals::spawn_summaries(&node.refusals),
                 Refusals::spawn_summaries(&node.denials),
+                Refusals::spawn_summaries(&node.failures),
             ]
         });
         let reloader = backends

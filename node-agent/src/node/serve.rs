@@ -73,6 +73,9 @@ pub(crate) struct NodeContext {
     pub refusals: Arc<Refusals>,
     /// Counts and rate-limits the warnings about denied requests, per pod and reason.
     pub denials: Arc<Refusals>,
+    /// Counts and rate-limits the warnings about failed Vault requests, per pod and error
+    /// kind.
+    pub failures: Arc<Refusals>,
 }
 
 /// The pod and container of a connection's process, with the pod's settings.
@@ -688,11 +691,47 @@ async fn vault_lookup(
         .backend
         .resolve_in(reference, || vault_span(attested))
         .await;
-    Ok(match result {
-        Ok(value) => found(name, reference.key(), value),
-        Err(err @ VaultError::LoginFailed { .. }) => {
+    let err = match result {
+        Ok(value) => return Ok(found(name, reference.key(), value)),
+        Err(err) => err,
+    };
+    let pod = pod_name(&attested.pod);
+    let verdict = context.failures.refuse(&pod, err.kind(), Instant::now());
+    let hint = match &err {
+        VaultError::LoginFailed { .. } => Some(login_hint(attested, &identity_of(attested, base))),
+        _ => None,
+    };
+    if let Verdict::Log { unlogged } = verdict {
+        log_vault_failure(
+            connection,
+            attested,
+            name,
+            base,
+            &err,
+            hint.as_deref(),
+            unlogged,
+        );
+    }
+    Ok(match hint {
+        Some(hint) => Outcome::error(format!("{name}: {err}; {hint}")),
+        None => Outcome::error(format!("{name}: {err}")),
+    })
+}
+
+/// Logs a failed Vault request of `attested`'s pod. `unlogged` failures of this pod and kind
+/// came since its last line, and later ones within the summary interval are only counted.
+fn log_vault_failure(
+    connection: &NodeConnection,
+    attested: &Attested,
+    name: &str,
+    base: &VaultSettings,
+    err: &VaultError,
+    hint: Option<&str>,
+    unlogged: u64,
+) {
+    match hint {
+        Some(hint) => {
             let identity = identity_of(attested, base);
-            let hint = login_hint(attested, &identity);
             tracing::warn!(
                 pid = connection.pid(),
                 pod = %pod_name(&attested.pod),
@@ -702,22 +741,23 @@ async fn vault_lookup(
                 role = %identity.role,
                 auth_mount = %identity.auth_mount,
                 %err,
-                "Vault login failed; {hint}"
+                unlogged,
+                "Vault login failed; {hint} (later failures of this pod are counted and logged \
+                 as a summary every 10 s)"
             );
-            Outcome::error(format!("{name}: {err}; {hint}"))
         }
-        Err(err) => {
-            tracing::warn!(
-                pid = connection.pid(),
-                pod = %pod_name(&attested.pod),
-                container = %attested.container,
-                variable = name,
-                %err,
-                "Vault read failed"
-            );
-            Outcome::error(format!("{name}: {err}"))
-        }
-    })
+        None => tracing::warn!(
+            pid = connection.pid(),
+            pod = %pod_name(&attested.pod),
+            container = %attested.container,
+            variable = name,
+            kind = err.kind(),
+            %err,
+            unlogged,
+            "Vault read failed (later failures of this kind in this pod are counted and logged \
+             as a summary every 10 s)"
+        ),
+    }
 }
 
 /// Returns the span of a Vault request that `attested`'s pod caused, so that log lines of the
@@ -747,7 +787,7 @@ fn login_hint(attested: &Attested, identity: &Identity) -> String {
         )
     };
     format!(
-        "pod {} logged in as service account {}/{} with Vault role {} (from {role_source}) at \
+        "pod {} tried to log in as service account {}/{} with Vault role {} (from {role_source}) at \
          auth mount {} ({mount_source}); bind that service account and namespace to the role in \
          Vault (bound_service_account_names, bound_service_account_namespaces), or set {} to a \
          role that allows it",
