@@ -729,6 +729,49 @@ async fn health_listen_needs_admin_api() {
 }
 
 #[tokio::test]
+async fn health_listen_without_enabled_says_enable() {
+    let server = start_server(ServerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        socket: Some(dir.path().join("agent.sock")),
+        vault: Some(settings(&server, server.root_token())),
+        admin: AdminSettings {
+            enabled: None,
+            socket: None,
+            health_listen: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        ..Config::default()
+    };
+    let error = Agent::bind(config).await.err().unwrap().to_string();
+    assert!(error.contains("[admin] health_listen"), "{error}");
+    assert!(error.contains("set `enabled = true`"), "{error}");
+    assert!(!error.contains("enabled = false"), "{error}");
+}
+
+#[tokio::test]
+async fn admin_socket_with_admin_disabled_rejected() {
+    let server = start_server(ServerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        socket: Some(dir.path().join("agent.sock")),
+        vault: Some(settings(&server, server.root_token())),
+        admin: AdminSettings {
+            enabled: Some(false),
+            socket: Some(dir.path().join("admin.sock")),
+            health_listen: None,
+        },
+        ..Config::default()
+    };
+    let error = Agent::bind(config).await.err().unwrap().to_string();
+    assert!(error.contains("[admin] socket"), "{error}");
+    assert!(error.contains("enabled = false"), "{error}");
+    assert!(
+        !dir.path().join("agent.sock").exists(),
+        "no socket is left behind"
+    );
+}
+
+#[tokio::test]
 async fn admin_socket_equal_to_agent_socket_rejected() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secrets.json"), "{}").unwrap();
