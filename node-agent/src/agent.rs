@@ -695,6 +695,7 @@ fn admin_state(
         audit: Arc::clone(audit),
         config_source: config.source.clone(),
         running_config: std::sync::Mutex::new(RunningConfig::new(config)),
+        config_reload_error: Default::default(),
         health: Default::default(),
         stop: tokio_util::sync::CancellationToken::new(),
     }
