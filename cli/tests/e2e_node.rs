@@ -190,6 +190,25 @@ fn refusals_say_what_to_change() {
         assert!(!stderr.contains(&secret_a), "{stderr}");
         assert!(!stderr.contains(&secret_b), "{stderr}");
     }
+
+    let log = cluster.agent_log();
+    let denials: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("request denied"))
+        .collect();
+    let outside = denials
+        .iter()
+        .find(|line| !line.contains(" pod="))
+        .unwrap_or_else(|| panic!("no denial outside pods: {log}"));
+    assert!(
+        outside.contains("later denials of this caller"),
+        "{outside}"
+    );
+    let in_pod = denials
+        .iter()
+        .find(|line| line.contains(" pod="))
+        .unwrap_or_else(|| panic!("no denial in a pod: {log}"));
+    assert!(in_pod.contains("later denials of this pod"), "{in_pod}");
 }
 
 #[test]

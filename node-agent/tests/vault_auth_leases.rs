@@ -496,11 +496,13 @@ async fn kubernetes_logs_in_again_before_max_ttl() {
     assert_eq!(server.request_count("POST", "auth/kubernetes/login"), 1);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(server.request_count("POST", "auth/kubernetes/login"), 2);
-    assert!(
-        logs.text().contains("reached its maximum TTL"),
-        "{}",
-        logs.text()
-    );
+    let text = logs.text();
+    let max_ttl = text
+        .lines()
+        .find(|line| line.contains("reached its maximum TTL"))
+        .unwrap_or_else(|| panic!("no maximum TTL line: {text}"));
+    // A login before the expiry is routine for an auth method that can log in again.
+    assert!(max_ttl.contains("INFO"), "{max_ttl}");
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(

@@ -1083,6 +1083,7 @@ fn deny(
         .denials
         .refuse(&source, denied.reason, Instant::now());
     if let Verdict::Log { unlogged } = verdict {
+        let subject = if pod_name.is_some() { "pod" } else { "caller" };
         tracing::warn!(
             pid = connection.pid(),
             pod = pod_name,
@@ -1091,7 +1092,7 @@ fn deny(
             reason = denied.reason,
             annotation = denied.annotation,
             unlogged,
-            "request denied (later denials of this pod for this reason are counted in \
+            "request denied (later denials of this {subject} for this reason are counted in \
              envproxy_denials_total and logged as a summary every 10 s)"
         );
     }

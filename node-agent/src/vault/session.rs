@@ -399,6 +399,15 @@ async fn keep_alive(session: std::sync::Weak<Session>, token: Arc<SecretText>) {
                         ttl_secs = auth.lease_duration,
                         "renewed the Vault token"
                     );
+                } else if can_login_again {
+                    // Routine: the next pass of this loop logs in again before the expiry.
+                    tracing::info!(
+                        identity = %identity,
+                        method,
+                        expires_at = %format_time(new_expiry),
+                        "the Vault token reached its maximum TTL; logging in again before it \
+                         expires"
+                    );
                 } else {
                     tracing::warn!(
                         identity = %identity,
