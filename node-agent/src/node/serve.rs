@@ -345,7 +345,7 @@ pub(crate) async fn handle(
     status: &StatusReporter,
 ) -> Outcome {
     let (name, value) = match request {
-        Request::Status => return status_outcome(context, connection, status),
+        Request::Status => return status_outcome(context, connection, status).await,
         Request::V1 { key } => (key.as_slice(), None),
         Request::V2 { key, value } => (key.as_slice(), Some(value.as_slice())),
     };
@@ -431,25 +431,38 @@ pub(crate) async fn handle(
 }
 
 /// Builds the response to a status request, served only to the agent's own user outside any
-/// pod, such as an operator on the node, because the status names the node's workloads.
-fn status_outcome(
+/// pod, such as an operator on the node, because the status names the node's workloads. A
+/// request from elsewhere is denied like any other, naming the caller's pod and container
+/// when the connection can be attested.
+async fn status_outcome(
     context: &NodeContext,
-    connection: &NodeConnection,
+    connection: &mut NodeConnection,
     status: &StatusReporter,
 ) -> Outcome {
     let allowed =
         connection.pod_container.pod_uid.is_empty() && connection.caller.uid() == context.agent_uid;
-    if !allowed {
-        return Outcome::error(
-            "permission denied: in node mode the status is served only to the agent's user \
-             outside any pod; use `envproxy status` on the node as that user"
-                .to_string(),
-        );
+    if allowed {
+        return Outcome {
+            response: Response::Found(SecretBytes::new(status.payload())),
+            decision: Decision::Status,
+        };
     }
-    Outcome {
-        response: Response::Found(SecretBytes::new(status.payload())),
-        decision: Decision::Status,
-    }
+    let mut denied = Denied::new(
+        "status_not_allowed",
+        "permission denied: in node mode the status is served only to the agent's user outside \
+         any pod; use `envproxy status` on the node as that user"
+            .to_string(),
+    );
+    let attested = match attest(context, connection).await {
+        Ok(attested) => Some(attested),
+        Err(not_attested) => {
+            // The pod, when known, still names the caller in the log and the audit event.
+            denied.pod = not_attested.pod;
+            denied.container = not_attested.container;
+            None
+        }
+    };
+    deny(context, connection, attested.as_deref(), "", denied)
 }
 
 /// Finds the connection's pod and container, once per connection, and checks on every request
