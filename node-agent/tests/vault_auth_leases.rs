@@ -545,7 +545,8 @@ async fn denied_path_does_not_repeat_logins() {
             }
         );
     }
-    // The token is fresh and valid, so a denied path is the policy's decision.
+    // The token is fresh and valid, so a denied path is the policy's decision. The denial is
+    // cached for a few seconds, so the later requests do not read Vault either.
     assert_eq!(server.request_count("POST", "auth/kubernetes/login"), 1);
-    assert_eq!(server.request_count("GET", "kv/other-team"), 3);
+    assert_eq!(server.request_count("GET", "kv/other-team"), 1);
 }
