@@ -255,6 +255,10 @@ impl Session {
     }
 
     /// Starts the next backoff pause after `err`, a login that Vault refused, and logs it.
+    ///
+    /// NOTE: the pause also delays a login with a newer service account token that a pod
+    /// presents meanwhile, so a refusal of an expired token can delay the next login by up to
+    /// the current pause.
     fn back_off(&self, err: &VaultError) {
         let mut backoff = lock(&self.login_backoff);
         let pause = match backoff.as_ref() {
