@@ -137,6 +137,35 @@ fn audit_follow_shows_allowed_and_denied() {
 }
 
 #[test]
+fn audit_names_pod_of_status_request() {
+    let node = Node::start();
+    let socket = node.cluster.admin_socket();
+    let child = spawn_admin(
+        &socket,
+        &["audit", "--follow", "--count", "1", "-o", "json"],
+    );
+    wait_for_audit_watchers(&socket, 1);
+
+    let mut command = Command::new(envproxy());
+    command
+        .args(["status", "--socket"])
+        .arg(&node.cluster.socket);
+    node.cluster.enter(&node.pod, &mut command);
+    let status = run_with_limit(&mut command, LIMIT);
+    assert_eq!(status.status.code(), Some(1), "{status:?}");
+
+    let output = finish(child);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    let event: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("{err}: {stdout}"));
+    assert_eq!(event["pod"], "team-a/web-a", "{event}");
+    assert_eq!(event["container"], "app", "{event}");
+    assert_eq!(event["decision"], "denied", "{event}");
+    assert_eq!(event["reason"], "status_not_allowed", "{event}");
+}
+
+#[test]
 fn workloads_cache_status_and_flush_by_pod() {
     let node = Node::start();
     let socket = node.cluster.admin_socket();

@@ -759,6 +759,26 @@ fn run_with_original_config_file() {
 }
 
 #[test]
+fn admin_missing_config_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-config.toml");
+    let output = output_of(envproxy(&[
+        "admin",
+        "--config",
+        missing.to_str().unwrap(),
+        "status",
+    ]));
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert_eq!(
+        stderr.matches(missing.to_str().unwrap()).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("--config"), "{stderr}");
+}
+
+#[test]
 fn run_rejects_secrets_with_config() {
     let output = output_of(envproxy(&[
         "run",

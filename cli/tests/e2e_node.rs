@@ -190,6 +190,25 @@ fn refusals_say_what_to_change() {
         assert!(!stderr.contains(&secret_a), "{stderr}");
         assert!(!stderr.contains(&secret_b), "{stderr}");
     }
+
+    let log = cluster.agent_log();
+    let denials: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("request denied"))
+        .collect();
+    let outside = denials
+        .iter()
+        .find(|line| !line.contains(" pod="))
+        .unwrap_or_else(|| panic!("no denial outside pods: {log}"));
+    assert!(
+        outside.contains("later denials of this caller"),
+        "{outside}"
+    );
+    let in_pod = denials
+        .iter()
+        .find(|line| line.contains(" pod="))
+        .unwrap_or_else(|| panic!("no denial in a pod: {log}"));
+    assert!(in_pod.contains("later denials of this pod"), "{in_pod}");
 }
 
 #[test]
@@ -631,4 +650,115 @@ fn edited_k8s_secret_reaches_running_process() {
         "arrived after {:?}, expected within the 2 s of the two TTLs",
         edited.elapsed()
     );
+}
+
+/// A Python program that sends `argv[4]` v2 requests for variable `argv[2]` with reference
+/// `argv[3]` on one connection to the agent socket in `argv[1]`, and prints each response's
+/// status byte and payload.
+const REQUEST_FLOOD: &str = r#"
+import socket, struct, sys
+name, value = sys.argv[2].encode(), sys.argv[3].encode()
+frame = bytes([2]) + struct.pack(">H", len(name)) + name + struct.pack(">H", len(value)) + value
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(10.0)
+
+def read_exact(count):
+    data = b""
+    while len(data) < count:
+        chunk = s.recv(count - len(data))
+        if not chunk:
+            raise SystemExit("the agent closed the connection")
+        data += chunk
+    return data
+
+for _ in range(int(sys.argv[4])):
+    s.sendall(frame)
+    status, length = struct.unpack(">BH", read_exact(3))
+    print(status, read_exact(length).decode("utf-8", "replace"))
+"#;
+
+/// Sends `count` requests for `name` set to `reference` from `pod` on one connection, and
+/// returns the responses as "STATUS PAYLOAD" lines.
+fn request_flood(
+    cluster: &Cluster,
+    pod: &TestPod,
+    name: &str,
+    reference: &str,
+    count: usize,
+) -> Vec<String> {
+    let mut command = Command::new("python3");
+    cluster.enter(pod, &mut command);
+    command
+        .arg("-c")
+        .arg(REQUEST_FLOOD)
+        .arg(&cluster.socket)
+        .arg(name)
+        .arg(reference)
+        .arg(count.to_string());
+    let output = run_with_limit(&mut command, LIMIT);
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn failed_vault_requests_are_bounded() {
+    let mut cluster = Cluster::start();
+    let secret = put_secret(&cluster, "a");
+    let wrong_role = cluster.add_pod(
+        "a",
+        "wrong-role-a",
+        json!({"envproxy.dev/inject": "true", "envproxy.dev/vault-role": "nosuch"}),
+        &[("DB_PASSWORD", &reference("a"))],
+    );
+    let missing = "vault:secret/data/team-a/missing#k";
+    let reader = cluster.add_pod(
+        "a",
+        "reader-a",
+        json!({"envproxy.dev/inject": "true"}),
+        &[("MISSING", missing)],
+    );
+
+    let replies = request_flood(&cluster, &wrong_role, "DB_PASSWORD", &reference("a"), 100);
+    assert_eq!(replies.len(), 100, "{replies:?}");
+    for reply in &replies {
+        assert!(reply.starts_with("2 "), "{reply}");
+        assert!(reply.contains("tried to log in as"), "{reply}");
+        assert!(!reply.contains(&secret), "{reply}");
+    }
+    // The first refused login starts a 1 s pause, doubling at each refusal, so a flood of
+    // 100 requests makes a few logins however slowly it runs.
+    let logins = cluster.vault.request_count("POST", "auth/kubernetes/login");
+    assert!((1..=4).contains(&logins), "{logins} logins");
+
+    let replies = request_flood(&cluster, &reader, "MISSING", missing, 100);
+    assert_eq!(replies.len(), 100, "{replies:?}");
+    for reply in &replies {
+        assert!(
+            reply.contains("no secret at secret/data/team-a/missing"),
+            "{reply}"
+        );
+    }
+    // "Not found" is cached for the cache TTL, at most 5 s.
+    let reads = cluster
+        .vault
+        .request_count("GET", "secret/data/team-a/missing");
+    assert!((1..=2).contains(&reads), "{reads} reads");
+
+    let log = cluster.agent_log();
+    let login_warnings = log
+        .lines()
+        .filter(|line| line.contains("Vault login failed"))
+        .count() as u64;
+    // One line per refused login, and one rate-limited line about the pod's failed requests.
+    assert!((2..=logins + 1).contains(&login_warnings), "{log}");
+    let read_warnings = log
+        .lines()
+        .filter(|line| line.contains("Vault read failed"))
+        .count();
+    assert_eq!(read_warnings, 1, "{log}");
+    assert!(!log.contains(&secret), "{log}");
 }

@@ -59,10 +59,15 @@ pub enum AgentError {
     #[error(transparent)]
     HealthListen(#[from] admin::HealthListenError),
     #[error(
-        "[admin] health_listen is set but the admin API is off: remove `enabled = false` from \
-         [admin] (the health status is computed by the admin API)"
+        "[admin] health_listen is set but the admin API is off: {fix} (the health status is \
+         computed by the admin API)"
     )]
-    HealthWithoutAdmin,
+    HealthWithoutAdmin { fix: &'static str },
+    #[error(
+        "[admin] socket is set but `enabled = false` in [admin] turns the admin API off: remove \
+         `socket`, or remove `enabled = false` to serve the admin API on that socket"
+    )]
+    SocketWithoutAdmin,
     #[error(
         "[admin] socket and [agent] socket (or --socket) both name {}: the two must differ, \
          because the admin API listens on its own socket (remove [admin] socket to use \
@@ -217,6 +222,7 @@ impl Agent {
             checked_kube_tokens: CheckedTokens::default(),
             refusals: Refusals::new(RefusingSocket::Agent, Arc::clone(&metrics)),
             denials: Refusals::for_denied_requests(),
+            failures: Refusals::for_failed_requests(),
         };
         Ok(BoundAgent {
             listener,
@@ -296,8 +302,17 @@ fn resolve_socket_path(path: &Path) -> PathBuf {
 /// `[admin] health_listen` is set.
 async fn bind_admin(config: &Config, agent_uid: u32) -> Result<Option<AdminListener>, AgentError> {
     let Some(path) = admin_socket_path(config) else {
+        let disabled = config.admin.enabled == Some(false);
         if config.admin.health_listen.is_some() {
-            return Err(AgentError::HealthWithoutAdmin);
+            let fix = if disabled {
+                "remove `enabled = false` from [admin]"
+            } else {
+                "set `enabled = true` in [admin]"
+            };
+            return Err(AgentError::HealthWithoutAdmin { fix });
+        }
+        if disabled && config.admin.socket.is_some() {
+            return Err(AgentError::SocketWithoutAdmin);
         }
         return Ok(None);
     };
@@ -576,6 +591,7 @@ impl BoundAgent {
             [
                 Refusals::spawn_summaries(&node.refusals),
                 Refusals::spawn_summaries(&node.denials),
+                Refusals::spawn_summaries(&node.failures),
             ]
         });
         let reloader = backends
@@ -679,6 +695,7 @@ fn admin_state(
         audit: Arc::clone(audit),
         config_source: config.source.clone(),
         running_config: std::sync::Mutex::new(RunningConfig::new(config)),
+        config_reload_error: Default::default(),
         health: Default::default(),
         stop: tokio_util::sync::CancellationToken::new(),
     }

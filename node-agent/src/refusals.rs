@@ -48,6 +48,8 @@ enum Subject {
     },
     /// Requests that node mode's policy denied.
     DeniedRequests,
+    /// Requests that node mode allowed and a backend failed, such as a Vault read.
+    FailedRequests,
 }
 
 /// Whether a refusal gets its own log line.
@@ -92,6 +94,14 @@ impl Refusals {
     pub(crate) fn for_denied_requests() -> Arc<Refusals> {
         Arc::new(Refusals {
             subject: Subject::DeniedRequests,
+            windows: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Returns counts for allowed requests that a backend failed, per pod and error kind.
+    pub(crate) fn for_failed_requests() -> Arc<Refusals> {
+        Arc::new(Refusals {
+            subject: Subject::FailedRequests,
             windows: Mutex::new(HashMap::new()),
         })
     }
@@ -189,6 +199,14 @@ impl Refusals {
                 interval_s = SUMMARY_INTERVAL.as_secs(),
                 "denied more requests than were logged; see envproxy_denials_total"
             ),
+            Subject::FailedRequests => tracing::warn!(
+                source = %summary.source,
+                reason = summary.reason,
+                unlogged = summary.unlogged,
+                interval_s = SUMMARY_INTERVAL.as_secs(),
+                "more backend requests failed than were logged; see \
+                 envproxy_vault_errors_total and envproxy_requests_total"
+            ),
         }
     }
 
@@ -247,6 +265,35 @@ mod tests {
                 "envproxy_refused_connections_total{socket=\"agent\",reason=\"limit\"} 7\n"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn failed_requests_counted_per_source_and_kind() {
+        let failures = Refusals::for_failed_requests();
+        let start = Instant::now();
+        assert_eq!(
+            failures.refuse("team-a/pod-1", "not_found", start),
+            Verdict::Log { unlogged: 0 }
+        );
+        for _ in 0..99 {
+            assert_eq!(
+                failures.refuse("team-a/pod-1", "not_found", start),
+                Verdict::Counted
+            );
+        }
+        assert_eq!(
+            failures.refuse("team-a/pod-1", "login_failed", start),
+            Verdict::Log { unlogged: 0 }
+        );
+        let due = failures.due_summaries(start + SUMMARY_INTERVAL);
+        assert_eq!(
+            due,
+            vec![Summary {
+                source: "team-a/pod-1".to_string(),
+                reason: "not_found",
+                unlogged: 99,
+            }]
         );
     }
 

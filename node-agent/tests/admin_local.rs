@@ -926,6 +926,49 @@ async fn health_listen_needs_admin_api() {
 }
 
 #[tokio::test]
+async fn health_listen_without_enabled_says_enable() {
+    let server = start_server(ServerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        socket: Some(dir.path().join("agent.sock")),
+        vault: Some(settings(&server, server.root_token())),
+        admin: AdminSettings {
+            enabled: None,
+            socket: None,
+            health_listen: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        ..Config::default()
+    };
+    let error = Agent::bind(config).await.err().unwrap().to_string();
+    assert!(error.contains("[admin] health_listen"), "{error}");
+    assert!(error.contains("set `enabled = true`"), "{error}");
+    assert!(!error.contains("enabled = false"), "{error}");
+}
+
+#[tokio::test]
+async fn admin_socket_with_admin_disabled_rejected() {
+    let server = start_server(ServerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        socket: Some(dir.path().join("agent.sock")),
+        vault: Some(settings(&server, server.root_token())),
+        admin: AdminSettings {
+            enabled: Some(false),
+            socket: Some(dir.path().join("admin.sock")),
+            health_listen: None,
+        },
+        ..Config::default()
+    };
+    let error = Agent::bind(config).await.err().unwrap().to_string();
+    assert!(error.contains("[admin] socket"), "{error}");
+    assert!(error.contains("enabled = false"), "{error}");
+    assert!(
+        !dir.path().join("agent.sock").exists(),
+        "no socket is left behind"
+    );
+}
+
+#[tokio::test]
 async fn admin_socket_equal_to_agent_socket_rejected() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secrets.json"), "{}").unwrap();
@@ -1160,6 +1203,96 @@ async fn audit_log_and_reload_in_agent_binary() {
     assert_eq!(events[1]["decision"], "passthrough");
     assert!(!stderr.contains(&secret), "{stderr}");
     assert!(!stderr.contains(&plain_secret), "{stderr}");
+}
+
+#[tokio::test]
+async fn failed_sighup_reload_in_status() {
+    use nix::sys::signal::{kill, Signal};
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secrets.json"), "{}").unwrap();
+    let socket = dir.path().join("agent.sock");
+    let admin_socket = dir.path().join("admin/admin.sock");
+    let config = dir.path().join("agent.toml");
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nsocket = \"agent.sock\"\n{extra}\n[backend]\npath = \"secrets.json\"\n\
+                 [admin]\nenabled = true\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_config("");
+    let log_path = dir.path().join("agent.log");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_envproxy-agent"))
+            .arg("--config")
+            .arg(&config)
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    let log = || std::fs::read_to_string(&log_path).unwrap();
+    eventually("the agent listens", || async {
+        socket.exists() && admin_socket.exists()
+    })
+    .await;
+    let mut client = admin_client(&admin_socket).await;
+
+    std::fs::write(&config, "[agent\n").unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    eventually("the failed reload is logged", || async {
+        log().contains("config reload failed")
+    })
+    .await;
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let error = status.config_reload_error;
+    assert!(error.contains("invalid TOML"), "{error}");
+    assert!(error.contains("agent.toml"), "{error}");
+    assert!(!error.contains('\n'), "{error}");
+    let log_text = log();
+    let failed = log_text
+        .lines()
+        .find(|line| line.contains("config reload failed"))
+        .unwrap();
+    // The parser's whole message, excerpt included, is on the warning's line.
+    assert!(failed.contains(&error), "{log_text}");
+
+    write_config("no_such_key = 1");
+    kill(pid, Signal::SIGHUP).unwrap();
+    eventually("the reload is logged", || async {
+        log().contains("config reloaded")
+    })
+    .await;
+    let log_text = log();
+    let unknown = log_text
+        .lines()
+        .find(|line| line.contains("no_such_key"))
+        .unwrap_or_else(|| panic!("no line names the unknown key: {log_text}"));
+    assert!(unknown.contains("WARN"), "{unknown}");
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.config_reload_error, "");
+
+    drop(client);
+    kill(pid, Signal::SIGTERM).unwrap();
+    let exit = child.0.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
 }
 
 /// A child process that is killed when a failed check ends the test early.

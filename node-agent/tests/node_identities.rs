@@ -6,7 +6,7 @@ mod vault_support;
 use std::time::{Duration, SystemTime};
 
 use envproxy_agent::node::identities::{Identities, Identity};
-use envproxy_agent::vault::SecretText;
+use envproxy_agent::vault::{SecretText, VaultError};
 use envproxy_vault_test_server::{
     service_account_jwt, Capability, KubernetesRole, Policy, ServerOptions, VaultTestServer,
 };
@@ -166,4 +166,126 @@ async fn session_logs_name_identity_and_pod() {
     assert!(!failed_line.contains(&good.describe()), "{failed_line}");
     capture.assert_free_of(&[jwt.as_str()]);
     drop(session);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn refused_logins_back_off() {
+    let server = server_with_role().await;
+    let jwt = service_account_jwt("shop", "checkout", server.now() + Duration::from_secs(3600));
+    let base = settings(&server, "unused");
+    let identities = Identities::default();
+    let (capture, _guard) = LogCapture::install();
+    let mut wrong_role = identity(&server);
+    wrong_role.role = "no-such-role".to_string();
+    let session = identities
+        .session(&wrong_role, "pod-1", &base, store_token(&jwt))
+        .await
+        .unwrap();
+    assert_eq!(server.request_count("POST", LOGIN), 1);
+
+    let text = "vault:secret/data/shop/db#password";
+    for _ in 0..100 {
+        let result = resolve(&session.backend, text).await;
+        assert!(
+            matches!(result, Err(VaultError::LoginFailed { .. })),
+            "{result:?}"
+        );
+    }
+    assert_eq!(server.request_count("POST", LOGIN), 1);
+
+    // After the first pause (1 s) one request logs in again; the next pause is 2 s.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..50 {
+        let result = resolve(&session.backend, text).await;
+        assert!(
+            matches!(result, Err(VaultError::LoginFailed { .. })),
+            "{result:?}"
+        );
+    }
+    assert_eq!(server.request_count("POST", LOGIN), 2);
+    assert_eq!(server.request_count("GET", "secret/data/shop/db"), 0);
+
+    let log = capture.text();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("Vault login failed"))
+        .collect();
+    assert_eq!(failures.len(), 2, "{log}");
+    assert!(failures[0].contains("retry_in_secs=1"), "{}", failures[0]);
+    assert!(failures[1].contains("retry_in_secs=2"), "{}", failures[1]);
+    capture.assert_free_of(&[jwt.as_str()]);
+}
+
+#[tokio::test]
+async fn login_backoff_ends_on_success() {
+    let server = server_with_role().await;
+    let jwt = service_account_jwt("shop", "checkout", server.now() + Duration::from_secs(3600));
+    let base = settings(&server, "unused");
+    let identities = Identities::default();
+    let mut late_role = identity(&server);
+    late_role.role = "late".to_string();
+    let session = identities
+        .session(&late_role, "pod-1", &base, store_token(&jwt))
+        .await
+        .unwrap();
+    assert_eq!(server.request_count("POST", LOGIN), 1);
+
+    // The operator creates the missing role; the next request after the pause logs in.
+    server
+        .root()
+        .add_kubernetes_role(
+            "kubernetes",
+            "late",
+            KubernetesRole::new(&["checkout"], &["shop"], &["shop-read"]),
+        )
+        .unwrap();
+    let text = "vault:secret/data/shop/db#password";
+    assert!(resolve(&session.backend, text).await.is_err());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(resolve(&session.backend, text).await, Ok("pw-1".into()));
+    assert_eq!(server.request_count("POST", LOGIN), 2);
+}
+
+#[tokio::test]
+async fn refused_reads_cached_briefly() {
+    let server = server_with_role().await;
+    server
+        .root()
+        .kv2_put("secret", "other/db", json!({"password": "pw-2"}))
+        .unwrap();
+    let jwt = service_account_jwt("shop", "checkout", server.now() + Duration::from_secs(3600));
+    let base = settings(&server, "unused");
+    let identities = Identities::default();
+    let mut short_ttl = identity(&server);
+    short_ttl.cache_ttl = Duration::from_secs(1);
+    let session = identities
+        .session(&short_ttl, "pod-1", &base, store_token(&jwt))
+        .await
+        .unwrap();
+
+    let missing = "vault:secret/data/shop/missing#k";
+    let forbidden = "vault:secret/data/other/db#password";
+    for _ in 0..100 {
+        let result = resolve(&session.backend, missing).await;
+        assert!(
+            matches!(result, Err(VaultError::NotFound { .. })),
+            "{result:?}"
+        );
+        let result = resolve(&session.backend, forbidden).await;
+        assert!(
+            matches!(result, Err(VaultError::PermissionDenied { .. })),
+            "{result:?}"
+        );
+    }
+    assert_eq!(server.request_count("GET", "secret/data/shop/missing"), 1);
+    assert_eq!(server.request_count("GET", "secret/data/other/db"), 1);
+
+    // A secret written after the read is served once the cached "not found" expires.
+    server
+        .root()
+        .kv2_put("secret", "shop/missing", json!({"k": "v-1"}))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(resolve(&session.backend, missing).await, Ok("v-1".into()));
+    assert_eq!(server.request_count("GET", "secret/data/shop/missing"), 2);
 }

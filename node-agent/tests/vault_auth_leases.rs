@@ -496,11 +496,13 @@ async fn kubernetes_logs_in_again_before_max_ttl() {
     assert_eq!(server.request_count("POST", "auth/kubernetes/login"), 1);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(server.request_count("POST", "auth/kubernetes/login"), 2);
-    assert!(
-        logs.text().contains("reached its maximum TTL"),
-        "{}",
-        logs.text()
-    );
+    let text = logs.text();
+    let max_ttl = text
+        .lines()
+        .find(|line| line.contains("reached its maximum TTL"))
+        .unwrap_or_else(|| panic!("no maximum TTL line: {text}"));
+    // A login before the expiry is routine for an auth method that can log in again.
+    assert!(max_ttl.contains("INFO"), "{max_ttl}");
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -543,7 +545,8 @@ async fn denied_path_does_not_repeat_logins() {
             }
         );
     }
-    // The token is fresh and valid, so a denied path is the policy's decision.
+    // The token is fresh and valid, so a denied path is the policy's decision. The denial is
+    // cached for a few seconds, so the later requests do not read Vault either.
     assert_eq!(server.request_count("POST", "auth/kubernetes/login"), 1);
-    assert_eq!(server.request_count("GET", "kv/other-team"), 3);
+    assert_eq!(server.request_count("GET", "kv/other-team"), 1);
 }

@@ -186,7 +186,9 @@ async fn permission_denied_is_not_masked() {
             path: "secret/data/app".into()
         }
     );
-    // Nor does it come back as stale data during a later outage.
+    // Nor does it come back as stale data during a later outage, once the cached denial
+    // (kept for the cache TTL) has expired too.
+    past_ttl().await;
     server.stop_listening().await;
     let error = resolve(&backend, REFERENCE).await.unwrap_err();
     assert!(

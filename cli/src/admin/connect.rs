@@ -107,7 +107,8 @@ pub enum AdminError {
     },
     #[error("the audit stream from {} ended: the agent stopped", path.display())]
     StreamEnded { path: PathBuf },
-    #[error("cannot read the agent config {}: {source}", path.display())]
+    // Every ConfigError names the file, so the message does not repeat `path`.
+    #[error("--config: {source}")]
     Config {
         path: PathBuf,
         #[source]

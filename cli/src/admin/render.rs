@@ -125,6 +125,9 @@ pub fn status(status: &Status, format: Format) -> String {
     if let Some(reason) = &status.not_serving_reason {
         rows.push(("not serving because", reason.clone()));
     }
+    if let Some(error) = &status.config_reload_error {
+        rows.push(("config reload error", error.clone()));
+    }
     if status.mode == "node" {
         rows.extend([
             ("node", optional(status.node.as_ref())),

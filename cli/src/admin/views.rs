@@ -31,6 +31,8 @@ pub struct Status {
     pub serving: bool,
     /// Why the agent is not serving; `None` while it is.
     pub not_serving_reason: Option<String>,
+    /// The error of the latest config reload when it failed.
+    pub config_reload_error: Option<String>,
     pub pods_watched: u64,
     pub counters: Counters,
     pub secrets_file: Option<SecretsFile>,
@@ -110,6 +112,7 @@ impl From<pb::StatusResponse> for Status {
             kube_watch_connected: status.kube_watch_connected,
             serving: status.serving,
             not_serving_reason: non_empty(status.not_serving_reason),
+            config_reload_error: non_empty(status.config_reload_error),
             pods_watched: status.pods_watched,
             counters: Counters {
                 requests: counters.requests,

@@ -174,6 +174,8 @@ pub struct Cluster {
     pub cgroups: Cgroups,
     pub agent: Option<Child>,
     pub socket: PathBuf,
+    /// The agent's stderr, printed when a test fails.
+    pub agent_log: PathBuf,
     /// Where each pod's processes find their token; empty outside any pod.
     pub token_mount: PathBuf,
 }
@@ -271,6 +273,7 @@ impl Cluster {
             ),
         )
         .unwrap();
+        let agent_log = dir.path().join("agent.log");
         let agent = Command::new(agent_binary())
             .arg("--config")
             .arg(&config)
@@ -279,7 +282,7 @@ impl Cluster {
             .env_remove("NODE_NAME")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(fs::File::create(&agent_log).unwrap())
             .spawn()
             .unwrap();
         wait_for_agent(&socket, Duration::from_secs(10));
@@ -291,6 +294,7 @@ impl Cluster {
             cgroups: cgroups(),
             agent: Some(agent),
             socket,
+            agent_log,
             token_mount,
         }
     }
@@ -424,6 +428,11 @@ impl Cluster {
         }
     }
 
+    /// Returns what the agent has written to stderr so far.
+    pub fn agent_log(&self) -> String {
+        fs::read_to_string(&self.agent_log).unwrap_or_default()
+    }
+
     /// Returns the admin socket, which node mode serves by default beside the agent socket.
     pub fn admin_socket(&self) -> PathBuf {
         envproxy_agent::admin::default_admin_socket(&self.socket)
@@ -449,6 +458,9 @@ impl Drop for Cluster {
             }
             let _ = agent.kill();
             let _ = agent.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("agent log:\n{}", self.agent_log());
         }
     }
 }

@@ -125,6 +125,8 @@ pub(crate) struct AdminState {
     pub config_source: Option<PathBuf>,
     /// The settings the agent runs with, to tell which keys a reload changes.
     pub running_config: Mutex<RunningConfig>,
+    /// The error of the latest config reload when it failed, on one line.
+    pub config_reload_error: Mutex<Option<String>>,
     pub health: health::Health,
     /// Cancelled when the agent shuts down; ends `WatchAudit` streams.
     pub stop: CancellationToken,

@@ -72,12 +72,22 @@ pub(crate) fn reload(state: &AdminState) -> Result<pb::ReloadConfigResponse, Sta
         .running_config
         .lock()
         .unwrap_or_else(|err| err.into_inner());
-    let mut file = Config::load(&path).map_err(|err| {
-        tracing::warn!(%err, "config reload failed; the running settings stay");
+    let loaded = Config::load(&path);
+    *state
+        .config_reload_error
+        .lock()
+        .unwrap_or_else(|err| err.into_inner()) =
+        loaded.as_ref().err().map(|err| one_line(&err.to_string()));
+    let mut file = loaded.map_err(|err| {
+        let error = one_line(&err.to_string());
+        tracing::warn!(config = %path.display(), %error, "config reload failed; the running settings stay");
         Status::invalid_argument(format!("{err}; the running settings stay"))
     })?;
     file.enable_vault_from_environment(&VaultEnvironment::from_process());
     let warnings = std::mem::take(&mut file.warnings);
+    for warning in &warnings {
+        tracing::warn!(config = %path.display(), "{warning}");
+    }
     let new = running.effective(file);
 
     let mut applied = Vec::new();
@@ -98,6 +108,17 @@ pub(crate) fn reload(state: &AdminState) -> Result<pb::ReloadConfigResponse, Sta
         restart_required,
         warnings,
     })
+}
+
+/// Joins the lines of a multi-line message, such as a TOML parser error with its source
+/// excerpt, with "; ", so that it fits one log line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Returns the keys whose values differ between `running` and `new` and that take effect only
@@ -143,6 +164,15 @@ mod tests {
 
     fn parse(text: &str) -> Config {
         Config::parse(text, std::path::Path::new("/etc/envproxy/agent.toml")).unwrap()
+    }
+
+    #[test]
+    fn one_line_joins_parser_lines() {
+        let message = "TOML parse error at line 2, column 1\n  |\n2 | x\n  | ^\nexpected `=`\n";
+        assert_eq!(
+            one_line(message),
+            "TOML parse error at line 2, column 1; |; 2 | x; | ^; expected `=`"
+        );
     }
 
     #[test]

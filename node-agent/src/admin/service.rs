@@ -135,6 +135,12 @@ impl Admin for AdminService {
             kube_watch_connected: node.is_some_and(|node| node.pods.is_connected()),
             serving: state.health.is_serving(),
             not_serving_reason: state.health.not_serving_reason().unwrap_or_default(),
+            config_reload_error: state
+                .config_reload_error
+                .lock()
+                .unwrap_or_else(|err| err.into_inner())
+                .clone()
+                .unwrap_or_default(),
             vault,
             counters: Some(pb::Counters {
                 requests: metrics.requests_total(),

@@ -73,6 +73,9 @@ pub(crate) struct NodeContext {
     pub refusals: Arc<Refusals>,
     /// Counts and rate-limits the warnings about denied requests, per pod and reason.
     pub denials: Arc<Refusals>,
+    /// Counts and rate-limits the warnings about failed Vault requests, per pod and error
+    /// kind.
+    pub failures: Arc<Refusals>,
 }
 
 /// The pod and container of a connection's process, with the pod's settings.
@@ -342,7 +345,7 @@ pub(crate) async fn handle(
     status: &StatusReporter,
 ) -> Outcome {
     let (name, value) = match request {
-        Request::Status => return status_outcome(context, connection, status),
+        Request::Status => return status_outcome(context, connection, status).await,
         Request::V1 { key } => (key.as_slice(), None),
         Request::V2 { key, value } => (key.as_slice(), Some(value.as_slice())),
     };
@@ -428,25 +431,38 @@ pub(crate) async fn handle(
 }
 
 /// Builds the response to a status request, served only to the agent's own user outside any
-/// pod, such as an operator on the node, because the status names the node's workloads.
-fn status_outcome(
+/// pod, such as an operator on the node, because the status names the node's workloads. A
+/// request from elsewhere is denied like any other, naming the caller's pod and container
+/// when the connection can be attested.
+async fn status_outcome(
     context: &NodeContext,
-    connection: &NodeConnection,
+    connection: &mut NodeConnection,
     status: &StatusReporter,
 ) -> Outcome {
     let allowed =
         connection.pod_container.pod_uid.is_empty() && connection.caller.uid() == context.agent_uid;
-    if !allowed {
-        return Outcome::error(
-            "permission denied: in node mode the status is served only to the agent's user \
-             outside any pod; use `envproxy status` on the node as that user"
-                .to_string(),
-        );
+    if allowed {
+        return Outcome {
+            response: Response::Found(SecretBytes::new(status.payload())),
+            decision: Decision::Status,
+        };
     }
-    Outcome {
-        response: Response::Found(SecretBytes::new(status.payload())),
-        decision: Decision::Status,
-    }
+    let mut denied = Denied::new(
+        "status_not_allowed",
+        "permission denied: in node mode the status is served only to the agent's user outside \
+         any pod; use `envproxy status` on the node as that user"
+            .to_string(),
+    );
+    let attested = match attest(context, connection).await {
+        Ok(attested) => Some(attested),
+        Err(not_attested) => {
+            // The pod, when known, still names the caller in the log and the audit event.
+            denied.pod = not_attested.pod;
+            denied.container = not_attested.container;
+            None
+        }
+    };
+    deny(context, connection, attested.as_deref(), "", denied)
 }
 
 /// Finds the connection's pod and container, once per connection, and checks on every request
@@ -688,11 +704,47 @@ async fn vault_lookup(
         .backend
         .resolve_in(reference, || vault_span(attested))
         .await;
-    Ok(match result {
-        Ok(value) => found(name, reference.key(), value),
-        Err(err @ VaultError::LoginFailed { .. }) => {
+    let err = match result {
+        Ok(value) => return Ok(found(name, reference.key(), value)),
+        Err(err) => err,
+    };
+    let pod = pod_name(&attested.pod);
+    let verdict = context.failures.refuse(&pod, err.kind(), Instant::now());
+    let hint = match &err {
+        VaultError::LoginFailed { .. } => Some(login_hint(attested, &identity_of(attested, base))),
+        _ => None,
+    };
+    if let Verdict::Log { unlogged } = verdict {
+        log_vault_failure(
+            connection,
+            attested,
+            name,
+            base,
+            &err,
+            hint.as_deref(),
+            unlogged,
+        );
+    }
+    Ok(match hint {
+        Some(hint) => Outcome::error(format!("{name}: {err}; {hint}")),
+        None => Outcome::error(format!("{name}: {err}")),
+    })
+}
+
+/// Logs a failed Vault request of `attested`'s pod. `unlogged` failures of this pod and kind
+/// came since its last line, and later ones within the summary interval are only counted.
+fn log_vault_failure(
+    connection: &NodeConnection,
+    attested: &Attested,
+    name: &str,
+    base: &VaultSettings,
+    err: &VaultError,
+    hint: Option<&str>,
+    unlogged: u64,
+) {
+    match hint {
+        Some(hint) => {
             let identity = identity_of(attested, base);
-            let hint = login_hint(attested, &identity);
             tracing::warn!(
                 pid = connection.pid(),
                 pod = %pod_name(&attested.pod),
@@ -702,22 +754,23 @@ async fn vault_lookup(
                 role = %identity.role,
                 auth_mount = %identity.auth_mount,
                 %err,
-                "Vault login failed; {hint}"
+                unlogged,
+                "Vault login failed; {hint} (later failures of this pod are counted and logged \
+                 as a summary every 10 s)"
             );
-            Outcome::error(format!("{name}: {err}; {hint}"))
         }
-        Err(err) => {
-            tracing::warn!(
-                pid = connection.pid(),
-                pod = %pod_name(&attested.pod),
-                container = %attested.container,
-                variable = name,
-                %err,
-                "Vault read failed"
-            );
-            Outcome::error(format!("{name}: {err}"))
-        }
-    })
+        None => tracing::warn!(
+            pid = connection.pid(),
+            pod = %pod_name(&attested.pod),
+            container = %attested.container,
+            variable = name,
+            kind = err.kind(),
+            %err,
+            unlogged,
+            "Vault read failed (later failures of this kind in this pod are counted and logged \
+             as a summary every 10 s)"
+        ),
+    }
 }
 
 /// Returns the span of a Vault request that `attested`'s pod caused, so that log lines of the
@@ -747,7 +800,7 @@ fn login_hint(attested: &Attested, identity: &Identity) -> String {
         )
     };
     format!(
-        "pod {} logged in as service account {}/{} with Vault role {} (from {role_source}) at \
+        "pod {} tried to log in as service account {}/{} with Vault role {} (from {role_source}) at \
          auth mount {} ({mount_source}); bind that service account and namespace to the role in \
          Vault (bound_service_account_names, bound_service_account_namespaces), or set {} to a \
          role that allows it",
@@ -1043,6 +1096,7 @@ fn deny(
         .denials
         .refuse(&source, denied.reason, Instant::now());
     if let Verdict::Log { unlogged } = verdict {
+        let subject = if pod_name.is_some() { "pod" } else { "caller" };
         tracing::warn!(
             pid = connection.pid(),
             pod = pod_name,
@@ -1051,7 +1105,7 @@ fn deny(
             reason = denied.reason,
             annotation = denied.annotation,
             unlogged,
-            "request denied (later denials of this pod for this reason are counted in \
+            "request denied (later denials of this {subject} for this reason are counted in \
              envproxy_denials_total and logged as a summary every 10 s)"
         );
     }

@@ -29,6 +29,7 @@ pub mod settings;
 mod transport;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use envproxy_proto::{Reference, SecretBytes};
 use tracing::Instrument;
@@ -81,7 +82,32 @@ pub(crate) struct Inner {
     /// Cache key part naming this identity.
     identity: Arc<str>,
     cache: SecretCache,
+    /// Reads for which Vault returned "not found" or "permission denied", kept for
+    /// [`refused_read_ttl`] so that a program repeating such a read makes a bounded number of
+    /// Vault reads.
+    refused_reads: moka::future::Cache<CacheKey, VaultError>,
     leases: LeaseKeeper,
+}
+
+/// Maximum time a "not found" or "permission denied" read stays cached. It is short because a
+/// secret written or a policy granted after such a read should take effect quickly.
+const MAX_REFUSED_READ_TTL: Duration = Duration::from_secs(5);
+
+/// Returns how long a refused read stays cached: the cache TTL, at most
+/// [`MAX_REFUSED_READ_TTL`].
+fn refused_read_ttl(cache_ttl: Duration) -> Duration {
+    cache_ttl.min(MAX_REFUSED_READ_TTL)
+}
+
+/// Returns whether `err` is Vault's response about the path itself, which a repeated read
+/// within a few seconds would get again: not found, or permission denied.
+fn is_refused_read(err: &VaultError) -> bool {
+    matches!(
+        err,
+        VaultError::NotFound { .. }
+            | VaultError::VersionNotFound { .. }
+            | VaultError::PermissionDenied { .. }
+    )
 }
 
 impl VaultBackend {
@@ -143,6 +169,12 @@ impl VaultBackend {
                     settings.cache_ttl,
                     settings.max_stale,
                 ),
+                refused_reads: moka::future::Cache::builder()
+                    .max_capacity(settings.max_entries)
+                    .time_to_live(
+                        refused_read_ttl(settings.cache_ttl).max(Duration::from_millis(1)),
+                    )
+                    .build(),
                 settings,
                 transport,
                 session,
@@ -159,6 +191,8 @@ impl VaultBackend {
                 "Vault is unavailable at the first login of this identity; logging in again at \
                  its next request"
             ),
+            // The session logged the refusal with its backoff pause.
+            Err(VaultError::LoginFailed { .. }) => {}
             Err(err) => tracing::error!(
                 identity = inner.session.identity(),
                 method = inner.session.auth().method(),
@@ -221,13 +255,30 @@ impl VaultBackend {
             identity: Arc::clone(&self.inner.identity),
             target,
         };
+        if let Some(err) = self.inner.refused_reads.get(&cache_key).await {
+            return Err(err);
+        }
         let entry = self
             .inner
             .cache
             .get_or_fetch(&cache_key, || {
                 async { self.fetch(&cache_key).await.map(Fetched::from) }.instrument(read_span())
             })
-            .await?;
+            .await;
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                if is_refused_read(&err)
+                    && !refused_read_ttl(self.inner.settings.cache_ttl).is_zero()
+                {
+                    self.inner
+                        .refused_reads
+                        .insert(cache_key, err.clone())
+                        .await;
+                }
+                return Err(err);
+            }
+        };
         // A Vault read always has data: only the other backends cache "not found".
         match entry.value.as_ref().and_then(|data| data.get(key)) {
             Some(value) => Ok(SecretBytes::new(value.expose_secret().to_vec())),
@@ -358,6 +409,8 @@ impl VaultBackend {
             .cache
             .invalidate_matching(|key| key.target.path.starts_with(path_prefix))
             .await;
+        // Refused reads are few and short-lived, so a flush drops all of them.
+        self.inner.refused_reads.invalidate_all();
         self.inner.cache.run_pending_tasks().await;
         let mut flushed: Vec<FlushedRead> = keys
             .into_iter()

@@ -28,6 +28,18 @@ const MAX_RENEW_RETRY: Duration = Duration::from_secs(30);
 /// path, rather than a rejected token) leads to a new login. Without it, a program that keeps
 /// reading a path its policy denies would cause one login per read.
 const MIN_TOKEN_AGE_FOR_RELOGIN: Duration = Duration::from_secs(10);
+/// First pause after a login that Vault refused, before the next login of that identity.
+const MIN_LOGIN_BACKOFF: Duration = Duration::from_secs(1);
+/// Maximum pause between logins that Vault keeps refusing. Each refusal doubles the pause.
+const MAX_LOGIN_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The pause after a refused login: until it ends, requests of the identity fail at once with
+/// the refusal, so that a wrong role does not cause one login per request.
+struct LoginBackoff {
+    until: Instant,
+    pause: Duration,
+    error: VaultError,
+}
 
 /// The token in use and what is known about its lifetime.
 struct ActiveToken {
@@ -48,6 +60,8 @@ pub(crate) struct Session {
     login_error: Mutex<Option<String>>,
     /// Whether the latest login failed because Vault was unavailable.
     login_unavailable: AtomicBool,
+    /// Set after a login that Vault refused, cleared by a successful one.
+    login_backoff: Mutex<Option<LoginBackoff>>,
     /// Serializes logins, so concurrent requests wait for one login.
     login_lock: tokio::sync::Mutex<()>,
     renewer: Mutex<Option<JoinHandle<()>>>,
@@ -73,6 +87,7 @@ impl Session {
             current: Mutex::new(None),
             login_error: Mutex::new(None),
             login_unavailable: AtomicBool::new(false),
+            login_backoff: Mutex::new(None),
             login_lock: tokio::sync::Mutex::new(()),
             renewer: Mutex::new(None),
         })
@@ -235,10 +250,18 @@ impl Session {
 
     /// Logs in and starts renewing the new token. The caller must hold `login_lock`.
     ///
+    /// After a login that Vault refused ([`VaultError::LoginFailed`], not an outage), further
+    /// calls return that error without a login until the backoff pause ends. The pause starts
+    /// at [`MIN_LOGIN_BACKOFF`], doubles at each refusal up to [`MAX_LOGIN_BACKOFF`] and ends
+    /// with a successful login. Each refusal is logged once, with the pause that follows it.
+    ///
     /// The future is boxed with an explicit `Send` bound because the renewal task it spawns
     /// calls it again, and the compiler cannot infer `Send` through that cycle.
     fn login_locked(self: &Arc<Self>) -> BoxFuture<'_, Result<Arc<SecretText>, VaultError>> {
         Box::pin(async move {
+            if let Some(err) = self.backoff_error() {
+                return Err(err);
+            }
             let login = self.auth.login(&self.transport).await;
             self.transport.count(VaultOperation::Login, &login);
             *lock(&self.login_error) = login.as_ref().err().map(ToString::to_string);
@@ -247,14 +270,24 @@ impl Session {
                 Ordering::Relaxed,
             );
             if login.as_ref().is_err_and(VaultError::is_auth_rejection) {
-                // A rejected login leaves no usable token, because the old one was rejected or expires soon.
+                // A rejected login leaves no usable token: the old one was rejected or
+                // expires soon.
                 *self.lock_current() = None;
             }
             let Login {
                 token,
                 expires_at,
                 renewable,
-            } = login?;
+            } = match login {
+                Ok(login) => login,
+                Err(err) => {
+                    if matches!(err, VaultError::LoginFailed { .. }) {
+                        self.back_off(&err);
+                    }
+                    return Err(err);
+                }
+            };
+            *lock(&self.login_backoff) = None;
             tracing::info!(
                 identity = %self.identity,
                 method = self.auth.method(),
@@ -274,6 +307,39 @@ impl Session {
             }
             Ok(token)
         })
+    }
+
+    /// Returns the error of the last refused login while its backoff pause lasts.
+    fn backoff_error(&self) -> Option<VaultError> {
+        let backoff = lock(&self.login_backoff);
+        let backoff = backoff.as_ref()?;
+        (Instant::now() < backoff.until).then(|| backoff.error.clone())
+    }
+
+    /// Starts the next backoff pause after `err`, a login that Vault refused, and logs it.
+    ///
+    /// NOTE: the pause also delays a login with a newer service account token that a pod
+    /// presents meanwhile, so a refusal of an expired token can delay the next login by up to
+    /// the current pause.
+    fn back_off(&self, err: &VaultError) {
+        let mut backoff = lock(&self.login_backoff);
+        let pause = match backoff.as_ref() {
+            Some(previous) => (previous.pause * 2).min(MAX_LOGIN_BACKOFF),
+            None => MIN_LOGIN_BACKOFF,
+        };
+        *backoff = Some(LoginBackoff {
+            until: Instant::now() + pause,
+            pause,
+            error: err.clone(),
+        });
+        tracing::warn!(
+            identity = %self.identity,
+            method = self.auth.method(),
+            %err,
+            retry_in_secs = pause.as_secs(),
+            "Vault login failed; vault: references of this identity fail with this error \
+             without a login until the pause ends, then the next request logs in again"
+        );
     }
 
     /// Returns the expiry and renewability of `token` while it is still the current token.
@@ -398,6 +464,15 @@ async fn keep_alive(session: std::sync::Weak<Session>, token: Arc<SecretText>) {
                         method,
                         ttl_secs = auth.lease_duration,
                         "renewed the Vault token"
+                    );
+                } else if can_login_again {
+                    // Routine: the next pass of this loop logs in again before the expiry.
+                    tracing::info!(
+                        identity = %identity,
+                        method,
+                        expires_at = %format_time(new_expiry),
+                        "the Vault token reached its maximum TTL; logging in again before it \
+                         expires"
                     );
                 } else {
                     tracing::warn!(
