@@ -576,34 +576,22 @@ fn broken_hook_jar_names_jar_and_exception() {
 fn java_truncated_response_is_incomplete() {
     hook_jar();
     for jdk in jdks() {
-        for (hold_open, expected) in TRUNCATED_RESPONSE_MESSAGES {
-            let world = World::new();
-            let socket = world.socket();
-            let _agent = start_truncating_agent(&socket, hold_open);
-            let mut command = preload_command(&jdk.java, &socket);
-            command
-                .env_remove("JAVA_TOOL_OPTIONS")
-                .env_remove("_JAVA_OPTIONS")
-                .env_remove("JDK_JAVA_OPTIONS")
-                .env("ENVPROXY_TIMEOUT_MS", "300")
-                .env("CUT", "envproxy:CUT")
-                .arg("-cp")
-                .arg(probe_classes())
-                .args(["EnvProbe", "read", "CUT"]);
-            let output = run_java(&mut command, &jdk);
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let label = jdk.label;
-            assert_eq!(
-                value_of(&output.stdout, "getenv").as_deref(),
-                Some("envproxy:CUT"),
-                "{label}: {stderr}"
-            );
-            assert!(
-                stderr.contains(expected),
-                "{label}, hold_open={hold_open}: {stderr}"
-            );
-            assert!(!stderr.contains("did not answer"), "{label}: {stderr}");
-        }
+        check_truncated_responses(
+            jdk.label,
+            "getenv",
+            |socket| {
+                let mut command = preload_command(&jdk.java, socket);
+                command
+                    .env_remove("JAVA_TOOL_OPTIONS")
+                    .env_remove("_JAVA_OPTIONS")
+                    .env_remove("JDK_JAVA_OPTIONS")
+                    .arg("-cp")
+                    .arg(probe_classes())
+                    .args(["EnvProbe", "read", "CUT"]);
+                command
+            },
+            |command| run_java(command, &jdk),
+        );
     }
 }
 

@@ -290,26 +290,16 @@ process.stdout.write(result.stdout);
 #[test]
 fn python_truncated_response_is_incomplete() {
     require("python3");
-    for (hold_open, expected) in TRUNCATED_RESPONSE_MESSAGES {
-        let world = World::new();
-        let socket = world.socket();
-        let _agent = start_truncating_agent(&socket, hold_open);
-        let output = run_with_limit(
-            preload_command(Path::new("python3"), &socket)
-                .env("ENVPROXY_TIMEOUT_MS", "300")
-                .env("CUT", "envproxy:CUT")
-                .args(["-c", "import os; print('CUT=' + os.environ['CUT'])"]),
-            LIMIT,
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(
-            value_of(&output.stdout, "CUT").as_deref(),
-            Some("envproxy:CUT"),
-            "{stderr}"
-        );
-        assert!(stderr.contains(expected), "hold_open={hold_open}: {stderr}");
-        assert!(!stderr.contains("did not answer"), "{stderr}");
-    }
+    check_truncated_responses(
+        "Python",
+        "CUT",
+        |socket| {
+            let mut command = preload_command(Path::new("python3"), socket);
+            command.args(["-c", "import os; print('CUT=' + os.environ['CUT'])"]);
+            command
+        },
+        |command| run_with_limit(command, LIMIT),
+    );
 }
 
 #[test]

@@ -476,6 +476,40 @@ pub fn start_truncating_agent(socket: &Path, hold_open: bool) -> std::thread::Jo
     })
 }
 
+/// Runs the program of `command` against each response of [`start_truncating_agent`], with
+/// `CUT=envproxy:CUT` and a 300 ms timeout. `command` builds the command for an agent socket,
+/// and `run` runs it. Checks that the program prints `CUT`'s reference as `printed` on stdout,
+/// and that stderr reports an incomplete response, not a silent agent.
+pub fn check_truncated_responses(
+    label: &str,
+    printed: &str,
+    command: impl Fn(&Path) -> Command,
+    run: impl Fn(&mut Command) -> Output,
+) {
+    for (hold_open, expected) in TRUNCATED_RESPONSE_MESSAGES {
+        let world = World::new();
+        let socket = world.socket();
+        let _agent = start_truncating_agent(&socket, hold_open);
+        let mut command = command(&socket);
+        command
+            .env("ENVPROXY_TIMEOUT_MS", "300")
+            .env("CUT", "envproxy:CUT");
+        let output = run(&mut command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+
+        assert_eq!(
+            value_of(&output.stdout, printed).as_deref(),
+            Some("envproxy:CUT"),
+            "{label}: {stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{label}, hold_open={hold_open}: {stderr}"
+        );
+        assert!(!stderr.contains("did not answer"), "{label}: {stderr}");
+    }
+}
+
 /// The messages for the responses [`start_truncating_agent`] sends, with a 300 ms timeout:
 /// `(hold_open, expected message part)`.
 pub const TRUNCATED_RESPONSE_MESSAGES: [(bool, &str); 2] = [
