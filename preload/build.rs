@@ -1,6 +1,6 @@
 //! Compiles `src/c/exec_list.c`, which defines the variadic `execl`, `execlp` and `execle`
-//! that stable Rust cannot define, with the C compiler that the `cc` crate picks for the target
-//! (`CC`, else `cc`; scripts/build-musl.sh sets musl-gcc).
+//! that stable Rust cannot define. The `cc` crate picks the C compiler for the target: `CC`,
+//! else `cc` (scripts/build-musl.sh sets musl-gcc).
 
 fn main() {
     println!("cargo:rerun-if-changed=src/c/exec_list.c");

@@ -4,10 +4,10 @@
 //! The jar goes to `OUT_DIR`, then is copied to `hooks/java/envproxy-javaagent.jar` (ignored
 //! by git), where `libenvproxy.so` looks for it in a source checkout.
 //!
-//! Without a JDK, with a `javac` older than 17, when `javac` or `jar` fails, or when the new jar
-//! lacks the hook class, the build still succeeds: it prints one warning with the reason and
-//! what to do, sets `ENVPROXY_JAVA_HOOK_PROBLEM`, and leaves an earlier jar in `hooks/java` as
-//! it is.
+//! The build still succeeds without a JDK, with a `javac` older than 17, when `javac` or `jar`
+//! fails, or when the new jar lacks the hook class. It then prints one warning with the reason
+//! and what to do, sets `ENVPROXY_JAVA_HOOK_PROBLEM`, and leaves an earlier jar in `hooks/java`
+//! as it is.
 
 use std::env;
 use std::fs;
@@ -61,7 +61,7 @@ fn main() {
     }
 }
 
-/// Why the jar was not built.
+/// The reason the jar was not built.
 enum BuildProblem {
     /// No JDK, or one older than 17: installing JDK 17 or later fixes it.
     Jdk(String),

@@ -29,7 +29,7 @@ pub struct Status {
     pub kube_watch_synced: bool,
     pub kube_watch_connected: bool,
     pub serving: bool,
-    /// Why the agent is not serving; `None` while it is.
+    /// The reason the agent is not serving, or `None` while it serves.
     pub not_serving_reason: Option<String>,
     /// The error of the latest config reload when it failed.
     pub config_reload_error: Option<String>,

@@ -565,7 +565,7 @@ impl Checker {
     /// program `path` exists. The kernel opens it by its path as written, so a relative path
     /// starts at the working directory, and fails `execve` with `ENOENT` when it is missing.
     // NOTE: for a command found through PATH, glibc's execvp tries the next directory of PATH
-    // after ENOENT, so a program of the same name later in PATH would run instead; the check
+    // after ENOENT, so a program of the same name later in PATH would run instead. The check
     // reports the first one as an error.
     fn interpreter_exists(&self, path: &Path, facts: &ElfFacts) -> Result<(), CheckError> {
         let Some(written) = &facts.interpreter else {

@@ -299,7 +299,7 @@ fn perl(
     Ok(outcome)
 }
 
-/// How Perl 5.36 (`perl.c`) treats the switches of `PERL5OPT`.
+/// The effect of the switches of `PERL5OPT` in Perl 5.36 (`perl.c`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PerlOptions {
     /// Every switch is one Perl accepts there, and none is `-t`.

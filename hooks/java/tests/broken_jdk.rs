@@ -1,6 +1,6 @@
 //! A JDK that cannot build the hook (a failing `javac` or `jar`, a `jar` that writes a bad file,
-//! a `javac` older than 17) leaves the build successful with one warning that gives the reason
-//! and the fix, and leaves the jar in `hooks/java` as it was.
+//! a `javac` older than 17) leaves the build successful. The build prints one warning with the
+//! reason and the fix, and leaves the jar in `hooks/java` as it was.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

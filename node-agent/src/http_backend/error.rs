@@ -91,7 +91,8 @@ impl crate::value_cache::SourceError for HttpError {
         HttpError::is_unavailable(self)
     }
 
-    /// A 401 rejects the token for every key. A 403 denies one key only, so it does not count.
+    /// Returns whether the error rejects the token for every key (a 401). A 403 denies one key
+    /// only, so it does not count.
     fn is_credential_rejection(&self) -> bool {
         matches!(self, HttpError::Unauthorized { .. })
     }

@@ -82,8 +82,8 @@ impl crate::value_cache::SourceError for KubeSecretError {
         matches!(self, KubeSecretError::Unavailable { .. })
     }
 
-    /// A 401 rejects the credentials for every Secret. A 403 denies one Secret or namespace
-    /// only, so it does not count.
+    /// Returns whether the error rejects the credentials for every Secret (a 401). A 403 denies
+    /// one Secret or namespace only, so it does not count.
     fn is_credential_rejection(&self) -> bool {
         matches!(self, KubeSecretError::Unauthorized { .. })
     }

@@ -215,7 +215,7 @@ impl VaultBackend {
 
     /// Resolves `reference` as [`resolve`](Self::resolve) does. A read from Vault (not a cache
     /// hit) runs in the span that `read_span` returns, so the log lines of a login it triggers
-    /// name its cause; a cache hit creates no span.
+    /// name its cause. A cache hit creates no span.
     pub async fn resolve_in(
         &self,
         reference: &Reference,
