@@ -39,7 +39,19 @@ const PYTHON_HOOK_SUFFIX: &str = "/hooks/python";
 /// Extends `PYTHONPATH`, `JAVA_TOOL_OPTIONS` and `PERL5OPT` for the hooks that are installed.
 pub fn install(settings: &Settings) {
     let hooks = hooks_dir();
-    report_missing_hook(settings, hooks.as_deref());
+    // Each hook file is looked up once, and only for a runtime whose switch is not off.
+    let present = RUNTIMES.map(|runtime| {
+        !runtime.is_switched_off(settings)
+            && hooks
+                .as_deref()
+                .is_some_and(|dir| dir.join(runtime.hook_file()).is_file())
+    });
+    let missing =
+        |runtime: Runtime| !runtime.is_switched_off(settings) && !present[runtime as usize];
+    // In the usual case every hook is present, and this process need not find out what it is.
+    if RUNTIMES.into_iter().any(missing) {
+        report_missing_hook(hooks.as_deref(), missing);
+    }
     let Some(hooks) = hooks else {
         if settings.debug {
             crate::diag::line(
@@ -48,40 +60,36 @@ pub fn install(settings: &Settings) {
         }
         return;
     };
-    if !settings.no_python {
+    if present[Runtime::Python as usize] {
         let python = hooks.join("python");
-        if python.join("sitecustomize.py").is_file() {
-            let current = settings::read(c"PYTHONPATH").unwrap_or_default();
-            if let Some(value) = with_python_entry(&current, &python) {
-                set(c"PYTHONPATH", value);
-            }
+        let current = settings::read(c"PYTHONPATH").unwrap_or_default();
+        if let Some(value) = with_python_entry(&current, &python) {
+            set(c"PYTHONPATH", value);
         }
     }
-    if !settings.no_java {
+    if present[Runtime::Java as usize] {
         let jar = hooks.join(JAVA_HOOK_JAR);
-        if jar.is_file() {
-            match library_path() {
-                // The JVM splits JAVA_TOOL_OPTIONS at whitespace and has no quoting for
-                // -agentpath, so such a path would stop every JVM from starting.
-                Some(library) if has_whitespace(&library) || has_whitespace(&jar) => {
-                    java_hook_skipped(settings.debug)
-                }
-                Some(library) => {
-                    let option = format!("-agentpath:{}={}", library.display(), jar.display());
-                    let current = settings::read(c"JAVA_TOOL_OPTIONS").unwrap_or_default();
-                    if let Some(value) = with_java_option(&current, &option) {
-                        set(c"JAVA_TOOL_OPTIONS", value.into_bytes());
-                    }
-                }
-                None if settings.debug => crate::diag::line(
-                    "the library cannot find its own path, so the Java hook is not loaded and \
-                     System.getenv returns references",
-                ),
-                None => {}
+        match library_path() {
+            // The JVM splits JAVA_TOOL_OPTIONS at whitespace and has no quoting for
+            // -agentpath, so such a path would stop every JVM from starting.
+            Some(library) if has_whitespace(&library) || has_whitespace(&jar) => {
+                java_hook_skipped(settings.debug)
             }
+            Some(library) => {
+                let option = format!("-agentpath:{}={}", library.display(), jar.display());
+                let current = settings::read(c"JAVA_TOOL_OPTIONS").unwrap_or_default();
+                if let Some(value) = with_java_option(&current, &option) {
+                    set(c"JAVA_TOOL_OPTIONS", value.into_bytes());
+                }
+            }
+            None if settings.debug => crate::diag::line(
+                "the library cannot find its own path, so the Java hook is not loaded and \
+                 System.getenv returns references",
+            ),
+            None => {}
         }
     }
-    if !settings.no_perl && hooks.join(PERL_HOOK_MODULE).is_file() {
+    if present[Runtime::Perl as usize] {
         install_perl(&hooks.join("perl"), settings.debug);
     }
 }
@@ -89,10 +97,13 @@ pub fn install(settings: &Settings) {
 /// A runtime that copies the environment at start and so needs its hook to read values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Runtime {
-    Python,
-    Java,
-    Perl,
+    Python = 0,
+    Java = 1,
+    Perl = 2,
 }
+
+/// Every runtime with a hook, in the order of their discriminants.
+const RUNTIMES: [Runtime; 3] = [Runtime::Python, Runtime::Java, Runtime::Perl];
 
 impl Runtime {
     /// Returns the runtime whose interpreter or launcher has the file name `name`: `java`,
@@ -157,8 +168,9 @@ impl Runtime {
 
 /// Prints one line when this process is a Python, Java or Perl runtime whose hook is missing
 /// while its environment contains references, because the program would otherwise read the
-/// references without any message. Setting the runtime's `ENVPROXY_NO_*` switch silences it.
-fn report_missing_hook(settings: &Settings, hooks: Option<&Path>) {
+/// references without any message. `missing` returns whether a runtime's hook is missing while
+/// its `ENVPROXY_NO_*` switch is not set.
+fn report_missing_hook(hooks: Option<&Path>, missing: impl Fn(Runtime) -> bool) {
     let Ok(executable) = std::fs::read_link("/proc/self/exe") else {
         return;
     };
@@ -169,11 +181,10 @@ fn report_missing_hook(settings: &Settings, hooks: Option<&Path>) {
     else {
         return;
     };
-    if runtime.is_switched_off(settings) || !environment_has_reference() {
+    if !missing(runtime) || !environment_has_reference() {
         return;
     }
     let cause = match hooks {
-        Some(hooks) if hooks.join(runtime.hook_file()).is_file() => return,
         Some(hooks) => format!(
             "{} does not exist",
             hooks.join(runtime.hook_file()).display()
